@@ -1,0 +1,4 @@
+//! Images in: decoding (any JPEG/PNG to RGB) and the transforms the methods use.
+
+pub mod decode;
+pub mod transforms;

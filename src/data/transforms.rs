@@ -1,0 +1,1 @@
+//! Resizing, cropping and normalisation, pixel-compatible with PIL / torchvision.

@@ -1,0 +1,1 @@
+//! Prompt templates: one template, or the 85 of TagCLIP.

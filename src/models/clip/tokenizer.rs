@@ -1,0 +1,1 @@
+//! CLIP's BPE tokenizer: 77 tokens with start/end tokens and truncation.

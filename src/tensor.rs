@@ -1,0 +1,227 @@
+//! Tensor = shape + dtype + storage. Always contiguous, row-major.
+//!
+//! The CPU storage is a plain `Vec`; the CUDA storage (see `device::cuda`) sits beside it so
+//! that every op can dispatch on where its inputs live.
+
+use half::{bf16, f16};
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    U8,
+    I32,
+}
+
+impl DType {
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::U8 => 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Storage {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    U8(Vec<u8>),
+    I32(Vec<i32>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    storage: Storage,
+}
+
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    pub fn from_f32(shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
+        Self::new(shape, Storage::F32(data))
+    }
+
+    pub fn new(shape: &[usize], storage: Storage) -> Result<Tensor> {
+        let len = match &storage {
+            Storage::F32(v) => v.len(),
+            Storage::F16(v) => v.len(),
+            Storage::BF16(v) => v.len(),
+            Storage::U8(v) => v.len(),
+            Storage::I32(v) => v.len(),
+        };
+        if len != numel(shape) {
+            return Err(Error::Shape(format!(
+                "tensor of shape {shape:?} needs {} elements, got {len}",
+                numel(shape)
+            )));
+        }
+        Ok(Tensor { shape: shape.to_vec(), storage })
+    }
+
+    pub fn zeros(shape: &[usize]) -> Tensor {
+        Tensor { shape: shape.to_vec(), storage: Storage::F32(vec![0.0; numel(shape)]) }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn dim(&self, i: usize) -> usize {
+        self.shape[i]
+    }
+
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    pub fn numel(&self) -> usize {
+        numel(&self.shape)
+    }
+
+    pub fn dtype(&self) -> DType {
+        match &self.storage {
+            Storage::F32(_) => DType::F32,
+            Storage::F16(_) => DType::F16,
+            Storage::BF16(_) => DType::BF16,
+            Storage::U8(_) => DType::U8,
+            Storage::I32(_) => DType::I32,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The f32 data of a CPU tensor; other dtypes are an error (convert with `to_f32` first).
+    pub fn f32s(&self) -> Result<&[f32]> {
+        match &self.storage {
+            Storage::F32(v) => Ok(v),
+            _ => Err(Error::DType { expected: DType::F32, found: self.dtype() }),
+        }
+    }
+
+    pub fn f32s_mut(&mut self) -> Result<&mut [f32]> {
+        let found = self.dtype();
+        match &mut self.storage {
+            Storage::F32(v) => Ok(v),
+            _ => Err(Error::DType { expected: DType::F32, found }),
+        }
+    }
+
+    pub fn into_f32_vec(self) -> Result<Vec<f32>> {
+        match self.storage {
+            Storage::F32(v) => Ok(v),
+            other => Tensor { shape: self.shape, storage: other }.to_f32()?.into_f32_vec(),
+        }
+    }
+
+    /// Converts any dtype to f32 (the engine's CPU compute type).
+    pub fn to_f32(&self) -> Result<Tensor> {
+        let v: Vec<f32> = match &self.storage {
+            Storage::F32(v) => v.clone(),
+            Storage::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            Storage::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            Storage::U8(v) => v.iter().map(|&x| x as f32).collect(),
+            Storage::I32(v) => v.iter().map(|&x| x as f32).collect(),
+        };
+        Tensor::from_f32(&self.shape, v)
+    }
+
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        let f = self.to_f32()?;
+        let v = f.f32s()?;
+        let storage = match dtype {
+            DType::F32 => Storage::F32(v.to_vec()),
+            DType::F16 => Storage::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
+            DType::BF16 => Storage::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
+            DType::U8 => Storage::U8(v.iter().map(|&x| x.round().clamp(0.0, 255.0) as u8).collect()),
+            DType::I32 => Storage::I32(v.iter().map(|&x| x as i32).collect()),
+        };
+        Tensor::new(&self.shape, storage)
+    }
+
+    /// Same data, new shape (one dimension may be `usize::MAX` to be inferred).
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Tensor> {
+        let mut shape = shape.to_vec();
+        if let Some(pos) = shape.iter().position(|&d| d == usize::MAX) {
+            let known: usize = shape.iter().filter(|&&d| d != usize::MAX).product();
+            if known == 0 || self.numel() % known != 0 {
+                return Err(Error::Shape(format!("cannot reshape {:?} to {shape:?}", self.shape)));
+            }
+            shape[pos] = self.numel() / known;
+        }
+        if numel(&shape) != self.numel() {
+            return Err(Error::Shape(format!("cannot reshape {:?} to {shape:?}", self.shape)));
+        }
+        self.shape = shape;
+        Ok(self)
+    }
+
+    /// Rows `start..end` along dimension 0.
+    pub fn narrow0(&self, start: usize, end: usize) -> Result<Tensor> {
+        if start > end || end > self.shape[0] {
+            return Err(Error::Shape(format!("narrow {start}..{end} of {:?}", self.shape)));
+        }
+        let inner: usize = self.shape[1..].iter().product();
+        let mut shape = self.shape.clone();
+        shape[0] = end - start;
+        let storage = match &self.storage {
+            Storage::F32(v) => Storage::F32(v[start * inner..end * inner].to_vec()),
+            Storage::F16(v) => Storage::F16(v[start * inner..end * inner].to_vec()),
+            Storage::BF16(v) => Storage::BF16(v[start * inner..end * inner].to_vec()),
+            Storage::U8(v) => Storage::U8(v[start * inner..end * inner].to_vec()),
+            Storage::I32(v) => Storage::I32(v[start * inner..end * inner].to_vec()),
+        };
+        Tensor::new(&shape, storage)
+    }
+
+    /// Concatenates f32 tensors along dimension 0.
+    pub fn cat0(parts: &[Tensor]) -> Result<Tensor> {
+        let first = parts.first().ok_or_else(|| Error::Shape("cat of nothing".into()))?;
+        let mut shape = first.shape.clone();
+        shape[0] = 0;
+        let mut data = Vec::new();
+        for p in parts {
+            if p.shape[1..] != first.shape[1..] {
+                return Err(Error::Shape(format!("cat {:?} with {:?}", first.shape, p.shape)));
+            }
+            shape[0] += p.shape[0];
+            data.extend_from_slice(p.f32s()?);
+        }
+        Tensor::from_f32(&shape, data)
+    }
+
+    /// Random normal values (Box-Muller on a seeded generator): for random-weight models and tests.
+    pub fn randn(shape: &[usize], std: f32, rng: &mut impl rand::Rng) -> Tensor {
+        let n = numel(shape);
+        let mut v = Vec::with_capacity(n);
+        while v.len() < n {
+            let u1: f32 = rng.gen::<f32>().max(1e-12);
+            let u2: f32 = rng.gen::<f32>();
+            let r = (-2.0 * u1.ln()).sqrt();
+            let t = 2.0 * std::f32::consts::PI * u2;
+            v.push(r * t.cos() * std);
+            if v.len() < n {
+                v.push(r * t.sin() * std);
+            }
+        }
+        Tensor { shape: shape.to_vec(), storage: Storage::F32(v) }
+    }
+}
