@@ -1,1 +1,42 @@
 //! One file per op: its CPU reference (f32, rayon) and, beside it, its CUDA launcher.
+//!
+//! Each op has a tensor-level entry (`linear`, `layer_norm`, ...) that checks shapes and
+//! dispatches on the device, and slice-level CPU kernels (`*_cpu`) that the models and the
+//! tests call directly. The CUDA launchers join each file with the CUDA backend.
+
+pub mod activation;
+pub mod attention;
+pub mod conv2d;
+pub mod interpolate;
+pub mod layernorm;
+pub mod matmul;
+pub mod pool;
+pub mod similarity;
+pub mod softmax;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// The one place that says an op has no CUDA launcher in this build.
+pub(crate) fn require_cpu(op: &str, inputs: &[&Tensor]) -> Result<()> {
+    for t in inputs {
+        if let Device::Cuda(_) = t.device() {
+            return Err(Error::Device(format!("{op}: no CUDA launcher in this build")));
+        }
+    }
+    Ok(())
+}
+
+/// A raw pointer that rayon tasks may share when each task writes a disjoint region.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub *mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// Through a method, so closures capture the whole (Sync) wrapper, not the raw field.
+    pub fn get(&self) -> *mut f32 {
+        self.0
+    }
+}

@@ -1,4 +1,200 @@
 //! CLIP: weights (both naming schemes), ViT, ModifiedResNet, text encoder, tokenizer, prompts.
 
+pub mod config;
 pub mod prompts;
+pub mod resnet;
+pub mod text;
 pub mod tokenizer;
+pub mod transformer;
+pub mod vit;
+pub mod weights;
+
+use std::path::Path;
+
+use rand::SeedableRng;
+
+use crate::error::{Error, Result};
+use crate::ops::activation::Activation;
+use crate::ops::similarity::l2_normalize_cpu;
+use crate::tensor::Tensor;
+
+pub use config::{ClipConfig, VisionConfig};
+pub use resnet::ModifiedResNet;
+pub use text::TextEncoder;
+pub use vit::{VisionTransformer, VitRequest};
+pub use weights::Params;
+
+pub enum VisionEncoder {
+    Vit(VisionTransformer),
+    ResNet(ModifiedResNet),
+}
+
+pub struct ClipModel {
+    pub config: ClipConfig,
+    /// open_clip's name when known, else a description.
+    pub arch: String,
+    pub visual: VisionEncoder,
+    pub text: Option<TextEncoder>,
+    /// The raw parameter: logits are scaled by exp(logit_scale).
+    pub logit_scale: f32,
+    /// True for random-weight models: their scores mean nothing.
+    pub random: bool,
+    /// Where the activation came from, for the run report.
+    pub act_source: String,
+}
+
+/// The activation of a checkpoint: an explicit choice, else the file's metadata, else a
+/// Hugging Face `config.json` beside it, else QuickGELU (OpenAI's checkpoints).
+fn resolve_activation(path: &Path, params: &Params, explicit: Option<Activation>) -> (Activation, String) {
+    if let Some(a) = explicit {
+        return (a, "--act".into());
+    }
+    if let Some(a) = params.metadata.get("act").and_then(|s| Activation::parse(s)) {
+        return (a, "weights metadata".into());
+    }
+    let cfg = path.with_file_name("config.json");
+    if let Ok(text) = std::fs::read_to_string(&cfg) {
+        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
+            let act = json
+                .pointer("/vision_config/hidden_act")
+                .or_else(|| json.pointer("/hidden_act"))
+                .and_then(|v| v.as_str())
+                .and_then(Activation::parse);
+            if let Some(a) = act {
+                return (a, format!("{}", cfg.display()));
+            }
+        }
+    }
+    (Activation::QuickGelu, "default (OpenAI CLIP); pass --act gelu for open_clip models built without QuickGELU".into())
+}
+
+impl ClipModel {
+    /// Loads a safetensors checkpoint; the architecture is read from its shapes. With
+    /// `expect_arch`, a different architecture is an error.
+    pub fn load(path: &Path, act: Option<Activation>, expect_arch: Option<&str>) -> Result<ClipModel> {
+        let mut params = Params::load(path)?;
+        // HF configs name their head counts; take them when the file does not.
+        let hf_cfg = path.with_file_name("config.json");
+        if let Ok(text) = std::fs::read_to_string(&hf_cfg) {
+            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
+                for (key, ptr) in [("vision_heads", "/vision_config/num_attention_heads"), ("text_heads", "/text_config/num_attention_heads")] {
+                    if let Some(n) = json.pointer(ptr).and_then(|v| v.as_u64()) {
+                        params.metadata.entry(key.to_string()).or_insert(n.to_string());
+                    }
+                }
+            }
+        }
+        let (act, act_source) = resolve_activation(path, &params, act);
+        let config = ClipConfig::from_params(&params, act)?;
+        let arch = config.arch_name();
+        if let Some(want) = expect_arch {
+            let want_base = want.strip_suffix("-quickgelu").unwrap_or(want);
+            if want_base != arch {
+                return Err(Error::Weights(format!(
+                    "--arch {want} was given, but the weights in `{}` are {arch} (read from their shapes)",
+                    path.display()
+                )));
+            }
+        }
+        let visual = match &config.vision {
+            VisionConfig::Vit(v) => VisionEncoder::Vit(VisionTransformer::load(&mut params, v, act)?),
+            VisionConfig::ResNet(r) => VisionEncoder::ResNet(ModifiedResNet::load(&mut params, r)?),
+        };
+        let text = match &config.text {
+            Some(t) => Some(TextEncoder::load(&mut params, t, act)?),
+            None => None,
+        };
+        let logit_scale = if params.contains("logit_scale") {
+            params.take("logit_scale", &[])?[0]
+        } else {
+            (1.0f32 / 0.07).ln()
+        };
+        params.finish()?;
+        Ok(ClipModel { config, arch, visual, text, logit_scale, random: false, act_source })
+    }
+
+    /// A random-weight model of a named open_clip architecture (for demos and benchmarks).
+    pub fn random(arch: &str, seed: u64) -> Result<ClipModel> {
+        let config = ClipConfig::named(arch)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let act = config.act;
+        let visual = match &config.vision {
+            VisionConfig::Vit(v) => VisionEncoder::Vit(VisionTransformer::random(v, act, &mut rng)),
+            VisionConfig::ResNet(r) => VisionEncoder::ResNet(ModifiedResNet::random(r, &mut rng)),
+        };
+        let text = config.text.as_ref().map(|t| TextEncoder::random(t, act, &mut rng));
+        Ok(ClipModel {
+            config,
+            arch: arch.to_string(),
+            visual,
+            text,
+            logit_scale: (100.0f32).ln(),
+            random: true,
+            act_source: "the architecture's open_clip config".into(),
+        })
+    }
+
+    /// Native input side in pixels.
+    pub fn image_size(&self) -> usize {
+        self.config.vision.image_size()
+    }
+
+    /// The input granularity: the patch for a ViT, 32 for a ModifiedResNet.
+    pub fn input_multiple(&self) -> usize {
+        match &self.visual {
+            VisionEncoder::Vit(v) => v.cfg.patch,
+            VisionEncoder::ResNet(_) => 32,
+        }
+    }
+
+    /// pixels (B, 3, H, W) -> (B, D), unnormalised (open_clip's encode_image).
+    pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
+        match &self.visual {
+            VisionEncoder::Vit(v) => Ok(v.forward(pixels, &VitRequest::default())?.pooled),
+            VisionEncoder::ResNet(r) => Ok(r.forward(pixels, false)?.pooled),
+        }
+    }
+
+    pub fn text_encoder(&self) -> Result<&TextEncoder> {
+        self.text.as_ref().ok_or_else(|| Error::Weights("these weights have no text tower (token_embedding.weight is missing)".into()))
+    }
+
+    /// tokens (B, 77) -> (B, D), unnormalised.
+    pub fn encode_text(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.text_encoder()?.forward(tokens)
+    }
+
+    /// exp(logit_scale), the multiplier of cosine similarities.
+    pub fn logit_multiplier(&self) -> f32 {
+        self.logit_scale.exp()
+    }
+
+    /// One L2-normalised embedding per class: each template filled with the class name and
+    /// encoded, each normalised, averaged, normalised again (CLIP's prompt ensemble; with one
+    /// template, just the normalised embedding). (C, D).
+    pub fn class_embeddings(&self, tok: &tokenizer::ClipTokenizer, classes: &[String], templates: &[&str]) -> Result<Tensor> {
+        let text = self.text_encoder()?;
+        let d = text.cfg.output_dim;
+        let ctx = text.cfg.context;
+        if templates.is_empty() {
+            return Err(Error::Tokenizer("no prompt template".into()));
+        }
+        let mut out = Vec::with_capacity(classes.len() * d);
+        for class in classes {
+            let prompts: Vec<String> = templates.iter().map(|t| prompts::fill(t, class)).collect();
+            let tokens = tok.encode_batch(&prompts, ctx);
+            let mut emb = text.forward(&tokens)?.into_f32_vec()?;
+            l2_normalize_cpu(&mut emb, d);
+            let mut mean = vec![0.0f32; d];
+            for row in emb.chunks_exact(d) {
+                for (m, v) in mean.iter_mut().zip(row) {
+                    *m += v;
+                }
+            }
+            mean.iter_mut().for_each(|m| *m /= templates.len() as f32);
+            l2_normalize_cpu(&mut mean, d);
+            out.extend(mean);
+        }
+        Tensor::from_f32(&[classes.len(), d], out)
+    }
+}

@@ -1,0 +1,299 @@
+//! CLIP's ModifiedResNet image encoder: three-conv stem, anti-aliased average-pool
+//! downsampling, bottleneck stages and attention pooling. Batch norm is folded into the
+//! convolutions at load time (inference only).
+
+use rand::Rng;
+
+use crate::error::{Error, Result};
+use crate::models::clip::config::ResNetConfig;
+use crate::models::clip::weights::Params;
+use crate::ops::conv2d::{conv2d_cpu, Conv2dShape};
+use crate::ops::interpolate::bilinear_resize_cpu;
+use crate::ops::pool::{attention_pool2d_cpu, avg_pool2d_cpu, AttnPoolWeights};
+use crate::tensor::Tensor;
+
+const BN_EPS: f32 = 1e-5;
+
+/// A convolution with its batch norm folded in: w' = w * g / sqrt(v + eps), b' = beta - m * g / sqrt(v + eps).
+struct ConvBn {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+}
+
+impl ConvBn {
+    fn load(p: &mut Params, conv: &str, bn: &str, c_in: usize, c_out: usize, k: usize, stride: usize) -> Result<Self> {
+        let mut w = p.take(&format!("{conv}.weight"), &[c_out, c_in, k, k])?;
+        let gamma = p.take(&format!("{bn}.weight"), &[c_out])?;
+        let beta = p.take(&format!("{bn}.bias"), &[c_out])?;
+        let mean = p.take(&format!("{bn}.running_mean"), &[c_out])?;
+        let var = p.take(&format!("{bn}.running_var"), &[c_out])?;
+        let per = c_in * k * k;
+        let mut b = vec![0.0f32; c_out];
+        for co in 0..c_out {
+            let s = gamma[co] / (var[co] + BN_EPS).sqrt();
+            for v in &mut w[co * per..(co + 1) * per] {
+                *v *= s;
+            }
+            b[co] = beta[co] - mean[co] * s;
+        }
+        Ok(ConvBn { w, b, c_in, c_out, k, stride })
+    }
+
+    fn random(c_in: usize, c_out: usize, k: usize, stride: usize, rng: &mut impl Rng) -> Self {
+        let std = (2.0 / (c_in * k * k) as f32).sqrt();
+        let w = Tensor::randn(&[c_out, c_in, k, k], std, rng).into_f32_vec().unwrap_or_default();
+        ConvBn { w, b: vec![0.0; c_out], c_in, c_out, k, stride }
+    }
+
+    /// x (B, C_in, H, W) -> (B, C_out, H', W'), ReLU optional.
+    fn forward(&self, x: &[f32], b: usize, h: usize, w: usize, relu: bool) -> (Vec<f32>, usize, usize) {
+        let s = Conv2dShape { batch: b, c_in: self.c_in, h, w, c_out: self.c_out, kernel: self.k, stride: self.stride, pad: self.k / 2 };
+        let (ho, wo) = s.out_hw();
+        let mut y = vec![0.0f32; b * self.c_out * ho * wo];
+        conv2d_cpu(x, &self.w, Some(&self.b), &s, relu, &mut y);
+        (y, ho, wo)
+    }
+}
+
+fn avg_pool(x: Vec<f32>, bc: usize, h: usize, w: usize, k: usize) -> (Vec<f32>, usize, usize) {
+    if k == 1 {
+        return (x, h, w);
+    }
+    let (ho, wo) = (h / k, w / k);
+    let mut y = vec![0.0f32; bc * ho * wo];
+    avg_pool2d_cpu(&x, bc, h, w, k, &mut y);
+    (y, ho, wo)
+}
+
+struct Bottleneck {
+    conv1: ConvBn,
+    conv2: ConvBn,
+    conv3: ConvBn,
+    stride: usize,
+    /// AvgPool(stride) then a folded 1x1 conv, when the shape changes.
+    downsample: Option<ConvBn>,
+}
+
+impl Bottleneck {
+    fn forward(&self, x: &[f32], b: usize, h: usize, w: usize) -> (Vec<f32>, usize, usize) {
+        let (o, _, _) = self.conv1.forward(x, b, h, w, true);
+        let (o, _, _) = self.conv2.forward(&o, b, h, w, true);
+        let (o, ho, wo) = avg_pool(o, b * self.conv2.c_out, h, w, self.stride);
+        let (mut o, _, _) = self.conv3.forward(&o, b, ho, wo, false);
+        match &self.downsample {
+            Some(ds) => {
+                let (xi, _, _) = avg_pool(x.to_vec(), b * ds.c_in, h, w, self.stride);
+                let (id, _, _) = ds.forward(&xi, b, ho, wo, false);
+                for (v, i) in o.iter_mut().zip(&id) {
+                    *v = (*v + i).max(0.0);
+                }
+            }
+            None => {
+                for (v, i) in o.iter_mut().zip(x) {
+                    *v = (*v + i).max(0.0);
+                }
+            }
+        }
+        (o, ho, wo)
+    }
+}
+
+pub struct ModifiedResNet {
+    pub cfg: ResNetConfig,
+    stem: [ConvBn; 3],
+    stages: Vec<Vec<Bottleneck>>,
+    /// (grid^2 + 1, C)
+    pool_pos: Vec<f32>,
+    q_w: Vec<f32>,
+    q_b: Vec<f32>,
+    k_w: Vec<f32>,
+    k_b: Vec<f32>,
+    v_w: Vec<f32>,
+    v_b: Vec<f32>,
+    c_w: Vec<f32>,
+    c_b: Vec<f32>,
+}
+
+pub struct ResNetOutput {
+    /// (B, D)
+    pub pooled: Tensor,
+    /// (B, C, h, w): the last stage's feature map, before the attention pool.
+    pub features: Option<Tensor>,
+}
+
+/// The (planes, stride) of every block, in order, with its input channels.
+fn block_plan(cfg: &ResNetConfig) -> Vec<Vec<(usize, usize, usize)>> {
+    let mut inplanes = cfg.width;
+    let mut plan = Vec::new();
+    for (s, &n) in cfg.layers.iter().enumerate() {
+        let planes = cfg.width << s;
+        let mut stage = Vec::new();
+        for i in 0..n {
+            let stride = if s > 0 && i == 0 { 2 } else { 1 };
+            stage.push((inplanes, planes, stride));
+            inplanes = planes * 4;
+        }
+        plan.push(stage);
+    }
+    plan
+}
+
+impl ModifiedResNet {
+    pub fn embed_dim(cfg: &ResNetConfig) -> usize {
+        cfg.width * 32
+    }
+
+    pub fn load(p: &mut Params, cfg: &ResNetConfig) -> Result<Self> {
+        let w = cfg.width;
+        let stem = [
+            ConvBn::load(p, "visual.conv1", "visual.bn1", 3, w / 2, 3, 2)?,
+            ConvBn::load(p, "visual.conv2", "visual.bn2", w / 2, w / 2, 3, 1)?,
+            ConvBn::load(p, "visual.conv3", "visual.bn3", w / 2, w, 3, 1)?,
+        ];
+        let mut stages = Vec::new();
+        for (s, stage) in block_plan(cfg).into_iter().enumerate() {
+            let mut blocks = Vec::new();
+            for (i, (inplanes, planes, stride)) in stage.into_iter().enumerate() {
+                let pre = format!("visual.layer{}.{}", s + 1, i);
+                let downsample = if stride > 1 || inplanes != planes * 4 {
+                    Some(ConvBn::load(p, &format!("{pre}.downsample.0"), &format!("{pre}.downsample.1"), inplanes, planes * 4, 1, 1)?)
+                } else {
+                    None
+                };
+                blocks.push(Bottleneck {
+                    conv1: ConvBn::load(p, &format!("{pre}.conv1"), &format!("{pre}.bn1"), inplanes, planes, 1, 1)?,
+                    conv2: ConvBn::load(p, &format!("{pre}.conv2"), &format!("{pre}.bn2"), planes, planes, 3, 1)?,
+                    conv3: ConvBn::load(p, &format!("{pre}.conv3"), &format!("{pre}.bn3"), planes, planes * 4, 1, 1)?,
+                    stride,
+                    downsample,
+                });
+            }
+            stages.push(blocks);
+        }
+        let c = Self::embed_dim(cfg);
+        let d = cfg.output_dim;
+        let a = "visual.attnpool";
+        Ok(ModifiedResNet {
+            cfg: cfg.clone(),
+            stem,
+            stages,
+            pool_pos: p.take(&format!("{a}.positional_embedding"), &[cfg.grid * cfg.grid + 1, c])?,
+            q_w: p.take(&format!("{a}.q_proj.weight"), &[c, c])?,
+            q_b: p.take(&format!("{a}.q_proj.bias"), &[c])?,
+            k_w: p.take(&format!("{a}.k_proj.weight"), &[c, c])?,
+            k_b: p.take(&format!("{a}.k_proj.bias"), &[c])?,
+            v_w: p.take(&format!("{a}.v_proj.weight"), &[c, c])?,
+            v_b: p.take(&format!("{a}.v_proj.bias"), &[c])?,
+            c_w: p.take(&format!("{a}.c_proj.weight"), &[d, c])?,
+            c_b: p.take(&format!("{a}.c_proj.bias"), &[d])?,
+        })
+    }
+
+    pub fn random(cfg: &ResNetConfig, rng: &mut impl Rng) -> Self {
+        let w = cfg.width;
+        let stem = [ConvBn::random(3, w / 2, 3, 2, rng), ConvBn::random(w / 2, w / 2, 3, 1, rng), ConvBn::random(w / 2, w, 3, 1, rng)];
+        let stages = block_plan(cfg)
+            .into_iter()
+            .map(|stage| {
+                stage
+                    .into_iter()
+                    .map(|(inplanes, planes, stride)| Bottleneck {
+                        downsample: (stride > 1 || inplanes != planes * 4).then(|| ConvBn::random(inplanes, planes * 4, 1, 1, rng)),
+                        conv1: ConvBn::random(inplanes, planes, 1, 1, rng),
+                        conv2: ConvBn::random(planes, planes, 3, 1, rng),
+                        conv3: ConvBn::random(planes, planes * 4, 1, 1, rng),
+                        stride,
+                    })
+                    .collect()
+            })
+            .collect();
+        let c = Self::embed_dim(cfg);
+        let d = cfg.output_dim;
+        let std = (c as f32).powf(-0.5);
+        let mut r = |shape: &[usize]| Tensor::randn(shape, std, rng).into_f32_vec().unwrap_or_default();
+        ModifiedResNet {
+            cfg: cfg.clone(),
+            stem,
+            stages,
+            pool_pos: r(&[cfg.grid * cfg.grid + 1, c]),
+            q_w: r(&[c, c]),
+            q_b: vec![0.0; c],
+            k_w: r(&[c, c]),
+            k_b: vec![0.0; c],
+            v_w: r(&[c, c]),
+            v_b: vec![0.0; c],
+            c_w: r(&[d, c]),
+            c_b: vec![0.0; d],
+        }
+    }
+
+    /// The attention pool's positional embedding for an h x w feature grid (bilinear,
+    /// align_corners = false, when it differs from the native grid).
+    fn pool_positional(&self, h: usize, w: usize) -> Vec<f32> {
+        let c = Self::embed_dim(&self.cfg);
+        let g = self.cfg.grid;
+        if h == g && w == g {
+            return self.pool_pos.clone();
+        }
+        let grid = &self.pool_pos[c..];
+        let mut chw = vec![0.0f32; c * g * g];
+        for p in 0..g * g {
+            for ci in 0..c {
+                chw[ci * g * g + p] = grid[p * c + ci];
+            }
+        }
+        let mut resized = vec![0.0f32; c * h * w];
+        bilinear_resize_cpu(&chw, c, g, g, h, w, false, &mut resized);
+        let mut out = self.pool_pos[..c].to_vec();
+        for p in 0..h * w {
+            for ci in 0..c {
+                out.push(resized[ci * h * w + p]);
+            }
+        }
+        out
+    }
+
+    /// pixels (B, 3, H, W), normalised; H and W multiples of 32.
+    pub fn forward(&self, pixels: &Tensor, want_features: bool) -> Result<ResNetOutput> {
+        let s = pixels.shape();
+        if s.len() != 4 || s[1] != 3 || s[2] % 32 != 0 || s[3] % 32 != 0 || s[2] == 0 || s[3] == 0 {
+            return Err(Error::Shape(format!("ModifiedResNet input must be (B, 3, H, W) with H, W positive multiples of 32; got {s:?}")));
+        }
+        let (b, h, w) = (s[0], s[2], s[3]);
+        let (x, h, w) = self.stem[0].forward(pixels.f32s()?, b, h, w, true);
+        let (x, h, w) = self.stem[1].forward(&x, b, h, w, true);
+        let (x, h, w) = self.stem[2].forward(&x, b, h, w, true);
+        let (mut x, mut h, mut w) = avg_pool(x, b * self.cfg.width, h, w, 2);
+        for stage in &self.stages {
+            for blk in stage {
+                let (y, ho, wo) = blk.forward(&x, b, h, w);
+                x = y;
+                h = ho;
+                w = wo;
+            }
+        }
+        let c = Self::embed_dim(&self.cfg);
+        let pos = self.pool_positional(h, w);
+        let wt = AttnPoolWeights {
+            pos: &pos,
+            q_w: &self.q_w,
+            q_b: &self.q_b,
+            k_w: &self.k_w,
+            k_b: &self.k_b,
+            v_w: &self.v_w,
+            v_b: &self.v_b,
+            c_w: &self.c_w,
+            c_b: &self.c_b,
+            heads: self.cfg.heads,
+        };
+        let d = self.cfg.output_dim;
+        let mut pooled = vec![0.0f32; b * d];
+        attention_pool2d_cpu(&x, b, c, h * w, &wt, &mut pooled);
+        let features = if want_features { Some(Tensor::from_f32(&[b, c, h, w], x)?) } else { None };
+        Ok(ResNetOutput { pooled: Tensor::from_f32(&[b, d], pooled)?, features })
+    }
+}

@@ -1,0 +1,102 @@
+//! CLIP's text encoder: token + positional embeddings, causal block stack, ln_final, the
+//! features at the end token (the largest token id, as OpenAI pools) and the projection.
+
+use rand::Rng;
+
+use crate::error::{Error, Result};
+use crate::models::clip::config::TextConfig;
+use crate::models::clip::transformer::{LayerRequests, Transformer, LN_EPS};
+use crate::models::clip::vit::transpose;
+use crate::models::clip::weights::Params;
+use crate::ops::activation::Activation;
+use crate::ops::attention::AttnMask;
+use crate::ops::layernorm::layer_norm_cpu;
+use crate::ops::matmul::linear_cpu;
+use crate::tensor::{Storage, Tensor};
+
+pub struct TextEncoder {
+    pub cfg: TextConfig,
+    token_emb: Vec<f32>,
+    pos_emb: Vec<f32>,
+    pub transformer: Transformer,
+    ln_final_w: Vec<f32>,
+    ln_final_b: Vec<f32>,
+    /// (D, W), transposed from OpenAI's (W, D).
+    proj_t: Vec<f32>,
+}
+
+impl TextEncoder {
+    pub fn load(p: &mut Params, cfg: &TextConfig, act: Activation) -> Result<Self> {
+        let (w, d) = (cfg.width, cfg.output_dim);
+        let token_emb = p.take("token_embedding.weight", &[cfg.vocab, w])?;
+        let pos_emb = p.take("positional_embedding", &[cfg.context, w])?;
+        let transformer = Transformer::load(p, "transformer.resblocks.", w, cfg.layers, cfg.heads, act)?;
+        let ln_final_w = p.take("ln_final.weight", &[w])?;
+        let ln_final_b = p.take("ln_final.bias", &[w])?;
+        let proj = p.take("text_projection", &[w, d])?;
+        Ok(TextEncoder { cfg: cfg.clone(), token_emb, pos_emb, transformer, ln_final_w, ln_final_b, proj_t: transpose(&proj, w, d) })
+    }
+
+    pub fn random(cfg: &TextConfig, act: Activation, rng: &mut impl Rng) -> Self {
+        let (w, d) = (cfg.width, cfg.output_dim);
+        let r = |shape: &[usize], std: f32, rng: &mut _| Tensor::randn(shape, std, rng).into_f32_vec().unwrap_or_default();
+        TextEncoder {
+            cfg: cfg.clone(),
+            token_emb: r(&[cfg.vocab, w], 0.02, rng),
+            pos_emb: r(&[cfg.context, w], 0.01, rng),
+            transformer: Transformer::random(w, cfg.layers, cfg.heads, act, rng),
+            ln_final_w: vec![1.0; w],
+            ln_final_b: vec![0.0; w],
+            proj_t: r(&[d, w], (w as f32).powf(-0.5), rng),
+        }
+    }
+
+    /// tokens (B, context) i32 ids -> (B, D) unnormalised text features.
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        let ids: &[i32] = match tokens.storage() {
+            Storage::I32(v) => v,
+            _ => return Err(Error::Shape("text tokens must be i32".into())),
+        };
+        let (b, t) = match tokens.shape() {
+            [b, t] => (*b, *t),
+            s => return Err(Error::Shape(format!("text tokens must be (B, T); got {s:?}"))),
+        };
+        if t > self.cfg.context {
+            return Err(Error::Shape(format!("{t} tokens for a context of {}", self.cfg.context)));
+        }
+        let (w, d) = (self.cfg.width, self.cfg.output_dim);
+        let mut x = vec![0.0f32; b * t * w];
+        for (i, &id) in ids.iter().enumerate() {
+            if id < 0 || id as usize >= self.cfg.vocab {
+                return Err(Error::Tokenizer(format!("token id {id} outside the vocabulary of {}", self.cfg.vocab)));
+            }
+            let pos = i % t;
+            let dst = &mut x[i * w..(i + 1) * w];
+            let emb = &self.token_emb[id as usize * w..(id as usize + 1) * w];
+            let pe = &self.pos_emb[pos * w..(pos + 1) * w];
+            for k in 0..w {
+                dst[k] = emb[k] + pe[k];
+            }
+        }
+        let causal = AttnMask { causal: true, ..Default::default() };
+        let req = LayerRequests { masks: vec![causal; self.cfg.layers], ..Default::default() };
+        self.transformer.forward(&mut x, b, t, &req);
+        // Pool at the end token: the first position of the largest id (torch.argmax's rule).
+        let mut pooled_in = vec![0.0f32; b * w];
+        for bi in 0..b {
+            let row = &ids[bi * t..(bi + 1) * t];
+            let mut best = 0;
+            for (j, &v) in row.iter().enumerate() {
+                if v > row[best] {
+                    best = j;
+                }
+            }
+            pooled_in[bi * w..(bi + 1) * w].copy_from_slice(&x[(bi * t + best) * w..(bi * t + best + 1) * w]);
+        }
+        let mut normed = vec![0.0f32; b * w];
+        layer_norm_cpu(&pooled_in, &self.ln_final_w, &self.ln_final_b, LN_EPS, &mut normed);
+        let mut out = vec![0.0f32; b * d];
+        linear_cpu(&normed, &self.proj_t, None, &mut out, w, false);
+        Tensor::from_f32(&[b, d], out)
+    }
+}

@@ -1,0 +1,125 @@
+//! 2-D convolution (NCHW) as im2col + GEMM, with the folded-batch-norm bias and ReLU fused
+//! into its epilogue; and the ViT patch embedding (a stride = kernel convolution written
+//! straight into token layout).
+
+use rayon::prelude::*;
+
+use crate::ops::matmul::{gemm_cpu, MatRef};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2dShape {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Conv2dShape {
+    pub fn out_hw(&self) -> (usize, usize) {
+        (
+            (self.h + 2 * self.pad - self.kernel) / self.stride + 1,
+            (self.w + 2 * self.pad - self.kernel) / self.stride + 1,
+        )
+    }
+}
+
+/// cols (C_in*k*k, Ho*Wo) for one image.
+fn im2col(x: &[f32], s: &Conv2dShape, cols: &mut [f32]) {
+    let (ho, wo) = s.out_hw();
+    let k = s.kernel;
+    for ci in 0..s.c_in {
+        let plane = &x[ci * s.h * s.w..(ci + 1) * s.h * s.w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut cols[((ci * k + ky) * k + kx) * ho * wo..][..ho * wo];
+                for oy in 0..ho {
+                    let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                    let dst = &mut row[oy * wo..(oy + 1) * wo];
+                    if iy < 0 || iy >= s.h as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * s.w..(iy as usize + 1) * s.w];
+                    for (ox, d) in dst.iter_mut().enumerate() {
+                        let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                        *d = if ix < 0 || ix >= s.w as isize { 0.0 } else { src[ix as usize] };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// y (B, C_out, Ho, Wo) = conv(x (B, C_in, H, W), w (C_out, C_in, k, k)) + bias, then ReLU.
+pub fn conv2d_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, relu: bool, y: &mut [f32]) {
+    let (ho, wo) = s.out_hw();
+    let kk = s.c_in * s.kernel * s.kernel;
+    let direct = s.kernel == 1 && s.stride == 1 && s.pad == 0;
+    // Images in parallel when there are enough of them, else threads inside the GEMM.
+    let batch_parallel = s.batch >= rayon::current_num_threads();
+    let one = |(xb, yb): (&[f32], &mut [f32])| {
+        let mut cols_buf = Vec::new();
+        let cols: &[f32] = if direct {
+            xb
+        } else {
+            cols_buf.resize(kk * ho * wo, 0.0);
+            im2col(xb, s, &mut cols_buf);
+            &cols_buf
+        };
+        // SAFETY: w (C_out x kk) @ cols (kk x Ho*Wo) -> yb (C_out x Ho*Wo).
+        unsafe {
+            gemm_cpu(
+                s.c_out,
+                ho * wo,
+                kk,
+                MatRef::row_major(w, kk),
+                MatRef::row_major(cols, ho * wo),
+                yb.as_mut_ptr(),
+                (ho * wo) as isize,
+                false,
+                !batch_parallel,
+            );
+        }
+        for (co, plane) in yb.chunks_exact_mut(ho * wo).enumerate() {
+            let bv = bias.map_or(0.0, |b| b[co]);
+            if relu {
+                plane.iter_mut().for_each(|v| *v = (*v + bv).max(0.0));
+            } else if bv != 0.0 {
+                plane.iter_mut().for_each(|v| *v += bv);
+            }
+        }
+    };
+    let xs = x.chunks_exact(s.c_in * s.h * s.w);
+    let ys = y.chunks_exact_mut(s.c_out * ho * wo);
+    if batch_parallel {
+        xs.zip(ys).par_bridge().for_each(one);
+    } else {
+        xs.zip(ys).for_each(one);
+    }
+}
+
+/// tokens (B, gh*gw, C) = patchify(x (B, 3, H, W)) @ w^T, w (C, 3, p, p), no bias.
+/// H and W must be multiples of p (the caller resizes first).
+pub fn patch_embed_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, weight: &[f32], p: usize, out: &mut [f32]) {
+    let (gh, gw) = (h / p, w_ / p);
+    let kk = c_in * p * p;
+    let c = weight.len() / kk;
+    let n = gh * gw;
+    let mut patches = vec![0.0f32; b * n * kk];
+    patches.par_chunks_mut(kk).enumerate().for_each(|(idx, dst)| {
+        let (bi, pi) = (idx / n, idx % n);
+        let (py, px) = (pi / gw, pi % gw);
+        for ci in 0..c_in {
+            for ky in 0..p {
+                let src = &x[((bi * c_in + ci) * h + py * p + ky) * w_ + px * p..][..p];
+                dst[(ci * p + ky) * p..][..p].copy_from_slice(src);
+            }
+        }
+    });
+    debug_assert_eq!(out.len(), b * n * c);
+    crate::ops::matmul::linear_cpu(&patches, weight, None, out, kk, false);
+}
