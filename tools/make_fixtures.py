@@ -390,16 +390,33 @@ def state_dict_f32(model):
 
 
 def save(path, tensors, metadata):
-    from safetensors.torch import save_file
-    t = {}
+    """Write a safetensors file byte-for-byte reproducibly (the library's writer orders the
+    metadata at random): tensors sorted by name, header JSON with sorted keys, f32 / i32."""
+    header = {"__metadata__": {k: str(v) for k, v in sorted(metadata.items())}}
+    blobs = []
+    offset = 0
+    for k in sorted(tensors):
+        v = tensors[k].detach()
+        v = v.to(torch.float32) if v.is_floating_point() else v.to(torch.int32)
+        a = np.array(v.cpu().numpy(), order="C").astype("<f4" if v.dtype == torch.float32 else "<i4")
+        b = a.tobytes()
+        header[k] = {"dtype": "F32" if v.dtype == torch.float32 else "I32",
+                     "shape": list(a.shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)  # align the data to 8 bytes
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little"))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+    # read back with the reference reader
+    from safetensors.torch import load_file
+    back = load_file(path)
+    assert set(back) == set(tensors)
     for k, v in tensors.items():
-        v = v.detach()
-        if v.is_floating_point():
-            v = v.to(torch.float32)
-        else:
-            v = v.to(torch.int32)
-        t[k] = v.contiguous()
-    save_file(t, path, metadata={k: str(v) for k, v in metadata.items()})
+        assert torch.equal(back[k], v.detach().to(back[k].dtype)), k
     print(f"wrote {path} ({os.path.getsize(path)} bytes)")
 
 
@@ -479,7 +496,8 @@ def make_openclip_vit(out_dir, name, quick_gelu, seed):
     sharpen_(model, gen)
     sd = state_dict_f32(model)
     save(os.path.join(out_dir, f"{name}.safetensors"), sd,
-         {"format": "open_clip", "act": act, "arch": f"tiny-vit ({name})"})
+         {"format": "open_clip", "act": act, "arch": f"tiny-vit ({name})",
+          "vision_heads": 2, "text_heads": 2})
 
     model = model.double()
     pixels = torch.randn(2, 3, 32, 32, generator=gen).float().double()
@@ -530,9 +548,10 @@ def make_openclip_rn(out_dir, name, seed):
     perturb_(model, gen, emb_names=("positional_embedding", "token_embedding.weight"))
     sharpen_(model, gen)
     sd = state_dict_f32(model)
-    save(os.path.join(out_dir, f"{name}.safetensors"), sd,
-         {"format": "open_clip", "act": "quick_gelu", "arch": f"tiny-modified-resnet ({name})"})
     heads = model.visual.attnpool.num_heads
+    save(os.path.join(out_dir, f"{name}.safetensors"), sd,
+         {"format": "open_clip", "act": "quick_gelu", "arch": f"tiny-modified-resnet ({name})",
+          "vision_heads": heads, "text_heads": 2})
 
     model = model.double()
     pixels = torch.randn(2, 3, 64, 64, generator=gen).float().double()
@@ -592,7 +611,8 @@ def make_hf_vit(out_dir, name, seed):
     sharpen_(model, gen, all_linear=True)
     sd = state_dict_f32(model)
     save(os.path.join(out_dir, f"{name}.safetensors"), sd,
-         {"format": "hf", "act": cfg.vision_config.hidden_act, "arch": f"tiny-vit ({name})"})
+         {"format": "hf", "act": cfg.vision_config.hidden_act, "arch": f"tiny-vit ({name})",
+          "vision_heads": 2, "text_heads": 2, "hf_config": cfg.to_json_string(use_diff=False)})
     with open(os.path.join(out_dir, f"{name}.config.json"), "w") as f:
         f.write(cfg.to_json_string())
 
