@@ -4,6 +4,7 @@
 //! its CPU reference (and CUDA launcher beside it); `models::clip` builds the encoders from
 //! those ops; `data` decodes and transforms images; `methods` are the pipelines the CLI calls.
 
+pub mod bench;
 pub mod data;
 pub mod device;
 pub mod error;

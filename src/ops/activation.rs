@@ -27,9 +27,47 @@ pub fn quick_gelu(x: f32) -> f32 {
     x / (1.0 + (-1.702 * x).exp())
 }
 
+/// erf in f32 by a rational approximation on [-4, 4] (beyond, erf is +-1 in f32): a few ulp,
+/// branch-free so the MLP epilogue vectorises (plain multiply-adds: `mul_add` without
+/// a compile-time FMA target becomes a libm call).
+#[inline]
+pub fn erf_f32(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 + -2.101_024e-6;
+    p = p * x2 + -5.692_506_4e-5;
+    p = p * x2 + -7.349_906_3e-4;
+    p = p * x2 + -2.954_600_5e-3;
+    p = p * x2 + -1.609_603_3e-2;
+    let mut q = -1.456_607_2e-5f32;
+    q = q * x2 + -2.133_740_6e-4;
+    q = q * x2 + -1.682_827e-3;
+    q = q * x2 + -7.373_329_3e-3;
+    q = q * x2 + -1.426_474e-2;
+    x * p / q
+}
+
 #[inline]
 pub fn gelu(x: f32) -> f32 {
-    (0.5 * x as f64 * (1.0 + libm::erf(x as f64 / std::f64::consts::SQRT_2))) as f32
+    0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_f32_matches_libm() {
+        let mut worst = 0.0f64;
+        for i in -60000..=60000 {
+            let x = i as f64 * 1e-4;
+            let e = (erf_f32(x as f32) as f64 - libm::erf(x)).abs();
+            worst = worst.max(e);
+        }
+        assert!(worst < 5e-7, "erf max abs error {worst:e}");
+    }
 }
 
 /// y = act(y + bias) in place over rows of `bias.len()`: the epilogue of an MLP's first GEMM.

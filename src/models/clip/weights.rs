@@ -236,3 +236,20 @@ impl Params {
         Ok(())
     }
 }
+
+/// Serialises f32 tensors (and string metadata) to safetensors bytes.
+pub fn save_safetensors(tensors: &[(&str, &Tensor)], metadata: &HashMap<String, String>) -> Result<Vec<u8>> {
+    let bufs: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.to_string(), t.shape().to_vec(), bytemuck::cast_slice::<f32, u8>(t.f32s()?).to_vec())))
+        .collect::<Result<_>>()?;
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(StDtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Weights(format!("tensor `{n}`: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize(views, &Some(metadata.clone())).map_err(|e| Error::Weights(e.to_string()))
+}

@@ -1,0 +1,58 @@
+//! The report every run ends with: printed for people, written as JSON for programs.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::methods::encode::Skipped;
+
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub command: String,
+    pub arch: String,
+    pub weights: Option<String>,
+    pub random_weights: bool,
+    pub activation: String,
+    pub device: String,
+    pub threads: usize,
+    pub transform: String,
+    pub images_total: usize,
+    pub images_ok: usize,
+    pub skipped: Vec<Skipped>,
+    pub seconds: f64,
+    pub images_per_s: f64,
+    pub outputs: Vec<String>,
+    /// Command-specific results (e.g. classes).
+    pub extra: serde_json::Value,
+}
+
+impl RunReport {
+    /// The human-readable summary (stderr).
+    pub fn print(&self) {
+        eprintln!("── {} report ──", self.command);
+        eprintln!("model     {} ({})", self.arch, self.weights.as_deref().unwrap_or("random weights"));
+        eprintln!("device    {} · {} threads · {}", self.device, self.threads, self.transform);
+        eprintln!(
+            "images    {} of {} encoded in {:.1} s ({:.2} images/s)",
+            self.images_ok, self.images_total, self.seconds, self.images_per_s
+        );
+        if !self.skipped.is_empty() {
+            eprintln!("skipped   {}:", self.skipped.len());
+            for s in &self.skipped {
+                eprintln!("  {}: {}", s.path, s.reason);
+            }
+        }
+        for o in &self.outputs {
+            eprintln!("wrote     {o}");
+        }
+        if self.random_weights {
+            eprintln!("WARNING   random weights: these numbers mean nothing (pass --weights for a real model)");
+        }
+    }
+
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::Weights(e.to_string()))?;
+        crate::methods::write_atomic(path, text.as_bytes())
+    }
+}
