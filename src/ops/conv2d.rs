@@ -44,9 +44,21 @@ fn im2col(x: &[f32], s: &Conv2dShape, cols: &mut [f32]) {
                         continue;
                     }
                     let src = &plane[iy as usize * s.w..(iy as usize + 1) * s.w];
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                        *d = if ix < 0 || ix >= s.w as isize { 0.0 } else { src[ix as usize] };
+                    if s.stride == 1 {
+                        // Valid output columns are one contiguous run: copy it, zero the edges.
+                        let lo = s.pad.saturating_sub(kx).min(wo);
+                        let hi = (s.w + s.pad).saturating_sub(kx).min(wo).max(lo);
+                        dst[..lo].fill(0.0);
+                        if hi > lo {
+                            let start = lo + kx - s.pad;
+                            dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                        }
+                        dst[hi..].fill(0.0);
+                    } else {
+                        for (ox, d) in dst.iter_mut().enumerate() {
+                            let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                            *d = if ix < 0 || ix >= s.w as isize { 0.0 } else { src[ix as usize] };
+                        }
                     }
                 }
             }
@@ -122,4 +134,66 @@ pub fn patch_embed_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, we
     });
     debug_assert_eq!(out.len(), b * n * c);
     crate::ops::matmul::linear_cpu(&patches, weight, None, out, kk, false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The definition, one output at a time.
+    fn conv_naive(x: &[f32], w: &[f32], bias: &[f32], s: &Conv2dShape, relu: bool) -> Vec<f32> {
+        let (ho, wo) = s.out_hw();
+        let k = s.kernel;
+        let mut y = vec![0.0f32; s.batch * s.c_out * ho * wo];
+        for b in 0..s.batch {
+            for co in 0..s.c_out {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut acc = bias[co] as f64;
+                        for ci in 0..s.c_in {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                                    let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                                    if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((b * s.c_in + ci) * s.h + iy as usize) * s.w + ix as usize];
+                                    acc += xv as f64 * w[((co * s.c_in + ci) * k + ky) * k + kx] as f64;
+                                }
+                            }
+                        }
+                        let v = acc as f32;
+                        y[((b * s.c_out + co) * ho + oy) * wo + ox] = if relu { v.max(0.0) } else { v };
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn conv2d_matches_definition_on_odd_shapes() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for &(batch, c_in, h, w, c_out, kernel, stride, pad, relu) in &[
+            (1, 3, 7, 5, 4, 3, 2, 1, true),
+            (3, 5, 9, 11, 6, 3, 1, 1, false),
+            (2, 4, 6, 6, 8, 1, 1, 0, true),
+            (2, 3, 5, 4, 2, 5, 1, 2, false),
+            (1, 2, 3, 3, 3, 3, 1, 1, true),
+        ] {
+            let s = Conv2dShape { batch, c_in, h, w, c_out, kernel, stride, pad };
+            let x: Vec<f32> = (0..batch * c_in * h * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let wt: Vec<f32> = (0..c_out * c_in * kernel * kernel).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let bias: Vec<f32> = (0..c_out).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let (ho, wo) = s.out_hw();
+            let mut y = vec![f32::NAN; batch * c_out * ho * wo];
+            conv2d_cpu(&x, &wt, Some(&bias), &s, relu, &mut y);
+            let want = conv_naive(&x, &wt, &bias, &s, relu);
+            for (a, b) in y.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?}: {a} vs {b}");
+            }
+        }
+    }
 }
