@@ -146,3 +146,89 @@ pub fn attention_forward_cpu(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The definition in f64, one (sample, head, query) at a time.
+    fn naive(qkv: &[f32], b: usize, t: usize, c: usize, heads: usize, mask: &AttnMask, before: bool) -> (Vec<f32>, Vec<f32>) {
+        let dh = c / heads;
+        let mut out = vec![0.0f32; b * t * c];
+        let mut probs = vec![0.0f32; b * t * t];
+        for bi in 0..b {
+            for h in 0..heads {
+                for i in 0..t {
+                    let q = |d: usize| qkv[(bi * t + i) * 3 * c + h * dh + d] as f64;
+                    let mut raw = vec![0.0f64; t];
+                    for (j, r) in raw.iter_mut().enumerate() {
+                        let k = |d: usize| qkv[(bi * t + j) * 3 * c + c + h * dh + d] as f64;
+                        *r = (0..dh).map(|d| q(d) * k(d)).sum::<f64>() / (dh as f64).sqrt();
+                    }
+                    let mut masked = raw.clone();
+                    for (j, m) in masked.iter_mut().enumerate() {
+                        if let Some(s) = mask.shared {
+                            *m += s[i * t + j] as f64;
+                        }
+                        if let (Some(cr), 0) = (mask.cls_row, i) {
+                            *m += cr[bi * t + j] as f64;
+                        }
+                        if mask.causal && j > i {
+                            *m = f64::NEG_INFINITY;
+                        }
+                    }
+                    let sm = |v: &[f64]| {
+                        let mx = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let e: Vec<f64> = v.iter().map(|x| (x - mx).exp()).collect();
+                        let s: f64 = e.iter().sum();
+                        e.into_iter().map(|x| x / s).collect::<Vec<f64>>()
+                    };
+                    let p = sm(&masked);
+                    let rec = if before { sm(&raw) } else { p.clone() };
+                    for j in 0..t {
+                        probs[(bi * t + i) * t + j] += (rec[j] / heads as f64) as f32;
+                    }
+                    for d in 0..dh {
+                        let v: f64 = (0..t).map(|j| p[j] * qkv[(bi * t + j) * 3 * c + 2 * c + h * dh + d] as f64).sum();
+                        out[(bi * t + i) * c + h * dh + d] = v as f32;
+                    }
+                }
+            }
+        }
+        (out, probs)
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5 * scale, "{what}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn attention_matches_definition_with_masks() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for &(b, t, c, heads) in &[(2usize, 7usize, 12usize, 3usize), (1, 17, 64, 2), (3, 5, 8, 1)] {
+            let qkv: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            let shared: Vec<f32> = (0..t * t).map(|i| if i % (t + 1) == 0 { 0.0 } else { -100.0 * rng.gen::<f32>() }).collect();
+            let cls: Vec<f32> = (0..b * t).map(|i| if i % 3 == 1 { -1000.0 } else { 0.0 }).collect();
+            let masks = [
+                AttnMask::default(),
+                AttnMask { shared: Some(&shared), ..Default::default() },
+                AttnMask { cls_row: Some(&cls), ..Default::default() },
+                AttnMask { causal: true, ..Default::default() },
+            ];
+            for mask in &masks {
+                for (record, before) in [(ProbsRecord::Masked, false), (ProbsRecord::Unmasked, true)] {
+                    let mut out = vec![f32::NAN; b * t * c];
+                    let mut probs = vec![f32::NAN; b * t * t];
+                    attention_forward_cpu(&qkv, b, t, c, heads, mask, record, &mut out, Some(&mut probs));
+                    let (want_out, want_probs) = naive(&qkv, b, t, c, heads, mask, before);
+                    close(&out, &want_out, "out");
+                    close(&probs, &want_probs, "probs");
+                }
+            }
+        }
+    }
+}

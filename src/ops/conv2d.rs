@@ -6,6 +6,9 @@ use rayon::prelude::*;
 
 use crate::ops::matmul::{gemm_cpu, MatRef};
 
+/// Size of one band of the im2col matrix (1 MiB of f32): about an L2 cache.
+const IM2COL_BAND_FLOATS: usize = 1 << 18;
+
 #[derive(Clone, Copy, Debug)]
 pub struct Conv2dShape {
     pub batch: usize,
@@ -27,18 +30,19 @@ impl Conv2dShape {
     }
 }
 
-/// cols (C_in*k*k, Ho*Wo) for one image.
-fn im2col(x: &[f32], s: &Conv2dShape, cols: &mut [f32]) {
-    let (ho, wo) = s.out_hw();
+/// cols (C_in*k*k, (oy1-oy0)*Wo): the im2col matrix of output rows oy0..oy1 of one image.
+fn im2col_rows(x: &[f32], s: &Conv2dShape, oy0: usize, oy1: usize, cols: &mut [f32]) {
+    let (_, wo) = s.out_hw();
+    let n = (oy1 - oy0) * wo;
     let k = s.kernel;
     for ci in 0..s.c_in {
         let plane = &x[ci * s.h * s.w..(ci + 1) * s.h * s.w];
         for ky in 0..k {
             for kx in 0..k {
-                let row = &mut cols[((ci * k + ky) * k + kx) * ho * wo..][..ho * wo];
-                for oy in 0..ho {
+                let row = &mut cols[((ci * k + ky) * k + kx) * n..][..n];
+                for oy in oy0..oy1 {
                     let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-                    let dst = &mut row[oy * wo..(oy + 1) * wo];
+                    let dst = &mut row[(oy - oy0) * wo..(oy - oy0 + 1) * wo];
                     if iy < 0 || iy >= s.h as isize {
                         dst.fill(0.0);
                         continue;
@@ -73,28 +77,28 @@ pub fn conv2d_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, r
     let direct = s.kernel == 1 && s.stride == 1 && s.pad == 0;
     // Images in parallel when there are enough of them, else threads inside the GEMM.
     let batch_parallel = s.batch >= rayon::current_num_threads();
+    // im2col a band of output rows at a time, so the column matrix stays in cache while the
+    // GEMM packs it (a whole-image im2col of an early 3x3 layer is several MB).
+    let rows_per_band = (IM2COL_BAND_FLOATS / (kk * wo).max(1)).clamp(1, ho.max(1));
     let one = |(xb, yb): (&[f32], &mut [f32])| {
-        let mut cols_buf = Vec::new();
-        let cols: &[f32] = if direct {
-            xb
+        if direct {
+            // SAFETY: w (C_out x C_in) @ x (C_in x H*W) -> yb (C_out x H*W).
+            unsafe {
+                gemm_cpu(s.c_out, ho * wo, kk, MatRef::row_major(w, kk), MatRef::row_major(xb, ho * wo), yb.as_mut_ptr(), (ho * wo) as isize, false, !batch_parallel);
+            }
         } else {
-            cols_buf.resize(kk * ho * wo, 0.0);
-            im2col(xb, s, &mut cols_buf);
-            &cols_buf
-        };
-        // SAFETY: w (C_out x kk) @ cols (kk x Ho*Wo) -> yb (C_out x Ho*Wo).
-        unsafe {
-            gemm_cpu(
-                s.c_out,
-                ho * wo,
-                kk,
-                MatRef::row_major(w, kk),
-                MatRef::row_major(cols, ho * wo),
-                yb.as_mut_ptr(),
-                (ho * wo) as isize,
-                false,
-                !batch_parallel,
-            );
+            let mut cols = vec![0.0f32; kk * rows_per_band * wo];
+            let mut oy0 = 0;
+            while oy0 < ho {
+                let oy1 = (oy0 + rows_per_band).min(ho);
+                let n = (oy1 - oy0) * wo;
+                im2col_rows(xb, s, oy0, oy1, &mut cols[..kk * n]);
+                // SAFETY: w (C_out x kk) @ cols (kk x n) -> columns oy0*Wo.. of yb (row stride Ho*Wo).
+                unsafe {
+                    gemm_cpu(s.c_out, n, kk, MatRef::row_major(w, kk), MatRef::row_major(&cols, n), yb.as_mut_ptr().add(oy0 * wo), (ho * wo) as isize, false, !batch_parallel);
+                }
+                oy0 = oy1;
+            }
         }
         for (co, plane) in yb.chunks_exact_mut(ho * wo).enumerate() {
             let bv = bias.map_or(0.0, |b| b[co]);
@@ -182,6 +186,9 @@ mod tests {
             (2, 4, 6, 6, 8, 1, 1, 0, true),
             (2, 3, 5, 4, 2, 5, 1, 2, false),
             (1, 2, 3, 3, 3, 3, 1, 1, true),
+            // Large enough that the im2col is done in several bands of rows.
+            (1, 64, 20, 60, 8, 3, 1, 1, true),
+            (2, 32, 19, 70, 5, 3, 2, 1, false),
         ] {
             let s = Conv2dShape { batch, c_in, h, w, c_out, kernel, stride, pad };
             let x: Vec<f32> = (0..batch * c_in * h * w).map(|_| rng.gen_range(-1.0..1.0)).collect();

@@ -32,3 +32,33 @@ pub fn bilinear_resize_cpu(x: &[f32], c: usize, h: usize, w: usize, ho: usize, w
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_size_is_a_copy_and_corners_hold() {
+        let x: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let mut y = vec![f32::NAN; x.len()];
+        bilinear_resize_cpu(&x, 2, 3, 4, 3, 4, false, &mut y);
+        assert_eq!(x, y);
+        // align_corners=True keeps the four corners of each plane.
+        let mut z = vec![f32::NAN; 2 * 5 * 7];
+        bilinear_resize_cpu(&x, 2, 3, 4, 5, 7, true, &mut z);
+        for c in 0..2 {
+            assert_eq!(z[c * 35], x[c * 12]);
+            assert_eq!(z[c * 35 + 6], x[c * 12 + 3]);
+            assert_eq!(z[c * 35 + 34], x[c * 12 + 11]);
+        }
+    }
+
+    #[test]
+    fn half_pixel_rule_of_torch() {
+        // 2 -> 4 along one axis with align_corners=False: torch gives [a, .75a+.25b, .25a+.75b, b].
+        let x = [1.0f32, 3.0];
+        let mut y = [f32::NAN; 4];
+        bilinear_resize_cpu(&x, 1, 1, 2, 1, 4, false, &mut y);
+        assert_eq!(y, [1.0, 1.5, 2.5, 3.0]);
+    }
+}

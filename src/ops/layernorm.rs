@@ -36,3 +36,30 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor
     layer_norm_cpu(x.f32s()?, w.f32s()?, b.f32s()?, eps, &mut y);
     Tensor::from_f32(x.shape(), y)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn layer_norm_matches_definition() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for &(rows, c) in &[(3usize, 7usize), (5, 768), (1, 1)] {
+            let x: Vec<f32> = (0..rows * c).map(|_| rng.gen_range(-3.0..3.0) + 10.0).collect();
+            let w: Vec<f32> = (0..c).map(|_| rng.gen_range(0.5..1.5)).collect();
+            let b: Vec<f32> = (0..c).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let mut y = vec![f32::NAN; rows * c];
+            layer_norm_cpu(&x, &w, &b, 1e-5, &mut y);
+            for r in 0..rows {
+                let xr = &x[r * c..(r + 1) * c];
+                let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+                let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
+                for i in 0..c {
+                    let want = (xr[i] as f64 - mean) / (var + 1e-5).sqrt() * w[i] as f64 + b[i] as f64;
+                    assert!((y[r * c + i] as f64 - want).abs() < 1e-5, "{} vs {want}", y[r * c + i]);
+                }
+            }
+        }
+    }
+}

@@ -90,3 +90,19 @@ pub fn attention_pool2d_cpu(x: &[f32], b: usize, c: usize, hw: usize, wt: &AttnP
     });
     linear_cpu(&attended, wt.c_w, Some(wt.c_b), out, c, false);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avg_pool_means_windows() {
+        let x: Vec<f32> = (0..2 * 4 * 6).map(|i| i as f32).collect();
+        let mut y = vec![f32::NAN; 2 * 2 * 3];
+        avg_pool2d_cpu(&x, 2, 4, 6, 2, &mut y);
+        // plane 0, window (0,0): 0, 1, 6, 7
+        assert_eq!(y[0], 3.5);
+        // plane 1, window (1,2): 24 + {16, 17, 22, 23}
+        assert_eq!(y[11], 24.0 + 19.5);
+    }
+}
