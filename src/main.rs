@@ -33,9 +33,11 @@ struct ModelArgs {
     /// CLIP weights (.safetensors, OpenAI/open_clip or Hugging Face names)
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// open_clip architecture name; with no --weights, a RANDOM-weight model of it is built
-    #[arg(long, default_value = "ViT-B-32")]
-    arch: String,
+    /// open_clip architecture name (default ViT-B-32). With --weights, the weights must be this
+    /// architecture, and its open_clip config gives the activation when the file does not
+    /// record one; with no --weights, a RANDOM-weight model of it is built
+    #[arg(long)]
+    arch: Option<String>,
     /// Transformer activation when the weights do not record it: quick_gelu (OpenAI) or gelu
     #[arg(long)]
     act: Option<String>,
@@ -128,19 +130,20 @@ fn build_model(m: &ModelArgs) -> Result<ClipModel> {
     let act = parse_act(&m.act)?;
     match &m.weights {
         Some(w) => {
-            let model = ClipModel::load(w, act, None).with_context(|| format!("loading weights {}", w.display()))?;
+            let model = ClipModel::load(w, act, m.arch.as_deref()).with_context(|| format!("loading weights {}", w.display()))?;
             eprintln!("model: {} from {} (activation {:?}: {})", model.arch, w.display(), model.config.act, model.act_source);
             Ok(model)
         }
         None => {
+            let arch = m.arch.as_deref().unwrap_or("ViT-B-32");
             eprintln!("################################################################################");
-            eprintln!("# WARNING: no --weights given: using a RANDOM-weight {} (seed {}).", m.arch, m.seed);
+            eprintln!("# WARNING: no --weights given: using a RANDOM-weight {} (seed {}).", arch, m.seed);
             eprintln!("# Its embeddings and scores MEAN NOTHING. See weights/README.md for real weights.");
             eprintln!("################################################################################");
-            let mut model = ClipModel::random(&m.arch, m.seed)?;
+            let mut model = ClipModel::random(arch, m.seed)?;
             if let Some(a) = act {
                 if a != model.config.act {
-                    bail!("--act applies to loaded weights; for a random model choose the arch (e.g. {}-quickgelu)", m.arch);
+                    bail!("--act applies to loaded weights; for a random model choose the arch (e.g. {arch}-quickgelu)");
                 }
             }
             model.act_source = "random".into();

@@ -44,8 +44,10 @@ pub struct ClipModel {
 }
 
 /// The activation of a checkpoint: an explicit choice, else the file's metadata, else a
-/// Hugging Face `config.json` beside it, else QuickGELU (OpenAI's checkpoints).
-fn resolve_activation(path: &Path, params: &Params, explicit: Option<Activation>) -> (Activation, String) {
+/// Hugging Face `config.json` beside it, else the open_clip architecture name given with
+/// `--arch` (open_clip's rule: `ViT-B-16` is GELU, `ViT-B-16-quickgelu` QuickGELU), else
+/// QuickGELU (OpenAI's checkpoints).
+fn resolve_activation(path: &Path, params: &Params, explicit: Option<Activation>, arch: Option<&str>) -> (Activation, String) {
     if let Some(a) = explicit {
         return (a, "--act".into());
     }
@@ -65,7 +67,15 @@ fn resolve_activation(path: &Path, params: &Params, explicit: Option<Activation>
             }
         }
     }
-    (Activation::QuickGelu, "default (OpenAI CLIP); pass --act gelu for open_clip models built without QuickGELU".into())
+    if let Some(cfg) = arch.and_then(|a| ClipConfig::named(a).ok()) {
+        return (cfg.act, format!("open_clip's config of --arch {}", arch.unwrap_or_default()));
+    }
+    (
+        Activation::QuickGelu,
+        "not recorded in the weights: assumed QuickGELU (OpenAI CLIP); pass --act gelu (or --arch with \
+         open_clip's name) for open_clip models built without QuickGELU"
+            .into(),
+    )
 }
 
 impl ClipModel {
@@ -84,7 +94,7 @@ impl ClipModel {
                 }
             }
         }
-        let (act, act_source) = resolve_activation(path, &params, act);
+        let (act, act_source) = resolve_activation(path, &params, act, expect_arch);
         let config = ClipConfig::from_params(&params, act)?;
         let arch = config.arch_name();
         if let Some(want) = expect_arch {
