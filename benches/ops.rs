@@ -97,7 +97,7 @@ fn main() {
         let wt = rand_vec(cout * cin * k * k, &mut rng);
         let bs = rand_vec(cout, &mut rng);
         let mut yo = vec![0.0f32; b * cout * hw * hw];
-        let s = time(runs, || conv2d_cpu(&xin, &wt, Some(&bs), &shape, true, &mut yo));
+        let s = time(runs, || conv2d_cpu(&xin, &wt, Some(&bs), &shape, true, false, &mut yo));
         let flops = 2.0 * (b * cout * cin * k * k * hw * hw) as f64;
         row("conv2d+bn+relu", &format!("B8 {cin}->{cout} k{k} {hw}x{hw}"), s, flops, 4.0 * (xin.len() + wt.len() + yo.len()) as f64);
     }

@@ -70,8 +70,11 @@ fn im2col_rows(x: &[f32], s: &Conv2dShape, oy0: usize, oy1: usize, cols: &mut [f
     }
 }
 
-/// y (B, C_out, Ho, Wo) = conv(x (B, C_in, H, W), w (C_out, C_in, k, k)) + bias, then ReLU.
-pub fn conv2d_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, relu: bool, y: &mut [f32]) {
+/// y (B, C_out, Ho, Wo) = [y +] conv(x (B, C_in, H, W), w (C_out, C_in, k, k)) + bias, then
+/// ReLU. With `accumulate` the convolution is added to what y holds: a bottleneck's residual
+/// add, fused into the GEMM.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, relu: bool, accumulate: bool, y: &mut [f32]) {
     let (ho, wo) = s.out_hw();
     let kk = s.c_in * s.kernel * s.kernel;
     let direct = s.kernel == 1 && s.stride == 1 && s.pad == 0;
@@ -84,7 +87,7 @@ pub fn conv2d_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, r
         if direct {
             // SAFETY: w (C_out x C_in) @ x (C_in x H*W) -> yb (C_out x H*W).
             unsafe {
-                gemm_cpu(s.c_out, ho * wo, kk, MatRef::row_major(w, kk), MatRef::row_major(xb, ho * wo), yb.as_mut_ptr(), (ho * wo) as isize, false, !batch_parallel);
+                gemm_cpu(s.c_out, ho * wo, kk, MatRef::row_major(w, kk), MatRef::row_major(xb, ho * wo), yb.as_mut_ptr(), (ho * wo) as isize, accumulate, !batch_parallel);
             }
         } else {
             let mut cols = vec![0.0f32; kk * rows_per_band * wo];
@@ -95,7 +98,7 @@ pub fn conv2d_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, r
                 im2col_rows(xb, s, oy0, oy1, &mut cols[..kk * n]);
                 // SAFETY: w (C_out x kk) @ cols (kk x n) -> columns oy0*Wo.. of yb (row stride Ho*Wo).
                 unsafe {
-                    gemm_cpu(s.c_out, n, kk, MatRef::row_major(w, kk), MatRef::row_major(&cols, n), yb.as_mut_ptr().add(oy0 * wo), (ho * wo) as isize, false, !batch_parallel);
+                    gemm_cpu(s.c_out, n, kk, MatRef::row_major(w, kk), MatRef::row_major(&cols, n), yb.as_mut_ptr().add(oy0 * wo), (ho * wo) as isize, accumulate, !batch_parallel);
                 }
                 oy0 = oy1;
             }
@@ -196,10 +199,19 @@ mod tests {
             let bias: Vec<f32> = (0..c_out).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let (ho, wo) = s.out_hw();
             let mut y = vec![f32::NAN; batch * c_out * ho * wo];
-            conv2d_cpu(&x, &wt, Some(&bias), &s, relu, &mut y);
+            conv2d_cpu(&x, &wt, Some(&bias), &s, relu, false, &mut y);
             let want = conv_naive(&x, &wt, &bias, &s, relu);
             for (a, b) in y.iter().zip(&want) {
                 assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?}: {a} vs {b}");
+            }
+            // Accumulating onto a residual: relu(residual + conv + bias).
+            let residual: Vec<f32> = (0..y.len()).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let mut y = residual.clone();
+            conv2d_cpu(&x, &wt, Some(&bias), &s, relu, true, &mut y);
+            let plain = conv_naive(&x, &wt, &bias, &s, false);
+            for ((a, p), r) in y.iter().zip(&plain).zip(&residual) {
+                let b = if relu { (p + r).max(0.0) } else { p + r };
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?} accumulate: {a} vs {b}");
             }
         }
     }

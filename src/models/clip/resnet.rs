@@ -49,13 +49,22 @@ impl ConvBn {
         ConvBn { w, b: vec![0.0; c_out], c_in, c_out, k, stride }
     }
 
+    fn shape(&self, b: usize, h: usize, w: usize) -> Conv2dShape {
+        Conv2dShape { batch: b, c_in: self.c_in, h, w, c_out: self.c_out, kernel: self.k, stride: self.stride, pad: self.k / 2 }
+    }
+
     /// x (B, C_in, H, W) -> (B, C_out, H', W'), ReLU optional.
     fn forward(&self, x: &[f32], b: usize, h: usize, w: usize, relu: bool) -> (Vec<f32>, usize, usize) {
-        let s = Conv2dShape { batch: b, c_in: self.c_in, h, w, c_out: self.c_out, kernel: self.k, stride: self.stride, pad: self.k / 2 };
+        let s = self.shape(b, h, w);
         let (ho, wo) = s.out_hw();
         let mut y = vec![0.0f32; b * self.c_out * ho * wo];
-        conv2d_cpu(x, &self.w, Some(&self.b), &s, relu, &mut y);
+        conv2d_cpu(x, &self.w, Some(&self.b), &s, relu, false, &mut y);
         (y, ho, wo)
+    }
+
+    /// y = relu(y + conv(x)): the last conv of a bottleneck onto its identity branch.
+    fn forward_residual_relu(&self, x: &[f32], b: usize, h: usize, w: usize, y: &mut [f32]) {
+        conv2d_cpu(x, &self.w, Some(&self.b), &self.shape(b, h, w), true, true, y);
     }
 }
 
@@ -79,26 +88,22 @@ struct Bottleneck {
 }
 
 impl Bottleneck {
-    fn forward(&self, x: &[f32], b: usize, h: usize, w: usize) -> (Vec<f32>, usize, usize) {
-        let (o, _, _) = self.conv1.forward(x, b, h, w, true);
+    /// Takes x by value: without a downsample it becomes the output buffer (the residual
+    /// is accumulated onto it).
+    fn forward(&self, x: Vec<f32>, b: usize, h: usize, w: usize) -> (Vec<f32>, usize, usize) {
+        let (o, _, _) = self.conv1.forward(&x, b, h, w, true);
         let (o, _, _) = self.conv2.forward(&o, b, h, w, true);
         let (o, ho, wo) = avg_pool(o, b * self.conv2.c_out, h, w, self.stride);
-        let (mut o, _, _) = self.conv3.forward(&o, b, ho, wo, false);
-        match &self.downsample {
-            Some(ds) => {
-                let (xi, _, _) = avg_pool(x.to_vec(), b * ds.c_in, h, w, self.stride);
-                let (id, _, _) = ds.forward(&xi, b, ho, wo, false);
-                for (v, i) in o.iter_mut().zip(&id) {
-                    *v = (*v + i).max(0.0);
-                }
+        let mut identity = match &self.downsample {
+            Some(ds) if self.stride > 1 => {
+                let (xi, _, _) = avg_pool(x, b * ds.c_in, h, w, self.stride);
+                ds.forward(&xi, b, ho, wo, false).0
             }
-            None => {
-                for (v, i) in o.iter_mut().zip(x) {
-                    *v = (*v + i).max(0.0);
-                }
-            }
-        }
-        (o, ho, wo)
+            Some(ds) => ds.forward(&x, b, h, w, false).0,
+            None => x,
+        };
+        self.conv3.forward_residual_relu(&o, b, ho, wo, &mut identity);
+        (identity, ho, wo)
     }
 }
 
@@ -270,7 +275,7 @@ impl ModifiedResNet {
         let (mut x, mut h, mut w) = avg_pool(x, b * self.cfg.width, h, w, 2);
         for stage in &self.stages {
             for blk in stage {
-                let (y, ho, wo) = blk.forward(&x, b, h, w);
+                let (y, ho, wo) = blk.forward(x, b, h, w);
                 x = y;
                 h = ho;
                 w = wo;
