@@ -20,6 +20,8 @@ pub enum Error {
     Tokenizer(String),
     #[error("device: {0}")]
     Device(String),
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("io error on `{path}`: {source}")]
     Io { path: String, source: std::io::Error },
 }

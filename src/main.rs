@@ -199,6 +199,7 @@ fn report(command: &str, model: &ClipModel, m: &ModelArgs, dev: Device, transfor
         skipped: enc.skipped.clone(),
         seconds: enc.seconds,
         images_per_s: if enc.seconds > 0.0 { ok as f64 / enc.seconds } else { 0.0 },
+        decoded_images_per_s: enc.loader.images_per_s(),
         outputs,
         extra,
     }

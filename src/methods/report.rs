@@ -22,6 +22,8 @@ pub struct RunReport {
     pub skipped: Vec<Skipped>,
     pub seconds: f64,
     pub images_per_s: f64,
+    /// Images decoded and transformed per second of the loader's own time.
+    pub decoded_images_per_s: f64,
     pub outputs: Vec<String>,
     /// Command-specific results (e.g. classes).
     pub extra: serde_json::Value,
@@ -37,6 +39,9 @@ impl RunReport {
             "images    {} of {} encoded in {:.1} s ({:.2} images/s)",
             self.images_ok, self.images_total, self.seconds, self.images_per_s
         );
+        if self.decoded_images_per_s > 0.0 {
+            eprintln!("loader    {:.1} images/s decoded and transformed", self.decoded_images_per_s);
+        }
         if !self.skipped.is_empty() {
             eprintln!("skipped   {}:", self.skipped.len());
             for s in &self.skipped {
