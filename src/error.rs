@@ -22,6 +22,8 @@ pub enum Error {
     Device(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("dataset: {0}")]
+    Dataset(String),
     #[error("io error on `{path}`: {source}")]
     Io { path: String, source: std::io::Error },
 }

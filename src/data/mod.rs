@@ -1,6 +1,8 @@
-//! Images in: decoding (any JPEG/PNG to RGB), the transforms the methods use and the
-//! parallel loader that feeds the models.
+//! Images in: datasets (VOC, COCO, NUS-WIDE, CSV), decoding (any JPEG/PNG to RGB), the
+//! transforms the methods use and the parallel loader that feeds the models.
 
+pub mod csvio;
+pub mod datasets;
 pub mod decode;
 pub mod images;
 pub mod loader;
