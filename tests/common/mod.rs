@@ -101,3 +101,16 @@ pub fn tiny_clip(seed: u64) -> labelfree::models::clip::ClipModel {
     };
     ClipModel::random_from_config(config, seed)
 }
+
+/// The tiny open_clip ViT fixture with its 1000-token text vocabulary widened to CLIP's
+/// 49,408 (random rows), written to `dir`: a weights file real prompts tokenise for.
+pub fn tiny_full_vocab_weights(dir: &Path) -> PathBuf {
+    use labelfree::models::clip::weights::save_safetensors;
+    let (mut map, meta) = load_safetensors(&fixtures().join("models/vit_openclip_quickgelu.safetensors")).unwrap();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
+    map.insert("token_embedding.weight".into(), Tensor::randn(&[49408, 64], 0.02, &mut rng));
+    let pairs: Vec<(&str, &Tensor)> = map.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let weights = dir.join("tiny_full_vocab.safetensors");
+    std::fs::write(&weights, save_safetensors(&pairs, &meta.into_iter().collect()).unwrap()).unwrap();
+    weights
+}
