@@ -20,6 +20,10 @@ pub enum Error {
     Tokenizer(String),
     #[error("device: {0}")]
     Device(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("dataset: {0}")]
+    Dataset(String),
     #[error("io error on `{path}`: {source}")]
     Io { path: String, source: std::io::Error },
 }

@@ -2,12 +2,14 @@
 //!
 //! Layout (see DESIGN.md): `tensor` and `device` hold data; `ops` holds one file per op with
 //! its CPU reference (and CUDA launcher beside it); `models::clip` builds the encoders from
-//! those ops; `data` decodes and transforms images; `methods` are the pipelines the CLI calls.
+//! those ops; `data` reads datasets, decodes and transforms images; `methods` are the pipelines
+//! the CLI calls; `eval` scores their outputs (AP, mAP, F1).
 
 pub mod bench;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod methods;
 pub mod models;
 pub mod ops;

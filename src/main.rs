@@ -5,10 +5,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use labelfree::data::datasets::{self, ClassNames, Dataset, DatasetKind, LoadOptions};
+use labelfree::data::loader::LoaderStats;
 use labelfree::device::{self, Device};
-use labelfree::methods::encode::{clip_transform, encode_images};
+use labelfree::eval::{self, scores_csv, EvalOptions};
+use labelfree::methods::cache::{self, CacheEntry, CacheStatus};
+use labelfree::methods::encode::{clip_transform, encode_images, Skipped};
 use labelfree::methods::report::RunReport;
 use labelfree::methods::write_atomic;
+use labelfree::methods::zeroshot;
 use labelfree::models::clip::prompts;
 use labelfree::models::clip::tokenizer::ClipTokenizer;
 use labelfree::models::clip::ClipModel;
@@ -46,7 +51,43 @@ struct ModelArgs {
     seed: u64,
 }
 
+#[derive(Args, Clone)]
+struct DatasetArgs {
+    /// voc2007, voc2012, coco2014, coco2017, nuswide or csv (see README.md, Datasets)
+    #[arg(long)]
+    dataset: Option<String>,
+    /// The dataset folder (VOC: VOCdevkit, its parent or VOC20XX; COCO: the folder holding
+    /// annotations/; NUS-WIDE: the folder holding ImageList/ and Groundtruth/; csv: the folder
+    /// the CSV paths are relative to)
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// The split (default: the papers' evaluation split: voc2007 test, voc2012 val, coco val,
+    /// nuswide test; csv: required, `<root>/<split>.csv`)
+    #[arg(long)]
+    split: Option<String>,
+    /// VOC objects marked difficult: positive (TagCLIP's labels) or ignore (CCD's)
+    #[arg(long, default_value = "positive")]
+    voc_difficult: String,
+    /// Keep images with no positive label (left out by default, as the papers do)
+    #[arg(long)]
+    keep_unlabeled: bool,
+}
+
+#[derive(Args, Clone)]
+struct MetricArgs {
+    /// F1 at this score threshold (predicted positive when score >= threshold)
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
+    /// F1 of the k highest scores of each image
+    #[arg(long, default_value_t = 3)]
+    top_k: usize,
+    /// Count classes without a positive as AP 0 in the mAP (default: leave them out)
+    #[arg(long)]
+    empty_classes_as_zero: bool,
+}
+
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Image embeddings to a safetensors file (tensor `embeddings`, metadata `paths`)
     Embed {
@@ -69,18 +110,26 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Zero-shot class probabilities, one CSV row per image
+    /// Zero-shot class probabilities (softmax over the classes), one CSV row per image: of the
+    /// given --images, or of a whole --dataset split, then evaluated (mAP, F1)
     Zeroshot {
         #[command(flatten)]
         model: ModelArgs,
-        #[arg(long, num_args = 1.., required = true)]
+        /// Image files and/or directories (instead of --dataset)
+        #[arg(long, num_args = 1.., conflicts_with = "dataset", required_unless_present = "dataset")]
         images: Vec<PathBuf>,
-        /// Comma-separated class names
+        #[command(flatten)]
+        data: DatasetArgs,
+        /// Comma-separated class names (with --images)
         #[arg(long, conflicts_with = "classes_file")]
         classes: Option<String>,
-        /// One class name per line
+        /// One class name per line (with --images, or the class list of --dataset csv)
         #[arg(long)]
         classes_file: Option<PathBuf>,
+        /// Class-name spelling in the prompts of a --dataset: natural (dining table), raw (as
+        /// annotated: diningtable) or tagclip (TagCLIP's lists)
+        #[arg(long, default_value = "natural")]
+        names: String,
         /// Prompt template, `{}` is the class name
         #[arg(long, conflicts_with = "ensemble")]
         template: Option<String>,
@@ -91,10 +140,36 @@ enum Command {
         size: Option<usize>,
         #[arg(long, default_value_t = 16)]
         batch: usize,
+        /// The scores CSV (default: out/zeroshot.csv, or out/zeroshot-<dataset>-<split>.csv)
         #[arg(long)]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        /// The run report as JSON (default: <out>.report.json)
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Do not read or write the image-embedding cache
+        #[arg(long)]
+        no_cache: bool,
+        /// The cache folder (default: $LABELFREE_CACHE, else .labelfree-cache)
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        #[command(flatten)]
+        metrics: MetricArgs,
+    },
+    /// Evaluates a scores CSV (`path,<class>,...`, as zeroshot writes) against a dataset's labels
+    Eval {
+        #[command(flatten)]
+        data: DatasetArgs,
+        /// The class list of --dataset csv
+        #[arg(long)]
+        classes_file: Option<PathBuf>,
+        /// The scores CSV
+        #[arg(long)]
+        preds: PathBuf,
+        /// Write the metrics as JSON here
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        metrics: MetricArgs,
     },
     /// The architecture read from a weights file
     Info {
@@ -160,14 +235,6 @@ fn check_device(d: &str) -> Result<Device> {
     Ok(dev)
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 fn read_classes(classes: &Option<String>, file: &Option<PathBuf>) -> Result<Vec<String>> {
     let list: Vec<String> = match (classes, file) {
         (Some(c), _) => c.split(',').map(|s| s.trim().to_string()).collect(),
@@ -185,9 +252,18 @@ fn read_classes(classes: &Option<String>, file: &Option<PathBuf>) -> Result<Vec<
     Ok(list)
 }
 
+/// What a run did with its images, for the report.
+struct RunStats {
+    total: usize,
+    ok: usize,
+    skipped: Vec<Skipped>,
+    seconds: f64,
+    loader: LoaderStats,
+    cache: Option<CacheStatus>,
+}
+
 #[allow(clippy::too_many_arguments)]
-fn report(command: &str, model: &ClipModel, m: &ModelArgs, dev: Device, transform: String, total: usize, enc: &labelfree::methods::encode::Encoded, outputs: Vec<String>, extra: serde_json::Value) -> RunReport {
-    let ok = enc.paths.len();
+fn report(command: &str, model: &ClipModel, m: &ModelArgs, dev: Device, transform: String, run: RunStats, outputs: Vec<String>, extra: serde_json::Value) -> RunReport {
     RunReport {
         command: command.into(),
         arch: model.arch.clone(),
@@ -197,13 +273,78 @@ fn report(command: &str, model: &ClipModel, m: &ModelArgs, dev: Device, transfor
         device: dev.to_string(),
         threads: rayon::current_num_threads(),
         transform,
-        images_total: total,
-        images_ok: ok,
-        skipped: enc.skipped.clone(),
-        seconds: enc.seconds,
-        images_per_s: if enc.seconds > 0.0 { ok as f64 / enc.seconds } else { 0.0 },
+        images_total: run.total,
+        images_ok: run.ok,
+        skipped: run.skipped,
+        seconds: run.seconds,
+        images_per_s: match (&run.cache, run.seconds > 0.0) {
+            (_, false) => 0.0,
+            (Some(c), true) => c.encoded as f64 / run.seconds,
+            (None, true) => run.ok as f64 / run.seconds,
+        },
+        decoded_images_per_s: run.loader.images_per_s(),
+        cache: run.cache,
         outputs,
         extra,
+    }
+}
+
+fn load_dataset(d: &DatasetArgs, classes_file: &Option<PathBuf>) -> Result<Dataset> {
+    let name = d.dataset.as_deref().context("give --dataset")?;
+    let kind: DatasetKind = name.parse()?;
+    let root = d.root.as_ref().context("give the dataset folder with --root")?;
+    let split = match (&d.split, kind) {
+        (Some(s), _) => s.clone(),
+        (None, DatasetKind::Voc2007 | DatasetKind::NusWide) => "test".into(),
+        (None, DatasetKind::Voc2012) => "val".into(),
+        (None, DatasetKind::Coco2014) => "val2014".into(),
+        (None, DatasetKind::Coco2017) => "val2017".into(),
+        (None, DatasetKind::Csv) => bail!("--dataset csv needs --split (the CSV is <root>/<split>.csv)"),
+    };
+    if kind != DatasetKind::Csv && classes_file.is_some() {
+        bail!("--classes-file is the class list of --dataset csv; {kind} defines its own classes");
+    }
+    let opts = LoadOptions { voc_difficult: d.voc_difficult.parse()?, keep_unlabeled: d.keep_unlabeled, classes_file: classes_file.clone() };
+    let ds = datasets::load(kind, root, &split, &opts).with_context(|| format!("reading {kind} {split} at {}", root.display()))?;
+    eprintln!("dataset: {}", ds.summary());
+    for n in &ds.notes {
+        eprintln!("  {n}");
+    }
+    if ds.items.is_empty() {
+        bail!("{} {} at {} has no images", ds.name, ds.split, ds.root.display());
+    }
+    Ok(ds)
+}
+
+fn dataset_json(ds: &Dataset) -> serde_json::Value {
+    serde_json::json!({
+        "name": ds.name,
+        "split": ds.split,
+        "root": ds.root.display().to_string(),
+        "images": ds.items.len(),
+        "classes": ds.classes,
+        "positives": ds.class_counts(),
+        "notes": ds.notes,
+        "skipped_annotations": ds.skipped,
+    })
+}
+
+fn eval_options(m: &MetricArgs) -> EvalOptions {
+    EvalOptions { threshold: m.threshold, top_k: m.top_k, empty_classes_as_zero: m.empty_classes_as_zero }
+}
+
+fn model_cache_id(model: &ClipModel, m: &ModelArgs) -> Result<String> {
+    Ok(match &m.weights {
+        Some(w) => cache::weights_fingerprint(w).with_context(|| format!("fingerprinting {}", w.display()))?,
+        None => format!("random:{}:seed={}", model.arch, m.seed),
+    })
+}
+
+fn templates_for(template: &Option<String>, ensemble: bool) -> Vec<&str> {
+    if ensemble {
+        prompts::tagclip_templates()
+    } else {
+        vec![template.as_deref().unwrap_or(prompts::DEFAULT_TEMPLATE)]
     }
 }
 
@@ -242,21 +383,70 @@ fn run(cli: Cli) -> Result<()> {
             let bytes = labelfree::models::clip::weights::save_safetensors(&[("embeddings", &emb)], &meta)?;
             write_atomic(&out, &bytes)?;
             let jp = json_path(&json, &out);
-            let rep = report("embed", &model, &m, dev, transform.describe(), paths.len(), &enc, vec![out.display().to_string(), jp.display().to_string()], serde_json::json!({"dim": emb.dim(1), "normalized": normalize}));
+            let run = RunStats { total: paths.len(), ok: enc.paths.len(), skipped: enc.skipped.clone(), seconds: enc.seconds, loader: enc.loader, cache: None };
+            let rep = report("embed", &model, &m, dev, transform.describe(), run, vec![out.display().to_string(), jp.display().to_string()], serde_json::json!({"dim": emb.dim(1), "normalized": normalize}));
             rep.write_json(&jp)?;
             rep.print();
         }
-        Command::Zeroshot { model: m, images, classes, classes_file, template, ensemble, size, batch, out, json } => {
+        Command::Zeroshot { model: m, images, data, classes, classes_file, names, template, ensemble, size, batch, out, json, no_cache, cache_dir, metrics } => {
+            if data.dataset.is_some() {
+                if classes.is_some() {
+                    bail!("--classes is for --images; a --dataset brings its classes (csv: --classes-file)");
+                }
+                let ds = load_dataset(&data, &classes_file)?;
+                let style: ClassNames = names.parse()?;
+                let model = build_model(&m)?;
+                let transform = clip_transform(&model, size)?;
+                let templates = templates_for(&template, ensemble);
+                let prompt_names = ds.class_names(style);
+                let text = model.class_embeddings(&ClipTokenizer::new()?, &prompt_names, &templates)?;
+                let entry = if no_cache {
+                    None
+                } else {
+                    let dir = cache_dir.clone().unwrap_or_else(cache::default_dir);
+                    let act = format!("{:?}", model.config.act);
+                    Some(CacheEntry::new(&dir, &model_cache_id(&model, &m)?, &act, &ds.name, &ds.split, &transform.describe()))
+                };
+                let enc = zeroshot::encode_dataset(&model, &ds, &transform, batch, entry.as_ref(), true)?;
+                let scores = zeroshot::scores(&enc, &text, model.logit_multiplier())?;
+                let rels: Vec<String> = enc.items.iter().map(|&i| ds.items[i].rel.clone()).collect();
+                let out = out.unwrap_or_else(|| PathBuf::from(format!("out/zeroshot-{}-{}.csv", ds.name, ds.split.replace(['/', '\\'], "_"))));
+                write_atomic(&out, scores_csv::to_csv(&rels, &ds.classes, &scores).as_bytes())?;
+                let labels: Vec<u8> = enc.items.iter().flat_map(|&i| ds.items[i].labels.iter().copied()).collect();
+                let metrics = (!enc.items.is_empty()).then(|| eval::evaluate(&labels, &scores, &ds.classes, &eval_options(&metrics)));
+                let jp = json_path(&json, &out);
+                let extra = serde_json::json!({
+                    "dataset": dataset_json(&ds),
+                    "class_names": style,
+                    "prompt_classes": prompt_names,
+                    "templates": templates.len(),
+                    "logit_scale": model.logit_multiplier(),
+                    "metrics": metrics,
+                });
+                let mut skipped = ds.skipped.clone();
+                skipped.extend(enc.skipped.iter().cloned());
+                let run = RunStats {
+                    total: ds.items.len() + ds.skipped.len(),
+                    ok: enc.items.len(),
+                    skipped,
+                    seconds: enc.seconds,
+                    loader: enc.loader,
+                    cache: Some(enc.cache.clone()),
+                };
+                let rep = report("zeroshot", &model, &m, dev, transform.describe(), run, vec![out.display().to_string(), jp.display().to_string()], extra);
+                rep.write_json(&jp)?;
+                rep.print();
+                match &metrics {
+                    Some(r) => r.print(),
+                    None => eprintln!("no image could be scored: no metrics"),
+                }
+                return Ok(());
+            }
             let class_list = read_classes(&classes, &classes_file)?;
             let model = build_model(&m)?;
             let transform = clip_transform(&model, size)?;
             let tok = ClipTokenizer::new()?;
-            let ens = prompts::tagclip_templates();
-            let templates: Vec<&str> = if ensemble {
-                ens
-            } else {
-                vec![template.as_deref().unwrap_or(prompts::DEFAULT_TEMPLATE)]
-            };
+            let templates = templates_for(&template, ensemble);
             let text = model.class_embeddings(&tok, &class_list, &templates)?;
             let paths = labelfree::data::images::list_images(&images);
             if paths.is_empty() {
@@ -264,30 +454,55 @@ fn run(cli: Cli) -> Result<()> {
             }
             let enc = encode_images(&model, &paths, &transform, batch, true)?;
             let probs = class_probabilities(&enc.embeddings, &text, model.logit_multiplier())?;
-            let mut csv = String::new();
-            csv.push_str("path");
-            for c in &class_list {
-                csv.push(',');
-                csv.push_str(&csv_field(c));
-            }
-            csv.push('\n');
-            for (p, row) in enc.paths.iter().zip(probs.f32s()?.chunks_exact(class_list.len())) {
-                csv.push_str(&csv_field(&p.display().to_string()));
-                for v in row {
-                    csv.push_str(&format!(",{v:.6e}"));
-                }
-                csv.push('\n');
-            }
-            write_atomic(&out, csv.as_bytes())?;
+            let rows: Vec<String> = enc.paths.iter().map(|p| p.display().to_string()).collect();
+            let out = out.unwrap_or_else(|| PathBuf::from("out/zeroshot.csv"));
+            write_atomic(&out, scores_csv::to_csv(&rows, &class_list, probs.f32s()?).as_bytes())?;
             let jp = json_path(&json, &out);
             let extra = serde_json::json!({
                 "classes": class_list,
                 "templates": templates.len(),
                 "logit_scale": model.logit_multiplier(),
             });
-            let rep = report("zeroshot", &model, &m, dev, transform.describe(), paths.len(), &enc, vec![out.display().to_string(), jp.display().to_string()], extra);
+            let run = RunStats { total: paths.len(), ok: enc.paths.len(), skipped: enc.skipped.clone(), seconds: enc.seconds, loader: enc.loader, cache: None };
+            let rep = report("zeroshot", &model, &m, dev, transform.describe(), run, vec![out.display().to_string(), jp.display().to_string()], extra);
             rep.write_json(&jp)?;
             rep.print();
+        }
+        Command::Eval { data, classes_file, preds, json, metrics } => {
+            let ds = load_dataset(&data, &classes_file)?;
+            let table = scores_csv::read(&preds)?;
+            let matched = scores_csv::match_dataset(&table, &ds)?;
+            let say = |what: &str, list: &[String]| {
+                if !list.is_empty() {
+                    let head: Vec<&str> = list.iter().take(5).map(String::as_str).collect();
+                    eprintln!("{what}: {} ({}{})", list.len(), head.join(", "), if list.len() > 5 { ", ..." } else { "" });
+                }
+            };
+            eprintln!("scores: {} rows in {}, {} matched to the dataset", table.paths.len(), preds.display(), matched.items.len());
+            say("dataset images without scores (left out of the metrics)", &matched.missing_rows);
+            say("rows matching no dataset image (ignored)", &matched.unknown_rows);
+            say("paths with several rows (first used)", &matched.duplicate_rows);
+            say("columns that are not dataset classes (ignored)", &matched.extra_columns);
+            say("unreadable lines (ignored)", &table.bad_lines);
+            if matched.items.is_empty() {
+                bail!("no row of {} matches an image of {} {}", preds.display(), ds.name, ds.split);
+            }
+            let labels: Vec<u8> = matched.items.iter().flat_map(|&i| ds.items[i].labels.iter().copied()).collect();
+            let r = eval::evaluate(&labels, &matched.scores, &ds.classes, &eval_options(&metrics));
+            r.print();
+            if let Some(j) = json {
+                let v = serde_json::json!({
+                    "command": "eval",
+                    "preds": preds.display().to_string(),
+                    "dataset": dataset_json(&ds),
+                    "rows": table.paths.len(),
+                    "matched": matched,
+                    "bad_lines": table.bad_lines,
+                    "metrics": r,
+                });
+                write_atomic(&j, serde_json::to_string_pretty(&v)?.as_bytes())?;
+                eprintln!("wrote     {}", j.display());
+            }
         }
         Command::Info { weights, act } => {
             let model = ClipModel::load(&weights, parse_act(&act)?, None)?;

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use labelfree::models::clip::weights::{load_safetensors, save_safetensors};
+use labelfree::models::clip::weights::load_safetensors;
 use labelfree::Tensor;
 
 fn coco() -> PathBuf {
@@ -93,12 +93,7 @@ fn zeroshot_writes_csv_of_softmax_scores() {
     let d = mixed_folder("zeroshot");
     // The tiny fixture's text tower has 1000 tokens; give it CLIP's full vocabulary so real
     // prompts tokenise.
-    let (mut map, meta) = load_safetensors(&common::fixtures().join("models/vit_openclip_quickgelu.safetensors")).unwrap();
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
-    map.insert("token_embedding.weight".into(), Tensor::randn(&[49408, 64], 0.02, &mut rng));
-    let pairs: Vec<(&str, &Tensor)> = map.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let weights = d.join("tiny_full_vocab.safetensors");
-    std::fs::write(&weights, save_safetensors(&pairs, &meta.into_iter().collect()).unwrap()).unwrap();
+    let weights = common::tiny_full_vocab_weights(&d);
     let out = d.join("scores.csv");
     let classes = d.join("classes.txt");
     std::fs::write(&classes, "person\ndog\nodd, name\n\ngiraffe\n").unwrap();

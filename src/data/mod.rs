@@ -1,5 +1,9 @@
-//! Images in: decoding (any JPEG/PNG to RGB) and the transforms the methods use.
+//! Images in: datasets (VOC, COCO, NUS-WIDE, CSV), decoding (any JPEG/PNG to RGB), the
+//! transforms the methods use and the parallel loader that feeds the models.
 
+pub mod csvio;
+pub mod datasets;
 pub mod decode;
 pub mod images;
+pub mod loader;
 pub mod transforms;

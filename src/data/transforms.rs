@@ -453,8 +453,15 @@ impl Normalize {
 
 /// `ToTensor()` then `Normalize`: HWC u8 to CHW f32.
 pub fn to_chw_normalized(img: &RgbImage, norm: &Normalize) -> Vec<f32> {
+    let mut out = vec![0f32; img.width * img.height * 3];
+    to_chw_normalized_into(img, norm, &mut out);
+    out
+}
+
+/// [`to_chw_normalized`] into a slice of exactly `3 * width * height` values.
+pub fn to_chw_normalized_into(img: &RgbImage, norm: &Normalize, out: &mut [f32]) {
     let plane = img.width * img.height;
-    let mut out = vec![0f32; plane * 3];
+    assert_eq!(out.len(), plane * 3, "to_chw_normalized_into: wrong output length");
     let tables = [norm.table(0), norm.table(1), norm.table(2)];
     let (r, rest) = out.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
@@ -463,7 +470,6 @@ pub fn to_chw_normalized(img: &RgbImage, norm: &Normalize) -> Vec<f32> {
         g[i] = tables[1][px[1] as usize];
         b[i] = tables[2][px[2] as usize];
     }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -530,6 +536,22 @@ impl Transform {
                 resize(img, w, h, interp)
             }
         }
+    }
+
+    /// The output (height, width) when it does not depend on the input size.
+    pub fn fixed_output_hw(&self) -> Option<(usize, usize)> {
+        match *self {
+            Transform::ClipCenterCrop { size } | Transform::SquareResize { size, .. } => Some((size, size)),
+            Transform::PatchMultiple { .. } => None,
+        }
+    }
+
+    /// Runs the transform into `out`, which must hold exactly `3 * h * w` values of
+    /// [`Transform::output_hw`]; returns (height, width).
+    pub fn apply_into(&self, img: &RgbImage, out: &mut [f32]) -> (usize, usize) {
+        let r = self.apply_u8(img);
+        to_chw_normalized_into(&r, self.normalize(), out);
+        (r.height, r.width)
     }
 
     /// Runs the transform: CHW f32 data, height, width.

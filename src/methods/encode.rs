@@ -1,25 +1,22 @@
-//! The batched image loop every command shares: decode and transform a batch in parallel,
-//! skip (and record) bad images, encode, show progress with images/s.
+//! The batched image loop every command shares: the loader decodes and transforms the next
+//! batches in the background (skipping and recording bad images) while the model encodes the
+//! current one; progress is shown with images/s.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
-use serde::Serialize;
 
-use crate::data::decode::decode_image_file;
+use crate::data::loader::{Loader, LoaderStats};
 use crate::data::transforms::Transform;
 use crate::error::{Error, Result};
 use crate::models::clip::ClipModel;
 use crate::tensor::Tensor;
 
-/// An input that was skipped, with the reason.
-#[derive(Clone, Debug, Serialize)]
-pub struct Skipped {
-    pub path: String,
-    pub reason: String,
-}
+pub use crate::data::loader::Skipped;
+
+/// Batches the loader keeps ready ahead of the model.
+pub const PREFETCH_BATCHES: usize = 2;
 
 /// The images of one run that were encoded, in input order, and those that were not.
 pub struct Encoded {
@@ -28,6 +25,7 @@ pub struct Encoded {
     pub embeddings: Tensor,
     pub skipped: Vec<Skipped>,
     pub seconds: f64,
+    pub loader: LoaderStats,
 }
 
 pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
@@ -40,65 +38,52 @@ pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
     pb
 }
 
-/// Decodes and transforms one image; every failure becomes a reason string.
-fn load_one(path: &Path, transform: &Transform) -> std::result::Result<(Vec<f32>, usize, usize), String> {
-    let img = decode_image_file(path).map_err(|e| match e {
-        Error::Image { reason, .. } => reason,
-        other => other.to_string(),
-    })?;
-    Ok(transform.apply(&img))
+/// Encodes every image with `model`, `batch` at a time. Images whose transformed size differs
+/// from others of their batch are encoded in their own group (any input size works).
+pub fn encode_images(model: &ClipModel, paths: &[PathBuf], transform: &Transform, batch: usize, show_progress: bool) -> Result<Encoded> {
+    let pb = if show_progress { progress_bar(paths.len(), "encode") } else { ProgressBar::hidden() };
+    let out = encode_with_progress(model, paths, transform, batch, &pb);
+    pb.finish_and_clear();
+    out
 }
 
-/// Encodes every image with `model`, `batch` at a time. Images whose transformed size differs
-/// from the first of their batch are encoded in their own group (any input size works).
-pub fn encode_images(model: &ClipModel, paths: &[PathBuf], transform: &Transform, batch: usize, show_progress: bool) -> Result<Encoded> {
+/// [`encode_images`] advancing a progress bar the caller owns (one step per input).
+pub fn encode_with_progress(model: &ClipModel, paths: &[PathBuf], transform: &Transform, batch: usize, pb: &ProgressBar) -> Result<Encoded> {
     let t0 = Instant::now();
-    let pb = if show_progress { progress_bar(paths.len(), "encode") } else { ProgressBar::hidden() };
     let d = model.config.vision.output_dim();
+    let mut loader = Loader::spawn(paths.to_vec(), transform.clone(), batch, PREFETCH_BATCHES);
     let mut ok_paths = Vec::new();
     let mut rows: Vec<f32> = Vec::new();
     let mut skipped = Vec::new();
-    for chunk in paths.chunks(batch.max(1)) {
-        let loaded: Vec<_> = chunk.par_iter().map(|p| (p, load_one(p, transform))).collect();
-        // Group by transformed size, keeping input order inside each group.
-        let mut groups: Vec<((usize, usize), Vec<(&PathBuf, Vec<f32>)>)> = Vec::new();
-        let mut order: Vec<&PathBuf> = Vec::new();
-        for (p, r) in loaded {
-            match r {
-                Ok((data, h, w)) => {
-                    order.push(p);
-                    match groups.iter_mut().find(|(hw, _)| *hw == (h, w)) {
-                        Some((_, g)) => g.push((p, data)),
-                        None => groups.push(((h, w), vec![(p, data)])),
-                    }
-                }
-                Err(reason) => skipped.push(Skipped { path: p.display().to_string(), reason }),
+    let mut covered = 0;
+    while let Some(b) = loader.next_batch() {
+        let mut done: Vec<(usize, Vec<f32>)> = Vec::new();
+        for g in b.groups {
+            let n = g.indices.len();
+            let pixels = Tensor::from_f32(&[n, 3, g.height, g.width], g.pixels)?;
+            let emb = model.encode_image(&pixels)?;
+            for (&i, row) in g.indices.iter().zip(emb.f32s()?.chunks_exact(d)) {
+                done.push((i, row.to_vec()));
             }
+            loader.recycle(pixels.into_f32_vec()?);
         }
-        let mut by_path: Vec<(&PathBuf, Vec<f32>)> = Vec::new();
-        for ((h, w), items) in groups {
-            let n = items.len();
-            let mut pixels = Vec::with_capacity(n * 3 * h * w);
-            for (_, data) in &items {
-                pixels.extend_from_slice(data);
-            }
-            let emb = model.encode_image(&Tensor::from_f32(&[n, 3, h, w], pixels)?)?;
-            for ((p, _), row) in items.iter().zip(emb.f32s()?.chunks_exact(d)) {
-                by_path.push((p, row.to_vec()));
-            }
+        done.sort_by_key(|(i, _)| *i);
+        for (i, row) in done {
+            ok_paths.push(paths[i].clone());
+            rows.extend(row);
         }
-        for p in order {
-            if let Some(pos) = by_path.iter().position(|(q, _)| *q == p) {
-                let (_, row) = by_path.swap_remove(pos);
-                ok_paths.push(p.clone());
-                rows.extend(row);
-            }
+        for (i, reason) in b.failed {
+            skipped.push(Skipped { path: paths[i].display().to_string(), reason });
         }
-        pb.inc(chunk.len() as u64);
+        covered += b.len;
+        pb.inc(b.len as u64);
     }
-    pb.finish_and_clear();
+    let stats = loader.finish()?;
+    if covered != paths.len() {
+        return Err(Error::Internal(format!("the loader delivered {covered} of {} images", paths.len())));
+    }
     let n = ok_paths.len();
-    Ok(Encoded { paths: ok_paths, embeddings: Tensor::from_f32(&[n, d], rows)?, skipped, seconds: t0.elapsed().as_secs_f64() })
+    Ok(Encoded { paths: ok_paths, embeddings: Tensor::from_f32(&[n, d], rows)?, skipped, seconds: t0.elapsed().as_secs_f64(), loader: stats })
 }
 
 /// The transform `embed` and `zeroshot` use: CLIP's own (shorter side, centre crop), at the

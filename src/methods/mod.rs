@@ -1,7 +1,9 @@
 //! Pipelines the CLI calls.
 
+pub mod cache;
 pub mod encode;
 pub mod report;
+pub mod zeroshot;
 
 use std::path::Path;
 

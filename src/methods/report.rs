@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::methods::cache::CacheStatus;
 use crate::methods::encode::Skipped;
 
 #[derive(Debug, Serialize)]
@@ -21,7 +22,12 @@ pub struct RunReport {
     pub images_ok: usize,
     pub skipped: Vec<Skipped>,
     pub seconds: f64,
+    /// Images encoded (not taken from the cache) per second.
     pub images_per_s: f64,
+    /// Images decoded and transformed per second of the loader's own time.
+    pub decoded_images_per_s: f64,
+    /// The embedding cache, when the command uses one.
+    pub cache: Option<CacheStatus>,
     pub outputs: Vec<String>,
     /// Command-specific results (e.g. classes).
     pub extra: serde_json::Value,
@@ -33,10 +39,28 @@ impl RunReport {
         eprintln!("── {} report ──", self.command);
         eprintln!("model     {} ({})", self.arch, self.weights.as_deref().unwrap_or("random weights"));
         eprintln!("device    {} · {} threads · {}", self.device, self.threads, self.transform);
-        eprintln!(
-            "images    {} of {} encoded in {:.1} s ({:.2} images/s)",
-            self.images_ok, self.images_total, self.seconds, self.images_per_s
-        );
+        match &self.cache {
+            Some(c) if c.reused > 0 => eprintln!(
+                "images    {} of {}: {} embeddings from the cache, {} encoded, in {:.1} s",
+                self.images_ok, self.images_total, c.reused, c.encoded, self.seconds
+            ),
+            _ => eprintln!(
+                "images    {} of {} encoded in {:.1} s ({:.2} images/s)",
+                self.images_ok, self.images_total, self.seconds, self.images_per_s
+            ),
+        }
+        if self.decoded_images_per_s > 0.0 {
+            eprintln!("loader    {:.1} images/s decoded and transformed", self.decoded_images_per_s);
+        }
+        if let Some(c) = &self.cache {
+            eprintln!(
+                "cache     {} ({} reused, {} encoded){}",
+                c.outcome(),
+                c.reused,
+                c.encoded,
+                c.file.as_deref().map(|f| format!(" {f}")).unwrap_or_default()
+            );
+        }
         if !self.skipped.is_empty() {
             eprintln!("skipped   {}:", self.skipped.len());
             for s in &self.skipped {

@@ -41,3 +41,76 @@ pub fn assert_close(name: &str, a: &Tensor, b: &Tensor, tol: f32) {
     eprintln!("{name}: rel err {e:.3e}");
     assert!(e <= tol, "{name}: relative error {e:.3e} > {tol:.1e}");
 }
+
+/// A fresh folder under the system temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("labelfree-test-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes `text` to `path`, creating its folders.
+pub fn write(path: &Path, text: impl AsRef<[u8]>) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// Writes a w x h 8-bit RGB PNG whose pixels depend on `seed`.
+pub fn write_png(path: &Path, w: u32, h: u32, seed: u8) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let f = std::fs::File::create(path).unwrap();
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(f), w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut wr = enc.write_header().unwrap();
+    let data: Vec<u8> = (0..w * h * 3).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed.wrapping_mul(67))).collect();
+    wr.write_image_data(&data).unwrap();
+}
+
+/// Copies a file of tests/fixtures/preprocess/generated to `dest`.
+pub fn copy_sample(name: &str, dest: &Path) {
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::copy(fixtures().join("preprocess/generated").join(name), dest).unwrap();
+}
+
+/// A tiny random CLIP (ViT: width 64, 2 layers, patch 8, image 32; text: width 64, 2 layers)
+/// with CLIP's full 49,408-token vocabulary, so real class prompts tokenise.
+pub fn tiny_clip(seed: u64) -> labelfree::models::clip::ClipModel {
+    use labelfree::models::clip::config::{TextConfig, VitConfig};
+    use labelfree::models::clip::{ClipConfig, ClipModel, VisionConfig};
+    let config = ClipConfig {
+        vision: VisionConfig::Vit(VitConfig { width: 64, layers: 2, heads: 2, patch: 8, grid: 4, output_dim: 32 }),
+        text: Some(TextConfig { width: 64, layers: 2, heads: 2, context: 77, vocab: 49408, output_dim: 32 }),
+        act: labelfree::ops::activation::Activation::QuickGelu,
+    };
+    ClipModel::random_from_config(config, seed)
+}
+
+/// The tiny open_clip ViT fixture with its 1000-token text vocabulary widened to CLIP's
+/// 49,408 (random rows), written to `dir`: a weights file real prompts tokenise for.
+pub fn tiny_full_vocab_weights(dir: &Path) -> PathBuf {
+    use labelfree::models::clip::weights::save_safetensors;
+    let (mut map, meta) = load_safetensors(&fixtures().join("models/vit_openclip_quickgelu.safetensors")).unwrap();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
+    map.insert("token_embedding.weight".into(), Tensor::randn(&[49408, 64], 0.02, &mut rng));
+    let pairs: Vec<(&str, &Tensor)> = map.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let weights = dir.join("tiny_full_vocab.safetensors");
+    std::fs::write(&weights, save_safetensors(&pairs, &meta.into_iter().collect()).unwrap()).unwrap();
+    weights
+}

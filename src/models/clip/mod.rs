@@ -125,7 +125,15 @@ impl ClipModel {
 
     /// A random-weight model of a named open_clip architecture (for demos and benchmarks).
     pub fn random(arch: &str, seed: u64) -> Result<ClipModel> {
-        let config = ClipConfig::named(arch)?;
+        let mut model = ClipModel::random_from_config(ClipConfig::named(arch)?, seed);
+        model.arch = arch.to_string();
+        model.act_source = "the architecture's open_clip config".into();
+        Ok(model)
+    }
+
+    /// A random-weight model of any configuration (e.g. a tiny one with CLIP's full
+    /// vocabulary, for tests of whole pipelines). Its `arch` is the configuration's description.
+    pub fn random_from_config(config: ClipConfig, seed: u64) -> ClipModel {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let act = config.act;
         let visual = match &config.vision {
@@ -133,15 +141,15 @@ impl ClipModel {
             VisionConfig::ResNet(r) => VisionEncoder::ResNet(ModifiedResNet::random(r, &mut rng)),
         };
         let text = config.text.as_ref().map(|t| TextEncoder::random(t, act, &mut rng));
-        Ok(ClipModel {
+        ClipModel {
+            arch: config.arch_name(),
             config,
-            arch: arch.to_string(),
             visual,
             text,
             logit_scale: (100.0f32).ln(),
             random: true,
-            act_source: "the architecture's open_clip config".into(),
-        })
+            act_source: "the configuration".into(),
+        }
     }
 
     /// Native input side in pixels.

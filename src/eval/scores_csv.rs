@@ -1,0 +1,145 @@
+//! Score files: `path,<class>,<class>,...` then one row per image, scores written in the
+//! shortest form that reads back to the same f32. `labelfree zeroshot` writes them; `labelfree
+//! eval` reads any file of this form and matches its rows to a dataset's images by path.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::data::csvio::{field, parse_record};
+use crate::data::datasets::Dataset;
+use crate::error::{Error, Result};
+
+/// The text of a score file. `scores` is (paths, classes) row-major.
+pub fn to_csv(paths: &[String], classes: &[String], scores: &[f32]) -> String {
+    let c = classes.len();
+    assert_eq!(paths.len() * c, scores.len(), "to_csv: {} paths x {c} classes != {} scores", paths.len(), scores.len());
+    let mut out = String::from("path");
+    for name in classes {
+        out.push(',');
+        out.push_str(&field(name));
+    }
+    out.push('\n');
+    for (p, row) in paths.iter().zip(scores.chunks_exact(c.max(1))) {
+        out.push_str(&field(p));
+        for v in row {
+            out.push_str(&format!(",{v:e}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A score file, read.
+#[derive(Clone, Debug)]
+pub struct ScoreTable {
+    pub classes: Vec<String>,
+    pub paths: Vec<String>,
+    /// (paths, classes) row-major.
+    pub scores: Vec<f32>,
+    /// Lines that could not be read, with the reason.
+    pub bad_lines: Vec<String>,
+}
+
+pub fn read(path: &Path) -> Result<ScoreTable> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+    let fail = |m: String| Error::Dataset(format!("{}: {m}", path.display()));
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let (_, head) = lines.next().ok_or_else(|| fail("empty file".into()))?;
+    let head = parse_record(head.trim_start_matches('\u{feff}')).map_err(|e| fail(format!("header: {e}")))?;
+    if head.len() < 2 || head[0].trim() != "path" {
+        return Err(fail("the header must be `path,<class>,<class>,...`".into()));
+    }
+    let classes: Vec<String> = head[1..].iter().map(|s| s.trim().to_string()).collect();
+    let mut t = ScoreTable { classes, paths: Vec::new(), scores: Vec::new(), bad_lines: Vec::new() };
+    for (n, line) in lines {
+        let row = parse_record(line).map_err(|e| e.to_string()).and_then(|f| {
+            if f.len() != t.classes.len() + 1 {
+                return Err(format!("{} fields, the header has {}", f.len(), t.classes.len() + 1));
+            }
+            let vals: std::result::Result<Vec<f32>, String> = f[1..]
+                .iter()
+                .map(|v| match v.trim().parse::<f32>() {
+                    Ok(x) if x.is_finite() => Ok(x),
+                    _ => Err(format!("`{v}` is not a finite number")),
+                })
+                .collect();
+            Ok((f[0].clone(), vals?))
+        });
+        match row {
+            Ok((p, vals)) => {
+                t.paths.push(p);
+                t.scores.extend(vals);
+            }
+            Err(e) => t.bad_lines.push(format!("line {}: {e}", n + 1)),
+        }
+    }
+    Ok(t)
+}
+
+/// A score table matched to a dataset: the images present on both sides, in dataset order.
+#[derive(Clone, Debug, Serialize)]
+pub struct Matched {
+    /// Index into the dataset's items of each matched image.
+    #[serde(skip)]
+    pub items: Vec<usize>,
+    /// (matched, dataset classes) row-major, columns in the dataset's class order.
+    #[serde(skip)]
+    pub scores: Vec<f32>,
+    /// Dataset images with no row in the scores (left out of the metrics).
+    pub missing_rows: Vec<String>,
+    /// Rows that match no dataset image (ignored).
+    pub unknown_rows: Vec<String>,
+    /// Paths with more than one row (the first row is used).
+    pub duplicate_rows: Vec<String>,
+    /// Score columns that are not classes of the dataset (ignored).
+    pub extra_columns: Vec<String>,
+}
+
+/// Matches rows to the dataset's images by path: either the path relative to the dataset
+/// root (as `zeroshot` writes it) or the full path. Columns are matched by class name, in any
+/// order and in any of the spellings of [`Dataset::class_aliases`]; a class with no column is
+/// an error.
+pub fn match_dataset(t: &ScoreTable, ds: &Dataset) -> Result<Matched> {
+    let c = ds.num_classes();
+    let mut col_of = vec![None; c];
+    let mut extra_columns = Vec::new();
+    for (j, name) in t.classes.iter().enumerate() {
+        match (0..c).find(|&k| col_of[k].is_none() && ds.class_aliases(k).contains(name)) {
+            Some(k) => col_of[k] = Some(j),
+            None => extra_columns.push(name.clone()),
+        }
+    }
+    let missing: Vec<&str> = (0..c).filter(|&k| col_of[k].is_none()).map(|k| ds.classes[k].as_str()).collect();
+    if !missing.is_empty() {
+        return Err(Error::Dataset(format!("the scores have no column for the classes: {}", missing.join(", "))));
+    }
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(ds.items.len() * 2);
+    for (i, it) in ds.items.iter().enumerate() {
+        index.insert(it.rel.clone(), i);
+        index.insert(it.path.display().to_string(), i);
+    }
+    let width = t.classes.len();
+    let mut row_of: Vec<Option<usize>> = vec![None; ds.items.len()];
+    let (mut unknown_rows, mut duplicate_rows) = (Vec::new(), Vec::new());
+    for (r, p) in t.paths.iter().enumerate() {
+        match index.get(p.as_str()).or_else(|| index.get(p.trim_start_matches("./"))) {
+            Some(&i) if row_of[i].is_some() => duplicate_rows.push(p.clone()),
+            Some(&i) => row_of[i] = Some(r),
+            None => unknown_rows.push(p.clone()),
+        }
+    }
+    let (mut items, mut scores, mut missing_rows) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, r) in row_of.iter().enumerate() {
+        match r {
+            Some(r) => {
+                items.push(i);
+                let row = &t.scores[r * width..(r + 1) * width];
+                scores.extend(col_of.iter().flatten().map(|&j| row[j]));
+            }
+            None => missing_rows.push(ds.items[i].rel.clone()),
+        }
+    }
+    Ok(Matched { items, scores, missing_rows, unknown_rows, duplicate_rows, extra_columns })
+}
