@@ -1,6 +1,33 @@
 //! Bilinear resizing of a (C, H, W) grid, as torch.nn.functional.interpolate(mode="bilinear",
 //! antialias=False): used for positional grids at input sizes other than the native one.
 
+/// A positional table (1 + g*g, C) (the class/mean position, then a g x g grid) for a
+/// gh x gw grid: the first row as is, the grid resized bilinearly (align_corners = false) as
+/// TagCLIP's ViT and CCD's attention pool do.
+pub fn resize_positional_grid(table: &[f32], c: usize, g: usize, gh: usize, gw: usize) -> Vec<f32> {
+    if gh == g && gw == g {
+        return table.to_vec();
+    }
+    // (g*g, C) -> (C, g, g) -> resize -> (C, gh, gw) -> (gh*gw, C)
+    let grid = &table[c..];
+    let mut chw = vec![0.0f32; c * g * g];
+    for p in 0..g * g {
+        for ci in 0..c {
+            chw[ci * g * g + p] = grid[p * c + ci];
+        }
+    }
+    let mut resized = vec![0.0f32; c * gh * gw];
+    bilinear_resize_cpu(&chw, c, g, g, gh, gw, false, &mut resized);
+    let mut out = Vec::with_capacity((gh * gw + 1) * c);
+    out.extend_from_slice(&table[..c]);
+    for p in 0..gh * gw {
+        for ci in 0..c {
+            out.push(resized[ci * gh * gw + p]);
+        }
+    }
+    out
+}
+
 /// y (C, ho, wo) from x (C, h, w).
 pub fn bilinear_resize_cpu(x: &[f32], c: usize, h: usize, w: usize, ho: usize, wo: usize, align_corners: bool, y: &mut [f32]) {
     // Source coordinate of output index `o` along an axis of `n_in` -> `n_out`.

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::models::clip::config::ResNetConfig;
 use crate::models::clip::weights::Params;
 use crate::ops::conv2d::{conv2d_cpu, Conv2dShape};
-use crate::ops::interpolate::bilinear_resize_cpu;
+use crate::ops::interpolate::resize_positional_grid;
 use crate::ops::pool::{attention_pool2d_cpu, avg_pool2d_cpu, AttnPoolWeights};
 use crate::tensor::Tensor;
 
@@ -239,27 +239,7 @@ impl ModifiedResNet {
     /// The attention pool's positional embedding for an h x w feature grid (bilinear,
     /// align_corners = false, when it differs from the native grid).
     fn pool_positional(&self, h: usize, w: usize) -> Vec<f32> {
-        let c = Self::embed_dim(&self.cfg);
-        let g = self.cfg.grid;
-        if h == g && w == g {
-            return self.pool_pos.clone();
-        }
-        let grid = &self.pool_pos[c..];
-        let mut chw = vec![0.0f32; c * g * g];
-        for p in 0..g * g {
-            for ci in 0..c {
-                chw[ci * g * g + p] = grid[p * c + ci];
-            }
-        }
-        let mut resized = vec![0.0f32; c * h * w];
-        bilinear_resize_cpu(&chw, c, g, g, h, w, false, &mut resized);
-        let mut out = self.pool_pos[..c].to_vec();
-        for p in 0..h * w {
-            for ci in 0..c {
-                out.push(resized[ci * h * w + p]);
-            }
-        }
-        out
+        resize_positional_grid(&self.pool_pos, Self::embed_dim(&self.cfg), self.cfg.grid, h, w)
     }
 
     /// pixels (B, 3, H, W), normalised; H and W multiples of 32.

@@ -11,7 +11,7 @@ use crate::models::clip::weights::Params;
 use crate::ops::activation::Activation;
 use crate::ops::attention::AttnMask;
 use crate::ops::conv2d::patch_embed_cpu;
-use crate::ops::interpolate::bilinear_resize_cpu;
+use crate::ops::interpolate::resize_positional_grid;
 use crate::ops::layernorm::layer_norm_cpu;
 use crate::ops::matmul::linear_cpu;
 use crate::tensor::Tensor;
@@ -89,29 +89,7 @@ impl VisionTransformer {
     /// The positional embedding for a gh x gw grid: the class position as is, the patch
     /// grid resized bilinearly (align_corners = false) when it differs from the native one.
     pub fn positional_embedding(&self, gh: usize, gw: usize) -> Vec<f32> {
-        let c = self.cfg.width;
-        let g = self.cfg.grid;
-        if gh == g && gw == g {
-            return self.pos_emb.clone();
-        }
-        // (g*g, C) -> (C, g, g) -> resize -> (C, gh, gw) -> (gh*gw, C)
-        let grid = &self.pos_emb[c..];
-        let mut chw = vec![0.0f32; c * g * g];
-        for p in 0..g * g {
-            for ci in 0..c {
-                chw[ci * g * g + p] = grid[p * c + ci];
-            }
-        }
-        let mut resized = vec![0.0f32; c * gh * gw];
-        bilinear_resize_cpu(&chw, c, g, g, gh, gw, false, &mut resized);
-        let mut out = Vec::with_capacity((gh * gw + 1) * c);
-        out.extend_from_slice(&self.pos_emb[..c]);
-        for p in 0..gh * gw {
-            for ci in 0..c {
-                out.push(resized[ci * gh * gw + p]);
-            }
-        }
-        out
+        resize_positional_grid(&self.pos_emb, self.cfg.width, self.cfg.grid, gh, gw)
     }
 
     /// Number of tokens for an input of h x w pixels.
