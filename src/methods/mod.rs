@@ -2,6 +2,7 @@
 
 pub mod encode;
 pub mod report;
+pub mod tagclip;
 
 use std::path::Path;
 
