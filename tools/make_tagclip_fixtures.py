@@ -27,14 +27,19 @@ check) are stubbed when missing. Two modes:
 
   full  (not committed; the test reads LABELFREE_TAGCLIP_DIR):
         python tools/make_tagclip_fixtures.py full --tagclip /path/TagCLIP \
-            --coco ../shared/data/coco128/train2017 --out /some/dir [--limit N]
+            --coco ../shared/data/coco128/train2017 --out /some/dir [--limit N] [--reuse]
       * a random-weight open_clip ViT-B-16-quickgelu (perturbed, sharpened q/k), saved as
         `vit_b16_tagclip.safetensors` (open_clip/OpenAI names, f32) and loaded into the
         official model with its own `build_model`;
       * the official text ensemble (85 templates, COCO classes + background) and the whole
         of `classify()` over the coco128 photos; per-image results are appended to
         `official.jsonl` as they come (scores, tags, pre-CWR local scores, number of crops,
-        seconds), the text features go to `text_features.safetensors`.
+        seconds), the text features go to `text_features.safetensors`; `official.json` at
+        the end adds the image names and the official tags.
+
+  compare:  python tools/make_tagclip_fixtures.py compare --out /some/dir --scores s.csv --tags t.csv
+      * the engine's CSVs (labelfree tagclip) against official.json: the share of score entries
+        within a relative error of 1e-3, the share of images with the same tags.
 """
 import argparse
 import glob
@@ -103,6 +108,7 @@ class Recorder:
             return out
 
         def cwr(logits, logits_max, h, w, image, text_features):
+            self.cur["name"] = os.path.splitext(cl.image_list[len(self.images)])[0]
             self.cur["local"] = logits_max.clone().tolist()
             out = orig_cwr(logits, logits_max, h, w, image, text_features)
             self.cur["scores"] = out.clone().tolist()
@@ -361,51 +367,108 @@ def make_tiny(args):
 # ---------------------------------------------------------------------------------------------
 
 def make_full(args):
-    import open_clip
     cl = import_official(args.tagclip)
     os.makedirs(args.out, exist_ok=True)
-    torch.manual_seed(args.seed)
-    oc = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).eval()
-    gen = torch.Generator().manual_seed(args.seed)
-    perturb_(oc, gen, emb_names=("positional_embedding", "class_embedding", "token_embedding.weight"))
-    sharpen_(oc, gen)
-    sd = {k: v.detach().float().contiguous().clone() for k, v in oc.state_dict().items()
-          if not k.endswith("attn_mask")}
     wpath = os.path.join(args.out, "vit_b16_tagclip.safetensors")
-    save(wpath, sd, {"format": "open_clip", "act": "quick_gelu", "arch": "ViT-B-16",
-                     "note": f"random weights (seed {args.seed}), perturbed, sharpened q/k: TagCLIP check"})
+    if args.reuse and os.path.exists(wpath):
+        from safetensors.torch import load_file
+        sd = load_file(wpath)
+    else:
+        import open_clip
+        torch.manual_seed(args.seed)
+        oc = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).eval()
+        gen = torch.Generator().manual_seed(args.seed)
+        perturb_(oc, gen, emb_names=("positional_embedding", "class_embedding", "token_embedding.weight"))
+        sharpen_(oc, gen)
+        sd = {k: v.detach().float().contiguous().clone() for k, v in oc.state_dict().items()
+              if not k.endswith("attn_mask")}
+        save(wpath, sd, {"format": "open_clip", "act": "quick_gelu", "arch": "ViT-B-16",
+                         "note": f"random weights (seed {args.seed}), perturbed, sharpened q/k: TagCLIP check"})
     from clip.build_model import build_model
     model = build_model("ViT-B/16", {k: v.clone() for k, v in sd.items()}).float().eval()
     names = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(args.coco, "*.jpg")))
     if args.limit:
         names = names[:args.limit]
-    jsonl = os.path.join(args.out, "official.jsonl")
+    tag = f"_{args.limit}" if args.limit else ""
+    jsonl = os.path.join(args.out, f"official{tag}.jsonl")
     if os.path.exists(jsonl):
         os.remove(jsonl)
-    t0 = time.time()
-    with torch.no_grad():
-        text = cl.clip.encode_text_with_prompt_ensemble(model, cl.class_names_coco + cl.BACKGROUND_CATEGORY_COCO, "cpu")
-    text_s = time.time() - t0
-    save(os.path.join(args.out, "text_features.safetensors"), {"text_features": text}, {"seconds": f"{text_s:.1f}"})
-    print(f"text features {tuple(text.shape)} in {text_s:.1f} s", flush=True)
+    tpath = os.path.join(args.out, "text_features.safetensors")
+    if args.reuse and os.path.exists(tpath):
+        from safetensors.torch import load_file
+        text, text_s = load_file(tpath)["text_features"], None
+    else:
+        t0 = time.time()
+        with torch.no_grad():
+            text = cl.clip.encode_text_with_prompt_ensemble(model, cl.class_names_coco + cl.BACKGROUND_CATEGORY_COCO, "cpu")
+        text_s = time.time() - t0
+        save(tpath, {"text_features": text}, {"seconds": f"{text_s:.1f}"})
+        print(f"text features {tuple(text.shape)} in {text_s:.1f} s", flush=True)
     recs, seconds = run_classify(cl, model, os.path.abspath(args.coco), names, text_features=text, jsonl=jsonl)
     doc = {"tagclip_commit": args.commit, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "text_seconds": text_s, "classify_seconds": seconds, "images": recs,
            "classes": cl.class_names_coco, "background": cl.BACKGROUND_CATEGORY_COCO}
-    with open(os.path.join(args.out, "official.json"), "w") as f:
+    with open(os.path.join(args.out, f"official{tag}.json"), "w") as f:
         json.dump(doc, f)
     print(f"{len(recs)} images in {seconds:.1f} s ({seconds / max(len(recs), 1):.2f} s/image)")
 
 
+def compare(args):
+    """Engine CSVs (labelfree tagclip --out/--tags) against official.json[l]: the share of
+    score entries within a relative error of 1e-3 and of images with the same tag set."""
+    import csv
+    path = os.path.join(args.out, "official.json")
+    if os.path.exists(path):
+        official = {r["name"]: r for r in json.load(open(path))["images"]}
+    else:
+        official = {}
+        for line in open(os.path.join(args.out, "official.jsonl")):
+            r = json.loads(line)
+            official[len(official)] = r
+    rows = list(csv.reader(open(args.scores)))
+    classes = rows[0][1:]
+    ours = {os.path.splitext(os.path.basename(r[0]))[0]: np.array([float(v) for v in r[1:]], np.float32) for r in rows[1:]}
+    tags = {}
+    if args.tags:
+        for r in list(csv.reader(open(args.tags)))[1:]:
+            tags[os.path.splitext(os.path.basename(r[0]))[0]] = sorted(classes.index(t) for t in r[1].split(";") if t)
+    n_entries = n_close = n_img = n_same = 0
+    worst = []
+    for name, r in official.items():
+        if name not in ours:
+            continue
+        want = np.array(r["scores"], np.float32)
+        rel = np.abs(ours[name] - want) / np.abs(want)
+        n_entries += rel.size
+        n_close += int((rel <= 1e-3).sum())
+        n_img += 1
+        same = tags.get(name) == sorted(r["tags"]) if "tags" in r else None
+        n_same += bool(same)
+        worst.append((float(rel.max()), name, same))
+    worst.sort(reverse=True)
+    print(f"{n_img} images, {n_entries} score entries")
+    print(f"entries with relative error <= 1e-3: {n_close} ({100.0 * n_close / max(n_entries, 1):.3f}%)")
+    print(f"images with the same tags: {n_same} ({100.0 * n_same / max(n_img, 1):.2f}%)")
+    print("largest per-image errors:", [(f"{e:.2e}", n, s) for e, n, s in worst[:8]])
+    med = sorted(e for e, _, _ in worst)[len(worst) // 2] if worst else 0
+    print(f"median per-image max relative error: {med:.2e}")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["tiny", "full"])
-    ap.add_argument("--tagclip", required=True, help="a checkout of github linyq2117/TagCLIP")
-    ap.add_argument("--coco", required=True, help="coco128 train2017 folder")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("mode", choices=["tiny", "full", "compare"])
+    ap.add_argument("--tagclip", help="a checkout of github linyq2117/TagCLIP")
+    ap.add_argument("--coco", help="coco128 train2017 folder")
+    ap.add_argument("--out", required=True, help="output folder (compare: the folder of official.json)")
+    ap.add_argument("--scores", help="compare: the engine's scores CSV")
+    ap.add_argument("--tags", help="compare: the engine's tags CSV")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=0, help="full: the first N photos only (files get a _N suffix)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="full: reuse the weights and text features already in --out (timing runs)")
     args = ap.parse_args()
+    if args.mode != "compare" and not (args.tagclip and args.coco):
+        ap.error("tiny and full need --tagclip and --coco")
     try:
         import subprocess
         args.commit = subprocess.run(["git", "-C", args.tagclip, "rev-parse", "HEAD"], capture_output=True,
@@ -413,7 +476,9 @@ def main():
     except Exception:
         args.commit = "unknown"
     torch.set_grad_enabled(False)
-    if args.mode == "tiny":
+    if args.mode == "compare":
+        compare(args)
+    elif args.mode == "tiny":
         make_tiny(args)
     else:
         make_full(args)

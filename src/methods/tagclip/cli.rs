@@ -24,14 +24,18 @@ pub struct TagclipArgs {
     #[arg(long, num_args = 1.., required = true)]
     pub images: Vec<PathBuf>,
     /// Comma-separated class names (VOC-style names as TagCLIP writes them, e.g. tvmonitor)
-    #[arg(long, conflicts_with = "classes_file")]
+    #[arg(long, conflicts_with_all = ["classes_file", "preset"])]
     pub classes: Option<String>,
+    /// TagCLIP's own class list and background words: coco (80 + 23) or voc (20 + 25)
+    #[arg(long, conflicts_with = "classes_file")]
+    pub preset: Option<String>,
     /// One class name per line
     #[arg(long)]
     pub classes_file: Option<PathBuf>,
-    /// Background words appended to the classes: voc (25), coco (23) or none
-    #[arg(long, default_value = "coco")]
-    pub background: String,
+    /// Background words appended to the classes: voc (25), coco (23) or none (default: the
+    /// preset's, else coco)
+    #[arg(long)]
+    pub background: Option<String>,
     /// CLIP ViT weights (.safetensors); without them a RANDOM-weight ViT-B-16 is used
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -284,8 +288,13 @@ pub fn run_cli(a: TagclipArgs, dev: Device) -> Result<()> {
     if dev != Device::Cpu {
         return Err(Error::Device("tagclip: only the CPU path exists in this build (use --device cpu)".into()));
     }
-    let classes = read_classes(&a.classes, &a.classes_file)?;
-    let background = background_words(&a.background)?;
+    let (classes, preset_bg) = match a.preset.as_deref() {
+        Some("coco") => (super::COCO_CLASSES.iter().map(|s| s.to_string()).collect(), "coco"),
+        Some("voc") => (super::VOC_CLASSES.iter().map(|s| s.to_string()).collect(), "voc"),
+        Some(other) => return Err(Error::Shape(format!("--preset {other}: use coco or voc"))),
+        None => (read_classes(&a.classes, &a.classes_file)?, "coco"),
+    };
+    let background = background_words(a.background.as_deref().unwrap_or(preset_bg))?;
     let model = build_model(&a)?;
     let opts = a.options();
     let paths = crate::data::images::list_images(&a.images);

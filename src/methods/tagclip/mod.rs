@@ -114,6 +114,28 @@ pub struct ClassText {
     pub dim: usize,
 }
 
+/// The 80 COCO classes as TagCLIP names them (VOC spellings: motorbike, aeroplane, sofa,
+/// pottedplant, diningtable, tvmonitor), in COCO's category order.
+pub const COCO_CLASSES: [&str; 80] = [
+    "person", "bicycle", "car", "motorbike", "aeroplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "sofa", "pottedplant",
+    "bed", "diningtable", "toilet", "tvmonitor", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
+    "scissors", "teddy bear", "hair drier", "toothbrush",
+];
+
+/// The 20 VOC classes as TagCLIP names them.
+pub const VOC_CLASSES: [&str; 20] = [
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+];
+
 /// Background word list by name: voc, coco or none.
 pub fn background_words(name: &str) -> Result<Vec<String>> {
     let list: &[&str] = match name {
