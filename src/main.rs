@@ -192,6 +192,8 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// TagCLIP: training-free multi-label tags (scores CSV, tags CSV, report, maps)
+    Tagclip(labelfree::methods::tagclip::cli::TagclipArgs),
 }
 
 fn parse_act(s: &Option<String>) -> Result<Option<Activation>> {
@@ -527,6 +529,7 @@ fn run(cli: Cli) -> Result<()> {
                 write_atomic(&j, serde_json::to_string_pretty(&all)?.as_bytes())?;
             }
         }
+        Command::Tagclip(a) => labelfree::methods::tagclip::cli::run_cli(a, dev)?,
     }
     Ok(())
 }

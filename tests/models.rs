@@ -48,7 +48,7 @@ fn check_vit(name: &str) {
     let diag = io["mask_diag_last"].f32s().unwrap();
     let mut masks = vec![AttnMask::default(); layers];
     masks[layers - 1].shared = Some(diag);
-    let req = VitRequest { tokens: true, attn_probs: true, probs_before_mask: true, masks };
+    let req = VitRequest { tokens: true, attn_probs: true, probs_before_mask: true, masks, ..Default::default() };
     let out = vit.forward(&io["pixels"], &req).unwrap();
     common::assert_close(&format!("{name} embedding_diag"), &out.pooled, &io["embedding_diag"], TOL);
     common::assert_close(&format!("{name} tokens_diag"), out.tokens.as_ref().unwrap(), &io["tokens_diag"], TOL);

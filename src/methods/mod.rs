@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod encode;
 pub mod report;
+pub mod tagclip;
 pub mod zeroshot;
 
 use std::path::Path;

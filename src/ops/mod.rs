@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod contours;
 pub mod conv2d;
 pub mod interpolate;
 pub mod layernorm;

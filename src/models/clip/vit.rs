@@ -42,6 +42,9 @@ pub struct VitRequest<'a> {
     pub probs_before_mask: bool,
     /// Per-layer additive masks.
     pub masks: Vec<AttnMask<'a>>,
+    /// A positional table (T, C) to use instead of the model's own (resized) one: TagCLIP
+    /// resizes it its own way (torch's f32 arithmetic, then a cast to fp16).
+    pub pos_table: Option<&'a [f32]>,
 }
 
 pub struct VitOutput {
@@ -113,7 +116,11 @@ impl VisionTransformer {
         let t = n + 1;
         let mut patches = vec![0.0f32; b * n * c];
         patch_embed_cpu(pixels.f32s()?, b, 3, h, w, &self.conv_w, p, &mut patches);
-        let pos = self.positional_embedding(gh, gw);
+        let pos = match req.pos_table {
+            Some(table) if table.len() == t * c => table.to_vec(),
+            Some(table) => return Err(Error::Shape(format!("positional table of {} values for {t} tokens x {c}", table.len()))),
+            None => self.positional_embedding(gh, gw),
+        };
         let mut x = vec![0.0f32; b * t * c];
         for bi in 0..b {
             let xb = &mut x[bi * t * c..(bi + 1) * t * c];

@@ -1,0 +1,379 @@
+//! `labelfree tagclip`: arguments, the run, and its outputs (scores CSV, tags CSV, JSON report,
+//! PNG maps).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+
+use super::{background_words, run, transform_for, ClassText, ImageResult, TagclipOptions};
+use crate::data::decode::decode_image_file;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::methods::report::RunReport;
+use crate::methods::write_atomic;
+use crate::models::clip::tokenizer::ClipTokenizer;
+use crate::models::clip::weights::{load_safetensors, save_safetensors};
+use crate::models::clip::ClipModel;
+use crate::ops::activation::Activation;
+use crate::tensor::Tensor;
+
+#[derive(Args, Clone, Debug)]
+pub struct TagclipArgs {
+    /// Image files and/or directories (searched recursively for .jpg/.jpeg/.png)
+    #[arg(long, num_args = 1.., required = true)]
+    pub images: Vec<PathBuf>,
+    /// Comma-separated class names (VOC-style names as TagCLIP writes them, e.g. tvmonitor)
+    #[arg(long, conflicts_with_all = ["classes_file", "preset"])]
+    pub classes: Option<String>,
+    /// TagCLIP's own class list and background words: coco (80 + 23) or voc (20 + 25)
+    #[arg(long, conflicts_with = "classes_file")]
+    pub preset: Option<String>,
+    /// One class name per line
+    #[arg(long)]
+    pub classes_file: Option<PathBuf>,
+    /// Background words appended to the classes: voc (25), coco (23) or none (default: the
+    /// preset's, else coco)
+    #[arg(long)]
+    pub background: Option<String>,
+    /// CLIP ViT weights (.safetensors); without them a RANDOM-weight ViT-B-16 is used
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Activation when the weights do not record it: quick_gelu (OpenAI) or gelu
+    #[arg(long)]
+    pub act: Option<String>,
+    /// Seed of the random-weight model (no --weights)
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Per-image scores: CSV `path,<class>,...`
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Per-image tags: CSV `path,tags` (class names joined by `;`)
+    #[arg(long)]
+    pub tags: Option<PathBuf>,
+    /// Run report as JSON (default: <out>.report.json)
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write PNG overlays of the refined class maps and CWR boxes here
+    #[arg(long)]
+    pub save_maps: Option<PathBuf>,
+    /// How many images (the first ones) get maps
+    #[arg(long, default_value_t = 8)]
+    pub maps_limit: usize,
+    /// Cache of the class text embeddings (safetensors; reused when names and weights match)
+    #[arg(long)]
+    pub text_cache: Option<PathBuf>,
+    /// Images per patch pass (equal sizes are batched)
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Crops per CWR pass
+    #[arg(long, default_value_t = 16)]
+    pub crop_batch: usize,
+    /// CWR candidate threshold, relative (official 0.5; 0.1 on COCO-Stuff)
+    #[arg(long, default_value_t = 0.5)]
+    pub cwr_threshold: f32,
+    /// Tag threshold, relative (official 0.5; 0.1 on COCO-Stuff)
+    #[arg(long, default_value_t = 0.5)]
+    pub tag_threshold: f32,
+    /// Fix: keep the true end of boxes touching the right/bottom border
+    #[arg(long)]
+    pub fix_box_clip: bool,
+    /// Fix: skip (not stop at) a CWR candidate with an empty box
+    #[arg(long)]
+    pub fix_cwr_early_stop: bool,
+    /// Fix: keep the resized positional embedding in f32 (no fp16 cast)
+    #[arg(long)]
+    pub fix_pos_fp16: bool,
+    /// Fix: threshold class maps on floats, not on u8-quantised values
+    #[arg(long)]
+    pub fix_quantization: bool,
+    /// All the fixes above
+    #[arg(long)]
+    pub fix_all: bool,
+}
+
+impl TagclipArgs {
+    pub fn options(&self) -> TagclipOptions {
+        TagclipOptions {
+            cwr_threshold: self.cwr_threshold,
+            tag_threshold: self.tag_threshold,
+            fix_box_clip: self.fix_box_clip || self.fix_all,
+            fix_cwr_early_stop: self.fix_cwr_early_stop || self.fix_all,
+            fix_pos_fp16: self.fix_pos_fp16 || self.fix_all,
+            fix_quantization: self.fix_quantization || self.fix_all,
+            batch: self.batch.max(1),
+            crop_batch: self.crop_batch.max(1),
+            keep_maps: self.save_maps.is_some(),
+            ..TagclipOptions::default()
+        }
+    }
+}
+
+fn read_classes(classes: &Option<String>, file: &Option<PathBuf>) -> Result<Vec<String>> {
+    let list: Vec<String> = match (classes, file) {
+        (Some(c), _) => c.split(',').map(|s| s.trim().to_string()).collect(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map_err(|e| Error::Io { path: f.display().to_string(), source: e })?
+            .lines()
+            .map(|s| s.trim().to_string())
+            .collect(),
+        (None, None) => return Err(Error::Shape("give the classes with --classes a,b,c or --classes-file F".into())),
+    };
+    let list: Vec<String> = list.into_iter().filter(|s| !s.is_empty()).collect();
+    if list.is_empty() {
+        return Err(Error::Shape("the class list is empty".into()));
+    }
+    Ok(list)
+}
+
+fn build_model(a: &TagclipArgs) -> Result<ClipModel> {
+    let act = match &a.act {
+        None => None,
+        Some(v) => Some(Activation::parse(v).ok_or_else(|| Error::Weights(format!("--act {v}: use quick_gelu or gelu")))?),
+    };
+    match &a.weights {
+        Some(w) => {
+            let m = ClipModel::load(w, act, None)?;
+            eprintln!("model: {} from {} (activation {:?}: {})", m.arch, w.display(), m.config.act, m.act_source);
+            Ok(m)
+        }
+        None => {
+            eprintln!("################################################################################");
+            eprintln!("# WARNING: no --weights given: using a RANDOM-weight ViT-B-16 (seed {}).", a.seed);
+            eprintln!("# Its scores and tags MEAN NOTHING. See weights/README.md for real weights.");
+            eprintln!("################################################################################");
+            ClipModel::random("ViT-B-16-quickgelu", a.seed).or_else(|_| ClipModel::random("ViT-B-16", a.seed))
+        }
+    }
+}
+
+/// Class text, from the cache when its names and weights match, else encoded (and cached).
+fn class_text(model: &ClipModel, a: &TagclipArgs, classes: &[String], background: &[String]) -> Result<(ClassText, f64, bool)> {
+    let t0 = Instant::now();
+    let mut names = classes.to_vec();
+    names.extend(background.iter().cloned());
+    let key = serde_json::json!({
+        "names": names,
+        "weights": a.weights.as_ref().map(|w| w.display().to_string()),
+        "seed": if a.weights.is_none() { Some(a.seed) } else { None },
+        "templates": "tagclip85",
+    })
+    .to_string();
+    if let Some(cache) = &a.text_cache {
+        if cache.exists() {
+            let (tensors, meta) = load_safetensors(cache)?;
+            if meta.get("key") == Some(&key) {
+                if let Some(t) = tensors.get("text") {
+                    let dim = t.dim(1);
+                    let ct = ClassText::from_embeddings(names, classes.len(), t.f32s()?.to_vec(), dim)?;
+                    return Ok((ct, t0.elapsed().as_secs_f64(), true));
+                }
+            }
+            eprintln!("text cache {} is for other classes or weights: encoding again", cache.display());
+        }
+    }
+    let tok = ClipTokenizer::new()?;
+    let ct = ClassText::encode(model, &tok, classes, background)?;
+    if let Some(cache) = &a.text_cache {
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("key".to_string(), key);
+        let t = Tensor::from_f32(&[ct.len(), ct.dim], ct.emb.clone())?;
+        write_atomic(cache, &save_safetensors(&[("text", &t)], &meta)?)?;
+    }
+    Ok((ct, t0.elapsed().as_secs_f64(), false))
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Scores CSV: `path,<class>,...`.
+pub fn scores_csv(paths: &[PathBuf], results: &[ImageResult], classes: &[String]) -> String {
+    let mut s = String::from("path");
+    for c in classes {
+        s.push(',');
+        s.push_str(&csv_field(c));
+    }
+    s.push('\n');
+    for (p, r) in paths.iter().zip(results) {
+        s.push_str(&csv_field(&p.display().to_string()));
+        for v in &r.scores {
+            s.push_str(&format!(",{v:.8e}"));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Tags CSV: `path,tags` with the class names joined by `;`.
+pub fn tags_csv(paths: &[PathBuf], results: &[ImageResult], classes: &[String]) -> String {
+    let mut s = String::from("path,tags\n");
+    for (p, r) in paths.iter().zip(results) {
+        let names: Vec<&str> = r.tags.iter().map(|&t| classes[t].as_str()).collect();
+        s.push_str(&format!("{},{}\n", csv_field(&p.display().to_string()), csv_field(&names.join(";"))));
+    }
+    s
+}
+
+/// A blue-to-red ramp for a value in [0, 1].
+fn ramp(v: f32) -> [f32; 3] {
+    let v = v.clamp(0.0, 1.0);
+    [v.min(0.5) * 2.0 * 255.0 * v.max(0.0), (1.0 - (2.0 * v - 1.0).abs()) * 255.0, (1.0 - v) * 255.0]
+}
+
+/// PNG overlays for one image: for each tagged class, the normalised refined map blended
+/// over the (resized) image, with the CWR box in white when the class was cropped.
+fn save_maps(dir: &Path, path: &Path, r: &ImageResult, model: &ClipModel, text: &ClassText) -> Result<Vec<PathBuf>> {
+    let Some(refined) = &r.refined else { return Ok(Vec::new()) };
+    let transform = transform_for(model)?;
+    let img = transform.apply_u8(&decode_image_file(path)?);
+    let (h, w) = (img.height, img.width);
+    let p = h / (r.height / model.input_multiple()).max(1);
+    let (gh, gw) = (h / p, w / p);
+    let c = text.len();
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+    let mut written = Vec::new();
+    for &cls in &r.tags {
+        let col: Vec<f32> = (0..gh * gw).map(|i| refined[i * c + cls]).collect();
+        let v = super::stages::minmax_normalize(&col);
+        let mut rgb = vec![0u8; h * w * 3];
+        for y in 0..h {
+            for x in 0..w {
+                let m = v[(y / p).min(gh - 1) * gw + (x / p).min(gw - 1)];
+                let col = ramp(if m.is_finite() { m } else { 0.0 });
+                let px = img.pixel(x, y);
+                for ch in 0..3 {
+                    rgb[(y * w + x) * 3 + ch] = (0.5 * px[ch] as f32 + 0.5 * col[ch]).round().clamp(0.0, 255.0) as u8;
+                }
+            }
+        }
+        if let Some(crop) = r.cwr.crops.iter().find(|cr| cr.class == cls) {
+            let b = crop.cells;
+            let (x0, x1, y0, y1) = (b.x0 * p, (b.x1 * p).min(w) - 1, b.y0 * p, (b.y1 * p).min(h) - 1);
+            for t in 0..2 {
+                for x in x0..=x1 {
+                    for y in [y0 + t, y1.saturating_sub(t)] {
+                        rgb[(y * w + x) * 3..(y * w + x) * 3 + 3].fill(255);
+                    }
+                }
+                for y in y0..=y1 {
+                    for x in [x0 + t, x1.saturating_sub(t)] {
+                        rgb[(y * w + x) * 3..(y * w + x) * 3 + 3].fill(255);
+                    }
+                }
+            }
+        }
+        let safe: String = text.names[cls].chars().map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' }).collect();
+        let out = dir.join(format!("{stem}_{safe}.png"));
+        let mut bytes = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut bytes, w as u32, h as u32);
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            let mut wr = enc.write_header().map_err(|e| Error::Shape(format!("png: {e}")))?;
+            wr.write_image_data(&rgb).map_err(|e| Error::Shape(format!("png: {e}")))?;
+        }
+        write_atomic(&out, &bytes)?;
+        written.push(out);
+    }
+    Ok(written)
+}
+
+/// The `tagclip` command.
+pub fn run_cli(a: TagclipArgs, dev: Device) -> Result<()> {
+    if dev != Device::Cpu {
+        return Err(Error::Device("tagclip: only the CPU path exists in this build (use --device cpu)".into()));
+    }
+    let (classes, preset_bg) = match a.preset.as_deref() {
+        Some("coco") => (super::COCO_CLASSES.iter().map(|s| s.to_string()).collect(), "coco"),
+        Some("voc") => (super::VOC_CLASSES.iter().map(|s| s.to_string()).collect(), "voc"),
+        Some(other) => return Err(Error::Shape(format!("--preset {other}: use coco or voc"))),
+        None => (read_classes(&a.classes, &a.classes_file)?, "coco"),
+    };
+    let background = background_words(a.background.as_deref().unwrap_or(preset_bg))?;
+    let model = build_model(&a)?;
+    let opts = a.options();
+    let paths = crate::data::images::list_images(&a.images);
+    if paths.is_empty() {
+        return Err(Error::Shape(format!("no images found in {:?}", a.images)));
+    }
+    let (text, text_s, cached) = class_text(&model, &a, &classes, &background)?;
+    eprintln!("class text: {} classes + {} background words ({:.1} s{})", classes.len(), background.len(), text_s, if cached { ", cached" } else { "" });
+    let res = run(&model, &paths, &text, &opts, true)?;
+    write_atomic(&a.out, scores_csv(&res.paths, &res.results, &classes).as_bytes())?;
+    let mut outputs = vec![a.out.display().to_string()];
+    if let Some(t) = &a.tags {
+        write_atomic(t, tags_csv(&res.paths, &res.results, &classes).as_bytes())?;
+        outputs.push(t.display().to_string());
+    }
+    if let Some(dir) = &a.save_maps {
+        let mut n = 0;
+        for (p, r) in res.paths.iter().zip(&res.results).take(a.maps_limit) {
+            n += save_maps(dir, p, r, &model, &text)?.len();
+        }
+        outputs.push(format!("{} ({n} maps)", dir.display()));
+    }
+    let jp = a.json.clone().unwrap_or_else(|| {
+        let mut s = a.out.as_os_str().to_owned();
+        s.push(".report.json");
+        PathBuf::from(s)
+    });
+    outputs.push(jp.display().to_string());
+    let ok = res.paths.len();
+    let crops: usize = res.results.iter().map(|r| r.cwr.crops.len()).sum();
+    let stops = res.results.iter().filter(|r| r.cwr.stopped_at.is_some()).count();
+    let images: Vec<serde_json::Value> = res
+        .paths
+        .iter()
+        .zip(&res.results)
+        .map(|(p, r)| {
+            serde_json::json!({
+                "path": p.display().to_string(),
+                "size": [r.height, r.width],
+                "tags": r.tags.iter().map(|&t| &classes[t]).collect::<Vec<_>>(),
+                "candidates": r.cwr.candidates,
+                "crops": r.cwr.crops.iter().map(|c| serde_json::json!({"class": c.class, "cells": c.cells})).collect::<Vec<_>>(),
+                "stopped_at": r.cwr.stopped_at,
+            })
+        })
+        .collect();
+    let rep = RunReport {
+        command: "tagclip".into(),
+        arch: model.arch.clone(),
+        weights: a.weights.as_ref().map(|w| w.display().to_string()),
+        random_weights: model.random,
+        activation: format!("{:?}", model.config.act),
+        device: dev.to_string(),
+        threads: rayon::current_num_threads(),
+        transform: transform_for(&model)?.describe(),
+        images_total: paths.len(),
+        images_ok: ok,
+        skipped: res.skipped.clone(),
+        seconds: res.seconds,
+        images_per_s: if res.seconds > 0.0 { ok as f64 / res.seconds } else { 0.0 },
+        // TagCLIP decodes inside its own pipeline; no separate loader figure, no embedding cache.
+        decoded_images_per_s: 0.0,
+        cache: None,
+        outputs,
+        extra: serde_json::json!({
+            "classes": classes,
+            "background": background,
+            "options": opts,
+            "logit_scale": opts.logit_scale.unwrap_or_else(|| model.logit_multiplier()),
+            "text_seconds": text_s,
+            "text_cached": cached,
+            "seconds_per_image": if ok > 0 { res.seconds / ok as f64 } else { 0.0 },
+            "cwr_crops": crops,
+            "cwr_early_stops": stops,
+            "images": images,
+        }),
+    };
+    rep.write_json(&jp)?;
+    rep.print();
+    eprintln!("cwr       {crops} crops, {stops} early stops, {:.2} s/image", if ok > 0 { res.seconds / ok as f64 } else { 0.0 });
+    Ok(())
+}
