@@ -1,0 +1,3 @@
+//! Training: the optimiser (Adam, as torch.optim.Adam).
+
+pub mod adam;
