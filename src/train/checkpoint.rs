@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::methods::write_atomic;
 use crate::models::clip::weights::{load_safetensors, save_safetensors};
 use crate::models::resnet50::{HeadKind, ResNet, ResNetConfig};
 use crate::tensor::Tensor;
@@ -33,28 +34,8 @@ pub struct CheckpointMeta {
     pub alpha: f32,
 }
 
-fn io_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), source: e }
-}
-
-/// Writes `bytes` to `path` through `path.tmp` and a rename, so a kill leaves the old file or
-/// the new one, never half of one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
-        f.sync_all().map_err(|e| io_err(&tmp, e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
-}
-
 /// Saves model + optimiser + position to `dir/checkpoint.safetensors` (and `.json`).
 pub fn save(dir: &Path, model: &ResNet, opt: &Adam, epoch: usize, seed: u64) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     let cfg = &model.cfg;
     let meta = CheckpointMeta {
         epoch,
