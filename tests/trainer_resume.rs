@@ -94,3 +94,48 @@ fn killed_and_resumed_run_ends_with_the_same_weights() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+#[test]
+fn run_from_csv_labels_and_a_backbone_then_resume() {
+    use labelfree::train::run::{run, TrainRun};
+    let root = scratch("train-run-data");
+    let mut csv = String::from("path,cat,dog,bird\n");
+    for i in 0..5u32 {
+        write_png(&root.join(format!("im{i}.png")), 36, 28 + i, 40 + i);
+        csv.push_str(&format!("im{i}.png,{},0.25,{}\n", i as f32 / 5.0, 1.0 - i as f32 / 5.0));
+    }
+    let labels = root.join("labels.csv");
+    std::fs::write(&labels, csv).unwrap();
+    let out = scratch("train-run-out");
+    // The tiny linear-head fixture: torchvision names plus head.*, 3 classes.
+    let backbone = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trainer/tiny_linear.safetensors");
+    let mut r = TrainRun {
+        labels: labels.clone(),
+        root: root.clone(),
+        backbone: Some(backbone),
+        epochs: 2,
+        batch: 2,
+        lr: 1e-3,
+        size: 32,
+        seed: 1,
+        head: HeadKind::Linear,
+        alpha: 1.0,
+        resume: false,
+        out: out.clone(),
+        progress: false,
+    };
+    let s = run(&r).unwrap();
+    assert_eq!((s.classes.len(), s.images, s.epochs.len(), s.resumed_from_epoch), (3, 5, 2, 0));
+    assert!(out.join("train_report.json").exists() && out.join("checkpoint.json").exists());
+    r.resume = true;
+    r.epochs = 3;
+    let s = run(&r).unwrap();
+    assert_eq!((s.resumed_from_epoch, s.epochs.len(), s.epochs[0].epoch), (2, 1, 3));
+    // A label out of [0, 1] is an error that names the line.
+    std::fs::write(&labels, "path,a,b,c\nim0.png,0.5,1.5,0\n").unwrap();
+    let e = run(&TrainRun { resume: false, ..r }).err().unwrap().to_string();
+    assert!(e.contains("line 2") && e.contains("1.5"), "{e}");
+    for d in [root, out] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
