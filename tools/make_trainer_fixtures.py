@@ -167,8 +167,8 @@ def main():
     if args.full:
         make("r50_cam", args.out, 64, [3, 4, 6, 3], 20, "cam", 2, 64, args.seed, 1e-5, full=True)
     else:
-        make("tiny_cam", args.out, 4, [1, 2, 2, 1], 5, "cam", 4, 48, args.seed, 1e-3)
-        make("tiny_linear", args.out, 2, [1, 1, 1, 1], 3, "linear", 4, 32, args.seed + 1, 1e-3)
+        make("tiny_cam", args.out, 4, [1, 2, 2, 1], 5, "cam", 4, 48, args.seed, 3e-4)
+        make("tiny_linear", args.out, 2, [1, 1, 1, 1], 3, "linear", 4, 40, args.seed + 1, 1e-3)
 
 
 if __name__ == "__main__":

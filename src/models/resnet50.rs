@@ -335,6 +335,7 @@ impl ResNet {
         self.grads.fill(0.0);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn conv_bn_forward(&self, l: &ConvBn, x: &[f32], b: usize, h: usize, w: usize, relu: bool, mode: &mut BnMode) -> ConvBnAct {
         let s = l.shape(b, h, w);
         let (ho, wo) = s.out_hw();
@@ -420,6 +421,7 @@ impl ResNet {
 
     /// Backward of one conv + batch norm from dy (the gradient of the batch norm's output,
     /// already masked by the ReLU where there is one). Returns dx when wanted.
+    #[allow(clippy::too_many_arguments)]
     fn conv_bn_backward(&mut self, l: &ConvBn, x: &[f32], h: usize, w: usize, act: &ConvBnAct, dy: &[f32], b: usize, want_dx: bool) -> Option<Vec<f32>> {
         let c = l.c_out;
         let hw = act.h * act.w;

@@ -29,6 +29,7 @@ fn channel_stats(x: &[f32], b: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
 }
 
 /// y = gamma * (x - mean) * rstd + beta, plane by plane.
+#[allow(clippy::too_many_arguments)]
 fn apply(x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], rstd: &[f32], c: usize, hw: usize, y: &mut [f32]) {
     y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(p, (yp, xp))| {
         let ci = p % c;
@@ -167,9 +168,9 @@ mod tests {
         let (mut dx, mut dg, mut db) = (vec![f32::NAN; x.len()], vec![0.0; c], vec![0.0; c]);
         batch_norm_backward_cpu(&x, &r, b, c, hw, &gamma, &mean, &rstd, &mut dx, &mut dg, &mut db);
 
-        for i in 0..x.len() {
+        for (i, &g) in dx.iter().enumerate() {
             let want = fd(&|j, e| { let mut t = xd.clone(); t[j] += e; loss(&t, &gd, &bd) }, i);
-            assert!((dx[i] as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "dx[{i}] {} vs {want}", dx[i]);
+            assert!((g as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "dx[{i}] {g} vs {want}");
         }
         for i in 0..c {
             let want = fd(&|j, e| { let mut t = gd.clone(); t[j] += e; loss(&xd, &t, &bd) }, i);
