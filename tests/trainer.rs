@@ -133,3 +133,33 @@ fn resnet50_at_64px_matches_torch() {
     };
     check(Path::new(&dir), "r50_cam");
 }
+
+/// Throughput of one training step of a random ResNet-50 (CAM head, 20 classes) on the CPU:
+/// `LABELFREE_TIMING_SIZE=448 cargo test --test trainer timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn resnet50_training_step_timing() {
+    use labelfree::models::resnet50::ResNetConfig;
+    let size: usize = std::env::var("LABELFREE_TIMING_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(224);
+    let b = 2;
+    let mut model = ResNet::new(ResNetConfig::resnet50(20), 0);
+    let n = model.params.len();
+    let mut opt = Adam::new(n, vec![ParamGroup { range: 0..model.head_start, lr: 1e-5 }, ParamGroup { range: model.head_start..n, lr: 1e-4 }]);
+    let x: Vec<f32> = (0..b * 3 * size * size).map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0).collect();
+    let y = vec![0.3f32; b * 20];
+    for step in 0..3 {
+        let t0 = std::time::Instant::now();
+        let acts = model.forward_train(&x, b, size, size).unwrap();
+        let t1 = t0.elapsed().as_secs_f64();
+        let mut d = vec![0.0f32; b * 20];
+        labelfree::ops::bce::bce_with_logits_cpu(&acts.logits, &y, None, 20, 1.0, &mut d);
+        model.zero_grad();
+        model.backward(&x, &acts, &d).unwrap();
+        let t2 = t0.elapsed().as_secs_f64();
+        let grads = std::mem::take(&mut model.grads);
+        opt.step(&mut model.params, &grads);
+        model.grads = grads;
+        let t3 = t0.elapsed().as_secs_f64();
+        eprintln!("step {step}: {size}px batch {b}: forward {t1:.2}s, backward {:.2}s, adam {:.2}s, {:.2} img/s ({} threads)", t2 - t1, t3 - t2, b as f64 / t3, rayon::current_num_threads());
+    }
+}
