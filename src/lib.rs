@@ -14,6 +14,7 @@ pub mod methods;
 pub mod models;
 pub mod ops;
 pub mod tensor;
+pub mod train;
 
 pub use device::Device;
 pub use error::{Error, Result};

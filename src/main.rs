@@ -178,6 +178,8 @@ enum Command {
         #[arg(long)]
         act: Option<String>,
     },
+    /// Distil soft labels into a ResNet-50 with a CAM head (CCD/CDUL's classifier), on the CPU
+    Train(labelfree::train::run::TrainArgs),
     /// Image-encoder throughput on random weights (images/s)
     Bench {
         #[arg(long, default_value = "ViT-B-16,ViT-B-32,RN50")]
@@ -516,6 +518,9 @@ fn run(cli: Cli) -> Result<()> {
                 "logit_scale": model.logit_multiplier(),
             });
             println!("{}", serde_json::to_string_pretty(&info)?);
+        }
+        Command::Train(a) => {
+            labelfree::train::run::run(&a.to_run())?;
         }
         Command::Bench { archs, batch, size, runs, json } => {
             println!("{:<10} {:>5} {:>5} {:>7} {:>10} {:>10}", "arch", "batch", "size", "threads", "s/batch", "images/s");

@@ -1,1 +1,2 @@
 pub mod clip;
+pub mod resnet50;

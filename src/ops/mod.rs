@@ -6,12 +6,20 @@
 
 pub mod activation;
 pub mod attention;
+pub mod batchnorm;
+pub mod bce;
+pub mod cam_head;
 pub mod contours;
 pub mod conv2d;
+pub mod conv2d_backward;
+pub mod gap;
 pub mod interpolate;
 pub mod layernorm;
 pub mod matmul;
+pub mod maxpool;
 pub mod pool;
+pub mod relu;
+pub mod residual;
 pub mod similarity;
 pub mod softmax;
 
