@@ -31,7 +31,7 @@ impl Conv2dShape {
 }
 
 /// cols (C_in*k*k, (oy1-oy0)*Wo): the im2col matrix of output rows oy0..oy1 of one image.
-fn im2col_rows(x: &[f32], s: &Conv2dShape, oy0: usize, oy1: usize, cols: &mut [f32]) {
+pub(crate) fn im2col_rows(x: &[f32], s: &Conv2dShape, oy0: usize, oy1: usize, cols: &mut [f32]) {
     let (_, wo) = s.out_hw();
     let n = (oy1 - oy0) * wo;
     let k = s.kernel;

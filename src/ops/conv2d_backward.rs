@@ -1,38 +1,10 @@
 //! 2-D convolution backward (NCHW, no bias): the weight gradient dW = dY @ im2col(X)^T and the
 //! data gradient dX = col2im(W^T @ dY), image by image, each a GEMM.
 
-use crate::ops::conv2d::Conv2dShape;
+use crate::ops::conv2d::{im2col_rows, Conv2dShape};
 use crate::ops::matmul::{gemm_cpu, MatRef};
 
-/// The whole im2col matrix of one image: cols (C_in*k*k, Ho*Wo).
-fn im2col(x: &[f32], s: &Conv2dShape, cols: &mut [f32]) {
-    let (ho, wo) = s.out_hw();
-    let k = s.kernel;
-    let n = ho * wo;
-    for ci in 0..s.c_in {
-        let plane = &x[ci * s.h * s.w..(ci + 1) * s.h * s.w];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &mut cols[((ci * k + ky) * k + kx) * n..][..n];
-                for oy in 0..ho {
-                    let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-                    let dst = &mut row[oy * wo..(oy + 1) * wo];
-                    if iy < 0 || iy >= s.h as isize {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[iy as usize * s.w..][..s.w];
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                        *d = if ix < 0 || ix >= s.w as isize { 0.0 } else { src[ix as usize] };
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// dx (C_in, H, W) += col2im(cols (C_in*k*k, Ho*Wo)): the adjoint of `im2col`.
+/// dx (C_in, H, W) += col2im(cols (C_in*k*k, Ho*Wo)): the adjoint of `im2col_rows` over all rows.
 fn col2im_add(cols: &[f32], s: &Conv2dShape, dx: &mut [f32]) {
     let (ho, wo) = s.out_hw();
     let k = s.kernel;
@@ -78,7 +50,7 @@ pub fn conv2d_backward_cpu(x: &[f32], w: &[f32], dy: &[f32], s: &Conv2dShape, dw
         let xcols: &[f32] = if direct {
             xb
         } else {
-            im2col(xb, s, &mut cols);
+            im2col_rows(xb, s, 0, s.out_hw().0, &mut cols);
             &cols
         };
         // SAFETY: dY_b (C_out x n) @ cols^T (n x kk) -> dw (C_out x kk), accumulated.
