@@ -12,15 +12,30 @@ use labelfree::methods::tagclip::{prepare, run_batch, transform_for, ClassText, 
 use labelfree::models::clip::tokenizer::ClipTokenizer;
 use labelfree::models::clip::ClipModel;
 
-fn official_images(dir: &Path) -> Vec<serde_json::Value> {
+/// The official results: official.json (a finished run) or official.jsonl (a run stopped
+/// early: no tags, which the test recomputes with the official rule, and, from older versions
+/// of the script, no names: the photos are taken in sorted order, as the script does).
+fn official_images(dir: &Path, coco: &Path) -> Vec<serde_json::Value> {
     if let Ok(text) = std::fs::read_to_string(dir.join("official.json")) {
         let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
         return doc["images"].as_array().unwrap().clone();
     }
     let text = std::fs::read_to_string(dir.join("official.jsonl")).expect("official.json or official.jsonl");
-    // official.jsonl has no tags (they come at the end of the official run): recompute them
-    // with the official rule below.
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let mut names: Vec<String> = std::fs::read_dir(coco)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".jpg").map(|s| s.to_string()))
+        .collect();
+    names.sort();
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if v.get("name").is_none() {
+                v["name"] = serde_json::Value::String(names[i].clone());
+            }
+            v
+        })
+        .collect()
 }
 
 #[test]
@@ -41,7 +56,7 @@ fn full_size_matches_official() {
     let text = ClassText::encode(&model, &tok, &classes, &bg).unwrap();
     let transform = transform_for(&model).unwrap();
     let opts = TagclipOptions::default();
-    let mut images = official_images(&dir);
+    let mut images = official_images(&dir, &coco);
     if limit > 0 {
         images.truncate(limit);
     }

@@ -421,10 +421,17 @@ def compare(args):
     if os.path.exists(path):
         official = {r["name"]: r for r in json.load(open(path))["images"]}
     else:
+        # A run still going (or stopped): official.jsonl, in the sorted order of the photos.
+        names = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(args.coco or ".", "*.jpg")))
         official = {}
         for line in open(os.path.join(args.out, "official.jsonl")):
             r = json.loads(line)
-            official[len(official)] = r
+            r.setdefault("name", names[len(official)])
+            if "tags" not in r:  # the official rule (classify.py, --save_file)
+                sc = np.array(r["scores"], np.float32)
+                thr = sc.min() + np.float32(0.5) * (sc.max() - sc.min())
+                r["tags"] = [int(i) for i in np.nonzero(sc > thr)[0]] or [int(np.argmax(sc))]
+            official[r["name"]] = r
     rows = list(csv.reader(open(args.scores)))
     classes = rows[0][1:]
     ours = {os.path.splitext(os.path.basename(r[0]))[0]: np.array([float(v) for v in r[1:]], np.float32) for r in rows[1:]}

@@ -219,10 +219,11 @@ pub fn tags_csv(paths: &[PathBuf], results: &[ImageResult], classes: &[String]) 
     s
 }
 
-/// A blue-to-red ramp for a value in [0, 1].
+/// A jet-like ramp (blue, cyan, yellow, red) for a value in [0, 1].
 fn ramp(v: f32) -> [f32; 3] {
     let v = v.clamp(0.0, 1.0);
-    [v.min(0.5) * 2.0 * 255.0 * v.max(0.0), (1.0 - (2.0 * v - 1.0).abs()) * 255.0, (1.0 - v) * 255.0]
+    let f = |c: f32| (1.5 - (4.0 * v - c).abs()).clamp(0.0, 1.0) * 255.0;
+    [f(3.0), f(2.0), f(1.0)]
 }
 
 /// PNG overlays for one image: for each tagged class, the normalised refined map blended
