@@ -194,6 +194,22 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Every CUDA kernel against its CPU reference on random inputs; with --bench, timed
+    /// (CUDA events, warm-up, median, cold L2). Prints a markdown table; non-zero exit on a failure.
+    GpuCheck {
+        /// Time every kernel too (and cuBLAS beside the GEMMs)
+        #[arg(long)]
+        bench: bool,
+        /// Only kernels whose name contains this
+        #[arg(long)]
+        filter: Option<String>,
+        /// Timed runs per kernel (the median is reported)
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Write the rows as JSON here
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// TagCLIP: training-free multi-label tags (scores CSV, tags CSV, report, maps)
     Tagclip(labelfree::methods::tagclip::cli::TagclipArgs),
 }
@@ -535,6 +551,28 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Tagclip(a) => labelfree::methods::tagclip::cli::run_cli(a, dev)?,
+        Command::GpuCheck { bench, filter, runs, json } => {
+            use labelfree::device::cuda::{check, Gpu, NVCC_VERSION};
+            let ordinal = match dev {
+                Device::Cuda(n) => n,
+                Device::Cpu => 0,
+            };
+            let gpu = Gpu::new(ordinal)?;
+            let (major, minor) = gpu.compute_capability;
+            eprintln!("device    {} (sm_{major}{minor}), kernels from {NVCC_VERSION}", gpu.name);
+            let checks = check::all_checks();
+            let opts = check::CheckOptions { bench, runs, filter, ..Default::default() };
+            let rows = check::run_checks(&gpu, &checks, &opts)?;
+            println!("{}", check::format_table(&rows));
+            if let Some(j) = json {
+                let v = serde_json::json!({ "device": gpu.name, "nvcc": NVCC_VERSION, "rows": rows });
+                write_atomic(&j, serde_json::to_string_pretty(&v)?.as_bytes())?;
+            }
+            let failed = rows.iter().filter(|r| !r.pass || r.error.is_some()).count();
+            if failed > 0 {
+                bail!("{failed} of {} kernel checks failed", rows.len());
+            }
+        }
     }
     Ok(())
 }

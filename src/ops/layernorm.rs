@@ -2,6 +2,10 @@
 
 use rayon::prelude::*;
 
+use cudarc::driver::LaunchConfig;
+
+use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
 use crate::ops::require_cpu;
 use crate::tensor::Tensor;
@@ -35,6 +39,58 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor
     let mut y = vec![0.0; x.numel()];
     layer_norm_cpu(x.f32s()?, w.f32s()?, b.f32s()?, eps, &mut y);
     Tensor::from_f32(x.shape(), y)
+}
+
+/// CUDA launcher: kernels/layernorm.cu, one block per row. `x`, `y`: (rows, C) in the same
+/// float dtype; `w`, `b`: (C,) f32.
+pub fn layer_norm_cuda(gpu: &Gpu, x: &CudaTensor, w: &CudaTensor, b: &CudaTensor, eps: f32, y: &mut CudaTensor) -> Result<()> {
+    let c = *x.shape().last().unwrap_or(&0);
+    if w.shape() != [c] || b.shape() != [c] || y.shape() != x.shape() || c == 0 {
+        return Err(Error::Shape(format!(
+            "layer_norm_cuda: x {:?}, weight {:?}, bias {:?}, y {:?}",
+            x.shape(),
+            w.shape(),
+            b.shape(),
+            y.shape()
+        )));
+    }
+    w.expect_dtype(CudaDType::F32, "layer_norm_cuda weight")?;
+    b.expect_dtype(CudaDType::F32, "layer_norm_cuda bias")?;
+    y.expect_dtype(x.dtype(), "layer_norm_cuda output")?;
+    let rows = (x.numel() / c) as u32;
+    // 256 threads cover C = 768 / 1024 in 3-4 strided steps; fewer for short rows.
+    let threads = if c >= 256 { 256 } else { 32 * c.div_ceil(32) as u32 };
+    let cfg = LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+    let name = format!("layernorm_forward_{}", x.dtype().suffix());
+    gpu.launch("layernorm", &name, cfg, &[x.arg(gpu), w.arg(gpu), b.arg(gpu), y.arg(gpu), to_i32(c, "C")?, eps.into()])
+}
+
+/// Kernel checks (see device::cuda::check): encoder widths, a short odd row, every dtype.
+pub fn gpu_checks() -> Vec<GpuCheck> {
+    let mut checks = Vec::new();
+    for &(rows, c) in &[(8 * 197usize, 768usize), (8 * 50, 768), (77 * 4, 512), (1200, 1024), (33, 37)] {
+        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+            let bytes = (rows * c * 2 * dtype.size_in_bytes()) as f64;
+            checks.push(GpuCheck::new("layernorm_forward", format!("rows={rows} C={c}"), dtype, Work::Bytes(bytes), move |gpu, rng| {
+                // Offset rows: LayerNorm must not lose precision to a large mean.
+                let x: Vec<f32> = random_vec(rng, rows * c, 2.0).iter().map(|v| v + 3.0).collect();
+                let w: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
+                let b = random_vec(rng, c, 0.5);
+                let mut want = vec![0.0; rows * c];
+                layer_norm_cpu(&x, &w, &b, 1e-5, &mut want);
+                let xd = CudaTensor::from_f32(gpu, &[rows, c], &x, dtype)?;
+                let wd = CudaTensor::from_f32(gpu, &[c], &w, CudaDType::F32)?;
+                let bd = CudaTensor::from_f32(gpu, &[c], &b, CudaDType::F32)?;
+                let mut yd = CudaTensor::empty(gpu, &[rows, c], dtype)?;
+                yd.poison(gpu)?;
+                layer_norm_cuda(gpu, &xd, &wd, &bd, 1e-5, &mut yd)?;
+                let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
+                let g = gpu.clone();
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || layer_norm_cuda(&g, &xd, &wd, &bd, 1e-5, &mut yd)), cublas: None })
+            }));
+        }
+    }
+    checks
 }
 
 #[cfg(test)]

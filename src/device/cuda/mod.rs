@@ -1,19 +1,282 @@
-//! The CUDA side: driver detection now; context, stream, module store and timers with the
-//! kernels (see the CUDA backend issue).
+//! The CUDA side: one `Gpu` per device (context, stream, loaded kernel modules, cuBLAS
+//! handle), device tensors (`CudaTensor`), timers, and the kernel checks that compare every
+//! launcher with its CPU reference.
+//!
+//! cudarc loads the driver at run time (dynamic loading), so one binary serves a CPU-only
+//! machine and a GPU machine. The PTX of kernels/*.cu is embedded by build.rs; a build made
+//! without nvcc has none and says so.
+
+pub mod check;
+pub mod tensor;
+pub mod timer;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
 
-/// Checks that a CUDA device can be used, with a message a user can act on when not.
-/// cudarc loads the driver at run time, so the same binary runs on machines without CUDA.
-pub fn check_available(ordinal: usize) -> Result<()> {
-    // SAFETY: only probes whether the driver library can be dlopen'ed.
-    let present = unsafe { cudarc::driver::sys::is_culib_present() };
-    if !present {
-        return Err(Error::Device(format!(
-            "--device cuda:{ordinal}: no CUDA driver (libcuda) found on this machine; use --device cpu"
-        )));
+pub use tensor::{CudaDType, CudaTensor};
+
+/// One compiled kernels/*.cu file.
+pub struct KernelModule {
+    /// The file name without `.cu` (and without `.sm90a`): ops name their module by it.
+    pub name: &'static str,
+    /// `compute_80` (portable PTX) or `compute_90a` (Hopper only).
+    pub arch: &'static str,
+    pub ptx: &'static str,
+}
+
+include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+
+/// True when this binary carries kernels (it was built with nvcc).
+pub fn has_kernels() -> bool {
+    !KERNEL_MODULES.is_empty()
+}
+
+const NO_KERNELS: &str = "this build of labelfree has no CUDA kernels: it was built without nvcc. \
+Run `export NVCC=$(scripts/install-nvcc.sh | tail -n1)` and rebuild (cargo build --release)";
+
+/// Which GEMM the CUDA linear layers use. The native kernels are the default; cuBLAS is a
+/// reference for tests and benches (`--gemm cublas`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmBackend {
+    Native,
+    Cublas,
+}
+
+impl FromStr for GemmBackend {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "native" => Ok(GemmBackend::Native),
+            "cublas" => Ok(GemmBackend::Cublas),
+            _ => Err(Error::Device(format!("unknown --gemm `{s}` (use native or cublas)"))),
+        }
     }
-    Err(Error::Device(
-        "--device cuda: this build of labelfree has no CUDA kernels yet; use --device cpu".into(),
-    ))
+}
+
+/// A CUDA device ready to run labelfree's kernels: every op launches on `stream`.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub ordinal: usize,
+    pub name: String,
+    /// (major, minor)
+    pub compute_capability: (i32, i32),
+    pub gemm: GemmBackend,
+    modules: HashMap<&'static str, Arc<CudaModule>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    cublas: Mutex<Option<Arc<cudarc::cublas::CudaBlas>>>,
+}
+
+pub(crate) fn driver_err(what: &str, e: DriverError) -> Error {
+    Error::Device(format!("{what}: {e:?}"))
+}
+
+/// Checks that a CUDA device can be used, with a message a user can act on when not.
+pub fn check_available(ordinal: usize) -> Result<()> {
+    Gpu::new(ordinal).map(|_| ())
+}
+
+impl Gpu {
+    /// Opens device `ordinal` and loads every embedded kernel module that runs on it.
+    pub fn new(ordinal: usize) -> Result<Arc<Gpu>> {
+        // SAFETY: only probes whether the driver library can be dlopen'ed.
+        let present = unsafe { cudarc::driver::sys::is_culib_present() };
+        if !present {
+            return Err(Error::Device(format!(
+                "--device cuda:{ordinal}: no CUDA driver (libcuda) found on this machine; use --device cpu"
+            )));
+        }
+        if !has_kernels() {
+            return Err(Error::Device(format!("--device cuda:{ordinal}: {NO_KERNELS}")));
+        }
+        let count = CudaContext::device_count().map_err(|e| driver_err("cuDeviceGetCount", e))?;
+        if ordinal as i32 >= count {
+            return Err(Error::Device(format!(
+                "--device cuda:{ordinal}: this machine has {count} CUDA device(s)"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("creating the CUDA context", e))?;
+        let name = ctx.name().map_err(|e| driver_err("device name", e))?;
+        let cc = ctx.compute_capability().map_err(|e| driver_err("compute capability", e))?;
+        if cc.0 < 8 {
+            return Err(Error::Device(format!(
+                "{name} has compute capability {}.{}; labelfree's kernels need 8.0 or newer",
+                cc.0, cc.1
+            )));
+        }
+        // SAFETY: every op of a Gpu runs on its one stream, so ordering is the stream's and
+        // cudarc's per-buffer events would only cost time (see tensor.rs).
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let mut modules = HashMap::new();
+        for m in KERNEL_MODULES {
+            if m.arch == "compute_90a" && cc != (9, 0) {
+                continue;
+            }
+            let module = ctx
+                .load_module(Ptx::from_src(m.ptx))
+                .map_err(|e| driver_err(&format!("loading kernels/{}.cu", m.name), e))?;
+            modules.insert(m.name, module);
+        }
+        Ok(Arc::new(Gpu {
+            ctx,
+            stream,
+            ordinal,
+            name,
+            compute_capability: cc,
+            gemm: GemmBackend::Native,
+            modules,
+            functions: Mutex::new(HashMap::new()),
+            cublas: Mutex::new(None),
+        }))
+    }
+
+    /// The same device with another GEMM backend (shares context, stream and modules).
+    pub fn with_gemm(self: &Arc<Self>, gemm: GemmBackend) -> Arc<Gpu> {
+        Arc::new(Gpu {
+            ctx: self.ctx.clone(),
+            stream: self.stream.clone(),
+            ordinal: self.ordinal,
+            name: self.name.clone(),
+            compute_capability: self.compute_capability,
+            gemm,
+            modules: self.modules.clone(),
+            functions: Mutex::new(HashMap::new()),
+            cublas: Mutex::new(None),
+        })
+    }
+
+    /// True on a device that runs the sm_90a (Hopper) kernels.
+    pub fn is_hopper(&self) -> bool {
+        self.compute_capability == (9, 0)
+    }
+
+    /// Looks up kernel `function` of kernels/`module`.cu (cached after the first call).
+    pub fn function(&self, module: &str, function: &str) -> Result<CudaFunction> {
+        let key = format!("{module}::{function}");
+        let mut cache = self.functions.lock().map_err(|_| Error::Internal("kernel cache poisoned".into()))?;
+        if let Some(f) = cache.get(&key) {
+            return Ok(f.clone());
+        }
+        let m = self.modules.get(module).ok_or_else(|| {
+            Error::Device(format!("no kernel module `{module}` in this build (kernels/{module}.cu)"))
+        })?;
+        let f = m
+            .load_function(function)
+            .map_err(|e| driver_err(&format!("kernel `{function}` in kernels/{module}.cu"), e))?;
+        cache.insert(key, f.clone());
+        Ok(f)
+    }
+
+    /// Launches kernel `function` of kernels/`module`.cu on this GPU's stream.
+    ///
+    /// Arguments are passed by value in the kernel's parameter order: device pointers as
+    /// `KArg::Ptr` (`tensor.arg(gpu)`), scalars as the C type the kernel declares.
+    pub fn launch(&self, module: &str, function: &str, cfg: LaunchConfig, args: &[KArg]) -> Result<()> {
+        let f = self.function(module, function)?;
+        if cfg.shared_mem_bytes > 48 * 1024 {
+            f.set_attribute(
+                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                cfg.shared_mem_bytes as i32,
+            )
+            .map_err(|e| driver_err(&format!("{function}: {} bytes of shared memory", cfg.shared_mem_bytes), e))?;
+        }
+        let mut builder = self.stream.launch_builder(&f);
+        // `args` is not touched again before the launch, so these references stay valid.
+        for a in args {
+            match a {
+                KArg::Ptr(v) | KArg::U64(v) => builder.arg(v),
+                KArg::I32(v) => builder.arg(v),
+                KArg::U32(v) => builder.arg(v),
+                KArg::I64(v) => builder.arg(v),
+                KArg::F32(v) => builder.arg(v),
+            };
+        }
+        // SAFETY: each launcher checks shapes and dtypes before building `args`, and the
+        // kernels bound every access by the sizes passed here.
+        unsafe { builder.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| driver_err(&format!("launching {function} (grid {:?}, block {:?})", cfg.grid_dim, cfg.block_dim), e))
+    }
+
+    /// The cuBLAS handle on this stream, created on first use.
+    pub fn cublas(&self) -> Result<Arc<cudarc::cublas::CudaBlas>> {
+        let mut slot = self.cublas.lock().map_err(|_| Error::Internal("cublas handle poisoned".into()))?;
+        if let Some(b) = slot.as_ref() {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(
+            cudarc::cublas::CudaBlas::new(self.stream.clone())
+                .map_err(|e| Error::Device(format!("creating the cuBLAS handle: {e:?}")))?,
+        );
+        *slot = Some(b.clone());
+        Ok(b)
+    }
+
+    /// Waits for every launched kernel; surfaces asynchronous launch errors.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| driver_err("synchronize", e))
+    }
+}
+
+/// One kernel argument, passed by value.
+#[derive(Clone, Copy, Debug)]
+pub enum KArg {
+    /// A device address (`CudaTensor::arg`).
+    Ptr(u64),
+    U64(u64),
+    I32(i32),
+    U32(u32),
+    I64(i64),
+    F32(f32),
+}
+
+impl From<i32> for KArg {
+    fn from(v: i32) -> KArg {
+        KArg::I32(v)
+    }
+}
+impl From<u32> for KArg {
+    fn from(v: u32) -> KArg {
+        KArg::U32(v)
+    }
+}
+impl From<i64> for KArg {
+    fn from(v: i64) -> KArg {
+        KArg::I64(v)
+    }
+}
+impl From<f32> for KArg {
+    fn from(v: f32) -> KArg {
+        KArg::F32(v)
+    }
+}
+
+/// Converts a size to the kernels' `int`, with an error instead of a silent wrap.
+pub fn to_i32(v: usize, what: &str) -> Result<KArg> {
+    i32::try_from(v).map(KArg::I32).map_err(|_| Error::Shape(format!("{what} = {v} does not fit a 32-bit int")))
+}
+
+/// For tests and checks: the GPU when this machine has one and the binary has kernels, or a
+/// line saying why the GPU part is skipped.
+pub fn gpu_or_skip_reason() -> std::result::Result<Arc<Gpu>, String> {
+    if !has_kernels() {
+        return Err(format!("skipped: {NO_KERNELS}"));
+    }
+    // SAFETY: only probes whether the driver library can be dlopen'ed.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("skipped: no CUDA driver on this machine".into());
+    }
+    match CudaContext::device_count() {
+        Ok(n) if n > 0 => {}
+        _ => return Err("skipped: no CUDA device on this machine".into()),
+    }
+    Gpu::new(0).map_err(|e| format!("skipped: {e}"))
 }
