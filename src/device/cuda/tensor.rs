@@ -228,6 +228,11 @@ impl CudaTensor {
         &self.buf
     }
 
+    /// The buffer for writing (library calls such as cuBLAS that take typed slices).
+    pub fn buf_mut(&mut self) -> &mut CudaBuf {
+        &mut self.buf
+    }
+
     /// Same buffer, new shape of the same element count.
     pub fn reshape(mut self, shape: &[usize]) -> Result<CudaTensor> {
         if numel(shape) != self.numel() {
