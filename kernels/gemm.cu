@@ -8,7 +8,8 @@
 //                                pipeline), 8 warps of 64x32; needs K % 8 == 0 (16-byte rows)
 //   gemm_mma_64x64_{bf16,f16}    the same with 4 warps of 32x32, for small M (more blocks)
 //   sgemm_128x128_f32            f32 SIMT, 8x8 outputs per thread, smem double buffering
-//   gemm_fallback_{f32,bf16,f16} 16x16 smem tiles, one output per thread: any K
+//   gemm_fallback_{bf16,f16}     16x16 smem tiles, one output per thread: any K (f32 needs none:
+//                                the SGEMM guards its K edge itself)
 //   bias_act_residual_{...}      the epilogue alone, in place, after cuBLAS (the reference backend)
 #include "common.cuh"
 
@@ -362,7 +363,7 @@ extern "C" __global__ void __launch_bounds__(256) sgemm_128x128_f32(const float*
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fallback: any shape, any float type (16x16 block tiles, one output per thread)
+// Fallback for bf16 / f16 when K % 8 != 0 (16x16 block tiles, one output per thread)
 // ---------------------------------------------------------------------------------------------
 
 #define FB_TILE 16
@@ -393,7 +394,8 @@ __device__ void gemm_fallback(const T* __restrict__ x, const T* __restrict__ w, 
                                                  T* y, int M, int N, int K, int act) {                        \
         gemm_fallback<T>(x, w, bias, residual, y, M, N, K, act);                                             \
     }
-LF_FOR_FLOAT_TYPES(LF_GEMM_FALLBACK)
+LF_GEMM_FALLBACK(bf16, __nv_bfloat16)
+LF_GEMM_FALLBACK(f16, __half)
 
 // ---------------------------------------------------------------------------------------------
 // Epilogue alone, in place: y = act(y + bias) + residual (after a cuBLAS GEMM)

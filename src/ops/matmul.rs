@@ -330,15 +330,15 @@ fn linear_native(
         Ok(a)
     };
     // Every row starts 16-byte aligned when the base is and a row is a multiple of 16 bytes.
-    let aligned16 = x.ptr(gpu) % 16 == 0 && w.ptr(gpu) % 16 == 0;
+    let aligned16 = x.ptr(gpu).is_multiple_of(16) && w.ptr(gpu).is_multiple_of(16);
     let row_bytes = d.k * dtype.size_in_bytes();
     match dtype {
         CudaDType::F32 => {
-            let vec4 = aligned16 && row_bytes % 16 == 0;
+            let vec4 = aligned16 && row_bytes.is_multiple_of(16);
             let cfg = LaunchConfig { grid_dim: tile_grid(d, 128, 128)?, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             gpu.launch("gemm", "sgemm_128x128_f32", cfg, &args(Some(KArg::I32(vec4 as i32)))?)
         }
-        CudaDType::BF16 | CudaDType::F16 if aligned16 && row_bytes % 16 == 0 => {
+        CudaDType::BF16 | CudaDType::F16 if aligned16 && row_bytes.is_multiple_of(16) => {
             let (variant, tile, threads) = if d.m <= 512 { ("64x64", 64, 128) } else { ("128x128", 128, 256) };
             let cfg = LaunchConfig {
                 grid_dim: tile_grid(d, tile, tile)?,
@@ -377,11 +377,11 @@ fn linear_cublas(
         return Err(Error::Device("--gemm cublas: no cuBLAS library (libcublas) found on this machine".into()));
     }
     let blas = gpu.cublas()?;
-    let (m, n, k) = (d.m as i32, d.n as i32, d.k as i32);
-    // linear_native's to_i32 checks are the bounds here too.
-    for (v, what) in [(d.m, "M"), (d.n, "N"), (d.k, "K")] {
-        to_i32(v, what)?;
-    }
+    // cuBLAS takes 32-bit sizes: refuse what does not fit rather than wrap.
+    let as_i32 = |v: usize, what: &str| {
+        i32::try_from(v).map_err(|_| Error::Shape(format!("linear_cuda (cuBLAS): {what} = {v} does not fit a 32-bit int")))
+    };
+    let (m, n, k) = (as_i32(d.m, "M")?, as_i32(d.n, "N")?, as_i32(d.k, "K")?);
     fn cfg<T>(m: i32, n: i32, k: i32, alpha: T, beta: T) -> GemmConfig<T> {
         GemmConfig {
             transa: cublasOperation_t::CUBLAS_OP_T,
