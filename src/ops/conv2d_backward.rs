@@ -134,12 +134,53 @@ fn split_k(s: &Conv2dShape, ho: usize, wo: usize) -> (usize, usize) {
     (steps.div_ceil(per_split), per_split)
 }
 
+/// How the kernels multiply a staged tile: f32 FMAs, or mma.sync tensor cores (bf16 / f16
+/// inputs, f32 accumulation). The launchers use tensor cores for bf16 / f16 and SIMT for f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvBackwardKernel {
+    Simt,
+    TensorCore,
+}
+
+impl ConvBackwardKernel {
+    pub fn default_for(dtype: CudaDType) -> ConvBackwardKernel {
+        if dtype == CudaDType::F32 {
+            ConvBackwardKernel::Simt
+        } else {
+            ConvBackwardKernel::TensorCore
+        }
+    }
+
+    /// The entry point of kernel family `op` for `dtype` (`conv2d_backward_weight_tc_bf16`).
+    fn entry(self, op: &str, dtype: CudaDType, what: &str) -> Result<String> {
+        match self {
+            ConvBackwardKernel::Simt => Ok(format!("{op}_{}", dtype.suffix())),
+            ConvBackwardKernel::TensorCore if dtype == CudaDType::F32 => {
+                Err(Error::Device(format!("{what}: the tensor-core kernels take bf16 or f16, not f32")))
+            }
+            ConvBackwardKernel::TensorCore => Ok(format!("{op}_tc_{}", dtype.suffix())),
+        }
+    }
+}
+
 /// CUDA launcher of the weight gradient: `dw` (C_out, C_in, k, k) f32 += the gradient from
 /// `x` (B, C_in, H, W) and `dy` (B, C_out, Ho, Wo), both in one float dtype. Accumulates like
 /// `conv2d_backward_cpu`. An implicit GEMM split along K = B*Ho*Wo; when there is more than
 /// one split, the partial tiles go to a scratch buffer and a second kernel adds them to `dw`
 /// in a fixed order, so the result does not change from run to run.
 pub fn conv2d_backward_weight_cuda(gpu: &Gpu, x: &CudaTensor, dy: &CudaTensor, s: &Conv2dShape, dw: &mut CudaTensor) -> Result<()> {
+    conv2d_backward_weight_cuda_with(gpu, x, dy, s, dw, ConvBackwardKernel::default_for(x.dtype()))
+}
+
+/// `conv2d_backward_weight_cuda` with a chosen kernel.
+pub fn conv2d_backward_weight_cuda_with(
+    gpu: &Gpu,
+    x: &CudaTensor,
+    dy: &CudaTensor,
+    s: &Conv2dShape,
+    dw: &mut CudaTensor,
+    kernel: ConvBackwardKernel,
+) -> Result<()> {
     let what = "conv2d_backward_weight_cuda";
     let (ho, wo) = checked_out_hw(s, what)?;
     let k = s.kernel;
@@ -175,7 +216,7 @@ pub fn conv2d_backward_weight_cuda(gpu: &Gpu, x: &CudaTensor, dy: &CudaTensor, s
         block_dim: (CBW_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let name = format!("conv2d_backward_weight_{}", x.dtype().suffix());
+    let name = kernel.entry("conv2d_backward_weight", x.dtype(), what)?;
     let dims = conv_dims_args(s, ho, wo)?;
     let launch = |out: &CudaTensor, accumulate: i32| {
         let mut args = vec![x.arg(gpu), dy.arg(gpu), out.arg(gpu)];
@@ -198,6 +239,18 @@ pub fn conv2d_backward_weight_cuda(gpu: &Gpu, x: &CudaTensor, dy: &CudaTensor, s
 /// Overwrites `dx`, like `conv2d_backward_cpu`. An implicit GEMM over input pixels x C_in with
 /// K = C_out*k*k taps, each gathered from dy where the tap lands on an output pixel.
 pub fn conv2d_backward_data_cuda(gpu: &Gpu, dy: &CudaTensor, w: &CudaTensor, s: &Conv2dShape, dx: &mut CudaTensor) -> Result<()> {
+    conv2d_backward_data_cuda_with(gpu, dy, w, s, dx, ConvBackwardKernel::default_for(dy.dtype()))
+}
+
+/// `conv2d_backward_data_cuda` with a chosen kernel.
+pub fn conv2d_backward_data_cuda_with(
+    gpu: &Gpu,
+    dy: &CudaTensor,
+    w: &CudaTensor,
+    s: &Conv2dShape,
+    dx: &mut CudaTensor,
+    kernel: ConvBackwardKernel,
+) -> Result<()> {
     let what = "conv2d_backward_data_cuda";
     let (ho, wo) = checked_out_hw(s, what)?;
     let k = s.kernel;
@@ -235,7 +288,7 @@ pub fn conv2d_backward_data_cuda(gpu: &Gpu, dy: &CudaTensor, w: &CudaTensor, s: 
         block_dim: (CBW_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let name = format!("conv2d_backward_data_{}", dy.dtype().suffix());
+    let name = kernel.entry("conv2d_backward_data", dy.dtype(), what)?;
     let mut args = vec![dy.arg(gpu), w.arg(gpu), dx.arg(gpu)];
     args.extend(conv_dims_args(s, ho, wo)?);
     gpu.launch("conv2d_backward", &name, cfg, &args)
@@ -301,7 +354,7 @@ fn check_shapes() -> Vec<(&'static str, Conv2dShape)> {
 }
 
 /// Kernel checks (see device::cuda::check): both gradients on ResNet-50's and odd shapes, every
-/// dtype. The weight gradient accumulates onto random values (so an unwritten element shows);
+/// dtype, each kernel variant. The weight gradient accumulates onto random values (so an unwritten element shows);
 /// the data gradient's output is poisoned. cuBLAS times the same GEMMs for the 1x1 stride-1
 /// shapes in f32 (other shapes have no im2col-free cuBLAS equivalent).
 pub fn gpu_checks() -> Vec<GpuCheck> {
@@ -314,8 +367,16 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         let (x_shape, dy_shape, w_shape) = ([s.batch, s.c_in, s.h, s.w], [s.batch, s.c_out, ho, wo], [s.c_out, s.c_in, k, k]);
         let (nx, ndy, nw) = (x_shape.iter().product::<usize>(), dy_shape.iter().product::<usize>(), w_shape.iter().product::<usize>());
         let plain_1x1 = k == 1 && s.stride == 1 && s.pad == 0;
-        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
-            checks.push(GpuCheck::new("conv2d_backward_weight", desc.clone(), dtype, Work::Flops(flops), move |gpu, rng| {
+        // The launchers' kernel for every dtype and, for bf16 / f16, the SIMT kernels as well.
+        let variants = [
+            (CudaDType::F32, ConvBackwardKernel::Simt, "conv2d_backward_weight", "conv2d_backward_data"),
+            (CudaDType::BF16, ConvBackwardKernel::TensorCore, "conv2d_backward_weight", "conv2d_backward_data"),
+            (CudaDType::F16, ConvBackwardKernel::TensorCore, "conv2d_backward_weight", "conv2d_backward_data"),
+            (CudaDType::BF16, ConvBackwardKernel::Simt, "conv2d_backward_weight_simt", "conv2d_backward_data_simt"),
+            (CudaDType::F16, ConvBackwardKernel::Simt, "conv2d_backward_weight_simt", "conv2d_backward_data_simt"),
+        ];
+        for (dtype, kernel, weight_op, data_op) in variants {
+            checks.push(GpuCheck::new(weight_op, desc.clone(), dtype, Work::Flops(flops), move |gpu, rng| {
                 let x = as_stored(random_vec(rng, nx, 1.0), dtype);
                 let dy = as_stored(random_vec(rng, ndy, 1.0), dtype);
                 let dw0 = random_vec(rng, nw, 1.0);
@@ -325,7 +386,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let xd = CudaTensor::from_f32(gpu, &x_shape, &x, dtype)?;
                 let dyd = CudaTensor::from_f32(gpu, &dy_shape, &dy, dtype)?;
                 let mut dwd = CudaTensor::from_f32(gpu, &w_shape, &dw0, CudaDType::F32)?;
-                conv2d_backward_weight_cuda(gpu, &xd, &dyd, &s, &mut dwd)?;
+                conv2d_backward_weight_cuda_with(gpu, &xd, &dyd, &s, &mut dwd, kernel)?;
                 let err = max_rel_err(&dwd.to_f32_vec(gpu)?, &want);
                 let cublas: Option<Launch> = if plain_1x1 && dtype == CudaDType::F32 {
                     let g = gpu.clone();
@@ -345,9 +406,9 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     None
                 };
                 let g = gpu.clone();
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || conv2d_backward_weight_cuda(&g, &xd, &dyd, &s, &mut dwd)), cublas })
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || conv2d_backward_weight_cuda_with(&g, &xd, &dyd, &s, &mut dwd, kernel)), cublas })
             }));
-            checks.push(GpuCheck::new("conv2d_backward_data", desc.clone(), dtype, Work::Flops(flops), move |gpu, rng| {
+            checks.push(GpuCheck::new(data_op, desc.clone(), dtype, Work::Flops(flops), move |gpu, rng| {
                 let dy = as_stored(random_vec(rng, ndy, 1.0), dtype);
                 let w = as_stored(random_vec(rng, nw, 1.0), dtype);
                 let mut want = vec![0.0; nx];
@@ -357,7 +418,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let wd = CudaTensor::from_f32(gpu, &w_shape, &w, dtype)?;
                 let mut dxd = CudaTensor::empty(gpu, &x_shape, dtype)?;
                 dxd.poison(gpu)?;
-                conv2d_backward_data_cuda(gpu, &dyd, &wd, &s, &mut dxd)?;
+                conv2d_backward_data_cuda_with(gpu, &dyd, &wd, &s, &mut dxd, kernel)?;
                 let err = max_rel_err(&dxd.to_f32_vec(gpu)?, &want);
                 let cublas: Option<Launch> = if plain_1x1 && dtype == CudaDType::F32 {
                     let g = gpu.clone();
@@ -377,7 +438,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     None
                 };
                 let g = gpu.clone();
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || conv2d_backward_data_cuda(&g, &dyd, &wd, &s, &mut dxd)), cublas })
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || conv2d_backward_data_cuda_with(&g, &dyd, &wd, &s, &mut dxd, kernel)), cublas })
             }));
         }
     }
@@ -452,6 +513,62 @@ mod tests {
             }
             for (a, b) in dx.iter().zip(&want_dx) {
                 assert!((*a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?} dx: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn split_k_covers_k_without_empty_splits() {
+        for (label, s) in check_shapes() {
+            let (ho, wo) = s.out_hw();
+            let steps = (s.batch * ho * wo).div_ceil(CBW_TILE_K);
+            let (splits, per_split) = split_k(&s, ho, wo);
+            // Every K step is in one split, and the last split starts before the end.
+            assert!(splits * per_split >= steps && (splits - 1) * per_split < steps, "{label}: {splits} x {per_split} for {steps}");
+            assert!(splits <= SPLIT_K_TARGET_BLOCKS, "{label}: {splits} splits");
+        }
+        // The stem's 2*224*224 pixels are split; the small layer-4 GEMM's 392 are not.
+        let shapes = check_shapes();
+        assert!(split_k(&shapes[0].1, 224, 224).0 > 1);
+        assert_eq!(split_k(&shapes[5].1, 14, 14).0, 1);
+    }
+
+    /// The data kernel's gather, written out on the CPU: input pixel (h, w) takes tap (ky, kx)
+    /// from output ((h + pad - ky) / stride, ...) when the division is exact and in range.
+    #[test]
+    fn data_gradient_gather_matches_definition() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for &(batch, c_in, h, w, c_out, kernel, stride, pad) in &[(3, 5, 9, 11, 7, 3, 2, 1), (2, 3, 10, 9, 4, 7, 2, 3), (2, 4, 7, 6, 3, 1, 2, 0)] {
+            let s = Conv2dShape { batch, c_in, h, w, c_out, kernel, stride, pad };
+            let (ho, wo) = s.out_hw();
+            let x = vec![0.0f32; batch * c_in * h * w];
+            let wt: Vec<f32> = (0..c_out * c_in * kernel * kernel).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let dy: Vec<f32> = (0..batch * c_out * ho * wo).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let (_, want) = naive(&x, &wt, &dy, &s);
+            let (k, st, p) = (kernel as i64, stride as i64, pad as i64);
+            for b in 0..batch {
+                for ci in 0..c_in {
+                    for iy in 0..h as i64 {
+                        for ix in 0..w as i64 {
+                            let mut acc = 0.0f64;
+                            for co in 0..c_out {
+                                for ky in 0..k {
+                                    for kx in 0..k {
+                                        let (ty, tx) = (iy + p - ky, ix + p - kx);
+                                        let (oy, ox) = (ty / st, tx / st);
+                                        if ty < 0 || tx < 0 || oy * st != ty || ox * st != tx || oy >= ho as i64 || ox >= wo as i64 {
+                                            continue;
+                                        }
+                                        let g = dy[((b * c_out + co) * ho + oy as usize) * wo + ox as usize] as f64;
+                                        acc += g * wt[((co * c_in + ci) * kernel + ky as usize) * kernel + kx as usize] as f64;
+                                    }
+                                }
+                            }
+                            let got = want[((b * c_in + ci) * h + iy as usize) * w + ix as usize];
+                            assert!((acc - got).abs() <= 1e-9 * (1.0 + got.abs()), "{s:?}: {acc} vs {got}");
+                        }
+                    }
+                }
             }
         }
     }
