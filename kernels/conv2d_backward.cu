@@ -327,34 +327,25 @@ __device__ void conv2d_backward_data(const T* __restrict__ dy, const T* __restri
     });
 }
 
+// The entry points conv2d_backward_{weight,data}_NAME, multiplying with tile type TILE.
+#define LF_CONV2D_BACKWARD(NAME, T, TILE)                                                                        \
+    extern "C" __global__ void __launch_bounds__(CBW_THREADS) conv2d_backward_weight_##NAME(                  \
+        const T* x, const T* dy, float* out, int B, int Cin, int H, int W, int Cout, int k, int stride, int pad, \
+        int Ho, int Wo, int tiles_per_split, int accumulate) {                                                 \
+        conv2d_backward_weight<T, TILE>(x, dy, out, B, Cin, H, W, Cout, k, stride, pad, Ho, Wo, tiles_per_split, \
+                                        accumulate);                                                           \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(CBW_THREADS) conv2d_backward_data_##NAME(                    \
+        const T* dy, const T* w, T* dx, int B, int Cin, int H, int W, int Cout, int k, int stride, int pad,      \
+        int Ho, int Wo) {                                                                                      \
+        conv2d_backward_data<T, TILE>(dy, w, dx, B, Cin, H, W, Cout, k, stride, pad, Ho, Wo);                  \
+    }
+
 // SIMT kernels for every dtype (the f32 ones are the launchers' f32 path; the bf16 / f16 ones
 // are a fallback and a reference for the tensor-core kernels).
-#define LF_CONV2D_BACKWARD(S, T)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(CBW_THREADS) conv2d_backward_weight_##S(                     \
-        const T* x, const T* dy, float* out, int B, int Cin, int H, int W, int Cout, int k, int stride, int pad, \
-        int Ho, int Wo, int tiles_per_split, int accumulate) {                                                 \
-        conv2d_backward_weight<T, ConvBwdSimtTile<T>>(x, dy, out, B, Cin, H, W, Cout, k, stride, pad, Ho, Wo,  \
-                                                      tiles_per_split, accumulate);                            \
-    }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(CBW_THREADS) conv2d_backward_data_##S(                       \
-        const T* dy, const T* w, T* dx, int B, int Cin, int H, int W, int Cout, int k, int stride, int pad,      \
-        int Ho, int Wo) {                                                                                      \
-        conv2d_backward_data<T, ConvBwdSimtTile<T>>(dy, w, dx, B, Cin, H, W, Cout, k, stride, pad, Ho, Wo);    \
-    }
-LF_FOR_FLOAT_TYPES(LF_CONV2D_BACKWARD)
+#define LF_CONV2D_BACKWARD_SIMT(S, T) LF_CONV2D_BACKWARD(S, T, ConvBwdSimtTile<T>)
+LF_FOR_FLOAT_TYPES(LF_CONV2D_BACKWARD_SIMT)
 
 // Tensor-core kernels for the 16-bit dtypes (the launchers' bf16 / f16 path).
-#define LF_CONV2D_BACKWARD_TC(S, T)                                                                              \
-    extern "C" __global__ void __launch_bounds__(CBW_THREADS) conv2d_backward_weight_tc_##S(                  \
-        const T* x, const T* dy, float* out, int B, int Cin, int H, int W, int Cout, int k, int stride, int pad, \
-        int Ho, int Wo, int tiles_per_split, int accumulate) {                                                 \
-        conv2d_backward_weight<T, ConvBwdMmaTile<T>>(x, dy, out, B, Cin, H, W, Cout, k, stride, pad, Ho, Wo,   \
-                                                     tiles_per_split, accumulate);                             \
-    }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(CBW_THREADS) conv2d_backward_data_tc_##S(                    \
-        const T* dy, const T* w, T* dx, int B, int Cin, int H, int W, int Cout, int k, int stride, int pad,      \
-        int Ho, int Wo) {                                                                                      \
-        conv2d_backward_data<T, ConvBwdMmaTile<T>>(dy, w, dx, B, Cin, H, W, Cout, k, stride, pad, Ho, Wo);     \
-    }
-LF_CONV2D_BACKWARD_TC(bf16, __nv_bfloat16)
-LF_CONV2D_BACKWARD_TC(f16, __half)
+LF_CONV2D_BACKWARD(tc_bf16, __nv_bfloat16, ConvBwdMmaTile<__nv_bfloat16>)
+LF_CONV2D_BACKWARD(tc_f16, __half, ConvBwdMmaTile<__half>)

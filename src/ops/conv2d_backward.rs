@@ -105,6 +105,15 @@ fn checked_out_hw(s: &Conv2dShape, what: &str) -> Result<(usize, usize)> {
     Ok(s.out_hw())
 }
 
+/// Errors, naming each tensor's wanted and found shape, unless every tensor has its shape.
+fn expect_shapes(what: &str, s: &Conv2dShape, tensors: &[(&str, &CudaTensor, [usize; 4])]) -> Result<()> {
+    if tensors.iter().all(|(_, t, want)| t.shape() == want) {
+        return Ok(());
+    }
+    let list: Vec<String> = tensors.iter().map(|(name, t, want)| format!("{name} {want:?} (got {:?})", t.shape())).collect();
+    Err(Error::Shape(format!("{what}: {s:?} wants {}", list.join(", "))))
+}
+
 /// The integer arguments that both kernels take after their pointers:
 /// B, Cin, H, W, Cout, k, stride, pad, Ho, Wo.
 fn conv_dims_args(s: &Conv2dShape, ho: usize, wo: usize) -> Result<Vec<crate::device::cuda::KArg>> {
@@ -184,22 +193,7 @@ pub fn conv2d_backward_weight_cuda_with(
     let what = "conv2d_backward_weight_cuda";
     let (ho, wo) = checked_out_hw(s, what)?;
     let k = s.kernel;
-    if x.shape() != [s.batch, s.c_in, s.h, s.w] || dy.shape() != [s.batch, s.c_out, ho, wo] || dw.shape() != [s.c_out, s.c_in, k, k] {
-        return Err(Error::Shape(format!(
-            "{what}: {s:?} wants x [{}, {}, {}, {}], dy [{}, {}, {ho}, {wo}], dw [{}, {}, {k}, {k}]; got x {:?}, dy {:?}, dw {:?}",
-            s.batch,
-            s.c_in,
-            s.h,
-            s.w,
-            s.batch,
-            s.c_out,
-            s.c_out,
-            s.c_in,
-            x.shape(),
-            dy.shape(),
-            dw.shape()
-        )));
-    }
+    expect_shapes(what, s, &[("x", x, [s.batch, s.c_in, s.h, s.w]), ("dy", dy, [s.batch, s.c_out, ho, wo]), ("dw", dw, [s.c_out, s.c_in, k, k])])?;
     if !x.dtype().is_float() {
         return Err(Error::Device(format!("{what}: x must be f32, bf16 or f16, found {:?}", x.dtype())));
     }
@@ -254,22 +248,7 @@ pub fn conv2d_backward_data_cuda_with(
     let what = "conv2d_backward_data_cuda";
     let (ho, wo) = checked_out_hw(s, what)?;
     let k = s.kernel;
-    if dy.shape() != [s.batch, s.c_out, ho, wo] || w.shape() != [s.c_out, s.c_in, k, k] || dx.shape() != [s.batch, s.c_in, s.h, s.w] {
-        return Err(Error::Shape(format!(
-            "{what}: {s:?} wants dy [{}, {}, {ho}, {wo}], w [{}, {}, {k}, {k}], dx [{}, {}, {}, {}]; got dy {:?}, w {:?}, dx {:?}",
-            s.batch,
-            s.c_out,
-            s.c_out,
-            s.c_in,
-            s.batch,
-            s.c_in,
-            s.h,
-            s.w,
-            dy.shape(),
-            w.shape(),
-            dx.shape()
-        )));
-    }
+    expect_shapes(what, s, &[("dy", dy, [s.batch, s.c_out, ho, wo]), ("w", w, [s.c_out, s.c_in, k, k]), ("dx", dx, [s.batch, s.c_in, s.h, s.w])])?;
     if !dy.dtype().is_float() {
         return Err(Error::Device(format!("{what}: dy must be f32, bf16 or f16, found {:?}", dy.dtype())));
     }
