@@ -70,6 +70,7 @@ pub fn all_checks() -> Vec<GpuCheck> {
     let groups: Vec<Vec<GpuCheck>> = vec![
         crate::ops::layernorm::gpu_checks(),
         crate::ops::matmul::gpu_checks(),
+        crate::ops::conv2d_backward::gpu_checks(),
     ];
     groups.into_iter().flatten().collect()
 }
