@@ -66,7 +66,7 @@ fn bce_launch(
     workspace: &mut CudaTensor,
 ) -> Result<()> {
     let s = logits.shape();
-    let weights_ok = weights.is_none_or(|w| w.shape() == [s[0]]);
+    let weights_ok = s.len() == 2 && weights.is_none_or(|w| w.shape() == [s[0]]);
     if s.len() != 2 || logits.numel() == 0 || targets.shape() != s || dlogits.shape() != s || loss.numel() != 1 || !weights_ok {
         return Err(Error::Shape(format!(
             "{what}: logits {s:?}, targets {:?}, weights {:?}, dlogits {:?}, loss {:?} (expected (B, C), (B, C), (B), (B, C), (1))",
