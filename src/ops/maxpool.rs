@@ -4,6 +4,12 @@
 
 use rayon::prelude::*;
 
+use rand::Rng;
+
+use crate::device::cuda::check::{max_rel_err, max_rel_err_all, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::{grid_stride_config, to_i32, CudaDType, CudaTensor, Gpu, KArg};
+use crate::error::{Error, Result};
+
 #[derive(Clone, Copy, Debug)]
 pub struct MaxPoolShape {
     pub h: usize,
@@ -62,6 +68,118 @@ pub fn max_pool2d_backward_cpu(dy: &[f32], argmax: &[u32], s: &MaxPoolShape, dx:
             dxp[i as usize] += g;
         }
     });
+}
+
+/// (planes, H, W) of x and the kernel's size arguments, after checking y/argmax (planes, Ho, Wo).
+fn pool_args(what: &str, s: &MaxPoolShape, x_shape: &[usize], y_shape: &[usize]) -> Result<Vec<KArg>> {
+    // pad < kernel: no window lies wholly in the padding.
+    let valid = s.stride > 0 && s.kernel > s.pad && s.h + 2 * s.pad >= s.kernel && s.w + 2 * s.pad >= s.kernel;
+    let (ho, wo) = if valid { s.out_hw() } else { (0, 0) };
+    let r = x_shape.len();
+    let ok = valid
+        && r >= 2
+        && x_shape[r - 2..] == [s.h, s.w]
+        && y_shape.len() == r
+        && x_shape[..r - 2] == y_shape[..r - 2]
+        && y_shape[r - 2..] == [ho, wo];
+    if !ok {
+        return Err(Error::Shape(format!("{what}: x {x_shape:?}, output {y_shape:?} for {s:?}")));
+    }
+    Ok(vec![
+        to_i32(s.h, "H")?,
+        to_i32(s.w, "W")?,
+        to_i32(ho, "Ho")?,
+        to_i32(wo, "Wo")?,
+        to_i32(s.kernel, "kernel")?,
+        to_i32(s.stride, "stride")?,
+        to_i32(s.pad, "pad")?,
+    ])
+}
+
+/// CUDA twin of `max_pool2d_cpu` (kernels/maxpool.cu, f32): x (..., H, W); y and argmax (i32,
+/// the index inside the input plane) (..., Ho, Wo).
+pub fn max_pool2d_cuda(gpu: &Gpu, x: &CudaTensor, s: &MaxPoolShape, y: &mut CudaTensor, argmax: &mut CudaTensor) -> Result<()> {
+    let mut args = vec![x.arg(gpu), y.arg(gpu), argmax.arg(gpu)];
+    args.extend(pool_args("max_pool2d_cuda", s, x.shape(), y.shape())?);
+    if argmax.shape() != y.shape() {
+        return Err(Error::Shape(format!("max_pool2d_cuda: argmax {:?}, y {:?}", argmax.shape(), y.shape())));
+    }
+    x.expect_dtype(CudaDType::F32, "max_pool2d_cuda x")?;
+    y.expect_dtype(CudaDType::F32, "max_pool2d_cuda y")?;
+    argmax.expect_dtype(CudaDType::I32, "max_pool2d_cuda argmax")?;
+    let total = y.numel();
+    args.push((total as i64).into());
+    gpu.launch("maxpool", "maxpool_forward_f32", grid_stride_config(total), &args)
+}
+
+/// CUDA twin of `max_pool2d_backward_cpu` (f32, dx overwritten): dy, argmax (..., Ho, Wo); dx
+/// (..., H, W). A gather over the windows covering each input: deterministic.
+pub fn max_pool2d_backward_cuda(gpu: &Gpu, dy: &CudaTensor, argmax: &CudaTensor, s: &MaxPoolShape, dx: &mut CudaTensor) -> Result<()> {
+    let mut args = vec![dy.arg(gpu), argmax.arg(gpu), dx.arg(gpu)];
+    args.extend(pool_args("max_pool2d_backward_cuda", s, dx.shape(), dy.shape())?);
+    if argmax.shape() != dy.shape() {
+        return Err(Error::Shape(format!("max_pool2d_backward_cuda: argmax {:?}, dy {:?}", argmax.shape(), dy.shape())));
+    }
+    dy.expect_dtype(CudaDType::F32, "max_pool2d_backward_cuda dy")?;
+    dx.expect_dtype(CudaDType::F32, "max_pool2d_backward_cuda dx")?;
+    argmax.expect_dtype(CudaDType::I32, "max_pool2d_backward_cuda argmax")?;
+    let total = dx.numel();
+    args.push((total as i64).into());
+    gpu.launch("maxpool", "maxpool_backward_f32", grid_stride_config(total), &args)
+}
+
+/// Kernel checks: the ResNet stem's 3x3 stride 2 pad 1 pool at 448 (batch 2) and odd maps; the
+/// small ones on a coarse value grid, so that ties happen (first in raster order wins).
+pub fn gpu_checks() -> Vec<GpuCheck> {
+    let mut checks = Vec::new();
+    for &(planes, h, w, kernel, stride, pad) in &[(2 * 64, 224usize, 224usize, 3usize, 2usize, 1usize), (3, 5, 7, 3, 2, 1), (2, 9, 8, 2, 2, 0), (4, 7, 9, 3, 1, 1)] {
+        let s = MaxPoolShape { h, w, kernel, stride, pad };
+        let (ho, wo) = s.out_hw();
+        let (n_in, n_out) = (planes * h * w, planes * ho * wo);
+        let shape = format!("planes={planes} H={h} W={w} k={kernel} s={stride} p={pad}");
+        let ties = n_in < 10_000;
+        let input = move |rng: &mut rand::rngs::StdRng| -> Vec<f32> {
+            if ties {
+                (0..n_in).map(|_| rng.gen_range(0..4) as f32).collect()
+            } else {
+                random_vec(rng, n_in, 2.0)
+            }
+        };
+        let (xs, ys) = ([planes, h, w], [planes, ho, wo]);
+        let f32 = CudaDType::F32;
+        checks.push(GpuCheck::new("maxpool_forward", shape.clone(), f32, Work::Bytes(((n_in + 2 * n_out) * 4) as f64), move |gpu, rng| {
+            let x = input(rng);
+            let (mut y, mut am) = (vec![0.0; n_out], vec![0u32; n_out]);
+            max_pool2d_cpu(&x, &s, &mut y, &mut am);
+            let am: Vec<f32> = am.iter().map(|&i| i as f32).collect();
+            let xd = CudaTensor::from_f32(gpu, &xs, &x, f32)?;
+            let (mut yd, mut amd) = (CudaTensor::empty(gpu, &ys, f32)?, CudaTensor::empty(gpu, &ys, CudaDType::I32)?);
+            yd.poison(gpu)?;
+            amd.poison(gpu)?;
+            max_pool2d_cuda(gpu, &xd, &s, &mut yd, &mut amd)?;
+            let err = max_rel_err_all(gpu, &[(&yd, &y), (&amd, &am)])?;
+            let g = gpu.clone();
+            Ok(CheckRun { max_rel_err: err, launch: Box::new(move || max_pool2d_cuda(&g, &xd, &s, &mut yd, &mut amd)), cublas: None })
+        }));
+        checks.push(GpuCheck::new("maxpool_backward", shape, f32, Work::Bytes(((n_in + 2 * n_out) * 4) as f64), move |gpu, rng| {
+            let x = input(rng);
+            let dy = random_vec(rng, n_out, 1.0);
+            let (mut y, mut am) = (vec![0.0; n_out], vec![0u32; n_out]);
+            max_pool2d_cpu(&x, &s, &mut y, &mut am);
+            let mut dx = vec![0.0; n_in];
+            max_pool2d_backward_cpu(&dy, &am, &s, &mut dx);
+            let am: Vec<i32> = am.iter().map(|&i| i as i32).collect();
+            let dyd = CudaTensor::from_f32(gpu, &ys, &dy, f32)?;
+            let amd = CudaTensor::from_i32(gpu, &ys, &am)?;
+            let mut dxd = CudaTensor::empty(gpu, &xs, f32)?;
+            dxd.poison(gpu)?;
+            max_pool2d_backward_cuda(gpu, &dyd, &amd, &s, &mut dxd)?;
+            let err = max_rel_err(&dxd.to_f32_vec(gpu)?, &dx);
+            let g = gpu.clone();
+            Ok(CheckRun { max_rel_err: err, launch: Box::new(move || max_pool2d_backward_cuda(&g, &dyd, &amd, &s, &mut dxd)), cublas: None })
+        }));
+    }
+    checks
 }
 
 #[cfg(test)]

@@ -3,6 +3,11 @@
 
 use rayon::prelude::*;
 
+use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::{expect_f32, grid_stride_config, CudaDType, CudaTensor, Gpu};
+use crate::error::{Error, Result};
+use crate::ops::relu::ELEMENTWISE_CHECK_SHAPES;
+
 const CHUNK: usize = 1 << 14;
 
 /// y += x elementwise (forward: main branch plus identity; backward: dx_main + dx_identity).
@@ -12,6 +17,36 @@ pub fn add_inplace_cpu(y: &mut [f32], x: &[f32]) {
             *u += v;
         }
     });
+}
+
+/// CUDA twin of `add_inplace_cpu` (kernels/elementwise_train.cu, f32, float4): y += x.
+pub fn add_inplace_cuda(gpu: &Gpu, y: &mut CudaTensor, x: &CudaTensor) -> Result<()> {
+    if y.shape() != x.shape() {
+        return Err(Error::Shape(format!("add_inplace_cuda: y {:?}, x {:?}", y.shape(), x.shape())));
+    }
+    expect_f32("add_inplace_cuda", &[y, x])?;
+    let n = y.numel();
+    gpu.launch("elementwise_train", "add_inplace_f32", grid_stride_config(n.div_ceil(4)), &[y.arg(gpu), x.arg(gpu), (n as i64).into()])
+}
+
+/// Kernel checks: the residual add on the bottleneck outputs (and an odd length).
+pub fn gpu_checks() -> Vec<GpuCheck> {
+    ELEMENTWISE_CHECK_SHAPES
+        .iter()
+        .map(|&shape| {
+            let n: usize = shape.iter().product();
+            GpuCheck::new("add_inplace", format!("{shape:?}"), CudaDType::F32, Work::Bytes((n * 12) as f64), move |gpu, rng| {
+                let (mut y, x) = (random_vec(rng, n, 1.0), random_vec(rng, n, 1.0));
+                let mut yd = CudaTensor::from_f32(gpu, shape, &y, CudaDType::F32)?;
+                let xd = CudaTensor::from_f32(gpu, shape, &x, CudaDType::F32)?;
+                add_inplace_cpu(&mut y, &x);
+                add_inplace_cuda(gpu, &mut yd, &xd)?;
+                let err = max_rel_err(&yd.to_f32_vec(gpu)?, &y);
+                let g = gpu.clone();
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || add_inplace_cuda(&g, &mut yd, &xd)), cublas: None })
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

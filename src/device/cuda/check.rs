@@ -71,6 +71,14 @@ pub fn all_checks() -> Vec<GpuCheck> {
         crate::ops::layernorm::gpu_checks(),
         crate::ops::matmul::gpu_checks(),
         crate::ops::conv2d_backward::gpu_checks(),
+        crate::ops::batchnorm::gpu_checks(),
+        crate::ops::maxpool::gpu_checks(),
+        crate::ops::gap::gpu_checks(),
+        crate::ops::cam_head::gpu_checks(),
+        crate::ops::bce::gpu_checks(),
+        crate::ops::relu::gpu_checks(),
+        crate::ops::residual::gpu_checks(),
+        crate::train::adam::gpu_checks(),
     ];
     groups.into_iter().flatten().collect()
 }
@@ -208,4 +216,13 @@ pub fn format_table(rows: &[CheckRow]) -> String {
         ));
     }
     s
+}
+
+/// The worst `max_rel_err` over several outputs: each device tensor against its CPU values.
+pub fn max_rel_err_all(gpu: &Gpu, outputs: &[(&super::CudaTensor, &[f32])]) -> Result<f64> {
+    let mut worst = 0.0f64;
+    for (d, want) in outputs {
+        worst = worst.max(max_rel_err(&d.to_f32_vec(gpu)?, want));
+    }
+    Ok(worst)
 }

@@ -280,3 +280,29 @@ pub fn gpu_or_skip_reason() -> std::result::Result<Arc<Gpu>, String> {
     }
     Gpu::new(0).map_err(|e| format!("skipped: {e}"))
 }
+
+/// Launch shape of the grid-stride elementwise kernels: 256 threads a block, one thread per
+/// item, at most 16384 blocks (enough to fill any GPU; the kernels loop over the rest).
+pub fn grid_stride_config(items: usize) -> LaunchConfig {
+    let blocks = items.div_ceil(256).clamp(1, 16384) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Launch shape of the one-warp-per-item kernels: 8 warps a block.
+pub fn warp_per_item_config(items: usize) -> LaunchConfig {
+    let blocks = items.div_ceil(8).max(1) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// A kernel argument pointing `elems` f32 elements into `t` (a range of a flat buffer).
+pub fn f32_arg_at(gpu: &Gpu, t: &CudaTensor, elems: usize) -> KArg {
+    KArg::Ptr(t.ptr(gpu) + (elems * 4) as u64)
+}
+
+/// Errors unless every tensor is f32 (the training kernels' precision).
+pub fn expect_f32(what: &str, tensors: &[&CudaTensor]) -> Result<()> {
+    for (i, t) in tensors.iter().enumerate() {
+        t.expect_dtype(CudaDType::F32, &format!("{what} argument {i}"))?;
+    }
+    Ok(())
+}
