@@ -169,7 +169,7 @@ fn train_on_coco128_writes_metrics_and_checkpoints_and_resumes_exactly() {
             e["mean_loss"].as_f64().unwrap().is_finite()
                 && e["images_per_s"].as_f64().unwrap() > 0.0
         );
-        assert_eq!((e["lr"].as_f64().unwrap() - 1e-3).abs() < 1e-9, true);
+        assert!((e["lr"].as_f64().unwrap() - 1e-3).abs() < 1e-9);
         // Epoch 2 (index 1) adds the jittered second view.
         assert_eq!(e["second_view"].as_bool(), Some(k >= 1));
     }

@@ -68,9 +68,9 @@ pub struct TrainArgs {
     /// or safetensors (`labels` (N, C), metadata `paths`, `classes`)
     #[arg(long)]
     pub labels: PathBuf,
-    /// The training images: --dataset/--root/--split as for zeroshot (the label rows are
-    /// matched to the split's images by path: relative, absolute, or the file name when
-    /// unique). Without --dataset, --root is the folder the label file's paths start from
+    // The training images: --dataset/--root/--split as for zeroshot (the label rows are
+    // matched to the split's images by path: relative, absolute, or the file name when
+    // unique). Without --dataset, --root is the folder the label file's paths start from.
     #[command(flatten)]
     pub data: DatasetArgs,
     /// The class list of --dataset csv
@@ -119,6 +119,7 @@ pub struct TrainArgs {
     /// Continue from the checkpoint in --out
     #[arg(long)]
     pub resume: bool,
+    /// Output folder: checkpoint.safetensors/.json, metrics.jsonl, train_report.json
     #[arg(long)]
     pub out: PathBuf,
 }
