@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use labelfree::data::datasets::{self, ClassNames, Dataset, DatasetKind, LoadOptions};
+use labelfree::data::datasets::args::{announce, dataset_json, DatasetArgs, SplitUse};
+use labelfree::data::datasets::{ClassNames, Dataset};
 use labelfree::data::loader::LoaderStats;
 use labelfree::device::{self, Device};
 use labelfree::eval::{self, scores_csv, EvalOptions};
@@ -49,28 +50,6 @@ struct ModelArgs {
     /// Seed of a random-weight model
     #[arg(long, default_value_t = 0)]
     seed: u64,
-}
-
-#[derive(Args, Clone)]
-struct DatasetArgs {
-    /// voc2007, voc2012, coco2014, coco2017, nuswide or csv (see README.md, Datasets)
-    #[arg(long)]
-    dataset: Option<String>,
-    /// The dataset folder (VOC: VOCdevkit, its parent or VOC20XX; COCO: the folder holding
-    /// annotations/; NUS-WIDE: the folder holding ImageList/ and Groundtruth/; csv: the folder
-    /// the CSV paths are relative to)
-    #[arg(long)]
-    root: Option<PathBuf>,
-    /// The split (default: the papers' evaluation split: voc2007 test, voc2012 val, coco val,
-    /// nuswide test; csv: required, `<root>/<split>.csv`)
-    #[arg(long)]
-    split: Option<String>,
-    /// VOC objects marked difficult: positive (TagCLIP's labels) or ignore (CCD's)
-    #[arg(long, default_value = "positive")]
-    voc_difficult: String,
-    /// Keep images with no positive label (left out by default, as the papers do)
-    #[arg(long)]
-    keep_unlabeled: bool,
 }
 
 #[derive(Args, Clone)]
@@ -310,43 +289,9 @@ fn report(command: &str, model: &ClipModel, m: &ModelArgs, dev: Device, transfor
 }
 
 fn load_dataset(d: &DatasetArgs, classes_file: &Option<PathBuf>) -> Result<Dataset> {
-    let name = d.dataset.as_deref().context("give --dataset")?;
-    let kind: DatasetKind = name.parse()?;
-    let root = d.root.as_ref().context("give the dataset folder with --root")?;
-    let split = match (&d.split, kind) {
-        (Some(s), _) => s.clone(),
-        (None, DatasetKind::Voc2007 | DatasetKind::NusWide) => "test".into(),
-        (None, DatasetKind::Voc2012) => "val".into(),
-        (None, DatasetKind::Coco2014) => "val2014".into(),
-        (None, DatasetKind::Coco2017) => "val2017".into(),
-        (None, DatasetKind::Csv) => bail!("--dataset csv needs --split (the CSV is <root>/<split>.csv)"),
-    };
-    if kind != DatasetKind::Csv && classes_file.is_some() {
-        bail!("--classes-file is the class list of --dataset csv; {kind} defines its own classes");
-    }
-    let opts = LoadOptions { voc_difficult: d.voc_difficult.parse()?, keep_unlabeled: d.keep_unlabeled, classes_file: classes_file.clone() };
-    let ds = datasets::load(kind, root, &split, &opts).with_context(|| format!("reading {kind} {split} at {}", root.display()))?;
-    eprintln!("dataset: {}", ds.summary());
-    for n in &ds.notes {
-        eprintln!("  {n}");
-    }
-    if ds.items.is_empty() {
-        bail!("{} {} at {} has no images", ds.name, ds.split, ds.root.display());
-    }
+    let ds = d.load(classes_file.as_deref(), SplitUse::Evaluate)?;
+    announce(&ds);
     Ok(ds)
-}
-
-fn dataset_json(ds: &Dataset) -> serde_json::Value {
-    serde_json::json!({
-        "name": ds.name,
-        "split": ds.split,
-        "root": ds.root.display().to_string(),
-        "images": ds.items.len(),
-        "classes": ds.classes,
-        "positives": ds.class_counts(),
-        "notes": ds.notes,
-        "skipped_annotations": ds.skipped,
-    })
 }
 
 fn eval_options(m: &MetricArgs) -> EvalOptions {
@@ -492,18 +437,13 @@ fn run(cli: Cli) -> Result<()> {
             let ds = load_dataset(&data, &classes_file)?;
             let table = scores_csv::read(&preds)?;
             let matched = scores_csv::match_dataset(&table, &ds)?;
-            let say = |what: &str, list: &[String]| {
-                if !list.is_empty() {
-                    let head: Vec<&str> = list.iter().take(5).map(String::as_str).collect();
-                    eprintln!("{what}: {} ({}{})", list.len(), head.join(", "), if list.len() > 5 { ", ..." } else { "" });
-                }
-            };
             eprintln!("scores: {} rows in {}, {} matched to the dataset", table.paths.len(), preds.display(), matched.items.len());
-            say("dataset images without scores (left out of the metrics)", &matched.missing_rows);
-            say("rows matching no dataset image (ignored)", &matched.unknown_rows);
-            say("paths with several rows (first used)", &matched.duplicate_rows);
-            say("columns that are not dataset classes (ignored)", &matched.extra_columns);
-            say("unreadable lines (ignored)", &table.bad_lines);
+            for line in matched.describe() {
+                eprintln!("{line}");
+            }
+            if !table.bad_lines.is_empty() {
+                eprintln!("{}", scores_csv::count_and_head("unreadable lines (ignored)", &table.bad_lines));
+            }
             if matched.items.is_empty() {
                 bail!("no row of {} matches an image of {} {}", preds.display(), ds.name, ds.split);
             }

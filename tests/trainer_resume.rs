@@ -4,10 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
+use labelfree::data::color_jitter::ColorJitter;
+use labelfree::data::datasets::args::DatasetArgs;
 use labelfree::data::transforms::{Interpolation, Transform, IMAGENET_NORM_NUMPY};
 use labelfree::models::resnet50::{HeadKind, ResNet, ResNetConfig};
 use labelfree::train::checkpoint;
-use labelfree::train::trainer::{Sample, TrainConfig, Trainer};
+use labelfree::train::trainer::{Sample, SecondView, TrainConfig, Trainer};
 
 fn write_png(path: &Path, w: u32, h: u32, seed: u32) {
     let data: Vec<u8> = (0..w * h * 3).map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed * 977)) >> 13) as u8).collect();
@@ -33,6 +35,8 @@ fn config(out: PathBuf, stop: Option<usize>) -> TrainConfig {
         head_lr_mult: 10.0,
         transform: Transform::SquareResize { size: 32, interp: Interpolation::Bilinear, norm: IMAGENET_NORM_NUMPY },
         hflip: true,
+        // From the second epoch on, a jittered second view: the resume covers its draws.
+        second_view: Some(SecondView { from_epoch: 1, weight: 1.0, jitter: Some(ColorJitter::CCD) }),
         seed: 7,
         out,
         progress: false,
@@ -60,25 +64,29 @@ fn killed_and_resumed_run_ends_with_the_same_weights() {
 
     let dir_a = scratch("train-a");
     let mut a = Trainer::new(model(), &config(dir_a.clone(), None));
-    let reports = a.train(&samples, &config(dir_a.clone(), None)).unwrap();
+    let reports = a.train(&samples, None, &config(dir_a.clone(), None)).unwrap();
     assert_eq!(reports.len(), 3);
     for r in &reports {
         assert_eq!((r.images, r.left_out_lone), (6, 1), "{r:?}");
         assert_eq!(r.skipped.len(), 1);
         assert!(r.mean_loss.is_finite());
+        assert_eq!(r.second_view, r.epoch >= 2);
+        assert!(!r.second_view || r.mean_consistency > 0.0, "{r:?}");
     }
+    let lines = std::fs::read_to_string(dir_a.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 3);
     assert!(dir_a.join("metrics_epoch003.json").exists());
 
     // 8 samples, 7 readable: batches of 2, 2, 2 and a lone last image left out, so 3 steps an
     // epoch. Killed after 5 steps: epoch 1 done, epoch 2 two thirds done.
     let dir_b = scratch("train-b");
     let mut b = Trainer::new(model(), &config(dir_b.clone(), Some(5)));
-    let done = b.train(&samples, &config(dir_b.clone(), Some(5))).unwrap();
+    let done = b.train(&samples, None, &config(dir_b.clone(), Some(5))).unwrap();
     assert_eq!(done.len(), 1);
     assert_ne!(b.model.params, a.model.params);
     let mut resumed = Trainer::resume(&dir_b, &config(dir_b.clone(), None)).unwrap();
     assert_eq!(resumed.epoch, 1);
-    let rest = resumed.train(&samples, &config(dir_b.clone(), None)).unwrap();
+    let rest = resumed.train(&samples, None, &config(dir_b.clone(), None)).unwrap();
     assert_eq!(rest.len(), 2);
 
     assert_eq!(resumed.model.params, a.model.params, "weights differ after resume");
@@ -111,8 +119,11 @@ fn run_from_csv_labels_and_a_backbone_then_resume() {
     let backbone = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trainer/tiny_linear.safetensors");
     let mut r = TrainRun {
         labels: labels.clone(),
-        root: root.clone(),
+        data: DatasetArgs { dataset: None, root: Some(root.clone()), split: None, voc_difficult: "positive".into(), keep_unlabeled: false },
+        classes_file: None,
+        eval_split: None,
         backbone: Some(backbone),
+        width: None,
         epochs: 2,
         batch: 2,
         lr: 1e-3,
@@ -120,6 +131,7 @@ fn run_from_csv_labels_and_a_backbone_then_resume() {
         seed: 1,
         head: HeadKind::Linear,
         alpha: 1.0,
+        second_view: None,
         resume: false,
         out: out.clone(),
         progress: false,

@@ -1,6 +1,8 @@
 //! Images in: datasets (VOC, COCO, NUS-WIDE, CSV), decoding (any JPEG/PNG to RGB), the
-//! transforms the methods use and the parallel loader that feeds the models.
+//! transforms the methods use (colour jitter included) and the parallel loader that feeds the
+//! models.
 
+pub mod color_jitter;
 pub mod csvio;
 pub mod datasets;
 pub mod decode;

@@ -472,6 +472,37 @@ pub fn to_chw_normalized_into(img: &RgbImage, norm: &Normalize, out: &mut [f32])
     }
 }
 
+/// `ToTensor()` alone: HWC u8 to CHW f32 in [0, 1] (`x / 255` in f32), for the float
+/// augmentations (colour jitter) that run before the normalisation.
+pub fn to_chw_unit(img: &RgbImage) -> Vec<f32> {
+    let plane = img.width * img.height;
+    let mut out = vec![0f32; plane * 3];
+    for (i, px) in img.data.chunks_exact(3).enumerate() {
+        for (c, &v) in px.iter().enumerate() {
+            out[c * plane + i] = v as f32 / 255.0;
+        }
+    }
+    out
+}
+
+/// `Normalize` of a CHW f32 image in [0, 1], in place, with the arithmetic of `norm` (the
+/// f64 one rounds once, as numpy on a float image would).
+pub fn normalize_unit_chw(x: &mut [f32], norm: &Normalize) {
+    let plane = x.len() / 3;
+    for (c, ch) in x.chunks_exact_mut(plane.max(1)).enumerate().take(3) {
+        match norm.arith {
+            NormArith::TorchF32 => {
+                let (m, s) = (norm.mean[c] as f32, norm.std[c] as f32);
+                ch.iter_mut().for_each(|v| *v = (*v - m) / s);
+            }
+            NormArith::NumpyF64 => {
+                let (m, s) = (norm.mean[c], norm.std[c]);
+                ch.iter_mut().for_each(|v| *v = ((*v as f64 - m) / s) as f32);
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The preprocessings the methods use
 // ---------------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ pub struct ScoreTable {
     pub paths: Vec<String>,
     /// (paths, classes) row-major.
     pub scores: Vec<f32>,
+    /// The 1-based line of the file each row was read from (0 when it came from elsewhere).
+    pub lines: Vec<usize>,
     /// Lines that could not be read, with the reason.
     pub bad_lines: Vec<String>,
 }
@@ -52,7 +54,7 @@ pub fn read(path: &Path) -> Result<ScoreTable> {
         return Err(fail("the header must be `path,<class>,<class>,...`".into()));
     }
     let classes: Vec<String> = head[1..].iter().map(|s| s.trim().to_string()).collect();
-    let mut t = ScoreTable { classes, paths: Vec::new(), scores: Vec::new(), bad_lines: Vec::new() };
+    let mut t = ScoreTable { classes, paths: Vec::new(), scores: Vec::new(), lines: Vec::new(), bad_lines: Vec::new() };
     for (n, line) in lines {
         let row = parse_record(line).map_err(|e| e.to_string()).and_then(|f| {
             if f.len() != t.classes.len() + 1 {
@@ -71,6 +73,7 @@ pub fn read(path: &Path) -> Result<ScoreTable> {
             Ok((p, vals)) => {
                 t.paths.push(p);
                 t.scores.extend(vals);
+                t.lines.push(n + 1);
             }
             Err(e) => t.bad_lines.push(format!("line {}: {e}", n + 1)),
         }
@@ -97,10 +100,11 @@ pub struct Matched {
     pub extra_columns: Vec<String>,
 }
 
-/// Matches rows to the dataset's images by path: either the path relative to the dataset
-/// root (as `zeroshot` writes it) or the full path. Columns are matched by class name, in any
-/// order and in any of the spellings of [`Dataset::class_aliases`]; a class with no column is
-/// an error.
+/// Matches rows to the dataset's images by path, tolerantly: the path relative to the dataset
+/// root (as `zeroshot` writes it), the full path, either with a leading `./` or `\\`
+/// separators, an absolute path under the dataset root, or else the file name alone when
+/// exactly one dataset image has it. Columns are matched by class name, in any order and in
+/// any of the spellings of [`Dataset::class_aliases`]; a class with no column is an error.
 pub fn match_dataset(t: &ScoreTable, ds: &Dataset) -> Result<Matched> {
     let c = ds.num_classes();
     let mut col_of = vec![None; c];
@@ -115,18 +119,14 @@ pub fn match_dataset(t: &ScoreTable, ds: &Dataset) -> Result<Matched> {
     if !missing.is_empty() {
         return Err(Error::Dataset(format!("the scores have no column for the classes: {}", missing.join(", "))));
     }
-    let mut index: HashMap<String, usize> = HashMap::with_capacity(ds.items.len() * 2);
-    for (i, it) in ds.items.iter().enumerate() {
-        index.insert(it.rel.clone(), i);
-        index.insert(it.path.display().to_string(), i);
-    }
+    let index = PathIndex::new(ds);
     let width = t.classes.len();
     let mut row_of: Vec<Option<usize>> = vec![None; ds.items.len()];
     let (mut unknown_rows, mut duplicate_rows) = (Vec::new(), Vec::new());
     for (r, p) in t.paths.iter().enumerate() {
-        match index.get(p.as_str()).or_else(|| index.get(p.trim_start_matches("./"))) {
-            Some(&i) if row_of[i].is_some() => duplicate_rows.push(p.clone()),
-            Some(&i) => row_of[i] = Some(r),
+        match index.find(p) {
+            Some(i) if row_of[i].is_some() => duplicate_rows.push(p.clone()),
+            Some(i) => row_of[i] = Some(r),
             None => unknown_rows.push(p.clone()),
         }
     }
@@ -142,4 +142,68 @@ pub fn match_dataset(t: &ScoreTable, ds: &Dataset) -> Result<Matched> {
         }
     }
     Ok(Matched { items, scores, missing_rows, unknown_rows, duplicate_rows, extra_columns })
+}
+
+impl Matched {
+    /// One line per kind of mismatch (count and the first few paths), for people.
+    pub fn describe(&self) -> Vec<String> {
+        let kinds = [
+            ("dataset images without a row (left out)", &self.missing_rows),
+            ("rows matching no dataset image (ignored)", &self.unknown_rows),
+            ("paths with several rows (first used)", &self.duplicate_rows),
+            ("columns that are not dataset classes (ignored)", &self.extra_columns),
+        ];
+        kinds.iter().filter(|(_, list)| !list.is_empty()).map(|(what, list)| count_and_head(what, list)).collect()
+    }
+}
+
+/// `what: N (a, b, c, d, e, ...)`.
+pub fn count_and_head(what: &str, list: &[String]) -> String {
+    let head: Vec<&str> = list.iter().take(5).map(String::as_str).collect();
+    format!("{what}: {} ({}{})", list.len(), head.join(", "), if list.len() > 5 { ", ..." } else { "" })
+}
+
+/// The dataset's images by every key a row's path may use.
+struct PathIndex {
+    /// The dataset root, canonical (None if it cannot be resolved).
+    root: Option<std::path::PathBuf>,
+    /// Relative and full paths, `/`-separated.
+    by_path: HashMap<String, usize>,
+    /// File name to image, None when several images share it.
+    by_name: HashMap<String, Option<usize>>,
+}
+
+impl PathIndex {
+    fn new(ds: &Dataset) -> PathIndex {
+        let mut by_path = HashMap::with_capacity(ds.items.len() * 2);
+        let mut by_name: HashMap<String, Option<usize>> = HashMap::with_capacity(ds.items.len());
+        for (i, it) in ds.items.iter().enumerate() {
+            by_path.insert(it.rel.clone(), i);
+            by_path.insert(it.path.display().to_string().replace('\\', "/"), i);
+            if let Some(name) = it.path.file_name().and_then(|n| n.to_str()) {
+                by_name.entry(name.to_string()).and_modify(|v| *v = None).or_insert(Some(i));
+            }
+        }
+        PathIndex { root: ds.root.canonicalize().ok(), by_path, by_name }
+    }
+
+    fn find(&self, p: &str) -> Option<usize> {
+        let p = p.trim().replace('\\', "/");
+        let p = p.trim_start_matches("./");
+        if let Some(&i) = self.by_path.get(p) {
+            return Some(i);
+        }
+        // An absolute path under the root, however the root was spelt.
+        let abs = std::path::Path::new(p);
+        if let (true, Some(root)) = (abs.is_absolute(), &self.root) {
+            let canon = abs.canonicalize().unwrap_or_else(|_| abs.to_path_buf());
+            if let Ok(rel) = canon.strip_prefix(root) {
+                if let Some(&i) = self.by_path.get(rel.to_string_lossy().replace('\\', "/").as_str()) {
+                    return Some(i);
+                }
+            }
+        }
+        let name = p.rsplit('/').next().unwrap_or(p);
+        self.by_name.get(name).copied().flatten()
+    }
 }

@@ -1,11 +1,17 @@
 //! The training loop over a list of (image, soft label): each epoch shuffles the list, decodes
 //! and transforms a batch (square resize, ImageNet normalisation, random horizontal flip),
-//! runs the loss step (mean weighted BCE against the soft labels) and an Adam step; at the end
-//! of every epoch it writes a checkpoint (atomically) and the epoch's metrics as JSON.
+//! runs the loss step and an Adam step; at the end of every epoch it may evaluate the model on
+//! a labelled split (mAP), then writes a checkpoint (atomically) and the epoch's metrics (one
+//! JSON per epoch, and a line of `metrics.jsonl`).
 //!
-//! Determinism: the order and the flips of epoch e come from an RNG seeded by (seed, e) alone,
-//! and every op is deterministic, so a run killed mid-epoch and resumed from its last
-//! checkpoint ends with the same weights as an uninterrupted run.
+//! The loss is CCD's (src/train/step.rs): the BCE of the view against the soft labels, and,
+//! from epoch `SecondView::from_epoch` on (0-based; CCD: 2), plus `weight` times the BCE of a
+//! second view (its own flip, colour jitter) against the first view's detached sigmoid. With
+//! no second view it is CDUL's plain BCE.
+//!
+//! Determinism: the order, the flips and the jitter draws of epoch e come from an RNG seeded
+//! by (seed, e) alone, and every op is deterministic, so a run killed mid-epoch and resumed
+//! from its last checkpoint ends with the same weights as an uninterrupted run.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,13 +21,18 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::data::color_jitter::{ColorJitter, JitterDraw};
 use crate::data::decode::decode_image_file;
-use crate::data::transforms::{hflip, to_chw_normalized, Transform};
+use crate::data::transforms::{hflip, normalize_unit_chw, to_chw_normalized, to_chw_unit, Transform};
 use crate::error::{Error, Result};
 use crate::models::resnet50::ResNet;
 use crate::train::adam::{Adam, ParamGroup};
 use crate::train::checkpoint;
+use crate::train::evaluate::{evaluate, EvalResult, EvalSet};
 use crate::train::step::forward_backward;
+
+/// Metrics of every finished epoch, one JSON a line.
+pub const METRICS_JSONL: &str = "metrics.jsonl";
 
 #[derive(Clone, Debug)]
 pub struct Sample {
@@ -40,6 +51,8 @@ pub struct TrainConfig {
     /// The input transform (CCD: `Transform::CCD_TRAIN`, 448 square bilinear, ImageNet).
     pub transform: Transform,
     pub hflip: bool,
+    /// CCD's second view and consistency loss; None: the BCE alone (CDUL).
+    pub second_view: Option<SecondView>,
     pub seed: u64,
     /// Checkpoints and metrics go here.
     pub out: PathBuf,
@@ -49,17 +62,51 @@ pub struct TrainConfig {
     pub stop_after_steps: Option<usize>,
 }
 
+/// CCD's second view: the same image with its own flip and a colour jitter, whose logits are
+/// pulled towards the first view's detached sigmoid.
+#[derive(Clone, Debug)]
+pub struct SecondView {
+    /// First epoch (0-based) with the second view (CCD: 2).
+    pub from_epoch: usize,
+    /// Weight of the consistency loss (CCD: 1).
+    pub weight: f32,
+    /// Jitter of the second view (CCD: 0.5 each); None: no jitter, only the flip.
+    pub jitter: Option<ColorJitter>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct EpochReport {
     pub epoch: usize,
+    /// Mean of the total loss over the images trained on.
     pub mean_loss: f32,
+    /// Its two terms: the BCE against the soft labels, the consistency BCE (0 without a
+    /// second view).
+    pub mean_bce: f32,
+    pub mean_consistency: f32,
+    pub second_view: bool,
+    /// Backbone and head learning rates.
+    pub lr: f32,
+    pub head_lr: f32,
     pub images: usize,
     pub skipped: Vec<String>,
     /// A last batch of one image (batch norm cannot train on it) is left out.
     pub left_out_lone: usize,
+    /// Training time of the epoch (the evaluation not included).
     pub seconds: f64,
     pub images_per_s: f64,
+    /// The evaluation after the epoch, when an evaluation split is given.
+    pub eval: Option<EvalResult>,
 }
+
+/// How one sample is loaded this epoch.
+struct ViewPlan {
+    flip: bool,
+    /// The second view's flip and jitter draw, when there is one.
+    second: Option<(bool, Option<JitterDraw>)>,
+}
+
+/// One decoded sample: view 1 and maybe view 2, each (3, H, W) normalised.
+type LoadedViews = (Vec<f32>, Option<Vec<f32>>);
 
 pub struct Trainer {
     pub model: ResNet,
@@ -93,16 +140,30 @@ impl Trainer {
         Ok(Trainer { model, opt, epoch: meta.epoch })
     }
 
-    /// Decodes, transforms and (maybe) flips one image; None if it cannot be read.
-    fn load_one(sample: &Sample, transform: &Transform, flip: bool) -> Option<Vec<f32>> {
+    /// Decodes and resizes one image once, then makes its views: view 1 (maybe flipped) and,
+    /// when planned, view 2 (its own flip, then the jitter on the [0, 1] image, as CCD jitters
+    /// before normalising; flipping commutes with the jitter). None if it cannot be read.
+    fn load_views(sample: &Sample, transform: &Transform, plan: &ViewPlan) -> Option<LoadedViews> {
         let img = decode_image_file(&sample.path).ok()?;
         let img = transform.apply_u8(&img);
-        let img = if flip { hflip(&img) } else { img };
-        Some(to_chw_normalized(&img, transform.normalize()))
+        let norm = transform.normalize();
+        let view1 = if plan.flip { to_chw_normalized(&hflip(&img), norm) } else { to_chw_normalized(&img, norm) };
+        let view2 = plan.second.as_ref().map(|(flip, draw)| match draw {
+            None if *flip => to_chw_normalized(&hflip(&img), norm),
+            None => to_chw_normalized(&img, norm),
+            Some(d) => {
+                let mut x = if *flip { to_chw_unit(&hflip(&img)) } else { to_chw_unit(&img) };
+                d.apply(&mut x, img.height, img.width);
+                normalize_unit_chw(&mut x, norm);
+                x
+            }
+        });
+        Some((view1, view2))
     }
 
-    /// Trains up to `cfg.epochs` epochs in all; returns the reports of the epochs it finished.
-    pub fn train(&mut self, samples: &[Sample], cfg: &TrainConfig) -> Result<Vec<EpochReport>> {
+    /// Trains up to `cfg.epochs` epochs in all, evaluating on `eval` after each; returns the
+    /// reports of the epochs it finished.
+    pub fn train(&mut self, samples: &[Sample], eval: Option<&EvalSet>, cfg: &TrainConfig) -> Result<Vec<EpochReport>> {
         let c = self.model.cfg.num_classes;
         if let Some(bad) = samples.iter().find(|s| s.target.len() != c) {
             return Err(Error::Shape(format!("`{}`: {} label values for {c} classes", bad.path.display(), bad.target.len())));
@@ -116,6 +177,17 @@ impl Trainer {
             let mut order: Vec<usize> = (0..samples.len()).collect();
             order.shuffle(&mut rng);
             let flips: Vec<bool> = order.iter().map(|_| cfg.hflip && rng.gen::<bool>()).collect();
+            // The second view's draws come after the first view's, so that they leave those
+            // (and runs without a second view) unchanged.
+            let second = cfg.second_view.as_ref().filter(|v| self.epoch >= v.from_epoch);
+            let plans: Vec<ViewPlan> = flips
+                .iter()
+                .map(|&flip| ViewPlan {
+                    flip,
+                    second: second.map(|v| (cfg.hflip && rng.gen::<bool>(), v.jitter.map(|j| j.draw(&mut rng)))),
+                })
+                .collect();
+            let consistency_weight = second.map_or(0.0, |v| v.weight);
             let start = Instant::now();
             let mut lone = 0usize;
             let bar = cfg.progress.then(|| {
@@ -127,19 +199,22 @@ impl Trainer {
                 pb.set_prefix(format!("{}/{}", self.epoch + 1, cfg.epochs));
                 pb
             });
-            let (mut loss_sum, mut images, mut skipped) = (0.0f64, 0usize, Vec::new());
+            let (mut bce_sum, mut cons_sum, mut images, mut skipped) = (0.0f64, 0.0f64, 0usize, Vec::new());
             // Decoded images wait here until a full batch is ready (an unreadable image is
             // replaced by the next ones, so batches keep their size).
-            let (mut x, mut y) = (Vec::new(), Vec::new());
+            let (mut x, mut x2, mut y) = (Vec::new(), Vec::new(), Vec::new());
             let per_image = 3 * h * w;
             let nchunks = order.len().div_ceil(cfg.batch.max(1));
-            for (ci, (chunk, fl)) in order.chunks(cfg.batch.max(1)).zip(flips.chunks(cfg.batch.max(1))).enumerate() {
-                let loaded: Vec<Option<Vec<f32>>> =
-                    chunk.par_iter().zip(fl).map(|(&i, &f)| Self::load_one(&samples[i], &cfg.transform, f)).collect();
+            for (ci, (chunk, pl)) in order.chunks(cfg.batch.max(1)).zip(plans.chunks(cfg.batch.max(1))).enumerate() {
+                let loaded: Vec<Option<LoadedViews>> =
+                    chunk.par_iter().zip(pl).map(|(&i, p)| Self::load_views(&samples[i], &cfg.transform, p)).collect();
                 for (&i, img) in chunk.iter().zip(loaded) {
                     match img {
-                        Some(v) => {
-                            x.extend_from_slice(&v);
+                        Some((v1, v2)) => {
+                            x.extend_from_slice(&v1);
+                            if let Some(v2) = v2 {
+                                x2.extend_from_slice(&v2);
+                            }
                             y.extend_from_slice(&samples[i].target);
                         }
                         None => skipped.push(samples[i].path.display().to_string()),
@@ -149,6 +224,7 @@ impl Trainer {
                 while y.len() / c >= cfg.batch.max(1) || (last && !y.is_empty()) {
                     let b = (y.len() / c).min(cfg.batch.max(1));
                     let bx: Vec<f32> = x.drain(..b * per_image).collect();
+                    let bx2: Option<Vec<f32>> = second.map(|_| x2.drain(..b * per_image).collect());
                     let by: Vec<f32> = y.drain(..b * c).collect();
                     // Batch norm needs more than one value per channel: a lone last image is
                     // left out (and counted).
@@ -157,11 +233,12 @@ impl Trainer {
                         continue;
                     }
                     self.model.zero_grad();
-                    let out = forward_backward(&mut self.model, &bx, None, b, h, w, &by, None, 0.0)?;
+                    let out = forward_backward(&mut self.model, &bx, bx2.as_deref(), b, h, w, &by, None, consistency_weight)?;
                     let grads = std::mem::take(&mut self.model.grads);
                     self.opt.step(&mut self.model.params, &grads);
                     self.model.grads = grads;
-                    loss_sum += out.bce as f64 * b as f64;
+                    bce_sum += out.bce as f64 * b as f64;
+                    cons_sum += out.consistency as f64 * b as f64;
                     images += b;
                     steps += 1;
                     if cfg.stop_after_steps.is_some_and(|n| steps >= n) {
@@ -171,28 +248,101 @@ impl Trainer {
                 if let Some(pb) = &bar {
                     pb.inc(chunk.len() as u64);
                     let rate = images as f64 / start.elapsed().as_secs_f64().max(1e-9);
-                    pb.set_message(format!("loss {:.4} {rate:.1} img/s", loss_sum / images.max(1) as f64));
+                    let loss = (bce_sum + consistency_weight as f64 * cons_sum) / images.max(1) as f64;
+                    pb.set_message(format!("loss {loss:.4} {rate:.1} img/s"));
                 }
             }
-            if let Some(pb) = bar {
-                pb.finish();
+            if let Some(pb) = &bar {
+                pb.finish_and_clear();
             }
             self.epoch += 1;
             let seconds = start.elapsed().as_secs_f64();
+            let eval = match eval {
+                Some(set) => {
+                    let pb = cfg.progress.then(|| {
+                        let pb = indicatif::ProgressBar::new(set.paths.len() as u64);
+                        pb.set_style(
+                            indicatif::ProgressStyle::with_template("eval {prefix} {bar:30} {pos}/{len} {per_sec}")
+                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                        );
+                        pb.set_prefix(set.name.clone());
+                        pb
+                    });
+                    let r = evaluate(&self.model, set, &cfg.transform, cfg.batch, pb.as_ref())?;
+                    if let Some(pb) = pb {
+                        pb.finish_and_clear();
+                    }
+                    Some(r)
+                }
+                None => None,
+            };
+            let n = images.max(1) as f64;
             let report = EpochReport {
                 epoch: self.epoch,
-                mean_loss: (loss_sum / images.max(1) as f64) as f32,
+                mean_loss: ((bce_sum + consistency_weight as f64 * cons_sum) / n) as f32,
+                mean_bce: (bce_sum / n) as f32,
+                mean_consistency: (cons_sum / n) as f32,
+                second_view: second.is_some(),
+                lr: self.opt.groups.first().map_or(0.0, |g| g.lr),
+                head_lr: self.opt.groups.last().map_or(0.0, |g| g.lr),
                 images,
                 skipped,
                 left_out_lone: lone,
                 seconds,
                 images_per_s: images as f64 / seconds.max(1e-9),
+                eval,
             };
+            if cfg.progress {
+                eprintln!("{}", report.line(cfg.epochs));
+            }
             checkpoint::save(&cfg.out, &self.model, &self.opt, self.epoch, cfg.seed)?;
-            let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Weights(e.to_string()))?;
+            let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Internal(e.to_string()))?;
             checkpoint::write_atomic(&cfg.out.join(format!("metrics_epoch{:03}.json", self.epoch)), json.as_bytes())?;
+            append_metrics(&cfg.out.join(METRICS_JSONL), &report)?;
             reports.push(report);
         }
         Ok(reports)
     }
+}
+
+impl EpochReport {
+    /// The epoch's log line: loss, speed, time, learning rate, mAP.
+    pub fn line(&self, epochs: usize) -> String {
+        let mut s = format!(
+            "epoch {}/{epochs}: loss {:.4} (bce {:.4}{}) · {:.1} img/s · {:.1} s · lr {:.1e}",
+            self.epoch,
+            self.mean_loss,
+            self.mean_bce,
+            if self.second_view { format!(", consistency {:.4}", self.mean_consistency) } else { String::new() },
+            self.images_per_s,
+            self.seconds,
+            self.lr,
+        );
+        if let Some(e) = &self.eval {
+            s.push_str(&format!(" · mAP {:.2} on {} ({} images, {:.1} img/s)", 100.0 * e.map, e.split, e.images, e.images_per_s));
+        }
+        if !self.skipped.is_empty() {
+            s.push_str(&format!(" · {} unreadable images skipped", self.skipped.len()));
+        }
+        s
+    }
+}
+
+/// Rewrites `path` with the lines of the epochs before `report`'s and `report` as the last
+/// line: a resumed run replaces what a killed one may have left for its unfinished epochs.
+fn append_metrics(path: &Path, report: &EpochReport) -> Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let mut text: String = old
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("epoch").and_then(|e| e.as_u64()))
+                .is_some_and(|e| (e as usize) < report.epoch)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&serde_json::to_string(report).map_err(|e| Error::Internal(e.to_string()))?);
+    text.push('\n');
+    checkpoint::write_atomic(path, text.as_bytes())
 }

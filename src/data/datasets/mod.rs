@@ -8,6 +8,7 @@
 //! [`Dataset::notes`] and never stop the read, except when the layout itself is not there.
 //! README.md (Datasets) lists the layouts accepted and the conventions chosen.
 
+pub mod args;
 pub mod coco;
 pub mod csv;
 pub mod nuswide;
