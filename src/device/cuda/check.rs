@@ -67,7 +67,14 @@ impl GpuCheck {
 
 /// Every kernel check of the build, in table order.
 pub fn all_checks() -> Vec<GpuCheck> {
-    let groups: Vec<Vec<GpuCheck>> = vec![crate::ops::layernorm::gpu_checks()];
+    let groups: Vec<Vec<GpuCheck>> = vec![
+        crate::ops::layernorm::gpu_checks(),
+        crate::ops::conv2d::gpu_checks(),
+        crate::ops::pool::gpu_checks(),
+        crate::ops::tokens::gpu_checks(),
+        crate::ops::interpolate::gpu_checks(),
+        crate::ops::crop_resize::gpu_checks(),
+    ];
     groups.into_iter().flatten().collect()
 }
 
