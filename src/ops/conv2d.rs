@@ -244,7 +244,7 @@ pub fn conv2d_cuda(gpu: &Gpu, x: &CudaTensor, w: &CudaTensor, bias: Option<&Cuda
 /// reshaped (C, C_in*p*p))` is then the ViT patch embedding.
 pub fn patchify_cuda(gpu: &Gpu, x: &CudaTensor, p: usize, cols: &mut CudaTensor) -> Result<()> {
     let xs = x.shape();
-    if xs.len() != 4 || p == 0 || xs[2] % p != 0 || xs[3] % p != 0 {
+    if xs.len() != 4 || p == 0 || !xs[2].is_multiple_of(p) || !xs[3].is_multiple_of(p) {
         return Err(Error::Shape(format!("patchify_cuda: x {xs:?} must be (B, C, H, W) with H, W multiples of p = {p}")));
     }
     let (b, c_in, h, w) = (xs[0], xs[1], xs[2], xs[3]);
@@ -279,8 +279,9 @@ pub fn patchify_cuda(gpu: &Gpu, x: &CudaTensor, p: usize, cols: &mut CudaTensor)
 /// rounding of its inputs).
 pub fn gpu_checks() -> Vec<GpuCheck> {
     let mut checks = Vec::new();
-    // (B, C_in, H, C_out, k, stride, relu, residual)
-    let convs: &[(usize, usize, usize, usize, usize, usize, bool, bool)] = &[
+    // (B, C_in, H = W, C_out, k, stride, relu, residual)
+    type ConvCase = (usize, usize, usize, usize, usize, usize, bool, bool);
+    let convs: &[ConvCase] = &[
         (8, 3, 224, 32, 3, 2, true, false),   // stem conv1
         (8, 32, 112, 32, 3, 1, true, false),  // stem conv2
         (8, 64, 56, 64, 1, 1, true, false),   // layer1 conv1

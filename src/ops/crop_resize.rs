@@ -9,10 +9,12 @@
 //!
 //! and the taps are clamped to the box's pixels [first, last] = [floor(x0), ceil(x1) - 1]
 //! (clipped to the image):
+//!
 //! - bilinear: src = max(src, x0) (torch clamps negative crop coordinates to 0), taps
 //!   floor(src) and floor(src) + 1, weights 1 - t and t, t = src - floor(src);
 //! - bicubic: taps floor(src) - 1 .. floor(src) + 2, cubic-convolution weights with A = -0.75
 //!   (torch's `upsample_bicubic2d`), no clamping of src.
+//!
 //! For integer boxes inside the image this is exactly crop-then-interpolate. The value is then
 //! (v / 255 - mean[c]) / std[c] (no clamping, as torch on float tensors). A box that names no
 //! image is written as NaN.
@@ -21,6 +23,7 @@ use rayon::prelude::*;
 
 use cudarc::driver::LaunchConfig;
 
+use crate::data::transforms::CLIP_NORM;
 use crate::device::cuda::check::{max_rel_err, CheckRun, GpuCheck, Work};
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
 use crate::error::{Error, Result};
@@ -205,9 +208,9 @@ pub fn crop_resize_cuda(
     )
 }
 
-/// CLIP's normalisation, for the checks.
-const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+/// CLIP's normalisation (data::transforms::CLIP_NORM) in f32, for the checks.
+const CLIP_MEAN: [f32; 3] = [CLIP_NORM.mean[0] as f32, CLIP_NORM.mean[1] as f32, CLIP_NORM.mean[2] as f32];
+const CLIP_STD: [f32; 3] = [CLIP_NORM.std[0] as f32, CLIP_NORM.std[1] as f32, CLIP_NORM.std[2] as f32];
 
 /// Kernel checks: 8 random-size images (200..640 px), 64 random boxes (some reaching past the
 /// image), out 224x224 and an odd 37x53, bilinear and bicubic, every output dtype.
