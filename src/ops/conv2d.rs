@@ -4,6 +4,11 @@
 
 use rayon::prelude::*;
 
+use cudarc::driver::LaunchConfig;
+
+use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
+use crate::error::{Error, Result};
 use crate::ops::matmul::{gemm_cpu, MatRef};
 
 /// Size of one band of the im2col matrix (1 MiB of f32): about an L2 cache.
@@ -129,7 +134,19 @@ pub fn patch_embed_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, we
     let c = weight.len() / kk;
     let n = gh * gw;
     let mut patches = vec![0.0f32; b * n * kk];
-    patches.par_chunks_mut(kk).enumerate().for_each(|(idx, dst)| {
+    patchify_cpu(x, b, c_in, h, w_, p, &mut patches);
+    debug_assert_eq!(out.len(), b * n * c);
+    crate::ops::matmul::linear_cpu(&patches, weight, None, out, kk, false);
+}
+
+/// cols (B*gh*gw, C_in*p*p) = the im2col of a stride-p, p x p convolution of x (B, C_in, H, W):
+/// row (b, py, px), column (ci, ky, kx) — the order of the weight (C, C_in, p, p), so that
+/// cols @ weight^T is the patch embedding.
+pub fn patchify_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, p: usize, cols: &mut [f32]) {
+    let (gh, gw) = (h / p, w_ / p);
+    let kk = c_in * p * p;
+    let n = gh * gw;
+    cols[..b * n * kk].par_chunks_mut(kk).enumerate().for_each(|(idx, dst)| {
         let (bi, pi) = (idx / n, idx % n);
         let (py, px) = (pi / gw, pi % gw);
         for ci in 0..c_in {
@@ -139,8 +156,222 @@ pub fn patch_embed_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, we
             }
         }
     });
-    debug_assert_eq!(out.len(), b * n * c);
-    crate::ops::matmul::linear_cpu(&patches, weight, None, out, kk, false);
+}
+
+/// CUDA launcher: kernels/conv2d.cu, an implicit GEMM (M = B*Ho*Wo pixels, N = C_out,
+/// K = C_in*k*k; the im2col gather happens while tiles are loaded into shared memory).
+/// x (B, C_in, H, W), w (C_out, C_in, k, k), residual and y (B, C_out, Ho, Wo), all in one float
+/// dtype; bias (C_out,) f32 (batch norm folded into w and bias).
+/// y = relu?((residual + conv(x)) + bias), the order of `conv2d_cpu` with `accumulate` (there
+/// the residual is what y held; here it is a separate tensor).
+/// bf16/f16 run on tensor cores (mma.sync m16n8k16, f32 accumulate); f32 on a SIMT tile.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_cuda(gpu: &Gpu, x: &CudaTensor, w: &CudaTensor, bias: Option<&CudaTensor>, s: &Conv2dShape, relu: bool, residual: Option<&CudaTensor>, y: &mut CudaTensor) -> Result<()> {
+    let bad = |why: &str| {
+        Error::Shape(format!(
+            "conv2d_cuda: {why}: {s:?}, x {:?}, w {:?}, bias {:?}, residual {:?}, y {:?}",
+            x.shape(),
+            w.shape(),
+            bias.map(|b| b.shape().to_vec()),
+            residual.map(|r| r.shape().to_vec()),
+            y.shape()
+        ))
+    };
+    if s.kernel == 0 || s.stride == 0 || s.h + 2 * s.pad < s.kernel || s.w + 2 * s.pad < s.kernel {
+        return Err(bad("kernel, stride or padding do not fit the input"));
+    }
+    let (ho, wo) = s.out_hw();
+    let out = [s.batch, s.c_out, ho, wo];
+    if x.shape() != [s.batch, s.c_in, s.h, s.w] || w.shape() != [s.c_out, s.c_in, s.kernel, s.kernel] || y.shape() != out {
+        return Err(bad("shapes"));
+    }
+    if bias.is_some_and(|b| b.shape() != [s.c_out]) || residual.is_some_and(|r| r.shape() != out) {
+        return Err(bad("bias or residual shape"));
+    }
+    if !x.dtype().is_float() {
+        return Err(Error::Device(format!("conv2d_cuda: x is {:?}; expected a float dtype", x.dtype())));
+    }
+    w.expect_dtype(x.dtype(), "conv2d_cuda weight")?;
+    y.expect_dtype(x.dtype(), "conv2d_cuda output")?;
+    if let Some(b) = bias {
+        b.expect_dtype(CudaDType::F32, "conv2d_cuda bias")?;
+    }
+    if let Some(r) = residual {
+        r.expect_dtype(x.dtype(), "conv2d_cuda residual")?;
+    }
+    let m = s.batch * ho * wo;
+    // The kernels index pixels and the reduction in int; element offsets are 64-bit.
+    to_i32(m, "conv2d_cuda B*Ho*Wo")?;
+    to_i32(s.c_in * s.kernel * s.kernel, "conv2d_cuda C_in*k*k")?;
+    if m == 0 || s.c_out == 0 {
+        return Ok(());
+    }
+    let (tile, threads) = if x.dtype() == CudaDType::F32 { (64, 256) } else { (64, 128) };
+    let cfg = LaunchConfig {
+        grid_dim: (m.div_ceil(tile) as u32, s.c_out.div_ceil(tile) as u32, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let null = KArg::Ptr(0);
+    let name = format!("conv2d_forward_{}", x.dtype().suffix());
+    gpu.launch(
+        "conv2d",
+        &name,
+        cfg,
+        &[
+            x.arg(gpu),
+            w.arg(gpu),
+            bias.map_or(null, |b| b.arg(gpu)),
+            residual.map_or(null, |r| r.arg(gpu)),
+            y.arg(gpu),
+            to_i32(s.batch, "B")?,
+            to_i32(s.c_in, "C_in")?,
+            to_i32(s.h, "H")?,
+            to_i32(s.w, "W")?,
+            to_i32(s.c_out, "C_out")?,
+            to_i32(s.kernel, "kernel")?,
+            to_i32(s.stride, "stride")?,
+            to_i32(s.pad, "pad")?,
+            to_i32(ho, "Ho")?,
+            to_i32(wo, "Wo")?,
+            KArg::I32(relu as i32),
+        ],
+    )
+}
+
+/// CUDA launcher: kernels/conv2d.cu `patchify`. x (B, C_in, H, W) -> cols (B*gh*gw, C_in*p*p)
+/// in x's dtype, as `patchify_cpu`; H and W must be multiples of p. `linear(cols, weight
+/// reshaped (C, C_in*p*p))` is then the ViT patch embedding.
+pub fn patchify_cuda(gpu: &Gpu, x: &CudaTensor, p: usize, cols: &mut CudaTensor) -> Result<()> {
+    let xs = x.shape();
+    if xs.len() != 4 || p == 0 || !xs[2].is_multiple_of(p) || !xs[3].is_multiple_of(p) {
+        return Err(Error::Shape(format!("patchify_cuda: x {xs:?} must be (B, C, H, W) with H, W multiples of p = {p}")));
+    }
+    let (b, c_in, h, w) = (xs[0], xs[1], xs[2], xs[3]);
+    let rows = b * (h / p) * (w / p);
+    let kk = c_in * p * p;
+    if cols.shape() != [rows, kk] {
+        return Err(Error::Shape(format!("patchify_cuda: cols {:?}, expected [{rows}, {kk}] for x {xs:?}, p = {p}", cols.shape())));
+    }
+    if !x.dtype().is_float() {
+        return Err(Error::Device(format!("patchify_cuda: x is {:?}; expected a float dtype", x.dtype())));
+    }
+    cols.expect_dtype(x.dtype(), "patchify_cuda cols")?;
+    let total = rows * kk;
+    if total == 0 {
+        return Ok(());
+    }
+    to_i32(x.numel(), "patchify_cuda x elements")?;
+    let cfg = LaunchConfig::for_num_elems(total as u32);
+    let name = format!("patchify_{}", x.dtype().suffix());
+    gpu.launch(
+        "conv2d",
+        &name,
+        cfg,
+        &[x.arg(gpu), cols.arg(gpu), to_i32(b, "B")?, to_i32(c_in, "C_in")?, to_i32(h, "H")?, to_i32(w, "W")?, to_i32(p, "p")?],
+    )
+}
+
+/// Kernel checks: ModifiedResNet-50 layers at 224, batch 8 (stem, layer1 1x1 / 3x3 / 1x1 with
+/// the residual, layer4 3x3, a downsample 1x1 without ReLU) and an odd strided shape, with and
+/// without residual and ReLU; the ViT patchify at B/16 and B/32 and an odd shape. Inputs are
+/// rounded to the dtype before the CPU reference (the checks measure the kernel, not the
+/// rounding of its inputs).
+pub fn gpu_checks() -> Vec<GpuCheck> {
+    let mut checks = Vec::new();
+    // (B, C_in, H = W, C_out, k, stride, relu, residual)
+    type ConvCase = (usize, usize, usize, usize, usize, usize, bool, bool);
+    let convs: &[ConvCase] = &[
+        (8, 3, 224, 32, 3, 2, true, false),   // stem conv1
+        (8, 32, 112, 32, 3, 1, true, false),  // stem conv2
+        (8, 64, 56, 64, 1, 1, true, false),   // layer1 conv1
+        (8, 64, 56, 64, 3, 1, true, false),   // layer1 conv2
+        (8, 64, 56, 256, 1, 1, true, true),   // layer1 conv3 onto the identity
+        (8, 1024, 7, 2048, 1, 1, false, false), // layer4 downsample (after the average pool)
+        (8, 512, 7, 512, 3, 1, true, false),  // layer4 conv2
+        (2, 5, 11, 7, 3, 2, true, true),
+        (2, 5, 11, 7, 3, 2, false, false),
+        (3, 9, 13, 70, 3, 1, false, true),
+        (1, 17, 9, 65, 1, 2, true, false),
+    ];
+    for &(batch, c_in, hw, c_out, kernel, stride, relu, with_residual) in convs {
+        let s = Conv2dShape { batch, c_in, h: hw, w: hw, c_out, kernel, stride, pad: kernel / 2 };
+        let (ho, wo) = s.out_hw();
+        let flops = 2.0 * (batch * ho * wo) as f64 * c_out as f64 * (c_in * kernel * kernel) as f64;
+        let label = format!("B={batch} Cin={c_in} H=W={hw} Cout={c_out} k={kernel} s={stride} relu={relu} residual={with_residual}");
+        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+            checks.push(GpuCheck::new("conv2d_forward", label.clone(), dtype, Work::Flops(flops), move |gpu, rng| {
+                let out = [batch, c_out, ho, wo];
+                let kk = c_in * kernel * kernel;
+                let wscale = 1.0 / (kk as f32).sqrt();
+                let xd = CudaTensor::from_f32(gpu, &[batch, c_in, hw, hw], &random_vec(rng, batch * c_in * hw * hw, 1.0), dtype)?;
+                let wd = CudaTensor::from_f32(gpu, &[c_out, c_in, kernel, kernel], &random_vec(rng, c_out * kk, 2.0 * wscale), dtype)?;
+                let bias = random_vec(rng, c_out, 0.5);
+                let bd = CudaTensor::from_f32(gpu, &[c_out], &bias, CudaDType::F32)?;
+                let rd = if with_residual {
+                    Some(CudaTensor::from_f32(gpu, &out, &random_vec(rng, batch * c_out * ho * wo, 1.0), dtype)?)
+                } else {
+                    None
+                };
+                // The CPU reference sees the values the kernel sees.
+                let (x, w) = (xd.to_f32_vec(gpu)?, wd.to_f32_vec(gpu)?);
+                let mut want = match &rd {
+                    Some(r) => r.to_f32_vec(gpu)?,
+                    None => vec![0.0; batch * c_out * ho * wo],
+                };
+                conv2d_cpu(&x, &w, Some(&bias), &s, relu, with_residual, &mut want);
+                let mut yd = CudaTensor::empty(gpu, &out, dtype)?;
+                yd.poison(gpu)?;
+                conv2d_cuda(gpu, &xd, &wd, Some(&bd), &s, relu, rd.as_ref(), &mut yd)?;
+                let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
+                let g = gpu.clone();
+                Ok(CheckRun {
+                    max_rel_err: err,
+                    launch: Box::new(move || conv2d_cuda(&g, &xd, &wd, Some(&bd), &s, relu, rd.as_ref(), &mut yd)),
+                    cublas: None,
+                })
+            }));
+        }
+    }
+    // The stem without bias: the null-pointer path.
+    for dtype in [CudaDType::F32, CudaDType::BF16] {
+        let s = Conv2dShape { batch: 2, c_in: 3, h: 33, w: 37, c_out: 9, kernel: 3, stride: 2, pad: 1 };
+        let (ho, wo) = s.out_hw();
+        let flops = 2.0 * (2 * ho * wo) as f64 * 9.0 * 27.0;
+        checks.push(GpuCheck::new("conv2d_forward", "no bias B=2 Cin=3 33x37 Cout=9 k=3 s=2", dtype, Work::Flops(flops), move |gpu, rng| {
+            let xd = CudaTensor::from_f32(gpu, &[2, 3, 33, 37], &random_vec(rng, 2 * 3 * 33 * 37, 1.0), dtype)?;
+            let wd = CudaTensor::from_f32(gpu, &[9, 3, 3, 3], &random_vec(rng, 9 * 27, 0.4), dtype)?;
+            let (x, w) = (xd.to_f32_vec(gpu)?, wd.to_f32_vec(gpu)?);
+            let mut want = vec![0.0; 2 * 9 * ho * wo];
+            conv2d_cpu(&x, &w, None, &s, false, false, &mut want);
+            let mut yd = CudaTensor::empty(gpu, &[2, 9, ho, wo], dtype)?;
+            yd.poison(gpu)?;
+            conv2d_cuda(gpu, &xd, &wd, None, &s, false, None, &mut yd)?;
+            let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
+            let g = gpu.clone();
+            Ok(CheckRun { max_rel_err: err, launch: Box::new(move || conv2d_cuda(&g, &xd, &wd, None, &s, false, None, &mut yd)), cublas: None })
+        }));
+    }
+    // (B, H, W, p): ViT-B/16 and B/32 at 224, B/16 at 256 (TagCLIP's crops), an odd grid.
+    for &(b, h, w, p) in &[(8usize, 224usize, 224usize, 16usize), (8, 224, 224, 32), (8, 256, 256, 16), (3, 48, 80, 16)] {
+        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+            let rows = b * (h / p) * (w / p);
+            let bytes = (2 * b * 3 * h * w * dtype.size_in_bytes()) as f64;
+            checks.push(GpuCheck::new("patchify", format!("B={b} {h}x{w} p={p}"), dtype, Work::Bytes(bytes), move |gpu, rng| {
+                let xd = CudaTensor::from_f32(gpu, &[b, 3, h, w], &random_vec(rng, b * 3 * h * w, 2.0), dtype)?;
+                let x = xd.to_f32_vec(gpu)?;
+                let mut want = vec![0.0; rows * 3 * p * p];
+                patchify_cpu(&x, b, 3, h, w, p, &mut want);
+                let mut cols = CudaTensor::empty(gpu, &[rows, 3 * p * p], dtype)?;
+                cols.poison(gpu)?;
+                patchify_cuda(gpu, &xd, p, &mut cols)?;
+                let err = max_rel_err(&cols.to_f32_vec(gpu)?, &want);
+                let g = gpu.clone();
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || patchify_cuda(&g, &xd, p, &mut cols)), cublas: None })
+            }));
+        }
+    }
+    checks
 }
 
 #[cfg(test)]
@@ -178,6 +409,48 @@ mod tests {
             }
         }
         y
+    }
+
+    #[test]
+    fn patchify_is_the_patch_embedding_im2col() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let (b, c_in, h, w, p, c) = (2usize, 3usize, 8usize, 12usize, 4usize, 5usize);
+        let x: Vec<f32> = (0..b * c_in * h * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let weight: Vec<f32> = (0..c * c_in * p * p).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let (gh, gw) = (h / p, w / p);
+        let kk = c_in * p * p;
+        let mut cols = vec![f32::NAN; b * gh * gw * kk];
+        patchify_cpu(&x, b, c_in, h, w, p, &mut cols);
+        // The definition: row (b, py, px), column (ci, ky, kx).
+        for bi in 0..b {
+            for py in 0..gh {
+                for px in 0..gw {
+                    for ci in 0..c_in {
+                        for ky in 0..p {
+                            for kx in 0..p {
+                                let row = (bi * gh + py) * gw + px;
+                                let got = cols[row * kk + (ci * p + ky) * p + kx];
+                                assert_eq!(got, x[((bi * c_in + ci) * h + py * p + ky) * w + px * p + kx]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // cols @ weight^T is the patch embedding, i.e. the stride-p convolution.
+        let mut tokens = vec![f32::NAN; b * gh * gw * c];
+        patch_embed_cpu(&x, b, c_in, h, w, &weight, p, &mut tokens);
+        let s = Conv2dShape { batch: b, c_in, h, w, c_out: c, kernel: p, stride: p, pad: 0 };
+        let conv = conv_naive(&x, &weight, &vec![0.0; c], &s, false);
+        for bi in 0..b {
+            for pi in 0..gh * gw {
+                for co in 0..c {
+                    let want = conv[(bi * c + co) * gh * gw + pi];
+                    let got = tokens[(bi * gh * gw + pi) * c + co];
+                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{got} vs {want}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! Bilinear resizing of a (C, H, W) grid, as torch.nn.functional.interpolate(mode="bilinear",
 //! antialias=False): used for positional grids at input sizes other than the native one.
 
+use cudarc::driver::LaunchConfig;
+
+use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
+use crate::error::{Error, Result};
+
 /// A positional table (1 + g*g, C) (the class/mean position, then a g x g grid) for a
 /// gh x gw grid: the first row as is, the grid resized bilinearly (align_corners = false) as
 /// TagCLIP's ViT and CCD's attention pool do.
@@ -26,6 +32,61 @@ pub fn resize_positional_grid(table: &[f32], c: usize, g: usize, gh: usize, gw: 
         }
     }
     out
+}
+
+/// CUDA launcher: kernels/interpolate.cu, as `resize_positional_grid`. table (1 + g*g, C) f32;
+/// out (1 + gh*gw, C) in any float dtype (f32 to feed `vit_tokens_cuda` / `attnpool_tokens_cuda`,
+/// which take the positional table in f32). At gh = gw = g the result is an exact copy.
+pub fn resize_positional_grid_cuda(gpu: &Gpu, table: &CudaTensor, g: usize, gh: usize, gw: usize, out: &mut CudaTensor) -> Result<()> {
+    let ts = table.shape();
+    let c = if ts.len() == 2 { ts[1] } else { 0 };
+    if ts != [1 + g * g, c] || out.shape() != [1 + gh * gw, c] || g == 0 || gh == 0 || gw == 0 {
+        return Err(Error::Shape(format!(
+            "resize_positional_grid_cuda: table {ts:?} for g = {g} (1 + g*g, C), out {:?} for {gh}x{gw} (1 + gh*gw, C)",
+            out.shape()
+        )));
+    }
+    table.expect_dtype(CudaDType::F32, "resize_positional_grid_cuda table")?;
+    if !out.dtype().is_float() {
+        return Err(Error::Device(format!("resize_positional_grid_cuda: out is {:?}; expected a float dtype", out.dtype())));
+    }
+    let total = out.numel();
+    if total == 0 {
+        return Ok(());
+    }
+    to_i32(total, "resize_positional_grid_cuda outputs")?;
+    let cfg = LaunchConfig::for_num_elems(total as u32);
+    let name = format!("resize_positional_grid_{}", out.dtype().suffix());
+    gpu.launch(
+        "interpolate",
+        &name,
+        cfg,
+        &[table.arg(gpu), out.arg(gpu), to_i32(c, "C")?, to_i32(g, "g")?, to_i32(gh, "gh")?, to_i32(gw, "gw")?],
+    )
+}
+
+/// Kernel checks: ViT-B/16's 14x14 grid to 16x16 (256 px) and to a non-square 20x12, ViT-B/32's
+/// 7x7 to 14x14, RN50's attention-pool 7x7 to 9x9 (C = 2048), the same size (a copy), a
+/// downscale, every output dtype.
+pub fn gpu_checks() -> Vec<GpuCheck> {
+    let mut checks = Vec::new();
+    for &(c, g, gh, gw) in &[(768usize, 14usize, 16usize, 16usize), (768, 14, 20, 12), (768, 7, 14, 14), (2048, 7, 9, 9), (768, 14, 14, 14), (37, 9, 4, 5)] {
+        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+            let bytes = ((1 + g * g) * c * 4 + (1 + gh * gw) * c * dtype.size_in_bytes()) as f64;
+            checks.push(GpuCheck::new("resize_positional_grid", format!("C={c} {g}x{g} -> {gh}x{gw}"), dtype, Work::Bytes(bytes), move |gpu, rng| {
+                let table = random_vec(rng, (1 + g * g) * c, 1.0);
+                let want = resize_positional_grid(&table, c, g, gh, gw);
+                let td = CudaTensor::from_f32(gpu, &[1 + g * g, c], &table, CudaDType::F32)?;
+                let mut od = CudaTensor::empty(gpu, &[1 + gh * gw, c], dtype)?;
+                od.poison(gpu)?;
+                resize_positional_grid_cuda(gpu, &td, g, gh, gw, &mut od)?;
+                let err = max_rel_err(&od.to_f32_vec(gpu)?, &want);
+                let gp = gpu.clone();
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || resize_positional_grid_cuda(&gp, &td, g, gh, gw, &mut od)), cublas: None })
+            }));
+        }
+    }
+    checks
 }
 
 /// y (C, ho, wo) from x (C, h, w).

@@ -12,6 +12,7 @@ pub mod cam_head;
 pub mod contours;
 pub mod conv2d;
 pub mod conv2d_backward;
+pub mod crop_resize;
 pub mod gap;
 pub mod interpolate;
 pub mod layernorm;
@@ -22,6 +23,7 @@ pub mod relu;
 pub mod residual;
 pub mod similarity;
 pub mod softmax;
+pub mod tokens;
 
 use crate::device::Device;
 use crate::error::{Error, Result};

@@ -3,6 +3,11 @@
 
 use rayon::prelude::*;
 
+use cudarc::driver::LaunchConfig;
+
+use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
+use crate::error::{Error, Result};
 use crate::ops::matmul::linear_cpu;
 use crate::ops::softmax::softmax_row;
 
@@ -25,6 +30,134 @@ pub fn avg_pool2d_cpu(x: &[f32], bc: usize, h: usize, w: usize, k: usize, y: &mu
     let _ = bc;
 }
 
+/// tokens (B, 1 + HW, C) of an attention pool, before its projections: the mean token, then the
+/// grid channels-last, plus the positional embedding pos (1 + HW, C). x (B, C, HW).
+pub fn attnpool_tokens_cpu(x: &[f32], b: usize, c: usize, hw: usize, pos: &[f32], tokens: &mut [f32]) {
+    let t = hw + 1;
+    tokens[..b * t * c].par_chunks_mut(t * c).enumerate().for_each(|(bi, tk)| {
+        let xb = &x[bi * c * hw..(bi + 1) * c * hw];
+        for ci in 0..c {
+            let plane = &xb[ci * hw..(ci + 1) * hw];
+            tk[ci] = plane.iter().sum::<f32>() / hw as f32;
+            for (p, &v) in plane.iter().enumerate() {
+                tk[(p + 1) * c + ci] = v;
+            }
+        }
+        for (v, pv) in tk.iter_mut().zip(pos) {
+            *v += pv;
+        }
+    });
+}
+
+/// CUDA launcher: kernels/pool.cu `avg_pool2d`. x (B, C, H, W) -> y (B, C, H/k, W/k), one
+/// float dtype, as `avg_pool2d_cpu` (floor mode: trailing rows/columns that do not fill a window
+/// are dropped).
+pub fn avg_pool2d_cuda(gpu: &Gpu, x: &CudaTensor, k: usize, y: &mut CudaTensor) -> Result<()> {
+    let xs = x.shape();
+    if xs.len() != 4 || k == 0 || y.shape() != [xs[0], xs[1], xs[2] / k, xs[3] / k] {
+        return Err(Error::Shape(format!("avg_pool2d_cuda: x {xs:?}, k = {k}, y {:?}", y.shape())));
+    }
+    if !x.dtype().is_float() {
+        return Err(Error::Device(format!("avg_pool2d_cuda: x is {:?}; expected a float dtype", x.dtype())));
+    }
+    y.expect_dtype(x.dtype(), "avg_pool2d_cuda output")?;
+    let total = y.numel();
+    if total == 0 {
+        return Ok(());
+    }
+    let threads = 256u32;
+    let blocks = u32::try_from(total.div_ceil(threads as usize))
+        .map_err(|_| Error::Shape(format!("avg_pool2d_cuda: {total} outputs are too many for one launch")))?;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+    let name = format!("avg_pool2d_{}", x.dtype().suffix());
+    gpu.launch(
+        "pool",
+        &name,
+        cfg,
+        &[x.arg(gpu), y.arg(gpu), KArg::I64(total as i64), to_i32(xs[2], "H")?, to_i32(xs[3], "W")?, to_i32(k, "k")?],
+    )
+}
+
+/// CUDA launcher: kernels/pool.cu `attnpool_tokens`, as `attnpool_tokens_cpu`.
+/// x (B, C, H, W) in a float dtype, pos (1 + H*W, C) f32, tokens (B, 1 + H*W, C) in x's dtype.
+pub fn attnpool_tokens_cuda(gpu: &Gpu, x: &CudaTensor, pos: &CudaTensor, tokens: &mut CudaTensor) -> Result<()> {
+    let xs = x.shape();
+    let ok = xs.len() == 4 && xs[2] * xs[3] > 0;
+    let (b, c, hw) = if ok { (xs[0], xs[1], xs[2] * xs[3]) } else { (0, 0, 0) };
+    if !ok || pos.shape() != [hw + 1, c] || tokens.shape() != [b, hw + 1, c] {
+        return Err(Error::Shape(format!(
+            "attnpool_tokens_cuda: x {xs:?} (B, C, H, W), pos {:?} (1 + HW, C), tokens {:?} (B, 1 + HW, C)",
+            pos.shape(),
+            tokens.shape()
+        )));
+    }
+    if !x.dtype().is_float() {
+        return Err(Error::Device(format!("attnpool_tokens_cuda: x is {:?}; expected a float dtype", x.dtype())));
+    }
+    pos.expect_dtype(CudaDType::F32, "attnpool_tokens_cuda pos")?;
+    tokens.expect_dtype(x.dtype(), "attnpool_tokens_cuda tokens")?;
+    if b == 0 || c == 0 {
+        return Ok(());
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (c.div_ceil(32) as u32, u32::try_from(b).map_err(|_| Error::Shape(format!("attnpool_tokens_cuda: B = {b}")))?, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    let name = format!("attnpool_tokens_{}", x.dtype().suffix());
+    gpu.launch("pool", &name, cfg, &[x.arg(gpu), pos.arg(gpu), tokens.arg(gpu), to_i32(c, "C")?, to_i32(hw, "HW")?])
+}
+
+/// Kernel checks: ModifiedResNet-50's average pools at 224 batch 8 (stem, layer2..4 entries),
+/// its attention-pool tokens (7x7 and 14x14 grids, C = 2048) and odd shapes; every dtype.
+/// Inputs are rounded to the dtype before the CPU reference.
+pub fn gpu_checks() -> Vec<GpuCheck> {
+    let mut checks = Vec::new();
+    // (B, C, H, W, k)
+    for &(b, c, h, w, k) in &[(8usize, 64usize, 112usize, 112usize, 2usize), (8, 256, 56, 56, 2), (8, 1024, 14, 14, 2), (3, 5, 11, 9, 2), (2, 3, 10, 7, 3)] {
+        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+            let (ho, wo) = (h / k, w / k);
+            let bytes = ((b * c * (h * w + ho * wo)) * dtype.size_in_bytes()) as f64;
+            checks.push(GpuCheck::new("avg_pool2d", format!("B={b} C={c} {h}x{w} k={k}"), dtype, Work::Bytes(bytes), move |gpu, rng| {
+                let xd = CudaTensor::from_f32(gpu, &[b, c, h, w], &random_vec(rng, b * c * h * w, 2.0), dtype)?;
+                let x = xd.to_f32_vec(gpu)?;
+                let mut want = vec![0.0; b * c * ho * wo];
+                avg_pool2d_cpu(&x, b * c, h, w, k, &mut want);
+                let mut yd = CudaTensor::empty(gpu, &[b, c, ho, wo], dtype)?;
+                yd.poison(gpu)?;
+                avg_pool2d_cuda(gpu, &xd, k, &mut yd)?;
+                let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
+                let g = gpu.clone();
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || avg_pool2d_cuda(&g, &xd, k, &mut yd)), cublas: None })
+            }));
+        }
+    }
+    // (B, C, H, W)
+    for &(b, c, h, w) in &[(8usize, 2048usize, 7usize, 7usize), (8, 2048, 14, 14), (3, 37, 5, 9), (2, 70, 6, 6)] {
+        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+            let hw = h * w;
+            let bytes = ((b * c * hw + b * (hw + 1) * c) * dtype.size_in_bytes() + (hw + 1) * c * 4) as f64;
+            checks.push(GpuCheck::new("attnpool_tokens", format!("B={b} C={c} {h}x{w}"), dtype, Work::Bytes(bytes), move |gpu, rng| {
+                // Offset inputs: the mean token must not be swamped by the positional term.
+                let xv: Vec<f32> = random_vec(rng, b * c * hw, 1.0).iter().map(|v| v + 0.5).collect();
+                let xd = CudaTensor::from_f32(gpu, &[b, c, h, w], &xv, dtype)?;
+                let pos = random_vec(rng, (hw + 1) * c, 0.5);
+                let pd = CudaTensor::from_f32(gpu, &[hw + 1, c], &pos, CudaDType::F32)?;
+                let x = xd.to_f32_vec(gpu)?;
+                let mut want = vec![0.0; b * (hw + 1) * c];
+                attnpool_tokens_cpu(&x, b, c, hw, &pos, &mut want);
+                let mut td = CudaTensor::empty(gpu, &[b, hw + 1, c], dtype)?;
+                td.poison(gpu)?;
+                attnpool_tokens_cuda(gpu, &xd, &pd, &mut td)?;
+                let err = max_rel_err(&td.to_f32_vec(gpu)?, &want);
+                let g = gpu.clone();
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || attnpool_tokens_cuda(&g, &xd, &pd, &mut td)), cublas: None })
+            }));
+        }
+    }
+    checks
+}
+
 /// The weights of an attention pool.
 pub struct AttnPoolWeights<'a> {
     /// (HW + 1, C): row 0 for the mean token.
@@ -44,21 +177,8 @@ pub struct AttnPoolWeights<'a> {
 /// out (B, D_out) = attention pool of x (B, C, HW) (NCHW features, flattened spatially).
 pub fn attention_pool2d_cpu(x: &[f32], b: usize, c: usize, hw: usize, wt: &AttnPoolWeights, out: &mut [f32]) {
     let t = hw + 1;
-    // tokens (B, T, C): the mean token then the grid, plus the positional embedding.
     let mut tokens = vec![0.0f32; b * t * c];
-    tokens.par_chunks_mut(t * c).enumerate().for_each(|(bi, tk)| {
-        let xb = &x[bi * c * hw..(bi + 1) * c * hw];
-        for ci in 0..c {
-            let plane = &xb[ci * hw..(ci + 1) * hw];
-            tk[ci] = plane.iter().sum::<f32>() / hw as f32;
-            for (p, &v) in plane.iter().enumerate() {
-                tk[(p + 1) * c + ci] = v;
-            }
-        }
-        for (v, pv) in tk.iter_mut().zip(wt.pos) {
-            *v += pv;
-        }
-    });
+    attnpool_tokens_cpu(x, b, c, hw, wt.pos, &mut tokens);
     let mut k = vec![0.0f32; b * t * c];
     let mut v = vec![0.0f32; b * t * c];
     linear_cpu(&tokens, wt.k_w, Some(wt.k_b), &mut k, c, false);
@@ -104,5 +224,24 @@ mod tests {
         assert_eq!(y[0], 3.5);
         // plane 1, window (1,2): 24 + {16, 17, 22, 23}
         assert_eq!(y[11], 24.0 + 19.5);
+    }
+
+    #[test]
+    fn attnpool_tokens_are_mean_then_grid_plus_pos() {
+        let (b, c, hw) = (2usize, 3usize, 4usize);
+        let x: Vec<f32> = (0..b * c * hw).map(|i| i as f32 * 0.25 - 2.0).collect();
+        let pos: Vec<f32> = (0..(hw + 1) * c).map(|i| i as f32 * 0.1).collect();
+        let mut t = vec![f32::NAN; b * (hw + 1) * c];
+        attnpool_tokens_cpu(&x, b, c, hw, &pos, &mut t);
+        for bi in 0..b {
+            for ci in 0..c {
+                let plane = &x[(bi * c + ci) * hw..][..hw];
+                let mean = plane.iter().sum::<f32>() / hw as f32;
+                assert!((t[bi * (hw + 1) * c + ci] - (mean + pos[ci])).abs() < 1e-6);
+                for p in 0..hw {
+                    assert_eq!(t[(bi * (hw + 1) + 1 + p) * c + ci], plane[p] + pos[(1 + p) * c + ci]);
+                }
+            }
+        }
     }
 }

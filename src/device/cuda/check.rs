@@ -79,6 +79,11 @@ pub fn all_checks() -> Vec<GpuCheck> {
         crate::ops::relu::gpu_checks(),
         crate::ops::residual::gpu_checks(),
         crate::train::adam::gpu_checks(),
+        crate::ops::conv2d::gpu_checks(),
+        crate::ops::pool::gpu_checks(),
+        crate::ops::tokens::gpu_checks(),
+        crate::ops::interpolate::gpu_checks(),
+        crate::ops::crop_resize::gpu_checks(),
     ];
     groups.into_iter().flatten().collect()
 }
