@@ -67,7 +67,10 @@ impl GpuCheck {
 
 /// Every kernel check of the build, in table order.
 pub fn all_checks() -> Vec<GpuCheck> {
-    let groups: Vec<Vec<GpuCheck>> = vec![crate::ops::layernorm::gpu_checks()];
+    let groups: Vec<Vec<GpuCheck>> = vec![
+        crate::ops::layernorm::gpu_checks(),
+        crate::ops::attention::gpu_checks(),
+    ];
     groups.into_iter().flatten().collect()
 }
 
