@@ -6,6 +6,11 @@
 
 use rayon::prelude::*;
 
+use cudarc::driver::LaunchConfig;
+
+use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
+use crate::error::{Error, Result};
 use crate::ops::matmul::{gemm_cpu, MatRef};
 use crate::ops::softmax::softmax_row;
 use crate::ops::SendPtr;
@@ -145,6 +150,230 @@ pub fn attention_forward_cpu(
             });
         }
     }
+}
+
+/// Device masks, all optional: shared (T, T) f32 added to every sample's and head's scores;
+/// cls_row (B, T) f32 added to query row 0 of sample b; causal excludes key j > query i.
+#[derive(Clone, Copy, Default)]
+pub struct CudaAttnMask<'a> {
+    pub shared: Option<&'a CudaTensor>,
+    pub cls_row: Option<&'a CudaTensor>,
+    pub causal: bool,
+}
+
+/// Head dims with an attention_flash instantiation in kernels/attention.cu (every CLIP
+/// encoder uses 64).
+const FLASH_HEAD_DIMS: [usize; 2] = [32, 64];
+/// Queries per attention_flash block (ATTN_BQ) and the (i, j) tile of attention_probs
+/// (PROBS_TILE) in kernels/attention.cu.
+const FLASH_QUERIES_PER_BLOCK: usize = 64;
+const PROBS_TILE: usize = 64;
+
+/// CUDA launcher: kernels/attention.cu. qkv (B, T, 3C) packed [q | k | v] (heads split C; head
+/// dim C/heads, 32 or 64), out (B, T, C) in qkv's float dtype; probs (B, T, T) f32 = softmax
+/// averaged over heads, masked or unmasked per `record`, exactly as `attention_forward_cpu`
+/// (written only when `probs` is given and `record` is not None).
+///
+/// attention_flash computes `out` (and, for probs, each row's log-sum-exp into a (B, H, T)
+/// scratch buffer); attention_probs then recomputes q.k per (b, i, j) over heads.
+pub fn attention_cuda(
+    gpu: &Gpu,
+    qkv: &CudaTensor,
+    heads: usize,
+    mask: &CudaAttnMask,
+    record: ProbsRecord,
+    out: &mut CudaTensor,
+    probs: Option<&mut CudaTensor>,
+) -> Result<()> {
+    let shape_err = |why: &str| {
+        Error::Shape(format!(
+            "attention_cuda: {why} (qkv {:?}, heads {heads}, out {:?})",
+            qkv.shape(),
+            out.shape()
+        ))
+    };
+    let &[b, t, c3] = qkv.shape() else {
+        return Err(shape_err("qkv must be (B, T, 3C)"));
+    };
+    if b == 0 || t == 0 || c3 == 0 || c3 % 3 != 0 || heads == 0 || (c3 / 3) % heads != 0 {
+        return Err(shape_err("3C must be a positive multiple of 3 * heads"));
+    }
+    let c = c3 / 3;
+    let dh = c / heads;
+    if !FLASH_HEAD_DIMS.contains(&dh) {
+        return Err(shape_err(&format!("head dim {dh} has no kernel (supported: {FLASH_HEAD_DIMS:?})")));
+    }
+    if out.shape() != [b, t, c] {
+        return Err(shape_err("out must be (B, T, C)"));
+    }
+    if !qkv.dtype().is_float() {
+        return Err(Error::Device(format!("attention_cuda: qkv must be a float tensor, found {:?}", qkv.dtype())));
+    }
+    out.expect_dtype(qkv.dtype(), "attention_cuda out")?;
+    if let Some(m) = mask.shared {
+        if m.shape() != [t, t] {
+            return Err(shape_err(&format!("shared mask {:?} must be (T, T)", m.shape())));
+        }
+        m.expect_dtype(CudaDType::F32, "attention_cuda shared mask")?;
+    }
+    if let Some(m) = mask.cls_row {
+        if m.shape() != [b, t] {
+            return Err(shape_err(&format!("cls_row mask {:?} must be (B, T)", m.shape())));
+        }
+        m.expect_dtype(CudaDType::F32, "attention_cuda cls_row mask")?;
+    }
+    let probs = probs.filter(|_| record != ProbsRecord::None);
+    if let Some(p) = &probs {
+        if p.shape() != [b, t, t] {
+            return Err(shape_err(&format!("probs {:?} must be (B, T, T)", p.shape())));
+        }
+        p.expect_dtype(CudaDType::F32, "attention_cuda probs")?;
+    }
+    let (grid_heads, grid_b) = (u32::try_from(heads), u32::try_from(b));
+    let (Ok(grid_heads), Ok(grid_b)) = (grid_heads, grid_b) else {
+        return Err(shape_err("too many heads or samples for one launch"));
+    };
+    if grid_heads > 65535 || grid_b > 65535 {
+        return Err(shape_err("heads and B must each be at most 65535 (grid y / z)"));
+    }
+    let opt_arg = |m: Option<&CudaTensor>| m.map_or(KArg::Ptr(0), |m| m.arg(gpu));
+    let (n_tok, h_arg, causal) = (to_i32(t, "T")?, to_i32(heads, "heads")?, KArg::I32(mask.causal as i32));
+    let scale = 1.0 / (dh as f32).sqrt();
+    // lse_mode of attention_flash: 0 none, 1 masked, 2 unmasked (LSE_* in the kernel).
+    let (lse, lse_mode) = match (&probs, record) {
+        (Some(_), ProbsRecord::Masked) => (Some(CudaTensor::empty(gpu, &[b, heads, t], CudaDType::F32)?), 1),
+        (Some(_), ProbsRecord::Unmasked) => (Some(CudaTensor::empty(gpu, &[b, heads, t], CudaDType::F32)?), 2),
+        _ => (None, 0),
+    };
+    let sfx = qkv.dtype().suffix();
+    let q_tiles = t.div_ceil(FLASH_QUERIES_PER_BLOCK) as u32;
+    let cfg = LaunchConfig {
+        grid_dim: (q_tiles, grid_heads, grid_b),
+        block_dim: (FLASH_QUERIES_PER_BLOCK as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    gpu.launch(
+        "attention",
+        &format!("attention_flash_d{dh}_{sfx}"),
+        cfg,
+        &[
+            qkv.arg(gpu),
+            opt_arg(mask.shared),
+            opt_arg(mask.cls_row),
+            causal,
+            out.arg(gpu),
+            opt_arg(lse.as_ref()),
+            KArg::I32(lse_mode),
+            n_tok,
+            h_arg,
+            scale.into(),
+        ],
+    )?;
+    let (Some(p), Some(lse)) = (probs, lse.as_ref()) else {
+        return Ok(());
+    };
+    let tiles = t.div_ceil(PROBS_TILE) as u32;
+    let cfg = LaunchConfig { grid_dim: (tiles, tiles, grid_b), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    gpu.launch(
+        "attention",
+        &format!("attention_probs_{sfx}"),
+        cfg,
+        &[
+            qkv.arg(gpu),
+            lse.arg(gpu),
+            opt_arg(mask.shared),
+            opt_arg(mask.cls_row),
+            causal,
+            KArg::I32((record == ProbsRecord::Masked) as i32),
+            p.arg(gpu),
+            n_tok,
+            h_arg,
+            to_i32(dh, "head dim")?,
+            scale.into(),
+        ],
+    )
+}
+
+/// Which masks a check applies.
+#[derive(Clone, Copy, Debug)]
+enum CheckMask {
+    None,
+    Causal,
+    /// TagCLIP's last patch-pass layer: 0 on the diagonal, -100 elsewhere.
+    Diagonal,
+    /// TagCLIP's crops: CLS row 0 or -1000 per key.
+    ClsRow,
+    /// A random shared mask, a CLS row and causal at once.
+    All,
+}
+
+/// Kernel checks (see device::cuda::check): CLIP ViT-B/16 and B/32, the text encoder (causal),
+/// TagCLIP's masked layers at native resolution, odd sizes and head dim 32; every dtype.
+pub fn gpu_checks() -> Vec<GpuCheck> {
+    use CheckMask as M;
+    use ProbsRecord as R;
+    let cases: [(usize, usize, usize, usize, CheckMask, ProbsRecord); 10] = [
+        (8, 197, 768, 12, M::None, R::None),
+        (8, 197, 768, 12, M::None, R::Unmasked),
+        (8, 50, 768, 12, M::None, R::None),
+        (4, 77, 512, 8, M::Causal, R::None),
+        (4, 77, 512, 8, M::Causal, R::Masked),
+        (2, 1201, 768, 12, M::Diagonal, R::Unmasked),
+        (3, 50, 768, 12, M::ClsRow, R::Masked),
+        (2, 33, 128, 2, M::All, R::Masked),
+        (2, 33, 128, 2, M::All, R::Unmasked),
+        (3, 70, 96, 3, M::All, R::Masked),
+    ];
+    let mut checks = Vec::new();
+    for (b, t, c, heads, kind, record) in cases {
+        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+            let probs_flops = if record == R::None { 0.0 } else { 2.0 };
+            let flops = (4.0 + probs_flops) * (b * t * t * c) as f64;
+            let op = if record == R::None { "attention_forward" } else { "attention_forward_probs" };
+            let shape = format!("B={b} T={t} C={c} heads={heads} mask={kind:?} probs={record:?}");
+            checks.push(GpuCheck::new(op, shape, dtype, Work::Flops(flops), move |gpu, rng| {
+                let qkv = random_vec(rng, b * t * 3 * c, 1.0);
+                let qkv_d = CudaTensor::from_f32(gpu, &[b, t, 3 * c], &qkv, dtype)?;
+                // The reference sees the inputs as rounded to the dtype: the check measures the kernel.
+                let qkv = qkv_d.to_f32_vec(gpu)?;
+                let shared: Option<Vec<f32>> = match kind {
+                    M::Diagonal => Some((0..t * t).map(|k| if k % (t + 1) == 0 { 0.0 } else { -100.0 }).collect()),
+                    M::All => Some(random_vec(rng, t * t, 3.0)),
+                    _ => None,
+                };
+                let cls_row: Option<Vec<f32>> = match kind {
+                    M::ClsRow | M::All => Some((0..b * t).map(|k| if k % 3 == 1 { -1000.0 } else { 0.0 }).collect()),
+                    _ => None,
+                };
+                let causal = matches!(kind, M::Causal | M::All);
+                let mask = AttnMask { shared: shared.as_deref(), cls_row: cls_row.as_deref(), causal };
+                let mut want_out = vec![0.0; b * t * c];
+                let mut want_probs = vec![0.0; b * t * t];
+                let want_p = (record != R::None).then_some(&mut want_probs[..]);
+                attention_forward_cpu(&qkv, b, t, c, heads, &mask, record, &mut want_out, want_p);
+
+                let shared_d = shared.map(|m| CudaTensor::from_f32(gpu, &[t, t], &m, CudaDType::F32)).transpose()?;
+                let cls_d = cls_row.map(|m| CudaTensor::from_f32(gpu, &[b, t], &m, CudaDType::F32)).transpose()?;
+                let mut out_d = CudaTensor::empty(gpu, &[b, t, c], dtype)?;
+                let mut probs_d = CudaTensor::empty(gpu, &[b, t, t], CudaDType::F32)?;
+                out_d.poison(gpu)?;
+                probs_d.poison(gpu)?;
+                let mask_d = CudaAttnMask { shared: shared_d.as_ref(), cls_row: cls_d.as_ref(), causal };
+                attention_cuda(gpu, &qkv_d, heads, &mask_d, record, &mut out_d, Some(&mut probs_d))?;
+                let mut err = max_rel_err(&out_d.to_f32_vec(gpu)?, &want_out);
+                if record != R::None {
+                    err = err.max(max_rel_err(&probs_d.to_f32_vec(gpu)?, &want_probs));
+                }
+                let g = gpu.clone();
+                let launch = move || {
+                    let mask_d = CudaAttnMask { shared: shared_d.as_ref(), cls_row: cls_d.as_ref(), causal };
+                    attention_cuda(&g, &qkv_d, heads, &mask_d, record, &mut out_d, Some(&mut probs_d))
+                };
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
+            }));
+        }
+    }
+    checks
 }
 
 #[cfg(test)]

@@ -84,6 +84,7 @@ pub fn all_checks() -> Vec<GpuCheck> {
         crate::ops::tokens::gpu_checks(),
         crate::ops::interpolate::gpu_checks(),
         crate::ops::crop_resize::gpu_checks(),
+        crate::ops::attention::gpu_checks(),
     ];
     groups.into_iter().flatten().collect()
 }
