@@ -30,6 +30,12 @@ struct Cli {
     /// CPU threads (0 = all cores)
     #[arg(long, global = true, default_value_t = 0)]
     threads: usize,
+    /// Element type of activations and weights on CUDA: f32, bf16 or f16 (the CPU path is f32)
+    #[arg(long, global = true, default_value = "f32")]
+    dtype: String,
+    /// GEMM of the CUDA linear layers: native (labelfree's kernels) or cublas (reference)
+    #[arg(long, global = true, default_value = "native")]
+    gemm: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -169,6 +175,9 @@ enum Command {
         size: Option<usize>,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Batch sizes on CUDA (comma-separated; --batch is the CPU's)
+        #[arg(long, default_value = "1,8,32,64,128,256,512")]
+        batches: String,
         /// Write the results as JSON here
         #[arg(long)]
         json: Option<PathBuf>,
@@ -224,6 +233,20 @@ fn build_model(m: &ModelArgs) -> Result<ClipModel> {
             Ok(model)
         }
     }
+}
+
+/// With `--device cuda`, loads the image tower onto the GPU (text stays on the CPU: it is
+/// encoded once per class list).
+fn attach_device(model: &mut ClipModel, dev: Device, m: &ModelArgs, dtype: &str, gemm: &str) -> Result<()> {
+    if let Device::Cuda(n) = dev {
+        let gpu = labelfree::device::cuda::Gpu::new(n)?.with_gemm(gemm.parse()?);
+        if m.weights.is_none() {
+            eprintln!("note: the random model's CUDA image tower is its own random draw (not the CPU tower's weights)");
+        }
+        model.attach_cuda(&gpu, m.weights.as_deref(), dtype.parse()?).context("loading the image tower onto the GPU")?;
+        eprintln!("device: {} ({dtype}, {gemm} GEMM)", gpu.name);
+    }
+    Ok(())
 }
 
 fn check_device(d: &str) -> Result<Device> {
@@ -324,9 +347,21 @@ fn json_path(json: &Option<PathBuf>, out: &Path) -> PathBuf {
 fn run(cli: Cli) -> Result<()> {
     device::set_cpu_threads(cli.threads);
     let dev = check_device(&cli.device)?;
+    let (cli_dtype, cli_gemm) = (cli.dtype.clone(), cli.gemm.clone());
+    cli_dtype.parse::<labelfree::device::cuda::CudaDType>()?;
+    cli_gemm.parse::<labelfree::device::cuda::GemmBackend>()?;
+    if let Device::Cuda(_) = dev {
+        if !matches!(cli.command, Command::Bench { .. } | Command::GpuCheck { .. } | Command::Embed { .. } | Command::Zeroshot { .. } | Command::Tagclip(_)) {
+            bail!(
+                "--device cuda: this command has no CUDA path yet (embed, zeroshot, tagclip, bench and gpu-check have one); \
+                 use --device cpu"
+            );
+        }
+    }
     match cli.command {
         Command::Embed { model: m, images, size, batch, normalize, out, json } => {
-            let model = build_model(&m)?;
+            let mut model = build_model(&m)?;
+            attach_device(&mut model, dev, &m, &cli_dtype, &cli_gemm)?;
             let transform = clip_transform(&model, size)?;
             let paths = labelfree::data::images::list_images(&images);
             if paths.is_empty() {
@@ -360,7 +395,8 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 let ds = load_dataset(&data, &classes_file)?;
                 let style: ClassNames = names.parse()?;
-                let model = build_model(&m)?;
+                let mut model = build_model(&m)?;
+            attach_device(&mut model, dev, &m, &cli_dtype, &cli_gemm)?;
                 let transform = clip_transform(&model, size)?;
                 let templates = templates_for(&template, ensemble);
                 let prompt_names = ds.class_names(style);
@@ -408,7 +444,8 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let class_list = read_classes(&classes, &classes_file)?;
-            let model = build_model(&m)?;
+            let mut model = build_model(&m)?;
+            attach_device(&mut model, dev, &m, &cli_dtype, &cli_gemm)?;
             let transform = clip_transform(&model, size)?;
             let tok = ClipTokenizer::new()?;
             let templates = templates_for(&template, ensemble);
@@ -478,7 +515,32 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => {
             labelfree::train::run::run(&a.to_run())?;
         }
-        Command::Bench { archs, batch, size, runs, json } => {
+        Command::Bench { archs, size, runs, json, batches, .. } if matches!(dev, Device::Cuda(_)) => {
+            use labelfree::device::cuda::{CudaDType, GemmBackend, Gpu};
+            let Device::Cuda(ordinal) = dev else { unreachable!() };
+            let dtype: CudaDType = cli_dtype.parse()?;
+            let gemm: GemmBackend = cli_gemm.parse()?;
+            let gpu = Gpu::new(ordinal)?.with_gemm(gemm);
+            let batches: Vec<usize> = batches
+                .split(',')
+                .map(|s| s.trim().parse::<usize>().with_context(|| format!("--batches: `{s}` is not a number")))
+                .collect::<Result<_>>()?;
+            println!("{:<10} {:>6} {:>5} {:>6} {:>8} {:>10} {:>10} {:>8}", "arch", "dtype", "batch", "size", "gemm", "ms/batch", "images/s", "TFLOP/s");
+            let mut all = Vec::new();
+            for arch in archs.split(',') {
+                for r in labelfree::bench::cuda_encoder_throughput(&gpu, arch.trim(), &batches, size, dtype, runs.max(5))? {
+                    println!(
+                        "{:<10} {:>6} {:>5} {:>6} {:>8} {:>10.3} {:>10.1} {:>8.1}",
+                        r.arch, r.dtype, r.batch, r.size, r.gemm, r.median_ms, r.images_per_s, r.tflops
+                    );
+                    all.push(r);
+                }
+            }
+            if let Some(j) = json {
+                write_atomic(&j, serde_json::to_string_pretty(&all)?.as_bytes())?;
+            }
+        }
+        Command::Bench { archs, batch, size, runs, json, .. } => {
             println!("{:<10} {:>5} {:>5} {:>7} {:>10} {:>10}", "arch", "batch", "size", "threads", "s/batch", "images/s");
             let mut all = Vec::new();
             for arch in archs.split(',') {
@@ -490,14 +552,14 @@ fn run(cli: Cli) -> Result<()> {
                 write_atomic(&j, serde_json::to_string_pretty(&all)?.as_bytes())?;
             }
         }
-        Command::Tagclip(a) => labelfree::methods::tagclip::cli::run_cli(a, dev)?,
+        Command::Tagclip(a) => labelfree::methods::tagclip::cli::run_cli(a, dev, &cli_dtype, &cli_gemm)?,
         Command::GpuCheck { bench, filter, runs, json } => {
             use labelfree::device::cuda::{check, Gpu, NVCC_VERSION};
             let ordinal = match dev {
                 Device::Cuda(n) => n,
                 Device::Cpu => 0,
             };
-            let gpu = Gpu::new(ordinal)?;
+            let gpu = Gpu::new(ordinal)?.with_gemm(cli_gemm.parse()?);
             let (major, minor) = gpu.compute_capability;
             eprintln!("device    {} (sm_{major}{minor}), kernels from {NVCC_VERSION}", gpu.name);
             let checks = check::all_checks();

@@ -13,6 +13,7 @@ pub mod contours;
 pub mod conv2d;
 pub mod conv2d_backward;
 pub mod crop_resize;
+pub mod embedding;
 pub mod gap;
 pub mod interpolate;
 pub mod layernorm;

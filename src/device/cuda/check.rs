@@ -85,6 +85,10 @@ pub fn all_checks() -> Vec<GpuCheck> {
         crate::ops::interpolate::gpu_checks(),
         crate::ops::crop_resize::gpu_checks(),
         crate::ops::attention::gpu_checks(),
+        crate::ops::embedding::gpu_checks(),
+        crate::models::clip::vit_cuda::gpu_checks(),
+        crate::models::clip::resnet_cuda::gpu_checks(),
+        crate::models::clip::text_cuda::gpu_checks(),
     ];
     groups.into_iter().flatten().collect()
 }

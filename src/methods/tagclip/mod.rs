@@ -253,6 +253,14 @@ pub fn pos_table(vit: &VisionTransformer, gh: usize, gw: usize, opts: &TagclipOp
 }
 
 /// Runs TagCLIP on images that all have the same size (a batch of the patch pass).
+/// One ViT pass on the model's GPU tower when it has one (`ClipModel::attach_cuda`), else on the CPU.
+fn vit_forward(model: &ClipModel, vit: &VisionTransformer, pixels: &Tensor, req: &VitRequest) -> Result<crate::models::clip::vit::VitOutput> {
+    match &model.cuda_visual {
+        Some(crate::models::clip::CudaVisual::Vit(cv)) => cv.forward_request(pixels, req),
+        _ => vit.forward(pixels, req),
+    }
+}
+
 pub fn run_batch(model: &ClipModel, images: &[&Prepared], text: &ClassText, opts: &TagclipOptions) -> Result<Vec<ImageResult>> {
     let vit = vit_of(model)?;
     if images.is_empty() {
@@ -282,7 +290,7 @@ pub fn run_batch(model: &ClipModel, images: &[&Prepared], text: &ClassText, opts
     masks[layers - 1] = AttnMask { shared: Some(&diag), ..Default::default() };
     let pos = pos_table(vit, gh, gw, opts)?;
     let req = VitRequest { tokens: true, attn_probs: true, probs_before_mask: true, masks, pos_table: pos.as_deref() };
-    let out = vit.forward(&Tensor::from_f32(&[b, 3, h, w], pixels)?, &req)?;
+    let out = vit_forward(model, vit, &Tensor::from_f32(&[b, 3, h, w], pixels)?, &req)?;
     let tokens = out.tokens.ok_or_else(|| Error::Shape("ViT returned no tokens".into()))?;
     let tokens = tokens.f32s()?;
     let attn: Vec<&[f32]> = out.attn.iter().map(|a| a.f32s()).collect::<Result<_>>()?;
@@ -329,7 +337,7 @@ pub fn run_batch(model: &ClipModel, images: &[&Prepared], text: &ClassText, opts
         }
         let masks = vec![AttnMask { cls_row: Some(&rows), ..Default::default() }; layers];
         let req = VitRequest { masks, ..Default::default() };
-        let pooled = vit.forward(&Tensor::from_f32(&[nb, 3, size, size], px)?, &req)?.pooled;
+        let pooled = vit_forward(model, vit, &Tensor::from_f32(&[nb, 3, size, size], px)?, &req)?.pooled;
         for (&(bi, _), f) in chunk.iter().zip(pooled.f32s()?.chunks_exact(d)) {
             features[bi].extend_from_slice(f);
         }

@@ -3,10 +3,14 @@
 pub mod config;
 pub mod prompts;
 pub mod resnet;
+pub mod resnet_cuda;
 pub mod text;
+pub mod text_cuda;
 pub mod tokenizer;
 pub mod transformer;
+pub mod transformer_cuda;
 pub mod vit;
+pub mod vit_cuda;
 pub mod weights;
 
 use std::path::Path;
@@ -41,6 +45,23 @@ pub struct ClipModel {
     pub random: bool,
     /// Where the activation came from, for the run report.
     pub act_source: String,
+    /// The image tower on a GPU (`attach_cuda`): `encode_image` then runs there.
+    pub cuda_visual: Option<CudaVisual>,
+}
+
+/// An image tower on the GPU, with the dtype it computes in.
+pub enum CudaVisual {
+    Vit(vit_cuda::CudaVit),
+    ResNet(resnet_cuda::CudaModifiedResNet),
+}
+
+impl CudaVisual {
+    pub fn forward(&self, pixels: &crate::device::cuda::CudaTensor) -> Result<crate::device::cuda::CudaTensor> {
+        match self {
+            CudaVisual::Vit(v) => v.forward(pixels),
+            CudaVisual::ResNet(r) => r.forward(pixels),
+        }
+    }
 }
 
 /// The activation of a checkpoint: an explicit choice, else the file's metadata, else a
@@ -120,7 +141,7 @@ impl ClipModel {
             (1.0f32 / 0.07).ln()
         };
         params.finish()?;
-        Ok(ClipModel { config, arch, visual, text, logit_scale, random: false, act_source })
+        Ok(ClipModel { config, arch, visual, text, logit_scale, random: false, act_source, cuda_visual: None })
     }
 
     /// A random-weight model of a named open_clip architecture (for demos and benchmarks).
@@ -149,6 +170,7 @@ impl ClipModel {
             logit_scale: (100.0f32).ln(),
             random: true,
             act_source: "the configuration".into(),
+            cuda_visual: None,
         }
     }
 
@@ -165,8 +187,32 @@ impl ClipModel {
         }
     }
 
+    /// Loads the image tower onto `gpu` in `dtype` (from `weights`, the file this model was
+    /// loaded from; without one, from random weights of the same architecture — a random model's
+    /// CUDA tower is a different draw from its CPU tower). `encode_image` then runs on the GPU.
+    pub fn attach_cuda(&mut self, gpu: &std::sync::Arc<crate::device::cuda::Gpu>, weights: Option<&Path>, dtype: crate::device::cuda::CudaDType) -> Result<()> {
+        let mut p = match (weights, &self.config.vision) {
+            (Some(w), _) => Params::load(w)?,
+            (None, VisionConfig::Vit(c)) => vit_cuda::random_vit_params(c, 0)?,
+            (None, VisionConfig::ResNet(c)) => resnet_cuda::random_resnet_params(c, 0)?,
+        };
+        self.cuda_visual = Some(match &self.config.vision {
+            VisionConfig::Vit(c) => CudaVisual::Vit(vit_cuda::CudaVit::load(gpu, &mut p, c, self.config.act, dtype)?),
+            VisionConfig::ResNet(c) => CudaVisual::ResNet(resnet_cuda::CudaModifiedResNet::load(gpu, &mut p, c, dtype)?),
+        });
+        Ok(())
+    }
+
     /// pixels (B, 3, H, W) -> (B, D), unnormalised (open_clip's encode_image).
     pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
+        if let Some(cv) = &self.cuda_visual {
+            let (gpu, dtype) = match cv {
+                CudaVisual::Vit(v) => (v.gpu().clone(), v.dtype),
+                CudaVisual::ResNet(r) => (r.gpu().clone(), r.dtype),
+            };
+            let x = crate::device::cuda::CudaTensor::from_tensor(&gpu, pixels, dtype)?;
+            return cv.forward(&x)?.to_tensor(&gpu);
+        }
         match &self.visual {
             VisionEncoder::Vit(v) => Ok(v.forward(pixels, &VitRequest::default())?.pooled),
             VisionEncoder::ResNet(r) => Ok(r.forward(pixels, false)?.pooled),

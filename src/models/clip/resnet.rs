@@ -14,6 +14,26 @@ use crate::tensor::Tensor;
 
 const BN_EPS: f32 = 1e-5;
 
+/// Takes conv `conv` (c_out, c_in, k, k) and batch norm `bn` and folds the norm into the conv:
+/// w' = w * g / sqrt(v + eps), b' = beta - m * g / sqrt(v + eps). Shared by the CPU and CUDA encoders.
+pub(crate) fn load_conv_bn_folded(p: &mut Params, conv: &str, bn: &str, c_in: usize, c_out: usize, k: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let mut w = p.take(&format!("{conv}.weight"), &[c_out, c_in, k, k])?;
+    let gamma = p.take(&format!("{bn}.weight"), &[c_out])?;
+    let beta = p.take(&format!("{bn}.bias"), &[c_out])?;
+    let mean = p.take(&format!("{bn}.running_mean"), &[c_out])?;
+    let var = p.take(&format!("{bn}.running_var"), &[c_out])?;
+    let per = c_in * k * k;
+    let mut b = vec![0.0f32; c_out];
+    for co in 0..c_out {
+        let s = gamma[co] / (var[co] + BN_EPS).sqrt();
+        for v in &mut w[co * per..(co + 1) * per] {
+            *v *= s;
+        }
+        b[co] = beta[co] - mean[co] * s;
+    }
+    Ok((w, b))
+}
+
 /// A convolution with its batch norm folded in: w' = w * g / sqrt(v + eps), b' = beta - m * g / sqrt(v + eps).
 struct ConvBn {
     w: Vec<f32>,
@@ -26,20 +46,7 @@ struct ConvBn {
 
 impl ConvBn {
     fn load(p: &mut Params, conv: &str, bn: &str, c_in: usize, c_out: usize, k: usize, stride: usize) -> Result<Self> {
-        let mut w = p.take(&format!("{conv}.weight"), &[c_out, c_in, k, k])?;
-        let gamma = p.take(&format!("{bn}.weight"), &[c_out])?;
-        let beta = p.take(&format!("{bn}.bias"), &[c_out])?;
-        let mean = p.take(&format!("{bn}.running_mean"), &[c_out])?;
-        let var = p.take(&format!("{bn}.running_var"), &[c_out])?;
-        let per = c_in * k * k;
-        let mut b = vec![0.0f32; c_out];
-        for co in 0..c_out {
-            let s = gamma[co] / (var[co] + BN_EPS).sqrt();
-            for v in &mut w[co * per..(co + 1) * per] {
-                *v *= s;
-            }
-            b[co] = beta[co] - mean[co] * s;
-        }
+        let (w, b) = load_conv_bn_folded(p, conv, bn, c_in, c_out, k)?;
         Ok(ConvBn { w, b, c_in, c_out, k, stride })
     }
 
@@ -131,7 +138,7 @@ pub struct ResNetOutput {
 }
 
 /// The (planes, stride) of every block, in order, with its input channels.
-fn block_plan(cfg: &ResNetConfig) -> Vec<Vec<(usize, usize, usize)>> {
+pub(crate) fn block_plan(cfg: &ResNetConfig) -> Vec<Vec<(usize, usize, usize)>> {
     let mut inplanes = cfg.width;
     let mut plan = Vec::new();
     for (s, &n) in cfg.layers.iter().enumerate() {

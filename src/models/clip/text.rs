@@ -10,6 +10,7 @@ use crate::models::clip::vit::transpose;
 use crate::models::clip::weights::Params;
 use crate::ops::activation::Activation;
 use crate::ops::attention::AttnMask;
+use crate::ops::embedding::token_embedding_cpu;
 use crate::ops::layernorm::layer_norm_cpu;
 use crate::ops::matmul::linear_cpu;
 use crate::tensor::{Storage, Tensor};
@@ -53,44 +54,16 @@ impl TextEncoder {
 
     /// tokens (B, context) i32 ids -> (B, D) unnormalised text features.
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
-        let ids: &[i32] = match tokens.storage() {
-            Storage::I32(v) => v,
-            _ => return Err(Error::Shape("text tokens must be i32".into())),
-        };
-        let (b, t) = match tokens.shape() {
-            [b, t] => (*b, *t),
-            s => return Err(Error::Shape(format!("text tokens must be (B, T); got {s:?}"))),
-        };
-        if t > self.cfg.context {
-            return Err(Error::Shape(format!("{t} tokens for a context of {}", self.cfg.context)));
-        }
+        let (ids, b, t) = text_ids(tokens, self.cfg.context)?;
         let (w, d) = (self.cfg.width, self.cfg.output_dim);
         let mut x = vec![0.0f32; b * t * w];
-        for (i, &id) in ids.iter().enumerate() {
-            if id < 0 || id as usize >= self.cfg.vocab {
-                return Err(Error::Tokenizer(format!("token id {id} outside the vocabulary of {}", self.cfg.vocab)));
-            }
-            let pos = i % t;
-            let dst = &mut x[i * w..(i + 1) * w];
-            let emb = &self.token_emb[id as usize * w..(id as usize + 1) * w];
-            let pe = &self.pos_emb[pos * w..(pos + 1) * w];
-            for k in 0..w {
-                dst[k] = emb[k] + pe[k];
-            }
-        }
+        token_embedding_cpu(ids, t, &self.token_emb, &self.pos_emb, w, &mut x)?;
         let causal = AttnMask { causal: true, ..Default::default() };
         let req = LayerRequests { masks: vec![causal; self.cfg.layers], ..Default::default() };
         self.transformer.forward(&mut x, b, t, &req);
         // Pool at the end token: the first position of the largest id (torch.argmax's rule).
         let mut pooled_in = vec![0.0f32; b * w];
-        for bi in 0..b {
-            let row = &ids[bi * t..(bi + 1) * t];
-            let mut best = 0;
-            for (j, &v) in row.iter().enumerate() {
-                if v > row[best] {
-                    best = j;
-                }
-            }
+        for (bi, best) in end_token_positions(ids, t).into_iter().enumerate() {
             pooled_in[bi * w..(bi + 1) * w].copy_from_slice(&x[(bi * t + best) * w..(bi * t + best + 1) * w]);
         }
         let mut normed = vec![0.0f32; b * w];
@@ -99,4 +72,35 @@ impl TextEncoder {
         linear_cpu(&normed, &self.proj_t, None, &mut out, w, false);
         Tensor::from_f32(&[b, d], out)
     }
+}
+
+/// The ids of a (B, T) i32 token tensor with B and T, checked against the context length.
+pub(crate) fn text_ids(tokens: &Tensor, context: usize) -> Result<(&[i32], usize, usize)> {
+    let ids: &[i32] = match tokens.storage() {
+        Storage::I32(v) => v,
+        _ => return Err(Error::Shape("text tokens must be i32".into())),
+    };
+    let (b, t) = match tokens.shape() {
+        [b, t] => (*b, *t),
+        s => return Err(Error::Shape(format!("text tokens must be (B, T); got {s:?}"))),
+    };
+    if t > context {
+        return Err(Error::Shape(format!("{t} tokens for a context of {context}")));
+    }
+    Ok((ids, b, t))
+}
+
+/// Per row of `t` ids, the first position of the largest id: the end token (torch.argmax's rule).
+pub(crate) fn end_token_positions(ids: &[i32], t: usize) -> Vec<usize> {
+    ids.chunks_exact(t.max(1))
+        .map(|row| {
+            let mut best = 0;
+            for (j, &v) in row.iter().enumerate() {
+                if v > row[best] {
+                    best = j;
+                }
+            }
+            best
+        })
+        .collect()
 }

@@ -1,0 +1,330 @@
+//! CLIP's ModifiedResNet image encoder on the GPU: the pass of `resnet.rs` through the CUDA
+//! launchers (implicit-GEMM convolutions with folded batch norm, fused bias / residual / ReLU,
+//! anti-aliased average pooling, and the attention pool as token building + one packed qkv
+//! GEMM + the fused attention kernel + the output projection of the mean token).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use rand::{Rng, SeedableRng};
+
+use crate::device::cuda::{CudaDType, CudaTensor, Gpu};
+use crate::error::{Error, Result};
+use crate::models::clip::config::ResNetConfig;
+use crate::models::clip::resnet::{block_plan, load_conv_bn_folded, ModifiedResNet};
+use crate::models::clip::weights::Params;
+use crate::ops::attention::{attention_cuda, CudaAttnMask, ProbsRecord};
+use crate::ops::conv2d::{conv2d_cuda, Conv2dShape};
+use crate::ops::interpolate::resize_positional_grid;
+use crate::ops::matmul::{linear_cuda, Epilogue};
+use crate::ops::pool::{attnpool_tokens_cuda, avg_pool2d_cuda};
+use crate::ops::tokens::gather_rows_cuda;
+use crate::tensor::Tensor;
+
+/// A convolution with its batch norm folded in, on the device.
+struct CudaConvBn {
+    w: CudaTensor, // (C_out, C_in, k, k)
+    b: CudaTensor, // (C_out,) f32
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+}
+
+impl CudaConvBn {
+    #[allow(clippy::too_many_arguments)]
+    fn load(gpu: &Gpu, p: &mut Params, conv: &str, bn: &str, c_in: usize, c_out: usize, k: usize, stride: usize, dtype: CudaDType) -> Result<Self> {
+        let (w, b) = load_conv_bn_folded(p, conv, bn, c_in, c_out, k)?;
+        Ok(CudaConvBn {
+            w: CudaTensor::from_f32(gpu, &[c_out, c_in, k, k], &w, dtype)?,
+            b: CudaTensor::from_f32(gpu, &[c_out], &b, CudaDType::F32)?,
+            c_in,
+            c_out,
+            k,
+            stride,
+        })
+    }
+
+    fn shape(&self, b: usize, h: usize, w: usize) -> Conv2dShape {
+        Conv2dShape { batch: b, c_in: self.c_in, h, w, c_out: self.c_out, kernel: self.k, stride: self.stride, pad: self.k / 2 }
+    }
+
+    /// x (B, C_in, H, W) -> relu?(conv(x) + b + residual), (B, C_out, H', W').
+    fn forward(&self, gpu: &Gpu, x: &CudaTensor, relu: bool, residual: Option<&CudaTensor>) -> Result<CudaTensor> {
+        let (b, h, w) = (x.dim(0), x.dim(2), x.dim(3));
+        let s = self.shape(b, h, w);
+        let (ho, wo) = s.out_hw();
+        let mut y = CudaTensor::empty(gpu, &[b, self.c_out, ho, wo], x.dtype())?;
+        conv2d_cuda(gpu, x, &self.w, Some(&self.b), &s, relu, residual, &mut y)?;
+        Ok(y)
+    }
+}
+
+fn avg_pool(gpu: &Gpu, x: CudaTensor, k: usize) -> Result<CudaTensor> {
+    if k == 1 {
+        return Ok(x);
+    }
+    let (b, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    let mut y = CudaTensor::empty(gpu, &[b, c, h / k, w / k], x.dtype())?;
+    avg_pool2d_cuda(gpu, &x, k, &mut y)?;
+    Ok(y)
+}
+
+struct CudaBottleneck {
+    conv1: CudaConvBn,
+    conv2: CudaConvBn,
+    conv3: CudaConvBn,
+    stride: usize,
+    downsample: Option<CudaConvBn>,
+}
+
+pub struct CudaModifiedResNet {
+    pub cfg: ResNetConfig,
+    pub dtype: CudaDType,
+    gpu: Arc<Gpu>,
+    stem: [CudaConvBn; 3],
+    stages: Vec<Vec<CudaBottleneck>>,
+    pool_pos: Vec<f32>,
+    pos_cache: Mutex<HashMap<(usize, usize), Arc<CudaTensor>>>,
+    /// (3C, C): q, k and v projections stacked, so the pool's projections are one GEMM.
+    qkv_w: CudaTensor,
+    qkv_b: CudaTensor,
+    c_w: CudaTensor, // (D, C)
+    c_b: CudaTensor,
+}
+
+/// The tensor names and shapes of a ModifiedResNet image tower (OpenAI / open_clip names).
+pub fn resnet_param_shapes(cfg: &ResNetConfig) -> Vec<(String, Vec<usize>)> {
+    let mut v: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut conv_bn = |conv: &str, bn: &str, c_in: usize, c_out: usize, k: usize| {
+        v.push((format!("{conv}.weight"), vec![c_out, c_in, k, k]));
+        for s in ["weight", "bias", "running_mean", "running_var"] {
+            v.push((format!("{bn}.{s}"), vec![c_out]));
+        }
+    };
+    let w = cfg.width;
+    conv_bn("visual.conv1", "visual.bn1", 3, w / 2, 3);
+    conv_bn("visual.conv2", "visual.bn2", w / 2, w / 2, 3);
+    conv_bn("visual.conv3", "visual.bn3", w / 2, w, 3);
+    for (s, stage) in block_plan(cfg).into_iter().enumerate() {
+        for (i, (inplanes, planes, stride)) in stage.into_iter().enumerate() {
+            let pre = format!("visual.layer{}.{}", s + 1, i);
+            conv_bn(&format!("{pre}.conv1"), &format!("{pre}.bn1"), inplanes, planes, 1);
+            conv_bn(&format!("{pre}.conv2"), &format!("{pre}.bn2"), planes, planes, 3);
+            conv_bn(&format!("{pre}.conv3"), &format!("{pre}.bn3"), planes, planes * 4, 1);
+            if stride > 1 || inplanes != planes * 4 {
+                conv_bn(&format!("{pre}.downsample.0"), &format!("{pre}.downsample.1"), inplanes, planes * 4, 1);
+            }
+        }
+    }
+    let c = ModifiedResNet::embed_dim(cfg);
+    let a = "visual.attnpool";
+    v.push((format!("{a}.positional_embedding"), vec![cfg.grid * cfg.grid + 1, c]));
+    for n in ["q", "k", "v"] {
+        v.push((format!("{a}.{n}_proj.weight"), vec![c, c]));
+        v.push((format!("{a}.{n}_proj.bias"), vec![c]));
+    }
+    v.push((format!("{a}.c_proj.weight"), vec![cfg.output_dim, c]));
+    v.push((format!("{a}.c_proj.bias"), vec![cfg.output_dim]));
+    v
+}
+
+/// Random ModifiedResNet weights as `Params`, with non-trivial batch-norm statistics (so the
+/// folding is exercised) and activations that stay O(1) through the stages.
+pub fn random_resnet_params(cfg: &ResNetConfig, seed: u64) -> Result<Params> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut map = BTreeMap::new();
+    for (name, shape) in resnet_param_shapes(cfg) {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = if name.ends_with("running_var") {
+            (0..n).map(|_| rng.gen_range(0.5..1.5)).collect()
+        } else if name.ends_with("running_mean") || name.ends_with("bias") {
+            (0..n).map(|_| rng.gen_range(-0.1..0.1)).collect()
+        } else if shape.len() == 1 {
+            // batch-norm gamma: small, so residual sums do not grow stage after stage
+            (0..n).map(|_| rng.gen_range(0.2..0.5)).collect()
+        } else {
+            let fan_in: usize = shape[1..].iter().product();
+            Tensor::randn(&shape, (1.0 / fan_in.max(1) as f32).sqrt(), &mut rng).into_f32_vec()?
+        };
+        map.insert(name, Tensor::from_f32(&shape, data)?);
+    }
+    Params::from_map(map, HashMap::new())
+}
+
+impl CudaModifiedResNet {
+    pub fn load(gpu: &Arc<Gpu>, p: &mut Params, cfg: &ResNetConfig, dtype: CudaDType) -> Result<Self> {
+        if !dtype.is_float() {
+            return Err(Error::Device(format!("CUDA ModifiedResNet: dtype {dtype:?} is not a float type")));
+        }
+        let w = cfg.width;
+        let g = &**gpu;
+        let stem = [
+            CudaConvBn::load(g, p, "visual.conv1", "visual.bn1", 3, w / 2, 3, 2, dtype)?,
+            CudaConvBn::load(g, p, "visual.conv2", "visual.bn2", w / 2, w / 2, 3, 1, dtype)?,
+            CudaConvBn::load(g, p, "visual.conv3", "visual.bn3", w / 2, w, 3, 1, dtype)?,
+        ];
+        let mut stages = Vec::new();
+        for (s, stage) in block_plan(cfg).into_iter().enumerate() {
+            let mut blocks = Vec::new();
+            for (i, (inplanes, planes, stride)) in stage.into_iter().enumerate() {
+                let pre = format!("visual.layer{}.{}", s + 1, i);
+                let downsample = if stride > 1 || inplanes != planes * 4 {
+                    Some(CudaConvBn::load(g, p, &format!("{pre}.downsample.0"), &format!("{pre}.downsample.1"), inplanes, planes * 4, 1, 1, dtype)?)
+                } else {
+                    None
+                };
+                blocks.push(CudaBottleneck {
+                    conv1: CudaConvBn::load(g, p, &format!("{pre}.conv1"), &format!("{pre}.bn1"), inplanes, planes, 1, 1, dtype)?,
+                    conv2: CudaConvBn::load(g, p, &format!("{pre}.conv2"), &format!("{pre}.bn2"), planes, planes, 3, 1, dtype)?,
+                    conv3: CudaConvBn::load(g, p, &format!("{pre}.conv3"), &format!("{pre}.bn3"), planes, planes * 4, 1, 1, dtype)?,
+                    stride,
+                    downsample,
+                });
+            }
+            stages.push(blocks);
+        }
+        let c = ModifiedResNet::embed_dim(cfg);
+        let d = cfg.output_dim;
+        let a = "visual.attnpool";
+        let pool_pos = p.take(&format!("{a}.positional_embedding"), &[cfg.grid * cfg.grid + 1, c])?;
+        let mut qkv_w = Vec::with_capacity(3 * c * c);
+        let mut qkv_b = Vec::with_capacity(3 * c);
+        for n in ["q", "k", "v"] {
+            qkv_w.extend(p.take(&format!("{a}.{n}_proj.weight"), &[c, c])?);
+            qkv_b.extend(p.take(&format!("{a}.{n}_proj.bias"), &[c])?);
+        }
+        Ok(CudaModifiedResNet {
+            cfg: cfg.clone(),
+            dtype,
+            gpu: gpu.clone(),
+            stem,
+            stages,
+            pool_pos,
+            pos_cache: Mutex::new(HashMap::new()),
+            qkv_w: CudaTensor::from_f32(g, &[3 * c, c], &qkv_w, dtype)?,
+            qkv_b: CudaTensor::from_f32(g, &[3 * c], &qkv_b, CudaDType::F32)?,
+            c_w: CudaTensor::from_f32(g, &[d, c], &p.take(&format!("{a}.c_proj.weight"), &[d, c])?, dtype)?,
+            c_b: CudaTensor::from_f32(g, &[d], &p.take(&format!("{a}.c_proj.bias"), &[d])?, CudaDType::F32)?,
+        })
+    }
+
+    fn positional(&self, h: usize, w: usize) -> Result<Arc<CudaTensor>> {
+        let mut cache = self.pos_cache.lock().map_err(|_| Error::Internal("positional cache poisoned".into()))?;
+        if let Some(t) = cache.get(&(h, w)) {
+            return Ok(t.clone());
+        }
+        let c = ModifiedResNet::embed_dim(&self.cfg);
+        let table = resize_positional_grid(&self.pool_pos, c, self.cfg.grid, h, w);
+        let t = Arc::new(CudaTensor::from_f32(&self.gpu, &[h * w + 1, c], &table, CudaDType::F32)?);
+        cache.insert((h, w), t.clone());
+        Ok(t)
+    }
+
+    /// FLOPs of one image at h x w (2 per multiply-add; convolutions and the attention pool,
+    /// as the model profiles of open_clip count them).
+    pub fn flops_per_image(&self, h: usize, w: usize) -> f64 {
+        let conv = |c_in: usize, c_out: usize, k: usize, ho: usize, wo: usize| 2.0 * (c_in * c_out * k * k * ho * wo) as f64;
+        let (mut hh, mut ww) = (h / 2, w / 2);
+        let wd = self.cfg.width;
+        let mut f = conv(3, wd / 2, 3, hh, ww) + conv(wd / 2, wd / 2, 3, hh, ww) + conv(wd / 2, wd, 3, hh, ww);
+        hh /= 2;
+        ww /= 2;
+        for stage in block_plan(&self.cfg) {
+            for (inplanes, planes, stride) in stage {
+                f += conv(inplanes, planes, 1, hh, ww) + conv(planes, planes, 3, hh, ww);
+                let (ho, wo) = (hh / stride, ww / stride);
+                f += conv(planes, planes * 4, 1, ho, wo);
+                if stride > 1 || inplanes != planes * 4 {
+                    f += conv(inplanes, planes * 4, 1, ho, wo);
+                }
+                hh = ho;
+                ww = wo;
+            }
+        }
+        let c = ModifiedResNet::embed_dim(&self.cfg) as f64;
+        let t = (hh * ww + 1) as f64;
+        f + 2.0 * t * c * 3.0 * c + 4.0 * t * t * c + 2.0 * c * self.cfg.output_dim as f64
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// pixels (B, 3, H, W) in this encoder's dtype, normalised; H, W multiples of 32 -> (B, D).
+    pub fn forward(&self, pixels: &CudaTensor) -> Result<CudaTensor> {
+        let gpu = &*self.gpu;
+        let s = pixels.shape().to_vec();
+        if s.len() != 4 || s[1] != 3 || s[2] % 32 != 0 || s[3] % 32 != 0 || s[2] == 0 || s[3] == 0 {
+            return Err(Error::Shape(format!("ModifiedResNet input must be (B, 3, H, W) with H, W positive multiples of 32; got {s:?}")));
+        }
+        pixels.expect_dtype(self.dtype, "CUDA ModifiedResNet input")?;
+        let x = self.stem[0].forward(gpu, pixels, true, None)?;
+        let x = self.stem[1].forward(gpu, &x, true, None)?;
+        let x = self.stem[2].forward(gpu, &x, true, None)?;
+        let mut x = avg_pool(gpu, x, 2)?;
+        for stage in &self.stages {
+            for blk in stage {
+                let o = blk.conv1.forward(gpu, &x, true, None)?;
+                let o = blk.conv2.forward(gpu, &o, true, None)?;
+                let o = avg_pool(gpu, o, blk.stride)?;
+                let identity = match &blk.downsample {
+                    Some(ds) => {
+                        let xi = avg_pool(gpu, x, blk.stride)?;
+                        ds.forward(gpu, &xi, false, None)?
+                    }
+                    None => x,
+                };
+                x = blk.conv3.forward(gpu, &o, true, Some(&identity))?;
+            }
+        }
+        let (b, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let t = h * w + 1;
+        let pos = self.positional(h, w)?;
+        let mut tokens = CudaTensor::empty(gpu, &[b, t, c], self.dtype)?;
+        attnpool_tokens_cuda(gpu, &x, &pos, &mut tokens)?;
+        drop(x);
+        let mut qkv = CudaTensor::empty(gpu, &[b, t, 3 * c], self.dtype)?;
+        linear_cuda(gpu, &tokens, &self.qkv_w, Some(&self.qkv_b), Epilogue::None, None, &mut qkv)?;
+        let mut attn = CudaTensor::empty(gpu, &[b, t, c], self.dtype)?;
+        let no_mask = CudaAttnMask { shared: None, cls_row: None, causal: false };
+        attention_cuda(gpu, &qkv, self.cfg.heads, &no_mask, ProbsRecord::None, &mut attn, None)?;
+        let index = CudaTensor::from_i32(gpu, &[b], &vec![0i32; b])?;
+        let mut mean_token = CudaTensor::empty(gpu, &[b, c], self.dtype)?;
+        gather_rows_cuda(gpu, &attn, &index, &mut mean_token)?;
+        let mut pooled = CudaTensor::empty(gpu, &[b, self.cfg.output_dim], self.dtype)?;
+        linear_cuda(gpu, &mean_token, &self.c_w, Some(&self.c_b), Epilogue::None, None, &mut pooled)?;
+        Ok(pooled)
+    }
+}
+
+/// Encoder-level checks for gpu-check: the CUDA ModifiedResNet against the CPU one on the same
+/// random weights (a narrow RN50-shaped tower at two sizes, and RN50 at 224).
+pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
+    use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+    let narrow = ResNetConfig { layers: [1, 1, 1, 1], width: 16, heads: 2, grid: 2, output_dim: 32 };
+    let rn50 = ResNetConfig { layers: [3, 4, 6, 3], width: 64, heads: 32, grid: 7, output_dim: 1024 };
+    let mut checks = Vec::new();
+    for (name, cfg, batch, h, w) in [
+        ("narrow RN", narrow.clone(), 3usize, 64usize, 64usize),
+        ("narrow RN", narrow, 2, 64, 96),
+        ("RN50", rn50, 2, 224, 224),
+    ] {
+        for dtype in [CudaDType::F32, CudaDType::BF16] {
+            let cfg = cfg.clone();
+            let flops = batch as f64 * 12.2e9 * ((h * w) as f64 / (224.0 * 224.0));
+            checks.push(GpuCheck::new("resnet_encoder_forward", format!("{name} B={batch} {h}x{w}"), dtype, Work::Flops(flops), move |gpu, rng| {
+                let seed = rng.gen::<u64>();
+                let cpu = ModifiedResNet::load(&mut random_resnet_params(&cfg, seed)?, &cfg)?;
+                let dev = CudaModifiedResNet::load(gpu, &mut random_resnet_params(&cfg, seed)?, &cfg, dtype)?;
+                let pixels = random_vec(rng, batch * 3 * h * w, 2.0);
+                let want = cpu.forward(&Tensor::from_f32(&[batch, 3, h, w], pixels.clone())?, false)?.pooled;
+                let x = CudaTensor::from_f32(gpu, &[batch, 3, h, w], &pixels, dtype)?;
+                let got = dev.forward(&x)?.to_f32_vec(gpu)?;
+                let err = max_rel_err(&got, want.f32s()?);
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || dev.forward(&x).map(|_| ())), cublas: None })
+            }));
+        }
+    }
+    checks
+}

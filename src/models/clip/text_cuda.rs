@@ -1,0 +1,135 @@
+//! CLIP's text encoder on the GPU (`text.rs`'s twin): token + positional embedding, the causal
+//! block stack, ln_final at the end token (the first position of the largest id, torch.argmax's
+//! rule) and the projection.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+
+use crate::device::cuda::{CudaDType, CudaTensor, Gpu};
+use crate::error::Result;
+use crate::models::clip::config::TextConfig;
+use crate::models::clip::text::{end_token_positions, text_ids};
+use crate::models::clip::transformer::LN_EPS;
+use crate::models::clip::transformer_cuda::{block_param_shapes, CudaTransformer};
+use crate::models::clip::vit::transpose;
+use crate::models::clip::weights::Params;
+use crate::ops::activation::Activation;
+use crate::ops::attention::{CudaAttnMask, ProbsRecord};
+use crate::ops::embedding::token_embedding_cuda;
+use crate::ops::layernorm::layer_norm_cuda;
+use crate::ops::matmul::{linear_cuda, Epilogue};
+use crate::ops::tokens::gather_rows_cuda;
+use crate::tensor::{Storage, Tensor};
+
+pub struct CudaTextEncoder {
+    pub cfg: TextConfig,
+    pub dtype: CudaDType,
+    gpu: Arc<Gpu>,
+    token_emb: CudaTensor, // (V, W)
+    pos_emb: CudaTensor,   // (context, W)
+    pub transformer: CudaTransformer,
+    ln_final_w: CudaTensor,
+    ln_final_b: CudaTensor,
+    proj_t: CudaTensor, // (D, W)
+}
+
+/// Random text-tower weights as `Params` (names of `TextEncoder::load`).
+pub fn random_text_params(cfg: &TextConfig, seed: u64) -> Result<Params> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (w, d) = (cfg.width, cfg.output_dim);
+    let mut shapes: Vec<(String, Vec<usize>)> =
+        vec![("token_embedding.weight".into(), vec![cfg.vocab, w]), ("positional_embedding".into(), vec![cfg.context, w])];
+    shapes.extend(block_param_shapes("transformer.resblocks.", w, cfg.layers));
+    shapes.extend([("ln_final.weight".into(), vec![w]), ("ln_final.bias".into(), vec![w]), ("text_projection".into(), vec![w, d])]);
+    let mut map = BTreeMap::new();
+    for (name, shape) in shapes {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = if name.contains("ln_") && name.ends_with("weight") {
+            (0..n).map(|_| rng.gen_range(0.8..1.2)).collect()
+        } else if name.ends_with("bias") {
+            (0..n).map(|_| rng.gen_range(-0.05..0.05)).collect()
+        } else {
+            let std = if name.contains("embedding") { 0.02 } else { (*shape.last().unwrap_or(&1) as f32).powf(-0.5) };
+            Tensor::randn(&shape, std, &mut rng).into_f32_vec()?
+        };
+        map.insert(name, Tensor::from_f32(&shape, data)?);
+    }
+    Params::from_map(map, HashMap::new())
+}
+
+impl CudaTextEncoder {
+    pub fn load(gpu: &Arc<Gpu>, p: &mut Params, cfg: &TextConfig, act: Activation, dtype: CudaDType) -> Result<Self> {
+        let (w, d) = (cfg.width, cfg.output_dim);
+        let token_emb = CudaTensor::from_f32(gpu, &[cfg.vocab, w], &p.take("token_embedding.weight", &[cfg.vocab, w])?, dtype)?;
+        let pos_emb = CudaTensor::from_f32(gpu, &[cfg.context, w], &p.take("positional_embedding", &[cfg.context, w])?, dtype)?;
+        let transformer = CudaTransformer::load(gpu, p, "transformer.resblocks.", w, cfg.layers, cfg.heads, act, dtype)?;
+        let ln_final_w = CudaTensor::from_f32(gpu, &[w], &p.take("ln_final.weight", &[w])?, CudaDType::F32)?;
+        let ln_final_b = CudaTensor::from_f32(gpu, &[w], &p.take("ln_final.bias", &[w])?, CudaDType::F32)?;
+        let proj = p.take("text_projection", &[w, d])?;
+        let proj_t = CudaTensor::from_f32(gpu, &[d, w], &transpose(&proj, w, d), dtype)?;
+        Ok(CudaTextEncoder { cfg: cfg.clone(), dtype, gpu: gpu.clone(), token_emb, pos_emb, transformer, ln_final_w, ln_final_b, proj_t })
+    }
+
+    /// tokens (B, T) i32 ids on the host -> (B, D) unnormalised text features on the device.
+    pub fn forward(&self, tokens: &Tensor) -> Result<CudaTensor> {
+        let gpu = &*self.gpu;
+        let (ids, b, t) = text_ids(tokens, self.cfg.context)?;
+        let (w, d) = (self.cfg.width, self.cfg.output_dim);
+        let ids_dev = CudaTensor::from_i32(gpu, &[b, t], ids)?;
+        let mut x = CudaTensor::empty(gpu, &[b, t, w], self.dtype)?;
+        token_embedding_cuda(gpu, &ids_dev, ids, &self.token_emb, &self.pos_emb, &mut x)?;
+        let causal = CudaAttnMask { shared: None, cls_row: None, causal: true };
+        let masks: Vec<CudaAttnMask> = (0..self.transformer.layers()).map(|_| CudaAttnMask { ..causal }).collect();
+        let (x, _) = self.transformer.forward(x, &masks, ProbsRecord::None)?;
+        let eot: Vec<i32> = end_token_positions(ids, t).into_iter().map(|j| j as i32).collect();
+        let index = CudaTensor::from_i32(gpu, &[b], &eot)?;
+        let mut pooled = CudaTensor::empty(gpu, &[b, w], self.dtype)?;
+        gather_rows_cuda(gpu, &x, &index, &mut pooled)?;
+        let mut normed = CudaTensor::empty(gpu, &[b, w], self.dtype)?;
+        layer_norm_cuda(gpu, &pooled, &self.ln_final_w, &self.ln_final_b, LN_EPS, &mut normed)?;
+        let mut out = CudaTensor::empty(gpu, &[b, d], self.dtype)?;
+        linear_cuda(gpu, &normed, &self.proj_t, None, Epilogue::None, None, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// Encoder-level check for gpu-check: the CUDA text encoder against the CPU one on the same
+/// random weights (a small tower, and CLIP's 12-layer 512-wide tower on 80 prompts).
+pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
+    use crate::device::cuda::check::{max_rel_err, CheckRun, GpuCheck, Work};
+    use crate::models::clip::text::TextEncoder;
+    let small = TextConfig { width: 128, layers: 2, heads: 2, context: 77, vocab: 1000, output_dim: 64 };
+    let clip = TextConfig { width: 512, layers: 12, heads: 8, context: 77, vocab: 49408, output_dim: 512 };
+    let mut checks = Vec::new();
+    for (name, cfg, batch) in [("small text", small, 5usize), ("CLIP text", clip, 80)] {
+        for dtype in [CudaDType::F32, CudaDType::BF16] {
+            let cfg = cfg.clone();
+            let flops = batch as f64 * 5.96e9 * (cfg.width * cfg.width * cfg.layers) as f64 / (512.0 * 512.0 * 12.0);
+            checks.push(GpuCheck::new("text_encoder_forward", format!("{name} B={batch}"), dtype, Work::Flops(flops), move |gpu, rng| {
+                let seed = rng.gen::<u64>();
+                let act = Activation::QuickGelu;
+                let cpu = TextEncoder::load(&mut random_text_params(&cfg, seed)?, &cfg, act)?;
+                let dev = CudaTextEncoder::load(gpu, &mut random_text_params(&cfg, seed)?, &cfg, act, dtype)?;
+                // Prompts of random lengths: start id, words, end id (the largest), padding 0.
+                let t = cfg.context;
+                let mut ids = vec![0i32; batch * t];
+                for row in ids.chunks_exact_mut(t) {
+                    let len = rng.gen_range(3..t);
+                    row[0] = cfg.vocab as i32 - 2;
+                    for v in row[1..len - 1].iter_mut() {
+                        *v = rng.gen_range(1..cfg.vocab as i32 - 2);
+                    }
+                    row[len - 1] = cfg.vocab as i32 - 1;
+                }
+                let tokens = Tensor::new(&[batch, t], Storage::I32(ids))?;
+                let want = cpu.forward(&tokens)?;
+                let got = dev.forward(&tokens)?.to_f32_vec(gpu)?;
+                let err = max_rel_err(&got, want.f32s()?);
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || dev.forward(&tokens).map(|_| ())), cublas: None })
+            }));
+        }
+    }
+    checks
+}

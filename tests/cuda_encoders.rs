@@ -1,0 +1,31 @@
+//! The CUDA encoders' random-weight builders name and shape every tensor exactly as the CPU
+//! loaders expect (so gpu-check's encoder rows compare the same model on both sides). The GPU
+//! comparison itself is in device::cuda::check (rows `vit_encoder_forward`,
+//! `resnet_encoder_forward`), run by tests/cuda_kernels.rs on a GPU machine.
+
+use labelfree::models::clip::config::{ResNetConfig, VitConfig};
+use labelfree::models::clip::resnet::ModifiedResNet;
+use labelfree::models::clip::resnet_cuda::random_resnet_params;
+use labelfree::models::clip::vit::VisionTransformer;
+use labelfree::models::clip::vit_cuda::random_vit_params;
+use labelfree::ops::activation::Activation;
+
+#[test]
+fn random_vit_params_fill_the_cpu_vit_exactly() {
+    let cfg = VitConfig { width: 64, layers: 2, heads: 2, patch: 16, grid: 4, output_dim: 32 };
+    let mut p = random_vit_params(&cfg, 7).unwrap();
+    VisionTransformer::load(&mut p, &cfg, Activation::QuickGelu).unwrap();
+    p.finish().unwrap();
+}
+
+#[test]
+fn random_resnet_params_fill_the_cpu_resnet_exactly() {
+    let cfg = ResNetConfig { layers: [1, 2, 1, 1], width: 16, heads: 2, grid: 2, output_dim: 32 };
+    let mut p = random_resnet_params(&cfg, 7).unwrap();
+    let enc = ModifiedResNet::load(&mut p, &cfg).unwrap();
+    p.finish().unwrap();
+    // Activations stay finite and O(1) through the stages with these statistics.
+    let x = labelfree::tensor::Tensor::randn(&[1, 3, 64, 64], 1.0, &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1));
+    let out = enc.forward(&x, false).unwrap().pooled;
+    assert!(out.f32s().unwrap().iter().all(|v| v.is_finite()));
+}
