@@ -70,6 +70,9 @@ pub fn all_checks() -> Vec<GpuCheck> {
     let groups: Vec<Vec<GpuCheck>> = vec![
         crate::ops::layernorm::gpu_checks(),
         crate::ops::attention::gpu_checks(),
+        crate::ops::softmax::gpu_checks(),
+        crate::ops::activation::gpu_checks(),
+        crate::ops::similarity::gpu_checks(),
     ];
     groups.into_iter().flatten().collect()
 }
