@@ -5,7 +5,9 @@
 //! `F.interpolate(crop, (oh, ow), mode, align_corners=False, antialias=False)` of the cropped
 //! region. Along each axis, output index o samples the source coordinate
 //!
-//!     src = x0 + (o + 0.5) * (x1 - x0) / ow - 0.5
+//! ```text
+//! src = x0 + (o + 0.5) * (x1 - x0) / ow - 0.5
+//! ```
 //!
 //! and the taps are clamped to the box's pixels [first, last] = [floor(x0), ceil(x1) - 1]
 //! (clipped to the image):
