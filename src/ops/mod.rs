@@ -13,6 +13,7 @@ pub mod contours;
 pub mod conv2d;
 pub mod conv2d_backward;
 pub mod gap;
+pub mod gemm_packed;
 pub mod interpolate;
 pub mod layernorm;
 pub mod matmul;
