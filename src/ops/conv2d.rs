@@ -4,7 +4,8 @@
 
 use rayon::prelude::*;
 
-use crate::ops::matmul::{gemm_cpu, MatRef};
+use crate::ops::gemm_packed::{gemm_packed_a_cpu, packed_gemm_available, Bias, Epilogue, PackedA};
+use crate::ops::matmul::{gemm_cpu, LinearWeight, MatRef};
 
 /// Size of one band of the im2col matrix (1 MiB of f32): about an L2 cache.
 const IM2COL_BAND_FLOATS: usize = 1 << 18;
@@ -77,32 +78,12 @@ pub(crate) fn im2col_rows(x: &[f32], s: &Conv2dShape, oy0: usize, oy1: usize, co
 pub fn conv2d_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, relu: bool, accumulate: bool, y: &mut [f32]) {
     let (ho, wo) = s.out_hw();
     let kk = s.c_in * s.kernel * s.kernel;
-    let direct = s.kernel == 1 && s.stride == 1 && s.pad == 0;
-    // Images in parallel when there are enough of them, else threads inside the GEMM.
-    let batch_parallel = s.batch >= rayon::current_num_threads();
-    // im2col a band of output rows at a time, so the column matrix stays in cache while the
-    // GEMM packs it (a whole-image im2col of an early 3x3 layer is several MB).
-    let rows_per_band = (IM2COL_BAND_FLOATS / (kk * wo).max(1)).clamp(1, ho.max(1));
-    let one = |(xb, yb): (&[f32], &mut [f32])| {
-        if direct {
-            // SAFETY: w (C_out x C_in) @ x (C_in x H*W) -> yb (C_out x H*W).
-            unsafe {
-                gemm_cpu(s.c_out, ho * wo, kk, MatRef::row_major(w, kk), MatRef::row_major(xb, ho * wo), yb.as_mut_ptr(), (ho * wo) as isize, accumulate, !batch_parallel);
-            }
-        } else {
-            let mut cols = vec![0.0f32; kk * rows_per_band * wo];
-            let mut oy0 = 0;
-            while oy0 < ho {
-                let oy1 = (oy0 + rows_per_band).min(ho);
-                let n = (oy1 - oy0) * wo;
-                im2col_rows(xb, s, oy0, oy1, &mut cols[..kk * n]);
-                // SAFETY: w (C_out x kk) @ cols (kk x n) -> columns oy0*Wo.. of yb (row stride Ho*Wo).
-                unsafe {
-                    gemm_cpu(s.c_out, n, kk, MatRef::row_major(w, kk), MatRef::row_major(&cols, n), yb.as_mut_ptr().add(oy0 * wo), (ho * wo) as isize, accumulate, !batch_parallel);
-                }
-                oy0 = oy1;
-            }
-        }
+    // SAFETY (gemm): w (C_out x kk) @ b (kk x n, row stride b_rs) -> c (C_out x n, row stride
+    // Ho*Wo), the views `conv2d_bands` hands over.
+    let gemm = |b: *const f32, b_rs: usize, n: usize, c: *mut f32, parallel: bool| unsafe {
+        gemm_cpu(s.c_out, n, kk, MatRef::row_major(w, kk), MatRef { ptr: b, rs: b_rs as isize, cs: 1 }, c, (ho * wo) as isize, accumulate, parallel);
+    };
+    let epilogue = |yb: &mut [f32]| {
         for (co, plane) in yb.chunks_exact_mut(ho * wo).enumerate() {
             let bv = bias.map_or(0.0, |b| b[co]);
             if relu {
@@ -111,6 +92,80 @@ pub fn conv2d_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, r
                 plane.iter_mut().for_each(|v| *v += bv);
             }
         }
+    };
+    conv2d_bands(x, s, y, gemm, epilogue);
+}
+
+/// A convolution's filters (C_out, C_in, k, k) held the way the CPU multiplies fastest:
+/// packed once for the packed GEMM (`ops::gemm_packed`, bias, ReLU and residual fused into
+/// its store) when the CPU has AVX2 and FMA, else as is for `conv2d_cpu`.
+pub enum ConvWeight {
+    Packed(PackedA),
+    Plain(Vec<f32>),
+}
+
+impl ConvWeight {
+    /// w (C_out, C_in * k * k), row-major.
+    pub fn new(w: Vec<f32>, c_out: usize, kk: usize) -> ConvWeight {
+        if packed_gemm_available() {
+            ConvWeight::Packed(PackedA::from_row_major(&w, c_out, kk))
+        } else {
+            ConvWeight::Plain(w)
+        }
+    }
+}
+
+/// `conv2d_cpu` with the filters as a `ConvWeight`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_weight_cpu(x: &[f32], w: &ConvWeight, bias: Option<&[f32]>, s: &Conv2dShape, relu: bool, accumulate: bool, y: &mut [f32]) {
+    let packed = match w {
+        ConvWeight::Plain(w) => return conv2d_cpu(x, w, bias, s, relu, accumulate, y),
+        ConvWeight::Packed(p) => p,
+    };
+    let (ho, wo) = s.out_hw();
+    let ep = Epilogue { bias: bias.map_or(Bias::None, Bias::PerRow), accumulate, relu, act: None };
+    // SAFETY: as in `conv2d_cpu`; c is a fresh view of y, aliasing neither operand.
+    let gemm = |b: *const f32, b_rs: usize, n: usize, c: *mut f32, parallel: bool| unsafe {
+        gemm_packed_a_cpu(packed, n, b, b_rs, c, ho * wo, &ep, parallel);
+    };
+    conv2d_bands(x, s, y, gemm, |_| {});
+}
+
+/// The convolution loop both weight forms share: per image, the GEMM of the filters with the
+/// image (a 1x1 stride-1 convolution) or with its im2col matrix, a band of output rows at a
+/// time; then `epilogue` over the image's output.
+fn conv2d_bands(
+    x: &[f32],
+    s: &Conv2dShape,
+    y: &mut [f32],
+    // (b (kk x n) with row stride b_rs, n, c: output column 0 of the band, parallel)
+    gemm: impl Fn(*const f32, usize, usize, *mut f32, bool) + Sync,
+    epilogue: impl Fn(&mut [f32]) + Sync,
+) {
+    let (ho, wo) = s.out_hw();
+    let kk = s.c_in * s.kernel * s.kernel;
+    let direct = s.kernel == 1 && s.stride == 1 && s.pad == 0;
+    // Images in parallel when there are enough of them, else threads inside the GEMM.
+    let batch_parallel = s.batch >= rayon::current_num_threads();
+    // im2col a band of output rows at a time, so the column matrix stays in cache while the
+    // GEMM packs it (a whole-image im2col of an early 3x3 layer is several MB).
+    let rows_per_band = (IM2COL_BAND_FLOATS / (kk * wo).max(1)).clamp(1, ho.max(1));
+    let one = |(xb, yb): (&[f32], &mut [f32])| {
+        if direct {
+            gemm(xb.as_ptr(), ho * wo, ho * wo, yb.as_mut_ptr(), !batch_parallel);
+        } else {
+            let mut cols = vec![0.0f32; kk * rows_per_band * wo];
+            let mut oy0 = 0;
+            while oy0 < ho {
+                let oy1 = (oy0 + rows_per_band).min(ho);
+                let n = (oy1 - oy0) * wo;
+                im2col_rows(xb, s, oy0, oy1, &mut cols[..kk * n]);
+                // SAFETY: column oy0*Wo of yb starts a band of n columns (row stride Ho*Wo).
+                gemm(cols.as_ptr(), n, n, unsafe { yb.as_mut_ptr().add(oy0 * wo) }, !batch_parallel);
+                oy0 = oy1;
+            }
+        }
+        epilogue(yb);
     };
     let xs = x.chunks_exact(s.c_in * s.h * s.w);
     let ys = y.chunks_exact_mut(s.c_out * ho * wo);
@@ -124,9 +179,23 @@ pub fn conv2d_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, r
 /// tokens (B, gh*gw, C) = patchify(x (B, 3, H, W)) @ w^T, w (C, 3, p, p), no bias.
 /// H and W must be multiples of p (the caller resizes first).
 pub fn patch_embed_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, weight: &[f32], p: usize, out: &mut [f32]) {
+    let kk = c_in * p * p;
+    let patches = patchify_cpu(x, b, c_in, h, w_, p);
+    debug_assert_eq!(out.len(), patches.len() / kk * (weight.len() / kk));
+    crate::ops::matmul::linear_cpu(&patches, weight, None, out, kk, false);
+}
+
+/// `patch_embed_cpu` with the filters as a `LinearWeight` (C, 3 * p * p).
+pub fn patch_embed_weight_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, weight: &LinearWeight, p: usize, out: &mut [f32]) {
+    let patches = patchify_cpu(x, b, c_in, h, w_, p);
+    weight.forward(&patches, out, &Epilogue::default());
+}
+
+/// patches (B * gh * gw, C_in * p * p): every p x p patch of x (B, C_in, H, W) as a row, in
+/// the order of the filters' (C_in, p, p).
+fn patchify_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, p: usize) -> Vec<f32> {
     let (gh, gw) = (h / p, w_ / p);
     let kk = c_in * p * p;
-    let c = weight.len() / kk;
     let n = gh * gw;
     let mut patches = vec![0.0f32; b * n * kk];
     patches.par_chunks_mut(kk).enumerate().for_each(|(idx, dst)| {
@@ -139,8 +208,7 @@ pub fn patch_embed_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, we
             }
         }
     });
-    debug_assert_eq!(out.len(), b * n * c);
-    crate::ops::matmul::linear_cpu(&patches, weight, None, out, kk, false);
+    patches
 }
 
 #[cfg(test)]
@@ -212,6 +280,19 @@ mod tests {
             for ((a, p), r) in y.iter().zip(&plain).zip(&residual) {
                 let b = if relu { (p + r).max(0.0) } else { p + r };
                 assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?} accumulate: {a} vs {b}");
+            }
+            // The same through the weight as the encoders hold it (packed where AVX2 is).
+            let held = ConvWeight::new(wt.clone(), c_out, c_in * kernel * kernel);
+            let mut y = vec![f32::NAN; batch * c_out * ho * wo];
+            conv2d_weight_cpu(&x, &held, Some(&bias), &s, relu, false, &mut y);
+            for (a, b) in y.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?} held weight: {a} vs {b}");
+            }
+            let mut y = residual.clone();
+            conv2d_weight_cpu(&x, &held, Some(&bias), &s, relu, true, &mut y);
+            for ((a, p), r) in y.iter().zip(&plain).zip(&residual) {
+                let b = if relu { (p + r).max(0.0) } else { p + r };
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?} held weight accumulate: {a} vs {b}");
             }
         }
     }
