@@ -564,6 +564,70 @@ fn with_pack_buf<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     r
 }
 
+/// Floats in the packed layout of a K x N right operand (N rounded up to whole panels).
+pub fn packed_b_len(k: usize, n: usize) -> usize {
+    n.div_ceil(NR) * NR * k
+}
+
+/// Where element (p, j) of a K x N right operand lives in its packed layout, so that a
+/// caller that builds B itself (a convolution's im2col) can write it there directly. The
+/// NR - 1 elements after it, up to the end of its panel row (j rounded up to a multiple of
+/// NR), are columns j + 1, ... of the same row.
+#[inline]
+pub fn packed_b_index(k: usize, n: usize, p: usize, j: usize) -> usize {
+    let (kb, jp) = (p / KC, j / NR);
+    block_offset(kb, jp, k, n.div_ceil(NR) * NR, NR) + (p % KC) * NR + j % NR
+}
+
+/// Runs `f` on a scratch buffer of `packed_b_len(k, n)` floats (contents unspecified), kept
+/// per thread between calls: where a caller packs B itself for `gemm_packed_ab_cpu`.
+pub fn with_packed_b_scratch<R>(k: usize, n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    with_pack_buf(packed_b_len(k, n), f)
+}
+
+/// c (M x N, row stride c_rs) = epilogue(w @ B) with B (K x N, K = w's) already packed by the
+/// caller (`packed_b_index`; every element written, the padding columns as 0).
+///
+/// # Safety
+/// `c` must address M x N values with row stride `c_rs`, not aliasing `b_packed`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_packed_ab_cpu(
+    w: &PackedA,
+    n: usize,
+    b_packed: &[f32],
+    c: *mut f32,
+    c_rs: usize,
+    ep: &Epilogue,
+    parallel: bool,
+) {
+    let (m, k) = (w.m, w.k);
+    check_bias(ep, m, n);
+    assert_eq!(
+        b_packed.len(),
+        packed_b_len(k, n),
+        "gemm_packed_ab_cpu: packed B of {} values for ({k}, {n})",
+        b_packed.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let c = COut {
+        ptr: SendPtr(c),
+        rs: c_rs,
+    };
+    run(
+        m,
+        n,
+        k,
+        w.buf.as_slice(),
+        b_packed,
+        c,
+        ep,
+        parallel,
+        pick_kernel(false),
+    );
+}
+
 /// y (rows x N) = epilogue(x (rows x K) @ w^T) with w packed: a linear layer.
 pub fn linear_packed_cpu(x: &[f32], w: &PackedB, ep: &Epilogue, y: &mut [f32]) {
     linear_packed_with(x, w, ep, y, false)
