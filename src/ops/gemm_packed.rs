@@ -168,6 +168,20 @@ unsafe fn pack_block<const W: usize>(
     }
 }
 
+/// A row-major (rows, k) matrix packed into `W`-row panels, in fresh aligned storage.
+fn pack_row_major<const W: usize>(src: &[f32], rows: usize, k: usize, what: &str) -> AlignedBuf {
+    assert_eq!(
+        src.len(),
+        rows * k,
+        "{what}: {} values for ({rows}, {k})",
+        src.len()
+    );
+    let mut buf = AlignedBuf::zeroed(rows.div_ceil(W) * W * k);
+    // SAFETY: src is (rows x k) row-major, checked above.
+    unsafe { pack_panels::<W>(rows, k, src.as_ptr(), k, 1, buf.as_mut_slice()) };
+    buf
+}
+
 /// The right operand B (K x N) of `C = A B`, packed once: a linear layer's weight W (N x K)
 /// seen as W^T.
 pub struct PackedB {
@@ -179,16 +193,12 @@ pub struct PackedB {
 impl PackedB {
     /// From a linear layer's weight w (N, K), row-major: B = w^T.
     pub fn from_linear_weight(w: &[f32], n: usize, k: usize) -> PackedB {
-        assert_eq!(
-            w.len(),
-            n * k,
-            "PackedB::from_linear_weight: {} values for ({n}, {k})",
-            w.len()
-        );
-        let mut buf = AlignedBuf::zeroed(n.div_ceil(NR) * NR * k);
-        // SAFETY: B^T = w is (n x k) row-major, checked above.
-        unsafe { pack_panels::<NR>(n, k, w.as_ptr(), k, 1, buf.as_mut_slice()) };
-        PackedB { k, n, buf }
+        // B^T = w is (n x k) row-major: its rows are B's columns.
+        PackedB {
+            k,
+            n,
+            buf: pack_row_major::<NR>(w, n, k, "PackedB::from_linear_weight"),
+        }
     }
 
     pub fn k(&self) -> usize {
@@ -210,16 +220,11 @@ pub struct PackedA {
 impl PackedA {
     /// From a row-major (M, K) matrix.
     pub fn from_row_major(a: &[f32], m: usize, k: usize) -> PackedA {
-        assert_eq!(
-            a.len(),
-            m * k,
-            "PackedA::from_row_major: {} values for ({m}, {k})",
-            a.len()
-        );
-        let mut buf = AlignedBuf::zeroed(m.div_ceil(MR) * MR * k);
-        // SAFETY: a is (m x k) row-major, checked above.
-        unsafe { pack_panels::<MR>(m, k, a.as_ptr(), k, 1, buf.as_mut_slice()) };
-        PackedA { m, k, buf }
+        PackedA {
+            m,
+            k,
+            buf: pack_row_major::<MR>(a, m, k, "PackedA::from_row_major"),
+        }
     }
 
     pub fn m(&self) -> usize {
@@ -693,28 +698,10 @@ pub unsafe fn gemm_packed_a_cpu(
     ep: &Epilogue,
     parallel: bool,
 ) {
-    let (m, k) = (w.m, w.k);
-    check_bias(ep, m, n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    with_pack_buf(n.div_ceil(NR) * NR * k, |bp| {
+    with_packed_b_scratch(w.k, n, |bp| {
         // B^T is (n x k) with element (j, p) at b[p * b_rs + j].
-        pack_panels::<NR>(n, k, b, 1, b_rs, bp);
-        run(
-            m,
-            n,
-            k,
-            w.buf.as_slice(),
-            bp,
-            COut {
-                ptr: SendPtr(c),
-                rs: c_rs,
-            },
-            ep,
-            parallel,
-            pick_kernel(false),
-        );
+        pack_panels::<NR>(n, w.k, b, 1, b_rs, bp);
+        gemm_packed_ab_cpu(w, n, bp, c, c_rs, ep, parallel);
     });
 }
 
@@ -801,6 +788,15 @@ mod tests {
         );
     }
 
+    fn epilogue(bias: Bias, accumulate: bool, relu: bool, act: Option<Activation>) -> Epilogue {
+        Epilogue {
+            bias,
+            accumulate,
+            relu,
+            act,
+        }
+    }
+
     const SHAPES: &[(usize, usize, usize)] = &[
         (1, 1, 1),
         (1, 16, 7),
@@ -824,32 +820,14 @@ mod tests {
             let bias = rand_vec(n, &mut rng);
             let c0 = rand_vec(m * n, &mut rng);
             let packed = PackedB::from_linear_weight(&w, n, k);
+            let col = Bias::PerColumn(&bias);
             let eps = [
-                Epilogue::default(),
-                Epilogue {
-                    bias: Bias::PerColumn(&bias),
-                    ..Default::default()
-                },
-                Epilogue {
-                    bias: Bias::PerColumn(&bias),
-                    accumulate: true,
-                    ..Default::default()
-                },
-                Epilogue {
-                    bias: Bias::PerColumn(&bias),
-                    act: Some(Activation::QuickGelu),
-                    ..Default::default()
-                },
-                Epilogue {
-                    bias: Bias::PerColumn(&bias),
-                    act: Some(Activation::Gelu),
-                    ..Default::default()
-                },
-                Epilogue {
-                    relu: true,
-                    accumulate: true,
-                    ..Default::default()
-                },
+                epilogue(Bias::None, false, false, None),
+                epilogue(col, false, false, None),
+                epilogue(col, true, false, None),
+                epilogue(col, false, false, Some(Activation::QuickGelu)),
+                epilogue(col, false, false, Some(Activation::Gelu)),
+                epilogue(Bias::None, true, true, None),
             ];
             for (e, ep) in eps.iter().enumerate() {
                 let want = naive(m, n, k, &x, &wt, &c0, ep);
@@ -884,22 +862,11 @@ mod tests {
             let bias = rand_vec(m, &mut rng);
             let c0 = rand_vec(m * n, &mut rng);
             let packed = PackedA::from_row_major(&w, m, k);
+            let row = Bias::PerRow(&bias);
             for (e, ep) in [
-                Epilogue {
-                    bias: Bias::PerRow(&bias),
-                    relu: true,
-                    ..Default::default()
-                },
-                Epilogue {
-                    bias: Bias::PerRow(&bias),
-                    accumulate: true,
-                    relu: true,
-                    ..Default::default()
-                },
-                Epilogue {
-                    bias: Bias::PerRow(&bias),
-                    ..Default::default()
-                },
+                epilogue(row, false, true, None),
+                epilogue(row, true, true, None),
+                epilogue(row, false, false, None),
             ]
             .iter()
             .enumerate()
