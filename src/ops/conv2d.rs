@@ -315,6 +315,7 @@ pub(crate) fn im2col_packed(x: &[f32], images: usize, s: &Conv2dShape, oy0: usiz
 
 /// tokens (B, gh*gw, C) = patchify(x (B, 3, H, W)) @ w^T, w (C, 3, p, p), no bias.
 /// H and W must be multiples of p (the caller resizes first).
+#[allow(clippy::too_many_arguments)]
 pub fn patch_embed_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, weight: &[f32], p: usize, out: &mut [f32]) {
     let kk = c_in * p * p;
     let patches = patchify_cpu(x, b, c_in, h, w_, p);
@@ -323,6 +324,7 @@ pub fn patch_embed_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, we
 }
 
 /// `patch_embed_cpu` with the filters as a `LinearWeight` (C, 3 * p * p).
+#[allow(clippy::too_many_arguments)]
 pub fn patch_embed_weight_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, weight: &LinearWeight, p: usize, out: &mut [f32]) {
     let patches = patchify_cpu(x, b, c_in, h, w_, p);
     weight.forward(&patches, out, &Epilogue::default());
