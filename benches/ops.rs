@@ -7,6 +7,7 @@ use std::time::Instant;
 use labelfree::ops::activation::{bias_act_cpu, Activation};
 use labelfree::ops::attention::{attention_forward_cpu, AttnMask, ProbsRecord};
 use labelfree::ops::conv2d::{conv2d_cpu, patch_embed_cpu, Conv2dShape};
+use labelfree::ops::gemm_packed::{linear_packed_cpu, packed_gemm_available, Bias, Epilogue, PackedB};
 use labelfree::ops::layernorm::layer_norm_cpu;
 use labelfree::ops::matmul::linear_cpu;
 use labelfree::ops::pool::avg_pool2d_cpu;
@@ -58,6 +59,26 @@ fn main() {
     let mut y = vec![0.0f32; rows * 3 * c];
     let s = time(runs, || linear_cpu(&x, &w, Some(&bias), &mut y, c, false));
     row("linear", "(1576,768) x (2304,768)^T", s, 2.0 * (rows * c * 3 * c) as f64, 4.0 * (rows * c + 3 * c * c + rows * 3 * c) as f64);
+
+    // The linear layers of ViT-B/32 (M = 8 x 50 rows) and ViT-B/16 (8 x 197): the `gemm`
+    // crate (weights re-packed per call) beside the packed GEMM (weights packed at load).
+    for &(m, n, k) in &[(400usize, 2304usize, 768usize), (400, 768, 768), (400, 3072, 768), (400, 768, 3072), (1576, 2304, 768), (1576, 3072, 768), (1576, 768, 3072)] {
+        let xm = rand_vec(m * k, &mut rng);
+        let wm = rand_vec(n * k, &mut rng);
+        let bm = rand_vec(n, &mut rng);
+        let mut ym = vec![0.0f32; m * n];
+        let flops = 2.0 * (m * n * k) as f64;
+        let bytes = 4.0 * (m * k + n * k + m * n) as f64;
+        let shape = format!("({m},{k}) x ({n},{k})^T");
+        let s = time(runs, || linear_cpu(&xm, &wm, Some(&bm), &mut ym, k, false));
+        row("linear (gemm)", &shape, s, flops, bytes);
+        if packed_gemm_available() {
+            let packed = PackedB::from_linear_weight(&wm, n, k);
+            let ep = Epilogue { bias: Bias::PerColumn(&bm), ..Default::default() };
+            let s = time(runs, || linear_packed_cpu(&xm, &packed, &ep, &mut ym));
+            row("linear (packed)", &shape, s, flops, bytes);
+        }
+    }
 
     let qkv = rand_vec(rows * 3 * c, &mut rng);
     let mut out = vec![0.0f32; rows * c];

@@ -9,10 +9,19 @@ use cudarc::driver::LaunchConfig;
 use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
 use crate::error::{Error, Result};
-use crate::ops::matmul::{gemm_cpu, MatRef};
+use crate::ops::gemm_packed::{
+    gemm_packed_a_cpu, gemm_packed_ab_cpu, packed_b_index, packed_gemm_available, with_packed_b_scratch, Bias, Epilogue, PackedA, KC as PACK_KC, NR as PACK_NR,
+};
+use crate::ops::matmul::{gemm_cpu, LinearWeight, MatRef};
 
 /// Size of one band of the im2col matrix (1 MiB of f32): about an L2 cache.
 const IM2COL_BAND_FLOATS: usize = 1 << 18;
+/// Shallower filters (the stem's first 3x3 over RGB, depth 27) stay on the `gemm` crate.
+const PACKED_MIN_DEPTH: usize = 64;
+/// Feature maps with fewer output pixels than this are convolved several images at a time.
+const BATCHED_BELOW_COLS: usize = 256;
+/// Columns to aim for in one batched GEMM (whole images: 8 x 7 x 7 = 392, 2 x 14 x 14).
+const BATCHED_COLS: usize = 384;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Conv2dShape {
@@ -82,30 +91,21 @@ pub(crate) fn im2col_rows(x: &[f32], s: &Conv2dShape, oy0: usize, oy1: usize, co
 pub fn conv2d_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, relu: bool, accumulate: bool, y: &mut [f32]) {
     let (ho, wo) = s.out_hw();
     let kk = s.c_in * s.kernel * s.kernel;
-    let direct = s.kernel == 1 && s.stride == 1 && s.pad == 0;
-    // Images in parallel when there are enough of them, else threads inside the GEMM.
-    let batch_parallel = s.batch >= rayon::current_num_threads();
-    // im2col a band of output rows at a time, so the column matrix stays in cache while the
-    // GEMM packs it (a whole-image im2col of an early 3x3 layer is several MB).
-    let rows_per_band = (IM2COL_BAND_FLOATS / (kk * wo).max(1)).clamp(1, ho.max(1));
-    let one = |(xb, yb): (&[f32], &mut [f32])| {
-        if direct {
-            // SAFETY: w (C_out x C_in) @ x (C_in x H*W) -> yb (C_out x H*W).
+    let plan = BandPlan::new(s);
+    for_each_image(x, s, y, |xb, yb, parallel| {
+        // SAFETY (both GEMMs): w (C_out x kk) @ b (kk x n) -> n columns of yb, row stride Ho*Wo.
+        if plan.direct {
             unsafe {
-                gemm_cpu(s.c_out, ho * wo, kk, MatRef::row_major(w, kk), MatRef::row_major(xb, ho * wo), yb.as_mut_ptr(), (ho * wo) as isize, accumulate, !batch_parallel);
+                gemm_cpu(s.c_out, ho * wo, kk, MatRef::row_major(w, kk), MatRef::row_major(xb, ho * wo), yb.as_mut_ptr(), (ho * wo) as isize, accumulate, parallel);
             }
         } else {
-            let mut cols = vec![0.0f32; kk * rows_per_band * wo];
-            let mut oy0 = 0;
-            while oy0 < ho {
-                let oy1 = (oy0 + rows_per_band).min(ho);
+            let mut cols = vec![0.0f32; kk * plan.rows_per_band * wo];
+            for (oy0, oy1) in plan.bands() {
                 let n = (oy1 - oy0) * wo;
                 im2col_rows(xb, s, oy0, oy1, &mut cols[..kk * n]);
-                // SAFETY: w (C_out x kk) @ cols (kk x n) -> columns oy0*Wo.. of yb (row stride Ho*Wo).
                 unsafe {
-                    gemm_cpu(s.c_out, n, kk, MatRef::row_major(w, kk), MatRef::row_major(&cols, n), yb.as_mut_ptr().add(oy0 * wo), (ho * wo) as isize, accumulate, !batch_parallel);
+                    gemm_cpu(s.c_out, n, kk, MatRef::row_major(w, kk), MatRef::row_major(&cols, n), yb.as_mut_ptr().add(oy0 * wo), (ho * wo) as isize, accumulate, parallel);
                 }
-                oy0 = oy1;
             }
         }
         for (co, plane) in yb.chunks_exact_mut(ho * wo).enumerate() {
@@ -116,27 +116,230 @@ pub fn conv2d_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, r
                 plane.iter_mut().for_each(|v| *v += bv);
             }
         }
+    });
+}
+
+/// A convolution's filters (C_out, C_in, k, k) held the way the CPU multiplies fastest:
+/// packed once for the packed GEMM (`ops::gemm_packed`, bias, ReLU and residual fused into
+/// its store) when the CPU has AVX2 and FMA and the shape is one where it beats the `gemm`
+/// crate, else as is for `conv2d_cpu`.
+pub enum ConvWeight {
+    Packed(PackedA),
+    Plain(Vec<f32>),
+}
+
+impl ConvWeight {
+    /// w (C_out, C_in * k * k), row-major.
+    pub fn new(w: Vec<f32>, c_out: usize, kk: usize) -> ConvWeight {
+        // Measured on dev-2c (benches/RESULTS.md): the packed GEMM is ahead (3-10 %) on the
+        // expanding convolutions (C_out >= C_in k k: a bottleneck's conv3 and downsample) and
+        // behind (5-15 %) where the depth dominates (3x3 convs, 1x1 reductions), whose loop
+        // order re-reads the output tile once per KC block.
+        if packed_gemm_available() && c_out >= kk && kk >= PACKED_MIN_DEPTH {
+            ConvWeight::Packed(PackedA::from_row_major(&w, c_out, kk))
+        } else {
+            ConvWeight::Plain(w)
+        }
+    }
+
+    /// Packed whatever the shape, when the CPU has AVX2 and FMA (the tests' way in).
+    pub fn packed(w: Vec<f32>, c_out: usize, kk: usize) -> ConvWeight {
+        if packed_gemm_available() {
+            ConvWeight::Packed(PackedA::from_row_major(&w, c_out, kk))
+        } else {
+            ConvWeight::Plain(w)
+        }
+    }
+}
+
+/// `conv2d_cpu` with the filters as a `ConvWeight`. Packed, the im2col is written straight
+/// into the GEMM's packed layout (no column matrix, no second packing pass); small feature
+/// maps (the last stages: 14 x 14, 7 x 7) are batched, several images to one GEMM, so that
+/// its N is not one or two ragged panels per image.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_weight_cpu(x: &[f32], w: &ConvWeight, bias: Option<&[f32]>, s: &Conv2dShape, relu: bool, accumulate: bool, y: &mut [f32]) {
+    let packed = match w {
+        ConvWeight::Plain(w) => return conv2d_cpu(x, w, bias, s, relu, accumulate, y),
+        ConvWeight::Packed(p) => p,
     };
+    let (ho, wo) = s.out_hw();
+    let hw = ho * wo;
+    let kk = s.c_in * s.kernel * s.kernel;
+    let ep = Epilogue { bias: bias.map_or(Bias::None, Bias::PerRow), accumulate, relu, act: None };
+    if hw < BATCHED_BELOW_COLS && s.batch > 1 {
+        let per_band = BATCHED_COLS.div_ceil(hw).min(s.batch);
+        let (in_img, out_img) = (s.c_in * s.h * s.w, s.c_out * hw);
+        for (xs, ys) in x.chunks(per_band * in_img).zip(y.chunks_mut(per_band * out_img)) {
+            let images = ys.len() / out_img;
+            let n = images * hw;
+            // The product is (C_out, images * hw): images side by side, scattered to NCHW after.
+            let mut prod = vec![0.0f32; s.c_out * n];
+            if accumulate {
+                for (img, yi) in ys.chunks_exact(out_img).enumerate() {
+                    for (co, plane) in yi.chunks_exact(hw).enumerate() {
+                        prod[co * n + img * hw..][..hw].copy_from_slice(plane);
+                    }
+                }
+            }
+            with_packed_b_scratch(kk, n, |cols| {
+                im2col_packed(xs, images, s, 0, ho, cols, true);
+                // SAFETY: prod is (C_out x n), a fresh buffer.
+                unsafe { gemm_packed_ab_cpu(packed, n, cols, prod.as_mut_ptr(), n, &ep, true) };
+            });
+            for (img, yi) in ys.chunks_exact_mut(out_img).enumerate() {
+                for (co, plane) in yi.chunks_exact_mut(hw).enumerate() {
+                    plane.copy_from_slice(&prod[co * n + img * hw..][..hw]);
+                }
+            }
+        }
+        return;
+    }
+    let plan = BandPlan::new(s);
+    for_each_image(x, s, y, |xb, yb, parallel| {
+        // SAFETY (both GEMMs): the filters @ b (kk x n) -> n columns of yb (row stride
+        // Ho*Wo), a fresh view aliasing neither operand.
+        if plan.direct {
+            unsafe { gemm_packed_a_cpu(packed, hw, xb.as_ptr(), hw, yb.as_mut_ptr(), hw, &ep, parallel) };
+            return;
+        }
+        for (oy0, oy1) in plan.bands() {
+            let n = (oy1 - oy0) * wo;
+            with_packed_b_scratch(kk, n, |cols| {
+                im2col_packed(xb, 1, s, oy0, oy1, cols, parallel);
+                unsafe { gemm_packed_ab_cpu(packed, n, cols, yb.as_mut_ptr().add(oy0 * wo), hw, &ep, parallel) };
+            });
+        }
+    });
+}
+
+/// How a convolution's output rows are cut into im2col bands.
+struct BandPlan {
+    /// A 1x1 stride-1 convolution: the image itself is the GEMM's right operand.
+    direct: bool,
+    rows_per_band: usize,
+    ho: usize,
+}
+
+impl BandPlan {
+    fn new(s: &Conv2dShape) -> BandPlan {
+        let (ho, wo) = s.out_hw();
+        let kk = s.c_in * s.kernel * s.kernel;
+        // im2col a band of output rows at a time, so the column matrix stays in cache while
+        // the GEMM reads it (a whole-image im2col of an early 3x3 layer is several MB).
+        let rows_per_band = (IM2COL_BAND_FLOATS / (kk * wo).max(1)).clamp(1, ho.max(1));
+        BandPlan { direct: s.kernel == 1 && s.stride == 1 && s.pad == 0, rows_per_band, ho }
+    }
+
+    /// (first, end) output rows of each band.
+    fn bands(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.ho).step_by(self.rows_per_band).map(|oy0| (oy0, (oy0 + self.rows_per_band).min(self.ho)))
+    }
+}
+
+/// Calls `per_image(x_b, y_b, parallel)` for every image: images in parallel when there are
+/// enough of them (then `parallel` is false), else one at a time with threads inside the GEMM.
+fn for_each_image(x: &[f32], s: &Conv2dShape, y: &mut [f32], per_image: impl Fn(&[f32], &mut [f32], bool) + Sync) {
+    let (ho, wo) = s.out_hw();
+    let batch_parallel = s.batch >= rayon::current_num_threads();
     let xs = x.chunks_exact(s.c_in * s.h * s.w);
     let ys = y.chunks_exact_mut(s.c_out * ho * wo);
     if batch_parallel {
-        xs.zip(ys).par_bridge().for_each(one);
+        xs.zip(ys).par_bridge().for_each(|(xb, yb)| per_image(xb, yb, false));
     } else {
-        xs.zip(ys).for_each(one);
+        xs.zip(ys).for_each(|(xb, yb)| per_image(xb, yb, true));
+    }
+}
+
+/// The im2col matrix (C_in*k*k, images * (oy1-oy0) * Wo) of output rows oy0..oy1 of
+/// `images` consecutive images of x (columns image-major), written in the packed layout of
+/// the GEMM's right operand (`packed_b_index`), padding columns 0. Each KC block of rows is
+/// one contiguous slice of `dst`: with `parallel`, blocks go to threads.
+pub(crate) fn im2col_packed(x: &[f32], images: usize, s: &Conv2dShape, oy0: usize, oy1: usize, dst: &mut [f32], parallel: bool) {
+    let (_, wo) = s.out_hw();
+    let per_image = (oy1 - oy0) * wo;
+    let n = images * per_image;
+    let k = s.kernel;
+    let kk = s.c_in * k * k;
+    let n_pad = n.div_ceil(PACK_NR) * PACK_NR;
+    debug_assert_eq!(dst.len(), kk * n_pad);
+    let fill_block = |(kb, block): (usize, &mut [f32])| {
+        let block_start = kb * PACK_KC * n_pad;
+        // Row r, columns j.. of the packed matrix: split where a panel ends.
+        let mut put = |r: usize, mut j: usize, src: Option<&[f32]>, len: usize| {
+            let mut done = 0;
+            while done < len {
+                let take = (PACK_NR - j % PACK_NR).min(len - done);
+                let at = packed_b_index(kk, n, r, j) - block_start;
+                match src {
+                    Some(v) => block[at..at + take].copy_from_slice(&v[done..done + take]),
+                    None => block[at..at + take].fill(0.0),
+                }
+                j += take;
+                done += take;
+            }
+        };
+        let mut gathered = vec![0.0f32; wo];
+        for r in kb * PACK_KC..((kb + 1) * PACK_KC).min(kk) {
+            let (ci, ky, kx) = (r / (k * k), r / k % k, r % k);
+            for img in 0..images {
+                let plane = &x[(img * s.c_in + ci) * s.h * s.w..][..s.h * s.w];
+                for oy in oy0..oy1 {
+                    let j0 = img * per_image + (oy - oy0) * wo;
+                    let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                    if iy < 0 || iy >= s.h as isize {
+                        put(r, j0, None, wo);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * s.w..(iy as usize + 1) * s.w];
+                    if s.stride == 1 {
+                        // Valid output columns are one contiguous run: copy it, zero the edges.
+                        let lo = s.pad.saturating_sub(kx).min(wo);
+                        let hi = (s.w + s.pad).saturating_sub(kx).min(wo).max(lo);
+                        put(r, j0, None, lo);
+                        let start = (lo + kx).saturating_sub(s.pad);
+                        put(r, j0 + lo, Some(&src[start.min(s.w)..]), hi - lo);
+                        put(r, j0 + hi, None, wo - hi);
+                    } else {
+                        for (ox, d) in gathered.iter_mut().enumerate() {
+                            let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                            *d = if ix < 0 || ix >= s.w as isize { 0.0 } else { src[ix as usize] };
+                        }
+                        put(r, j0, Some(&gathered), wo);
+                    }
+                }
+            }
+            put(r, n, None, n_pad - n);
+        }
+    };
+    if parallel {
+        dst.par_chunks_mut(PACK_KC * n_pad).enumerate().for_each(fill_block);
+    } else {
+        dst.chunks_mut(PACK_KC * n_pad).enumerate().for_each(fill_block);
     }
 }
 
 /// tokens (B, gh*gw, C) = patchify(x (B, 3, H, W)) @ w^T, w (C, 3, p, p), no bias.
 /// H and W must be multiples of p (the caller resizes first).
+#[allow(clippy::too_many_arguments)]
 pub fn patch_embed_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, weight: &[f32], p: usize, out: &mut [f32]) {
-    let (gh, gw) = (h / p, w_ / p);
     let kk = c_in * p * p;
-    let c = weight.len() / kk;
-    let n = gh * gw;
-    let mut patches = vec![0.0f32; b * n * kk];
-    patchify_cpu(x, b, c_in, h, w_, p, &mut patches);
-    debug_assert_eq!(out.len(), b * n * c);
+    let patches = patchify_vec(x, b, c_in, h, w_, p);
+    debug_assert_eq!(out.len(), patches.len() / kk * (weight.len() / kk));
     crate::ops::matmul::linear_cpu(&patches, weight, None, out, kk, false);
+}
+
+/// `patch_embed_cpu` with the filters as a `LinearWeight` (C, 3 * p * p).
+#[allow(clippy::too_many_arguments)]
+pub fn patch_embed_weight_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, weight: &LinearWeight, p: usize, out: &mut [f32]) {
+    let patches = patchify_vec(x, b, c_in, h, w_, p);
+    weight.forward(&patches, out, &Epilogue::default());
+}
+
+/// `patchify_cpu` into a new buffer.
+fn patchify_vec(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, p: usize) -> Vec<f32> {
+    let mut cols = vec![0.0f32; b * (h / p) * (w_ / p) * c_in * p * p];
+    patchify_cpu(x, b, c_in, h, w_, p, &mut cols);
+    cols
 }
 
 /// cols (B*gh*gw, C_in*p*p) = the im2col of a stride-p, p x p convolution of x (B, C_in, H, W):
@@ -465,6 +668,10 @@ mod tests {
             // Large enough that the im2col is done in several bands of rows.
             (1, 64, 20, 60, 8, 3, 1, 1, true),
             (2, 32, 19, 70, 5, 3, 2, 1, false),
+            // Small maps are convolved several images per GEMM: 4 + 1 images here, and K
+            // beyond one packed block.
+            (5, 40, 10, 10, 7, 3, 1, 1, true),
+            (3, 300, 4, 4, 9, 1, 1, 0, false),
         ] {
             let s = Conv2dShape { batch, c_in, h, w, c_out, kernel, stride, pad };
             let x: Vec<f32> = (0..batch * c_in * h * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
@@ -485,6 +692,21 @@ mod tests {
             for ((a, p), r) in y.iter().zip(&plain).zip(&residual) {
                 let b = if relu { (p + r).max(0.0) } else { p + r };
                 assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?} accumulate: {a} vs {b}");
+            }
+            // The same through the weight as the encoders hold it, and packed (where AVX2 is).
+            let kk = c_in * kernel * kernel;
+            for held in [ConvWeight::new(wt.clone(), c_out, kk), ConvWeight::packed(wt.clone(), c_out, kk)] {
+                let mut y = vec![f32::NAN; batch * c_out * ho * wo];
+                conv2d_weight_cpu(&x, &held, Some(&bias), &s, relu, false, &mut y);
+                for (a, b) in y.iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?} held weight: {a} vs {b}");
+                }
+                let mut y = residual.clone();
+                conv2d_weight_cpu(&x, &held, Some(&bias), &s, relu, true, &mut y);
+                for ((a, p), r) in y.iter().zip(&plain).zip(&residual) {
+                    let b = if relu { (p + r).max(0.0) } else { p + r };
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?} held weight accumulate: {a} vs {b}");
+                }
             }
         }
     }

@@ -18,7 +18,9 @@ use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Wo
 use crate::device::cuda::tensor::CudaBuf;
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, GemmBackend, Gpu, KArg};
 use crate::error::{Error, Result};
-use crate::ops::activation::{gelu, quick_gelu};
+use crate::ops::activation::{bias_act_cpu, gelu, quick_gelu, relu_cpu};
+// The CPU GEMM's store description; `Epilogue` below is the CUDA launcher's activation code.
+use crate::ops::gemm_packed::{linear_packed_cpu, packed_gemm_available, Bias, Epilogue as PackedEpilogue, PackedB};
 use crate::ops::require_cpu;
 use crate::tensor::Tensor;
 
@@ -99,6 +101,74 @@ pub fn linear_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], k: 
     }
     if let Some(b) = bias {
         add_bias_cpu(y, b);
+    }
+}
+
+/// A linear layer's weight W (N, K), held the way the CPU multiplies fastest: packed once for
+/// the packed GEMM (`ops::gemm_packed`) when the CPU has AVX2 and FMA, else as is for the
+/// `gemm` crate.
+pub enum LinearWeight {
+    Packed(PackedB),
+    Plain { w: Vec<f32>, n: usize, k: usize },
+}
+
+impl LinearWeight {
+    /// w (N, K), row-major.
+    pub fn new(w: Vec<f32>, n: usize, k: usize) -> LinearWeight {
+        debug_assert_eq!(w.len(), n * k);
+        if packed_gemm_available() {
+            LinearWeight::Packed(PackedB::from_linear_weight(&w, n, k))
+        } else {
+            LinearWeight::Plain { w, n, k }
+        }
+    }
+
+    /// Output features N.
+    pub fn n(&self) -> usize {
+        match self {
+            LinearWeight::Packed(p) => p.n(),
+            LinearWeight::Plain { n, .. } => *n,
+        }
+    }
+
+    /// Input features K.
+    pub fn k(&self) -> usize {
+        match self {
+            LinearWeight::Packed(p) => p.k(),
+            LinearWeight::Plain { k, .. } => *k,
+        }
+    }
+
+    /// y (rows, N) = epilogue(x (rows, K) @ W^T): bias, activation and residual add fused
+    /// into the packed GEMM's store, or as passes after the `gemm` crate's product.
+    pub fn forward(&self, x: &[f32], y: &mut [f32], ep: &PackedEpilogue) {
+        match self {
+            LinearWeight::Packed(p) => linear_packed_cpu(x, p, ep, y),
+            LinearWeight::Plain { w, n, k } => {
+                linear_cpu(x, w, None, y, *k, ep.accumulate);
+                let bias = match ep.bias {
+                    Bias::PerColumn(b) => Some(b),
+                    // A linear layer's bias is per output feature; a row bias is added here
+                    // only for completeness.
+                    Bias::PerRow(b) => {
+                        for (row, bv) in y.chunks_exact_mut(*n).zip(b) {
+                            row.iter_mut().for_each(|v| *v += bv);
+                        }
+                        None
+                    }
+                    Bias::None => None,
+                };
+                match (ep.act, bias) {
+                    (Some(act), Some(b)) => bias_act_cpu(y, b, act),
+                    (Some(act), None) => bias_act_cpu(y, &vec![0.0; *n], act),
+                    (None, Some(b)) => add_bias_cpu(y, b),
+                    (None, None) => {}
+                }
+                if ep.relu {
+                    relu_cpu(y);
+                }
+            }
+        }
     }
 }
 

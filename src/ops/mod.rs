@@ -15,6 +15,7 @@ pub mod conv2d_backward;
 pub mod crop_resize;
 pub mod embedding;
 pub mod gap;
+pub mod gemm_packed;
 pub mod interpolate;
 pub mod layernorm;
 pub mod matmul;

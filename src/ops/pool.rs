@@ -8,7 +8,8 @@ use cudarc::driver::LaunchConfig;
 use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
 use crate::error::{Error, Result};
-use crate::ops::matmul::linear_cpu;
+use crate::ops::gemm_packed::{Bias, Epilogue};
+use crate::ops::matmul::LinearWeight;
 use crate::ops::softmax::softmax_row;
 
 /// y (B, C, H/k, W/k) = mean over k x k windows of x (B, C, H, W) (nn.AvgPool2d(k)).
@@ -162,14 +163,17 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
 pub struct AttnPoolWeights<'a> {
     /// (HW + 1, C): row 0 for the mean token.
     pub pos: &'a [f32],
-    pub q_w: &'a [f32],
+    /// (C, C)
+    pub q_w: &'a LinearWeight,
     pub q_b: &'a [f32],
-    pub k_w: &'a [f32],
+    /// (C, C)
+    pub k_w: &'a LinearWeight,
     pub k_b: &'a [f32],
-    pub v_w: &'a [f32],
+    /// (C, C)
+    pub v_w: &'a LinearWeight,
     pub v_b: &'a [f32],
     /// (D_out, C)
-    pub c_w: &'a [f32],
+    pub c_w: &'a LinearWeight,
     pub c_b: &'a [f32],
     pub heads: usize,
 }
@@ -181,11 +185,12 @@ pub fn attention_pool2d_cpu(x: &[f32], b: usize, c: usize, hw: usize, wt: &AttnP
     attnpool_tokens_cpu(x, b, c, hw, wt.pos, &mut tokens);
     let mut k = vec![0.0f32; b * t * c];
     let mut v = vec![0.0f32; b * t * c];
-    linear_cpu(&tokens, wt.k_w, Some(wt.k_b), &mut k, c, false);
-    linear_cpu(&tokens, wt.v_w, Some(wt.v_b), &mut v, c, false);
+    let with_bias = |bias| Epilogue { bias: Bias::PerColumn(bias), ..Default::default() };
+    wt.k_w.forward(&tokens, &mut k, &with_bias(wt.k_b));
+    wt.v_w.forward(&tokens, &mut v, &with_bias(wt.v_b));
     let mean_tokens: Vec<f32> = tokens.chunks_exact(t * c).flat_map(|tk| tk[..c].to_vec()).collect();
     let mut q = vec![0.0f32; b * c];
-    linear_cpu(&mean_tokens, wt.q_w, Some(wt.q_b), &mut q, c, false);
+    wt.q_w.forward(&mean_tokens, &mut q, &with_bias(wt.q_b));
     let dh = c / wt.heads;
     let scale = 1.0 / (dh as f32).sqrt();
     let mut attended = vec![0.0f32; b * c];
@@ -208,7 +213,7 @@ pub fn attention_pool2d_cpu(x: &[f32], b: usize, c: usize, hw: usize, wt: &AttnP
             }
         }
     });
-    linear_cpu(&attended, wt.c_w, Some(wt.c_b), out, c, false);
+    wt.c_w.forward(&attended, out, &with_bias(wt.c_b));
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@ use rand::Rng;
 use crate::error::{Error, Result};
 use crate::models::clip::config::ResNetConfig;
 use crate::models::clip::weights::Params;
-use crate::ops::conv2d::{conv2d_cpu, Conv2dShape};
+use crate::ops::conv2d::{conv2d_weight_cpu, Conv2dShape, ConvWeight};
 use crate::ops::interpolate::resize_positional_grid;
+use crate::ops::matmul::LinearWeight;
 use crate::ops::pool::{attention_pool2d_cpu, avg_pool2d_cpu, AttnPoolWeights};
 use crate::tensor::Tensor;
 
@@ -36,7 +37,8 @@ pub(crate) fn load_conv_bn_folded(p: &mut Params, conv: &str, bn: &str, c_in: us
 
 /// A convolution with its batch norm folded in: w' = w * g / sqrt(v + eps), b' = beta - m * g / sqrt(v + eps).
 struct ConvBn {
-    w: Vec<f32>,
+    /// (C_out, C_in, k, k), the batch norm's scale folded in.
+    w: ConvWeight,
     b: Vec<f32>,
     c_in: usize,
     c_out: usize,
@@ -47,13 +49,13 @@ struct ConvBn {
 impl ConvBn {
     fn load(p: &mut Params, conv: &str, bn: &str, c_in: usize, c_out: usize, k: usize, stride: usize) -> Result<Self> {
         let (w, b) = load_conv_bn_folded(p, conv, bn, c_in, c_out, k)?;
-        Ok(ConvBn { w, b, c_in, c_out, k, stride })
+        Ok(ConvBn { w: ConvWeight::new(w, c_out, c_in * k * k), b, c_in, c_out, k, stride })
     }
 
     fn random(c_in: usize, c_out: usize, k: usize, stride: usize, rng: &mut impl Rng) -> Self {
         let std = (2.0 / (c_in * k * k) as f32).sqrt();
         let w = Tensor::randn(&[c_out, c_in, k, k], std, rng).into_f32_vec().unwrap_or_default();
-        ConvBn { w, b: vec![0.0; c_out], c_in, c_out, k, stride }
+        ConvBn { w: ConvWeight::new(w, c_out, c_in * k * k), b: vec![0.0; c_out], c_in, c_out, k, stride }
     }
 
     fn shape(&self, b: usize, h: usize, w: usize) -> Conv2dShape {
@@ -65,13 +67,13 @@ impl ConvBn {
         let s = self.shape(b, h, w);
         let (ho, wo) = s.out_hw();
         let mut y = vec![0.0f32; b * self.c_out * ho * wo];
-        conv2d_cpu(x, &self.w, Some(&self.b), &s, relu, false, &mut y);
+        conv2d_weight_cpu(x, &self.w, Some(&self.b), &s, relu, false, &mut y);
         (y, ho, wo)
     }
 
     /// y = relu(y + conv(x)): the last conv of a bottleneck onto its identity branch.
     fn forward_residual_relu(&self, x: &[f32], b: usize, h: usize, w: usize, y: &mut [f32]) {
-        conv2d_cpu(x, &self.w, Some(&self.b), &self.shape(b, h, w), true, true, y);
+        conv2d_weight_cpu(x, &self.w, Some(&self.b), &self.shape(b, h, w), true, true, y);
     }
 }
 
@@ -120,13 +122,13 @@ pub struct ModifiedResNet {
     stages: Vec<Vec<Bottleneck>>,
     /// (grid^2 + 1, C)
     pool_pos: Vec<f32>,
-    q_w: Vec<f32>,
+    q_w: LinearWeight,
     q_b: Vec<f32>,
-    k_w: Vec<f32>,
+    k_w: LinearWeight,
     k_b: Vec<f32>,
-    v_w: Vec<f32>,
+    v_w: LinearWeight,
     v_b: Vec<f32>,
-    c_w: Vec<f32>,
+    c_w: LinearWeight,
     c_b: Vec<f32>,
 }
 
@@ -194,13 +196,13 @@ impl ModifiedResNet {
             stem,
             stages,
             pool_pos: p.take(&format!("{a}.positional_embedding"), &[cfg.grid * cfg.grid + 1, c])?,
-            q_w: p.take(&format!("{a}.q_proj.weight"), &[c, c])?,
+            q_w: LinearWeight::new(p.take(&format!("{a}.q_proj.weight"), &[c, c])?, c, c),
             q_b: p.take(&format!("{a}.q_proj.bias"), &[c])?,
-            k_w: p.take(&format!("{a}.k_proj.weight"), &[c, c])?,
+            k_w: LinearWeight::new(p.take(&format!("{a}.k_proj.weight"), &[c, c])?, c, c),
             k_b: p.take(&format!("{a}.k_proj.bias"), &[c])?,
-            v_w: p.take(&format!("{a}.v_proj.weight"), &[c, c])?,
+            v_w: LinearWeight::new(p.take(&format!("{a}.v_proj.weight"), &[c, c])?, c, c),
             v_b: p.take(&format!("{a}.v_proj.bias"), &[c])?,
-            c_w: p.take(&format!("{a}.c_proj.weight"), &[d, c])?,
+            c_w: LinearWeight::new(p.take(&format!("{a}.c_proj.weight"), &[d, c])?, d, c),
             c_b: p.take(&format!("{a}.c_proj.bias"), &[d])?,
         })
     }
@@ -232,13 +234,13 @@ impl ModifiedResNet {
             stem,
             stages,
             pool_pos: r(&[cfg.grid * cfg.grid + 1, c]),
-            q_w: r(&[c, c]),
+            q_w: LinearWeight::new(r(&[c, c]), c, c),
             q_b: vec![0.0; c],
-            k_w: r(&[c, c]),
+            k_w: LinearWeight::new(r(&[c, c]), c, c),
             k_b: vec![0.0; c],
-            v_w: r(&[c, c]),
+            v_w: LinearWeight::new(r(&[c, c]), c, c),
             v_b: vec![0.0; c],
-            c_w: r(&[d, c]),
+            c_w: LinearWeight::new(r(&[d, c]), d, c),
             c_b: vec![0.0; d],
         }
     }

@@ -12,7 +12,8 @@ use crate::ops::activation::Activation;
 use crate::ops::attention::AttnMask;
 use crate::ops::embedding::token_embedding_cpu;
 use crate::ops::layernorm::layer_norm_cpu;
-use crate::ops::matmul::linear_cpu;
+use crate::ops::gemm_packed::Epilogue;
+use crate::ops::matmul::LinearWeight;
 use crate::tensor::{Storage, Tensor};
 
 pub struct TextEncoder {
@@ -23,7 +24,7 @@ pub struct TextEncoder {
     ln_final_w: Vec<f32>,
     ln_final_b: Vec<f32>,
     /// (D, W), transposed from OpenAI's (W, D).
-    proj_t: Vec<f32>,
+    proj_t: LinearWeight,
 }
 
 impl TextEncoder {
@@ -35,7 +36,7 @@ impl TextEncoder {
         let ln_final_w = p.take("ln_final.weight", &[w])?;
         let ln_final_b = p.take("ln_final.bias", &[w])?;
         let proj = p.take("text_projection", &[w, d])?;
-        Ok(TextEncoder { cfg: cfg.clone(), token_emb, pos_emb, transformer, ln_final_w, ln_final_b, proj_t: transpose(&proj, w, d) })
+        Ok(TextEncoder { cfg: cfg.clone(), token_emb, pos_emb, transformer, ln_final_w, ln_final_b, proj_t: LinearWeight::new(transpose(&proj, w, d), d, w) })
     }
 
     pub fn random(cfg: &TextConfig, act: Activation, rng: &mut impl Rng) -> Self {
@@ -48,7 +49,7 @@ impl TextEncoder {
             transformer: Transformer::random(w, cfg.layers, cfg.heads, act, rng),
             ln_final_w: vec![1.0; w],
             ln_final_b: vec![0.0; w],
-            proj_t: r(&[d, w], (w as f32).powf(-0.5), rng),
+            proj_t: LinearWeight::new(r(&[d, w], (w as f32).powf(-0.5), rng), d, w),
         }
     }
 
@@ -69,7 +70,7 @@ impl TextEncoder {
         let mut normed = vec![0.0f32; b * w];
         layer_norm_cpu(&pooled_in, &self.ln_final_w, &self.ln_final_b, LN_EPS, &mut normed);
         let mut out = vec![0.0f32; b * d];
-        linear_cpu(&normed, &self.proj_t, None, &mut out, w, false);
+        self.proj_t.forward(&normed, &mut out, &Epilogue::default());
         Tensor::from_f32(&[b, d], out)
     }
 }

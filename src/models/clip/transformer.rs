@@ -5,10 +5,11 @@ use rand::Rng;
 
 use crate::error::Result;
 use crate::models::clip::weights::Params;
-use crate::ops::activation::{bias_act_cpu, Activation};
+use crate::ops::activation::Activation;
 use crate::ops::attention::{attention_forward_cpu, AttnMask, ProbsRecord};
+use crate::ops::gemm_packed::{Bias, Epilogue};
 use crate::ops::layernorm::layer_norm_cpu;
-use crate::ops::matmul::{add_bias_cpu, linear_cpu};
+use crate::ops::matmul::LinearWeight;
 use crate::tensor::Tensor;
 
 pub const LN_EPS: f32 = 1e-5;
@@ -17,17 +18,18 @@ pub struct Block {
     ln1_w: Vec<f32>,
     ln1_b: Vec<f32>,
     /// (3C, C): q, k, v stacked.
-    in_w: Vec<f32>,
+    in_w: LinearWeight,
     in_b: Vec<f32>,
-    out_w: Vec<f32>,
+    /// (C, C)
+    out_w: LinearWeight,
     out_b: Vec<f32>,
     ln2_w: Vec<f32>,
     ln2_b: Vec<f32>,
     /// (4C, C)
-    fc_w: Vec<f32>,
+    fc_w: LinearWeight,
     fc_b: Vec<f32>,
     /// (C, 4C)
-    proj_w: Vec<f32>,
+    proj_w: LinearWeight,
     proj_b: Vec<f32>,
 }
 
@@ -58,15 +60,15 @@ impl Transformer {
             blocks.push(Block {
                 ln1_w: p.take(&n("ln_1.weight"), &[c])?,
                 ln1_b: p.take(&n("ln_1.bias"), &[c])?,
-                in_w: p.take(&n("attn.in_proj_weight"), &[3 * c, c])?,
+                in_w: LinearWeight::new(p.take(&n("attn.in_proj_weight"), &[3 * c, c])?, 3 * c, c),
                 in_b: p.take(&n("attn.in_proj_bias"), &[3 * c])?,
-                out_w: p.take(&n("attn.out_proj.weight"), &[c, c])?,
+                out_w: LinearWeight::new(p.take(&n("attn.out_proj.weight"), &[c, c])?, c, c),
                 out_b: p.take(&n("attn.out_proj.bias"), &[c])?,
                 ln2_w: p.take(&n("ln_2.weight"), &[c])?,
                 ln2_b: p.take(&n("ln_2.bias"), &[c])?,
-                fc_w: p.take(&n("mlp.c_fc.weight"), &[4 * c, c])?,
+                fc_w: LinearWeight::new(p.take(&n("mlp.c_fc.weight"), &[4 * c, c])?, 4 * c, c),
                 fc_b: p.take(&n("mlp.c_fc.bias"), &[4 * c])?,
-                proj_w: p.take(&n("mlp.c_proj.weight"), &[c, 4 * c])?,
+                proj_w: LinearWeight::new(p.take(&n("mlp.c_proj.weight"), &[c, 4 * c])?, c, 4 * c),
                 proj_b: p.take(&n("mlp.c_proj.bias"), &[c])?,
             });
         }
@@ -84,15 +86,15 @@ impl Transformer {
             .map(|_| Block {
                 ln1_w: vec![1.0; c],
                 ln1_b: vec![0.0; c],
-                in_w: r(&[3 * c, c], attn_std, rng),
+                in_w: LinearWeight::new(r(&[3 * c, c], attn_std, rng), 3 * c, c),
                 in_b: vec![0.0; 3 * c],
-                out_w: r(&[c, c], proj_std, rng),
+                out_w: LinearWeight::new(r(&[c, c], proj_std, rng), c, c),
                 out_b: vec![0.0; c],
                 ln2_w: vec![1.0; c],
                 ln2_b: vec![0.0; c],
-                fc_w: r(&[4 * c, c], fc_std, rng),
+                fc_w: LinearWeight::new(r(&[4 * c, c], fc_std, rng), 4 * c, c),
                 fc_b: vec![0.0; 4 * c],
-                proj_w: r(&[c, 4 * c], proj_std, rng),
+                proj_w: LinearWeight::new(r(&[c, 4 * c], proj_std, rng), c, 4 * c),
                 proj_b: vec![0.0; c],
             })
             .collect();
@@ -110,7 +112,7 @@ impl Transformer {
         let mut recorded = Vec::new();
         for (l, blk) in self.blocks.iter().enumerate() {
             layer_norm_cpu(x, &blk.ln1_w, &blk.ln1_b, LN_EPS, &mut h);
-            linear_cpu(&h, &blk.in_w, Some(&blk.in_b), &mut qkv, c, false);
+            blk.in_w.forward(&h, &mut qkv, &Epilogue { bias: Bias::PerColumn(&blk.in_b), ..Default::default() });
             let mask = req.masks.get(l).copied().unwrap_or_default();
             let record = match (req.record_probs, req.probs_before_mask) {
                 (false, _) => ProbsRecord::None,
@@ -132,14 +134,13 @@ impl Transformer {
             if req.record_probs {
                 recorded.push(probs);
             }
-            // Residual adds fused into the output GEMMs (they accumulate into x).
-            linear_cpu(&attn, &blk.out_w, None, x, c, true);
-            add_bias_cpu(x, &blk.out_b);
+            // Residual adds and biases fused into the output GEMMs (they accumulate into x),
+            // the MLP's bias and activation into its first GEMM.
+            let residual = |bias| Epilogue { bias: Bias::PerColumn(bias), accumulate: true, ..Default::default() };
+            blk.out_w.forward(&attn, x, &residual(&blk.out_b));
             layer_norm_cpu(x, &blk.ln2_w, &blk.ln2_b, LN_EPS, &mut h);
-            linear_cpu(&h, &blk.fc_w, None, &mut mlp, c, false);
-            bias_act_cpu(&mut mlp, &blk.fc_b, self.act);
-            linear_cpu(&mlp, &blk.proj_w, None, x, 4 * c, true);
-            add_bias_cpu(x, &blk.proj_b);
+            blk.fc_w.forward(&h, &mut mlp, &Epilogue { bias: Bias::PerColumn(&blk.fc_b), act: Some(self.act), ..Default::default() });
+            blk.proj_w.forward(&mlp, x, &residual(&blk.proj_b));
         }
         recorded
     }

@@ -10,15 +10,17 @@ use crate::models::clip::transformer::{LayerRequests, Transformer, LN_EPS};
 use crate::models::clip::weights::Params;
 use crate::ops::activation::Activation;
 use crate::ops::attention::AttnMask;
-use crate::ops::conv2d::patch_embed_cpu;
+use crate::ops::conv2d::patch_embed_weight_cpu;
 use crate::ops::interpolate::resize_positional_grid;
 use crate::ops::layernorm::layer_norm_cpu;
-use crate::ops::matmul::linear_cpu;
+use crate::ops::gemm_packed::Epilogue;
+use crate::ops::matmul::LinearWeight;
 use crate::tensor::Tensor;
 
 pub struct VisionTransformer {
     pub cfg: VitConfig,
-    conv_w: Vec<f32>,
+    /// (C, 3 * p * p): the patch convolution as a linear layer over flattened patches.
+    conv_w: LinearWeight,
     class_emb: Vec<f32>,
     /// (grid^2 + 1, C)
     pos_emb: Vec<f32>,
@@ -28,7 +30,7 @@ pub struct VisionTransformer {
     ln_post_w: Vec<f32>,
     ln_post_b: Vec<f32>,
     /// Stored transposed, (D, C), so the projection is a `linear`.
-    proj_t: Vec<f32>,
+    proj_t: LinearWeight,
 }
 
 /// Extra things a caller may ask of one pass (TagCLIP asks for all of them).
@@ -67,7 +69,8 @@ impl VisionTransformer {
         let ln_post_w = p.take("visual.ln_post.weight", &[c])?;
         let ln_post_b = p.take("visual.ln_post.bias", &[c])?;
         let proj = p.take("visual.proj", &[c, d])?;
-        let proj_t = transpose(&proj, c, d);
+        let proj_t = LinearWeight::new(transpose(&proj, c, d), d, c);
+        let conv_w = LinearWeight::new(conv_w, c, 3 * pp * pp);
         Ok(VisionTransformer { cfg: cfg.clone(), conv_w, class_emb, pos_emb, ln_pre_w, ln_pre_b, transformer, ln_post_w, ln_post_b, proj_t })
     }
 
@@ -77,7 +80,7 @@ impl VisionTransformer {
         let r = |shape: &[usize], std: f32, rng: &mut _| Tensor::randn(shape, std, rng).into_f32_vec().unwrap_or_default();
         VisionTransformer {
             cfg: cfg.clone(),
-            conv_w: r(&[c, 3, pp, pp], 0.02, rng),
+            conv_w: LinearWeight::new(r(&[c, 3, pp, pp], 0.02, rng), c, 3 * pp * pp),
             class_emb: r(&[c], scale, rng),
             pos_emb: r(&[cfg.grid * cfg.grid + 1, c], scale, rng),
             ln_pre_w: vec![1.0; c],
@@ -85,7 +88,7 @@ impl VisionTransformer {
             transformer: Transformer::random(c, cfg.layers, cfg.heads, act, rng),
             ln_post_w: vec![1.0; c],
             ln_post_b: vec![0.0; c],
-            proj_t: r(&[d, c], scale, rng),
+            proj_t: LinearWeight::new(r(&[d, c], scale, rng), d, c),
         }
     }
 
@@ -115,7 +118,7 @@ impl VisionTransformer {
         let n = gh * gw;
         let t = n + 1;
         let mut patches = vec![0.0f32; b * n * c];
-        patch_embed_cpu(pixels.f32s()?, b, 3, h, w, &self.conv_w, p, &mut patches);
+        patch_embed_weight_cpu(pixels.f32s()?, b, 3, h, w, &self.conv_w, p, &mut patches);
         let pos = match req.pos_table {
             Some(table) if table.len() == t * c => table.to_vec(),
             Some(table) => return Err(Error::Shape(format!("positional table of {} values for {t} tokens x {c}", table.len()))),
@@ -159,7 +162,7 @@ impl VisionTransformer {
             let mut xn = vec![0.0f32; x.len()];
             layer_norm_cpu(&x, &self.ln_post_w, &self.ln_post_b, LN_EPS, &mut xn);
             let mut all = vec![0.0f32; b * t * d];
-            linear_cpu(&xn, &self.proj_t, None, &mut all, c, false);
+            self.proj_t.forward(&xn, &mut all, &Epilogue::default());
             let pooled: Vec<f32> = all.chunks_exact(t * d).flat_map(|r| r[..d].to_vec()).collect();
             (pooled, Some(Tensor::from_f32(&[b, t, d], all)?))
         } else {
@@ -167,7 +170,7 @@ impl VisionTransformer {
             let mut cn = vec![0.0f32; b * c];
             layer_norm_cpu(&cls, &self.ln_post_w, &self.ln_post_b, LN_EPS, &mut cn);
             let mut pooled = vec![0.0f32; b * d];
-            linear_cpu(&cn, &self.proj_t, None, &mut pooled, c, false);
+            self.proj_t.forward(&cn, &mut pooled, &Epilogue::default());
             (pooled, None)
         };
         Ok(VitOutput { pooled: Tensor::from_f32(&[b, d], pooled)?, tokens, attn })
