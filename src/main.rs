@@ -1,6 +1,7 @@
 //! The labelfree CLI: parses, builds a config, calls a method. Thin by design.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -8,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use labelfree::data::datasets::args::{announce, dataset_json, DatasetArgs, SplitUse};
 use labelfree::data::datasets::{ClassNames, Dataset};
 use labelfree::data::loader::LoaderStats;
+use labelfree::device::cuda::Gpu;
 use labelfree::device::{self, Device};
 use labelfree::eval::{self, scores_csv, EvalOptions};
 use labelfree::methods::cache::{self, CacheEntry, CacheStatus};
@@ -237,25 +239,17 @@ fn build_model(m: &ModelArgs) -> Result<ClipModel> {
 
 /// With `--device cuda`, loads the image tower onto the GPU (text stays on the CPU: it is
 /// encoded once per class list).
-fn attach_device(model: &mut ClipModel, dev: Device, m: &ModelArgs, dtype: &str, gemm: &str) -> Result<()> {
-    if let Device::Cuda(n) = dev {
-        let gpu = labelfree::device::cuda::Gpu::new(n)?.with_gemm(gemm.parse()?);
+fn attach_device(model: &mut ClipModel, gpu: Option<&Arc<Gpu>>, m: &ModelArgs, dtype: &str, gemm: &str) -> Result<()> {
+    if let Some(gpu) = gpu {
         if m.weights.is_none() {
             eprintln!("note: the random model's CUDA image tower is its own random draw (not the CPU tower's weights)");
         }
-        model.attach_cuda(&gpu, m.weights.as_deref(), dtype.parse()?).context("loading the image tower onto the GPU")?;
+        model.attach_cuda(gpu, m.weights.as_deref(), dtype.parse()?).context("loading the image tower onto the GPU")?;
         eprintln!("device: {} ({dtype}, {gemm} GEMM)", gpu.name);
     }
     Ok(())
 }
 
-fn check_device(d: &str) -> Result<Device> {
-    let dev: Device = d.parse()?;
-    if let Device::Cuda(n) = dev {
-        labelfree::device::cuda::check_available(n)?;
-    }
-    Ok(dev)
-}
 
 fn read_classes(classes: &Option<String>, file: &Option<PathBuf>) -> Result<Vec<String>> {
     let list: Vec<String> = match (classes, file) {
@@ -346,10 +340,10 @@ fn json_path(json: &Option<PathBuf>, out: &Path) -> PathBuf {
 
 fn run(cli: Cli) -> Result<()> {
     device::set_cpu_threads(cli.threads);
-    let dev = check_device(&cli.device)?;
+    let dev: Device = cli.device.parse()?;
     let (cli_dtype, cli_gemm) = (cli.dtype.clone(), cli.gemm.clone());
     cli_dtype.parse::<labelfree::device::cuda::CudaDType>()?;
-    cli_gemm.parse::<labelfree::device::cuda::GemmBackend>()?;
+    let gemm: labelfree::device::cuda::GemmBackend = cli_gemm.parse()?;
     if let Device::Cuda(_) = dev {
         if !matches!(cli.command, Command::Bench { .. } | Command::GpuCheck { .. } | Command::Embed { .. } | Command::Zeroshot { .. } | Command::Tagclip(_)) {
             bail!(
@@ -358,10 +352,15 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
     }
+    // Opened once: creating the context loads (and JIT-compiles) every kernel module.
+    let gpu: Option<Arc<Gpu>> = match dev {
+        Device::Cuda(n) => Some(Gpu::new(n)?.with_gemm(gemm)),
+        Device::Cpu => None,
+    };
     match cli.command {
         Command::Embed { model: m, images, size, batch, normalize, out, json } => {
             let mut model = build_model(&m)?;
-            attach_device(&mut model, dev, &m, &cli_dtype, &cli_gemm)?;
+            attach_device(&mut model, gpu.as_ref(), &m, &cli_dtype, &cli_gemm)?;
             let transform = clip_transform(&model, size)?;
             let paths = labelfree::data::images::list_images(&images);
             if paths.is_empty() {
@@ -396,7 +395,7 @@ fn run(cli: Cli) -> Result<()> {
                 let ds = load_dataset(&data, &classes_file)?;
                 let style: ClassNames = names.parse()?;
                 let mut model = build_model(&m)?;
-            attach_device(&mut model, dev, &m, &cli_dtype, &cli_gemm)?;
+            attach_device(&mut model, gpu.as_ref(), &m, &cli_dtype, &cli_gemm)?;
                 let transform = clip_transform(&model, size)?;
                 let templates = templates_for(&template, ensemble);
                 let prompt_names = ds.class_names(style);
@@ -445,7 +444,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let class_list = read_classes(&classes, &classes_file)?;
             let mut model = build_model(&m)?;
-            attach_device(&mut model, dev, &m, &cli_dtype, &cli_gemm)?;
+            attach_device(&mut model, gpu.as_ref(), &m, &cli_dtype, &cli_gemm)?;
             let transform = clip_transform(&model, size)?;
             let tok = ClipTokenizer::new()?;
             let templates = templates_for(&template, ensemble);
@@ -515,12 +514,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => {
             labelfree::train::run::run(&a.to_run())?;
         }
-        Command::Bench { archs, size, runs, json, batches, .. } if matches!(dev, Device::Cuda(_)) => {
-            use labelfree::device::cuda::{CudaDType, GemmBackend, Gpu};
-            let Device::Cuda(ordinal) = dev else { unreachable!() };
-            let dtype: CudaDType = cli_dtype.parse()?;
-            let gemm: GemmBackend = cli_gemm.parse()?;
-            let gpu = Gpu::new(ordinal)?.with_gemm(gemm);
+        Command::Bench { archs, size, runs, json, batches, .. } if gpu.is_some() => {
+            let gpu = gpu.as_ref().ok_or_else(|| anyhow::anyhow!("no GPU"))?;
+            let dtype: labelfree::device::cuda::CudaDType = cli_dtype.parse()?;
             let batches: Vec<usize> = batches
                 .split(',')
                 .map(|s| s.trim().parse::<usize>().with_context(|| format!("--batches: `{s}` is not a number")))
@@ -528,7 +524,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{:<10} {:>6} {:>5} {:>6} {:>8} {:>10} {:>10} {:>8}", "arch", "dtype", "batch", "size", "gemm", "ms/batch", "images/s", "TFLOP/s");
             let mut all = Vec::new();
             for arch in archs.split(',') {
-                for r in labelfree::bench::cuda_encoder_throughput(&gpu, arch.trim(), &batches, size, dtype, runs.max(5))? {
+                for r in labelfree::bench::cuda_encoder_throughput(gpu, arch.trim(), &batches, size, dtype, runs.max(5))? {
                     println!(
                         "{:<10} {:>6} {:>5} {:>6} {:>8} {:>10.3} {:>10.1} {:>8.1}",
                         r.arch, r.dtype, r.batch, r.size, r.gemm, r.median_ms, r.images_per_s, r.tflops
@@ -552,14 +548,14 @@ fn run(cli: Cli) -> Result<()> {
                 write_atomic(&j, serde_json::to_string_pretty(&all)?.as_bytes())?;
             }
         }
-        Command::Tagclip(a) => labelfree::methods::tagclip::cli::run_cli(a, dev, &cli_dtype, &cli_gemm)?,
+        Command::Tagclip(a) => labelfree::methods::tagclip::cli::run_cli(a, dev, gpu.as_ref(), &cli_dtype, &cli_gemm)?,
         Command::GpuCheck { bench, filter, runs, json } => {
-            use labelfree::device::cuda::{check, Gpu, NVCC_VERSION};
-            let ordinal = match dev {
-                Device::Cuda(n) => n,
-                Device::Cpu => 0,
+            use labelfree::device::cuda::{check, NVCC_VERSION};
+            // gpu-check always runs on a GPU: device 0 unless --device cuda:N says otherwise.
+            let gpu = match gpu {
+                Some(g) => g,
+                None => Gpu::new(0)?.with_gemm(gemm),
             };
-            let gpu = Gpu::new(ordinal)?.with_gemm(cli_gemm.parse()?);
             let (major, minor) = gpu.compute_capability;
             eprintln!("device    {} (sm_{major}{minor}), kernels from {NVCC_VERSION}", gpu.name);
             let checks = check::all_checks();

@@ -78,11 +78,6 @@ pub(crate) fn driver_err(what: &str, e: DriverError) -> Error {
     Error::Device(format!("{what}: {e:?}"))
 }
 
-/// Checks that a CUDA device can be used, with a message a user can act on when not.
-pub fn check_available(ordinal: usize) -> Result<()> {
-    Gpu::new(ordinal).map(|_| ())
-}
-
 impl Gpu {
     /// Opens device `ordinal` and loads every embedded kernel module that runs on it.
     pub fn new(ordinal: usize) -> Result<Arc<Gpu>> {
@@ -211,6 +206,11 @@ impl Gpu {
         let mut slot = self.cublas.lock().map_err(|_| Error::Internal("cublas handle poisoned".into()))?;
         if let Some(b) = slot.as_ref() {
             return Ok(b.clone());
+        }
+        // SAFETY: only probes whether the library can be dlopen'ed (cudarc panics on first use
+        // when it cannot). Once per Gpu: the handle is cached below.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::Device("--gemm cublas: no cuBLAS library (libcublas) found on this machine".into()));
         }
         let b = Arc::new(
             cudarc::cublas::CudaBlas::new(self.stream.clone())

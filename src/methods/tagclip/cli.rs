@@ -289,7 +289,7 @@ fn save_maps(dir: &Path, path: &Path, r: &ImageResult, model: &ClipModel, text: 
 /// With `--device cuda` the two encoder passes (the native-resolution patch pass and the 224
 /// crop passes) run on the GPU in `dtype`; DMAR, the contour boxes and CWR's planning stay on
 /// the CPU (rayon), with the maps and tokens copied back between the stages.
-pub fn run_cli(a: TagclipArgs, dev: Device, dtype: &str, gemm: &str) -> Result<()> {
+pub fn run_cli(a: TagclipArgs, dev: Device, gpu: Option<&std::sync::Arc<crate::device::cuda::Gpu>>, dtype: &str, gemm: &str) -> Result<()> {
     let (classes, preset_bg) = match a.preset.as_deref() {
         Some("coco") => (super::COCO_CLASSES.iter().map(|s| s.to_string()).collect(), "coco"),
         Some("voc") => (super::VOC_CLASSES.iter().map(|s| s.to_string()).collect(), "voc"),
@@ -298,12 +298,11 @@ pub fn run_cli(a: TagclipArgs, dev: Device, dtype: &str, gemm: &str) -> Result<(
     };
     let background = background_words(a.background.as_deref().unwrap_or(preset_bg))?;
     let mut model = build_model(&a)?;
-    if let Device::Cuda(n) = dev {
-        let gpu = crate::device::cuda::Gpu::new(n)?.with_gemm(gemm.parse()?);
+    if let Some(gpu) = gpu {
         if a.weights.is_none() {
             eprintln!("note: the random model's CUDA image tower is its own random draw (not the CPU tower's weights)");
         }
-        model.attach_cuda(&gpu, a.weights.as_deref(), dtype.parse()?)?;
+        model.attach_cuda(gpu, a.weights.as_deref(), dtype.parse()?)?;
         eprintln!("device: {} ({dtype}, {gemm} GEMM): encoder passes on the GPU, DMAR and CWR planning on the CPU", gpu.name);
     }
     let opts = a.options();
