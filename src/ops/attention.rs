@@ -42,6 +42,17 @@ pub enum ProbsRecord {
     Unmasked,
 }
 
+impl ProbsRecord {
+    /// From a request's two flags: record at all, and whether before the masks.
+    pub fn from_flags(record: bool, before_mask: bool) -> ProbsRecord {
+        match (record, before_mask) {
+            (false, _) => ProbsRecord::None,
+            (true, false) => ProbsRecord::Masked,
+            (true, true) => ProbsRecord::Unmasked,
+        }
+    }
+}
+
 fn apply_mask_row(row: &mut [f32], b: usize, i: usize, t: usize, mask: &AttnMask) {
     if let Some(m) = mask.shared {
         for (v, mv) in row.iter_mut().zip(&m[i * t..(i + 1) * t]) {

@@ -114,11 +114,7 @@ impl Transformer {
             layer_norm_cpu(x, &blk.ln1_w, &blk.ln1_b, LN_EPS, &mut h);
             blk.in_w.forward(&h, &mut qkv, &Epilogue { bias: Bias::PerColumn(&blk.in_b), ..Default::default() });
             let mask = req.masks.get(l).copied().unwrap_or_default();
-            let record = match (req.record_probs, req.probs_before_mask) {
-                (false, _) => ProbsRecord::None,
-                (true, false) => ProbsRecord::Masked,
-                (true, true) => ProbsRecord::Unmasked,
-            };
+            let record = ProbsRecord::from_flags(req.record_probs, req.probs_before_mask);
             let mut probs = if req.record_probs { vec![0.0f32; b * t * t] } else { Vec::new() };
             attention_forward_cpu(
                 &qkv,

@@ -151,41 +151,56 @@ impl CudaVit {
 
     /// pixels (B, 3, H, W) in this encoder's dtype, normalised -> pooled (B, D).
     pub fn forward(&self, pixels: &CudaTensor) -> Result<CudaTensor> {
-        let gpu = &*self.gpu;
-        let s = pixels.shape().to_vec();
-        let p = self.cfg.patch;
-        check_vit_input(&s, p)?;
+        check_vit_input(pixels.shape(), self.cfg.patch)?;
         pixels.expect_dtype(self.dtype, "CUDA ViT input")?;
-        let (b, gh, gw) = (s[0], s[2] / p, s[3] / p);
-        let (c, d, n) = (self.cfg.width, self.cfg.output_dim, gh * gw);
-        let t = n + 1;
+        let p = self.cfg.patch;
+        let pos = self.positional(pixels.dim(2) / p, pixels.dim(3) / p)?;
+        let h = self.embed(pixels, &pos)?;
+        let (x, _) = self.transformer.forward(h, &[], ProbsRecord::None)?;
+        self.project(x, false)
+    }
+
+    /// pixels (B, 3, H, W) -> ln_pre(patch embedding, class token, + pos), (B, T, C): the
+    /// patch embedding as one GEMM over the patchified pixels.
+    fn embed(&self, pixels: &CudaTensor, pos: &CudaTensor) -> Result<CudaTensor> {
+        let gpu = &*self.gpu;
+        let p = self.cfg.patch;
+        let (b, n, c) = (pixels.dim(0), (pixels.dim(2) / p) * (pixels.dim(3) / p), self.cfg.width);
         let dt = self.dtype;
-        // (B * N, 3 * p * p) -> (B * N, C): the patch embedding as one GEMM.
         let mut cols = CudaTensor::empty(gpu, &[b * n, 3 * p * p], dt)?;
         patchify_cuda(gpu, pixels, p, &mut cols)?;
         let mut patches = CudaTensor::empty(gpu, &[b * n, c], dt)?;
         linear_cuda(gpu, &cols, &self.conv_w, None, Epilogue::None, None, &mut patches)?;
         drop(cols);
         let patches = patches.reshape(&[b, n, c])?;
-        let pos = self.positional(gh, gw)?;
-        let mut x = CudaTensor::empty(gpu, &[b, t, c], dt)?;
-        vit_tokens_cuda(gpu, &patches, &self.class_emb, &pos, &mut x)?;
+        let mut x = CudaTensor::empty(gpu, &[b, n + 1, c], dt)?;
+        vit_tokens_cuda(gpu, &patches, &self.class_emb, pos, &mut x)?;
         drop(patches);
-        let mut h = CudaTensor::empty(gpu, &[b, t, c], dt)?;
+        let mut h = CudaTensor::empty(gpu, &[b, n + 1, c], dt)?;
         layer_norm_cuda(gpu, &x, &self.ln_pre_w, &self.ln_pre_b, LN_EPS, &mut h)?;
-        std::mem::swap(&mut x, &mut h);
+        Ok(h)
+    }
 
-        drop(h);
-        let (x, _) = self.transformer.forward(x, &[], ProbsRecord::None)?;
-
-        let index = CudaTensor::from_i32(gpu, &[b], &vec![0i32; b])?;
-        let mut cls = CudaTensor::empty(gpu, &[b, c], dt)?;
-        gather_rows_cuda(gpu, &x, &index, &mut cls)?;
-        let mut cls_n = CudaTensor::empty(gpu, &[b, c], dt)?;
-        layer_norm_cuda(gpu, &cls, &self.ln_post_w, &self.ln_post_b, LN_EPS, &mut cls_n)?;
-        let mut pooled = CudaTensor::empty(gpu, &[b, d], dt)?;
-        linear_cuda(gpu, &cls_n, &self.proj_t, None, Epilogue::None, None, &mut pooled)?;
-        Ok(pooled)
+    /// x (B, T, C) after the blocks -> proj(ln_post(.)) of every token, (B * T, D), or of the
+    /// class token only, (B, D).
+    fn project(&self, x: CudaTensor, all_tokens: bool) -> Result<CudaTensor> {
+        let gpu = &*self.gpu;
+        let (b, t, c, d) = (x.dim(0), x.dim(1), self.cfg.width, self.cfg.output_dim);
+        let dt = self.dtype;
+        let src = if all_tokens {
+            x.reshape(&[b * t, c])?
+        } else {
+            let index = CudaTensor::from_i32(gpu, &[b], &vec![0i32; b])?;
+            let mut cls = CudaTensor::empty(gpu, &[b, c], dt)?;
+            gather_rows_cuda(gpu, &x, &index, &mut cls)?;
+            cls
+        };
+        let rows = src.dim(0);
+        let mut normed = CudaTensor::empty(gpu, &[rows, c], dt)?;
+        layer_norm_cuda(gpu, &src, &self.ln_post_w, &self.ln_post_b, LN_EPS, &mut normed)?;
+        let mut projected = CudaTensor::empty(gpu, &[rows, d], dt)?;
+        linear_cuda(gpu, &normed, &self.proj_t, None, Epilogue::None, None, &mut projected)?;
+        Ok(projected)
     }
 
     /// The pass with everything `VisionTransformer::forward` offers (per-layer masks, recorded
@@ -229,40 +244,13 @@ impl CudaVit {
             .iter()
             .map(|&(sh, cr, causal)| CudaAttnMask { shared: sh.map(|i| &uploaded[i].2), cls_row: cr.map(|i| &uploaded[i].2), causal })
             .collect();
-        let record = match (req.attn_probs, req.probs_before_mask) {
-            (false, _) => ProbsRecord::None,
-            (true, false) => ProbsRecord::Masked,
-            (true, true) => ProbsRecord::Unmasked,
-        };
+        let record = ProbsRecord::from_flags(req.attn_probs, req.probs_before_mask);
 
-        let mut cols = CudaTensor::empty(gpu, &[b * n, 3 * p * p], dt)?;
-        patchify_cuda(gpu, &x_in, p, &mut cols)?;
+        let h = self.embed(&x_in, &pos)?;
         drop(x_in);
-        let mut patches = CudaTensor::empty(gpu, &[b * n, c], dt)?;
-        linear_cuda(gpu, &cols, &self.conv_w, None, Epilogue::None, None, &mut patches)?;
-        drop(cols);
-        let patches = patches.reshape(&[b, n, c])?;
-        let mut x = CudaTensor::empty(gpu, &[b, t, c], dt)?;
-        vit_tokens_cuda(gpu, &patches, &self.class_emb, &pos, &mut x)?;
-        let mut h = CudaTensor::empty(gpu, &[b, t, c], dt)?;
-        layer_norm_cuda(gpu, &x, &self.ln_pre_w, &self.ln_pre_b, LN_EPS, &mut h)?;
         let (x, probs) = self.transformer.forward(h, &masks, record)?;
         let attn = probs.iter().map(|pm| pm.to_tensor(gpu)).collect::<Result<Vec<_>>>()?;
-
-        let rows = if req.tokens { b * t } else { b };
-        let src = if req.tokens {
-            x
-        } else {
-            let index = CudaTensor::from_i32(gpu, &[b], &vec![0i32; b])?;
-            let mut cls = CudaTensor::empty(gpu, &[b, c], dt)?;
-            gather_rows_cuda(gpu, &x, &index, &mut cls)?;
-            cls
-        };
-        let src = src.reshape(&[rows, c])?;
-        let mut normed = CudaTensor::empty(gpu, &[rows, c], dt)?;
-        layer_norm_cuda(gpu, &src, &self.ln_post_w, &self.ln_post_b, LN_EPS, &mut normed)?;
-        let mut projected = CudaTensor::empty(gpu, &[rows, d], dt)?;
-        linear_cuda(gpu, &normed, &self.proj_t, None, Epilogue::None, None, &mut projected)?;
+        let projected = self.project(x, req.tokens)?;
         let all = projected.to_f32_vec(gpu)?;
         let (pooled, tokens) = if req.tokens {
             let pooled: Vec<f32> = all.chunks_exact(t * d).flat_map(|r| r[..d].to_vec()).collect();
