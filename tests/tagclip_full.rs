@@ -12,6 +12,10 @@ use labelfree::methods::tagclip::{prepare, run_batch, transform_for, ClassText, 
 use labelfree::models::clip::tokenizer::ClipTokenizer;
 use labelfree::models::clip::ClipModel;
 
+fn tok() -> ClipTokenizer {
+    ClipTokenizer::new().unwrap()
+}
+
 /// The official results: official.json (a finished run) or official.jsonl (a run stopped
 /// early: no tags, which the test recomputes with the official rule, and, from older versions
 /// of the script, no names: the photos are taken in sorted order, as the script does).
@@ -52,11 +56,27 @@ fn full_size_matches_official() {
     let model = ClipModel::load(&dir.join("vit_b16_tagclip.safetensors"), None, None).unwrap();
     let classes: Vec<String> = labelfree::methods::tagclip::COCO_CLASSES.iter().map(|s| s.to_string()).collect();
     let bg = labelfree::methods::tagclip::background_words("coco").unwrap();
-    let tok = ClipTokenizer::new().unwrap();
-    let text = ClassText::encode(&model, &tok, &classes, &bg).unwrap();
+    // LABELFREE_TAGCLIP_TEXT=file.safetensors ("text_features", e.g. the official ones the
+    // script saved): skips the ~10 min of text encoding when looking at the image side only.
+    let text = match std::env::var("LABELFREE_TAGCLIP_TEXT") {
+        Ok(path) => {
+            let (map, _) = labelfree::models::clip::weights::load_safetensors(Path::new(&path)).unwrap();
+            let t = map["text_features"].to_f32().unwrap();
+            let mut names = classes.clone();
+            names.extend(bg.iter().cloned());
+            let dim = t.shape()[1];
+            ClassText::from_embeddings(names, classes.len(), t.into_f32_vec().unwrap(), dim).unwrap()
+        }
+        Err(_) => ClassText::encode(&model, &tok(), &classes, &bg).unwrap(),
+    };
     let transform = transform_for(&model).unwrap();
-    let opts = TagclipOptions::default();
+    let opts = TagclipOptions { keep_maps: true, ..TagclipOptions::default() };
     let mut images = official_images(&dir, &coco);
+    // LABELFREE_TAGCLIP_ONLY=name[,name...]: only these photos (to look at one divergence).
+    if let Ok(only) = std::env::var("LABELFREE_TAGCLIP_ONLY") {
+        let only: Vec<&str> = only.split(',').collect();
+        images.retain(|im| only.contains(&im["name"].as_str().unwrap_or("")));
+    }
     if limit > 0 {
         images.truncate(limit);
     }
@@ -75,6 +95,25 @@ fn full_size_matches_official() {
         close += n_close;
         same_tags += (r.tags == want_tags) as usize;
         eprintln!("{name}: {}/{} entries within 1e-3, tags {:?} official {:?}", n_close, want.len(), r.tags, want_tags);
+        // Where a divergence starts: the pre-CWR local scores (DMAR), the per-class maximum of
+        // the refined map, and the number of CWR crops (official: passes after the first).
+        let floats = |key: &str| -> Option<Vec<f32>> {
+            Some(im.get(key)?.as_array()?.iter().map(|v| v.as_f64().unwrap_or(f64::NAN) as f32).collect())
+        };
+        let worst = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| ((x - y) / y).abs()).fold(0.0f32, f32::max);
+        if let Some(local) = floats("local") {
+            let k = local.len().min(r.local.len());
+            eprintln!("  local (pre-CWR) worst rel. error {:.2e}", worst(&r.local[..k], &local[..k]));
+        }
+        if let (Some(pmax), Some(refined)) = (floats("p_ref_max"), r.refined.as_ref()) {
+            let c = pmax.len();
+            let ours: Vec<f32> = (0..c).map(|ci| refined.iter().skip(ci).step_by(c).copied().fold(f32::NEG_INFINITY, f32::max)).collect();
+            eprintln!("  refined map class maxima worst rel. error {:.2e}", worst(&ours, &pmax));
+        }
+        if let Some(crops) = im.get("crops").and_then(|v| v.as_u64()) {
+            let ours: Vec<(usize, [usize; 4])> = r.cwr.crops.iter().map(|c| (c.class, [c.cells.x0, c.cells.y0, c.cells.x1, c.cells.y1])).collect();
+            eprintln!("  CWR crops: ours {} official {}; ours (class, [x0 y0 x1 y1]) {:?}", ours.len(), crops, ours);
+        }
     }
     let (fe, ft) = (close as f64 / entries as f64, same_tags as f64 / images.len() as f64);
     eprintln!("{} images: {:.2}% of entries within 1e-3, {:.2}% of images with the same tags", images.len(), 100.0 * fe, 100.0 * ft);

@@ -391,7 +391,13 @@ def make_full(args):
         names = names[:args.limit]
     tag = f"_{args.limit}" if args.limit else ""
     jsonl = os.path.join(args.out, f"official{tag}.jsonl")
-    if os.path.exists(jsonl):
+    if args.skip:
+        # Continue a stopped run: its jsonl holds the first --skip photos; append the rest.
+        done = sum(1 for _ in open(jsonl)) if os.path.exists(jsonl) else 0
+        if done != args.skip:
+            sys.exit(f"--skip {args.skip}, but {jsonl} holds {done} images")
+        names = names[args.skip:]
+    elif os.path.exists(jsonl):
         os.remove(jsonl)
     tpath = os.path.join(args.out, "text_features.safetensors")
     if args.reuse and os.path.exists(tpath):
@@ -405,6 +411,11 @@ def make_full(args):
         save(tpath, {"text_features": text}, {"seconds": f"{text_s:.1f}"})
         print(f"text features {tuple(text.shape)} in {text_s:.1f} s", flush=True)
     recs, seconds = run_classify(cl, model, os.path.abspath(args.coco), names, text_features=text, jsonl=jsonl)
+    if args.skip:
+        # official.json would hold only the continued part; compare reads the whole jsonl.
+        print(f"{len(recs)} more images in {seconds:.1f} s ({seconds / max(len(recs), 1):.2f} s/image), "
+              f"appended to {jsonl}")
+        return
     doc = {"tagclip_commit": args.commit, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "text_seconds": text_s, "classify_seconds": seconds, "images": recs,
            "classes": cl.class_names_coco, "background": cl.BACKGROUND_CATEGORY_COCO}
@@ -471,6 +482,8 @@ def main():
     ap.add_argument("--tags", help="compare: the engine's tags CSV")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=0, help="full: the first N photos only (files get a _N suffix)")
+    ap.add_argument("--skip", type=int, default=0,
+                    help="full: continue a stopped run whose official.jsonl holds the first N photos (needs --reuse)")
     ap.add_argument("--reuse", action="store_true",
                     help="full: reuse the weights and text features already in --out (timing runs)")
     args = ap.parse_args()
