@@ -32,11 +32,20 @@ if python3 -c "import torch, open_clip" 2>/dev/null; then
 else
     echo "no torch + open_clip on this machine: PyTorch comparison skipped" | tee "$OUT/torch.jsonl"
 fi
+echo "== ResNet-50 training (f32, CAM head, Adam), coco128 photos at 448, batch 32 =="
+"$B/labelfree" --device cuda train --labels "$B/coco128/labels.csv" --root "$B/coco128" \
+    --epochs 3 --batch 32 --size 448 --consistency-from 1 --out "$OUT/train" 2>&1 | tail -n 8 | tee "$OUT/train.txt"
+if python3 -c "import torch, torchvision" 2>/dev/null; then
+    echo "== PyTorch ResNet-50 training (channels-last; bf16 autocast and f32), same card =="
+    python3 "$B/bench_torch_train_gpu.py" --batches 16,32 --size 448 | tee "$OUT/torch-train.jsonl"
+else
+    echo "no torch + torchvision on this machine: PyTorch training comparison skipped" | tee "$OUT/torch-train.jsonl"
+fi
 SAN="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n1)"
 if [ -n "$SAN" ]; then
     for tool in memcheck racecheck; do
         echo "== compute-sanitizer $tool =="
-        "$SAN" --tool "$tool" --error-exitcode 9 "$B/cuda_kernels" --test-threads=1 > "$OUT/sanitizer-$tool.txt" 2>&1
+        "$SAN" --tool "$tool" --error-exitcode 9 "$B/labelfree" gpu-check > "$OUT/sanitizer-$tool.txt" 2>&1
         echo "$tool exit $?" | tee -a "$OUT/sanitizer.txt"
         tail -n 3 "$OUT/sanitizer-$tool.txt"
     done
@@ -49,4 +58,6 @@ grep -c "| yes |" "$OUT/gpu-check.md" | sed 's/^/kernel checks passed: /'
 grep -E "NO|ERROR" "$OUT/gpu-check.md" | head -n 20
 grep -h " 256 " "$OUT"/bench-*.txt
 grep '"batch": 256' "$OUT/torch.jsonl" 2>/dev/null
+grep -h "epoch" "$OUT/train.txt" | tail -n 3
+grep -h '"batch": 32' "$OUT/torch-train.jsonl" 2>/dev/null
 cat "$OUT/sanitizer.txt"

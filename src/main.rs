@@ -345,9 +345,9 @@ fn run(cli: Cli) -> Result<()> {
     cli_dtype.parse::<labelfree::device::cuda::CudaDType>()?;
     let gemm: labelfree::device::cuda::GemmBackend = cli_gemm.parse()?;
     if let Device::Cuda(_) = dev {
-        if !matches!(cli.command, Command::Bench { .. } | Command::GpuCheck { .. } | Command::Embed { .. } | Command::Zeroshot { .. } | Command::Tagclip(_)) {
+        if !matches!(cli.command, Command::Bench { .. } | Command::GpuCheck { .. } | Command::Embed { .. } | Command::Zeroshot { .. } | Command::Tagclip(_) | Command::Train(_)) {
             bail!(
-                "--device cuda: this command has no CUDA path yet (embed, zeroshot, tagclip, bench and gpu-check have one); \
+                "--device cuda: this command has no CUDA path yet (embed, zeroshot, tagclip, train, bench and gpu-check have one); \
                  use --device cpu"
             );
         }
@@ -512,7 +512,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&info)?);
         }
         Command::Train(a) => {
-            labelfree::train::run::run(&a.to_run())?;
+            labelfree::train::run::run(&a.to_run(), gpu.as_ref())?;
         }
         Command::Bench { archs, size, runs, json, batches, .. } if gpu.is_some() => {
             let gpu = gpu.as_ref().ok_or_else(|| anyhow::anyhow!("no GPU"))?;

@@ -136,16 +136,16 @@ fn run_from_csv_labels_and_a_backbone_then_resume() {
         out: out.clone(),
         progress: false,
     };
-    let s = run(&r).unwrap();
+    let s = run(&r, None).unwrap();
     assert_eq!((s.classes.len(), s.images, s.epochs.len(), s.resumed_from_epoch), (3, 5, 2, 0));
     assert!(out.join("train_report.json").exists() && out.join("checkpoint.json").exists());
     r.resume = true;
     r.epochs = 3;
-    let s = run(&r).unwrap();
+    let s = run(&r, None).unwrap();
     assert_eq!((s.resumed_from_epoch, s.epochs.len(), s.epochs[0].epoch), (2, 1, 3));
     // A label out of [0, 1] is an error that names the line.
     std::fs::write(&labels, "path,a,b,c\nim0.png,0.5,1.5,0\n").unwrap();
-    let e = run(&TrainRun { resume: false, ..r }).err().unwrap().to_string();
+    let e = run(&TrainRun { resume: false, ..r }, None).err().unwrap().to_string();
     assert!(e.contains("line 2") && e.contains("1.5"), "{e}");
     for d in [root, out] {
         let _ = std::fs::remove_dir_all(d);

@@ -1,2 +1,3 @@
 pub mod clip;
 pub mod resnet50;
+pub mod resnet50_cuda;

@@ -87,17 +87,17 @@ impl Layout {
 
 /// A bias-free convolution followed by batch norm: offsets of its tensors.
 #[derive(Clone, Debug)]
-struct ConvBn {
-    w: usize,
-    gamma: usize,
-    beta: usize,
-    running_mean: usize,
-    running_var: usize,
-    c_in: usize,
-    c_out: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
+pub(crate) struct ConvBn {
+    pub(crate) w: usize,
+    pub(crate) gamma: usize,
+    pub(crate) beta: usize,
+    pub(crate) running_mean: usize,
+    pub(crate) running_var: usize,
+    pub(crate) c_in: usize,
+    pub(crate) c_out: usize,
+    pub(crate) k: usize,
+    pub(crate) stride: usize,
+    pub(crate) pad: usize,
 }
 
 impl ConvBn {
@@ -117,16 +117,16 @@ impl ConvBn {
         }
     }
 
-    fn shape(&self, b: usize, h: usize, w: usize) -> Conv2dShape {
+    pub(crate) fn shape(&self, b: usize, h: usize, w: usize) -> Conv2dShape {
         Conv2dShape { batch: b, c_in: self.c_in, h, w, c_out: self.c_out, kernel: self.k, stride: self.stride, pad: self.pad }
     }
 }
 
-struct Bottleneck {
-    conv1: ConvBn,
-    conv2: ConvBn,
-    conv3: ConvBn,
-    down: Option<ConvBn>,
+pub(crate) struct Bottleneck {
+    pub(crate) conv1: ConvBn,
+    pub(crate) conv2: ConvBn,
+    pub(crate) conv3: ConvBn,
+    pub(crate) down: Option<ConvBn>,
 }
 
 /// What one conv + batch norm (+ ReLU) saves for the backward.
@@ -191,10 +191,10 @@ pub struct ResNet {
     pub buffer_slots: Vec<Slot>,
     /// The head's parameters are `params[head_start..]` (their own Adam group).
     pub head_start: usize,
-    stem: ConvBn,
-    blocks: Vec<Bottleneck>,
-    head_w: usize,
-    head_b: usize,
+    pub(crate) stem: ConvBn,
+    pub(crate) blocks: Vec<Bottleneck>,
+    pub(crate) head_w: usize,
+    pub(crate) head_b: usize,
 }
 
 impl ResNet {

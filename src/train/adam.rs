@@ -7,7 +7,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::device::cuda::check::{max_rel_err_all, random_vec, CheckRun, GpuCheck, Work};
-use crate::device::cuda::{expect_f32, f32_arg_at, grid_stride_config, CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{expect_f32, f32_arg_at, grid_stride_config, CudaDType, CudaTensor, Gpu, KArg};
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug)]
@@ -85,23 +85,70 @@ pub fn adam_step_cuda(gpu: &Gpu, opt: &mut Adam, params: &mut CudaTensor, grads:
     expect_f32("adam_step_cuda", &[params, grads, m, v])?;
     let (bc1, bc2_sqrt) = opt.advance();
     for g in opt.groups.iter().filter(|g| !g.range.is_empty()) {
-        let (start, len) = (g.range.start, g.range.len());
-        let args = [
-            f32_arg_at(gpu, params, start),
-            f32_arg_at(gpu, grads, start),
-            f32_arg_at(gpu, m, start),
-            f32_arg_at(gpu, v, start),
-            (len as i64).into(),
-            (g.lr / bc1).into(),
-            opt.beta1.into(),
-            opt.beta2.into(),
-            opt.eps.into(),
-            opt.weight_decay.into(),
-            bc2_sqrt.into(),
-        ];
-        gpu.launch("adam", "adam_step_f32", grid_stride_config(len), &args)?;
+        let start = g.range.start;
+        let ptrs = [f32_arg_at(gpu, params, start), f32_arg_at(gpu, grads, start), f32_arg_at(gpu, m, start), f32_arg_at(gpu, v, start)];
+        launch_adam(gpu, opt, ptrs, g.range.len(), g.lr, bc1, bc2_sqrt)?;
     }
     Ok(())
+}
+
+/// `adam_step_cuda` for parameters held as one device tensor each (the CUDA trainer's
+/// layout): tensor i sits at `offsets[i]` of the flat parameter buffer that `opt.groups`
+/// describe, which gives its learning rate. One launch per tensor; the same arithmetic.
+pub fn adam_step_cuda_tensors(
+    gpu: &Gpu,
+    opt: &mut Adam,
+    offsets: &[usize],
+    params: &mut [CudaTensor],
+    grads: &[CudaTensor],
+    m: &mut [CudaTensor],
+    v: &mut [CudaTensor],
+) -> Result<()> {
+    let n = offsets.len();
+    if params.len() != n || grads.len() != n || m.len() != n || v.len() != n {
+        return Err(Error::Shape(format!(
+            "adam_step_cuda_tensors: {n} offsets, {} params, {} grads, {} m, {} v",
+            params.len(),
+            grads.len(),
+            m.len(),
+            v.len()
+        )));
+    }
+    let mut lrs = Vec::with_capacity(n);
+    for (i, &off) in offsets.iter().enumerate() {
+        let len = params[i].numel();
+        if grads[i].numel() != len || m[i].numel() != len || v[i].numel() != len {
+            return Err(Error::Shape(format!("adam_step_cuda_tensors: tensor {i} sizes differ")));
+        }
+        expect_f32("adam_step_cuda_tensors", &[&params[i], &grads[i], &m[i], &v[i]])?;
+        let g = opt.groups.iter().find(|g| g.range.contains(&off) && off + len <= g.range.end);
+        lrs.push(g.map(|g| g.lr).ok_or_else(|| Error::Shape(format!("adam_step_cuda_tensors: tensor {i} at {off} (+{len}) is in no group")))?);
+    }
+    let (bc1, bc2_sqrt) = opt.advance();
+    for i in 0..n {
+        let ptrs = [params[i].arg(gpu), grads[i].arg(gpu), m[i].arg(gpu), v[i].arg(gpu)];
+        launch_adam(gpu, opt, ptrs, params[i].numel(), lrs[i], bc1, bc2_sqrt)?;
+    }
+    Ok(())
+}
+
+/// One `adam_step_f32` launch over `len` elements at [params, grads, m, v].
+fn launch_adam(gpu: &Gpu, opt: &Adam, ptrs: [KArg; 4], len: usize, lr: f32, bc1: f32, bc2_sqrt: f32) -> Result<()> {
+    let [p, g, m, v] = ptrs;
+    let args = [
+        p,
+        g,
+        m,
+        v,
+        (len as i64).into(),
+        (lr / bc1).into(),
+        opt.beta1.into(),
+        opt.beta2.into(),
+        opt.eps.into(),
+        opt.weight_decay.into(),
+        bc2_sqrt.into(),
+    ];
+    gpu.launch("adam", "adam_step_f32", grid_stride_config(len), &args)
 }
 
 /// Kernel checks: ten steps against the CPU Adam (fresh random gradients each step) on the

@@ -52,8 +52,17 @@ pub struct EvalResult {
 }
 
 /// Scores every image of `set` with `model` in eval mode, `batch` at a time.
-pub fn evaluate(
-    model: &ResNet,
+pub fn evaluate(model: &ResNet, set: &EvalSet, transform: &Transform, batch: usize, bar: Option<&indicatif::ProgressBar>) -> Result<EvalResult> {
+    let mut logits = |x: &[f32], n: usize, h: usize, w: usize| Ok(model.forward_eval(x, n, h, w)?.logits);
+    evaluate_with(&mut logits, set, transform, batch, bar)
+}
+
+/// Eval-mode logits (n, C) of n images (n, 3, H, W): the CPU model's or the GPU's.
+pub type LogitsFn<'a> = dyn FnMut(&[f32], usize, usize, usize) -> Result<Vec<f32>> + 'a;
+
+/// `evaluate` with the model given as its eval-mode logits function.
+pub fn evaluate_with(
+    logits_of: &mut LogitsFn<'_>,
     set: &EvalSet,
     transform: &Transform,
     batch: usize,
@@ -73,8 +82,8 @@ pub fn evaluate(
         for g in b.groups {
             let n = g.indices.len();
             // (n, 3, H, W) in, (n, C) logits out.
-            let acts = model.forward_eval(&g.pixels, n, g.height, g.width)?;
-            scores.extend(acts.logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())));
+            let logits = logits_of(&g.pixels, n, g.height, g.width)?;
+            scores.extend(logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())));
             for &i in &g.indices {
                 labels.extend_from_slice(&set.labels[i * c..(i + 1) * c]);
             }

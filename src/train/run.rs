@@ -6,12 +6,14 @@
 //! images by path) or, without `--dataset`, the label file's paths joined to `--root`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::data::color_jitter::ColorJitter;
 use crate::data::datasets::args::{announce, dataset_json, DatasetArgs, SplitUse};
 use crate::data::transforms::{Interpolation, Transform, IMAGENET_NORM_NUMPY};
+use crate::device::cuda::Gpu;
 use crate::error::{Error, Result};
 use crate::eval::scores_csv::count_and_head;
 use crate::models::resnet50::{HeadKind, ResNet, ResNetConfig};
@@ -217,7 +219,9 @@ fn model_for(r: &TrainRun, cfg: &TrainConfig, classes: usize) -> Result<Trainer>
     Ok(Trainer::new(model, cfg))
 }
 
-pub fn run(r: &TrainRun) -> Result<TrainSummary> {
+/// Trains on the CPU, or with `gpu` on the device (steps, Adam and the evaluation there; the
+/// images are decoded and augmented on the CPU).
+pub fn run(r: &TrainRun, gpu: Option<&Arc<Gpu>>) -> Result<TrainSummary> {
     let (labels, dataset, label_match) = training_labels(r)?;
     let eval = eval_set(r, &labels.classes)?;
     let cfg = TrainConfig {
@@ -234,6 +238,10 @@ pub fn run(r: &TrainRun) -> Result<TrainSummary> {
         stop_after_steps: None,
     };
     let mut trainer = model_for(r, &cfg, labels.classes.len())?;
+    if let Some(gpu) = gpu {
+        trainer.attach_cuda(gpu)?;
+        eprintln!("device: {} (f32 training)", gpu.name);
+    }
     let resumed_from_epoch = trainer.epoch;
     let epochs = trainer.train(&labels.samples, eval.as_ref().map(|(set, _)| set), &cfg)?;
     let summary = TrainSummary {

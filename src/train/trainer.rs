@@ -14,6 +14,7 @@
 //! from its last checkpoint ends with the same weights as an uninterrupted run.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -24,11 +25,13 @@ use serde::Serialize;
 use crate::data::color_jitter::{ColorJitter, JitterDraw};
 use crate::data::decode::decode_image_file;
 use crate::data::transforms::{hflip, normalize_unit_chw, to_chw_normalized, to_chw_unit, Transform};
+use crate::device::cuda::Gpu;
 use crate::error::{Error, Result};
 use crate::models::resnet50::ResNet;
+use crate::models::resnet50_cuda::CudaResNet;
 use crate::train::adam::{Adam, ParamGroup};
 use crate::train::checkpoint;
-use crate::train::evaluate::{evaluate, EvalResult, EvalSet};
+use crate::train::evaluate::{evaluate, evaluate_with, EvalResult, EvalSet};
 use crate::train::step::forward_backward;
 
 /// Metrics of every finished epoch, one JSON a line.
@@ -109,10 +112,14 @@ struct ViewPlan {
 type LoadedViews = (Vec<f32>, Option<Vec<f32>>);
 
 pub struct Trainer {
+    /// The model; with `cuda`, a copy refreshed from the device at the end of every epoch
+    /// (for the checkpoint), not during it.
     pub model: ResNet,
     pub opt: Adam,
     /// Epochs completed.
     pub epoch: usize,
+    /// Train on the GPU (`attach_cuda`): steps, evaluation and Adam on the device.
+    pub cuda: Option<CudaResNet>,
 }
 
 /// The RNG of one epoch: a function of (seed, epoch) only.
@@ -128,7 +135,7 @@ impl Trainer {
             ParamGroup { range: 0..model.head_start, lr: cfg.lr },
             ParamGroup { range: model.head_start..n, lr: cfg.lr * cfg.head_lr_mult },
         ];
-        Trainer { opt: Adam::new(n, groups), model, epoch: 0 }
+        Trainer { opt: Adam::new(n, groups), model, epoch: 0, cuda: None }
     }
 
     /// Resumes from `dir/checkpoint.safetensors`; the seed must be the run's.
@@ -137,7 +144,14 @@ impl Trainer {
         if meta.seed != cfg.seed {
             return Err(Error::Weights(format!("checkpoint was made with seed {}, not {}", meta.seed, cfg.seed)));
         }
-        Ok(Trainer { model, opt, epoch: meta.epoch })
+        Ok(Trainer { model, opt, epoch: meta.epoch, cuda: None })
+    }
+
+    /// Moves training to the GPU: the model and the optimiser state are copied to the device
+    /// (after `new` or `resume`), and copied back at the end of every epoch.
+    pub fn attach_cuda(&mut self, gpu: &Arc<Gpu>) -> Result<()> {
+        self.cuda = Some(CudaResNet::upload(gpu, &self.model, &self.opt)?);
+        Ok(())
     }
 
     /// Decodes and resizes one image once, then makes its views: view 1 (maybe flipped) and,
@@ -232,13 +246,22 @@ impl Trainer {
                         lone += 1;
                         continue;
                     }
-                    self.model.zero_grad();
-                    let out = forward_backward(&mut self.model, &bx, bx2.as_deref(), b, h, w, &by, None, consistency_weight)?;
-                    let grads = std::mem::take(&mut self.model.grads);
-                    self.opt.step(&mut self.model.params, &grads);
-                    self.model.grads = grads;
-                    bce_sum += out.bce as f64 * b as f64;
-                    cons_sum += out.consistency as f64 * b as f64;
+                    let (bce, consistency) = match &mut self.cuda {
+                        Some(dev) => {
+                            let out = dev.train_step(&mut self.opt, &bx, bx2.as_deref(), b, h, w, &by, consistency_weight)?;
+                            (out.bce, out.consistency)
+                        }
+                        None => {
+                            self.model.zero_grad();
+                            let out = forward_backward(&mut self.model, &bx, bx2.as_deref(), b, h, w, &by, None, consistency_weight)?;
+                            let grads = std::mem::take(&mut self.model.grads);
+                            self.opt.step(&mut self.model.params, &grads);
+                            self.model.grads = grads;
+                            (out.bce, out.consistency)
+                        }
+                    };
+                    bce_sum += bce as f64 * b as f64;
+                    cons_sum += consistency as f64 * b as f64;
                     images += b;
                     steps += 1;
                     if cfg.stop_after_steps.is_some_and(|n| steps >= n) {
@@ -256,6 +279,10 @@ impl Trainer {
                 pb.finish_and_clear();
             }
             self.epoch += 1;
+            if let Some(dev) = &self.cuda {
+                // Waits for the epoch's last step: the time below is the device's too.
+                dev.download_into(&mut self.model, &mut self.opt)?;
+            }
             let seconds = start.elapsed().as_secs_f64();
             let eval = match eval {
                 Some(set) => {
@@ -268,7 +295,13 @@ impl Trainer {
                         pb.set_prefix(set.name.clone());
                         pb
                     });
-                    let r = evaluate(&self.model, set, &cfg.transform, cfg.batch, pb.as_ref())?;
+                    let r = match &mut self.cuda {
+                        Some(dev) => {
+                            let mut logits = |x: &[f32], n: usize, h: usize, w: usize| dev.logits_eval(x, n, h, w);
+                            evaluate_with(&mut logits, set, &cfg.transform, cfg.batch, pb.as_ref())?
+                        }
+                        None => evaluate(&self.model, set, &cfg.transform, cfg.batch, pb.as_ref())?,
+                    };
                     if let Some(pb) = pb {
                         pb.finish_and_clear();
                     }

@@ -92,6 +92,7 @@ pub fn all_checks() -> Vec<GpuCheck> {
         crate::models::clip::vit_cuda::gpu_checks(),
         crate::models::clip::resnet_cuda::gpu_checks(),
         crate::models::clip::text_cuda::gpu_checks(),
+        crate::models::resnet50_cuda::gpu_checks(),
     ];
     groups.into_iter().flatten().collect()
 }

@@ -202,6 +202,19 @@ impl CudaTensor {
         }
     }
 
+    /// Sets every element to zero (a memset on the stream: gradient buffers between steps).
+    pub fn fill_zero(&mut self, gpu: &Gpu) -> Result<()> {
+        let s = &gpu.stream;
+        let err = |e| driver_err("memset", e);
+        match &mut self.buf {
+            CudaBuf::F32(b) => s.memset_zeros(b).map_err(err),
+            CudaBuf::BF16(b) => s.memset_zeros(b).map_err(err),
+            CudaBuf::F16(b) => s.memset_zeros(b).map_err(err),
+            CudaBuf::U8(b) => s.memset_zeros(b).map_err(err),
+            CudaBuf::I32(b) => s.memset_zeros(b).map_err(err),
+        }
+    }
+
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
