@@ -13,6 +13,7 @@ pub mod contours;
 pub mod conv2d;
 pub mod conv2d_backward;
 pub mod crop_resize;
+pub mod dmar;
 pub mod embedding;
 pub mod gap;
 pub mod gemm_packed;

@@ -88,11 +88,13 @@ pub fn all_checks() -> Vec<GpuCheck> {
         crate::ops::softmax::gpu_checks(),
         crate::ops::activation::gpu_checks(),
         crate::ops::similarity::gpu_checks(),
+        crate::ops::dmar::gpu_checks(),
         crate::ops::embedding::gpu_checks(),
         crate::models::clip::vit_cuda::gpu_checks(),
         crate::models::clip::resnet_cuda::gpu_checks(),
         crate::models::clip::text_cuda::gpu_checks(),
         crate::models::resnet50_cuda::gpu_checks(),
+        crate::methods::tagclip::cuda::gpu_checks(),
     ];
     groups.into_iter().flatten().collect()
 }

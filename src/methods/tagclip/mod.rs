@@ -10,6 +10,7 @@
 //! CLS-row masks; fusion; tags at the relative threshold.
 
 pub mod cli;
+pub mod cuda;
 pub mod stages;
 
 use std::ops::Range;
@@ -290,19 +291,30 @@ pub fn run_batch(model: &ClipModel, images: &[&Prepared], text: &ClassText, opts
     masks[layers - 1] = AttnMask { shared: Some(&diag), ..Default::default() };
     let pos = pos_table(vit, gh, gw, opts)?;
     let req = VitRequest { tokens: true, attn_probs: true, probs_before_mask: true, masks, pos_table: pos.as_deref() };
-    let out = vit_forward(model, vit, &Tensor::from_f32(&[b, 3, h, w], pixels)?, &req)?;
-    let tokens = out.tokens.ok_or_else(|| Error::Shape("ViT returned no tokens".into()))?;
-    let tokens = tokens.f32s()?;
-    let attn: Vec<&[f32]> = out.attn.iter().map(|a| a.f32s()).collect::<Result<_>>()?;
-
-    // 2. Per image: P_coarse, DMAR, CWR plan.
+    let pixels = Tensor::from_f32(&[b, 3, h, w], pixels)?;
+    // 2. Per image: P_coarse, DMAR (P_ref), then the CWR plan. On the GPU the maps stay there.
+    let refined_maps: Vec<Vec<f32>> = match &model.cuda_visual {
+        Some(crate::models::clip::CudaVisual::Vit(cv)) => {
+            cuda::patch_stage_cuda(cv, &pixels, &req, &text.emb, c, scale, gh, gw, opts)?.into_iter().map(|s| s.refined).collect()
+        }
+        _ => {
+            let out = vit.forward(&pixels, &req)?;
+            let tokens = out.tokens.ok_or_else(|| Error::Shape("ViT returned no tokens".into()))?;
+            let tokens = tokens.f32s()?;
+            let attn: Vec<&[f32]> = out.attn.iter().map(|a| a.f32s()).collect::<Result<_>>()?;
+            (0..b)
+                .map(|bi| {
+                    let patch_tokens = &tokens[(bi * t + 1) * d..(bi + 1) * t * d];
+                    let coarse = stages::class_softmax(patch_tokens, &text.emb, d, scale);
+                    let maps: Vec<&[f32]> = attn.iter().map(|a| &a[bi * t * t..(bi + 1) * t * t]).collect();
+                    let wmat = stages::dmar_weights(&maps, t, opts);
+                    stages::dmar_refine(&wmat, &coarse, gh, gw, c, opts).1
+                })
+                .collect()
+        }
+    };
     let mut results = Vec::with_capacity(b);
-    for bi in 0..b {
-        let patch_tokens = &tokens[(bi * t + 1) * d..(bi + 1) * t * d];
-        let coarse = stages::class_softmax(patch_tokens, &text.emb, d, scale);
-        let maps: Vec<&[f32]> = attn.iter().map(|a| &a[bi * t * t..(bi + 1) * t * t]).collect();
-        let wmat = stages::dmar_weights(&maps, t, opts);
-        let (_hat, refined) = stages::dmar_refine(&wmat, &coarse, gh, gw, c, opts);
+    for refined in refined_maps {
         let local = stages::column_max(&refined, c, k);
         let plan = stages::cwr_plan(&refined, &local, gh, gw, c, opts);
         debug_assert_eq!(refined.len(), n * c);
@@ -316,7 +328,6 @@ pub fn run_batch(model: &ClipModel, images: &[&Prepared], text: &ClassText, opts
             refined: opts.keep_maps.then_some(refined),
         });
     }
-    drop(out.attn);
 
     // 3. CWR: every crop of the batch, crop_batch at a time, at the native size.
     let size = vit.cfg.grid * p;

@@ -9,6 +9,7 @@ use super::TagclipOptions;
 use crate::data::transforms::{interpolate_bilinear_chw, interpolate_nearest_chw};
 use crate::error::Result;
 use crate::ops::contours::external_contour_boxes;
+use crate::ops::dmar::dmar_propagate_cpu;
 use crate::ops::matmul::{gemm_cpu, MatRef};
 use crate::ops::similarity::l2_normalize_cpu;
 use crate::ops::softmax::softmax_row;
@@ -17,17 +18,6 @@ use crate::ops::softmax::softmax_row;
 pub const CLS_ROW_MASKED: f32 = -1000.0;
 /// The off-diagonal value of the last layer's mask in the patch pass (official: -100).
 pub const DIAG_OFF: f32 = -100.0;
-
-/// a (m x k) @ b (k x n), row-major, single-threaded (callers parallelise over images).
-pub fn matmul_rm(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut c = vec![0.0f32; m * n];
-    assert!(a.len() == m * k && b.len() == k * n);
-    // SAFETY: the views cover exactly a, b and c.
-    unsafe {
-        gemm_cpu(m, n, k, MatRef::row_major(a, k), MatRef::row_major(b, n), c.as_mut_ptr(), n as isize, false, true);
-    }
-    c
-}
 
 /// (T, T) additive mask: 0 on the diagonal, -100 elsewhere (the patch pass's last layer).
 pub fn diagonal_mask(t: usize) -> Vec<f32> {
@@ -67,37 +57,7 @@ fn mean_f32(x: &[f32]) -> f32 {
 /// M(i, j) = [#{l : A_l(i, j) > mean(A_l)} >= vote_min], and W = M * mean of A_l over
 /// `opts.refine_layers`.
 pub fn dmar_weights(maps: &[&[f32]], t: usize, opts: &TagclipOptions) -> Vec<f32> {
-    let n = t - 1;
-    let layers = maps.len();
-    let patch = |l: usize, i: usize, j: usize| maps[l][(i + 1) * t + j + 1];
-    let thetas: Vec<f32> = (0..layers)
-        .map(|l| {
-            let mut s = 0.0f64;
-            for i in 0..n {
-                for j in 0..n {
-                    s += patch(l, i, j) as f64;
-                }
-            }
-            (s / (n * n) as f64) as f32
-        })
-        .collect();
-    let range = opts.refine_range(layers);
-    let inv = range.len() as f32;
-    let mut w = vec![0.0f32; n * n];
-    w.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-        for (j, out) in row.iter_mut().enumerate() {
-            let votes = (0..layers).filter(|&l| patch(l, i, j) > thetas[l]).count();
-            if votes >= opts.vote_min_layers {
-                // torch.mean over the stacked layers: a sequential sum, then a division.
-                let mut s = 0.0f32;
-                for l in range.clone() {
-                    s += patch(l, i, j);
-                }
-                *out = s / inv;
-            }
-        }
-    });
-    w
+    crate::ops::dmar::dmar_weights_cpu(maps, t, opts.vote_min_layers, opts.refine_range(maps.len()))
 }
 
 /// A box in grid cells, end exclusive: rows y0..y1, columns x0..x1.
@@ -183,9 +143,37 @@ pub fn class_box_mask(col: &[f32], gh: usize, gw: usize, opts: &TagclipOptions) 
 /// coarse (N x C). Returns (P_hat, P_ref), both (N x C).
 pub fn dmar_refine(w: &[f32], coarse: &[f32], gh: usize, gw: usize, c: usize, opts: &TagclipOptions) -> (Vec<f32>, Vec<f32>) {
     let n = gh * gw;
-    let hat = matmul_rm(w, coarse, n, n, c);
-    // Per class: the box mask (rayon over classes), applied to the coarse column.
-    let masks: Vec<Option<Vec<bool>>> = (0..c)
+    let hat = dmar_propagate_cpu(w, coarse, None, n, c);
+    let mask = box_mask_matrix(&hat, gh, gw, c, opts);
+    let refined = dmar_propagate_cpu(w, coarse, Some(&mask.keep), n, c);
+    let refined = mask.keep_unmasked_columns(refined, &hat, c);
+    (hat, refined)
+}
+
+/// The class box masks of DMAR for every column of P_hat (N x C) at once, row-major (N x C):
+/// `keep[i * C + c]` is B_c at patch i; `masked[c]` says whether column c is refined at all
+/// (its P_hat maximum is positive; otherwise P_ref keeps the P_hat column).
+pub struct BoxMasks {
+    pub keep: Vec<bool>,
+    pub masked: Vec<bool>,
+}
+
+impl BoxMasks {
+    /// P_ref with the columns that have no box mask taken from P_hat.
+    pub fn keep_unmasked_columns(&self, mut refined: Vec<f32>, hat: &[f32], c: usize) -> Vec<f32> {
+        for (ci, _) in self.masked.iter().enumerate().filter(|(_, m)| !**m) {
+            for i in 0..refined.len() / c {
+                refined[i * c + ci] = hat[i * c + ci];
+            }
+        }
+        refined
+    }
+}
+
+/// `BoxMasks` of one image's P_hat (N x C): the box mask of each column (rayon over classes).
+pub fn box_mask_matrix(hat: &[f32], gh: usize, gw: usize, c: usize, opts: &TagclipOptions) -> BoxMasks {
+    let n = gh * gw;
+    let cols: Vec<Option<Vec<bool>>> = (0..c)
         .into_par_iter()
         .map(|ci| {
             let col: Vec<f32> = (0..n).map(|i| hat[i * c + ci]).collect();
@@ -193,25 +181,15 @@ pub fn dmar_refine(w: &[f32], coarse: &[f32], gh: usize, gw: usize, c: usize, op
             (mx > 0.0).then(|| class_box_mask(&col, gh, gw, opts))
         })
         .collect();
-    let mut masked = vec![0.0f32; n * c];
-    for i in 0..n {
-        for (ci, m) in masks.iter().enumerate() {
-            if let Some(m) = m {
-                if m[i] {
-                    masked[i * c + ci] = coarse[i * c + ci];
-                }
-            }
-        }
-    }
-    let mut refined = matmul_rm(w, &masked, n, n, c);
-    for (ci, m) in masks.iter().enumerate() {
-        if m.is_none() {
+    let mut keep = vec![false; n * c];
+    for (ci, m) in cols.iter().enumerate() {
+        if let Some(m) = m {
             for i in 0..n {
-                refined[i * c + ci] = hat[i * c + ci];
+                keep[i * c + ci] = m[i];
             }
         }
     }
-    (hat, refined)
+    BoxMasks { keep, masked: cols.iter().map(|m| m.is_some()).collect() }
 }
 
 /// Column maxima of the first `k` columns of an (N x C) matrix.

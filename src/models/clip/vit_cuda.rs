@@ -25,6 +25,18 @@ use crate::ops::matmul::{linear_cuda, Epilogue};
 use crate::ops::tokens::{gather_rows_cuda, vit_tokens_cuda};
 use crate::tensor::Tensor;
 
+/// What `CudaVit::forward_request_device` leaves on the device.
+pub struct CudaVitOutput {
+    /// (B * T, D) projected tokens (CLS first in each image) with `VitRequest::tokens`, else
+    /// (B, D) the projected CLS token; in the tower's dtype.
+    pub projected: CudaTensor,
+    /// The recorded head-averaged attention maps, one (B, T, T) f32 tensor per layer.
+    pub attn: Vec<CudaTensor>,
+    pub batch: usize,
+    /// Tokens per image (T = patches + 1).
+    pub tokens: usize,
+}
+
 pub struct CudaVit {
     pub cfg: VitConfig,
     pub act: Activation,
@@ -208,11 +220,27 @@ impl CudaVit {
     /// TagCLIP's two passes need. Pixels and masks are uploaded, maps and tokens downloaded.
     pub fn forward_request(&self, pixels: &Tensor, req: &VitRequest) -> Result<VitOutput> {
         let gpu = &*self.gpu;
+        let out = self.forward_request_device(pixels, req)?;
+        let (b, t, d) = (out.batch, out.tokens, self.cfg.output_dim);
+        let attn = out.attn.iter().map(|pm| pm.to_tensor(gpu)).collect::<Result<Vec<_>>>()?;
+        let all = out.projected.to_f32_vec(gpu)?;
+        let (pooled, tokens) = if req.tokens {
+            let pooled: Vec<f32> = all.chunks_exact(t * d).flat_map(|r| r[..d].to_vec()).collect();
+            (pooled, Some(Tensor::from_f32(&[b, t, d], all)?))
+        } else {
+            (all, None)
+        };
+        Ok(VitOutput { pooled: Tensor::from_f32(&[b, d], pooled)?, tokens, attn })
+    }
+
+    /// `forward_request` with its outputs left on the device (TagCLIP's DMAR runs there).
+    pub fn forward_request_device(&self, pixels: &Tensor, req: &VitRequest) -> Result<CudaVitOutput> {
+        let gpu = &*self.gpu;
         let s = pixels.shape().to_vec();
         let p = self.cfg.patch;
         check_vit_input(&s, p)?;
         let (b, gh, gw) = (s[0], s[2] / p, s[3] / p);
-        let (c, d, n) = (self.cfg.width, self.cfg.output_dim, gh * gw);
+        let (c, n) = (self.cfg.width, gh * gw);
         let t = n + 1;
         let dt = self.dtype;
         let x_in = CudaTensor::from_tensor(gpu, pixels, dt)?;
@@ -248,17 +276,9 @@ impl CudaVit {
 
         let h = self.embed(&x_in, &pos)?;
         drop(x_in);
-        let (x, probs) = self.transformer.forward(h, &masks, record)?;
-        let attn = probs.iter().map(|pm| pm.to_tensor(gpu)).collect::<Result<Vec<_>>>()?;
+        let (x, attn) = self.transformer.forward(h, &masks, record)?;
         let projected = self.project(x, req.tokens)?;
-        let all = projected.to_f32_vec(gpu)?;
-        let (pooled, tokens) = if req.tokens {
-            let pooled: Vec<f32> = all.chunks_exact(t * d).flat_map(|r| r[..d].to_vec()).collect();
-            (pooled, Some(Tensor::from_f32(&[b, t, d], all)?))
-        } else {
-            (all, None)
-        };
-        Ok(VitOutput { pooled: Tensor::from_f32(&[b, d], pooled)?, tokens, attn })
+        Ok(CudaVitOutput { projected, attn, batch: b, tokens: t })
     }
 
     /// FLOPs of one image at h x w (2 per multiply-add), for roofline figures.
