@@ -7,6 +7,7 @@ use std::time::Instant;
 use labelfree::ops::activation::{bias_act_cpu, Activation};
 use labelfree::ops::attention::{attention_forward_cpu, AttnMask, ProbsRecord};
 use labelfree::ops::conv2d::{conv2d_cpu, patch_embed_cpu, Conv2dShape};
+use labelfree::ops::dmar::{dmar_propagate_cpu, dmar_weights_cpu};
 use labelfree::ops::gemm_packed::{linear_packed_cpu, packed_gemm_available, Bias, Epilogue, PackedB};
 use labelfree::ops::layernorm::layer_norm_cpu;
 use labelfree::ops::matmul::linear_cpu;
@@ -127,4 +128,20 @@ fn main() {
     let mut yp = vec![0.0f32; b * 64 * 28 * 28];
     let s = time(runs, || avg_pool2d_cpu(&xp, b * 64, 56, 56, 2, &mut yp));
     row("avg_pool2d", "B8 C64 56x56 k2", s, 0.0, 4.0 * (xp.len() + yp.len()) as f64);
+
+    // TagCLIP's DMAR on a COCO photo (480 x 640 -> 30 x 40 patches, T = 1201), 12 layers.
+    let (tt, layers, nc) = (1201usize, 12usize, 103usize);
+    let n = tt - 1;
+    let maps: Vec<Vec<f32>> = (0..layers).map(|_| rand_vec(tt * tt, &mut rng).iter().map(|v| v.abs()).collect()).collect();
+    let refs: Vec<&[f32]> = maps.iter().map(|m| m.as_slice()).collect();
+    let s = time(runs, || {
+        std::hint::black_box(dmar_weights_cpu(&refs, tt, 4, 0..layers));
+    });
+    row("dmar_weights", "L12 T1201", s, 0.0, 4.0 * (layers * n * n * 2 + n * n) as f64);
+    let wd = dmar_weights_cpu(&refs, tt, 4, 0..layers);
+    let pp = rand_vec(n * nc, &mut rng);
+    let s = time(runs, || {
+        std::hint::black_box(dmar_propagate_cpu(&wd, &pp, None, n, nc));
+    });
+    row("dmar_propagate", "N1200 C103", s, 2.0 * (n * n * nc) as f64, 4.0 * (n * n + 2 * n * nc) as f64);
 }

@@ -242,3 +242,24 @@ pub fn max_rel_err_all(gpu: &Gpu, outputs: &[(&super::CudaTensor, &[f32])]) -> R
     }
     Ok(worst)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Listing the checks needs no GPU: every row is named once (op, dtype, shape), and the
+    /// newest families are in the list.
+    #[test]
+    fn check_rows_are_unique() {
+        let checks = all_checks();
+        let mut keys: Vec<String> = checks.iter().map(|c| format!("{} {:?} {}", c.op, c.dtype, c.shape)).collect();
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n, "duplicate check rows");
+        for op in ["dmar_weights", "dmar_propagate", "tagclip_patch_stage", "resnet_train_step", "adam_step", "linear"] {
+            assert!(checks.iter().any(|c| c.op.starts_with(op)), "no `{op}` rows");
+        }
+        eprintln!("{n} check rows");
+    }
+}
