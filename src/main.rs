@@ -512,6 +512,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&info)?);
         }
         Command::Train(a) => {
+            if gpu.is_some() && cli_dtype != "f32" {
+                bail!("train --device cuda runs in f32 (the precision of the CPU reference it is checked against); drop --dtype {cli_dtype}");
+            }
             labelfree::train::run::run(&a.to_run(), gpu.as_ref())?;
         }
         Command::Bench { archs, size, runs, json, batches, .. } if gpu.is_some() => {
