@@ -1,6 +1,7 @@
 //! Where tensors live and ops run.
 
 pub mod cuda;
+pub mod sim;
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,7 +22,9 @@ impl FromStr for Device {
             "cuda" => Ok(Device::Cuda(0)),
             _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(n)) => Ok(Device::Cuda(n)),
-                _ => Err(Error::Device(format!("unknown device `{s}` (use cpu, cuda or cuda:N)"))),
+                _ => Err(Error::Device(format!(
+                    "unknown device `{s}` (use cpu, cuda or cuda:N)"
+                ))),
             },
         }
     }
@@ -40,6 +43,8 @@ impl fmt::Display for Device {
 pub fn set_cpu_threads(n: usize) {
     if n > 0 {
         // A second call (tests, library users) keeps the first pool: not an error.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
     }
 }

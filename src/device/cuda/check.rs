@@ -56,7 +56,14 @@ impl GpuCheck {
         work: Work,
         run: impl Fn(&Arc<Gpu>, &mut StdRng) -> Result<CheckRun> + 'static,
     ) -> GpuCheck {
-        GpuCheck { op, shape: shape.into(), dtype, work, tolerance: dtype.tolerance() as f64, run: Box::new(run) }
+        GpuCheck {
+            op,
+            shape: shape.into(),
+            dtype,
+            work,
+            tolerance: dtype.tolerance() as f64,
+            run: Box::new(run),
+        }
     }
 
     pub fn with_tolerance(mut self, tolerance: f64) -> GpuCheck {
@@ -111,7 +118,8 @@ pub fn max_rel_err(gpu: &[f32], cpu: &[f32]) -> f64 {
     if gpu.len() != cpu.len() {
         return f64::INFINITY;
     }
-    let rms = (cpu.iter().map(|&c| (c as f64) * (c as f64)).sum::<f64>() / cpu.len().max(1) as f64).sqrt();
+    let rms = (cpu.iter().map(|&c| (c as f64) * (c as f64)).sum::<f64>() / cpu.len().max(1) as f64)
+        .sqrt();
     let floor = rms.max(f64::MIN_POSITIVE);
     let mut worst = 0.0f64;
     for (&g, &c) in gpu.iter().zip(cpu) {
@@ -153,14 +161,28 @@ pub struct CheckOptions {
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions { bench: false, warmup: 3, runs: 20, filter: None, seed: 0x1abe1f2ee }
+        CheckOptions {
+            bench: false,
+            warmup: 3,
+            runs: 20,
+            filter: None,
+            seed: 0x1abe1f2ee,
+        }
     }
 }
 
 /// Runs the checks (and, with `bench`, times them); a failing check is a row, not an abort.
-pub fn run_checks(gpu: &Arc<Gpu>, checks: &[GpuCheck], opts: &CheckOptions) -> Result<Vec<CheckRow>> {
+pub fn run_checks(
+    gpu: &Arc<Gpu>,
+    checks: &[GpuCheck],
+    opts: &CheckOptions,
+) -> Result<Vec<CheckRow>> {
     let mut rows = Vec::new();
-    let mut timer = if opts.bench { Some(Timer::new(gpu, true)?) } else { None };
+    let mut timer = if opts.bench {
+        Some(Timer::new(gpu, true)?)
+    } else {
+        None
+    };
     for (i, check) in checks.iter().enumerate() {
         if let Some(f) = &opts.filter {
             if !check.op.contains(f.as_str()) {
@@ -215,7 +237,9 @@ pub fn run_checks(gpu: &Arc<Gpu>, checks: &[GpuCheck], opts: &CheckOptions) -> R
 
 /// The table printed by `labelfree gpu-check` (markdown, ready for benches/RESULTS.md).
 pub fn format_table(rows: &[CheckRow]) -> String {
-    let mut s = String::from("| kernel | dtype | shape | max rel err | ok | time (ms) | throughput | % of cuBLAS |\n");
+    let mut s = String::from(
+        "| kernel | dtype | shape | max rel err | ok | time (ms) | throughput | % of cuBLAS |\n",
+    );
     s.push_str("|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let ok = match (&r.error, r.pass) {
@@ -223,9 +247,18 @@ pub fn format_table(rows: &[CheckRow]) -> String {
             (None, true) => "yes".into(),
             (None, false) => format!("NO (> {:.0e})", r.tolerance),
         };
-        let time = r.median_ms.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into());
-        let tp = r.throughput.map(|t| format!("{t:.1} {}", r.unit)).unwrap_or_else(|| "-".into());
-        let pct = r.pct_of_cublas.map(|p| format!("{p:.0}%")).unwrap_or_else(|| "-".into());
+        let time = r
+            .median_ms
+            .map(|m| format!("{m:.4}"))
+            .unwrap_or_else(|| "-".into());
+        let tp = r
+            .throughput
+            .map(|t| format!("{t:.1} {}", r.unit))
+            .unwrap_or_else(|| "-".into());
+        let pct = r
+            .pct_of_cublas
+            .map(|p| format!("{p:.0}%"))
+            .unwrap_or_else(|| "-".into());
         s.push_str(&format!(
             "| {} | {} | {} | {:.2e} | {} | {} | {} | {} |\n",
             r.op, r.dtype, r.shape, r.max_rel_err, ok, time, tp, pct
@@ -252,13 +285,26 @@ mod tests {
     #[test]
     fn check_rows_are_unique() {
         let checks = all_checks();
-        let mut keys: Vec<String> = checks.iter().map(|c| format!("{} {:?} {}", c.op, c.dtype, c.shape)).collect();
+        let mut keys: Vec<String> = checks
+            .iter()
+            .map(|c| format!("{} {:?} {}", c.op, c.dtype, c.shape))
+            .collect();
         let n = keys.len();
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), n, "duplicate check rows");
-        for op in ["dmar_weights", "dmar_propagate", "tagclip_patch_stage", "resnet_train_step", "adam_step", "linear"] {
-            assert!(checks.iter().any(|c| c.op.starts_with(op)), "no `{op}` rows");
+        for op in [
+            "dmar_weights",
+            "dmar_propagate",
+            "tagclip_patch_stage",
+            "resnet_train_step",
+            "adam_step",
+            "linear",
+        ] {
+            assert!(
+                checks.iter().any(|c| c.op.starts_with(op)),
+                "no `{op}` rows"
+            );
         }
         eprintln!("{n} check rows");
     }

@@ -15,7 +15,9 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUfunction_attribute_enum;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, DriverError, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
@@ -55,7 +57,9 @@ impl FromStr for GemmBackend {
         match s {
             "native" => Ok(GemmBackend::Native),
             "cublas" => Ok(GemmBackend::Cublas),
-            _ => Err(Error::Device(format!("unknown --gemm `{s}` (use native or cublas)"))),
+            _ => Err(Error::Device(format!(
+                "unknown --gemm `{s}` (use native or cublas)"
+            ))),
         }
     }
 }
@@ -89,7 +93,9 @@ impl Gpu {
             )));
         }
         if !has_kernels() {
-            return Err(Error::Device(format!("--device cuda:{ordinal}: {NO_KERNELS}")));
+            return Err(Error::Device(format!(
+                "--device cuda:{ordinal}: {NO_KERNELS}"
+            )));
         }
         let count = CudaContext::device_count().map_err(|e| driver_err("cuDeviceGetCount", e))?;
         if ordinal as i32 >= count {
@@ -97,9 +103,12 @@ impl Gpu {
                 "--device cuda:{ordinal}: this machine has {count} CUDA device(s)"
             )));
         }
-        let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("creating the CUDA context", e))?;
+        let ctx =
+            CudaContext::new(ordinal).map_err(|e| driver_err("creating the CUDA context", e))?;
         let name = ctx.name().map_err(|e| driver_err("device name", e))?;
-        let cc = ctx.compute_capability().map_err(|e| driver_err("compute capability", e))?;
+        let cc = ctx
+            .compute_capability()
+            .map_err(|e| driver_err("compute capability", e))?;
         if cc.0 < 8 {
             return Err(Error::Device(format!(
                 "{name} has compute capability {}.{}; labelfree's kernels need 8.0 or newer",
@@ -156,12 +165,17 @@ impl Gpu {
     /// Looks up kernel `function` of kernels/`module`.cu (cached after the first call).
     pub fn function(&self, module: &str, function: &str) -> Result<CudaFunction> {
         let key = format!("{module}::{function}");
-        let mut cache = self.functions.lock().map_err(|_| Error::Internal("kernel cache poisoned".into()))?;
+        let mut cache = self
+            .functions
+            .lock()
+            .map_err(|_| Error::Internal("kernel cache poisoned".into()))?;
         if let Some(f) = cache.get(&key) {
             return Ok(f.clone());
         }
         let m = self.modules.get(module).ok_or_else(|| {
-            Error::Device(format!("no kernel module `{module}` in this build (kernels/{module}.cu)"))
+            Error::Device(format!(
+                "no kernel module `{module}` in this build (kernels/{module}.cu)"
+            ))
         })?;
         let f = m
             .load_function(function)
@@ -174,14 +188,28 @@ impl Gpu {
     ///
     /// Arguments are passed by value in the kernel's parameter order: device pointers as
     /// `KArg::Ptr` (`tensor.arg(gpu)`), scalars as the C type the kernel declares.
-    pub fn launch(&self, module: &str, function: &str, cfg: LaunchConfig, args: &[KArg]) -> Result<()> {
+    pub fn launch(
+        &self,
+        module: &str,
+        function: &str,
+        cfg: LaunchConfig,
+        args: &[KArg],
+    ) -> Result<()> {
         let f = self.function(module, function)?;
         if cfg.shared_mem_bytes > 48 * 1024 {
             f.set_attribute(
                 CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 cfg.shared_mem_bytes as i32,
             )
-            .map_err(|e| driver_err(&format!("{function}: {} bytes of shared memory", cfg.shared_mem_bytes), e))?;
+            .map_err(|e| {
+                driver_err(
+                    &format!(
+                        "{function}: {} bytes of shared memory",
+                        cfg.shared_mem_bytes
+                    ),
+                    e,
+                )
+            })?;
         }
         let mut builder = self.stream.launch_builder(&f);
         // `args` is not touched again before the launch, so these references stay valid.
@@ -196,21 +224,32 @@ impl Gpu {
         }
         // SAFETY: each launcher checks shapes and dtypes before building `args`, and the
         // kernels bound every access by the sizes passed here.
-        unsafe { builder.launch(cfg) }
-            .map(|_| ())
-            .map_err(|e| driver_err(&format!("launching {function} (grid {:?}, block {:?})", cfg.grid_dim, cfg.block_dim), e))
+        unsafe { builder.launch(cfg) }.map(|_| ()).map_err(|e| {
+            driver_err(
+                &format!(
+                    "launching {function} (grid {:?}, block {:?})",
+                    cfg.grid_dim, cfg.block_dim
+                ),
+                e,
+            )
+        })
     }
 
     /// The cuBLAS handle on this stream, created on first use.
     pub fn cublas(&self) -> Result<Arc<cudarc::cublas::CudaBlas>> {
-        let mut slot = self.cublas.lock().map_err(|_| Error::Internal("cublas handle poisoned".into()))?;
+        let mut slot = self
+            .cublas
+            .lock()
+            .map_err(|_| Error::Internal("cublas handle poisoned".into()))?;
         if let Some(b) = slot.as_ref() {
             return Ok(b.clone());
         }
         // SAFETY: only probes whether the library can be dlopen'ed (cudarc panics on first use
         // when it cannot). Once per Gpu: the handle is cached below.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            return Err(Error::Device("--gemm cublas: no cuBLAS library (libcublas) found on this machine".into()));
+            return Err(Error::Device(
+                "--gemm cublas: no cuBLAS library (libcublas) found on this machine".into(),
+            ));
         }
         let b = Arc::new(
             cudarc::cublas::CudaBlas::new(self.stream.clone())
@@ -222,7 +261,9 @@ impl Gpu {
 
     /// Waits for every launched kernel; surfaces asynchronous launch errors.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(|e| driver_err("synchronize", e))
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("synchronize", e))
     }
 }
 
@@ -261,7 +302,9 @@ impl From<f32> for KArg {
 
 /// Converts a size to the kernels' `int`, with an error instead of a silent wrap.
 pub fn to_i32(v: usize, what: &str) -> Result<KArg> {
-    i32::try_from(v).map(KArg::I32).map_err(|_| Error::Shape(format!("{what} = {v} does not fit a 32-bit int")))
+    i32::try_from(v)
+        .map(KArg::I32)
+        .map_err(|_| Error::Shape(format!("{what} = {v} does not fit a 32-bit int")))
 }
 
 /// For tests and checks: the GPU when this machine has one and the binary has kernels, or a
@@ -285,13 +328,21 @@ pub fn gpu_or_skip_reason() -> std::result::Result<Arc<Gpu>, String> {
 /// item, at most 16384 blocks (enough to fill any GPU; the kernels loop over the rest).
 pub fn grid_stride_config(items: usize) -> LaunchConfig {
     let blocks = items.div_ceil(256).clamp(1, 16384) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// Launch shape of the one-warp-per-item kernels: 8 warps a block.
 pub fn warp_per_item_config(items: usize) -> LaunchConfig {
     let blocks = items.div_ceil(8).max(1) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// A kernel argument pointing `elems` f32 elements into `t` (a range of a flat buffer).

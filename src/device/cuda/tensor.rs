@@ -66,7 +66,9 @@ impl FromStr for CudaDType {
             "f32" => Ok(CudaDType::F32),
             "bf16" => Ok(CudaDType::BF16),
             "f16" => Ok(CudaDType::F16),
-            _ => Err(Error::Device(format!("unknown --dtype `{s}` (use f32, bf16 or f16)"))),
+            _ => Err(Error::Device(format!(
+                "unknown --dtype `{s}` (use f32, bf16 or f16)"
+            ))),
         }
     }
 }
@@ -101,7 +103,10 @@ impl CudaTensor {
                 CudaDType::I32 => CudaBuf::I32(s.alloc::<i32>(n).map_err(err)?),
             }
         };
-        Ok(CudaTensor { shape: shape.to_vec(), buf })
+        Ok(CudaTensor {
+            shape: shape.to_vec(),
+            buf,
+        })
     }
 
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: CudaDType) -> Result<CudaTensor> {
@@ -115,13 +120,24 @@ impl CudaTensor {
             CudaDType::U8 => CudaBuf::U8(s.alloc_zeros::<u8>(n).map_err(err)?),
             CudaDType::I32 => CudaBuf::I32(s.alloc_zeros::<i32>(n).map_err(err)?),
         };
-        Ok(CudaTensor { shape: shape.to_vec(), buf })
+        Ok(CudaTensor {
+            shape: shape.to_vec(),
+            buf,
+        })
     }
 
     /// Copies f32 host data to the device, converting to `dtype` on the host.
-    pub fn from_f32(gpu: &Gpu, shape: &[usize], data: &[f32], dtype: CudaDType) -> Result<CudaTensor> {
+    pub fn from_f32(
+        gpu: &Gpu,
+        shape: &[usize],
+        data: &[f32],
+        dtype: CudaDType,
+    ) -> Result<CudaTensor> {
         if data.len() != numel(shape) {
-            return Err(Error::Shape(format!("{} values for shape {shape:?}", data.len())));
+            return Err(Error::Shape(format!(
+                "{} values for shape {shape:?}",
+                data.len()
+            )));
         }
         let s = &gpu.stream;
         let err = |e| driver_err("host to device copy", e);
@@ -136,26 +152,49 @@ impl CudaTensor {
                 CudaBuf::F16(s.clone_htod(&v).map_err(err)?)
             }
             CudaDType::I32 | CudaDType::U8 => {
-                return Err(Error::Device(format!("from_f32 into {dtype:?}: use from_u8 / from_i32")))
+                return Err(Error::Device(format!(
+                    "from_f32 into {dtype:?}: use from_u8 / from_i32"
+                )))
             }
         };
-        Ok(CudaTensor { shape: shape.to_vec(), buf })
+        Ok(CudaTensor {
+            shape: shape.to_vec(),
+            buf,
+        })
     }
 
     pub fn from_u8(gpu: &Gpu, shape: &[usize], data: &[u8]) -> Result<CudaTensor> {
         if data.len() != numel(shape) {
-            return Err(Error::Shape(format!("{} bytes for shape {shape:?}", data.len())));
+            return Err(Error::Shape(format!(
+                "{} bytes for shape {shape:?}",
+                data.len()
+            )));
         }
-        let buf = gpu.stream.clone_htod(data).map_err(|e| driver_err("host to device copy", e))?;
-        Ok(CudaTensor { shape: shape.to_vec(), buf: CudaBuf::U8(buf) })
+        let buf = gpu
+            .stream
+            .clone_htod(data)
+            .map_err(|e| driver_err("host to device copy", e))?;
+        Ok(CudaTensor {
+            shape: shape.to_vec(),
+            buf: CudaBuf::U8(buf),
+        })
     }
 
     pub fn from_i32(gpu: &Gpu, shape: &[usize], data: &[i32]) -> Result<CudaTensor> {
         if data.len() != numel(shape) {
-            return Err(Error::Shape(format!("{} values for shape {shape:?}", data.len())));
+            return Err(Error::Shape(format!(
+                "{} values for shape {shape:?}",
+                data.len()
+            )));
         }
-        let buf = gpu.stream.clone_htod(data).map_err(|e| driver_err("host to device copy", e))?;
-        Ok(CudaTensor { shape: shape.to_vec(), buf: CudaBuf::I32(buf) })
+        let buf = gpu
+            .stream
+            .clone_htod(data)
+            .map_err(|e| driver_err("host to device copy", e))?;
+        Ok(CudaTensor {
+            shape: shape.to_vec(),
+            buf: CudaBuf::I32(buf),
+        })
     }
 
     /// Uploads a host tensor (f32 is converted to `dtype`; u8/i32 keep theirs).
@@ -164,7 +203,9 @@ impl CudaTensor {
             Storage::F32(v) => Self::from_f32(gpu, t.shape(), v, dtype),
             Storage::U8(v) => Self::from_u8(gpu, t.shape(), v),
             Storage::I32(v) => Self::from_i32(gpu, t.shape(), v),
-            Storage::F16(_) | Storage::BF16(_) => Self::from_f32(gpu, t.shape(), t.to_f32()?.f32s()?, dtype),
+            Storage::F16(_) | Storage::BF16(_) => {
+                Self::from_f32(gpu, t.shape(), t.to_f32()?.f32s()?, dtype)
+            }
         }
     }
 
@@ -175,10 +216,30 @@ impl CudaTensor {
         let n = self.numel();
         let mut v = match &self.buf {
             CudaBuf::F32(b) => s.clone_dtoh(b).map_err(err)?,
-            CudaBuf::BF16(b) => s.clone_dtoh(b).map_err(err)?.iter().map(|x| x.to_f32()).collect(),
-            CudaBuf::F16(b) => s.clone_dtoh(b).map_err(err)?.iter().map(|x| x.to_f32()).collect(),
-            CudaBuf::U8(b) => s.clone_dtoh(b).map_err(err)?.iter().map(|&x| x as f32).collect(),
-            CudaBuf::I32(b) => s.clone_dtoh(b).map_err(err)?.iter().map(|&x| x as f32).collect(),
+            CudaBuf::BF16(b) => s
+                .clone_dtoh(b)
+                .map_err(err)?
+                .iter()
+                .map(|x| x.to_f32())
+                .collect(),
+            CudaBuf::F16(b) => s
+                .clone_dtoh(b)
+                .map_err(err)?
+                .iter()
+                .map(|x| x.to_f32())
+                .collect(),
+            CudaBuf::U8(b) => s
+                .clone_dtoh(b)
+                .map_err(err)?
+                .iter()
+                .map(|&x| x as f32)
+                .collect(),
+            CudaBuf::I32(b) => s
+                .clone_dtoh(b)
+                .map_err(err)?
+                .iter()
+                .map(|&x| x as f32)
+                .collect(),
         };
         v.truncate(n);
         Ok(v)
@@ -249,7 +310,10 @@ impl CudaTensor {
     /// Same buffer, new shape of the same element count.
     pub fn reshape(mut self, shape: &[usize]) -> Result<CudaTensor> {
         if numel(shape) != self.numel() {
-            return Err(Error::Shape(format!("reshape {:?} -> {shape:?}", self.shape)));
+            return Err(Error::Shape(format!(
+                "reshape {:?} -> {shape:?}",
+                self.shape
+            )));
         }
         self.shape = shape.to_vec();
         Ok(self)
@@ -275,7 +339,10 @@ impl CudaTensor {
     /// Errors unless this tensor has `dtype`.
     pub fn expect_dtype(&self, dtype: CudaDType, what: &str) -> Result<()> {
         if self.dtype() != dtype {
-            return Err(Error::Device(format!("{what}: expected {dtype:?}, found {:?}", self.dtype())));
+            return Err(Error::Device(format!(
+                "{what}: expected {dtype:?}, found {:?}",
+                self.dtype()
+            )));
         }
         Ok(())
     }

@@ -1,0 +1,287 @@
+//! The PTX simulator behind `--device sim`: runs the PTX that build.rs embeds (the same text the
+//! driver would load) on the CPU, so every kernel executes, is checked and sanitized on a
+//! machine with no GPU.
+//!
+//! This module knows no op: it loads PTX modules, owns a device-memory table, and runs what it
+//! is given. `device::cuda::Gpu` puts it under the same `launch` as the driver.
+//!
+//! Public surface (the contract with device::cuda):
+//! - `Simulator::new(modules, options)`; modules are parsed and lowered lazily, once each.
+//! - memory: `alloc` / `free` / `write` / `read` / `fill` on 256-byte-aligned device addresses,
+//!   bounded by the requested size (allocations are spaced so an access past the end hits no
+//!   allocation).
+//! - `launch(module, kernel, grid, block, dynamic_shared_bytes, args)`: synchronous; arguments
+//!   are checked against the entry's parameter list (count and widths) and the shared size
+//!   against the limit; a fault (unknown instruction, access outside every allocation, barrier
+//!   deadlock, collective with mismatched lanes) is an error naming kernel, CTA, thread and line.
+//! - sanitizer findings and per-launch profiles are collected and taken with `take_findings` /
+//!   `take_profiles`; `launch_counts` says how often each entry point ran.
+
+pub mod memory;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+pub use memory::DeviceMemory;
+
+/// Errors of the simulator (the device layer turns them into `crate::error::Error::Device`).
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The PTX text could not be parsed or uses something the simulator does not know.
+    #[error("kernels/{module}.cu PTX line {line}: {message}")]
+    Ptx {
+        module: String,
+        line: u32,
+        message: String,
+    },
+    /// A host-side memory operation on an address that is not (all) inside one allocation.
+    #[error("simulated device memory: {0}")]
+    Memory(String),
+    /// A launch that cannot start: unknown kernel, wrong arguments, too much shared memory.
+    #[error("launch of {kernel}: {message}")]
+    Launch { kernel: String, message: String },
+    /// A fault while the kernel ran.
+    #[error("{kernel}: CTA {cta:?} thread {thread:?}, PTX line {ptx_line}{}: {message}", source_loc.as_ref().map(|s| format!(" ({s})")).unwrap_or_default())]
+    Fault {
+        kernel: String,
+        cta: [u32; 3],
+        thread: [u32; 3],
+        ptx_line: u32,
+        source_loc: Option<String>,
+        message: String,
+    },
+}
+
+pub type SimResult<T> = std::result::Result<T, SimError>;
+
+/// How launches run.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// Race, bounds, initialisation, alignment and barrier checks (on by default).
+    pub sanitize: bool,
+    /// Count instructions, FLOPs, sectors and bank conflicts per launch.
+    pub profile: bool,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            sanitize: true,
+            profile: false,
+        }
+    }
+}
+
+/// One kernel argument as the kernel's `.param` sees it: 4 or 8 bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SimArg {
+    B32(u32),
+    B64(u64),
+}
+
+impl SimArg {
+    pub fn size(self) -> u32 {
+        match self {
+            SimArg::B32(_) => 4,
+            SimArg::B64(_) => 8,
+        }
+    }
+}
+
+/// One `.entry` of a module.
+#[derive(Clone, Debug, Serialize)]
+pub struct EntryInfo {
+    pub module: String,
+    pub name: String,
+    /// Width in bytes of each `.param`, in order.
+    pub param_bytes: Vec<u32>,
+    /// Bytes of `.shared` declared by the entry (the dynamic part comes with the launch).
+    pub static_shared_bytes: u32,
+}
+
+/// What the sanitizer found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// A global access outside every live allocation.
+    GlobalOutOfBounds,
+    /// A shared access outside the CTA's shared memory.
+    SharedOutOfBounds,
+    /// Two threads touch the same shared bytes, one writes, with no barrier between and not
+    /// ordered by a warp collective of their warp.
+    SharedRace,
+    /// A read of shared bytes not written in this launch.
+    SharedUninitializedRead,
+    /// A vector or wide access at an address not aligned to its size.
+    MisalignedAccess,
+    /// Some threads wait at a barrier that the others can never reach.
+    BarrierDeadlock,
+}
+
+/// One sanitizer finding: kind, where (kernel, CTA, thread, PTX line, .cu file:line) and what.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub module: String,
+    pub kernel: String,
+    pub cta: [u32; 3],
+    pub thread: [u32; 3],
+    pub ptx_line: u32,
+    /// `kernels/NAME.cu:LINE` from the PTX `.loc` (the innermost location in a kernels/ file).
+    pub source_loc: Option<String>,
+    pub message: String,
+}
+
+/// Counts of one launch (`SimOptions::profile`). Counts, never times.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LaunchProfile {
+    pub module: String,
+    pub kernel: String,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub dynamic_shared_bytes: u32,
+    /// Warp instructions issued (one per warp per executed instruction).
+    pub warp_instructions: u64,
+    /// Thread instructions: the sum over warp instructions of their active lanes.
+    pub thread_instructions: u64,
+    /// Warp instructions by class (`fp32`, `fp64`, `int`, `cvt`, `mov`, `ld_global`,
+    /// `st_global`, `ld_shared`, `st_shared`, `cp_async`, `ldmatrix`, `mma`, `shfl`, `bar`,
+    /// `branch`, `special`, ...).
+    pub by_class: BTreeMap<String, u64>,
+    /// Floating-point operations (2 per FMA; an m16n8k16 mma is 2*16*8*16 per warp).
+    pub flops: u64,
+    /// Bytes the active lanes asked for (global loads / stores, cp.async reads included in loads).
+    pub global_load_bytes: u64,
+    pub global_store_bytes: u64,
+    /// Distinct 32-byte sectors touched per warp instruction, summed.
+    pub global_load_sectors: u64,
+    pub global_store_sectors: u64,
+    /// Warp-level global memory instructions.
+    pub global_load_requests: u64,
+    pub global_store_requests: u64,
+    /// Warp-level shared memory instructions (ld/st/ldmatrix/cp.async writes) and the
+    /// wavefronts they need (1 per request without bank conflicts).
+    pub shared_requests: u64,
+    pub shared_wavefronts: u64,
+    /// bar.sync executions (per warp).
+    pub barriers: u64,
+}
+
+struct ModuleSlot {
+    name: &'static str,
+    ptx: &'static str,
+}
+
+/// The simulator: PTX modules, device memory, and what launches found and counted.
+pub struct Simulator {
+    options: SimOptions,
+    modules: Vec<ModuleSlot>,
+    memory: DeviceMemory,
+    findings: Mutex<Vec<Finding>>,
+    profiles: Mutex<Vec<LaunchProfile>>,
+    launches: Mutex<BTreeMap<(String, String), u64>>,
+}
+
+impl Simulator {
+    /// A simulator of these `(module name, PTX text)` pairs (build.rs's `KERNEL_MODULES`).
+    pub fn new(modules: &[(&'static str, &'static str)], options: SimOptions) -> Simulator {
+        Simulator {
+            options,
+            modules: modules
+                .iter()
+                .map(|&(name, ptx)| ModuleSlot { name, ptx })
+                .collect(),
+            memory: DeviceMemory::new(),
+            findings: Mutex::new(Vec::new()),
+            profiles: Mutex::new(Vec::new()),
+            launches: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn options(&self) -> &SimOptions {
+        &self.options
+    }
+
+    /// The PTX text of `module`, if the simulator has it.
+    pub fn module_ptx(&self, module: &str) -> Option<&'static str> {
+        self.modules
+            .iter()
+            .find(|m| m.name == module)
+            .map(|m| m.ptx)
+    }
+
+    /// Every `.entry` of every module (parses each module once).
+    pub fn entries(&self) -> SimResult<Vec<EntryInfo>> {
+        Err(SimError::Launch {
+            kernel: "*".into(),
+            message: "the PTX parser is not built yet".into(),
+        })
+    }
+
+    pub fn memory(&self) -> &DeviceMemory {
+        &self.memory
+    }
+
+    pub fn alloc(&self, bytes: usize) -> SimResult<u64> {
+        self.memory.alloc(bytes)
+    }
+
+    pub fn free(&self, addr: u64) -> SimResult<()> {
+        self.memory.free(addr)
+    }
+
+    pub fn write(&self, addr: u64, data: &[u8]) -> SimResult<()> {
+        self.memory.write(addr, data)
+    }
+
+    pub fn read(&self, addr: u64, out: &mut [u8]) -> SimResult<()> {
+        self.memory.read(addr, out)
+    }
+
+    pub fn fill(&self, addr: u64, len: usize, byte: u8) -> SimResult<()> {
+        self.memory.fill(addr, len, byte)
+    }
+
+    /// Runs kernel `kernel` of module `module` to completion.
+    pub fn launch(
+        &self,
+        module: &str,
+        kernel: &str,
+        grid: [u32; 3],
+        block: [u32; 3],
+        dynamic_shared_bytes: u32,
+        args: &[SimArg],
+    ) -> SimResult<()> {
+        let _ = (grid, block, dynamic_shared_bytes, args);
+        if self.module_ptx(module).is_none() {
+            return Err(SimError::Launch {
+                kernel: kernel.into(),
+                message: format!("no module `{module}`"),
+            });
+        }
+        Err(SimError::Launch {
+            kernel: kernel.into(),
+            message: "the PTX executor is not built yet".into(),
+        })
+    }
+
+    /// The sanitizer's findings since the last call.
+    pub fn take_findings(&self) -> Vec<Finding> {
+        std::mem::take(&mut *self.findings.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The profiles of the launches since the last call (empty unless `options.profile`).
+    pub fn take_profiles(&self) -> Vec<LaunchProfile> {
+        std::mem::take(&mut *self.profiles.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How many times each (module, kernel) has been launched.
+    pub fn launch_counts(&self) -> BTreeMap<(String, String), u64> {
+        self.launches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
