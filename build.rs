@@ -9,7 +9,9 @@
 //!   get them. With LABELFREE_REQUIRE_KERNELS=1 (CI) a missing nvcc is a build error, and a
 //!   kernel that does not compile always is one.
 //!
-//! The generated `$OUT_DIR/kernels.rs` holds `KERNEL_MODULES: &[KernelModule]` and the nvcc
+//! The generated `$OUT_DIR/kernels.rs` holds `KERNEL_MODULES: &[KernelModule]`, every module's
+//! entry points with the byte width of each parameter (`KERNEL_ENTRIES`, read from the PTX:
+//! a launcher's kernel name and argument count can be checked without a GPU), and the nvcc
 //! version string.
 
 use std::env;
@@ -117,6 +119,45 @@ fn compile(nvcc: &Path, src: &Path, out_dir: &Path, extra: &[String]) -> Result<
     Ok(Compiled { name, arch, ptx })
 }
 
+/// `(entry name, byte width of each .param)` of every `.entry` in a PTX text. nvcc writes each
+/// entry as `.visible .entry NAME(` followed by one `.param .TYPE NAME` line per parameter and a
+/// closing `)`.
+fn ptx_entries(ptx: &str) -> Vec<(String, Vec<u32>)> {
+    let mut entries = Vec::new();
+    let mut current: Option<(String, Vec<u32>)> = None;
+    for line in ptx.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix(".visible .entry ").or_else(|| t.strip_prefix(".entry ")) {
+            let name = rest.trim_end_matches(['(', ')']).trim().to_string();
+            current = Some((name, Vec::new()));
+            if rest.ends_with("()") {
+                entries.extend(current.take());
+            }
+            continue;
+        }
+        let Some((_, params)) = current.as_mut() else { continue };
+        if let Some(p) = t.strip_prefix(".param ") {
+            // `.param .u64 NAME`, or `.param .align A .b8 NAME[N]` for a by-value struct.
+            let words: Vec<&str> = p.split_whitespace().collect();
+            let width = match words.first().copied() {
+                Some(".u64" | ".s64" | ".b64" | ".f64") => 8,
+                Some(".u32" | ".s32" | ".b32" | ".f32") => 4,
+                Some(".u16" | ".s16" | ".b16" | ".f16") => 2,
+                Some(".u8" | ".s8" | ".b8") => 1,
+                _ => words
+                    .last()
+                    .and_then(|w| w.split('[').nth(1))
+                    .and_then(|n| n.trim_end_matches([']', ',']).parse().ok())
+                    .unwrap_or(0),
+            };
+            params.push(width);
+        } else if t.starts_with(')') {
+            entries.extend(current.take());
+        }
+    }
+    entries
+}
+
 fn write_registry(out_dir: &Path, modules: &[Compiled], version: &str) {
     let mut code = String::from("/// Kernels compiled by build.rs (empty when the build had no nvcc).\n");
     code.push_str("pub const KERNEL_MODULES: &[KernelModule] = &[\n");
@@ -127,6 +168,18 @@ fn write_registry(out_dir: &Path, modules: &[Compiled], version: &str) {
             m.arch,
             m.ptx.display().to_string()
         ));
+    }
+    code.push_str("];\n");
+    code.push_str("/// Every entry point of every module above, with its parameters' byte widths.\n");
+    code.push_str("pub const KERNEL_ENTRIES: &[KernelEntry] = &[\n");
+    for m in modules {
+        let ptx = fs::read_to_string(&m.ptx).expect("read the PTX just written");
+        for (name, params) in ptx_entries(&ptx) {
+            code.push_str(&format!(
+                "    KernelEntry {{ module: {:?}, arch: {:?}, name: {:?}, param_bytes: &{:?} }},\n",
+                m.name, m.arch, name, params
+            ));
+        }
     }
     code.push_str("];\n");
     code.push_str(&format!("/// `nvcc --version` of the build.\npub const NVCC_VERSION: &str = {version:?};\n"));

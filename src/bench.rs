@@ -64,6 +64,29 @@ pub struct CudaEncoderBench {
     pub tflops: f64,
 }
 
+/// One forward of a CUDA image encoder, its FLOPs per image at a side, and its native side.
+type CudaEncoder = (Box<dyn Fn(&crate::device::cuda::CudaTensor) -> Result<crate::device::cuda::CudaTensor>>, Box<dyn Fn(usize) -> f64>, usize);
+
+/// The CUDA image encoder of a random-weight `arch`.
+fn cuda_encoder(gpu: &std::sync::Arc<crate::device::cuda::Gpu>, arch: &str, dtype: crate::device::cuda::CudaDType) -> Result<CudaEncoder> {
+    use crate::models::clip::config::{ClipConfig, VisionConfig};
+    use crate::models::clip::resnet_cuda::{random_resnet_params, CudaModifiedResNet};
+    use crate::models::clip::vit_cuda::{random_vit_params, CudaVit};
+    let config = ClipConfig::named(arch)?;
+    Ok(match &config.vision {
+        VisionConfig::Vit(cfg) => {
+            let enc = std::sync::Arc::new(CudaVit::load(gpu, &mut random_vit_params(cfg, 0)?, cfg, config.act, dtype)?);
+            let e2 = enc.clone();
+            (Box::new(move |x| enc.forward(x)), Box::new(move |s| e2.flops_per_image(s, s)), cfg.grid * cfg.patch)
+        }
+        VisionConfig::ResNet(cfg) => {
+            let enc = std::sync::Arc::new(CudaModifiedResNet::load(gpu, &mut random_resnet_params(cfg, 0)?, cfg, dtype)?);
+            let e2 = enc.clone();
+            (Box::new(move |x| enc.forward(x)), Box::new(move |s| e2.flops_per_image(s, s)), cfg.grid * 32)
+        }
+    })
+}
+
 /// Times the CUDA image encoder of a random-weight `arch` (CUDA events, warm-up, median of
 /// `runs`, warm L2: the end-to-end condition) at each batch size.
 pub fn cuda_encoder_throughput(
@@ -76,24 +99,7 @@ pub fn cuda_encoder_throughput(
 ) -> Result<Vec<CudaEncoderBench>> {
     use crate::device::cuda::timer::Timer;
     use crate::device::cuda::CudaTensor;
-    use crate::models::clip::config::{ClipConfig, VisionConfig};
-    use crate::models::clip::vit_cuda::{random_vit_params, CudaVit};
-    let config = ClipConfig::named(arch)?;
-    use crate::models::clip::resnet_cuda::{random_resnet_params, CudaModifiedResNet};
-    // One forward closure and FLOP count per encoder kind.
-    type Forward = Box<dyn Fn(&CudaTensor) -> Result<CudaTensor>>;
-    let (forward, flops, native): (Forward, Box<dyn Fn(usize) -> f64>, usize) = match &config.vision {
-        VisionConfig::Vit(cfg) => {
-            let enc = std::sync::Arc::new(CudaVit::load(gpu, &mut random_vit_params(cfg, 0)?, cfg, config.act, dtype)?);
-            let e2 = enc.clone();
-            (Box::new(move |x| enc.forward(x)), Box::new(move |s| e2.flops_per_image(s, s)), cfg.grid * cfg.patch)
-        }
-        VisionConfig::ResNet(cfg) => {
-            let enc = std::sync::Arc::new(CudaModifiedResNet::load(gpu, &mut random_resnet_params(cfg, 0)?, cfg, dtype)?);
-            let e2 = enc.clone();
-            (Box::new(move |x| enc.forward(x)), Box::new(move |s| e2.flops_per_image(s, s)), cfg.grid * 32)
-        }
-    };
+    let (forward, flops, native) = cuda_encoder(gpu, arch, dtype)?;
     let size = size.unwrap_or(native);
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut out = Vec::new();
@@ -114,6 +120,72 @@ pub fn cuda_encoder_throughput(
             median_ms: t.median_ms,
             images_per_s,
             tflops: images_per_s * flops(size) / 1e12,
+        });
+    }
+    Ok(out)
+}
+
+/// One simulated forward of a CUDA image encoder: the simulator's counts per kernel and the
+/// lower bound of its time on an H100 that they give (never a measured time).
+#[derive(Debug, Serialize)]
+pub struct SimEncoderProfile {
+    pub arch: String,
+    pub dtype: String,
+    pub batch: usize,
+    pub size: usize,
+    pub launches: usize,
+    pub gflop_counted: f64,
+    pub gflop_model: f64,
+    /// Sum over launches of each launch's lower bound on an H100 SXM.
+    pub h100_bound_ms: f64,
+    /// batch / h100_bound_ms: an upper bound of images/s on an H100 from counts.
+    pub h100_images_per_s_bound: f64,
+    pub seconds_simulated: f64,
+    pub kernels: Vec<crate::gpu_check::KernelProfile>,
+}
+
+/// Runs one forward of the CUDA encoder of a random-weight `arch` on the simulator (profiling
+/// on) per batch size and sums what it counted.
+pub fn sim_encoder_profile(
+    gpu: &std::sync::Arc<crate::device::cuda::Gpu>,
+    arch: &str,
+    batches: &[usize],
+    size: Option<usize>,
+    dtype: crate::device::cuda::CudaDType,
+) -> Result<Vec<SimEncoderProfile>> {
+    use crate::device::cuda::resources::{time_bound, H100_SXM};
+    use crate::device::cuda::CudaTensor;
+    use crate::error::Error;
+    let sim = gpu.sim().ok_or_else(|| Error::Device("sim_encoder_profile runs on the simulator".into()))?;
+    if !sim.options().profile {
+        return Err(Error::Device("bench --device sim counts instructions: add --profile".into()));
+    }
+    let (forward, flops, native) = cuda_encoder(gpu, arch, dtype)?;
+    let size = size.unwrap_or(native);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut out = Vec::new();
+    for &batch in batches {
+        let pixels = Tensor::randn(&[batch, 3, size, size], 1.0, &mut rng);
+        let x = CudaTensor::from_tensor(gpu, &pixels, dtype)?;
+        sim.take_profiles();
+        let t0 = Instant::now();
+        forward(&x)?;
+        let seconds_simulated = t0.elapsed().as_secs_f64();
+        let launches = sim.take_profiles();
+        let bound_s: f64 = launches.iter().map(|p| time_bound(p, &H100_SXM).bound_us / 1e6).sum();
+        let counted: u64 = launches.iter().map(|p| p.flops).sum();
+        out.push(SimEncoderProfile {
+            arch: arch.to_string(),
+            dtype: dtype.suffix().to_string(),
+            batch,
+            size,
+            launches: launches.len(),
+            gflop_counted: counted as f64 / 1e9,
+            gflop_model: flops(size) * batch as f64 / 1e9,
+            h100_bound_ms: bound_s * 1e3,
+            h100_images_per_s_bound: batch as f64 / bound_s.max(1e-12),
+            seconds_simulated,
+            kernels: crate::gpu_check::per_kernel(&launches),
         });
     }
     Ok(out)

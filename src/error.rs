@@ -20,6 +20,10 @@ pub enum Error {
     Tokenizer(String),
     #[error("device: {0}")]
     Device(String),
+    /// Work this device cannot do by its nature (cuBLAS or timing on the simulator): reported
+    /// as skipped, not as a failure.
+    #[error("skipped: {0}")]
+    Skipped(String),
     #[error("internal error: {0}")]
     Internal(String),
     #[error("dataset: {0}")]

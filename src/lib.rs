@@ -10,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod gpu_check;
 pub mod methods;
 pub mod models;
 pub mod ops;

@@ -10,6 +10,7 @@ use labelfree::data::datasets::args::{announce, dataset_json, DatasetArgs, Split
 use labelfree::data::datasets::{ClassNames, Dataset};
 use labelfree::data::loader::LoaderStats;
 use labelfree::device::cuda::Gpu;
+use labelfree::device::sim::SimOptions;
 use labelfree::device::{self, Device};
 use labelfree::eval::{self, scores_csv, EvalOptions};
 use labelfree::methods::cache::{self, CacheEntry, CacheStatus};
@@ -26,9 +27,19 @@ use labelfree::ops::similarity::class_probabilities;
 #[derive(Parser)]
 #[command(name = "labelfree", version, about = "Annotation-free multi-label image classification with CLIP")]
 struct Cli {
-    /// cpu, cuda or cuda:N
+    /// cpu, cuda, cuda:N, or sim: the PTX simulator runs the CUDA kernels on the CPU (slow,
+    /// sanitized; for checking and profiling kernels without a GPU)
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
+    /// With --device sim: skip the sanitizer (races, out-of-bounds, uninitialised shared
+    /// memory, misaligned accesses, barrier deadlocks), about 2-5x faster
+    #[arg(long, global = true)]
+    no_sanitize: bool,
+    /// With --device sim: count every launch (instructions, FLOPs, sectors, bank conflicts) and
+    /// print the per-kernel counts; gpu-check also writes them, with occupancy from ptxas and a
+    /// lower bound of the time on an H100, to its --json
+    #[arg(long, global = true)]
+    profile: bool,
     /// CPU threads (0 = all cores)
     #[arg(long, global = true, default_value_t = 0)]
     threads: usize,
@@ -186,20 +197,7 @@ enum Command {
     },
     /// Every CUDA kernel against its CPU reference on random inputs; with --bench, timed
     /// (CUDA events, warm-up, median, cold L2). Prints a markdown table; non-zero exit on a failure.
-    GpuCheck {
-        /// Time every kernel too (and cuBLAS beside the GEMMs)
-        #[arg(long)]
-        bench: bool,
-        /// Only kernels whose name contains this
-        #[arg(long)]
-        filter: Option<String>,
-        /// Timed runs per kernel (the median is reported)
-        #[arg(long, default_value_t = 20)]
-        runs: usize,
-        /// Write the rows as JSON here
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
+    GpuCheck(labelfree::gpu_check::GpuCheckArgs),
     /// TagCLIP: training-free multi-label tags (scores CSV, tags CSV, report, maps)
     Tagclip(labelfree::methods::tagclip::cli::TagclipArgs),
 }
@@ -344,19 +342,24 @@ fn run(cli: Cli) -> Result<()> {
     let (cli_dtype, cli_gemm) = (cli.dtype.clone(), cli.gemm.clone());
     cli_dtype.parse::<labelfree::device::cuda::CudaDType>()?;
     let gemm: labelfree::device::cuda::GemmBackend = cli_gemm.parse()?;
-    if let Device::Cuda(_) = dev {
-        if !matches!(cli.command, Command::Bench { .. } | Command::GpuCheck { .. } | Command::Embed { .. } | Command::Zeroshot { .. } | Command::Tagclip(_) | Command::Train(_)) {
+    if dev.runs_kernels() {
+        if !matches!(cli.command, Command::Bench { .. } | Command::GpuCheck(_) | Command::Embed { .. } | Command::Zeroshot { .. } | Command::Tagclip(_) | Command::Train(_)) {
             bail!(
-                "--device cuda: this command has no CUDA path yet (embed, zeroshot, tagclip, train, bench and gpu-check have one); \
+                "--device {dev}: this command has no CUDA path yet (embed, zeroshot, tagclip, train, bench and gpu-check have one); \
                  use --device cpu"
             );
         }
     }
+    if (cli.no_sanitize || cli.profile) && dev != Device::Sim {
+        bail!("--no-sanitize and --profile are options of the PTX simulator: add --device sim");
+    }
     // Opened once: creating the context loads (and JIT-compiles) every kernel module.
     let gpu: Option<Arc<Gpu>> = match dev {
         Device::Cuda(n) => Some(Gpu::new(n)?.with_gemm(gemm)),
+        Device::Sim => Some(Gpu::simulator(SimOptions { sanitize: !cli.no_sanitize, profile: cli.profile })?.with_gemm(gemm)),
         Device::Cpu => None,
     };
+    let sim = gpu.as_ref().and_then(|g| g.sim().cloned());
     match cli.command {
         Command::Embed { model: m, images, size, batch, normalize, out, json } => {
             let mut model = build_model(&m)?;
@@ -517,6 +520,28 @@ fn run(cli: Cli) -> Result<()> {
             }
             labelfree::train::run::run(&a.to_run(), gpu.as_ref())?;
         }
+        Command::Bench { archs, size, json, batches, .. } if sim.is_some() => {
+            let gpu = gpu.as_ref().ok_or_else(|| anyhow::anyhow!("no simulator"))?;
+            let dtype: labelfree::device::cuda::CudaDType = cli_dtype.parse()?;
+            let batches: Vec<usize> = batches
+                .split(',')
+                .map(|s| s.trim().parse::<usize>().with_context(|| format!("--batches: `{s}` is not a number")))
+                .collect::<Result<_>>()?;
+            let mut all = Vec::new();
+            for arch in archs.split(',') {
+                for r in labelfree::bench::sim_encoder_profile(gpu, arch.trim(), &batches, size, dtype)? {
+                    println!(
+                        "{} {} batch {} at {}: {} launches, {:.2} GFLOP counted ({:.2} by the model's count), H100 bound {:.3} ms = at most {:.0} images/s (a bound from counts, not a time); simulated in {:.1} s\n",
+                        r.arch, r.dtype, r.batch, r.size, r.launches, r.gflop_counted, r.gflop_model, r.h100_bound_ms, r.h100_images_per_s_bound, r.seconds_simulated
+                    );
+                    println!("{}", labelfree::gpu_check::format_profile_table(&r.kernels));
+                    all.push(r);
+                }
+            }
+            if let Some(j) = json {
+                write_atomic(&j, serde_json::to_string_pretty(&all)?.as_bytes())?;
+            }
+        }
         Command::Bench { archs, size, runs, json, batches, .. } if gpu.is_some() => {
             let gpu = gpu.as_ref().ok_or_else(|| anyhow::anyhow!("no GPU"))?;
             let dtype: labelfree::device::cuda::CudaDType = cli_dtype.parse()?;
@@ -552,28 +577,18 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Tagclip(a) => labelfree::methods::tagclip::cli::run_cli(a, dev, gpu.as_ref(), &cli_dtype, &cli_gemm)?,
-        Command::GpuCheck { bench, filter, runs, json } => {
-            use labelfree::device::cuda::{check, NVCC_VERSION};
-            // gpu-check always runs on a GPU: device 0 unless --device cuda:N says otherwise.
+        Command::GpuCheck(a) => {
+            // gpu-check always runs kernels: on device 0 unless --device says cuda:N or sim.
             let gpu = match gpu {
                 Some(g) => g,
                 None => Gpu::new(0)?.with_gemm(gemm),
             };
-            let (major, minor) = gpu.compute_capability;
-            eprintln!("device    {} (sm_{major}{minor}), kernels from {NVCC_VERSION}", gpu.name);
-            let checks = check::all_checks();
-            let opts = check::CheckOptions { bench, runs, filter, ..Default::default() };
-            let rows = check::run_checks(&gpu, &checks, &opts)?;
-            println!("{}", check::format_table(&rows));
-            if let Some(j) = json {
-                let v = serde_json::json!({ "device": gpu.name, "nvcc": NVCC_VERSION, "rows": rows });
-                write_atomic(&j, serde_json::to_string_pretty(&v)?.as_bytes())?;
-            }
-            let failed = rows.iter().filter(|r| !r.pass || r.error.is_some()).count();
-            if failed > 0 {
-                bail!("{failed} of {} kernel checks failed", rows.len());
-            }
+            labelfree::gpu_check::run_cli(&a, &gpu)?;
+            return Ok(());
         }
+    }
+    if let Some(sim) = sim {
+        labelfree::gpu_check::report_sim_run(&sim)?;
     }
     Ok(())
 }

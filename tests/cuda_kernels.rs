@@ -1,13 +1,14 @@
-//! Every CUDA kernel against its CPU reference (device::cuda::check::all_checks): fresh random
+//! Every CUDA kernel against its CPU reference (labelfree::gpu_check::all_checks): fresh random
 //! inputs, poisoned outputs, several shapes, f32 <= 1e-4 and bf16/f16 <= 1e-2 relative error.
 //! On a machine without a GPU (or a build without nvcc) it says why and passes, so CI stays
 //! green; the same binary runs the checks on a GPU machine.
 
 use labelfree::device::cuda::{check, gpu_or_skip_reason};
+use labelfree::gpu_check::all_checks;
 
 #[test]
 fn every_kernel_matches_its_cpu_reference() {
-    let checks = check::all_checks();
+    let checks = all_checks();
     assert!(!checks.is_empty() || !labelfree::device::cuda::has_kernels(), "a build with kernels has checks");
     let gpu = match gpu_or_skip_reason() {
         Ok(g) => g,
@@ -16,10 +17,10 @@ fn every_kernel_matches_its_cpu_reference() {
             return;
         }
     };
-    let rows = check::run_checks(&gpu, &checks, &check::CheckOptions::default()).expect("checks run");
-    eprintln!("{}", check::format_table(&rows));
-    let failed: Vec<_> = rows.iter().filter(|r| !r.pass || r.error.is_some()).collect();
-    assert!(failed.is_empty(), "{} of {} kernel checks failed", failed.len(), rows.len());
+    let report = check::run_checks(&gpu, &checks, &check::CheckOptions::default()).expect("checks run");
+    eprintln!("{}", check::format_table(&report.rows));
+    let failed = report.failed();
+    assert!(failed.is_empty(), "{} of {} kernel checks failed", failed.len(), report.rows.len());
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Where tensors live and ops run.
+//! Where tensors live and ops run: the CPU, a CUDA GPU through the driver, or the PTX simulator
+//! (`--device sim`: the same kernels, run on the CPU by `sim`, behind the same `cuda::Gpu`).
 
 pub mod cuda;
 pub mod sim;
@@ -12,6 +13,15 @@ use crate::error::Error;
 pub enum Device {
     Cpu,
     Cuda(usize),
+    /// The PTX simulator: every CUDA path, on the CPU, sanitized.
+    Sim,
+}
+
+impl Device {
+    /// True for the devices that run the CUDA kernels (a GPU or the simulator).
+    pub fn runs_kernels(self) -> bool {
+        !matches!(self, Device::Cpu)
+    }
 }
 
 impl FromStr for Device {
@@ -20,11 +30,10 @@ impl FromStr for Device {
         match s {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
+            "sim" => Ok(Device::Sim),
             _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(n)) => Ok(Device::Cuda(n)),
-                _ => Err(Error::Device(format!(
-                    "unknown device `{s}` (use cpu, cuda or cuda:N)"
-                ))),
+                _ => Err(Error::Device(format!("unknown device `{s}` (use cpu, cuda, cuda:N or sim)"))),
             },
         }
     }
@@ -35,6 +44,7 @@ impl fmt::Display for Device {
         match self {
             Device::Cpu => write!(f, "cpu"),
             Device::Cuda(n) => write!(f, "cuda:{n}"),
+            Device::Sim => write!(f, "sim"),
         }
     }
 }
@@ -43,8 +53,6 @@ impl fmt::Display for Device {
 pub fn set_cpu_threads(n: usize) {
     if n > 0 {
         // A second call (tests, library users) keeps the first pool: not an error.
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global();
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     }
 }

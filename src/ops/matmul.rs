@@ -463,7 +463,7 @@ fn linear_cublas(
     }
     // SAFETY: linear_dims checked that w holds N x K, x M x K and y M x N elements.
     let done = unsafe {
-        match (w.buf(), x.buf(), y.buf_mut()) {
+        match (w.buf()?, x.buf()?, y.buf_mut()?) {
             (CudaBuf::F32(a), CudaBuf::F32(b), CudaBuf::F32(c)) => blas.gemm(cfg(m, n, k, 1.0f32, 0.0f32), a, b, c),
             (CudaBuf::BF16(a), CudaBuf::BF16(b), CudaBuf::BF16(c)) => blas.gemm(cfg(m, n, k, bf16::ONE, bf16::ZERO), a, b, c),
             (CudaBuf::F16(a), CudaBuf::F16(b), CudaBuf::F16(c)) => blas.gemm(cfg(m, n, k, f16::ONE, f16::ZERO), a, b, c),

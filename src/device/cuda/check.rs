@@ -3,7 +3,12 @@
 //! The same checks, timed, are the per-kernel microbenchmarks (`labelfree gpu-check --bench`,
 //! scripts/gpu-check.sh) and, untimed, the CUDA test (tests/cuda_kernels.rs).
 //!
-//! Each op file exposes `pub fn gpu_checks() -> Vec<GpuCheck>`; `all_checks` lists them.
+//! Each op file exposes `pub fn gpu_checks() -> Vec<GpuCheck>`; the list of every op's checks
+//! lives one layer up (`crate::gpu_check::all_checks`), so this harness knows no op.
+//!
+//! On the PTX simulator each row also collects the sanitizer's findings (a finding fails the
+//! row) and, with profiling on, the counts of every launch it made; rows whose work exceeds
+//! `CheckOptions::max_work` are listed as skipped instead of run.
 
 use std::sync::Arc;
 
@@ -13,7 +18,8 @@ use serde::Serialize;
 
 use super::timer::Timer;
 use super::{CudaDType, Gpu};
-use crate::error::Result;
+use crate::device::sim::{Finding, LaunchProfile, Simulator};
+use crate::error::{Error, Result};
 
 /// What one launch does, for the throughput column.
 #[derive(Clone, Copy, Debug)]
@@ -35,6 +41,9 @@ pub struct CheckRun {
     pub cublas: Option<Launch>,
 }
 
+/// Builds a check's inputs (seeded), runs the CPU reference and the launcher, compares.
+pub type CheckFn = Box<dyn Fn(&Arc<Gpu>, &mut StdRng) -> Result<CheckRun>>;
+
 pub struct GpuCheck {
     /// Kernel family and variant, e.g. `layernorm_forward`.
     pub op: &'static str,
@@ -45,7 +54,7 @@ pub struct GpuCheck {
     /// Allowed max relative error (defaults to the dtype's: f32 1e-4, bf16/f16 1e-2).
     pub tolerance: f64,
     /// Builds inputs (seeded), runs the CPU reference and the launcher, compares.
-    pub run: Box<dyn Fn(&Arc<Gpu>, &mut StdRng) -> Result<CheckRun>>,
+    pub run: CheckFn,
 }
 
 impl GpuCheck {
@@ -56,54 +65,13 @@ impl GpuCheck {
         work: Work,
         run: impl Fn(&Arc<Gpu>, &mut StdRng) -> Result<CheckRun> + 'static,
     ) -> GpuCheck {
-        GpuCheck {
-            op,
-            shape: shape.into(),
-            dtype,
-            work,
-            tolerance: dtype.tolerance() as f64,
-            run: Box::new(run),
-        }
+        GpuCheck { op, shape: shape.into(), dtype, work, tolerance: dtype.tolerance() as f64, run: Box::new(run) }
     }
 
     pub fn with_tolerance(mut self, tolerance: f64) -> GpuCheck {
         self.tolerance = tolerance;
         self
     }
-}
-
-/// Every kernel check of the build, in table order.
-pub fn all_checks() -> Vec<GpuCheck> {
-    let groups: Vec<Vec<GpuCheck>> = vec![
-        crate::ops::layernorm::gpu_checks(),
-        crate::ops::matmul::gpu_checks(),
-        crate::ops::conv2d_backward::gpu_checks(),
-        crate::ops::batchnorm::gpu_checks(),
-        crate::ops::maxpool::gpu_checks(),
-        crate::ops::gap::gpu_checks(),
-        crate::ops::cam_head::gpu_checks(),
-        crate::ops::bce::gpu_checks(),
-        crate::ops::relu::gpu_checks(),
-        crate::ops::residual::gpu_checks(),
-        crate::train::adam::gpu_checks(),
-        crate::ops::conv2d::gpu_checks(),
-        crate::ops::pool::gpu_checks(),
-        crate::ops::tokens::gpu_checks(),
-        crate::ops::interpolate::gpu_checks(),
-        crate::ops::crop_resize::gpu_checks(),
-        crate::ops::attention::gpu_checks(),
-        crate::ops::softmax::gpu_checks(),
-        crate::ops::activation::gpu_checks(),
-        crate::ops::similarity::gpu_checks(),
-        crate::ops::dmar::gpu_checks(),
-        crate::ops::embedding::gpu_checks(),
-        crate::models::clip::vit_cuda::gpu_checks(),
-        crate::models::clip::resnet_cuda::gpu_checks(),
-        crate::models::clip::text_cuda::gpu_checks(),
-        crate::models::resnet50_cuda::gpu_checks(),
-        crate::methods::tagclip::cuda::gpu_checks(),
-    ];
-    groups.into_iter().flatten().collect()
 }
 
 /// Random values in [-scale, scale), never all zero.
@@ -118,8 +86,7 @@ pub fn max_rel_err(gpu: &[f32], cpu: &[f32]) -> f64 {
     if gpu.len() != cpu.len() {
         return f64::INFINITY;
     }
-    let rms = (cpu.iter().map(|&c| (c as f64) * (c as f64)).sum::<f64>() / cpu.len().max(1) as f64)
-        .sqrt();
+    let rms = (cpu.iter().map(|&c| (c as f64) * (c as f64)).sum::<f64>() / cpu.len().max(1) as f64).sqrt();
     let floor = rms.max(f64::MIN_POSITIVE);
     let mut worst = 0.0f64;
     for (&g, &c) in gpu.iter().zip(cpu) {
@@ -143,6 +110,16 @@ pub struct CheckRow {
     pub pass: bool,
     /// Set when the check itself failed to run (launch error, ...).
     pub error: Option<String>,
+    /// Set when the row was not run on this device, with the reason (cuBLAS on the simulator,
+    /// work above `--max-work`, ...). A skipped row neither passes nor fails.
+    pub skipped: Option<String>,
+    /// The work of one launch: FLOPs or bytes, per `work_unit`.
+    pub work: f64,
+    pub work_unit: &'static str,
+    /// Sanitizer findings of this row's launches (simulator only; any finding fails the row).
+    pub sanitizer_findings: usize,
+    /// Kernel launches the row made (simulator only).
+    pub launches: u64,
     pub median_ms: Option<f64>,
     /// TFLOP/s (compute-bound kernels) or GB/s (memory-bound), per `unit`.
     pub throughput: Option<f64>,
@@ -157,41 +134,70 @@ pub struct CheckOptions {
     pub runs: usize,
     pub filter: Option<String>,
     pub seed: u64,
+    /// Rows whose work (FLOPs or bytes of one launch) exceeds this are skipped and listed.
+    pub max_work: Option<f64>,
+    /// Prints one line per row to stderr as it finishes (long runs on the simulator).
+    pub progress: bool,
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions {
-            bench: false,
-            warmup: 3,
-            runs: 20,
-            filter: None,
-            seed: 0x1abe1f2ee,
-        }
+        CheckOptions { bench: false, warmup: 3, runs: 20, filter: None, seed: 0x1abe1f2ee, max_work: None, progress: false }
+    }
+}
+
+/// A sanitizer finding, with the check row whose launch produced it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RowFinding {
+    pub row: usize,
+    pub op: String,
+    #[serde(flatten)]
+    pub finding: Finding,
+}
+
+/// A launch's profile, with the check row that made it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RowProfile {
+    pub row: usize,
+    pub op: String,
+    #[serde(flatten)]
+    pub profile: LaunchProfile,
+}
+
+/// What `run_checks` returns: the table, and on the simulator the findings and profiles.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckReport {
+    pub rows: Vec<CheckRow>,
+    pub sanitizer: Vec<RowFinding>,
+    pub profile: Vec<RowProfile>,
+}
+
+impl CheckReport {
+    /// Rows that ran and missed their tolerance, failed to run, or tripped the sanitizer.
+    pub fn failed(&self) -> Vec<&CheckRow> {
+        self.rows.iter().filter(|r| r.skipped.is_none() && (!r.pass || r.error.is_some())).collect()
     }
 }
 
 /// Runs the checks (and, with `bench`, times them); a failing check is a row, not an abort.
-pub fn run_checks(
-    gpu: &Arc<Gpu>,
-    checks: &[GpuCheck],
-    opts: &CheckOptions,
-) -> Result<Vec<CheckRow>> {
-    let mut rows = Vec::new();
-    let mut timer = if opts.bench {
-        Some(Timer::new(gpu, true)?)
-    } else {
-        None
-    };
+pub fn run_checks(gpu: &Arc<Gpu>, checks: &[GpuCheck], opts: &CheckOptions) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    let mut timer = if opts.bench { Some(Timer::new(gpu, true)?) } else { None };
+    let sim = gpu.sim();
+    if let Some(s) = sim {
+        // Findings and profiles of earlier work are not this run's.
+        s.take_findings();
+        s.take_profiles();
+    }
     for (i, check) in checks.iter().enumerate() {
         if let Some(f) = &opts.filter {
             if !check.op.contains(f.as_str()) {
                 continue;
             }
         }
-        let (unit, work) = match check.work {
-            Work::Flops(f) => ("TFLOP/s", f / 1e12),
-            Work::Bytes(b) => ("GB/s", b / 1e9),
+        let (unit, work, work_unit, work_amount) = match check.work {
+            Work::Flops(f) => ("TFLOP/s", f / 1e12, "flop", f),
+            Work::Bytes(b) => ("GB/s", b / 1e9, "byte", b),
         };
         let mut row = CheckRow {
             op: check.op.to_string(),
@@ -201,14 +207,30 @@ pub fn run_checks(
             tolerance: check.tolerance,
             pass: false,
             error: None,
+            skipped: None,
+            work: work_amount,
+            work_unit,
+            sanitizer_findings: 0,
+            launches: 0,
             median_ms: None,
             throughput: None,
             unit,
             cublas_ms: None,
             pct_of_cublas: None,
         };
+        if let Some(max) = opts.max_work {
+            if work_amount > max {
+                row.skipped = Some(format!("work {work_amount:.3e} {work_unit}s exceeds --max-work {max:.3e}"));
+                report.rows.push(row);
+                continue;
+            }
+        }
+        let row_index = report.rows.len();
+        let launches_before = sim.map(|s| total_launches(s)).unwrap_or(0);
+        let started = std::time::Instant::now();
         let mut rng = StdRng::seed_from_u64(opts.seed.wrapping_add(i as u64));
         match (check.run)(gpu, &mut rng).and_then(|r| gpu.synchronize().map(|_| r)) {
+            Err(Error::Skipped(why)) => row.skipped = Some(why),
             Err(e) => row.error = Some(e.to_string()),
             Ok(mut run) => {
                 row.max_rel_err = run.max_rel_err;
@@ -230,35 +252,59 @@ pub fn run_checks(
                 }
             }
         }
-        rows.push(row);
+        if let Some(s) = sim {
+            row.launches = total_launches(s) - launches_before;
+            let findings = s.take_findings();
+            row.sanitizer_findings = findings.len();
+            if !findings.is_empty() {
+                row.pass = false;
+            }
+            let op = row.op.clone();
+            report.sanitizer.extend(findings.into_iter().map(|finding| RowFinding { row: row_index, op: op.clone(), finding }));
+            report.profile.extend(s.take_profiles().into_iter().map(|profile| RowProfile { row: row_index, op: op.clone(), profile }));
+        }
+        if opts.progress {
+            let status = match (&row.skipped, &row.error, row.pass) {
+                (Some(why), _, _) => format!("skipped ({why})"),
+                (None, Some(e), _) => format!("ERROR {e}"),
+                (None, None, true) => "ok".into(),
+                (None, None, false) if row.sanitizer_findings > 0 => format!("SANITIZER ({} findings)", row.sanitizer_findings),
+                (None, None, false) => format!("FAIL {:.2e} > {:.0e}", row.max_rel_err, row.tolerance),
+            };
+            eprintln!(
+                "[{:>3}/{}] {:.1}s {} {} {}: {status}",
+                i + 1,
+                checks.len(),
+                started.elapsed().as_secs_f64(),
+                row.op,
+                row.dtype,
+                row.shape
+            );
+        }
+        report.rows.push(row);
     }
-    Ok(rows)
+    Ok(report)
+}
+
+fn total_launches(sim: &Simulator) -> u64 {
+    sim.launch_counts().values().sum()
 }
 
 /// The table printed by `labelfree gpu-check` (markdown, ready for benches/RESULTS.md).
 pub fn format_table(rows: &[CheckRow]) -> String {
-    let mut s = String::from(
-        "| kernel | dtype | shape | max rel err | ok | time (ms) | throughput | % of cuBLAS |\n",
-    );
+    let mut s = String::from("| kernel | dtype | shape | max rel err | ok | time (ms) | throughput | % of cuBLAS |\n");
     s.push_str("|---|---|---|---|---|---|---|---|\n");
     for r in rows {
-        let ok = match (&r.error, r.pass) {
-            (Some(e), _) => format!("ERROR: {e}"),
-            (None, true) => "yes".into(),
-            (None, false) => format!("NO (> {:.0e})", r.tolerance),
+        let ok = match (&r.skipped, &r.error, r.pass) {
+            (Some(why), _, _) => format!("skipped: {why}"),
+            (None, Some(e), _) => format!("ERROR: {e}"),
+            (None, None, true) => "yes".into(),
+            (None, None, false) if r.sanitizer_findings > 0 => format!("NO ({} sanitizer findings)", r.sanitizer_findings),
+            (None, None, false) => format!("NO (> {:.0e})", r.tolerance),
         };
-        let time = r
-            .median_ms
-            .map(|m| format!("{m:.4}"))
-            .unwrap_or_else(|| "-".into());
-        let tp = r
-            .throughput
-            .map(|t| format!("{t:.1} {}", r.unit))
-            .unwrap_or_else(|| "-".into());
-        let pct = r
-            .pct_of_cublas
-            .map(|p| format!("{p:.0}%"))
-            .unwrap_or_else(|| "-".into());
+        let time = r.median_ms.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into());
+        let tp = r.throughput.map(|t| format!("{t:.1} {}", r.unit)).unwrap_or_else(|| "-".into());
+        let pct = r.pct_of_cublas.map(|p| format!("{p:.0}%")).unwrap_or_else(|| "-".into());
         s.push_str(&format!(
             "| {} | {} | {} | {:.2e} | {} | {} | {} | {} |\n",
             r.op, r.dtype, r.shape, r.max_rel_err, ok, time, tp, pct
@@ -274,38 +320,4 @@ pub fn max_rel_err_all(gpu: &Gpu, outputs: &[(&super::CudaTensor, &[f32])]) -> R
         worst = worst.max(max_rel_err(&d.to_f32_vec(gpu)?, want));
     }
     Ok(worst)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Listing the checks needs no GPU: every row is named once (op, dtype, shape), and the
-    /// newest families are in the list.
-    #[test]
-    fn check_rows_are_unique() {
-        let checks = all_checks();
-        let mut keys: Vec<String> = checks
-            .iter()
-            .map(|c| format!("{} {:?} {}", c.op, c.dtype, c.shape))
-            .collect();
-        let n = keys.len();
-        keys.sort();
-        keys.dedup();
-        assert_eq!(keys.len(), n, "duplicate check rows");
-        for op in [
-            "dmar_weights",
-            "dmar_propagate",
-            "tagclip_patch_stage",
-            "resnet_train_step",
-            "adam_step",
-            "linear",
-        ] {
-            assert!(
-                checks.iter().any(|c| c.op.starts_with(op)),
-                "no `{op}` rows"
-            );
-        }
-        eprintln!("{n} check rows");
-    }
 }

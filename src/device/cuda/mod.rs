@@ -1,12 +1,13 @@
-//! The CUDA side: one `Gpu` per device (context, stream, loaded kernel modules, cuBLAS
-//! handle), device tensors (`CudaTensor`), timers, and the kernel checks that compare every
-//! launcher with its CPU reference.
+//! The CUDA side: one `Gpu` per device (a GPU through the driver: context, stream, loaded
+//! kernel modules, cuBLAS handle; or the PTX simulator), device tensors (`CudaTensor`), timers,
+//! and the kernel checks that compare every launcher with its CPU reference.
 //!
 //! cudarc loads the driver at run time (dynamic loading), so one binary serves a CPU-only
 //! machine and a GPU machine. The PTX of kernels/*.cu is embedded by build.rs; a build made
-//! without nvcc has none and says so.
+//! without nvcc has none and says so. The simulator (`--device sim`) runs that same PTX.
 
 pub mod check;
+pub mod resources;
 pub mod tensor;
 pub mod timer;
 
@@ -15,11 +16,10 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUfunction_attribute_enum;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, DriverError, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverError, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 
+use crate::device::sim::{SimArg, SimError, SimOptions, Simulator};
 use crate::error::{Error, Result};
 
 pub use tensor::{CudaDType, CudaTensor};
@@ -31,6 +31,16 @@ pub struct KernelModule {
     /// `compute_80` (portable PTX) or `compute_90a` (Hopper only).
     pub arch: &'static str,
     pub ptx: &'static str,
+}
+
+/// One `.entry` of a compiled module, as build.rs read it from the PTX.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelEntry {
+    pub module: &'static str,
+    pub arch: &'static str,
+    pub name: &'static str,
+    /// Byte width of each `.param`, in order (8 for pointers and 64-bit scalars, 4 for int/float).
+    pub param_bytes: &'static [u32],
 }
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
@@ -57,22 +67,32 @@ impl FromStr for GemmBackend {
         match s {
             "native" => Ok(GemmBackend::Native),
             "cublas" => Ok(GemmBackend::Cublas),
-            _ => Err(Error::Device(format!(
-                "unknown --gemm `{s}` (use native or cublas)"
-            ))),
+            _ => Err(Error::Device(format!("unknown --gemm `{s}` (use native or cublas)"))),
         }
     }
 }
 
-/// A CUDA device ready to run labelfree's kernels: every op launches on `stream`.
+/// A CUDA device ready to run labelfree's kernels: a GPU through the driver (every op launches
+/// on its one stream), or the PTX simulator (`--device sim`), which runs the same embedded PTX
+/// on the CPU. Launchers, `CudaTensor` and `KArg` do not know which.
 pub struct Gpu {
-    pub ctx: Arc<CudaContext>,
-    pub stream: Arc<CudaStream>,
+    backend: Backend,
     pub ordinal: usize,
     pub name: String,
-    /// (major, minor)
+    /// (major, minor); the simulator models sm_80.
     pub compute_capability: (i32, i32),
     pub gemm: GemmBackend,
+}
+
+pub(crate) enum Backend {
+    Driver(Arc<DriverGpu>),
+    Sim(Arc<Simulator>),
+}
+
+/// The driver's side of a `Gpu`: context, stream, loaded modules, cuBLAS.
+pub(crate) struct DriverGpu {
+    /// The context's default stream (it keeps the context alive).
+    pub(crate) stream: Arc<CudaStream>,
     modules: HashMap<&'static str, Arc<CudaModule>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     cublas: Mutex<Option<Arc<cudarc::cublas::CudaBlas>>>,
@@ -82,6 +102,13 @@ pub(crate) fn driver_err(what: &str, e: DriverError) -> Error {
     Error::Device(format!("{what}: {e:?}"))
 }
 
+fn sim_err(e: SimError) -> Error {
+    Error::Device(e.to_string())
+}
+
+/// The name a simulated device reports.
+pub const SIM_DEVICE_NAME: &str = "labelfree PTX simulator (functional, sm_80)";
+
 impl Gpu {
     /// Opens device `ordinal` and loads every embedded kernel module that runs on it.
     pub fn new(ordinal: usize) -> Result<Arc<Gpu>> {
@@ -89,13 +116,11 @@ impl Gpu {
         let present = unsafe { cudarc::driver::sys::is_culib_present() };
         if !present {
             return Err(Error::Device(format!(
-                "--device cuda:{ordinal}: no CUDA driver (libcuda) found on this machine; use --device cpu"
+                "--device cuda:{ordinal}: no CUDA driver (libcuda) found on this machine; use --device cpu, or --device sim to run the kernels on the PTX simulator"
             )));
         }
         if !has_kernels() {
-            return Err(Error::Device(format!(
-                "--device cuda:{ordinal}: {NO_KERNELS}"
-            )));
+            return Err(Error::Device(format!("--device cuda:{ordinal}: {NO_KERNELS}")));
         }
         let count = CudaContext::device_count().map_err(|e| driver_err("cuDeviceGetCount", e))?;
         if ordinal as i32 >= count {
@@ -103,12 +128,9 @@ impl Gpu {
                 "--device cuda:{ordinal}: this machine has {count} CUDA device(s)"
             )));
         }
-        let ctx =
-            CudaContext::new(ordinal).map_err(|e| driver_err("creating the CUDA context", e))?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("creating the CUDA context", e))?;
         let name = ctx.name().map_err(|e| driver_err("device name", e))?;
-        let cc = ctx
-            .compute_capability()
-            .map_err(|e| driver_err("compute capability", e))?;
+        let cc = ctx.compute_capability().map_err(|e| driver_err("compute capability", e))?;
         if cc.0 < 8 {
             return Err(Error::Device(format!(
                 "{name} has compute capability {}.{}; labelfree's kernels need 8.0 or newer",
@@ -129,32 +151,49 @@ impl Gpu {
                 .map_err(|e| driver_err(&format!("loading kernels/{}.cu", m.name), e))?;
             modules.insert(m.name, module);
         }
+        let driver = DriverGpu { stream, modules, functions: Mutex::new(HashMap::new()), cublas: Mutex::new(None) };
         Ok(Arc::new(Gpu {
-            ctx,
-            stream,
+            backend: Backend::Driver(Arc::new(driver)),
             ordinal,
             name,
             compute_capability: cc,
             gemm: GemmBackend::Native,
-            modules,
-            functions: Mutex::new(HashMap::new()),
-            cublas: Mutex::new(None),
         }))
     }
 
-    /// The same device with another GEMM backend (shares context, stream and modules).
+    /// The PTX simulator with every portable (compute_80) module of the build: the same kernels
+    /// a GPU would load, run on the CPU (device::sim).
+    pub fn simulator(options: SimOptions) -> Result<Arc<Gpu>> {
+        if !has_kernels() {
+            return Err(Error::Device(format!("--device sim: {NO_KERNELS}")));
+        }
+        let modules: Vec<(&'static str, &'static str)> =
+            KERNEL_MODULES.iter().filter(|m| m.arch == "compute_80").map(|m| (m.name, m.ptx)).collect();
+        Ok(Arc::new(Gpu {
+            backend: Backend::Sim(Arc::new(Simulator::new(&modules, options))),
+            ordinal: 0,
+            name: SIM_DEVICE_NAME.to_string(),
+            compute_capability: (8, 0),
+            gemm: GemmBackend::Native,
+        }))
+    }
+
+    /// Opens what `device` names: a GPU or the simulator (None for the CPU).
+    pub fn open(device: crate::device::Device, sim: SimOptions) -> Result<Option<Arc<Gpu>>> {
+        match device {
+            crate::device::Device::Cpu => Ok(None),
+            crate::device::Device::Cuda(n) => Gpu::new(n).map(Some),
+            crate::device::Device::Sim => Gpu::simulator(sim).map(Some),
+        }
+    }
+
+    /// The same device with another GEMM backend (shares context, stream, modules, memory).
     pub fn with_gemm(self: &Arc<Self>, gemm: GemmBackend) -> Arc<Gpu> {
-        Arc::new(Gpu {
-            ctx: self.ctx.clone(),
-            stream: self.stream.clone(),
-            ordinal: self.ordinal,
-            name: self.name.clone(),
-            compute_capability: self.compute_capability,
-            gemm,
-            modules: self.modules.clone(),
-            functions: Mutex::new(HashMap::new()),
-            cublas: Mutex::new(None),
-        })
+        let backend = match &self.backend {
+            Backend::Driver(d) => Backend::Driver(d.clone()),
+            Backend::Sim(s) => Backend::Sim(s.clone()),
+        };
+        Arc::new(Gpu { backend, ordinal: self.ordinal, name: self.name.clone(), compute_capability: self.compute_capability, gemm })
     }
 
     /// True on a device that runs the sm_90a (Hopper) kernels.
@@ -162,20 +201,39 @@ impl Gpu {
         self.compute_capability == (9, 0)
     }
 
-    /// Looks up kernel `function` of kernels/`module`.cu (cached after the first call).
-    pub fn function(&self, module: &str, function: &str) -> Result<CudaFunction> {
+    /// The simulator under this device, if it is one.
+    pub fn sim(&self) -> Option<&Arc<Simulator>> {
+        match &self.backend {
+            Backend::Sim(s) => Some(s),
+            Backend::Driver(_) => None,
+        }
+    }
+
+    pub fn is_sim(&self) -> bool {
+        self.sim().is_some()
+    }
+
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The driver's context and stream; an error naming `what` on the simulator.
+    pub(crate) fn driver(&self, what: &str) -> Result<&Arc<DriverGpu>> {
+        match &self.backend {
+            Backend::Driver(d) => Ok(d),
+            Backend::Sim(_) => Err(Error::Skipped(format!("{what} needs a GPU (the PTX simulator has none)"))),
+        }
+    }
+
+    /// Looks up kernel `function` of kernels/`module`.cu on a GPU (cached after the first call).
+    fn function(&self, d: &DriverGpu, module: &str, function: &str) -> Result<CudaFunction> {
         let key = format!("{module}::{function}");
-        let mut cache = self
-            .functions
-            .lock()
-            .map_err(|_| Error::Internal("kernel cache poisoned".into()))?;
+        let mut cache = d.functions.lock().map_err(|_| Error::Internal("kernel cache poisoned".into()))?;
         if let Some(f) = cache.get(&key) {
             return Ok(f.clone());
         }
-        let m = self.modules.get(module).ok_or_else(|| {
-            Error::Device(format!(
-                "no kernel module `{module}` in this build (kernels/{module}.cu)"
-            ))
+        let m = d.modules.get(module).ok_or_else(|| {
+            Error::Device(format!("no kernel module `{module}` in this build (kernels/{module}.cu)"))
         })?;
         let f = m
             .load_function(function)
@@ -184,34 +242,31 @@ impl Gpu {
         Ok(f)
     }
 
-    /// Launches kernel `function` of kernels/`module`.cu on this GPU's stream.
+    /// Launches kernel `function` of kernels/`module`.cu: on the GPU's stream, or run to
+    /// completion by the simulator.
     ///
     /// Arguments are passed by value in the kernel's parameter order: device pointers as
     /// `KArg::Ptr` (`tensor.arg(gpu)`), scalars as the C type the kernel declares.
-    pub fn launch(
-        &self,
-        module: &str,
-        function: &str,
-        cfg: LaunchConfig,
-        args: &[KArg],
-    ) -> Result<()> {
-        let f = self.function(module, function)?;
+    pub fn launch(&self, module: &str, function: &str, cfg: LaunchConfig, args: &[KArg]) -> Result<()> {
+        let d = match &self.backend {
+            Backend::Sim(sim) => {
+                let sim_args: Vec<SimArg> = args.iter().map(|a| a.to_sim()).collect();
+                let (g, b) = (cfg.grid_dim, cfg.block_dim);
+                return sim
+                    .launch(module, function, [g.0, g.1, g.2], [b.0, b.1, b.2], cfg.shared_mem_bytes, &sim_args)
+                    .map_err(sim_err);
+            }
+            Backend::Driver(d) => d,
+        };
+        let f = self.function(d, module, function)?;
         if cfg.shared_mem_bytes > 48 * 1024 {
             f.set_attribute(
                 CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 cfg.shared_mem_bytes as i32,
             )
-            .map_err(|e| {
-                driver_err(
-                    &format!(
-                        "{function}: {} bytes of shared memory",
-                        cfg.shared_mem_bytes
-                    ),
-                    e,
-                )
-            })?;
+            .map_err(|e| driver_err(&format!("{function}: {} bytes of shared memory", cfg.shared_mem_bytes), e))?;
         }
-        let mut builder = self.stream.launch_builder(&f);
+        let mut builder = d.stream.launch_builder(&f);
         // `args` is not touched again before the launch, so these references stay valid.
         for a in args {
             match a {
@@ -224,46 +279,42 @@ impl Gpu {
         }
         // SAFETY: each launcher checks shapes and dtypes before building `args`, and the
         // kernels bound every access by the sizes passed here.
-        unsafe { builder.launch(cfg) }.map(|_| ()).map_err(|e| {
-            driver_err(
-                &format!(
-                    "launching {function} (grid {:?}, block {:?})",
-                    cfg.grid_dim, cfg.block_dim
-                ),
-                e,
-            )
-        })
+        unsafe { builder.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| driver_err(&format!("launching {function} (grid {:?}, block {:?})", cfg.grid_dim, cfg.block_dim), e))
     }
 
-    /// The cuBLAS handle on this stream, created on first use.
+    /// The cuBLAS handle on this stream, created on first use. The simulator has none (cuBLAS
+    /// ships no PTX): `Error::Skipped`.
     pub fn cublas(&self) -> Result<Arc<cudarc::cublas::CudaBlas>> {
-        let mut slot = self
-            .cublas
-            .lock()
-            .map_err(|_| Error::Internal("cublas handle poisoned".into()))?;
+        let d = match &self.backend {
+            Backend::Sim(_) => return Err(Error::Skipped("cuBLAS has no PTX".into())),
+            Backend::Driver(d) => d,
+        };
+        let mut slot = d.cublas.lock().map_err(|_| Error::Internal("cublas handle poisoned".into()))?;
         if let Some(b) = slot.as_ref() {
             return Ok(b.clone());
         }
         // SAFETY: only probes whether the library can be dlopen'ed (cudarc panics on first use
-        // when it cannot). Once per Gpu: the handle is cached below.
+        // when it cannot). Once per device: the handle is cached below.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            return Err(Error::Device(
-                "--gemm cublas: no cuBLAS library (libcublas) found on this machine".into(),
-            ));
+            return Err(Error::Device("--gemm cublas: no cuBLAS library (libcublas) found on this machine".into()));
         }
         let b = Arc::new(
-            cudarc::cublas::CudaBlas::new(self.stream.clone())
+            cudarc::cublas::CudaBlas::new(d.stream.clone())
                 .map_err(|e| Error::Device(format!("creating the cuBLAS handle: {e:?}")))?,
         );
         *slot = Some(b.clone());
         Ok(b)
     }
 
-    /// Waits for every launched kernel; surfaces asynchronous launch errors.
+    /// Waits for every launched kernel; surfaces asynchronous launch errors. (The simulator's
+    /// launches are synchronous.)
     pub fn synchronize(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(|e| driver_err("synchronize", e))
+        match &self.backend {
+            Backend::Driver(d) => d.stream.synchronize().map_err(|e| driver_err("synchronize", e)),
+            Backend::Sim(_) => Ok(()),
+        }
     }
 }
 
@@ -277,6 +328,19 @@ pub enum KArg {
     U32(u32),
     I64(i64),
     F32(f32),
+}
+
+impl KArg {
+    /// The argument as the simulator's `.param` bytes.
+    pub fn to_sim(self) -> SimArg {
+        match self {
+            KArg::Ptr(v) | KArg::U64(v) => SimArg::B64(v),
+            KArg::I64(v) => SimArg::B64(v as u64),
+            KArg::I32(v) => SimArg::B32(v as u32),
+            KArg::U32(v) => SimArg::B32(v),
+            KArg::F32(v) => SimArg::B32(v.to_bits()),
+        }
+    }
 }
 
 impl From<i32> for KArg {
@@ -302,9 +366,7 @@ impl From<f32> for KArg {
 
 /// Converts a size to the kernels' `int`, with an error instead of a silent wrap.
 pub fn to_i32(v: usize, what: &str) -> Result<KArg> {
-    i32::try_from(v)
-        .map(KArg::I32)
-        .map_err(|_| Error::Shape(format!("{what} = {v} does not fit a 32-bit int")))
+    i32::try_from(v).map(KArg::I32).map_err(|_| Error::Shape(format!("{what} = {v} does not fit a 32-bit int")))
 }
 
 /// For tests and checks: the GPU when this machine has one and the binary has kernels, or a
@@ -328,21 +390,13 @@ pub fn gpu_or_skip_reason() -> std::result::Result<Arc<Gpu>, String> {
 /// item, at most 16384 blocks (enough to fill any GPU; the kernels loop over the rest).
 pub fn grid_stride_config(items: usize) -> LaunchConfig {
     let blocks = items.div_ceil(256).clamp(1, 16384) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// Launch shape of the one-warp-per-item kernels: 8 warps a block.
 pub fn warp_per_item_config(items: usize) -> LaunchConfig {
     let blocks = items.div_ceil(8).max(1) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// A kernel argument pointing `elems` f32 elements into `t` (a range of a flat buffer).

@@ -4,16 +4,20 @@
 //!
 //! Launchers pass buffers to kernels as raw device pointers (`ptr()`): every op of a `Gpu`
 //! runs on its single stream, so cudarc's per-buffer event tracking is switched off and
-//! ordering is the stream's.
+//! ordering is the stream's. On the PTX simulator the buffer is an allocation in its memory
+//! table and the pointer its simulated device address.
 
 use std::str::FromStr;
 
 use cudarc::driver::{CudaSlice, DevicePtr};
 use half::{bf16, f16};
 
-use super::{driver_err, Gpu};
+use std::sync::Arc;
+
+use super::{driver_err, Backend, Gpu};
+use crate::device::sim::Simulator;
 use crate::error::{Error, Result};
-use crate::tensor::{numel, Storage, Tensor};
+use crate::tensor::{numel, Storage as TensorStorage, Tensor};
 
 /// Element types that kernels take. f32/bf16/f16 for activations and weights, u8 for images,
 /// i32 for indices.
@@ -66,13 +70,12 @@ impl FromStr for CudaDType {
             "f32" => Ok(CudaDType::F32),
             "bf16" => Ok(CudaDType::BF16),
             "f16" => Ok(CudaDType::F16),
-            _ => Err(Error::Device(format!(
-                "unknown --dtype `{s}` (use f32, bf16 or f16)"
-            ))),
+            _ => Err(Error::Device(format!("unknown --dtype `{s}` (use f32, bf16 or f16)"))),
         }
     }
 }
 
+/// A buffer on a GPU (through the driver).
 pub enum CudaBuf {
     F32(CudaSlice<f32>),
     BF16(CudaSlice<bf16>),
@@ -81,17 +84,70 @@ pub enum CudaBuf {
     I32(CudaSlice<i32>),
 }
 
+/// A buffer in the simulator's device memory; freed when dropped.
+pub struct SimBuf {
+    sim: Arc<Simulator>,
+    addr: u64,
+    bytes: usize,
+}
+
+impl Drop for SimBuf {
+    fn drop(&mut self) {
+        // The address came from this simulator's alloc, so free cannot fail.
+        let _ = self.sim.free(self.addr);
+    }
+}
+
+enum Storage {
+    Driver(CudaBuf),
+    Sim(SimBuf),
+}
+
 pub struct CudaTensor {
     shape: Vec<usize>,
-    buf: CudaBuf,
+    dtype: CudaDType,
+    storage: Storage,
+}
+
+fn sim_err(what: &str, e: crate::device::sim::SimError) -> Error {
+    Error::Device(format!("{what}: {e}"))
+}
+
+/// The bytes of one poison element: NaN for floats, 0xAB bytes for u8, i32::MIN for i32.
+fn poison_bytes(dtype: CudaDType) -> Vec<u8> {
+    match dtype {
+        CudaDType::F32 => f32::NAN.to_le_bytes().to_vec(),
+        CudaDType::BF16 => bf16::NAN.to_bits().to_le_bytes().to_vec(),
+        CudaDType::F16 => f16::NAN.to_bits().to_le_bytes().to_vec(),
+        CudaDType::U8 => vec![0xAB],
+        CudaDType::I32 => i32::MIN.to_le_bytes().to_vec(),
+    }
 }
 
 impl CudaTensor {
-    /// Uninitialised device memory: the kernel that fills it must write every element. Tests
-    /// use `poison` to catch a kernel that does not.
-    pub fn empty(gpu: &Gpu, shape: &[usize], dtype: CudaDType) -> Result<CudaTensor> {
+    /// A simulator buffer of `n` elements holding `bytes` (poison when None).
+    fn sim_alloc(sim: &Arc<Simulator>, shape: &[usize], dtype: CudaDType, bytes: Option<&[u8]>) -> Result<CudaTensor> {
         let n = numel(shape).max(1);
-        let s = &gpu.stream;
+        let len = n * dtype.size_in_bytes();
+        let addr = sim.alloc(len).map_err(|e| sim_err(&format!("allocating {shape:?} {dtype:?}"), e))?;
+        let t = CudaTensor { shape: shape.to_vec(), dtype, storage: Storage::Sim(SimBuf { sim: sim.clone(), addr, bytes: len }) };
+        match bytes {
+            Some(b) => sim.write(addr, b).map_err(|e| sim_err("host to device copy", e))?,
+            None => sim.write(addr, &poison_bytes(dtype).repeat(n)).map_err(|e| sim_err("poisoning a buffer", e))?,
+        }
+        Ok(t)
+    }
+
+    /// Uninitialised device memory: the kernel that fills it must write every element. Tests
+    /// use `poison` to catch a kernel that does not. (On the simulator it starts poisoned, so
+    /// a kernel that reads memory nobody wrote sees NaN, not zeros.)
+    pub fn empty(gpu: &Gpu, shape: &[usize], dtype: CudaDType) -> Result<CudaTensor> {
+        let d = match gpu.backend() {
+            Backend::Sim(sim) => return Self::sim_alloc(sim, shape, dtype, None),
+            Backend::Driver(d) => d,
+        };
+        let n = numel(shape).max(1);
+        let s = &d.stream;
         let err = |e| driver_err(&format!("allocating {shape:?} {dtype:?}"), e);
         // SAFETY: the memory is only read after a kernel (or a copy) has written it.
         let buf = unsafe {
@@ -103,15 +159,19 @@ impl CudaTensor {
                 CudaDType::I32 => CudaBuf::I32(s.alloc::<i32>(n).map_err(err)?),
             }
         };
-        Ok(CudaTensor {
-            shape: shape.to_vec(),
-            buf,
-        })
+        Ok(CudaTensor { shape: shape.to_vec(), dtype, storage: Storage::Driver(buf) })
     }
 
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: CudaDType) -> Result<CudaTensor> {
+        let d = match gpu.backend() {
+            Backend::Sim(sim) => {
+                let bytes = vec![0u8; numel(shape).max(1) * dtype.size_in_bytes()];
+                return Self::sim_alloc(sim, shape, dtype, Some(&bytes));
+            }
+            Backend::Driver(d) => d,
+        };
         let n = numel(shape).max(1);
-        let s = &gpu.stream;
+        let s = &d.stream;
         let err = |e| driver_err(&format!("allocating {shape:?} {dtype:?}"), e);
         let buf = match dtype {
             CudaDType::F32 => CudaBuf::F32(s.alloc_zeros::<f32>(n).map_err(err)?),
@@ -120,26 +180,29 @@ impl CudaTensor {
             CudaDType::U8 => CudaBuf::U8(s.alloc_zeros::<u8>(n).map_err(err)?),
             CudaDType::I32 => CudaBuf::I32(s.alloc_zeros::<i32>(n).map_err(err)?),
         };
-        Ok(CudaTensor {
-            shape: shape.to_vec(),
-            buf,
-        })
+        Ok(CudaTensor { shape: shape.to_vec(), dtype, storage: Storage::Driver(buf) })
     }
 
     /// Copies f32 host data to the device, converting to `dtype` on the host.
-    pub fn from_f32(
-        gpu: &Gpu,
-        shape: &[usize],
-        data: &[f32],
-        dtype: CudaDType,
-    ) -> Result<CudaTensor> {
+    pub fn from_f32(gpu: &Gpu, shape: &[usize], data: &[f32], dtype: CudaDType) -> Result<CudaTensor> {
         if data.len() != numel(shape) {
-            return Err(Error::Shape(format!(
-                "{} values for shape {shape:?}",
-                data.len()
-            )));
+            return Err(Error::Shape(format!("{} values for shape {shape:?}", data.len())));
         }
-        let s = &gpu.stream;
+        let d = match gpu.backend() {
+            Backend::Sim(sim) => {
+                let bytes: Vec<u8> = match dtype {
+                    CudaDType::F32 => bytemuck::cast_slice(data).to_vec(),
+                    CudaDType::BF16 => data.iter().flat_map(|&x| bf16::from_f32(x).to_bits().to_le_bytes()).collect(),
+                    CudaDType::F16 => data.iter().flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes()).collect(),
+                    CudaDType::I32 | CudaDType::U8 => {
+                        return Err(Error::Device(format!("from_f32 into {dtype:?}: use from_u8 / from_i32")))
+                    }
+                };
+                return Self::sim_alloc(sim, shape, dtype, Some(&bytes));
+            }
+            Backend::Driver(d) => d,
+        };
+        let s = &d.stream;
         let err = |e| driver_err("host to device copy", e);
         let buf = match dtype {
             CudaDType::F32 => CudaBuf::F32(s.clone_htod(data).map_err(err)?),
@@ -152,94 +215,73 @@ impl CudaTensor {
                 CudaBuf::F16(s.clone_htod(&v).map_err(err)?)
             }
             CudaDType::I32 | CudaDType::U8 => {
-                return Err(Error::Device(format!(
-                    "from_f32 into {dtype:?}: use from_u8 / from_i32"
-                )))
+                return Err(Error::Device(format!("from_f32 into {dtype:?}: use from_u8 / from_i32")))
             }
         };
-        Ok(CudaTensor {
-            shape: shape.to_vec(),
-            buf,
-        })
+        Ok(CudaTensor { shape: shape.to_vec(), dtype, storage: Storage::Driver(buf) })
     }
 
     pub fn from_u8(gpu: &Gpu, shape: &[usize], data: &[u8]) -> Result<CudaTensor> {
         if data.len() != numel(shape) {
-            return Err(Error::Shape(format!(
-                "{} bytes for shape {shape:?}",
-                data.len()
-            )));
+            return Err(Error::Shape(format!("{} bytes for shape {shape:?}", data.len())));
         }
-        let buf = gpu
-            .stream
-            .clone_htod(data)
-            .map_err(|e| driver_err("host to device copy", e))?;
-        Ok(CudaTensor {
-            shape: shape.to_vec(),
-            buf: CudaBuf::U8(buf),
-        })
+        let d = match gpu.backend() {
+            Backend::Sim(sim) => return Self::sim_alloc(sim, shape, CudaDType::U8, Some(data)),
+            Backend::Driver(d) => d,
+        };
+        let buf = d.stream.clone_htod(data).map_err(|e| driver_err("host to device copy", e))?;
+        Ok(CudaTensor { shape: shape.to_vec(), dtype: CudaDType::U8, storage: Storage::Driver(CudaBuf::U8(buf)) })
     }
 
     pub fn from_i32(gpu: &Gpu, shape: &[usize], data: &[i32]) -> Result<CudaTensor> {
         if data.len() != numel(shape) {
-            return Err(Error::Shape(format!(
-                "{} values for shape {shape:?}",
-                data.len()
-            )));
+            return Err(Error::Shape(format!("{} values for shape {shape:?}", data.len())));
         }
-        let buf = gpu
-            .stream
-            .clone_htod(data)
-            .map_err(|e| driver_err("host to device copy", e))?;
-        Ok(CudaTensor {
-            shape: shape.to_vec(),
-            buf: CudaBuf::I32(buf),
-        })
+        let d = match gpu.backend() {
+            Backend::Sim(sim) => return Self::sim_alloc(sim, shape, CudaDType::I32, Some(bytemuck::cast_slice(data))),
+            Backend::Driver(d) => d,
+        };
+        let buf = d.stream.clone_htod(data).map_err(|e| driver_err("host to device copy", e))?;
+        Ok(CudaTensor { shape: shape.to_vec(), dtype: CudaDType::I32, storage: Storage::Driver(CudaBuf::I32(buf)) })
     }
 
     /// Uploads a host tensor (f32 is converted to `dtype`; u8/i32 keep theirs).
     pub fn from_tensor(gpu: &Gpu, t: &Tensor, dtype: CudaDType) -> Result<CudaTensor> {
         match t.storage() {
-            Storage::F32(v) => Self::from_f32(gpu, t.shape(), v, dtype),
-            Storage::U8(v) => Self::from_u8(gpu, t.shape(), v),
-            Storage::I32(v) => Self::from_i32(gpu, t.shape(), v),
-            Storage::F16(_) | Storage::BF16(_) => {
-                Self::from_f32(gpu, t.shape(), t.to_f32()?.f32s()?, dtype)
-            }
+            TensorStorage::F32(v) => Self::from_f32(gpu, t.shape(), v, dtype),
+            TensorStorage::U8(v) => Self::from_u8(gpu, t.shape(), v),
+            TensorStorage::I32(v) => Self::from_i32(gpu, t.shape(), v),
+            TensorStorage::F16(_) | TensorStorage::BF16(_) => Self::from_f32(gpu, t.shape(), t.to_f32()?.f32s()?, dtype),
         }
     }
 
     /// Copies to the host as f32 (bf16/f16 widened). Synchronises the stream.
     pub fn to_f32_vec(&self, gpu: &Gpu) -> Result<Vec<f32>> {
-        let s = &gpu.stream;
-        let err = |e| driver_err("device to host copy", e);
         let n = self.numel();
-        let mut v = match &self.buf {
+        let b = match &self.storage {
+            Storage::Sim(sb) => {
+                let mut bytes = vec![0u8; sb.bytes];
+                sb.sim.read(sb.addr, &mut bytes).map_err(|e| sim_err("device to host copy", e))?;
+                let mut v: Vec<f32> = match self.dtype {
+                    CudaDType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                    CudaDType::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+                    CudaDType::F16 => bytes.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+                    CudaDType::U8 => bytes.iter().map(|&x| x as f32).collect(),
+                    CudaDType::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect(),
+                };
+                v.truncate(n);
+                return Ok(v);
+            }
+            Storage::Driver(b) => b,
+        };
+        let s = &gpu.driver("device to host copy")?.stream;
+        let err = |e| driver_err("device to host copy", e);
+        let mut v = match b {
             CudaBuf::F32(b) => s.clone_dtoh(b).map_err(err)?,
-            CudaBuf::BF16(b) => s
-                .clone_dtoh(b)
-                .map_err(err)?
-                .iter()
-                .map(|x| x.to_f32())
-                .collect(),
-            CudaBuf::F16(b) => s
-                .clone_dtoh(b)
-                .map_err(err)?
-                .iter()
-                .map(|x| x.to_f32())
-                .collect(),
-            CudaBuf::U8(b) => s
-                .clone_dtoh(b)
-                .map_err(err)?
-                .iter()
-                .map(|&x| x as f32)
-                .collect(),
-            CudaBuf::I32(b) => s
-                .clone_dtoh(b)
-                .map_err(err)?
-                .iter()
-                .map(|&x| x as f32)
-                .collect(),
+            CudaBuf::BF16(b) => s.clone_dtoh(b).map_err(err)?.iter().map(|x| x.to_f32()).collect(),
+            CudaBuf::F16(b) => s.clone_dtoh(b).map_err(err)?.iter().map(|x| x.to_f32()).collect(),
+            CudaBuf::U8(b) => s.clone_dtoh(b).map_err(err)?.iter().map(|&x| x as f32).collect(),
+            CudaBuf::I32(b) => s.clone_dtoh(b).map_err(err)?.iter().map(|&x| x as f32).collect(),
         };
         v.truncate(n);
         Ok(v)
@@ -252,9 +294,17 @@ impl CudaTensor {
     /// Fills the buffer with NaN (floats) or 0xAB bytes, so that a kernel that skips an
     /// element is caught by the comparison.
     pub fn poison(&mut self, gpu: &Gpu) -> Result<()> {
-        let s = &gpu.stream;
+        let b = match &mut self.storage {
+            Storage::Sim(sb) => {
+                let pattern = poison_bytes(self.dtype);
+                let n = sb.bytes / pattern.len();
+                return sb.sim.write(sb.addr, &pattern.repeat(n)).map_err(|e| sim_err("poisoning a buffer", e));
+            }
+            Storage::Driver(b) => b,
+        };
+        let s = &gpu.driver("poisoning a buffer")?.stream;
         let err = |e| driver_err("poisoning a buffer", e);
-        match &mut self.buf {
+        match b {
             CudaBuf::F32(b) => s.memcpy_htod(&vec![f32::NAN; b.len()], b).map_err(err),
             CudaBuf::BF16(b) => s.memcpy_htod(&vec![bf16::NAN; b.len()], b).map_err(err),
             CudaBuf::F16(b) => s.memcpy_htod(&vec![f16::NAN; b.len()], b).map_err(err),
@@ -265,9 +315,13 @@ impl CudaTensor {
 
     /// Sets every element to zero (a memset on the stream: gradient buffers between steps).
     pub fn fill_zero(&mut self, gpu: &Gpu) -> Result<()> {
-        let s = &gpu.stream;
+        let b = match &mut self.storage {
+            Storage::Sim(sb) => return sb.sim.fill(sb.addr, sb.bytes, 0).map_err(|e| sim_err("memset", e)),
+            Storage::Driver(b) => b,
+        };
+        let s = &gpu.driver("memset")?.stream;
         let err = |e| driver_err("memset", e);
-        match &mut self.buf {
+        match b {
             CudaBuf::F32(b) => s.memset_zeros(b).map_err(err),
             CudaBuf::BF16(b) => s.memset_zeros(b).map_err(err),
             CudaBuf::F16(b) => s.memset_zeros(b).map_err(err),
@@ -289,31 +343,30 @@ impl CudaTensor {
     }
 
     pub fn dtype(&self) -> CudaDType {
-        match &self.buf {
-            CudaBuf::F32(_) => CudaDType::F32,
-            CudaBuf::BF16(_) => CudaDType::BF16,
-            CudaBuf::F16(_) => CudaDType::F16,
-            CudaBuf::U8(_) => CudaDType::U8,
-            CudaBuf::I32(_) => CudaDType::I32,
+        self.dtype
+    }
+
+    /// The GPU buffer (library calls such as cuBLAS that take typed slices); the simulator's
+    /// buffers have none.
+    pub fn buf(&self) -> Result<&CudaBuf> {
+        match &self.storage {
+            Storage::Driver(b) => Ok(b),
+            Storage::Sim(_) => Err(Error::Skipped("a library call needs a GPU buffer (the PTX simulator has none)".into())),
         }
     }
 
-    pub fn buf(&self) -> &CudaBuf {
-        &self.buf
-    }
-
-    /// The buffer for writing (library calls such as cuBLAS that take typed slices).
-    pub fn buf_mut(&mut self) -> &mut CudaBuf {
-        &mut self.buf
+    /// The GPU buffer for writing.
+    pub fn buf_mut(&mut self) -> Result<&mut CudaBuf> {
+        match &mut self.storage {
+            Storage::Driver(b) => Ok(b),
+            Storage::Sim(_) => Err(Error::Skipped("a library call needs a GPU buffer (the PTX simulator has none)".into())),
+        }
     }
 
     /// Same buffer, new shape of the same element count.
     pub fn reshape(mut self, shape: &[usize]) -> Result<CudaTensor> {
         if numel(shape) != self.numel() {
-            return Err(Error::Shape(format!(
-                "reshape {:?} -> {shape:?}",
-                self.shape
-            )));
+            return Err(Error::Shape(format!("reshape {:?} -> {shape:?}", self.shape)));
         }
         self.shape = shape.to_vec();
         Ok(self)
@@ -321,8 +374,14 @@ impl CudaTensor {
 
     /// The device address of element 0, for a kernel argument. Valid while `self` lives.
     pub fn ptr(&self, gpu: &Gpu) -> u64 {
-        let s = &gpu.stream;
-        match &self.buf {
+        let b = match (&self.storage, gpu.backend()) {
+            (Storage::Sim(sb), _) => return sb.addr,
+            (Storage::Driver(b), Backend::Driver(d)) => (b, &d.stream),
+            // A GPU buffer handed to the simulator: no valid address there.
+            (Storage::Driver(_), Backend::Sim(_)) => return 0,
+        };
+        let (b, s) = b;
+        match b {
             CudaBuf::F32(b) => b.device_ptr(s).0,
             CudaBuf::BF16(b) => b.device_ptr(s).0,
             CudaBuf::F16(b) => b.device_ptr(s).0,
@@ -339,10 +398,7 @@ impl CudaTensor {
     /// Errors unless this tensor has `dtype`.
     pub fn expect_dtype(&self, dtype: CudaDType, what: &str) -> Result<()> {
         if self.dtype() != dtype {
-            return Err(Error::Device(format!(
-                "{what}: expected {dtype:?}, found {:?}",
-                self.dtype()
-            )));
+            return Err(Error::Device(format!("{what}: expected {dtype:?}, found {:?}", self.dtype())));
         }
         Ok(())
     }

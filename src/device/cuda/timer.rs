@@ -24,13 +24,13 @@ pub struct Timer {
 impl Timer {
     /// `flush_l2`: overwrite a 256 MiB buffer before each timed run (memory-bound kernels);
     /// false for end-to-end figures, where warm caches are the real condition.
+    ///
+    /// On the PTX simulator there is no time to measure (its profile is a count, never a time):
+    /// `Error::Skipped`.
     pub fn new(gpu: &Gpu, flush_l2: bool) -> Result<Timer> {
+        let stream = &gpu.driver("timing")?.stream;
         let flush = if flush_l2 {
-            Some(
-                gpu.stream
-                    .alloc_zeros::<u8>(L2_FLUSH_BYTES)
-                    .map_err(|e| driver_err("L2 flush buffer", e))?,
-            )
+            Some(stream.alloc_zeros::<u8>(L2_FLUSH_BYTES).map_err(|e| driver_err("L2 flush buffer", e))?)
         } else {
             None
         };
@@ -38,13 +38,8 @@ impl Timer {
     }
 
     /// Runs `launch` `warmup` times untimed, then `runs` times, each between two events.
-    pub fn time(
-        &mut self,
-        gpu: &Gpu,
-        warmup: usize,
-        runs: usize,
-        mut launch: impl FnMut() -> Result<()>,
-    ) -> Result<Timing> {
+    pub fn time(&mut self, gpu: &Gpu, warmup: usize, runs: usize, mut launch: impl FnMut() -> Result<()>) -> Result<Timing> {
+        let stream = &gpu.driver("timing")?.stream;
         for _ in 0..warmup {
             launch()?;
         }
@@ -52,29 +47,17 @@ impl Timer {
         let mut times = Vec::with_capacity(runs);
         for _ in 0..runs.max(1) {
             if let Some(buf) = self.flush.as_mut() {
-                gpu.stream
-                    .memset_zeros(buf)
-                    .map_err(|e| driver_err("L2 flush", e))?;
+                stream.memset_zeros(buf).map_err(|e| driver_err("L2 flush", e))?;
             }
             let ev = |s: &str| -> Result<_> {
-                gpu.stream
-                    .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                    .map_err(|e| driver_err(s, e))
+                stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| driver_err(s, e))
             };
             let start = ev("timing event")?;
             launch()?;
             let end = ev("timing event")?;
-            times.push(
-                start
-                    .elapsed_ms(&end)
-                    .map_err(|e| driver_err("event elapsed time", e))? as f64,
-            );
+            times.push(start.elapsed_ms(&end).map_err(|e| driver_err("event elapsed time", e))? as f64);
         }
         times.sort_by(f64::total_cmp);
-        Ok(Timing {
-            median_ms: times[times.len() / 2],
-            min_ms: times[0],
-            runs: times.len(),
-        })
+        Ok(Timing { median_ms: times[times.len() / 2], min_ms: times[0], runs: times.len() })
     }
 }

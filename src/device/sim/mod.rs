@@ -167,6 +167,9 @@ pub struct LaunchProfile {
     pub shared_wavefronts: u64,
     /// bar.sync executions (per warp).
     pub barriers: u64,
+    /// Distinct 32-byte global sectors the whole launch touched (loads and stores), times 32:
+    /// the compulsory DRAM traffic, used for the lower bound of the time.
+    pub global_unique_bytes: u64,
 }
 
 struct ModuleSlot {
