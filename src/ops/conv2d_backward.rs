@@ -273,16 +273,6 @@ pub fn conv2d_backward_data_cuda_with(
     gpu.launch("conv2d_backward", &name, cfg, &args)
 }
 
-/// `v` as the device holds it in `dtype` (bf16 / f16 rounded here), so that the CPU reference
-/// sees the kernel's inputs and a check measures the kernel, not the input rounding.
-fn as_stored(v: Vec<f32>, dtype: CudaDType) -> Vec<f32> {
-    match dtype {
-        CudaDType::BF16 => v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect(),
-        CudaDType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
-        _ => v,
-    }
-}
-
 /// One row-major f32 GEMM through cuBLAS on device addresses: c (m x n) = a @ b + beta * c,
 /// with `a` given as (m x k) or, `a_t`, as its transpose (k x m); `b` likewise (`b_t`).
 #[allow(clippy::too_many_arguments)]
@@ -356,8 +346,8 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         ];
         for (dtype, kernel, weight_op, data_op) in variants {
             checks.push(GpuCheck::new(weight_op, desc.clone(), dtype, Work::Flops(flops), move |gpu, rng| {
-                let x = as_stored(random_vec(rng, nx, 1.0), dtype);
-                let dy = as_stored(random_vec(rng, ndy, 1.0), dtype);
+                let x = dtype.round(random_vec(rng, nx, 1.0));
+                let dy = dtype.round(random_vec(rng, ndy, 1.0));
                 let dw0 = random_vec(rng, nw, 1.0);
                 let mut want = dw0.clone();
                 // w only feeds dx, which is not asked for here.
@@ -388,8 +378,8 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 Ok(CheckRun { max_rel_err: err, launch: Box::new(move || conv2d_backward_weight_cuda_with(&g, &xd, &dyd, &s, &mut dwd, kernel)), cublas })
             }));
             checks.push(GpuCheck::new(data_op, desc.clone(), dtype, Work::Flops(flops), move |gpu, rng| {
-                let dy = as_stored(random_vec(rng, ndy, 1.0), dtype);
-                let w = as_stored(random_vec(rng, nw, 1.0), dtype);
+                let dy = dtype.round(random_vec(rng, ndy, 1.0));
+                let w = dtype.round(random_vec(rng, nw, 1.0));
                 let mut want = vec![0.0; nx];
                 // x only feeds dw, which is thrown away here.
                 conv2d_backward_cpu(&vec![0.0; nx], &w, &dy, &s, &mut vec![0.0; nw], Some(&mut want));

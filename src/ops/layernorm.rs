@@ -73,7 +73,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             let bytes = (rows * c * 2 * dtype.size_in_bytes()) as f64;
             checks.push(GpuCheck::new("layernorm_forward", format!("rows={rows} C={c}"), dtype, Work::Bytes(bytes), move |gpu, rng| {
                 // Offset rows: LayerNorm must not lose precision to a large mean.
-                let x: Vec<f32> = random_vec(rng, rows * c, 2.0).iter().map(|v| v + 3.0).collect();
+                let x: Vec<f32> = dtype.round(random_vec(rng, rows * c, 2.0).iter().map(|v| v + 3.0).collect());
                 let w: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
                 let b = random_vec(rng, c, 0.5);
                 let mut want = vec![0.0; rows * c];

@@ -515,16 +515,6 @@ impl LinearCase {
     }
 }
 
-/// `v` as the device will hold it in `dtype` (bf16/f16 rounding), so that the CPU reference
-/// sees the same inputs and the tolerance measures the kernel, not the input rounding.
-fn round_to_dtype(v: Vec<f32>, dtype: CudaDType) -> Vec<f32> {
-    match dtype {
-        CudaDType::BF16 => v.into_iter().map(|a| bf16::from_f32(a).to_f32()).collect(),
-        CudaDType::F16 => v.into_iter().map(|a| f16::from_f32(a).to_f32()).collect(),
-        _ => v,
-    }
-}
-
 /// The rows the CPU reference recomputes: all of a small problem; for the ViT-B/16 batch
 /// sizes, every 61st row plus the last (the CPU would otherwise spend minutes per check).
 fn checked_rows(m: usize) -> Vec<usize> {
@@ -548,10 +538,10 @@ fn gather_rows(v: &[f32], cols: usize, rows: &[usize]) -> Vec<f32> {
 fn run_linear_check(gpu: &std::sync::Arc<Gpu>, rng: &mut StdRng, c: LinearCase, dtype: CudaDType, with_cublas: bool) -> Result<CheckRun> {
     let LinearCase { m, n, k, .. } = c;
     // w scaled by 1/sqrt(K) keeps outputs O(1), where GELU / QuickGELU are curved.
-    let x = round_to_dtype(random_vec(rng, m * k, 1.0), dtype);
-    let w = round_to_dtype(random_vec(rng, n * k, 2.0 / (k as f32).sqrt()), dtype);
+    let x = dtype.round(random_vec(rng, m * k, 1.0));
+    let w = dtype.round(random_vec(rng, n * k, 2.0 / (k as f32).sqrt()));
     let b = random_vec(rng, n, 0.5);
-    let r = round_to_dtype(random_vec(rng, m * n, 1.0), dtype);
+    let r = dtype.round(random_vec(rng, m * n, 1.0));
     let rows = checked_rows(m);
     let mut want = vec![0.0f32; rows.len() * n];
     let r_rows = gather_rows(&r, n, &rows);

@@ -54,6 +54,17 @@ impl CudaDType {
         matches!(self, CudaDType::F32 | CudaDType::BF16 | CudaDType::F16)
     }
 
+    /// `v` as the device holds it in this dtype (bf16 / f16 rounded to nearest even), so that a
+    /// CPU reference sees the kernel's inputs and a check measures the kernel, not the rounding
+    /// of its inputs.
+    pub fn round(self, v: Vec<f32>) -> Vec<f32> {
+        match self {
+            CudaDType::BF16 => v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect(),
+            CudaDType::F16 => v.into_iter().map(|x| f16::from_f32(x).to_f32()).collect(),
+            _ => v,
+        }
+    }
+
     /// The relative error a kernel in this dtype is held to against the f32 CPU reference.
     pub fn tolerance(self) -> f32 {
         match self {
