@@ -93,7 +93,8 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
         let (gh, gw) = (h / 16, w / 16);
         let (n, c) = (gh * gw, 103usize);
         let shape = format!("{name} B={batch} {h}x{w} C={c}");
-        let flops = (batch * 2 * 2 * n * n * c) as f64;
+        // Two encoder passes (the recorded one and the stage's) and the DMAR products.
+        let flops = (batch * 2 * 2 * n * n * c) as f64 + 2.0 * batch as f64 * cfg.flops_per_image(h, w);
         checks.push(GpuCheck::new("tagclip_patch_stage", shape, CudaDType::F32, Work::Flops(flops), move |gpu, rng| {
             let seed = rng.gen::<u64>();
             let vit = CudaVit::load(gpu, &mut random_vit_params(&cfg, seed)?, &cfg, Activation::QuickGelu, CudaDType::F32)?;

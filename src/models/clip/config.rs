@@ -17,6 +17,18 @@ pub struct VitConfig {
     pub output_dim: usize,
 }
 
+impl VitConfig {
+    /// FLOPs of one image at h x w (2 per multiply-add), for roofline figures and check costs.
+    pub fn flops_per_image(&self, h: usize, w: usize) -> f64 {
+        let (c, p) = (self.width as f64, self.patch);
+        let n = ((h / p) * (w / p)) as f64;
+        let t = n + 1.0;
+        let patch = 2.0 * n * c * (3 * p * p) as f64;
+        let per_layer = 2.0 * t * c * (3.0 * c + c + 8.0 * c) + 2.0 * 2.0 * t * t * c;
+        patch + self.layers as f64 * per_layer + 2.0 * c * self.output_dim as f64
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ResNetConfig {
     /// Blocks per stage.

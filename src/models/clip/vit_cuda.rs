@@ -283,12 +283,7 @@ impl CudaVit {
 
     /// FLOPs of one image at h x w (2 per multiply-add), for roofline figures.
     pub fn flops_per_image(&self, h: usize, w: usize) -> f64 {
-        let (c, p) = (self.cfg.width as f64, self.cfg.patch);
-        let n = ((h / p) * (w / p)) as f64;
-        let t = n + 1.0;
-        let patch = 2.0 * n * c * (3 * p * p) as f64;
-        let per_layer = 2.0 * t * c * (3.0 * c + c + 8.0 * c) + 2.0 * 2.0 * t * t * c;
-        patch + self.cfg.layers as f64 * per_layer + 2.0 * c * self.cfg.output_dim as f64
+        self.cfg.flops_per_image(h, w)
     }
 }
 
@@ -329,7 +324,7 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
         let cfg = VitConfig { width: 128, layers: 3, heads: 2, patch: 16, grid: 4, output_dim: 32 };
         let (batch, h, w) = (2usize, 80usize, 64usize);
         let flops = batch as f64 * 2.0 * cfg.layers as f64 * 21.0 * 12.0 * 128.0 * 128.0;
-        checks.push(GpuCheck::new("vit_encoder_tagclip_passes", format!("tiny ViT B={batch} {h}x{w}"), dtype, Work::Flops(flops), move |gpu, rng| {
+        let check = GpuCheck::new("vit_encoder_tagclip_passes", format!("tiny ViT B={batch} {h}x{w}"), dtype, Work::Flops(flops), move |gpu, rng| {
             use crate::ops::attention::AttnMask;
             let seed = rng.gen::<u64>();
             let act = Activation::QuickGelu;
@@ -360,7 +355,13 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
                 dev.forward_request(&pixels, &req).map(|_| ())
             };
             Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
-        }));
+        });
+        // Every token and every attention map, against the f32 CPU: each bf16 op rounds its
+        // output (<= 2^-8 relative, what the per-op rows measure), and a chain of them through
+        // patch embedding, two LayerNorms, the qkv GEMM and the softmax reaches ~5e-2 on single
+        // map entries (measured on the simulator, also with bf16-rounded inputs and weights).
+        // The f32 row checks the same paths at 1e-4; this one checks the bf16 storage paths.
+        checks.push(if dtype == CudaDType::BF16 { check.with_tolerance(1e-1) } else { check });
     }
     checks
 }
