@@ -5,6 +5,9 @@
 
 Writes
   OUT/tokenizer/openclip_tokenize.json   token ids made by open_clip.tokenize
+  OUT/tokenizer/openclip_unicode.json    the same for Unicode and HTML-entity cases (Hangul,
+                                         capitals with accents, full- and half-width forms,
+                                         decomposed letters in and outside Latin, entities)
   OUT/models/<name>.safetensors          tiny random-weight models, library state-dict names
   OUT/models/<name>.io.safetensors       inputs and expected outputs of those models
   OUT/models/vit_hf.config.json          the transformers config of vit_hf
@@ -86,24 +89,93 @@ def tokenizer_cases():
     return cases
 
 
-def make_tokenizer_fixtures(out_dir):
-    import open_clip
+def unicode_cases():
+    """Texts whose cleaning (ftfy.fix_text, html.unescape) does more than collapse whitespace.
 
-    cases = tokenizer_cases()
-    rows = []
-    for text, n in cases:
-        ids = open_clip.tokenize([text], context_length=n)[0].tolist()
-        rows.append({"text": text, "context_length": n, "ids": ids})
-    doc = {
-        "source": f"open_clip {open_clip.__version__} open_clip.tokenize",
-        "cases": rows,
-    }
+    None of them needs ftfy's mojibake repair (fix_encoding), which labelfree does not
+    reproduce: make_tokenizer_fixtures checks that."""
+    hangul = [
+        "\ud55c\uad6d\uc5b4 \ud14d\uc2a4\ud2b8",                   # precomposed syllables
+        "\uc11c\uc6b8\uc758 \ubc24\uac70\ub9ac \uc0ac\uc9c4",
+        "\u1112\u1161\u11ab\u1100\u116e\u11a8 (conjoining jamo)",     # NFC composes 한국
+        "\u1100\u1161 \u1109\u1173\u11af \u110b\u1175 ",              # 가 슬 이
+        "\u3131\u314f\u3134 compatibility jamo",                  # stays as it is
+        "\uffbe\uffc2\uffa4 half-width hangul",                    # NFKC: ㅎㅏㄴ
+        "\uffa0filler \uffa1\uffa4\uffa7",
+    ]
+    capitals = [
+        "\u00c9COLE NATIONALE \u00c0 PARIS",
+        "\u00c5ngstr\u00f6m \u00c6SIR \u00d8RESUND \u00de\u00d0",
+        "\u00c0\u00c9\u00ce\u00d5\u00dc \u00c7\u00d1 \u0150\u0170 \u0106\u010c\u0160\u017d",
+        "E\u0301COLE and A\u030angstro\u0308m (decomposed)",
+        "Tie\u0302\u0301ng Vie\u0323\u0302t, TI\u00ca\u0301NG VI\u1eb8\u0302T",
+        "\u01c4 \u01c5 \u01c6 \u01c7 \u01ca DIGRAPHS",
+        "STRA\u1e9eE \u0130STANBUL I\u0307",
+        "\u0386\u0388\u0389 \u039f\u0394\u039f\u03a3 \u039f\u0394\u039f\u03a3 \u0391\u0301",
+        "\u0419\u041e\u0428\u041a\u0410 \u0418\u0306 \u0401\u041b\u041a\u0410 \u0415\u0308",
+    ]
+    width = [
+        "\uff26\uff55\uff4c\uff4c\uff0d\uff57\uff49\uff44\uff54\uff48\u3000\uff54\uff45\uff58\uff54\uff01",
+        "\uff21\uff22\uff23\u3000\uff11\uff12\uff13 \uff08\uff50\uff41\uff52\uff45\uff4e\uff53\uff09",
+        "\uffe5\uff11\uff10\uff10 \uffe1\uff15 \uffe0 \uffe2 \uffe3 \uffe4 \uffe6 \uffe8\uffe9\uffea\uffeb\uffec\uffed\uffee",
+        "\uff76\uff80\uff76\uff85 \uff76\uff9e\uff6f\uff7a\uff73 \uff8a\uff9f\uff9d",  # half-width katakana
+        "\uff61\uff62\uff63\uff64\uff65 \uff5f\uff60",
+        "\uff3b\uff3c\uff3d\uff3e\uff3f\uff40\uff5b\uff5c\uff5d\uff5e",
+    ]
+    decomposed = [
+        "\u03b1\u0301\u03b8\u03b7\u0301\u03bd\u03b1 \u03c9\u0342\u0345 \u03b9\u0308\u0301",  # Greek
+        "\u0438\u0306\u043e\u0433\u0430 \u0435\u0308\u043b\u043a\u0430",              # Cyrillic
+        "\u304b\u3099\u3063\u3053\u3046 \u30cf\u309a\u30f3 \u30bf\u3099",                # kana
+        "\u0915\u093c \u0928\u093c \u0921\u093c",                                  # Devanagari (nukta)
+        "\u05d1\u05bc \u05e9\u05c1 \u0627\u0653 \u0648\u0654 \u064a\u0654",              # Hebrew, Arabic
+        "\u0b92\u0bd7 \u0bc6\u0bbe \u0d46\u0d3e \u0cbf\u0cd5",                      # Tamil, Malayalam, Kannada
+        "a\u0323\u0302 a\u0302\u0323 q\u0307\u0323 \u212b \u2126 \u212a",              # order, singletons
+        "\u1e0b\u0323 \u0073\u0323\u0307 \u1e69",
+    ]
+    entities = [
+        "P&EACUTE;REZ BUNDESSTRA&SZLIG;E &NTILDE; &nTILDE; &Ntilde;",
+        "&AMP; &LTRI; &FRAC12; &COPY; &NOTIN; &THETA; &Theta;",
+        "&check; &checkmark; &HilbertSpace; &Jscr;ohn &fjlig; &NotEqualTilde; &nvlt;",
+        "&hellip; &mdash; &ndash; &bull; &euro; &trade; &larr;&rarr; &hearts;",
+        "&copy 2024 &amp co &notit; &ltx &gtgt &ampx; &eacute &Eacute &nbsp&nbsp",
+        "&#1;a&#x81;b&#xFDD0;c&#65534;d&#128;e&#55296;f&#1114112;g&#0;h&#13;i",
+        "&#x1F436; dog &#128049; cat &#X41;&#66 &#x3c;tag&#x3E; &#769;&#x301;",
+        "&#59; &#38;#59; &#12ab; &#x; &#; &#99999999999999999999; &#0000065",
+        "&amp;eacute; &amp;amp;amp;amp; &amp;#233; &amp;EACUTE;",
+        "x < y\n&amp;amp;amp; after a line with a tag",
+        "&lt;b&gt;bold&lt;/b&gt; &lt;3 &gt;.&lt;",
+        "caf&eacute; na&iuml;ve &Aring;ngstr&ouml;m &#x1100;&#x1161; &#x304b;&#x3099;",
+    ]
+    cases = [(t, 77) for t in hangul + capitals + width + decomposed + entities]
+    return cases
+
+
+def make_tokenizer_fixtures(out_dir):
+    import html
+
+    import ftfy
+    import open_clip
+    from open_clip.tokenizer import _clean_lower, whitespace_clean
+
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "openclip_tokenize.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(doc, f, ensure_ascii=False, separators=(",", ":"))
-        f.write("\n")
-    print(f"wrote {path}: {len(rows)} cases")
+    for name, cases in [("openclip_tokenize.json", tokenizer_cases()), ("openclip_unicode.json", unicode_cases())]:
+        rows = []
+        for text, n in cases:
+            ids = open_clip.tokenize([text], context_length=n)[0].tolist()
+            rows.append({"text": text, "context_length": n, "ids": ids})
+            # the cleaning labelfree reproduces: everything of open_clip's but mojibake repair
+            without_mojibake_repair = whitespace_clean(
+                html.unescape(html.unescape(ftfy.fix_text(text, fix_encoding=False))).strip()).lower()
+            assert _clean_lower(text) == without_mojibake_repair, f"{text!r} needs ftfy's fix_encoding"
+        doc = {
+            "source": f"open_clip {open_clip.__version__} open_clip.tokenize",
+            "cases": rows,
+        }
+        path = os.path.join(out_dir, name)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(doc, f, ensure_ascii=False, separators=(",", ":"))
+            f.write("\n")
+        print(f"wrote {path}: {len(rows)} cases")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 //! models.
 
 pub mod color_jitter;
-pub mod csvio;
 pub mod datasets;
 pub mod decode;
 pub mod images;

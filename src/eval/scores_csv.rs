@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::data::csvio::{field, parse_record};
+use crate::data::datasets::csv::records;
 use crate::data::datasets::Dataset;
 use crate::error::{Error, Result};
 
@@ -15,20 +15,13 @@ use crate::error::{Error, Result};
 pub fn to_csv(paths: &[String], classes: &[String], scores: &[f32]) -> String {
     let c = classes.len();
     assert_eq!(paths.len() * c, scores.len(), "to_csv: {} paths x {c} classes != {} scores", paths.len(), scores.len());
-    let mut out = String::from("path");
-    for name in classes {
-        out.push(',');
-        out.push_str(&field(name));
-    }
-    out.push('\n');
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let write = "writing CSV to memory cannot fail";
+    w.write_record(std::iter::once("path").chain(classes.iter().map(String::as_str))).expect(write);
     for (p, row) in paths.iter().zip(scores.chunks_exact(c.max(1))) {
-        out.push_str(&field(p));
-        for v in row {
-            out.push_str(&format!(",{v:e}"));
-        }
-        out.push('\n');
+        w.write_record(std::iter::once(p.clone()).chain(row.iter().map(|v| format!("{v:e}")))).expect(write);
     }
-    out
+    String::from_utf8(w.into_inner().expect(write)).expect("the fields are UTF-8")
 }
 
 /// A score file, read.
@@ -47,16 +40,16 @@ pub struct ScoreTable {
 pub fn read(path: &Path) -> Result<ScoreTable> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
     let fail = |m: String| Error::Dataset(format!("{}: {m}", path.display()));
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-    let (_, head) = lines.next().ok_or_else(|| fail("empty file".into()))?;
-    let head = parse_record(head.trim_start_matches('\u{feff}')).map_err(|e| fail(format!("header: {e}")))?;
+    let mut rows = records(&text);
+    let (_, head) = rows.next().ok_or_else(|| fail("empty file".into()))?;
+    let head = head.map_err(|e| fail(format!("header: {e}")))?;
     if head.len() < 2 || head[0].trim() != "path" {
         return Err(fail("the header must be `path,<class>,<class>,...`".into()));
     }
     let classes: Vec<String> = head[1..].iter().map(|s| s.trim().to_string()).collect();
     let mut t = ScoreTable { classes, paths: Vec::new(), scores: Vec::new(), lines: Vec::new(), bad_lines: Vec::new() };
-    for (n, line) in lines {
-        let row = parse_record(line).map_err(|e| e.to_string()).and_then(|f| {
+    for (line, fields) in rows {
+        let row = fields.and_then(|f| {
             if f.len() != t.classes.len() + 1 {
                 return Err(format!("{} fields, the header has {}", f.len(), t.classes.len() + 1));
             }
@@ -73,9 +66,9 @@ pub fn read(path: &Path) -> Result<ScoreTable> {
             Ok((p, vals)) => {
                 t.paths.push(p);
                 t.scores.extend(vals);
-                t.lines.push(n + 1);
+                t.lines.push(line);
             }
-            Err(e) => t.bad_lines.push(format!("line {}: {e}", n + 1)),
+            Err(e) => t.bad_lines.push(format!("line {line}: {e}")),
         }
     }
     Ok(t)
@@ -205,5 +198,36 @@ impl PathIndex {
         }
         let name = p.rsplit('/').next().unwrap_or(p);
         self.by_name.get(name).copied().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_as_before_and_read_back() {
+        let paths = ["a.jpg".to_string(), "dir/b, c.jpg".to_string()];
+        let classes = ["cat".to_string(), "say \"hi\"".to_string(), "x,y".to_string()];
+        let scores = [1.0, -0.25, 3.5e-8, 0.0, 1e30, -7.0];
+        let text = to_csv(&paths, &classes, &scores);
+        assert_eq!(
+            text,
+            "path,cat,\"say \"\"hi\"\"\",\"x,y\"\na.jpg,1e0,-2.5e-1,3.5e-8\n\"dir/b, c.jpg\",0e0,1e30,-7e0\n"
+        );
+        let file = std::env::temp_dir().join(format!("labelfree-scores-{}.csv", std::process::id()));
+        let bad = "\nc.jpg,1,2\nd.jpg,1,x,3\n\"e.jpg,1,2,3\n";
+        std::fs::write(&file, format!("\u{feff}{text}{bad}")).unwrap();
+        let t = read(&file);
+        std::fs::remove_file(&file).unwrap();
+        let t = t.unwrap();
+        assert_eq!(t.classes, classes);
+        assert_eq!(t.paths, paths);
+        assert_eq!(t.scores, scores);
+        assert_eq!(t.lines, [2, 3]);
+        assert_eq!(t.bad_lines.len(), 3, "{:?}", t.bad_lines);
+        assert_eq!(t.bad_lines[0], "line 5: 3 fields, the header has 4");
+        assert_eq!(t.bad_lines[1], "line 6: `x` is not a finite number");
+        assert!(t.bad_lines[2].starts_with("line 7: unterminated quote"), "{}", t.bad_lines[2]);
     }
 }
