@@ -17,7 +17,9 @@
 //! - sanitizer findings and per-launch profiles are collected and taken with `take_findings` /
 //!   `take_profiles`; `launch_counts` says how often each entry point ran.
 
+pub mod fp;
 pub mod memory;
+pub mod mma;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
