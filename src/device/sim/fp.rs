@@ -1037,7 +1037,7 @@ mod tests {
                         negative: na != nb,
                         magnitude: num / den,
                         exp: (ea - sa) - (eb - sb) - 80,
-                        sticky: num % den != 0,
+                        sticky: !num.is_multiple_of(den),
                     };
                     let got = div_f32(a, b, round);
                     let want = round_exact(v, F32, round);
@@ -1172,7 +1172,7 @@ mod tests {
                     negative: na != nb,
                     magnitude: num / den,
                     exp: (ea - sa) - (eb - sb) - 72,
-                    sticky: num % den != 0,
+                    sticky: !num.is_multiple_of(den),
                 };
                 let want = round_exact(v, F64, round);
                 let got = div_f64(a, b, round);

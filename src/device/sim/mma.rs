@@ -171,7 +171,7 @@ mod tests {
 
     /// Element i of a fragment sits in register i / 2, half i % 2 (a0 is the low half).
     fn put_half(reg: &mut u32, i: usize, bits: u16) {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             *reg = (*reg & 0xFFFF_0000) | bits as u32;
         } else {
             *reg = (*reg & 0x0000_FFFF) | (bits as u32) << 16;
@@ -229,7 +229,11 @@ mod tests {
         }
     }
 
-    fn random_tiles(ty: MmaInput, rng: &mut StdRng) -> ([[u16; 16]; 16], [[u16; 8]; 16], [[f32; 8]; 16]) {
+    type TileA = [[u16; 16]; 16]; // (M=16, K=16) bf16/f16 bits
+    type TileB = [[u16; 8]; 16]; // (K=16, N=8) bf16/f16 bits
+    type TileC = [[f32; 8]; 16]; // (M=16, N=8)
+
+    fn random_tiles(ty: MmaInput, rng: &mut StdRng) -> (TileA, TileB, TileC) {
         let mut a = [[0u16; 16]; 16];
         let mut b = [[0u16; 8]; 16];
         let mut c = [[0f32; 8]; 16];
@@ -341,7 +345,7 @@ mod tests {
     impl Smem {
         fn reader(&self) -> impl FnMut(u32) -> Result<[u16; 8], String> + '_ {
             move |addr: u32| {
-                if addr % 16 != 0 {
+                if !addr.is_multiple_of(16) {
                     return Err(format!("unaligned row address {addr}"));
                 }
                 let start = addr as usize / 2;
