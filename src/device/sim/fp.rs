@@ -13,10 +13,11 @@
 //! +MAX or −inf, `.rp` gives +inf or −MAX. An exact zero sum of operands of opposite sign is +0,
 //! except under `.rm`, where it is −0.
 //!
-//! NaN results of f32 arithmetic are the canonical NaN `0x7FFFFFFF` (the value the ISA calls
-//! canonical in `min`/`max`); NaN results of f64 arithmetic are [`CANONICAL_NAN_F64`], a choice
-//! of this simulator (the ISA gives no f64 pattern for these instructions). Canonical results
-//! keep the simulator deterministic whatever NaN payload the host CPU would propagate.
+//! NaN results of f32 arithmetic are `0x7FFFFFFF`, the pattern NVIDIA GPUs are reported to return
+//! (the ISA's `min`/`max` say "canonical NaN" without giving the bits; not measured here); NaN
+//! results of f64 arithmetic are [`CANONICAL_NAN_F64`], likewise a choice of this simulator.
+//! One NaN pattern keeps the simulator deterministic whatever payload the host CPU would
+//! propagate; code that inspects NaN bits may see other patterns on hardware.
 
 use std::cmp::Ordering;
 
@@ -34,7 +35,7 @@ pub enum Round {
     Rp,
 }
 
-/// The canonical f32 NaN of PTX.
+/// The f32 NaN this simulator returns for NaN results (see the module doc).
 pub const CANONICAL_NAN_F32: f32 = f32::from_bits(0x7FFF_FFFF);
 /// The f64 NaN this simulator returns for NaN results (see the module doc).
 pub const CANONICAL_NAN_F64: f64 = f64::from_bits(0x7FFF_FFFF_FFFF_FFFF);
@@ -646,8 +647,9 @@ float_to_int!(float_to_u64, u64, "u64");
 /// `cvt{.rn,.rz,.rm,.rp}.f32.{s16,u16,s32,u32,s64,u64} d, a`: the integer (any of those types,
 /// widened to i128) rounded to f32 in the given direction.
 pub fn int_to_f32(v: i128, round: Round) -> f32 {
-    let nearest = v as f32; // Rust rounds integer-to-float casts to nearest even
-                            // nearest is an integer of at most 2^64 in magnitude: exact as i128.
+    // Rust rounds integer-to-float casts to nearest even; nearest is an integer of magnitude at
+    // most 2^64, so comparing it as an i128 is exact.
+    let nearest = v as f32;
     adjust_f32(nearest, v.cmp(&(nearest as i128)), round)
 }
 
