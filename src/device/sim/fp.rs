@@ -39,7 +39,8 @@ pub enum Round {
 pub const CANONICAL_NAN_F32: f32 = f32::from_bits(0x7FFF_FFFF);
 /// The f64 NaN this simulator returns for NaN results (see the module doc).
 pub const CANONICAL_NAN_F64: f64 = f64::from_bits(0x7FFF_FFFF_FFFF_FFFF);
-/// The canonical NaN of `.f16` and `.bf16` results.
+/// The NaN this simulator gives `.f16` and `.bf16` results (the usual canonical 16-bit NaN; the
+/// ISA does not spell out the bits).
 pub const CANONICAL_NAN_16: u16 = 0x7FFF;
 
 // ---------------------------------------------------------------------------------------------
