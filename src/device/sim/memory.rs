@@ -39,16 +39,9 @@ impl Allocation {
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) };
         if ptr.is_null() {
-            return Err(SimError::Memory(format!(
-                "out of host memory allocating {size} bytes"
-            )));
+            return Err(SimError::Memory(format!("out of host memory allocating {size} bytes")));
         }
-        Ok(Allocation {
-            base,
-            size,
-            ptr,
-            layout,
-        })
+        Ok(Allocation { base, size, ptr, layout })
     }
 
     /// Host pointer to the byte at device address `addr` when `[addr, addr + len)` lies inside.
@@ -112,12 +105,7 @@ impl Default for DeviceMemory {
 
 impl DeviceMemory {
     pub fn new() -> DeviceMemory {
-        DeviceMemory {
-            table: RwLock::new(Table {
-                allocations: Vec::new(),
-                next: FIRST_ADDRESS,
-            }),
-        }
+        DeviceMemory { table: RwLock::new(Table { allocations: Vec::new(), next: FIRST_ADDRESS }) }
     }
 
     /// The table, read-locked: launches hold this for their whole run.
@@ -147,18 +135,13 @@ impl DeviceMemory {
                 t.allocations.remove(i);
                 Ok(())
             }
-            Err(_) => Err(SimError::Memory(format!(
-                "free of {addr:#x}, which is not the start of an allocation"
-            ))),
+            Err(_) => Err(SimError::Memory(format!("free of {addr:#x}, which is not the start of an allocation"))),
         }
     }
 
     fn host_range(&self, t: &Table, addr: u64, len: usize, what: &str) -> SimResult<*mut u8> {
-        t.resolve(addr, len).ok_or_else(|| {
-            SimError::Memory(format!(
-                "{what} of {len} bytes at {addr:#x} is not inside one allocation"
-            ))
-        })
+        t.resolve(addr, len)
+            .ok_or_else(|| SimError::Memory(format!("{what} of {len} bytes at {addr:#x} is not inside one allocation")))
     }
 
     pub fn write(&self, addr: u64, data: &[u8]) -> SimResult<()> {
@@ -188,10 +171,7 @@ impl DeviceMemory {
     /// Live allocations and their total bytes.
     pub fn usage(&self) -> (usize, usize) {
         let t = self.table();
-        (
-            t.allocations.len(),
-            t.allocations.iter().map(|a| a.size).sum(),
-        )
+        (t.allocations.len(), t.allocations.iter().map(|a| a.size).sum())
     }
 }
 
@@ -208,14 +188,8 @@ mod tests {
         assert_eq!(b % DEVICE_ALIGN, 0);
         assert!(b >= a + 10 + DEVICE_ALIGN, "no gap after the first buffer");
         m.write(a, &[1; 10]).unwrap();
-        assert!(
-            m.write(a, &[1; 11]).is_err(),
-            "a copy past the end must fail"
-        );
-        assert!(
-            m.table().resolve(a + 10, 1).is_none(),
-            "one past the end is in no allocation"
-        );
+        assert!(m.write(a, &[1; 11]).is_err(), "a copy past the end must fail");
+        assert!(m.table().resolve(a + 10, 1).is_none(), "one past the end is in no allocation");
         let mut out = [0u8; 4];
         m.read(a + 6, &mut out).unwrap();
         assert_eq!(out, [1; 4]);

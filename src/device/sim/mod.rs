@@ -17,12 +17,14 @@
 //! - sanitizer findings and per-launch profiles are collected and taken with `take_findings` /
 //!   `take_profiles`; `launch_counts` says how often each entry point ran.
 
+pub mod exec;
 pub mod fp;
 pub mod memory;
 pub mod mma;
+pub mod parse;
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use serde::Serialize;
 
@@ -33,11 +35,7 @@ pub use memory::DeviceMemory;
 pub enum SimError {
     /// The PTX text could not be parsed or uses something the simulator does not know.
     #[error("kernels/{module}.cu PTX line {line}: {message}")]
-    Ptx {
-        module: String,
-        line: u32,
-        message: String,
-    },
+    Ptx { module: String, line: u32, message: String },
     /// A host-side memory operation on an address that is not (all) inside one allocation.
     #[error("simulated device memory: {0}")]
     Memory(String),
@@ -69,10 +67,7 @@ pub struct SimOptions {
 
 impl Default for SimOptions {
     fn default() -> Self {
-        SimOptions {
-            sanitize: true,
-            profile: false,
-        }
+        SimOptions { sanitize: true, profile: false }
     }
 }
 
@@ -177,7 +172,11 @@ pub struct LaunchProfile {
 struct ModuleSlot {
     name: &'static str,
     ptx: &'static str,
+    parsed: OnceLock<std::result::Result<parse::Module, String>>,
 }
+
+/// Largest shared memory of one CTA (sm_80's opt-in limit, 163 KB).
+pub const MAX_SHARED_BYTES: u32 = 163 * 1024;
 
 /// The simulator: PTX modules, device memory, and what launches found and counted.
 pub struct Simulator {
@@ -194,10 +193,7 @@ impl Simulator {
     pub fn new(modules: &[(&'static str, &'static str)], options: SimOptions) -> Simulator {
         Simulator {
             options,
-            modules: modules
-                .iter()
-                .map(|&(name, ptx)| ModuleSlot { name, ptx })
-                .collect(),
+            modules: modules.iter().map(|&(name, ptx)| ModuleSlot { name, ptx, parsed: OnceLock::new() }).collect(),
             memory: DeviceMemory::new(),
             findings: Mutex::new(Vec::new()),
             profiles: Mutex::new(Vec::new()),
@@ -211,18 +207,49 @@ impl Simulator {
 
     /// The PTX text of `module`, if the simulator has it.
     pub fn module_ptx(&self, module: &str) -> Option<&'static str> {
-        self.modules
-            .iter()
-            .find(|m| m.name == module)
-            .map(|m| m.ptx)
+        self.modules.iter().find(|m| m.name == module).map(|m| m.ptx)
     }
 
-    /// Every `.entry` of every module (parses each module once).
+    /// The parsed module `module` (parsed and lowered on first use).
+    fn module(&self, module: &str) -> SimResult<&parse::Module> {
+        let slot = self
+            .modules
+            .iter()
+            .find(|m| m.name == module)
+            .ok_or_else(|| SimError::Launch { kernel: "*".into(), message: format!("no module `{module}`") })?;
+        slot.parsed
+            .get_or_init(|| parse::parse_module(slot.name, slot.ptx).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| SimError::Ptx { module: module.into(), line: 0, message: e.clone() })
+    }
+
+    /// Every `.entry` of every module (parses each module once). A kernel that could not be
+    /// lowered is listed too; launching it reports why.
     pub fn entries(&self) -> SimResult<Vec<EntryInfo>> {
-        Err(SimError::Launch {
-            kernel: "*".into(),
-            message: "the PTX parser is not built yet".into(),
-        })
+        let mut out = Vec::new();
+        for slot in &self.modules {
+            let m = self.module(slot.name)?;
+            for (name, params, shared) in &m.entry_params {
+                out.push(EntryInfo {
+                    module: slot.name.to_string(),
+                    name: name.clone(),
+                    param_bytes: params.clone(),
+                    static_shared_bytes: *shared,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Errors of kernels that could not be lowered (an instruction the simulator does not
+    /// know, an operand form it does not read), one line each.
+    pub fn lowering_errors(&self) -> SimResult<Vec<String>> {
+        let mut out = Vec::new();
+        for slot in &self.modules {
+            let m = self.module(slot.name)?;
+            out.extend(m.kernels.iter().filter_map(|k| k.as_ref().err().map(|e| format!("{}: {e}", slot.name))));
+        }
+        Ok(out)
     }
 
     pub fn memory(&self) -> &DeviceMemory {
@@ -259,17 +286,67 @@ impl Simulator {
         dynamic_shared_bytes: u32,
         args: &[SimArg],
     ) -> SimResult<()> {
-        let _ = (grid, block, dynamic_shared_bytes, args);
-        if self.module_ptx(module).is_none() {
-            return Err(SimError::Launch {
-                kernel: kernel.into(),
-                message: format!("no module `{module}`"),
-            });
+        let launch_err = |message: String| SimError::Launch { kernel: kernel.into(), message };
+        let m = self.module(module)?;
+        let k = match m.kernel(kernel) {
+            Some(Ok(k)) => k,
+            Some(Err(e)) => return Err(launch_err(format!("kernels/{module}.cu: {e}"))),
+            None => return Err(launch_err(format!("module `{module}` has no entry `{kernel}`"))),
+        };
+        if args.len() != k.params.len() {
+            return Err(launch_err(format!("{} arguments for {} parameters", args.len(), k.params.len())));
         }
-        Err(SimError::Launch {
-            kernel: kernel.into(),
-            message: "the PTX executor is not built yet".into(),
-        })
+        let mut params = vec![0u8; k.params.iter().map(|&(b, o)| (b + o) as usize).max().unwrap_or(0)];
+        for (i, (a, &(bytes, off))) in args.iter().zip(&k.params).enumerate() {
+            if a.size() != bytes {
+                return Err(launch_err(format!("argument {i} is {} bytes, the parameter {bytes}", a.size())));
+            }
+            let off = off as usize;
+            match *a {
+                SimArg::B32(v) => params[off..off + 4].copy_from_slice(&v.to_le_bytes()),
+                SimArg::B64(v) => params[off..off + 8].copy_from_slice(&v.to_le_bytes()),
+            }
+        }
+        let threads = block[0] as u64 * block[1] as u64 * block[2] as u64;
+        if threads == 0 || threads > 1024 || grid.contains(&0) {
+            return Err(launch_err(format!("grid {grid:?} block {block:?}: empty or more than 1024 threads a block")));
+        }
+        if let Some(max) = k.maxntid {
+            if threads > max[0] as u64 * max[1] as u64 * max[2] as u64 {
+                return Err(launch_err(format!("block {block:?} exceeds the kernel's .maxntid {max:?}")));
+            }
+        }
+        let shared = k.dynamic_shared_offset + dynamic_shared_bytes;
+        if shared > MAX_SHARED_BYTES {
+            return Err(launch_err(format!("{shared} bytes of shared memory, the limit is {MAX_SHARED_BYTES}")));
+        }
+        let table = self.memory.table();
+        let result = exec::run(&exec::Launch {
+            module,
+            kernel: k,
+            grid,
+            block,
+            dynamic_shared_bytes,
+            params,
+            table: &table,
+            sanitize: self.options.sanitize,
+            profile: self.options.profile,
+        });
+        drop(table);
+        *self
+            .launches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((module.to_string(), kernel.to_string()))
+            .or_default() += 1;
+        let result = result?;
+        if !result.findings.is_empty() {
+            self.findings.lock().unwrap_or_else(|e| e.into_inner()).extend(result.findings);
+        }
+        if let Some(p) = result.profile {
+            self.profiles.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+        }
+        Ok(())
     }
 
     /// The sanitizer's findings since the last call.
@@ -284,9 +361,6 @@ impl Simulator {
 
     /// How many times each (module, kernel) has been launched.
     pub fn launch_counts(&self) -> BTreeMap<(String, String), u64> {
-        self.launches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.launches.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

@@ -1,0 +1,1580 @@
+//! Runs one launch of a lowered kernel: CTAs in parallel on rayon threads; inside a CTA, warps
+//! of 32 lanes with a PC per lane.
+//!
+//! Scheduling inside a warp: the lanes still running that sit at the smallest PC execute the
+//! instruction there together (their mask is the warp's active mask). Since nvcc lays code out
+//! so that a branch's join point follows both sides, the lanes that took the shorter side wait
+//! at the join until the others arrive: they reconverge where an immediate post-dominator
+//! stack would have reconverged them, and the per-warp counts of the profile are those of a
+//! SIMT machine. A lane that reaches `bar.sync` waits; when every lane of the CTA waits or has
+//! exited, the barrier releases. Warp collectives (`shfl.sync`, `mma.sync`, `ldmatrix.sync`)
+//! execute once for the lanes at their PC and are an error when those are not the lanes the
+//! instruction names (its member mask, or the whole warp for `.aligned`).
+//!
+//! cp.async: the global bytes are read when the instruction issues and land in shared memory
+//! only at the `cp.async.wait_group` / `wait_all` that retires their group, as on hardware a
+//! read of the destination before that wait sees the old bytes.
+//!
+//! The sanitizer (on by default) checks every shared access for bounds, alignment,
+//! uninitialised reads and races between threads (same bytes, one a write, no barrier between,
+//! and not ordered by a warp collective of their warp), and every global access for bounds and
+//! alignment. Global-memory races between CTAs are not checked.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use super::fp;
+use super::memory::Table;
+use super::mma;
+use super::parse::{Cmp, Inst, Kernel, Op, Opnd, Rnd, ShflMode, Space, Special, Ty};
+use super::{Finding, FindingKind, LaunchProfile, SimError, SimResult};
+
+/// Most findings kept per launch (the first of each kind and line always are).
+const MAX_FINDINGS: usize = 64;
+
+/// Everything one launch needs, shared by its CTAs.
+pub struct Launch<'a> {
+    pub module: &'a str,
+    pub kernel: &'a Kernel,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub dynamic_shared_bytes: u32,
+    pub params: Vec<u8>,
+    pub table: &'a Table,
+    pub sanitize: bool,
+    pub profile: bool,
+}
+
+/// What a launch returns besides its effect on memory.
+pub struct LaunchResult {
+    pub findings: Vec<Finding>,
+    pub profile: Option<LaunchProfile>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Lane {
+    Running,
+    AtBarrier,
+    Exited,
+}
+
+/// A cp.async copy waiting for its group to retire.
+struct PendingCopy {
+    shared_addr: u32,
+    len: u8,
+    data: [u8; 16],
+}
+
+#[derive(Default)]
+struct AsyncState {
+    committed: std::collections::VecDeque<Vec<PendingCopy>>,
+    open: Vec<PendingCopy>,
+}
+
+/// Shadow of one shared byte for the sanitizer.
+#[derive(Clone, Copy, Default)]
+struct Shadow {
+    /// Last writer (thread index + 1; 0: never written in this launch), its barrier epoch and
+    /// its warp's collective count at the time.
+    w_tid: u32,
+    w_epoch: u32,
+    w_sync: u32,
+    /// Last reader (thread index + 1, 0: none) with the same.
+    r_tid: u32,
+    r_epoch: u32,
+    r_sync: u32,
+}
+
+struct Warp {
+    /// (reg, lane) → bits; index `reg * 32 + lane`.
+    regs: Vec<u64>,
+    pc: [u32; 32],
+    lane: [Lane; 32],
+    /// Lanes that exist (the last warp of a block may be partial).
+    exists: u32,
+    async_state: Vec<AsyncState>,
+    /// Warp collectives executed so far (orders accesses of lanes of this warp).
+    sync_count: u32,
+}
+
+/// Per-CTA counters (summed into the launch profile).
+#[derive(Default)]
+struct Counts {
+    warp_instructions: u64,
+    thread_instructions: u64,
+    by_class: BTreeMap<&'static str, u64>,
+    flops: u64,
+    global_load_bytes: u64,
+    global_store_bytes: u64,
+    global_load_sectors: u64,
+    global_store_sectors: u64,
+    global_load_requests: u64,
+    global_store_requests: u64,
+    shared_requests: u64,
+    shared_wavefronts: u64,
+    barriers: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.warp_instructions += o.warp_instructions;
+        self.thread_instructions += o.thread_instructions;
+        for (k, v) in &o.by_class {
+            *self.by_class.entry(k).or_default() += v;
+        }
+        self.flops += o.flops;
+        self.global_load_bytes += o.global_load_bytes;
+        self.global_store_bytes += o.global_store_bytes;
+        self.global_load_sectors += o.global_load_sectors;
+        self.global_store_sectors += o.global_store_sectors;
+        self.global_load_requests += o.global_load_requests;
+        self.global_store_requests += o.global_store_requests;
+        self.shared_requests += o.shared_requests;
+        self.shared_wavefronts += o.shared_wavefronts;
+        self.barriers += o.barriers;
+    }
+}
+
+/// Distinct global sectors touched by a launch: one bit per 32 bytes of each allocation.
+struct SectorSet {
+    bases: Vec<(u64, u64)>,
+    bits: Vec<Vec<AtomicU64>>,
+}
+
+impl SectorSet {
+    fn new(table: &Table) -> SectorSet {
+        let bases: Vec<(u64, u64)> = table.allocations().iter().map(|a| (a.base, a.size as u64)).collect();
+        let bits =
+            bases.iter().map(|&(_, size)| (0..size.div_ceil(32 * 64)).map(|_| AtomicU64::new(0)).collect()).collect();
+        SectorSet { bases, bits }
+    }
+
+    fn mark(&self, addr: u64) {
+        let i = self.bases.partition_point(|&(b, _)| b <= addr);
+        let Some(i) = i.checked_sub(1) else { return };
+        let (base, size) = self.bases[i];
+        if addr >= base + size {
+            return;
+        }
+        let s = (addr - base) / 32;
+        self.bits[i][(s / 64) as usize].fetch_or(1 << (s % 64), Ordering::Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.bits.iter().flatten().map(|w| w.load(Ordering::Relaxed).count_ones() as u64).sum()
+    }
+}
+
+struct Cta<'a> {
+    l: &'a Launch<'a>,
+    ctaid: [u32; 3],
+    warps: Vec<Warp>,
+    shared: Vec<u8>,
+    shadow: Vec<Shadow>,
+    epoch: u32,
+    findings: Vec<Finding>,
+    counts: Counts,
+    sectors: Option<&'a SectorSet>,
+}
+
+fn fault(l: &Launch, ctaid: [u32; 3], tid: u32, inst: &Inst, message: impl Into<String>) -> SimError {
+    SimError::Fault {
+        kernel: l.kernel.name.clone(),
+        cta: ctaid,
+        thread: thread_xyz(l.block, tid),
+        ptx_line: inst.line,
+        source_loc: source_loc(l.kernel, inst),
+        message: message.into(),
+    }
+}
+
+fn thread_xyz(block: [u32; 3], tid: u32) -> [u32; 3] {
+    [tid % block[0], (tid / block[0]) % block[1], tid / (block[0] * block[1])]
+}
+
+fn source_loc(k: &Kernel, inst: &Inst) -> Option<String> {
+    k.locs.get(inst.loc as usize).cloned()
+}
+
+/// Runs the launch to completion.
+pub fn run(l: &Launch) -> SimResult<LaunchResult> {
+    let [gx, gy, gz] = l.grid;
+    let ncta = gx as u64 * gy as u64 * gz as u64;
+    let sectors = l.profile.then(|| SectorSet::new(l.table));
+    let findings = Mutex::new(Vec::new());
+    let counts = Mutex::new(Counts::default());
+    (0..ncta).into_par_iter().try_for_each(|i| -> SimResult<()> {
+        let ctaid =
+            [(i % gx as u64) as u32, ((i / gx as u64) % gy as u64) as u32, (i / (gx as u64 * gy as u64)) as u32];
+        let mut cta = Cta::new(l, ctaid, sectors.as_ref());
+        cta.run()?;
+        if !cta.findings.is_empty() {
+            let mut f = findings.lock().unwrap_or_else(|e| e.into_inner());
+            for x in cta.findings.drain(..) {
+                if f.len() < MAX_FINDINGS && !f.iter().any(|y: &Finding| y.kind == x.kind && y.ptx_line == x.ptx_line) {
+                    f.push(x);
+                }
+            }
+        }
+        if l.profile {
+            counts.lock().unwrap_or_else(|e| e.into_inner()).add(&cta.counts);
+        }
+        Ok(())
+    })?;
+    let profile = l.profile.then(|| {
+        let c = counts.into_inner().unwrap_or_else(|e| e.into_inner());
+        LaunchProfile {
+            module: l.module.to_string(),
+            kernel: l.kernel.name.clone(),
+            grid: l.grid,
+            block: l.block,
+            dynamic_shared_bytes: l.dynamic_shared_bytes,
+            warp_instructions: c.warp_instructions,
+            thread_instructions: c.thread_instructions,
+            by_class: c.by_class.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            flops: c.flops,
+            global_load_bytes: c.global_load_bytes,
+            global_store_bytes: c.global_store_bytes,
+            global_load_sectors: c.global_load_sectors,
+            global_store_sectors: c.global_store_sectors,
+            global_load_requests: c.global_load_requests,
+            global_store_requests: c.global_store_requests,
+            shared_requests: c.shared_requests,
+            shared_wavefronts: c.shared_wavefronts,
+            barriers: c.barriers,
+            global_unique_bytes: sectors.as_ref().map_or(0, |s| s.count() * 32),
+        }
+    });
+    Ok(LaunchResult { findings: findings.into_inner().unwrap_or_else(|e| e.into_inner()), profile })
+}
+
+#[inline]
+fn mask_bits(v: u64, ty: Ty) -> u64 {
+    match ty.bytes() {
+        1 => v & 0xff,
+        2 => v & 0xffff,
+        4 => v & 0xffff_ffff,
+        _ => v,
+    }
+}
+
+/// Sign-extends the low `ty.bytes()` bytes.
+#[inline]
+fn sext(v: u64, ty: Ty) -> i64 {
+    match ty.bytes() {
+        1 => v as u8 as i8 as i64,
+        2 => v as u16 as i16 as i64,
+        4 => v as u32 as i32 as i64,
+        _ => v as i64,
+    }
+}
+
+#[inline]
+fn f32v(v: u64) -> f32 {
+    f32::from_bits(v as u32)
+}
+
+#[inline]
+fn f64v(v: u64) -> f64 {
+    f64::from_bits(v)
+}
+
+#[inline]
+fn ftz32(x: f32, on: bool) -> f32 {
+    if on {
+        fp::ftz(x)
+    } else {
+        x
+    }
+}
+
+fn rnd_of(r: Option<Rnd>) -> fp::Round {
+    match r {
+        None | Some(Rnd::Rn) => fp::Round::Rn,
+        Some(Rnd::Rz) => fp::Round::Rz,
+        Some(Rnd::Rm) => fp::Round::Rm,
+        Some(Rnd::Rp) => fp::Round::Rp,
+    }
+}
+
+fn cmp_of(c: Cmp) -> fp::CmpOp {
+    match c {
+        Cmp::Eq => fp::CmpOp::Eq,
+        Cmp::Ne => fp::CmpOp::Ne,
+        Cmp::Lt | Cmp::Lo => fp::CmpOp::Lt,
+        Cmp::Le | Cmp::Ls => fp::CmpOp::Le,
+        Cmp::Gt | Cmp::Hi => fp::CmpOp::Gt,
+        Cmp::Ge | Cmp::Hs => fp::CmpOp::Ge,
+        Cmp::Equ => fp::CmpOp::Equ,
+        Cmp::Neu => fp::CmpOp::Neu,
+        Cmp::Ltu => fp::CmpOp::Ltu,
+        Cmp::Leu => fp::CmpOp::Leu,
+        Cmp::Gtu => fp::CmpOp::Gtu,
+        Cmp::Geu => fp::CmpOp::Geu,
+        Cmp::Num => fp::CmpOp::Num,
+        Cmp::Nan => fp::CmpOp::Nan,
+    }
+}
+
+/// The profile class of an instruction.
+fn class_of(inst: &Inst) -> &'static str {
+    match &inst.op {
+        Op::Ld { space: Space::Global, .. } => "ld_global",
+        Op::St { space: Space::Global, .. } => "st_global",
+        Op::Ld { space: Space::Shared, .. } => "ld_shared",
+        Op::St { space: Space::Shared, .. } => "st_shared",
+        Op::Ld { space: Space::Param, .. } => "ld_param",
+        Op::St { .. } => "st_other",
+        Op::CpAsync { .. } | Op::CpAsyncCommit | Op::CpAsyncWait { .. } => "cp_async",
+        Op::Ldmatrix { .. } => "ldmatrix",
+        Op::Mma { .. } => "mma",
+        Op::Shfl(_) => "shfl",
+        Op::BarSync => "bar",
+        Op::Bra | Op::Ret => "branch",
+        Op::Mov | Op::Cvta | Op::Selp => "mov",
+        Op::Cvt { .. } => "cvt",
+        Op::Setp(_) => {
+            if inst.ty == Ty::F32 || inst.ty == Ty::F64 {
+                "fp_compare"
+            } else {
+                "int"
+            }
+        }
+        Op::Ex2 | Op::Lg2 | Op::Rsqrt | Op::Rcp | Op::Sqrt if inst.ty == Ty::F32 => "special",
+        _ => match inst.ty {
+            Ty::F32 | Ty::F16 | Ty::Bf16 | Ty::F16x2 | Ty::Bf16x2 => "fp32",
+            Ty::F64 => "fp64",
+            _ => "int",
+        },
+    }
+}
+
+/// FLOPs per active lane.
+fn flops_of(inst: &Inst) -> u64 {
+    if !inst.ty.is_float() {
+        return 0;
+    }
+    match inst.op {
+        Op::Fma | Op::MadLo => 2,
+        Op::Add
+        | Op::Sub
+        | Op::Mul
+        | Op::Div
+        | Op::Sqrt
+        | Op::Rcp
+        | Op::Rsqrt
+        | Op::Ex2
+        | Op::Lg2
+        | Op::Min
+        | Op::Max => 1,
+        _ => 0,
+    }
+}
+
+impl<'a> Cta<'a> {
+    fn new(l: &'a Launch<'a>, ctaid: [u32; 3], sectors: Option<&'a SectorSet>) -> Cta<'a> {
+        let nthreads = l.block[0] * l.block[1] * l.block[2];
+        let nwarps = nthreads.div_ceil(32);
+        let nregs = l.kernel.nregs as usize;
+        let warps = (0..nwarps)
+            .map(|w| {
+                let n = (nthreads - w * 32).min(32);
+                let exists = if n == 32 { u32::MAX } else { (1u32 << n) - 1 };
+                let mut lane = [Lane::Exited; 32];
+                for (i, s) in lane.iter_mut().enumerate() {
+                    if exists >> i & 1 == 1 {
+                        *s = Lane::Running;
+                    }
+                }
+                Warp {
+                    regs: vec![0; nregs * 32],
+                    pc: [0; 32],
+                    lane,
+                    exists,
+                    async_state: (0..32).map(|_| AsyncState::default()).collect(),
+                    sync_count: 0,
+                }
+            })
+            .collect();
+        let shared_bytes = (l.kernel.dynamic_shared_offset + l.dynamic_shared_bytes).max(l.kernel.static_shared_bytes);
+        Cta {
+            l,
+            ctaid,
+            warps,
+            shared: vec![0; shared_bytes as usize],
+            shadow: if l.sanitize { vec![Shadow::default(); shared_bytes as usize] } else { Vec::new() },
+            epoch: 1,
+            findings: Vec::new(),
+            counts: Counts::default(),
+            sectors,
+        }
+    }
+
+    fn run(&mut self) -> SimResult<()> {
+        loop {
+            for w in 0..self.warps.len() {
+                self.run_warp(w)?;
+            }
+            let mut waiting = 0usize;
+            let mut exited_early = false;
+            let mut barrier_pcs = std::collections::BTreeSet::new();
+            for w in &self.warps {
+                for lane in 0..32 {
+                    match w.lane[lane] {
+                        Lane::AtBarrier => {
+                            waiting += 1;
+                            barrier_pcs.insert(w.pc[lane]);
+                        }
+                        Lane::Exited if w.exists >> lane & 1 == 1 => exited_early = true,
+                        _ => {}
+                    }
+                }
+            }
+            if waiting == 0 {
+                return Ok(());
+            }
+            if self.l.sanitize && (exited_early || barrier_pcs.len() > 1) {
+                let (w, lane) = self.first_waiting();
+                let pc = self.warps[w].pc[lane].saturating_sub(1);
+                let inst = &self.l.kernel.insts[pc as usize];
+                let msg = if barrier_pcs.len() > 1 {
+                    format!("threads of one CTA wait at {} different barriers", barrier_pcs.len())
+                } else {
+                    "threads wait at a barrier that other threads of the CTA exited without reaching".to_string()
+                };
+                self.finding(FindingKind::BarrierDeadlock, (w * 32 + lane) as u32, inst, msg);
+            }
+            self.epoch += 1;
+            for w in &mut self.warps {
+                for lane in 0..32 {
+                    if w.lane[lane] == Lane::AtBarrier {
+                        w.lane[lane] = Lane::Running;
+                    }
+                }
+            }
+        }
+    }
+
+    fn first_waiting(&self) -> (usize, usize) {
+        for (wi, w) in self.warps.iter().enumerate() {
+            for lane in 0..32 {
+                if w.lane[lane] == Lane::AtBarrier {
+                    return (wi, lane);
+                }
+            }
+        }
+        (0, 0)
+    }
+
+    fn finding(&mut self, kind: FindingKind, tid: u32, inst: &Inst, message: String) {
+        if self.findings.iter().any(|f| f.kind == kind && f.ptx_line == inst.line)
+            || self.findings.len() >= MAX_FINDINGS
+        {
+            return;
+        }
+        self.findings.push(Finding {
+            kind,
+            module: self.l.module.to_string(),
+            kernel: self.l.kernel.name.clone(),
+            cta: self.ctaid,
+            thread: thread_xyz(self.l.block, tid),
+            ptx_line: inst.line,
+            source_loc: source_loc(self.l.kernel, inst),
+            message,
+        });
+    }
+
+    /// Runs warp `w` until every lane waits at a barrier or has exited.
+    fn run_warp(&mut self, w: usize) -> SimResult<()> {
+        let insts = &self.l.kernel.insts;
+        loop {
+            let warp = &self.warps[w];
+            let mut min_pc = u32::MAX;
+            for lane in 0..32 {
+                if warp.lane[lane] == Lane::Running && warp.pc[lane] < min_pc {
+                    min_pc = warp.pc[lane];
+                }
+            }
+            if min_pc == u32::MAX {
+                return Ok(());
+            }
+            let mut mask = 0u32;
+            for lane in 0..32 {
+                if warp.lane[lane] == Lane::Running && warp.pc[lane] == min_pc {
+                    mask |= 1 << lane;
+                }
+            }
+            let Some(inst) = insts.get(min_pc as usize) else {
+                let lane = mask.trailing_zeros();
+                let last = &insts[insts.len() - 1];
+                return Err(fault(self.l, self.ctaid, w as u32 * 32 + lane, last, "ran past the end of the kernel"));
+            };
+            self.step(w, inst, min_pc, mask)?;
+        }
+    }
+
+    #[inline]
+    fn read(&self, w: usize, o: &Opnd, lane: usize) -> u64 {
+        match o {
+            Opnd::Reg(r) => self.warps[w].regs[*r as usize * 32 + lane],
+            Opnd::Imm(v) => *v,
+            Opnd::Special(s) => self.special(*s, w, lane) as u64,
+            Opnd::Pred { reg, neg } => (self.warps[w].regs[*reg as usize * 32 + lane] & 1) ^ (*neg as u64),
+            _ => 0,
+        }
+    }
+
+    fn special(&self, s: Special, w: usize, lane: usize) -> u32 {
+        let tid = w as u32 * 32 + lane as u32;
+        let b = self.l.block;
+        match s {
+            Special::Tid(d) => thread_xyz(b, tid)[d as usize],
+            Special::Ntid(d) => b[d as usize],
+            Special::Ctaid(d) => self.ctaid[d as usize],
+            Special::Nctaid(d) => self.l.grid[d as usize],
+            Special::LaneId => lane as u32,
+            Special::WarpId => w as u32,
+        }
+    }
+
+    #[inline]
+    fn write(&mut self, w: usize, o: &Opnd, lane: usize, v: u64) {
+        if let Opnd::Reg(r) = o {
+            self.warps[w].regs[*r as usize * 32 + lane] = v;
+        }
+    }
+
+    fn addr(&self, w: usize, o: &Opnd, lane: usize) -> u64 {
+        match o {
+            Opnd::Addr { base, offset } => {
+                let b = base.map_or(0, |r| self.warps[w].regs[r as usize * 32 + lane]);
+                b.wrapping_add(*offset as u64)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Executes `inst` for the lanes in `mask` (all at `pc`).
+    fn step(&mut self, w: usize, inst: &Inst, pc: u32, mask: u32) -> SimResult<()> {
+        // Lanes whose guard is true.
+        let mut active = mask;
+        if let Some((p, neg)) = inst.guard {
+            active = 0;
+            for lane in lanes(mask) {
+                let v = (self.warps[w].regs[p as usize * 32 + lane] & 1 == 1) != neg;
+                if v {
+                    active |= 1 << lane;
+                }
+            }
+        }
+        if self.l.profile {
+            let c = &mut self.counts;
+            c.warp_instructions += 1;
+            c.thread_instructions += active.count_ones() as u64;
+            *c.by_class.entry(class_of(inst)).or_default() += 1;
+            c.flops += flops_of(inst) * active.count_ones() as u64;
+            if matches!(inst.op, Op::Mma { .. }) {
+                c.flops += 2 * 16 * 8 * 16;
+            }
+        }
+        // Control flow first.
+        match &inst.op {
+            Op::Bra => {
+                let Some(Opnd::Target(t)) = inst.ops.first() else { unreachable!("lowering checks bra targets") };
+                let warp = &mut self.warps[w];
+                for lane in lanes(mask) {
+                    warp.pc[lane] = if active >> lane & 1 == 1 { *t } else { pc + 1 };
+                }
+                return Ok(());
+            }
+            Op::Ret => {
+                let warp = &mut self.warps[w];
+                for lane in lanes(mask) {
+                    if active >> lane & 1 == 1 {
+                        warp.lane[lane] = Lane::Exited;
+                    } else {
+                        warp.pc[lane] = pc + 1;
+                    }
+                }
+                return Ok(());
+            }
+            Op::BarSync => {
+                if self.l.profile {
+                    self.counts.barriers += 1;
+                }
+                let warp = &mut self.warps[w];
+                for lane in lanes(mask) {
+                    warp.pc[lane] = pc + 1;
+                    if active >> lane & 1 == 1 {
+                        warp.lane[lane] = Lane::AtBarrier;
+                    }
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        if active != 0 {
+            self.exec(w, inst, active, mask)?;
+        }
+        let warp = &mut self.warps[w];
+        for lane in lanes(mask) {
+            warp.pc[lane] = pc + 1;
+        }
+        Ok(())
+    }
+
+    fn exec(&mut self, w: usize, inst: &Inst, active: u32, mask: u32) -> SimResult<()> {
+        let ty = inst.ty;
+        let ops = &inst.ops;
+        match &inst.op {
+            Op::Mov => self.exec_mov(w, inst, active),
+            Op::Cvta => {
+                for lane in lanes(active) {
+                    let v = self.read(w, &ops[1], lane);
+                    self.write(w, &ops[0], lane, v);
+                }
+                Ok(())
+            }
+            Op::Ld { space, vec } => self.exec_ld(w, inst, *space, *vec as usize, active),
+            Op::St { space, vec } => self.exec_st(w, inst, *space, *vec as usize, active),
+            Op::Setp(c) => {
+                for lane in lanes(active) {
+                    let a = self.read(w, &ops[1], lane);
+                    let b = self.read(w, &ops[2], lane);
+                    let r = compare(*c, ty, a, b);
+                    self.write(w, &ops[0], lane, r as u64);
+                }
+                Ok(())
+            }
+            Op::Selp => {
+                for lane in lanes(active) {
+                    let p = self.read(w, &ops[3], lane) & 1 == 1;
+                    let v = if p { self.read(w, &ops[1], lane) } else { self.read(w, &ops[2], lane) };
+                    self.write(w, &ops[0], lane, mask_bits(v, ty));
+                }
+                Ok(())
+            }
+            Op::Cvt { from } if matches!(ty, Ty::Bf16x2 | Ty::F16x2) => {
+                // cvt.rn.bf16x2.f32 d, a, b: a goes to the upper half (the operand-order trap).
+                for lane in lanes(active) {
+                    let a = f32v(self.read(w, &ops[1], lane));
+                    let b = f32v(self.read(w, &ops[2], lane));
+                    let v = if ty == Ty::Bf16x2 { fp::cvt_rn_bf16x2_f32(a, b) } else { fp::cvt_rn_f16x2_f32(a, b) };
+                    self.write(w, &ops[0], lane, v as u64);
+                }
+                Ok(())
+            }
+            Op::Cvt { from } => {
+                for lane in lanes(active) {
+                    let a = self.read(w, &ops[1], lane);
+                    let v = convert(inst, *from, ty, a)
+                        .map_err(|m| fault(self.l, self.ctaid, (w * 32 + lane) as u32, inst, m))?;
+                    self.write(w, &ops[0], lane, v);
+                }
+                Ok(())
+            }
+            Op::Shfl(mode) => self.exec_shfl(w, inst, *mode, active, mask),
+            Op::Mma { input } => self.exec_mma(w, inst, *input, active),
+            Op::Ldmatrix { num, trans } => self.exec_ldmatrix(w, inst, *num as usize, *trans, active),
+            Op::CpAsync { bytes } => self.exec_cp_async(w, inst, *bytes, active),
+            Op::CpAsyncCommit => {
+                let warp = &mut self.warps[w];
+                for lane in lanes(active) {
+                    let st = &mut warp.async_state[lane];
+                    let g = std::mem::take(&mut st.open);
+                    st.committed.push_back(g);
+                }
+                Ok(())
+            }
+            Op::CpAsyncWait { all } => {
+                let keep = if *all { 0 } else { self.read(w, &ops[0], 0) as usize };
+                for lane in lanes(active) {
+                    let mut done = Vec::new();
+                    {
+                        let st = &mut self.warps[w].async_state[lane];
+                        while st.committed.len() > keep {
+                            if let Some(g) = st.committed.pop_front() {
+                                done.extend(g);
+                            }
+                        }
+                        if *all {
+                            done.append(&mut st.open);
+                        }
+                    }
+                    let tid = (w * 32 + lane) as u32;
+                    for c in done {
+                        self.shared_access(w, tid, inst, c.shared_addr as u64, c.len as u32, true)?;
+                        let at = c.shared_addr as usize;
+                        self.shared[at..at + c.len as usize].copy_from_slice(&c.data[..c.len as usize]);
+                    }
+                }
+                Ok(())
+            }
+            Op::Bra | Op::Ret | Op::BarSync => unreachable!("handled in step"),
+            _ => self.exec_alu(w, inst, active),
+        }
+    }
+
+    fn exec_mov(&mut self, w: usize, inst: &Inst, active: u32) -> SimResult<()> {
+        let ops = &inst.ops;
+        let width = inst.ty.bytes() * 8;
+        match (&ops[0], &ops[1]) {
+            (Opnd::Vec(parts), src) => {
+                // Unpack: {lo, hi} = src.
+                let n = parts.len() as u32;
+                let each = width / n;
+                for lane in lanes(active) {
+                    let v = self.read(w, src, lane);
+                    for (i, p) in parts.iter().enumerate() {
+                        let part = (v >> (each * i as u32)) & ((1u64 << each) - 1);
+                        self.write(w, p, lane, part);
+                    }
+                }
+            }
+            (dst, Opnd::Vec(parts)) => {
+                // Pack: dst = {lo, hi}.
+                let n = parts.len() as u32;
+                let each = width / n;
+                for lane in lanes(active) {
+                    let mut v = 0u64;
+                    for (i, p) in parts.iter().enumerate() {
+                        v |= (self.read(w, p, lane) & ((1u64 << each) - 1)) << (each * i as u32);
+                    }
+                    self.write(w, dst, lane, v);
+                }
+            }
+            (dst, src) => {
+                for lane in lanes(active) {
+                    let v = mask_bits(self.read(w, src, lane), inst.ty);
+                    self.write(w, dst, lane, v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn exec_alu(&mut self, w: usize, inst: &Inst, active: u32) -> SimResult<()> {
+        let ops = &inst.ops;
+        let ty = inst.ty;
+        for lane in lanes(active) {
+            let a = self.read(w, &ops[1], lane);
+            let b = ops.get(2).map_or(0, |o| self.read(w, o, lane));
+            let c = ops.get(3).map_or(0, |o| self.read(w, o, lane));
+            let v = match ty {
+                Ty::F32 => match f32_op(inst, a, b, c) {
+                    Some(v) => v.to_bits() as u64,
+                    None => return Err(self.unsupported(w, lane, inst)),
+                },
+                Ty::F64 => match f64_op(inst, a, b, c) {
+                    Some(v) => v.to_bits(),
+                    None => return Err(self.unsupported(w, lane, inst)),
+                },
+                Ty::Pred => match inst.op {
+                    Op::And => a & b & 1,
+                    Op::Or => (a | b) & 1,
+                    Op::Xor => (a ^ b) & 1,
+                    Op::Not => !a & 1,
+                    _ => return Err(self.unsupported(w, lane, inst)),
+                },
+                _ if ty.is_float() => return Err(self.unsupported(w, lane, inst)),
+                _ => {
+                    let d = ops.get(4).map_or(0, |o| self.read(w, o, lane));
+                    match int_op(inst, a, b, c, d) {
+                        Some(v) => v,
+                        None => return Err(self.unsupported(w, lane, inst)),
+                    }
+                }
+            };
+            self.write(w, &ops[0], lane, v);
+        }
+        Ok(())
+    }
+
+    fn unsupported(&self, w: usize, lane: usize, inst: &Inst) -> SimError {
+        fault(
+            self.l,
+            self.ctaid,
+            (w * 32 + lane) as u32,
+            inst,
+            format!("`{}` with these types is not implemented", inst.text),
+        )
+    }
+
+    /// Checks one global access of `len` bytes and returns its host pointer.
+    fn global_ptr(&self, w: usize, lane: usize, inst: &Inst, addr: u64, len: u32) -> SimResult<*mut u8> {
+        let tid = (w * 32 + lane) as u32;
+        if addr % len as u64 != 0 {
+            return Err(fault(
+                self.l,
+                self.ctaid,
+                tid,
+                inst,
+                format!("misaligned {len}-byte global access at {addr:#x}"),
+            ));
+        }
+        self.l.table.resolve(addr, len as usize).ok_or_else(|| {
+            fault(
+                self.l,
+                self.ctaid,
+                tid,
+                inst,
+                format!("global access of {len} bytes at {addr:#x} is outside every allocation"),
+            )
+        })
+    }
+
+    /// Bounds, alignment, race and initialisation checks of one shared access.
+    fn shared_access(&mut self, w: usize, tid: u32, inst: &Inst, addr: u64, len: u32, is_write: bool) -> SimResult<()> {
+        let size = self.shared.len() as u64;
+        if addr + len as u64 > size {
+            if self.l.sanitize {
+                self.finding(
+                    FindingKind::SharedOutOfBounds,
+                    tid,
+                    inst,
+                    format!("{len} bytes at shared {addr:#x}, CTA has {size}"),
+                );
+            }
+            return Err(fault(
+                self.l,
+                self.ctaid,
+                tid,
+                inst,
+                format!("shared access of {len} bytes at {addr:#x} past the CTA's {size} bytes"),
+            ));
+        }
+        if addr % len.min(16) as u64 != 0 {
+            if self.l.sanitize {
+                self.finding(
+                    FindingKind::MisalignedAccess,
+                    tid,
+                    inst,
+                    format!("{len}-byte shared access at {addr:#x}"),
+                );
+            }
+            return Err(fault(
+                self.l,
+                self.ctaid,
+                tid,
+                inst,
+                format!("misaligned {len}-byte shared access at {addr:#x}"),
+            ));
+        }
+        if !self.l.sanitize {
+            return Ok(());
+        }
+        let me = tid + 1;
+        let my_warp = tid / 32;
+        let my_sync = self.warps[w].sync_count;
+        let epoch = self.epoch;
+        let mut problem: Option<(FindingKind, String)> = None;
+        for i in addr..addr + len as u64 {
+            let s = &mut self.shadow[i as usize];
+            let ordered = |other: u32, other_epoch: u32, other_sync: u32| {
+                other == me || other_epoch != epoch || ((other - 1) / 32 == my_warp && other_sync != my_sync)
+            };
+            if is_write {
+                if s.w_tid != 0 && !ordered(s.w_tid, s.w_epoch, s.w_sync) && problem.is_none() {
+                    problem = Some((
+                        FindingKind::SharedRace,
+                        format!("write-write race on shared {i:#x} with thread {}", s.w_tid - 1),
+                    ));
+                }
+                if s.r_tid != 0 && !ordered(s.r_tid, s.r_epoch, s.r_sync) && problem.is_none() {
+                    problem = Some((
+                        FindingKind::SharedRace,
+                        format!("write after read by thread {} of shared {i:#x} without a barrier", s.r_tid - 1),
+                    ));
+                }
+                s.w_tid = me;
+                s.w_epoch = epoch;
+                s.w_sync = my_sync;
+            } else {
+                if s.w_tid == 0 {
+                    if problem.is_none() {
+                        problem = Some((
+                            FindingKind::SharedUninitializedRead,
+                            format!("read of shared {i:#x}, never written in this launch"),
+                        ));
+                    }
+                } else if !ordered(s.w_tid, s.w_epoch, s.w_sync) && problem.is_none() {
+                    problem = Some((
+                        FindingKind::SharedRace,
+                        format!("read after write by thread {} of shared {i:#x} without a barrier", s.w_tid - 1),
+                    ));
+                }
+                s.r_tid = me;
+                s.r_epoch = epoch;
+                s.r_sync = my_sync;
+            }
+        }
+        if let Some((k, m)) = problem {
+            self.finding(k, tid, inst, m);
+        }
+        Ok(())
+    }
+
+    fn exec_ld(&mut self, w: usize, inst: &Inst, space: Space, vec: usize, active: u32) -> SimResult<()> {
+        let ty = inst.ty;
+        let eb = ty.bytes();
+        let len = eb * vec as u32;
+        let dsts: Vec<Opnd> = match &inst.ops[0] {
+            Opnd::Vec(v) => v.clone(),
+            o => vec![o.clone()],
+        };
+        let mut addrs = [0u64; 32];
+        for lane in lanes(active) {
+            let addr = self.addr(w, &inst.ops[1], lane);
+            addrs[lane] = addr;
+            let mut buf = [0u8; 32];
+            match space {
+                Space::Param => {
+                    let a = addr as usize;
+                    let Some(src) = self.l.params.get(a..a + len as usize) else {
+                        return Err(fault(
+                            self.l,
+                            self.ctaid,
+                            (w * 32 + lane) as u32,
+                            inst,
+                            format!("param read at {a} past the parameters"),
+                        ));
+                    };
+                    buf[..len as usize].copy_from_slice(src);
+                }
+                Space::Global => {
+                    let p = self.global_ptr(w, lane, inst, addr, len)?;
+                    // SAFETY: resolve() checked [addr, addr+len) lies in one live allocation,
+                    // and the launch holds the table's read lock.
+                    unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), len as usize) };
+                }
+                Space::Shared => {
+                    self.shared_access(w, (w * 32 + lane) as u32, inst, addr, len, false)?;
+                    let a = addr as usize;
+                    buf[..len as usize].copy_from_slice(&self.shared[a..a + len as usize]);
+                }
+            }
+            for (i, d) in dsts.iter().enumerate() {
+                let mut raw = [0u8; 8];
+                raw[..eb as usize].copy_from_slice(&buf[i * eb as usize..(i + 1) * eb as usize]);
+                let mut v = u64::from_le_bytes(raw);
+                if ty.is_signed() {
+                    v = sext(v, ty) as u64;
+                }
+                self.write(w, d, lane, v);
+            }
+        }
+        self.count_mem(space, false, &addrs, active, len);
+        Ok(())
+    }
+
+    fn exec_st(&mut self, w: usize, inst: &Inst, space: Space, vec: usize, active: u32) -> SimResult<()> {
+        let ty = inst.ty;
+        let eb = ty.bytes() as usize;
+        let len = eb * vec;
+        let srcs: Vec<Opnd> = match &inst.ops[1] {
+            Opnd::Vec(v) => v.clone(),
+            o => vec![o.clone()],
+        };
+        let mut addrs = [0u64; 32];
+        for lane in lanes(active) {
+            let addr = self.addr(w, &inst.ops[0], lane);
+            addrs[lane] = addr;
+            let mut buf = [0u8; 32];
+            for (i, s) in srcs.iter().enumerate() {
+                let v = self.read(w, s, lane);
+                buf[i * eb..(i + 1) * eb].copy_from_slice(&v.to_le_bytes()[..eb]);
+            }
+            match space {
+                Space::Global => {
+                    let p = self.global_ptr(w, lane, inst, addr, len as u32)?;
+                    // SAFETY: as in exec_ld.
+                    unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), p, len) };
+                }
+                Space::Shared => {
+                    self.shared_access(w, (w * 32 + lane) as u32, inst, addr, len as u32, true)?;
+                    let a = addr as usize;
+                    self.shared[a..a + len].copy_from_slice(&buf[..len]);
+                }
+                Space::Param => {
+                    return Err(fault(self.l, self.ctaid, (w * 32 + lane) as u32, inst, "store to .param"));
+                }
+            }
+        }
+        self.count_mem(space, true, &addrs, active, len as u32);
+        Ok(())
+    }
+
+    /// Profile counts of one warp-level memory request.
+    fn count_mem(&mut self, space: Space, store: bool, addrs: &[u64; 32], active: u32, len: u32) {
+        if !self.l.profile {
+            return;
+        }
+        match space {
+            Space::Global => {
+                let mut sectors: Vec<u64> = Vec::with_capacity(64);
+                for lane in lanes(active) {
+                    let a = addrs[lane];
+                    for s in (a / 32)..=((a + len as u64 - 1) / 32) {
+                        sectors.push(s);
+                    }
+                }
+                sectors.sort_unstable();
+                sectors.dedup();
+                if let Some(set) = self.sectors {
+                    for &s in &sectors {
+                        set.mark(s * 32);
+                    }
+                }
+                let c = &mut self.counts;
+                let bytes = active.count_ones() as u64 * len as u64;
+                if store {
+                    c.global_store_requests += 1;
+                    c.global_store_bytes += bytes;
+                    c.global_store_sectors += sectors.len() as u64;
+                } else {
+                    c.global_load_requests += 1;
+                    c.global_load_bytes += bytes;
+                    c.global_load_sectors += sectors.len() as u64;
+                }
+            }
+            Space::Shared => {
+                self.counts.shared_requests += 1;
+                self.counts.shared_wavefronts += wavefronts(addrs, active, len);
+            }
+            Space::Param => {}
+        }
+    }
+
+    fn check_collective(&self, w: usize, inst: &Inst, members: u32, active: u32) -> SimResult<()> {
+        let warp = &self.warps[w];
+        let members = members & warp.exists;
+        if members & !active != 0 {
+            let missing = members & !active;
+            let lane = missing.trailing_zeros() as usize;
+            let why = if warp.lane[lane] == Lane::Exited { "has exited" } else { "is elsewhere in the kernel" };
+            return Err(fault(
+                self.l,
+                self.ctaid,
+                (w * 32 + active.trailing_zeros() as usize) as u32,
+                inst,
+                format!(
+                    "warp collective `{}`: member mask {members:#010x} but lanes {active:#010x} execute it (lane {lane} {why})",
+                    inst.text
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn exec_shfl(&mut self, w: usize, inst: &Inst, mode: ShflMode, active: u32, mask: u32) -> SimResult<()> {
+        // shfl.sync.mode.b32 d|p, a, b, c, membermask
+        let ops = &inst.ops;
+        let first = active.trailing_zeros() as usize;
+        let members = self.read(w, &ops[5], first) as u32;
+        self.check_collective(w, inst, members, active)?;
+        let _ = mask;
+        let mut src = [0u64; 32];
+        for lane in lanes(active) {
+            src[lane] = self.read(w, &ops[2], lane);
+        }
+        for lane in lanes(active) {
+            let b = self.read(w, &ops[3], lane) as u32 & 31;
+            let c = self.read(w, &ops[4], lane) as u32;
+            let clamp = c & 31;
+            let seg = (c >> 8) & 31;
+            let l = lane as i32;
+            let max_lane = ((lane as u32 & seg) | (clamp & !seg)) as i32;
+            let min_lane = (lane as u32 & seg) as i32;
+            let (j, p) = match mode {
+                ShflMode::Up => {
+                    let j = l - b as i32;
+                    (j, j >= max_lane)
+                }
+                ShflMode::Down => {
+                    let j = l + b as i32;
+                    (j, j <= max_lane)
+                }
+                ShflMode::Bfly => {
+                    let j = l ^ b as i32;
+                    (j, j <= max_lane)
+                }
+                ShflMode::Idx => {
+                    let j = min_lane | (b & !seg) as i32;
+                    (j, j <= max_lane)
+                }
+            };
+            let j = if p { j as usize } else { lane };
+            if active >> j & 1 == 0 {
+                return Err(fault(
+                    self.l,
+                    self.ctaid,
+                    (w * 32 + lane) as u32,
+                    inst,
+                    format!("shfl reads lane {j}, which does not execute it"),
+                ));
+            }
+            self.write(w, &ops[0], lane, src[j] & 0xffff_ffff);
+            self.write(w, &ops[1], lane, p as u64);
+        }
+        self.warps[w].sync_count += 1;
+        Ok(())
+    }
+
+    fn exec_mma(&mut self, w: usize, inst: &Inst, input: Ty, active: u32) -> SimResult<()> {
+        self.check_collective(w, inst, u32::MAX, active)?;
+        let ops = &inst.ops;
+        let regs = |o: &Opnd| -> Vec<Opnd> {
+            match o {
+                Opnd::Vec(v) => v.clone(),
+                o => vec![o.clone()],
+            }
+        };
+        let (d, a, b, c) = (regs(&ops[0]), regs(&ops[1]), regs(&ops[2]), regs(&ops[3]));
+        if d.len() != 4 || a.len() != 4 || b.len() != 2 || c.len() != 4 {
+            return Err(self.unsupported(w, active.trailing_zeros() as usize, inst));
+        }
+        let mut fa = [[0u32; 4]; 32];
+        let mut fb = [[0u32; 2]; 32];
+        let mut fc = [[0f32; 4]; 32];
+        for lane in 0..32 {
+            for i in 0..4 {
+                fa[lane][i] = self.read(w, &a[i], lane) as u32;
+                fc[lane][i] = f32v(self.read(w, &c[i], lane));
+            }
+            for i in 0..2 {
+                fb[lane][i] = self.read(w, &b[i], lane) as u32;
+            }
+        }
+        let ty = if input == Ty::Bf16 { mma::MmaInput::Bf16 } else { mma::MmaInput::F16 };
+        let out = mma::mma_m16n8k16_f32(ty, &fa, &fb, &fc);
+        for (lane, row) in out.iter().enumerate() {
+            for i in 0..4 {
+                self.write(w, &d[i], lane, row[i].to_bits() as u64);
+            }
+        }
+        self.warps[w].sync_count += 1;
+        Ok(())
+    }
+
+    fn exec_ldmatrix(&mut self, w: usize, inst: &Inst, num: usize, trans: bool, active: u32) -> SimResult<()> {
+        self.check_collective(w, inst, u32::MAX, active)?;
+        let dsts: Vec<Opnd> = match &inst.ops[0] {
+            Opnd::Vec(v) => v.clone(),
+            o => vec![o.clone()],
+        };
+        if dsts.len() != num {
+            return Err(self.unsupported(w, 0, inst));
+        }
+        let mut rows = [0u32; 32];
+        for lane in 0..32 {
+            rows[lane] = self.addr(w, &inst.ops[1], lane) as u32;
+        }
+        // Each lane that provides a row address reads that row (sanitized as its read).
+        let mut row_data: BTreeMap<u32, [u16; 8]> = BTreeMap::new();
+        for lane in 0..num * 8 {
+            let a = rows[lane];
+            self.shared_access(w, (w * 32 + lane) as u32, inst, a as u64, 16, false)?;
+            let mut r = [0u16; 8];
+            for (k, x) in r.iter_mut().enumerate() {
+                let at = a as usize + 2 * k;
+                *x = u16::from_le_bytes([self.shared[at], self.shared[at + 1]]);
+            }
+            row_data.insert(a, r);
+        }
+        if self.l.profile {
+            let mut addrs = [0u64; 32];
+            for lane in 0..num * 8 {
+                addrs[lane] = rows[lane] as u64;
+            }
+            let lanes_mask = if num * 8 >= 32 { u32::MAX } else { (1u32 << (num * 8)) - 1 };
+            self.counts.shared_requests += 1;
+            self.counts.shared_wavefronts += wavefronts(&addrs, lanes_mask, 16);
+        }
+        let mut read_row =
+            |a: u32| -> Result<[u16; 8], String> { row_data.get(&a).copied().ok_or_else(|| format!("row {a:#x}")) };
+        let out = mma::ldmatrix(num, trans, &rows, &mut read_row)
+            .map_err(|m| fault(self.l, self.ctaid, (w * 32) as u32, inst, format!("ldmatrix: {m}")))?;
+        for (lane, regs) in out.iter().enumerate() {
+            for (i, d) in dsts.iter().enumerate() {
+                self.write(w, d, lane, regs[i] as u64);
+            }
+        }
+        self.warps[w].sync_count += 1;
+        Ok(())
+    }
+
+    fn exec_cp_async(&mut self, w: usize, inst: &Inst, bytes: u8, active: u32) -> SimResult<()> {
+        // cp.async.cg.shared.global [dst], [src], cp-size{, src-size}
+        let ops = &inst.ops;
+        let mut gaddrs = [0u64; 32];
+        let mut saddrs = [0u64; 32];
+        let mut gactive = 0u32;
+        for lane in lanes(active) {
+            let dst = self.addr(w, &ops[0], lane);
+            let src = self.addr(w, &ops[1], lane);
+            let src_size = match ops.get(3) {
+                Some(o) => self.read(w, o, lane) as u32,
+                None => bytes as u32,
+            };
+            let tid = (w * 32 + lane) as u32;
+            if src_size > bytes as u32 {
+                return Err(fault(
+                    self.l,
+                    self.ctaid,
+                    tid,
+                    inst,
+                    format!("cp.async src-size {src_size} > cp-size {bytes}"),
+                ));
+            }
+            let size = self.shared.len() as u64;
+            if dst + bytes as u64 > size || dst % bytes as u64 != 0 {
+                if self.l.sanitize {
+                    self.finding(
+                        FindingKind::SharedOutOfBounds,
+                        tid,
+                        inst,
+                        format!("cp.async of {bytes} bytes to shared {dst:#x}"),
+                    );
+                }
+                return Err(fault(
+                    self.l,
+                    self.ctaid,
+                    tid,
+                    inst,
+                    format!(
+                        "cp.async destination {dst:#x} ({bytes} bytes) outside or misaligned in the CTA's {size} bytes"
+                    ),
+                ));
+            }
+            let mut data = [0u8; 16];
+            if src_size > 0 {
+                let p = self
+                    .global_ptr(w, lane, inst, src, src_size.next_power_of_two().min(bytes as u32))
+                    .or_else(|_| self.l.table.resolve(src, src_size as usize).ok_or(()))
+                    .map_err(|_| {
+                        fault(
+                            self.l,
+                            self.ctaid,
+                            tid,
+                            inst,
+                            format!("cp.async source {src:#x} ({src_size} bytes) outside every allocation"),
+                        )
+                    })?;
+                // SAFETY: resolve() checked the source range.
+                unsafe { std::ptr::copy_nonoverlapping(p, data.as_mut_ptr(), src_size as usize) };
+                gaddrs[lane] = src;
+                gactive |= 1 << lane;
+            }
+            saddrs[lane] = dst;
+            self.warps[w].async_state[lane].open.push(PendingCopy { shared_addr: dst as u32, len: bytes, data });
+        }
+        if self.l.profile {
+            self.count_mem(Space::Global, false, &gaddrs, gactive, bytes as u32);
+            self.count_mem(Space::Shared, true, &saddrs, active, bytes as u32);
+        }
+        Ok(())
+    }
+}
+
+/// Iterates the set bits of a lane mask.
+#[inline]
+fn lanes(mask: u32) -> impl Iterator<Item = usize> {
+    let mut m = mask;
+    std::iter::from_fn(move || {
+        if m == 0 {
+            return None;
+        }
+        let l = m.trailing_zeros();
+        m &= m - 1;
+        Some(l as usize)
+    })
+}
+
+/// Shared-memory wavefronts of one warp request: 32 banks of 4 bytes; accesses wider than 4
+/// bytes are served a half (8 bytes) or a quarter (16 bytes) of the warp at a time; within a
+/// phase, the wavefronts are the most distinct 4-byte words any one bank must deliver.
+fn wavefronts(addrs: &[u64; 32], active: u32, len: u32) -> u64 {
+    let per_phase = match len {
+        0..=4 => 32,
+        5..=8 => 16,
+        _ => 8,
+    };
+    let mut total = 0u64;
+    for phase in 0..(32 / per_phase) {
+        let mut words: Vec<u64> = Vec::with_capacity(128);
+        for lane in phase * per_phase..(phase + 1) * per_phase {
+            if active >> lane & 1 == 0 {
+                continue;
+            }
+            let a = addrs[lane];
+            for k in 0..len.div_ceil(4) {
+                words.push(a / 4 + k as u64);
+            }
+        }
+        if words.is_empty() {
+            continue;
+        }
+        words.sort_unstable();
+        words.dedup();
+        let mut per_bank = [0u32; 32];
+        for wd in words {
+            per_bank[(wd % 32) as usize] += 1;
+        }
+        total += *per_bank.iter().max().unwrap_or(&1) as u64;
+    }
+    total
+}
+
+fn compare(c: Cmp, ty: Ty, a: u64, b: u64) -> bool {
+    match ty {
+        Ty::F32 => fp::compare_f32(cmp_of(c), f32v(a), f32v(b)),
+        Ty::F64 => fp::compare_f64(cmp_of(c), f64v(a), f64v(b)),
+        _ => {
+            let signed = ty.is_signed() && !matches!(c, Cmp::Lo | Cmp::Ls | Cmp::Hi | Cmp::Hs);
+            let ord = if signed { sext(a, ty).cmp(&sext(b, ty)) } else { mask_bits(a, ty).cmp(&mask_bits(b, ty)) };
+            use std::cmp::Ordering::*;
+            match c {
+                Cmp::Eq => ord == Equal,
+                Cmp::Ne => ord != Equal,
+                Cmp::Lt | Cmp::Lo => ord == Less,
+                Cmp::Le | Cmp::Ls => ord != Greater,
+                Cmp::Gt | Cmp::Hi => ord == Greater,
+                Cmp::Ge | Cmp::Hs => ord != Less,
+                _ => false,
+            }
+        }
+    }
+}
+
+fn f32_op(inst: &Inst, a: u64, b: u64, c: u64) -> Option<f32> {
+    let z = inst.ftz;
+    let (a, b, c) = (ftz32(f32v(a), z), ftz32(f32v(b), z), ftz32(f32v(c), z));
+    let r = rnd_of(inst.rnd);
+    let v = match inst.op {
+        Op::Add => fp::add_f32(a, b, r),
+        Op::Sub => fp::sub_f32(a, b, r),
+        Op::Mul => fp::mul_f32(a, b, r),
+        Op::Fma | Op::MadLo => fp::fma_f32(a, b, c, r),
+        Op::Div if inst.approx => fp::div_approx_f32(a, b),
+        Op::Div => fp::div_f32(a, b, r),
+        Op::Neg => -a,
+        Op::Abs => a.abs(),
+        Op::Min => fp::min_f32(a, b),
+        Op::Max => fp::max_f32(a, b),
+        Op::Sqrt if inst.approx => fp::sqrt_f32(a, fp::Round::Rn),
+        Op::Sqrt => fp::sqrt_f32(a, r),
+        Op::Rcp if inst.approx => fp::rcp_approx_f32(a),
+        Op::Rcp => fp::rcp_f32(a, r),
+        Op::Rsqrt => fp::rsqrt_approx_f32(a),
+        Op::Ex2 => fp::ex2_approx_f32(a),
+        Op::Lg2 => fp::lg2_approx_f32(a),
+        Op::Copysign => fp::copysign_f32(a, b),
+        _ => return None,
+    };
+    let v = if inst.sat { sat01(v) } else { v };
+    Some(ftz32(v, z))
+}
+
+fn sat01(v: f32) -> f32 {
+    fp::saturate_f32(v)
+}
+
+fn f64_op(inst: &Inst, a: u64, b: u64, c: u64) -> Option<f64> {
+    let (a, b, c) = (f64v(a), f64v(b), f64v(c));
+    let r = rnd_of(inst.rnd);
+    Some(match inst.op {
+        Op::Add => fp::add_f64(a, b, r),
+        Op::Sub => fp::sub_f64(a, b, r),
+        Op::Mul => fp::mul_f64(a, b, r),
+        Op::Fma | Op::MadLo if r == fp::Round::Rn => fp::fma_f64(a, b, c),
+        Op::Div => fp::div_f64(a, b, r),
+        Op::Neg => -a,
+        Op::Abs => a.abs(),
+        Op::Min => fp::min_f64(a, b),
+        Op::Max => fp::max_f64(a, b),
+        Op::Sqrt => fp::sqrt_f64(a, r),
+        Op::Rcp => fp::rcp_f64(a, r),
+        Op::Copysign => fp::copysign_f64(a, b),
+        _ => return None,
+    })
+}
+
+/// Integer instructions; None for an op the type does not allow.
+fn int_op(inst: &Inst, a: u64, b: u64, c: u64, d: u64) -> Option<u64> {
+    let ty = inst.ty;
+    let bits = ty.bytes() * 8;
+    let s = ty.is_signed();
+    let v = match inst.op {
+        Op::Add => a.wrapping_add(b),
+        Op::Sub => a.wrapping_sub(b),
+        Op::MulLo => a.wrapping_mul(b),
+        Op::MadLo => a.wrapping_mul(b).wrapping_add(c),
+        Op::MulWide | Op::MadWide => {
+            let p =
+                if s { (sext(a, ty) * sext(b, ty)) as u64 } else { mask_bits(a, ty).wrapping_mul(mask_bits(b, ty)) };
+            let v = if inst.op == Op::MadWide { p.wrapping_add(c) } else { p };
+            return Some(v); // twice the type's width
+        }
+        Op::MulHi => {
+            if s {
+                ((sext(a, ty) as i128 * sext(b, ty) as i128) >> bits) as u64
+            } else {
+                ((mask_bits(a, ty) as u128 * mask_bits(b, ty) as u128) >> bits) as u64
+            }
+        }
+        Op::Div | Op::Rem => {
+            if mask_bits(b, ty) == 0 {
+                // Integer division by zero is undefined in PTX; hardware returns all ones.
+                u64::MAX
+            } else if s {
+                let (x, y) = (sext(a, ty), sext(b, ty));
+                (if inst.op == Op::Div { x.wrapping_div(y) } else { x.wrapping_rem(y) }) as u64
+            } else {
+                let (x, y) = (mask_bits(a, ty), mask_bits(b, ty));
+                if inst.op == Op::Div {
+                    x / y
+                } else {
+                    x % y
+                }
+            }
+        }
+        Op::Neg => (sext(a, ty)).wrapping_neg() as u64,
+        Op::Abs => sext(a, ty).wrapping_abs() as u64,
+        Op::Min | Op::Max => {
+            let less = if s { sext(a, ty) < sext(b, ty) } else { mask_bits(a, ty) < mask_bits(b, ty) };
+            if (inst.op == Op::Min) == less {
+                a
+            } else {
+                b
+            }
+        }
+        Op::Shl => {
+            let n = b as u32;
+            if n >= bits {
+                0
+            } else {
+                a << n
+            }
+        }
+        Op::Shr => {
+            let n = (b as u32).min(bits);
+            if s {
+                let x = sext(a, ty);
+                (if n >= bits { x >> (bits - 1) >> 1 } else { x >> n }) as u64
+            } else if n >= bits {
+                0
+            } else {
+                mask_bits(a, ty) >> n
+            }
+        }
+        Op::And => a & b,
+        Op::Or => a | b,
+        Op::Xor => a ^ b,
+        Op::Not => !a,
+        Op::Bfi => {
+            // bfi.b32 d, a, b, pos, len: b with bits [pos, pos+len) from a.
+            let pos = (c & 0xff) as u32;
+            let len = (d & 0xff) as u32;
+            let mut v = mask_bits(b, ty);
+            for i in 0..len {
+                let k = pos + i;
+                if k >= bits {
+                    break;
+                }
+                v = (v & !(1u64 << k)) | (((a >> i) & 1) << k);
+            }
+            v
+        }
+        _ => return None,
+    };
+    Some(mask_bits(v, ty))
+}
+
+/// `cvt` between any two of the types our kernels use.
+fn convert(inst: &Inst, from: Ty, to: Ty, a: u64) -> Result<u64, String> {
+    let r = rnd_of(inst.rnd);
+    let z = inst.ftz;
+    // The source as an exact value class.
+    enum V {
+        I(i128),
+        F(f64, bool),
+    }
+    let v = match from {
+        Ty::F32 => V::F(ftz32(f32v(a), z) as f64, true),
+        Ty::F64 => V::F(f64v(a), false),
+        Ty::F16 => V::F(fp::f16_to_f32(a as u16) as f64, true),
+        Ty::Bf16 => V::F(fp::bf16_to_f32(a as u16) as f64, true),
+        _ if from.is_signed() => V::I(sext(a, from) as i128),
+        _ if !from.is_float() => V::I(mask_bits(a, from) as i128),
+        _ => return Err(format!("cvt from {from:?}")),
+    };
+    let out = match (to, v) {
+        (Ty::F32, V::F(x, from32)) => {
+            let y = if from32 {
+                let x = x as f32;
+                if inst.int_rnd {
+                    match r {
+                        fp::Round::Rn => x.round_ties_even(),
+                        fp::Round::Rz => x.trunc(),
+                        fp::Round::Rm => x.floor(),
+                        fp::Round::Rp => x.ceil(),
+                    }
+                } else {
+                    x
+                }
+            } else {
+                fp::f64_to_f32(x, r)
+            };
+            let y = if inst.sat { sat01(y) } else { y };
+            ftz32(y, z).to_bits() as u64
+        }
+        (Ty::F64, V::F(x, _)) => {
+            let y = if inst.int_rnd {
+                match r {
+                    fp::Round::Rn => x.round_ties_even(),
+                    fp::Round::Rz => x.trunc(),
+                    fp::Round::Rm => x.floor(),
+                    fp::Round::Rp => x.ceil(),
+                }
+            } else {
+                x
+            };
+            y.to_bits()
+        }
+        (Ty::F16, V::F(x, _)) => fp::f32_to_f16(x as f32, r) as u64,
+        (Ty::Bf16, V::F(x, _)) => fp::f32_to_bf16(x as f32, r) as u64,
+        (Ty::F32, V::I(i)) => fp::int_to_f32(i, r).to_bits() as u64,
+        (Ty::F64, V::I(i)) => fp::int_to_f64(i, r).to_bits(),
+        (t, V::F(x, _)) if !t.is_float() => {
+            // Float → integer: round as asked, saturate, NaN → 0.
+            let y = match r {
+                fp::Round::Rn => x.round_ties_even(),
+                fp::Round::Rz => x.trunc(),
+                fp::Round::Rm => x.floor(),
+                fp::Round::Rp => x.ceil(),
+            };
+            let bits = t.bytes() * 8;
+            let (lo, hi) = if t.is_signed() {
+                (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
+            } else {
+                (0, (1i128 << bits) - 1)
+            };
+            let i = if y.is_nan() { 0 } else { (y.clamp(lo as f64, hi as f64)) as i128 };
+            mask_bits(i as u64, t)
+        }
+        (t, V::I(i)) if !t.is_float() => {
+            let v = if t.is_signed() { i as i64 as u64 } else { i as u64 };
+            if t.is_signed() {
+                sext(v, t) as u64
+            } else {
+                mask_bits(v, t)
+            }
+        }
+        (Ty::F16x2 | Ty::Bf16x2, _) => return Err("cvt to a packed type takes two sources".into()),
+        _ => return Err(format!("cvt {from:?} → {to:?}")),
+    };
+    Ok(out)
+}
