@@ -474,18 +474,61 @@ fn linear_cublas(
     if epilogue == Epilogue::None && bias.is_none() && residual.is_none() {
         return Ok(());
     }
+    bias_act_residual_cuda(gpu, y, bias, epilogue, residual, d.m, d.n)
+}
+
+/// In place on y (M, N): y = act(y + bias) + residual, the epilogue of the cuBLAS path
+/// (`bias_act_residual_*` in kernels/gemm.cu; bias f32 (N), residual (M, N) in y's dtype).
+fn bias_act_residual_cuda(
+    gpu: &Gpu,
+    y: &mut CudaTensor,
+    bias: Option<&CudaTensor>,
+    epilogue: Epilogue,
+    residual: Option<&CudaTensor>,
+    m: usize,
+    n: usize,
+) -> Result<()> {
     // Grid-stride loop: enough blocks to fill any GPU, capped so huge outputs loop.
-    let blocks = (d.m * d.n).div_ceil(256).min(1 << 16) as u32;
+    let blocks = (m * n).div_ceil(256).min(1 << 16) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let args = [
         y.arg(gpu),
         bias.map_or(KArg::Ptr(0), |b| b.arg(gpu)),
         residual.map_or(KArg::Ptr(0), |r| r.arg(gpu)),
-        to_i32(d.m, "M")?,
-        to_i32(d.n, "N")?,
+        to_i32(m, "M")?,
+        to_i32(n, "N")?,
         KArg::I32(epilogue.code()),
     ];
-    gpu.launch("gemm", &format!("bias_act_residual_{}", x.dtype().suffix()), cfg, &args)
+    gpu.launch("gemm", &format!("bias_act_residual_{}", y.dtype().suffix()), cfg, &args)
+}
+
+/// The cuBLAS path's epilogue alone (on the simulator, where cuBLAS rows skip, this is the
+/// only row that runs `bias_act_residual_*`): y = act(y + b) + r against the CPU.
+fn run_bias_act_residual_check(
+    gpu: &std::sync::Arc<Gpu>,
+    rng: &mut StdRng,
+    (m, n): (usize, usize),
+    epilogue: Epilogue,
+    dtype: CudaDType,
+) -> Result<CheckRun> {
+    let y = dtype.round(random_vec(rng, m * n, 2.0));
+    let b = random_vec(rng, n, 0.5);
+    let r = dtype.round(random_vec(rng, m * n, 1.0));
+    // The kernel reads y, adds b and applies act in f32, adds r, and rounds once to the dtype.
+    let want: Vec<f32> = (0..m * n).map(|i| epilogue.apply(y[i] + b[i % n]) + r[i]).collect();
+    let bd = CudaTensor::from_f32(gpu, &[n], &b, CudaDType::F32)?;
+    let rd = CudaTensor::from_f32(gpu, &[m, n], &r, dtype)?;
+    let mut yd = CudaTensor::from_f32(gpu, &[m, n], &y, dtype)?;
+    bias_act_residual_cuda(gpu, &mut yd, Some(&bd), epilogue, Some(&rd), m, n)?;
+    let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
+    let g = gpu.clone();
+    let fresh = CudaTensor::from_f32(gpu, &[m, n], &y, dtype)?;
+    let (mut yl, bl, rl) = (fresh, bd, rd);
+    Ok(CheckRun {
+        max_rel_err: err,
+        launch: Box::new(move || bias_act_residual_cuda(&g, &mut yl, Some(&bl), epilogue, Some(&rl), m, n)),
+        cublas: None,
+    })
 }
 
 /// One GEMM check: sizes and which parts of the epilogue are on.
@@ -606,6 +649,14 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     GemmBackend::Cublas => run_linear_check(&gpu.with_gemm(GemmBackend::Cublas), rng, c, dtype, false),
                 }));
             }
+        }
+    }
+    for (m, n, epilogue) in [(33, 37, Epilogue::QuickGelu), (130, 70, Epilogue::Gelu), (5, 300, Epilogue::Relu)] {
+        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+            let work = Work::Bytes((m * n * 3 * dtype.size_in_bytes()) as f64);
+            checks.push(GpuCheck::new("bias_act_residual", format!("M={m} N={n} {epilogue:?}"), dtype, work, move |gpu, rng| {
+                run_bias_act_residual_check(gpu, rng, (m, n), epilogue, dtype)
+            }));
         }
     }
     checks

@@ -921,9 +921,9 @@ impl<'a> Cta<'a> {
         let ty = inst.ty;
         let eb = ty.bytes();
         let len = eb * vec as u32;
-        let dsts: Vec<Opnd> = match &inst.ops[0] {
-            Opnd::Vec(v) => v.clone(),
-            o => vec![o.clone()],
+        let dsts: &[Opnd] = match &inst.ops[0] {
+            Opnd::Vec(v) => v,
+            o => std::slice::from_ref(o),
         };
         let mut addrs = [0u64; 32];
         for lane in lanes(active) {
@@ -974,9 +974,9 @@ impl<'a> Cta<'a> {
         let ty = inst.ty;
         let eb = ty.bytes() as usize;
         let len = eb * vec;
-        let srcs: Vec<Opnd> = match &inst.ops[1] {
-            Opnd::Vec(v) => v.clone(),
-            o => vec![o.clone()],
+        let srcs: &[Opnd] = match &inst.ops[1] {
+            Opnd::Vec(v) => v,
+            o => std::slice::from_ref(o),
         };
         let mut addrs = [0u64; 32];
         for lane in lanes(active) {
@@ -1126,12 +1126,12 @@ impl<'a> Cta<'a> {
     fn exec_mma(&mut self, w: usize, inst: &Inst, input: Ty, active: u32) -> SimResult<()> {
         self.check_collective(w, inst, u32::MAX, active)?;
         let ops = &inst.ops;
-        let regs = |o: &Opnd| -> Vec<Opnd> {
+        fn regs(o: &Opnd) -> &[Opnd] {
             match o {
-                Opnd::Vec(v) => v.clone(),
-                o => vec![o.clone()],
+                Opnd::Vec(v) => v,
+                o => std::slice::from_ref(o),
             }
-        };
+        }
         let (d, a, b, c) = (regs(&ops[0]), regs(&ops[1]), regs(&ops[2]), regs(&ops[3]));
         if d.len() != 4 || a.len() != 4 || b.len() != 2 || c.len() != 4 {
             return Err(self.unsupported(w, active.trailing_zeros() as usize, inst));
@@ -1161,9 +1161,9 @@ impl<'a> Cta<'a> {
 
     fn exec_ldmatrix(&mut self, w: usize, inst: &Inst, num: usize, trans: bool, active: u32) -> SimResult<()> {
         self.check_collective(w, inst, u32::MAX, active)?;
-        let dsts: Vec<Opnd> = match &inst.ops[0] {
-            Opnd::Vec(v) => v.clone(),
-            o => vec![o.clone()],
+        let dsts: &[Opnd] = match &inst.ops[0] {
+            Opnd::Vec(v) => v,
+            o => std::slice::from_ref(o),
         };
         if dsts.len() != num {
             return Err(self.unsupported(w, 0, inst));
