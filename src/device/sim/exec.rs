@@ -921,10 +921,7 @@ impl<'a> Cta<'a> {
         let ty = inst.ty;
         let eb = ty.bytes();
         let len = eb * vec as u32;
-        let dsts: &[Opnd] = match &inst.ops[0] {
-            Opnd::Vec(v) => v,
-            o => std::slice::from_ref(o),
-        };
+        let dsts: &[Opnd] = elements(&inst.ops[0]);
         let mut addrs = [0u64; 32];
         for lane in lanes(active) {
             let addr = self.addr(w, &inst.ops[1], lane);
@@ -974,10 +971,7 @@ impl<'a> Cta<'a> {
         let ty = inst.ty;
         let eb = ty.bytes() as usize;
         let len = eb * vec;
-        let srcs: &[Opnd] = match &inst.ops[1] {
-            Opnd::Vec(v) => v,
-            o => std::slice::from_ref(o),
-        };
+        let srcs: &[Opnd] = elements(&inst.ops[1]);
         let mut addrs = [0u64; 32];
         for lane in lanes(active) {
             let addr = self.addr(w, &inst.ops[0], lane);
@@ -1126,13 +1120,7 @@ impl<'a> Cta<'a> {
     fn exec_mma(&mut self, w: usize, inst: &Inst, input: Ty, active: u32) -> SimResult<()> {
         self.check_collective(w, inst, u32::MAX, active)?;
         let ops = &inst.ops;
-        fn regs(o: &Opnd) -> &[Opnd] {
-            match o {
-                Opnd::Vec(v) => v,
-                o => std::slice::from_ref(o),
-            }
-        }
-        let (d, a, b, c) = (regs(&ops[0]), regs(&ops[1]), regs(&ops[2]), regs(&ops[3]));
+        let (d, a, b, c) = (elements(&ops[0]), elements(&ops[1]), elements(&ops[2]), elements(&ops[3]));
         if d.len() != 4 || a.len() != 4 || b.len() != 2 || c.len() != 4 {
             return Err(self.unsupported(w, active.trailing_zeros() as usize, inst));
         }
@@ -1161,10 +1149,7 @@ impl<'a> Cta<'a> {
 
     fn exec_ldmatrix(&mut self, w: usize, inst: &Inst, num: usize, trans: bool, active: u32) -> SimResult<()> {
         self.check_collective(w, inst, u32::MAX, active)?;
-        let dsts: &[Opnd] = match &inst.ops[0] {
-            Opnd::Vec(v) => v,
-            o => std::slice::from_ref(o),
-        };
+        let dsts: &[Opnd] = elements(&inst.ops[0]);
         if dsts.len() != num {
             return Err(self.unsupported(w, 0, inst));
         }
@@ -1276,6 +1261,14 @@ impl<'a> Cta<'a> {
             self.count_mem(Space::Shared, true, &saddrs, active, bytes as u32);
         }
         Ok(())
+    }
+}
+
+/// The registers of an operand: the elements of a `{a, b, ...}` vector, or the operand itself.
+fn elements(o: &Opnd) -> &[Opnd] {
+    match o {
+        Opnd::Vec(v) => v,
+        o => std::slice::from_ref(o),
     }
 }
 
