@@ -790,3 +790,74 @@ fn a_block_larger_than_maxntid_is_refused() {
     s.launch("t", "good", [1, 1, 1], [64, 1, 1], 0, &args).expect("64 threads");
     assert!(s.launch("t", "good", [1, 1, 1], [33, 2, 1], 0, &args).is_err(), "66 threads");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Module-scope shared memory
+// ---------------------------------------------------------------------------------------------
+
+/// nvcc declares a function's `__shared__` array at module scope when the function is inlined
+/// into two entries; each entry's CTAs then have their own copy.
+const MODULE_SHARED_PTX: &str = r#"
+.shared .align 4 .b8 module_buf[256];
+
+.visible .entry reverse_a(
+    .param .u64 out_param
+)
+{
+    .reg .b32 %r<8>;
+    .reg .b64 %rd<4>;
+    ld.param.u64 %rd1, [out_param];
+    cvta.to.global.u64 %rd1, %rd1;
+    mov.u32 %r1, %tid.x;
+    mov.u32 %r2, module_buf;
+    shl.b32 %r3, %r1, 2;
+    add.s32 %r4, %r2, %r3;
+    st.shared.u32 [%r4], %r1;
+    bar.sync 0;
+    sub.s32 %r5, 252, %r3;
+    add.s32 %r6, %r2, %r5;
+    ld.shared.u32 %r7, [%r6];
+    mul.wide.u32 %rd2, %r1, 4;
+    add.s64 %rd3, %rd1, %rd2;
+    st.global.u32 [%rd3], %r7;
+    ret;
+}
+
+.visible .entry reverse_b(
+    .param .u64 out_param
+)
+{
+    .reg .b32 %r<8>;
+    .reg .b64 %rd<4>;
+    ld.param.u64 %rd1, [out_param];
+    cvta.to.global.u64 %rd1, %rd1;
+    mov.u32 %r1, %tid.x;
+    mov.u32 %r2, module_buf;
+    shl.b32 %r3, %r1, 2;
+    add.s32 %r4, %r2, %r3;
+    add.s32 %r5, %r1, 100;
+    st.shared.u32 [%r4], %r5;
+    bar.sync 0;
+    sub.s32 %r5, 252, %r3;
+    add.s32 %r6, %r2, %r5;
+    ld.shared.u32 %r7, [%r6];
+    mul.wide.u32 %rd2, %r1, 4;
+    add.s64 %rd3, %rd1, %rd2;
+    st.global.u32 [%rd3], %r7;
+    ret;
+}
+"#;
+
+#[test]
+fn a_module_scope_shared_array_is_shared_memory_of_each_entry_that_names_it() {
+    let s = sim(MODULE_SHARED_PTX);
+    assert!(s.lowering_errors().expect("parses").is_empty());
+    let entries = s.entries().expect("entries");
+    assert!(entries.iter().all(|e| e.static_shared_bytes == 256), "{entries:?}");
+    let out = poisoned(&s, 64);
+    s.launch("t", "reverse_a", [2, 1, 1], [64, 1, 1], 0, &[SimArg::B64(out)]).expect("reverse_a");
+    assert_eq!(read_u32(&s, out, 64), (0..64u32).rev().collect::<Vec<_>>());
+    s.launch("t", "reverse_b", [2, 1, 1], [64, 1, 1], 0, &[SimArg::B64(out)]).expect("reverse_b");
+    assert_eq!(read_u32(&s, out, 64), (0..64u32).rev().map(|t| t + 100).collect::<Vec<_>>());
+    assert!(s.take_findings().is_empty());
+}
