@@ -26,12 +26,7 @@ fn find_nvcc() -> Option<PathBuf> {
     let candidates = std::env::var_os("NVCC")
         .map(PathBuf::from)
         .into_iter()
-        .chain(
-            ["CUDA_HOME", "CUDA_PATH"]
-                .iter()
-                .filter_map(|v| std::env::var_os(v))
-                .map(|h| Path::new(&h).join("bin/nvcc")),
-        )
+        .chain(["CUDA_HOME", "CUDA_PATH"].iter().filter_map(std::env::var_os).map(|h| Path::new(&h).join("bin/nvcc")))
         .chain(std::iter::once(PathBuf::from("nvcc")));
     candidates.into_iter().find(|p| works(p))
 }
