@@ -48,10 +48,13 @@ pub struct Launch<'a> {
     pub profile: bool,
 }
 
-/// What a launch returns besides its effect on memory.
+/// What a launch returns besides its effect on memory. The findings are kept when the launch
+/// faults: what the sanitizer saw before the fault (the out-of-bounds or misaligned access that
+/// is the fault, a race that led to it) is part of the report.
 pub struct LaunchResult {
     pub findings: Vec<Finding>,
-    pub profile: Option<LaunchProfile>,
+    /// The fault that stopped the launch, or its profile (`None` unless asked for).
+    pub outcome: SimResult<Option<LaunchProfile>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -200,17 +203,18 @@ fn source_loc(k: &Kernel, inst: &Inst) -> Option<String> {
 }
 
 /// Runs the launch to completion.
-pub fn run(l: &Launch) -> SimResult<LaunchResult> {
+pub fn run(l: &Launch) -> LaunchResult {
     let [gx, gy, gz] = l.grid;
     let ncta = gx as u64 * gy as u64 * gz as u64;
     let sectors = l.profile.then(|| SectorSet::new(l.table));
     let findings = Mutex::new(Vec::new());
     let counts = Mutex::new(Counts::default());
-    (0..ncta).into_par_iter().try_for_each(|i| -> SimResult<()> {
+    let ran = (0..ncta).into_par_iter().try_for_each(|i| -> SimResult<()> {
         let ctaid =
             [(i % gx as u64) as u32, ((i / gx as u64) % gy as u64) as u32, (i / (gx as u64 * gy as u64)) as u32];
         let mut cta = Cta::new(l, ctaid, sectors.as_ref());
-        cta.run()?;
+        // A faulting CTA's findings are collected before its fault is returned.
+        let cta_ran = cta.run();
         if !cta.findings.is_empty() {
             let mut f = findings.lock().unwrap_or_else(|e| e.into_inner());
             for x in cta.findings.drain(..) {
@@ -219,11 +223,16 @@ pub fn run(l: &Launch) -> SimResult<LaunchResult> {
                 }
             }
         }
+        cta_ran?;
         if l.profile {
             counts.lock().unwrap_or_else(|e| e.into_inner()).add(&cta.counts);
         }
         Ok(())
-    })?;
+    });
+    let findings = findings.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Err(fault) = ran {
+        return LaunchResult { findings, outcome: Err(fault) };
+    }
     let profile = l.profile.then(|| {
         let c = counts.into_inner().unwrap_or_else(|e| e.into_inner());
         LaunchProfile {
@@ -248,7 +257,7 @@ pub fn run(l: &Launch) -> SimResult<LaunchResult> {
             global_unique_bytes: sectors.as_ref().map_or(0, |s| s.count() * 32),
         }
     });
-    Ok(LaunchResult { findings: findings.into_inner().unwrap_or_else(|e| e.into_inner()), profile })
+    LaunchResult { findings, outcome: Ok(profile) }
 }
 
 #[inline]

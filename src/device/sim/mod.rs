@@ -339,11 +339,11 @@ impl Simulator {
             .unwrap_or_else(|e| e.into_inner())
             .entry((module.to_string(), kernel.to_string()))
             .or_default() += 1;
-        let result = result?;
+        // Findings are kept even when the launch faulted (the next take_findings has them).
         if !result.findings.is_empty() {
             self.findings.lock().unwrap_or_else(|e| e.into_inner()).extend(result.findings);
         }
-        if let Some(p) = result.profile {
+        if let Some(p) = result.outcome? {
             self.profiles.lock().unwrap_or_else(|e| e.into_inner()).push(p);
         }
         Ok(())

@@ -331,6 +331,9 @@ pub fn parse_module(module: &str, text: &str) -> SimResult<Module> {
     let lines: Vec<&str> = text.lines().collect();
     let mut files: HashMap<u32, String> = HashMap::new();
     let mut extern_shared: HashMap<String, u32> = HashMap::new();
+    // Module-scope static `.shared` arrays: nvcc puts a function's `__shared__` array there
+    // when the function is inlined into more than one entry.
+    let mut module_shared: Vec<(u32, String)> = Vec::new();
     let mut kernels = Vec::new();
     let mut entry_params = Vec::new();
     let mut i = 0usize;
@@ -362,6 +365,9 @@ pub fn parse_module(module: &str, text: &str) -> SimResult<Module> {
             let name = decl.split_whitespace().last().unwrap_or("").split('[').next().unwrap_or("").to_string();
             let align = align_of_decl(decl);
             extern_shared.insert(name, align);
+            i += 1;
+        } else if line.starts_with(".shared") {
+            module_shared.push(((i + 1) as u32, line.trim_end_matches(';').to_string()));
             i += 1;
         } else if line.contains(".entry") {
             let start = i;
@@ -434,7 +440,7 @@ pub fn parse_module(module: &str, text: &str) -> SimResult<Module> {
             }
             let params_bytes: Vec<u32> = params.iter().map(|p| p.1).collect();
             let shared_static: u32;
-            let lowered = lower_kernel(module, &name, &params, &stmts, &files, &extern_shared, maxntid);
+            let lowered = lower_kernel(module, &name, &params, &stmts, &files, &extern_shared, &module_shared, maxntid);
             match lowered {
                 Ok(k) => {
                     shared_static = k.static_shared_bytes;
@@ -746,6 +752,7 @@ fn lower_kernel(
     stmts: &[(u32, Stmt)],
     files: &HashMap<u32, String>,
     extern_shared: &HashMap<String, u32>,
+    module_shared: &[(u32, String)],
     maxntid: Option<[u32; 3]>,
 ) -> SimResult<Kernel> {
     let mut lw = Lowerer {
@@ -767,6 +774,30 @@ fn lower_kernel(
     }
     // Pass 1: static shared layout and label positions.
     let mut shared_off = 0u32;
+    let mut declare_shared = |line: u32, t: &str, lw: &mut Lowerer| -> SimResult<()> {
+        let align = align_of_decl(t).max(1);
+        let last = t.split_whitespace().last().unwrap_or("");
+        let (sym, size) = match last.split_once('[') {
+            Some((s, sz)) => (s, sz.trim_end_matches(']').parse::<u32>().unwrap_or(0)),
+            None => return Err(err(module, line, format!("{name}: shared declaration `{t}`"))),
+        };
+        let elem = t.split_whitespace().find_map(|w| Ty::parse(w.trim_start_matches('.'))).map_or(1, |t| t.bytes());
+        shared_off = shared_off.div_ceil(align) * align;
+        lw.shared.insert(sym.to_string(), shared_off);
+        shared_off += size * elem;
+        Ok(())
+    };
+    // Module-scope arrays this kernel names are part of its static shared memory (each CTA has
+    // its own copy, as on hardware).
+    for (line, decl) in module_shared {
+        let sym = decl.split_whitespace().last().unwrap_or("").split('[').next().unwrap_or("");
+        let named = stmts.iter().any(|(_, st)| {
+            matches!(st, Stmt::Text(t) if !t.starts_with('.') && t.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$')).any(|w| w == sym))
+        });
+        if !sym.is_empty() && named {
+            declare_shared(*line, decl, &mut lw)?;
+        }
+    }
     let mut labels = HashMap::new();
     let mut n = 0u32;
     for (line, st) in stmts {
@@ -774,19 +805,7 @@ fn lower_kernel(
             Stmt::Label(l) => {
                 labels.insert(l.clone(), n);
             }
-            Stmt::Text(t) if t.starts_with(".shared") => {
-                let align = align_of_decl(t).max(1);
-                let last = t.split_whitespace().last().unwrap_or("");
-                let (sym, size) = match last.split_once('[') {
-                    Some((s, sz)) => (s, sz.trim_end_matches(']').parse::<u32>().unwrap_or(0)),
-                    None => return Err(err(module, *line, format!("{name}: shared declaration `{t}`"))),
-                };
-                let elem =
-                    t.split_whitespace().find_map(|w| Ty::parse(w.trim_start_matches('.'))).map_or(1, |t| t.bytes());
-                shared_off = shared_off.div_ceil(align) * align;
-                lw.shared.insert(sym.to_string(), shared_off);
-                shared_off += size * elem;
-            }
+            Stmt::Text(t) if t.starts_with(".shared") => declare_shared(*line, t, &mut lw)?,
             Stmt::Text(t) if !t.is_empty() && !t.starts_with('.') => n += 1,
             _ => {}
         }
