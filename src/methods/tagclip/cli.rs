@@ -1,5 +1,6 @@
 //! `labelfree tagclip`: arguments, the run, and its outputs (scores CSV, tags CSV, JSON report,
-//! PNG maps).
+//! PNG maps). Over `--images` with a class list, or over a `--dataset` split with its classes
+//! (then evaluated: mAP and F1 printed, per-class AP in the report).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -7,9 +8,12 @@ use std::time::Instant;
 use clap::Args;
 
 use super::{background_words, run, transform_for, ClassText, ImageResult, TagclipOptions};
+use crate::data::datasets::args::{announce, dataset_json, ClassNameArgs, DatasetArgs, SplitUse};
+use crate::data::datasets::{ClassNames, Dataset, DatasetKind};
 use crate::data::decode::decode_image_file;
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::eval::{self, scores_csv, MetricArgs};
 use crate::methods::report::RunReport;
 use crate::methods::write_atomic;
 use crate::models::clip::tokenizer::ClipTokenizer;
@@ -20,20 +24,24 @@ use crate::tensor::Tensor;
 
 #[derive(Args, Clone, Debug)]
 pub struct TagclipArgs {
-    /// Image files and/or directories (searched recursively for .jpg/.jpeg/.png)
-    #[arg(long, num_args = 1.., required = true)]
+    /// Image files and/or directories, searched recursively for .jpg/.jpeg/.png (instead of
+    /// --dataset)
+    #[arg(long, num_args = 1.., conflicts_with = "dataset", required_unless_present = "dataset")]
     pub images: Vec<PathBuf>,
-    /// Comma-separated class names (VOC-style names as TagCLIP writes them, e.g. tvmonitor)
-    #[arg(long, conflicts_with_all = ["classes_file", "preset"])]
+    #[command(flatten)]
+    pub data: DatasetArgs,
+    #[command(flatten)]
+    pub names: ClassNameArgs,
+    /// Comma-separated class names, with --images (VOC-style names as TagCLIP writes them,
+    /// e.g. tvmonitor)
+    #[arg(long, conflicts_with_all = ["classes_file", "preset", "dataset"])]
     pub classes: Option<String>,
-    /// TagCLIP's own class list and background words: coco (80 + 23) or voc (20 + 25)
-    #[arg(long, conflicts_with = "classes_file")]
+    /// TagCLIP's own class list and background words, with --images: coco (80 + 23) or voc
+    /// (20 + 25). A --dataset brings its classes (spelled by --names)
+    #[arg(long, conflicts_with_all = ["classes_file", "dataset"])]
     pub preset: Option<String>,
-    /// One class name per line
-    #[arg(long)]
-    pub classes_file: Option<PathBuf>,
     /// Background words appended to the classes: voc (25), coco (23) or none (default: the
-    /// preset's, else coco)
+    /// preset's or the dataset's (VOC: voc, COCO: coco), else coco)
     #[arg(long)]
     pub background: Option<String>,
     /// CLIP ViT weights (.safetensors); without them a RANDOM-weight ViT-B-16 is used
@@ -45,9 +53,10 @@ pub struct TagclipArgs {
     /// Seed of the random-weight model (no --weights)
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Per-image scores: CSV `path,<class>,...`
+    /// Per-image scores: CSV `path,<class>,...` (default: out/tagclip.csv, or
+    /// out/tagclip-<dataset>-<split>.csv with paths relative to the dataset root)
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     /// Per-image tags: CSV `path,tags` (class names joined by `;`)
     #[arg(long)]
     pub tags: Option<PathBuf>,
@@ -90,6 +99,8 @@ pub struct TagclipArgs {
     /// All the fixes above
     #[arg(long)]
     pub fix_all: bool,
+    #[command(flatten)]
+    pub metrics: MetricArgs,
 }
 
 impl TagclipArgs {
@@ -129,7 +140,9 @@ fn read_classes(classes: &Option<String>, file: &Option<PathBuf>) -> Result<Vec<
 fn build_model(a: &TagclipArgs) -> Result<ClipModel> {
     let act = match &a.act {
         None => None,
-        Some(v) => Some(Activation::parse(v).ok_or_else(|| Error::Weights(format!("--act {v}: use quick_gelu or gelu")))?),
+        Some(v) => {
+            Some(Activation::parse(v).ok_or_else(|| Error::Weights(format!("--act {v}: use quick_gelu or gelu")))?)
+        }
     };
     match &a.weights {
         Some(w) => {
@@ -148,7 +161,12 @@ fn build_model(a: &TagclipArgs) -> Result<ClipModel> {
 }
 
 /// Class text, from the cache when its names and weights match, else encoded (and cached).
-fn class_text(model: &ClipModel, a: &TagclipArgs, classes: &[String], background: &[String]) -> Result<(ClassText, f64, bool)> {
+fn class_text(
+    model: &ClipModel,
+    a: &TagclipArgs,
+    classes: &[String],
+    background: &[String],
+) -> Result<(ClassText, f64, bool)> {
     let t0 = Instant::now();
     let mut names = classes.to_vec();
     names.extend(background.iter().cloned());
@@ -191,30 +209,19 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// Scores CSV: `path,<class>,...`.
-pub fn scores_csv(paths: &[PathBuf], results: &[ImageResult], classes: &[String]) -> String {
-    let mut s = String::from("path");
-    for c in classes {
-        s.push(',');
-        s.push_str(&csv_field(c));
-    }
-    s.push('\n');
-    for (p, r) in paths.iter().zip(results) {
-        s.push_str(&csv_field(&p.display().to_string()));
-        for v in &r.scores {
-            s.push_str(&format!(",{v:.8e}"));
-        }
-        s.push('\n');
-    }
-    s
+/// Scores CSV: `path,<class>,...` (each score in the shortest form that reads back to the same
+/// f32, as zeroshot writes it).
+pub fn scores_csv(rows: &[String], results: &[ImageResult], classes: &[String]) -> String {
+    let scores: Vec<f32> = results.iter().flat_map(|r| r.scores.iter().copied()).collect();
+    scores_csv::to_csv(rows, classes, &scores)
 }
 
 /// Tags CSV: `path,tags` with the class names joined by `;`.
-pub fn tags_csv(paths: &[PathBuf], results: &[ImageResult], classes: &[String]) -> String {
+pub fn tags_csv(rows: &[String], results: &[ImageResult], classes: &[String]) -> String {
     let mut s = String::from("path,tags\n");
-    for (p, r) in paths.iter().zip(results) {
+    for (p, r) in rows.iter().zip(results) {
         let names: Vec<&str> = r.tags.iter().map(|&t| classes[t].as_str()).collect();
-        s.push_str(&format!("{},{}\n", csv_field(&p.display().to_string()), csv_field(&names.join(";"))));
+        s.push_str(&format!("{},{}\n", csv_field(p), csv_field(&names.join(";"))));
     }
     s
 }
@@ -268,7 +275,8 @@ fn save_maps(dir: &Path, path: &Path, r: &ImageResult, model: &ClipModel, text: 
                 }
             }
         }
-        let safe: String = text.names[cls].chars().map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' }).collect();
+        let safe: String =
+            text.names[cls].chars().map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' }).collect();
         let out = dir.join(format!("{stem}_{safe}.png"));
         let mut bytes = Vec::new();
         {
@@ -284,39 +292,112 @@ fn save_maps(dir: &Path, path: &Path, r: &ImageResult, model: &ClipModel, text: 
     Ok(written)
 }
 
-/// The `tagclip` command.
-///
-/// With `--device cuda` the two encoder passes (the native-resolution patch pass and the 224
-/// crop passes) run on the GPU in `dtype`; DMAR, the contour boxes and CWR's planning stay on
-/// the CPU (rayon), with the maps and tokens copied back between the stages.
-pub fn run_cli(a: TagclipArgs, dev: Device, gpu: Option<&std::sync::Arc<crate::device::cuda::Gpu>>, dtype: &str, gemm: &str) -> Result<()> {
-    let (classes, preset_bg) = match a.preset.as_deref() {
+/// What a run reads: image files with a class list, or a dataset split.
+struct Input {
+    paths: Vec<PathBuf>,
+    /// The names in the prompts, one per class.
+    prompt_classes: Vec<String>,
+    /// The scores CSV's column names (a dataset's: as annotated).
+    columns: Vec<String>,
+    background: String,
+    dataset: Option<(Dataset, ClassNames)>,
+}
+
+fn read_input(a: &TagclipArgs) -> Result<Input> {
+    if a.data.dataset.is_some() {
+        let ds = a.data.load(SplitUse::Evaluate)?;
+        announce(&ds);
+        let style = a.names.style(ClassNames::Tagclip)?;
+        let background = match ds.kind() {
+            DatasetKind::Voc2007 | DatasetKind::Voc2012 => "voc",
+            _ => "coco",
+        };
+        return Ok(Input {
+            paths: ds.items.iter().map(|it| it.path.clone()).collect(),
+            prompt_classes: ds.class_names(style),
+            columns: ds.classes.clone(),
+            background: a.background.clone().unwrap_or_else(|| background.to_string()),
+            dataset: Some((ds, style)),
+        });
+    }
+    if a.names.names.is_some() {
+        return Err(Error::Dataset("--names spells a --dataset's classes; with --images give them as written".into()));
+    }
+    let (classes, preset_bg): (Vec<String>, &str) = match a.preset.as_deref() {
         Some("coco") => (super::COCO_CLASSES.iter().map(|s| s.to_string()).collect(), "coco"),
         Some("voc") => (super::VOC_CLASSES.iter().map(|s| s.to_string()).collect(), "voc"),
         Some(other) => return Err(Error::Shape(format!("--preset {other}: use coco or voc"))),
-        None => (read_classes(&a.classes, &a.classes_file)?, "coco"),
+        None => (read_classes(&a.classes, &a.data.classes_file)?, "coco"),
     };
-    let background = background_words(a.background.as_deref().unwrap_or(preset_bg))?;
+    let paths = crate::data::images::list_images(&a.images);
+    if paths.is_empty() {
+        return Err(Error::Shape(format!("no images found in {:?}", a.images)));
+    }
+    Ok(Input {
+        paths,
+        prompt_classes: classes.clone(),
+        columns: classes,
+        background: a.background.clone().unwrap_or_else(|| preset_bg.to_string()),
+        dataset: None,
+    })
+}
+
+/// The `tagclip` command.
+///
+/// With `--device cuda` the two encoder passes (the native-resolution patch pass and the 224
+/// crop passes) run on the GPU in `dtype`, and the patch stage's maps stay there; the contour
+/// boxes and CWR's planning run on the CPU.
+pub fn run_cli(
+    a: TagclipArgs,
+    dev: Device,
+    gpu: Option<&std::sync::Arc<crate::device::cuda::Gpu>>,
+    dtype: &str,
+    gemm: &str,
+) -> Result<()> {
+    let input = read_input(&a)?;
+    let classes = &input.prompt_classes;
+    let background = background_words(&input.background)?;
     let mut model = build_model(&a)?;
     if let Some(gpu) = gpu {
         if a.weights.is_none() {
             eprintln!("note: the random model's CUDA image tower is its own random draw (not the CPU tower's weights)");
         }
         model.attach_cuda(gpu, a.weights.as_deref(), dtype.parse()?)?;
-        eprintln!("device: {} ({dtype}, {gemm} GEMM): encoder passes on the GPU, DMAR and CWR planning on the CPU", gpu.name);
+        eprintln!(
+            "device: {} ({dtype}, {gemm} GEMM): encoder passes on the GPU, DMAR and CWR planning on the CPU",
+            gpu.name
+        );
     }
     let opts = a.options();
-    let paths = crate::data::images::list_images(&a.images);
-    if paths.is_empty() {
-        return Err(Error::Shape(format!("no images found in {:?}", a.images)));
-    }
-    let (text, text_s, cached) = class_text(&model, &a, &classes, &background)?;
-    eprintln!("class text: {} classes + {} background words ({:.1} s{})", classes.len(), background.len(), text_s, if cached { ", cached" } else { "" });
-    let res = run(&model, &paths, &text, &opts, true)?;
-    write_atomic(&a.out, scores_csv(&res.paths, &res.results, &classes).as_bytes())?;
-    let mut outputs = vec![a.out.display().to_string()];
+    let (text, text_s, cached) = class_text(&model, &a, classes, &background)?;
+    eprintln!(
+        "class text: {} classes + {} background words ({:.1} s{})",
+        classes.len(),
+        background.len(),
+        text_s,
+        if cached { ", cached" } else { "" }
+    );
+    let res = run(&model, &input.paths, &text, &opts, true)?;
+    // Row keys: a dataset's relative paths (what eval and train match), else the paths as given.
+    let rows: Vec<String> = match &input.dataset {
+        Some((ds, _)) => {
+            let rel: std::collections::HashMap<&Path, &str> =
+                ds.items.iter().map(|it| (it.path.as_path(), it.rel.as_str())).collect();
+            res.paths
+                .iter()
+                .map(|p| rel.get(p.as_path()).map_or_else(|| p.display().to_string(), |r| r.to_string()))
+                .collect()
+        }
+        None => res.paths.iter().map(|p| p.display().to_string()).collect(),
+    };
+    let out = a.out.clone().unwrap_or_else(|| match &input.dataset {
+        Some((ds, _)) => PathBuf::from(format!("out/tagclip-{}-{}.csv", ds.name, ds.split.replace(['/', '\\'], "_"))),
+        None => PathBuf::from("out/tagclip.csv"),
+    });
+    write_atomic(&out, scores_csv(&rows, &res.results, &input.columns).as_bytes())?;
+    let mut outputs = vec![out.display().to_string()];
     if let Some(t) = &a.tags {
-        write_atomic(t, tags_csv(&res.paths, &res.results, &classes).as_bytes())?;
+        write_atomic(t, tags_csv(&rows, &res.results, &input.columns).as_bytes())?;
         outputs.push(t.display().to_string());
     }
     if let Some(dir) = &a.save_maps {
@@ -327,29 +408,52 @@ pub fn run_cli(a: TagclipArgs, dev: Device, gpu: Option<&std::sync::Arc<crate::d
         outputs.push(format!("{} ({n} maps)", dir.display()));
     }
     let jp = a.json.clone().unwrap_or_else(|| {
-        let mut s = a.out.as_os_str().to_owned();
+        let mut s = out.as_os_str().to_owned();
         s.push(".report.json");
         PathBuf::from(s)
     });
     outputs.push(jp.display().to_string());
+    // With a dataset, the scored images' labels in the order of the rows.
+    let metrics = match &input.dataset {
+        Some((ds, _)) if !res.results.is_empty() => {
+            let index: std::collections::HashMap<&Path, usize> =
+                ds.items.iter().enumerate().map(|(i, it)| (it.path.as_path(), i)).collect();
+            let mut labels = Vec::with_capacity(res.results.len() * ds.classes.len());
+            for p in &res.paths {
+                let i = index
+                    .get(p.as_path())
+                    .ok_or_else(|| Error::Dataset(format!("{} is not an image of the split", p.display())))?;
+                labels.extend_from_slice(&ds.items[*i].labels);
+            }
+            let scores: Vec<f32> = res.results.iter().flat_map(|r| r.scores.iter().copied()).collect();
+            Some(eval::evaluate(&labels, &scores, &ds.classes, &a.metrics.options()))
+        }
+        _ => None,
+    };
     let ok = res.paths.len();
     let crops: usize = res.results.iter().map(|r| r.cwr.crops.len()).sum();
     let stops = res.results.iter().filter(|r| r.cwr.stopped_at.is_some()).count();
-    let images: Vec<serde_json::Value> = res
-        .paths
+    let images: Vec<serde_json::Value> = rows
         .iter()
         .zip(&res.results)
         .map(|(p, r)| {
             serde_json::json!({
-                "path": p.display().to_string(),
+                "path": p,
                 "size": [r.height, r.width],
-                "tags": r.tags.iter().map(|&t| &classes[t]).collect::<Vec<_>>(),
+                "tags": r.tags.iter().map(|&t| &input.columns[t]).collect::<Vec<_>>(),
                 "candidates": r.cwr.candidates,
                 "crops": r.cwr.crops.iter().map(|c| serde_json::json!({"class": c.class, "cells": c.cells})).collect::<Vec<_>>(),
                 "stopped_at": r.cwr.stopped_at,
             })
         })
         .collect();
+    let mut skipped = Vec::new();
+    let mut total = input.paths.len();
+    if let Some((ds, _)) = &input.dataset {
+        skipped.extend(ds.skipped.iter().cloned());
+        total += ds.skipped.len();
+    }
+    skipped.extend(res.skipped.iter().cloned());
     let rep = RunReport {
         command: "tagclip".into(),
         arch: model.arch.clone(),
@@ -359,9 +463,9 @@ pub fn run_cli(a: TagclipArgs, dev: Device, gpu: Option<&std::sync::Arc<crate::d
         device: dev.to_string(),
         threads: rayon::current_num_threads(),
         transform: transform_for(&model)?.describe(),
-        images_total: paths.len(),
+        images_total: total,
         images_ok: ok,
-        skipped: res.skipped.clone(),
+        skipped,
         seconds: res.seconds,
         images_per_s: if res.seconds > 0.0 { ok as f64 / res.seconds } else { 0.0 },
         // TagCLIP decodes inside its own pipeline; no separate loader figure, no embedding cache.
@@ -369,7 +473,10 @@ pub fn run_cli(a: TagclipArgs, dev: Device, gpu: Option<&std::sync::Arc<crate::d
         cache: None,
         outputs,
         extra: serde_json::json!({
-            "classes": classes,
+            "dataset": input.dataset.as_ref().map(|(ds, _)| dataset_json(ds)),
+            "class_names": input.dataset.as_ref().map(|(_, style)| style),
+            "classes": input.columns,
+            "prompt_classes": classes,
             "background": background,
             "options": opts,
             "logit_scale": opts.logit_scale.unwrap_or_else(|| model.logit_multiplier()),
@@ -378,11 +485,20 @@ pub fn run_cli(a: TagclipArgs, dev: Device, gpu: Option<&std::sync::Arc<crate::d
             "seconds_per_image": if ok > 0 { res.seconds / ok as f64 } else { 0.0 },
             "cwr_crops": crops,
             "cwr_early_stops": stops,
+            "metrics": metrics,
             "images": images,
         }),
     };
     rep.write_json(&jp)?;
     rep.print();
-    eprintln!("cwr       {crops} crops, {stops} early stops, {:.2} s/image", if ok > 0 { res.seconds / ok as f64 } else { 0.0 });
+    eprintln!(
+        "cwr       {crops} crops, {stops} early stops, {:.2} s/image",
+        if ok > 0 { res.seconds / ok as f64 } else { 0.0 }
+    );
+    match (&input.dataset, &metrics) {
+        (Some(_), Some(r)) => r.print(),
+        (Some(_), None) => eprintln!("no image could be scored: no metrics"),
+        (None, _) => {}
+    }
     Ok(())
 }
