@@ -158,10 +158,18 @@ enum Command {
     /// Distil soft labels into a ResNet-50 with a CAM head (CCD/CDUL's classifier), on the CPU
     /// (or the GPU with --device cuda)
     Train(labelfree::train::run::TrainArgs),
-    /// Image-encoder throughput on random weights (images/s)
+    /// Image-encoder throughput on random weights (images/s); with --text, the class text of a
+    /// TagCLIP run (103 names x 85 templates) through a text tower
     Bench {
         #[arg(long, default_value = "ViT-B-16,ViT-B-32,RN50")]
         archs: String,
+        /// Time the text tower of this architecture (e.g. ViT-B-16) on TagCLIP's 103 x 85
+        /// prompts instead of the image encoders (CPU; trimmed batches, as every command encodes)
+        #[arg(long)]
+        text: Option<String>,
+        /// With --text: also time this many batches at the full 77 tokens (per prompt)
+        #[arg(long, default_value_t = 0)]
+        text_full_batches: usize,
         #[arg(long, default_value_t = 8)]
         batch: usize,
         #[arg(long)]
@@ -498,6 +506,28 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("train --device cuda runs in f32 (the precision of the CPU reference it is checked against); drop --dtype {cli_dtype}");
             }
             labelfree::train::run::run(&a.to_run(), gpu.as_ref())?;
+        }
+        Command::Bench { text: Some(arch), text_full_batches, json, .. } => {
+            let r = labelfree::bench::text_throughput(&arch, text_full_batches)?;
+            println!(
+                "{} text tower, {} prompts, batches of {}, {} threads: tokenise {:.2} s, encode {:.2} s ({} of {} token positions: {:.1}%, {:.2} ms/prompt)",
+                r.arch,
+                r.prompts,
+                r.batch,
+                r.threads,
+                r.tokenize_s,
+                r.trimmed_s,
+                r.trimmed_positions,
+                r.full_positions,
+                100.0 * r.trimmed_positions as f64 / r.full_positions as f64,
+                1e3 * r.trimmed_s / r.prompts as f64
+            );
+            if r.full_batches > 0 {
+                println!("full 77 tokens: {} batches in {:.2} s ({:.2} ms/prompt)", r.full_batches, r.full_s, 1e3 * r.full_s_per_prompt);
+            }
+            if let Some(j) = json {
+                write_atomic(&j, serde_json::to_string_pretty(&r)?.as_bytes())?;
+            }
         }
         Command::Bench { archs, size, json, batches, .. } if sim.is_some() => {
             let gpu = gpu.as_ref().ok_or_else(|| anyhow::anyhow!("no simulator"))?;

@@ -68,7 +68,12 @@ impl CudaVisual {
 /// Hugging Face `config.json` beside it, else the open_clip architecture name given with
 /// `--arch` (open_clip's rule: `ViT-B-16` is GELU, `ViT-B-16-quickgelu` QuickGELU), else
 /// QuickGELU (OpenAI's checkpoints).
-fn resolve_activation(path: &Path, params: &Params, explicit: Option<Activation>, arch: Option<&str>) -> (Activation, String) {
+fn resolve_activation(
+    path: &Path,
+    params: &Params,
+    explicit: Option<Activation>,
+    arch: Option<&str>,
+) -> (Activation, String) {
     if let Some(a) = explicit {
         return (a, "--act".into());
     }
@@ -108,7 +113,10 @@ impl ClipModel {
         let hf_cfg = path.with_file_name("config.json");
         if let Ok(text) = std::fs::read_to_string(&hf_cfg) {
             if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
-                for (key, ptr) in [("vision_heads", "/vision_config/num_attention_heads"), ("text_heads", "/text_config/num_attention_heads")] {
+                for (key, ptr) in [
+                    ("vision_heads", "/vision_config/num_attention_heads"),
+                    ("text_heads", "/text_config/num_attention_heads"),
+                ] {
                     if let Some(n) = json.pointer(ptr).and_then(|v| v.as_u64()) {
                         params.metadata.entry(key.to_string()).or_insert(n.to_string());
                     }
@@ -135,11 +143,8 @@ impl ClipModel {
             Some(t) => Some(TextEncoder::load(&mut params, t, act)?),
             None => None,
         };
-        let logit_scale = if params.contains("logit_scale") {
-            params.take("logit_scale", &[])?[0]
-        } else {
-            (1.0f32 / 0.07).ln()
-        };
+        let logit_scale =
+            if params.contains("logit_scale") { params.take("logit_scale", &[])?[0] } else { (1.0f32 / 0.07).ln() };
         params.finish()?;
         Ok(ClipModel { config, arch, visual, text, logit_scale, random: false, act_source, cuda_visual: None })
     }
@@ -190,7 +195,12 @@ impl ClipModel {
     /// Loads the image tower onto `gpu` in `dtype` (from `weights`, the file this model was
     /// loaded from; without one, from random weights of the same architecture — a random model's
     /// CUDA tower is a different draw from its CPU tower). `encode_image` then runs on the GPU.
-    pub fn attach_cuda(&mut self, gpu: &std::sync::Arc<crate::device::cuda::Gpu>, weights: Option<&Path>, dtype: crate::device::cuda::CudaDType) -> Result<()> {
+    pub fn attach_cuda(
+        &mut self,
+        gpu: &std::sync::Arc<crate::device::cuda::Gpu>,
+        weights: Option<&Path>,
+        dtype: crate::device::cuda::CudaDType,
+    ) -> Result<()> {
         let mut p = match (weights, &self.config.vision) {
             (Some(w), _) => Params::load(w)?,
             (None, VisionConfig::Vit(c)) => vit_cuda::random_vit_params(c, 0)?,
@@ -198,7 +208,9 @@ impl ClipModel {
         };
         self.cuda_visual = Some(match &self.config.vision {
             VisionConfig::Vit(c) => CudaVisual::Vit(vit_cuda::CudaVit::load(gpu, &mut p, c, self.config.act, dtype)?),
-            VisionConfig::ResNet(c) => CudaVisual::ResNet(resnet_cuda::CudaModifiedResNet::load(gpu, &mut p, c, dtype)?),
+            VisionConfig::ResNet(c) => {
+                CudaVisual::ResNet(resnet_cuda::CudaModifiedResNet::load(gpu, &mut p, c, dtype)?)
+            }
         });
         Ok(())
     }
@@ -220,7 +232,9 @@ impl ClipModel {
     }
 
     pub fn text_encoder(&self) -> Result<&TextEncoder> {
-        self.text.as_ref().ok_or_else(|| Error::Weights("these weights have no text tower (token_embedding.weight is missing)".into()))
+        self.text.as_ref().ok_or_else(|| {
+            Error::Weights("these weights have no text tower (token_embedding.weight is missing)".into())
+        })
     }
 
     /// tokens (B, 77) -> (B, D), unnormalised.
@@ -235,30 +249,44 @@ impl ClipModel {
 
     /// One L2-normalised embedding per class: each template filled with the class name and
     /// encoded, each normalised, averaged, normalised again (CLIP's prompt ensemble; with one
-    /// template, just the normalised embedding). (C, D).
-    pub fn class_embeddings(&self, tok: &tokenizer::ClipTokenizer, classes: &[String], templates: &[&str]) -> Result<Tensor> {
+    /// template, just the normalised embedding). (C, D). The prompts of all classes and
+    /// templates go through the text tower together, in batches trimmed to their longest
+    /// prompt ([`text::TextEncoder::forward_trimmed`]).
+    pub fn class_embeddings(
+        &self,
+        tok: &tokenizer::ClipTokenizer,
+        classes: &[String],
+        templates: &[&str],
+    ) -> Result<Tensor> {
         let text = self.text_encoder()?;
         let d = text.cfg.output_dim;
-        let ctx = text.cfg.context;
         if templates.is_empty() {
             return Err(Error::Tokenizer("no prompt template".into()));
         }
-        let mut out = Vec::with_capacity(classes.len() * d);
-        for class in classes {
-            let prompts: Vec<String> = templates.iter().map(|t| prompts::fill(t, class)).collect();
-            let tokens = tok.encode_batch(&prompts, ctx);
-            let mut emb = text.forward(&tokens)?.into_f32_vec()?;
-            l2_normalize_cpu(&mut emb, d);
-            let mut mean = vec![0.0f32; d];
-            for row in emb.chunks_exact(d) {
-                for (m, v) in mean.iter_mut().zip(row) {
-                    *m += v;
-                }
-            }
-            mean.iter_mut().for_each(|m| *m /= templates.len() as f32);
-            l2_normalize_cpu(&mut mean, d);
-            out.extend(mean);
-        }
-        Tensor::from_f32(&[classes.len(), d], out)
+        // (C x templates) prompts, class-major.
+        let prompts: Vec<String> =
+            classes.iter().flat_map(|c| templates.iter().map(move |t| prompts::fill(t, c))).collect();
+        let tokens = tok.encode_batch(&prompts, text.cfg.context);
+        let emb = text.forward_trimmed(&tokens)?.into_f32_vec()?;
+        Ok(Tensor::from_f32(&[classes.len(), d], ensemble_means(emb, templates.len(), d))?)
     }
+}
+
+/// (C x K, D) prompt features, class-major -> (C, D): each row normalised, the K rows of a class
+/// averaged, the mean normalised.
+fn ensemble_means(mut emb: Vec<f32>, k: usize, d: usize) -> Vec<f32> {
+    l2_normalize_cpu(&mut emb, d);
+    let mut out = Vec::with_capacity(emb.len() / k.max(1));
+    for class in emb.chunks_exact(k * d) {
+        let mut mean = vec![0.0f32; d];
+        for row in class.chunks_exact(d) {
+            for (m, v) in mean.iter_mut().zip(row) {
+                *m += v;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= k as f32);
+        l2_normalize_cpu(&mut mean, d);
+        out.extend(mean);
+    }
+    out
 }
