@@ -203,6 +203,9 @@ fn build_model(m: &ModelArgs) -> Result<ClipModel> {
         Some(w) => {
             let model = ClipModel::load(w, act, m.arch.as_deref()).with_context(|| format!("loading weights {}", w.display()))?;
             eprintln!("model: {} from {} (activation {:?}: {})", model.arch, w.display(), model.config.act, model.act_source);
+            if let Some(warning) = &model.act_warning {
+                eprintln!("warning: {warning}");
+            }
             Ok(model)
         }
         None => {
@@ -496,6 +499,7 @@ fn run(cli: Cli) -> Result<()> {
                 "arch": model.arch,
                 "config": model.config,
                 "activation_source": model.act_source,
+                "activation_warning": model.act_warning,
                 "image_size": model.image_size(),
                 "logit_scale": model.logit_multiplier(),
             });

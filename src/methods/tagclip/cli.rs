@@ -7,10 +7,9 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::{background_words, run, transform_for, ClassText, ImageResult, TagclipOptions};
+use super::{background_words, maps, run, transform_for, ClassText, ImageResult, TagclipOptions};
 use crate::data::datasets::args::{announce, dataset_json, ClassNameArgs, DatasetArgs, SplitUse};
 use crate::data::datasets::{ClassNames, Dataset, DatasetKind};
-use crate::data::decode::decode_image_file;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::eval::{self, scores_csv, MetricArgs};
@@ -44,9 +43,16 @@ pub struct TagclipArgs {
     /// preset's or the dataset's (VOC: voc, COCO: coco), else coco)
     #[arg(long)]
     pub background: Option<String>,
-    /// CLIP ViT weights (.safetensors); without them a RANDOM-weight ViT-B-16 is used
+    /// CLIP ViT weights (.safetensors, OpenAI/open_clip or Hugging Face names); without them a
+    /// RANDOM-weight model of --arch is used
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// open_clip architecture name. With --weights, the weights must be this architecture, and
+    /// its open_clip config gives the activation when nothing in or beside the file does
+    /// (ViT-B-16: GELU, ViT-B-16-quickgelu: QuickGELU); without --weights, a RANDOM-weight model
+    /// of it (default ViT-B-16-quickgelu, the shape of OpenAI's ViT-B/16)
+    #[arg(long)]
+    pub arch: Option<String>,
     /// Activation when the weights do not record it: quick_gelu (OpenAI) or gelu
     #[arg(long)]
     pub act: Option<String>,
@@ -63,7 +69,9 @@ pub struct TagclipArgs {
     /// Run report as JSON (default: <out>.report.json)
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Write PNG overlays of the refined class maps and CWR boxes here
+    /// Write the maps here: per tagged class a PNG of the image with the refined class map
+    /// blended in, the class name and final score, DMAR's class boxes and the CWR crop, with a
+    /// legend; the image itself; and index.html, a contact sheet of them all that opens from disk
     #[arg(long)]
     pub save_maps: Option<PathBuf>,
     /// How many images (the first ones) get maps
@@ -146,16 +154,25 @@ fn build_model(a: &TagclipArgs) -> Result<ClipModel> {
     };
     match &a.weights {
         Some(w) => {
-            let m = ClipModel::load(w, act, None)?;
+            let m = ClipModel::load(w, act, a.arch.as_deref())?;
             eprintln!("model: {} from {} (activation {:?}: {})", m.arch, w.display(), m.config.act, m.act_source);
+            if let Some(warning) = &m.act_warning {
+                eprintln!("warning: {warning}");
+            }
             Ok(m)
         }
         None => {
             eprintln!("################################################################################");
-            eprintln!("# WARNING: no --weights given: using a RANDOM-weight ViT-B-16 (seed {}).", a.seed);
+            let arch = a.arch.as_deref().unwrap_or("ViT-B-16-quickgelu");
+            eprintln!("# WARNING: no --weights given: using a RANDOM-weight {arch} (seed {}).", a.seed);
             eprintln!("# Its scores and tags MEAN NOTHING. See weights/README.md for real weights.");
             eprintln!("################################################################################");
-            ClipModel::random("ViT-B-16-quickgelu", a.seed).or_else(|_| ClipModel::random("ViT-B-16", a.seed))
+            if a.act.is_some() {
+                return Err(Error::Weights(format!(
+                    "--act applies to loaded weights; for a random model choose the arch (e.g. {arch})"
+                )));
+            }
+            ClipModel::random(arch, a.seed)
         }
     }
 }
@@ -174,6 +191,8 @@ fn class_text(
         "names": names,
         "weights": a.weights.as_ref().map(|w| w.display().to_string()),
         "seed": if a.weights.is_none() { Some(a.seed) } else { None },
+        "arch": model.arch,
+        "act": format!("{:?}", model.config.act),
         "templates": "tagclip85",
     })
     .to_string();
@@ -224,72 +243,6 @@ pub fn tags_csv(rows: &[String], results: &[ImageResult], classes: &[String]) ->
         s.push_str(&format!("{},{}\n", csv_field(p), csv_field(&names.join(";"))));
     }
     s
-}
-
-/// A jet-like ramp (blue, cyan, yellow, red) for a value in [0, 1].
-fn ramp(v: f32) -> [f32; 3] {
-    let v = v.clamp(0.0, 1.0);
-    let f = |c: f32| (1.5 - (4.0 * v - c).abs()).clamp(0.0, 1.0) * 255.0;
-    [f(3.0), f(2.0), f(1.0)]
-}
-
-/// PNG overlays for one image: for each tagged class, the normalised refined map blended
-/// over the (resized) image, with the CWR box in white when the class was cropped.
-fn save_maps(dir: &Path, path: &Path, r: &ImageResult, model: &ClipModel, text: &ClassText) -> Result<Vec<PathBuf>> {
-    let Some(refined) = &r.refined else { return Ok(Vec::new()) };
-    let transform = transform_for(model)?;
-    let img = transform.apply_u8(&decode_image_file(path)?);
-    let (h, w) = (img.height, img.width);
-    let p = h / (r.height / model.input_multiple()).max(1);
-    let (gh, gw) = (h / p, w / p);
-    let c = text.len();
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
-    let mut written = Vec::new();
-    for &cls in &r.tags {
-        let col: Vec<f32> = (0..gh * gw).map(|i| refined[i * c + cls]).collect();
-        let v = super::stages::minmax_normalize(&col);
-        let mut rgb = vec![0u8; h * w * 3];
-        for y in 0..h {
-            for x in 0..w {
-                let m = v[(y / p).min(gh - 1) * gw + (x / p).min(gw - 1)];
-                let col = ramp(if m.is_finite() { m } else { 0.0 });
-                let px = img.pixel(x, y);
-                for ch in 0..3 {
-                    rgb[(y * w + x) * 3 + ch] = (0.5 * px[ch] as f32 + 0.5 * col[ch]).round().clamp(0.0, 255.0) as u8;
-                }
-            }
-        }
-        if let Some(crop) = r.cwr.crops.iter().find(|cr| cr.class == cls) {
-            let b = crop.cells;
-            let (x0, x1, y0, y1) = (b.x0 * p, (b.x1 * p).min(w) - 1, b.y0 * p, (b.y1 * p).min(h) - 1);
-            for t in 0..2 {
-                for x in x0..=x1 {
-                    for y in [y0 + t, y1.saturating_sub(t)] {
-                        rgb[(y * w + x) * 3..(y * w + x) * 3 + 3].fill(255);
-                    }
-                }
-                for y in y0..=y1 {
-                    for x in [x0 + t, x1.saturating_sub(t)] {
-                        rgb[(y * w + x) * 3..(y * w + x) * 3 + 3].fill(255);
-                    }
-                }
-            }
-        }
-        let safe: String =
-            text.names[cls].chars().map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' }).collect();
-        let out = dir.join(format!("{stem}_{safe}.png"));
-        let mut bytes = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut bytes, w as u32, h as u32);
-            enc.set_color(png::ColorType::Rgb);
-            enc.set_depth(png::BitDepth::Eight);
-            let mut wr = enc.write_header().map_err(|e| Error::Shape(format!("png: {e}")))?;
-            wr.write_image_data(&rgb).map_err(|e| Error::Shape(format!("png: {e}")))?;
-        }
-        write_atomic(&out, &bytes)?;
-        written.push(out);
-    }
-    Ok(written)
 }
 
 /// What a run reads: image files with a class list, or a dataset split.
@@ -401,11 +354,28 @@ pub fn run_cli(
         outputs.push(t.display().to_string());
     }
     if let Some(dir) = &a.save_maps {
-        let mut n = 0;
-        for (p, r) in res.paths.iter().zip(&res.results).take(a.maps_limit) {
-            n += save_maps(dir, p, r, &model, &text)?.len();
+        let mut written = Vec::new();
+        let mut stems = std::collections::HashSet::new();
+        let source = maps::MapSource { model: &model, text: &text, names: &input.columns, opts: &opts };
+        for (i, (p, r)) in res.paths.iter().zip(&res.results).take(a.maps_limit).enumerate() {
+            // Photos of one name in different folders get the index to tell them apart.
+            let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("image").to_string();
+            let stem = if stems.insert(stem.clone()) { stem } else { format!("{stem}-{i}") };
+            if let Some(m) = maps::save_maps(dir, &stem, p, r, &source)? {
+                written.push(m);
+            }
         }
-        outputs.push(format!("{} ({n} maps)", dir.display()));
+        let title = format!(
+            "labelfree tagclip: {} ({}){}",
+            model.arch,
+            a.weights
+                .as_ref()
+                .map_or_else(|| "RANDOM weights: the maps mean nothing".to_string(), |w| w.display().to_string()),
+            input.dataset.as_ref().map_or_else(String::new, |(ds, _)| format!(", {} {}", ds.name, ds.split))
+        );
+        let index = maps::write_index(dir, &title, &written)?;
+        let n: usize = written.iter().map(|m| m.maps.len()).sum();
+        outputs.push(format!("{} ({n} maps of {} images)", index.display(), written.len()));
     }
     let jp = a.json.clone().unwrap_or_else(|| {
         let mut s = out.as_os_str().to_owned();

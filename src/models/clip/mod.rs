@@ -45,6 +45,9 @@ pub struct ClipModel {
     pub random: bool,
     /// Where the activation came from, for the run report.
     pub act_source: String,
+    /// Set when nothing said which activation the weights use and QuickGELU was assumed: the
+    /// warning to print, naming the flags that settle it.
+    pub act_warning: Option<String>,
     /// The image tower on a GPU (`attach_cuda`): `encode_image` then runs there.
     pub cuda_visual: Option<CudaVisual>,
 }
@@ -64,43 +67,64 @@ impl CudaVisual {
     }
 }
 
-/// The activation of a checkpoint: an explicit choice, else the file's metadata, else a
-/// Hugging Face `config.json` beside it, else the open_clip architecture name given with
-/// `--arch` (open_clip's rule: `ViT-B-16` is GELU, `ViT-B-16-quickgelu` QuickGELU), else
-/// QuickGELU (OpenAI's checkpoints).
+/// The activation of a checkpoint and where it came from: an explicit choice, else the file's
+/// metadata, else a Hugging Face `config.json` beside it (`hidden_act`), else open_clip's
+/// `open_clip_config.json` beside it (`model_cfg.quick_gelu`, false when absent, as open_clip
+/// builds the model), else the open_clip architecture name given with `--arch` (open_clip's
+/// rule: `ViT-B-16` is GELU, `ViT-B-16-quickgelu` QuickGELU), else QuickGELU (OpenAI's
+/// checkpoints). The last case is a guess: `None` for the source.
 fn resolve_activation(
     path: &Path,
     params: &Params,
     explicit: Option<Activation>,
     arch: Option<&str>,
-) -> (Activation, String) {
+) -> (Activation, Option<String>) {
     if let Some(a) = explicit {
-        return (a, "--act".into());
+        return (a, Some("--act".into()));
     }
     if let Some(a) = params.metadata.get("act").and_then(|s| Activation::parse(s)) {
-        return (a, "weights metadata".into());
+        return (a, Some("weights metadata".into()));
     }
-    let cfg = path.with_file_name("config.json");
-    if let Ok(text) = std::fs::read_to_string(&cfg) {
-        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
-            let act = json
-                .pointer("/vision_config/hidden_act")
-                .or_else(|| json.pointer("/hidden_act"))
-                .and_then(|v| v.as_str())
-                .and_then(Activation::parse);
-            if let Some(a) = act {
-                return (a, format!("{}", cfg.display()));
-            }
+    let read_json = |name: &str| {
+        let file = path.with_file_name(name);
+        let json = std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        json.map(|j| (file, j))
+    };
+    if let Some((file, json)) = read_json("config.json") {
+        let act = json
+            .pointer("/vision_config/hidden_act")
+            .or_else(|| json.pointer("/hidden_act"))
+            .and_then(|v| v.as_str())
+            .and_then(Activation::parse);
+        if let Some(a) = act {
+            return (a, Some(format!("{}", file.display())));
+        }
+    }
+    if let Some((file, json)) = read_json("open_clip_config.json") {
+        if let Some(cfg) = json.get("model_cfg").and_then(|c| c.as_object()) {
+            let quick = cfg.get("quick_gelu").and_then(|q| q.as_bool()).unwrap_or(false);
+            let act = if quick { Activation::QuickGelu } else { Activation::Gelu };
+            return (act, Some(format!("{} (model_cfg.quick_gelu: {quick})", file.display())));
         }
     }
     if let Some(cfg) = arch.and_then(|a| ClipConfig::named(a).ok()) {
-        return (cfg.act, format!("open_clip's config of --arch {}", arch.unwrap_or_default()));
+        return (cfg.act, Some(format!("open_clip's config of --arch {}", arch.unwrap_or_default())));
     }
-    (
-        Activation::QuickGelu,
-        "not recorded in the weights: assumed QuickGELU (OpenAI CLIP); pass --act gelu (or --arch with \
-         open_clip's name) for open_clip models built without QuickGELU"
-            .into(),
+    (Activation::QuickGelu, None)
+}
+
+/// What to print when nothing said which activation a checkpoint of `arch` uses.
+fn activation_warning(path: &Path, arch: &str) -> String {
+    let fix = if ClipConfig::named(arch).is_ok() {
+        format!("pass --arch {arch} (or --act gelu); --arch {arch}-quickgelu (or --act quick_gelu) confirms QuickGELU")
+    } else {
+        "pass --act gelu; --act quick_gelu confirms QuickGELU".to_string()
+    };
+    format!(
+        "`{}` does not say which activation its transformers use (no `act` in its metadata, no config.json \
+         or open_clip_config.json beside it): assuming QuickGELU, as OpenAI's CLIP. If it is an open_clip \
+         model trained with GELU, {fix} and silences this warning",
+        path.display()
     )
 }
 
@@ -126,6 +150,9 @@ impl ClipModel {
         let (act, act_source) = resolve_activation(path, &params, act, expect_arch);
         let config = ClipConfig::from_params(&params, act)?;
         let arch = config.arch_name();
+        let act_warning = act_source.is_none().then(|| activation_warning(path, &arch));
+        let act_source =
+            act_source.unwrap_or_else(|| "assumed QuickGELU (nothing in or beside the weights says)".into());
         if let Some(want) = expect_arch {
             let want_base = want.strip_suffix("-quickgelu").unwrap_or(want);
             if want_base != arch {
@@ -146,7 +173,17 @@ impl ClipModel {
         let logit_scale =
             if params.contains("logit_scale") { params.take("logit_scale", &[])?[0] } else { (1.0f32 / 0.07).ln() };
         params.finish()?;
-        Ok(ClipModel { config, arch, visual, text, logit_scale, random: false, act_source, cuda_visual: None })
+        Ok(ClipModel {
+            config,
+            arch,
+            visual,
+            text,
+            logit_scale,
+            random: false,
+            act_source,
+            act_warning,
+            cuda_visual: None,
+        })
     }
 
     /// A random-weight model of a named open_clip architecture (for demos and benchmarks).
@@ -175,6 +212,7 @@ impl ClipModel {
             logit_scale: (100.0f32).ln(),
             random: true,
             act_source: "the configuration".into(),
+            act_warning: None,
             cuda_visual: None,
         }
     }
@@ -268,7 +306,7 @@ impl ClipModel {
             classes.iter().flat_map(|c| templates.iter().map(move |t| prompts::fill(t, c))).collect();
         let tokens = tok.encode_batch(&prompts, text.cfg.context);
         let emb = text.forward_trimmed(&tokens)?.into_f32_vec()?;
-        Ok(Tensor::from_f32(&[classes.len(), d], ensemble_means(emb, templates.len(), d))?)
+        Tensor::from_f32(&[classes.len(), d], ensemble_means(emb, templates.len(), d))
     }
 }
 
