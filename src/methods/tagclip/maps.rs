@@ -277,7 +277,7 @@ fn link(dir: &Path, p: &Path) -> String {
 }
 
 /// `index.html` in `dir`: one card per image (the image, its tags with scores, its class maps),
-/// every link relative to `dir`. `title` heads the page (the run: model, weights).
+/// every link relative to `dir`; each picture links to itself at full size. `title` heads the page (the run: model, weights).
 pub fn write_index(dir: &Path, title: &str, images: &[ImageMaps]) -> Result<PathBuf> {
     let mut h = String::new();
     h.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n");
@@ -300,7 +300,7 @@ pub fn write_index(dir: &Path, title: &str, images: &[ImageMaps]) -> Result<Path
     for im in images {
         h.push_str("<div class=\"card\">\n");
         h.push_str(&format!(
-            "<figure><img src=\"{}\" alt=\"image\"><figcaption>image</figcaption></figure>\n",
+            "<figure><a href=\"{0}\"><img src=\"{0}\" alt=\"image\"></a><figcaption>image</figcaption></figure>\n",
             link(dir, &im.image)
         ));
         h.push_str(&format!("<div class=\"meta\"><code>{}</code><ul>\n", html_escape(&im.source)));
@@ -310,9 +310,8 @@ pub fn write_index(dir: &Path, title: &str, images: &[ImageMaps]) -> Result<Path
         h.push_str("</ul></div>\n<div class=\"maps\">\n");
         for (name, file) in &im.maps {
             h.push_str(&format!(
-                "<figure><img src=\"{}\" alt=\"{}\"><figcaption>{}</figcaption></figure>\n",
+                "<figure><a href=\"{0}\"><img src=\"{0}\" alt=\"{1}\"></a><figcaption>{1}</figcaption></figure>\n",
                 link(dir, file),
-                html_escape(name),
                 html_escape(name)
             ));
         }
