@@ -186,7 +186,8 @@ enum Command {
     /// Every CUDA kernel against its CPU reference on random inputs; with --bench, timed
     /// (CUDA events, warm-up, median, cold L2). Prints a markdown table; non-zero exit on a failure.
     GpuCheck(labelfree::gpu_check::GpuCheckArgs),
-    /// TagCLIP: training-free multi-label tags (scores CSV, tags CSV, report, maps)
+    /// TagCLIP: training-free multi-label tags of --images or a --dataset split (scores CSV, tags
+    /// CSV, report, maps; over a split also mAP and F1)
     Tagclip(labelfree::methods::tagclip::cli::TagclipArgs),
 }
 

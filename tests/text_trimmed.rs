@@ -50,9 +50,10 @@ fn trimmed_batches_cut_after_the_longest_end_token() {
 }
 
 /// The trimmed pass against the full-context pass on the same tower, over more prompts than a
-/// batch (rows come back from several passes of different lengths). Not bit-identical: for a
-/// batch of short prompts (T <= 16) the `gemm` crate's small-matrix kernel sums the attention
-/// product over the keys in another order than at T = 77 (the masked keys add exact zeros).
+/// batch (rows come back from several passes of different lengths). Not bit-identical: the
+/// batch of the shortest prompts (T = 11) differs in the last bits (the attention products go
+/// through the `gemm` crate, whose small-matrix kernels presumably sum over the keys in
+/// another order; the masked keys only add exact zeros).
 fn assert_trimmed_equals_full(enc: &TextEncoder, prompts: &[String]) {
     let tok = ClipTokenizer::new().unwrap();
     let tokens = tok.encode_batch(prompts, 77);
