@@ -49,6 +49,79 @@ pub fn encoder_throughput(arch: &str, batch: usize, size: Option<usize>, runs: u
     })
 }
 
+/// The class text of a TagCLIP run on the CPU: TagCLIP's 80 COCO classes and 23 background
+/// words x its 85 templates through a random-weight text tower.
+#[derive(Debug, Serialize)]
+pub struct TextBench {
+    pub arch: String,
+    pub prompts: usize,
+    pub batch: usize,
+    pub threads: usize,
+    /// Seconds to tokenise every prompt (77 ids each).
+    pub tokenize_s: f64,
+    /// Seconds of the trimmed passes over every prompt (one run, after one warm-up batch).
+    pub trimmed_s: f64,
+    /// Token positions the trimmed passes encode, and what full 77-token rows would encode.
+    pub trimmed_positions: usize,
+    pub full_positions: usize,
+    /// With `full_batches` > 0: seconds of that many batches at the full 77 tokens, and per prompt.
+    pub full_batches: usize,
+    pub full_s: f64,
+    pub full_s_per_prompt: f64,
+    /// The prompts, in the order they are tokenised (class-major), for the PyTorch side.
+    pub prompt_list: Vec<String>,
+}
+
+/// Times [`crate::models::clip::ClipModel::class_embeddings`]'s text passes for TagCLIP's
+/// 103 x 85 prompts on `arch`'s text tower (random weights); with `full_batches`, also that
+/// many batches at the full context, for the per-prompt cost of untrimmed rows.
+pub fn text_throughput(arch: &str, full_batches: usize) -> Result<TextBench> {
+    use crate::models::clip::config::ClipConfig;
+    use crate::models::clip::text::{trimmed_batches, TextEncoder, TEXT_BATCH};
+    use crate::models::clip::{prompts, tokenizer::ClipTokenizer};
+    let cfg = ClipConfig::named(arch)?;
+    let text_cfg = cfg.text.clone().ok_or_else(|| crate::error::Error::Weights(format!("{arch} has no text tower")))?;
+    let text = TextEncoder::random(&text_cfg, cfg.act, &mut rand::rngs::StdRng::seed_from_u64(0));
+    let names = crate::methods::tagclip::COCO_CLASSES.iter().chain(prompts::BACKGROUND_COCO.iter());
+    let templates = prompts::tagclip_templates();
+    let prompt_list: Vec<String> = names.flat_map(|c| templates.iter().map(move |t| prompts::fill(t, c))).collect();
+    let t0 = Instant::now();
+    let tok = ClipTokenizer::new()?;
+    let tokens = tok.encode_batch(&prompt_list, text_cfg.context);
+    let tokenize_s = t0.elapsed().as_secs_f64();
+    let batches = trimmed_batches(&tokens, text_cfg.context, TEXT_BATCH)?;
+    let trimmed_positions = batches.iter().map(|b| b.tokens.shape().iter().product::<usize>()).sum();
+    // Warm-up: one batch (first-touch of the packed weights and the thread pool).
+    text.forward(&batches[0].tokens)?;
+    let t0 = Instant::now();
+    text.forward_trimmed(&tokens)?;
+    let trimmed_s = t0.elapsed().as_secs_f64();
+    let n = prompt_list.len();
+    let full_batches = full_batches.min(n.div_ceil(TEXT_BATCH));
+    let t0 = Instant::now();
+    let mut full_prompts = 0;
+    for i in 0..full_batches {
+        let rows = TEXT_BATCH.min(n - i * TEXT_BATCH);
+        text.forward(&tokens.narrow0(i * TEXT_BATCH, rows)?)?;
+        full_prompts += rows;
+    }
+    let full_s = t0.elapsed().as_secs_f64();
+    Ok(TextBench {
+        arch: arch.to_string(),
+        prompts: n,
+        batch: TEXT_BATCH,
+        threads: rayon::current_num_threads(),
+        tokenize_s,
+        trimmed_s,
+        trimmed_positions,
+        full_positions: n * text_cfg.context,
+        full_batches,
+        full_s,
+        full_s_per_prompt: if full_prompts > 0 { full_s / full_prompts as f64 } else { 0.0 },
+        prompt_list,
+    })
+}
+
 #[derive(Debug, Serialize)]
 pub struct CudaEncoderBench {
     pub arch: String,

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use labelfree::data::datasets::args::{announce, dataset_json, DatasetArgs, SplitUse};
+use labelfree::data::datasets::args::{announce, dataset_json, ClassNameArgs, DatasetArgs, SplitUse};
 use labelfree::data::datasets::{ClassNames, Dataset};
 use labelfree::data::loader::LoaderStats;
 use labelfree::device::cuda::Gpu;
 use labelfree::device::sim::SimOptions;
 use labelfree::device::{self, Device};
-use labelfree::eval::{self, scores_csv, EvalOptions};
+use labelfree::eval::{self, scores_csv, MetricArgs};
 use labelfree::methods::cache::{self, CacheEntry, CacheStatus};
 use labelfree::methods::encode::{clip_transform, encode_images, Skipped};
 use labelfree::methods::report::RunReport;
@@ -71,19 +71,6 @@ struct ModelArgs {
     seed: u64,
 }
 
-#[derive(Args, Clone)]
-struct MetricArgs {
-    /// F1 at this score threshold (predicted positive when score >= threshold)
-    #[arg(long, default_value_t = 0.5)]
-    threshold: f32,
-    /// F1 of the k highest scores of each image
-    #[arg(long, default_value_t = 3)]
-    top_k: usize,
-    /// Count classes without a positive as AP 0 in the mAP (default: leave them out)
-    #[arg(long)]
-    empty_classes_as_zero: bool,
-}
-
 #[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)]
 enum Command {
@@ -121,13 +108,8 @@ enum Command {
         /// Comma-separated class names (with --images)
         #[arg(long, conflicts_with = "classes_file")]
         classes: Option<String>,
-        /// One class name per line (with --images, or the class list of --dataset csv)
-        #[arg(long)]
-        classes_file: Option<PathBuf>,
-        /// Class-name spelling in the prompts of a --dataset: natural (dining table), raw (as
-        /// annotated: diningtable) or tagclip (TagCLIP's lists)
-        #[arg(long, default_value = "natural")]
-        names: String,
+        #[command(flatten)]
+        names: ClassNameArgs,
         /// Prompt template, `{}` is the class name
         #[arg(long, conflicts_with = "ensemble")]
         template: Option<String>,
@@ -157,9 +139,6 @@ enum Command {
     Eval {
         #[command(flatten)]
         data: DatasetArgs,
-        /// The class list of --dataset csv
-        #[arg(long)]
-        classes_file: Option<PathBuf>,
         /// The scores CSV
         #[arg(long)]
         preds: PathBuf,
@@ -177,11 +156,20 @@ enum Command {
         act: Option<String>,
     },
     /// Distil soft labels into a ResNet-50 with a CAM head (CCD/CDUL's classifier), on the CPU
+    /// (or the GPU with --device cuda)
     Train(labelfree::train::run::TrainArgs),
-    /// Image-encoder throughput on random weights (images/s)
+    /// Image-encoder throughput on random weights (images/s); with --text, the class text of a
+    /// TagCLIP run (103 names x 85 templates) through a text tower
     Bench {
         #[arg(long, default_value = "ViT-B-16,ViT-B-32,RN50")]
         archs: String,
+        /// Time the text tower of this architecture (e.g. ViT-B-16) on TagCLIP's 103 x 85
+        /// prompts instead of the image encoders (CPU; trimmed batches, as every command encodes)
+        #[arg(long)]
+        text: Option<String>,
+        /// With --text: also time this many batches at the full 77 tokens (per prompt)
+        #[arg(long, default_value_t = 0)]
+        text_full_batches: usize,
         #[arg(long, default_value_t = 8)]
         batch: usize,
         #[arg(long)]
@@ -198,7 +186,8 @@ enum Command {
     /// Every CUDA kernel against its CPU reference on random inputs; with --bench, timed
     /// (CUDA events, warm-up, median, cold L2). Prints a markdown table; non-zero exit on a failure.
     GpuCheck(labelfree::gpu_check::GpuCheckArgs),
-    /// TagCLIP: training-free multi-label tags (scores CSV, tags CSV, report, maps)
+    /// TagCLIP: training-free multi-label tags of --images or a --dataset split (scores CSV, tags
+    /// CSV, report, maps; over a split also mAP and F1)
     Tagclip(labelfree::methods::tagclip::cli::TagclipArgs),
 }
 
@@ -215,6 +204,9 @@ fn build_model(m: &ModelArgs) -> Result<ClipModel> {
         Some(w) => {
             let model = ClipModel::load(w, act, m.arch.as_deref()).with_context(|| format!("loading weights {}", w.display()))?;
             eprintln!("model: {} from {} (activation {:?}: {})", model.arch, w.display(), model.config.act, model.act_source);
+            if let Some(warning) = &model.act_warning {
+                eprintln!("warning: {warning}");
+            }
             Ok(model)
         }
         None => {
@@ -303,14 +295,10 @@ fn report(command: &str, model: &ClipModel, m: &ModelArgs, dev: Device, transfor
     }
 }
 
-fn load_dataset(d: &DatasetArgs, classes_file: &Option<PathBuf>) -> Result<Dataset> {
-    let ds = d.load(classes_file.as_deref(), SplitUse::Evaluate)?;
+fn load_dataset(d: &DatasetArgs) -> Result<Dataset> {
+    let ds = d.load(SplitUse::Evaluate)?;
     announce(&ds);
     Ok(ds)
-}
-
-fn eval_options(m: &MetricArgs) -> EvalOptions {
-    EvalOptions { threshold: m.threshold, top_k: m.top_k, empty_classes_as_zero: m.empty_classes_as_zero }
 }
 
 fn model_cache_id(model: &ClipModel, m: &ModelArgs) -> Result<String> {
@@ -390,13 +378,13 @@ fn run(cli: Cli) -> Result<()> {
             rep.write_json(&jp)?;
             rep.print();
         }
-        Command::Zeroshot { model: m, images, data, classes, classes_file, names, template, ensemble, size, batch, out, json, no_cache, cache_dir, metrics } => {
+        Command::Zeroshot { model: m, images, data, classes, names, template, ensemble, size, batch, out, json, no_cache, cache_dir, metrics } => {
             if data.dataset.is_some() {
                 if classes.is_some() {
                     bail!("--classes is for --images; a --dataset brings its classes (csv: --classes-file)");
                 }
-                let ds = load_dataset(&data, &classes_file)?;
-                let style: ClassNames = names.parse()?;
+                let ds = load_dataset(&data)?;
+                let style = names.style(ClassNames::Natural)?;
                 let mut model = build_model(&m)?;
             attach_device(&mut model, gpu.as_ref(), &m, &cli_dtype, &cli_gemm)?;
                 let transform = clip_transform(&model, size)?;
@@ -416,7 +404,7 @@ fn run(cli: Cli) -> Result<()> {
                 let out = out.unwrap_or_else(|| PathBuf::from(format!("out/zeroshot-{}-{}.csv", ds.name, ds.split.replace(['/', '\\'], "_"))));
                 write_atomic(&out, scores_csv::to_csv(&rels, &ds.classes, &scores).as_bytes())?;
                 let labels: Vec<u8> = enc.items.iter().flat_map(|&i| ds.items[i].labels.iter().copied()).collect();
-                let metrics = (!enc.items.is_empty()).then(|| eval::evaluate(&labels, &scores, &ds.classes, &eval_options(&metrics)));
+                let metrics = (!enc.items.is_empty()).then(|| eval::evaluate(&labels, &scores, &ds.classes, &metrics.options()));
                 let jp = json_path(&json, &out);
                 let extra = serde_json::json!({
                     "dataset": dataset_json(&ds),
@@ -445,7 +433,10 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 return Ok(());
             }
-            let class_list = read_classes(&classes, &classes_file)?;
+            if names.names.is_some() {
+                bail!("--names spells a --dataset's classes; with --images the classes are given as written");
+            }
+            let class_list = read_classes(&classes, &data.classes_file)?;
             let mut model = build_model(&m)?;
             attach_device(&mut model, gpu.as_ref(), &m, &cli_dtype, &cli_gemm)?;
             let transform = clip_transform(&model, size)?;
@@ -472,8 +463,8 @@ fn run(cli: Cli) -> Result<()> {
             rep.write_json(&jp)?;
             rep.print();
         }
-        Command::Eval { data, classes_file, preds, json, metrics } => {
-            let ds = load_dataset(&data, &classes_file)?;
+        Command::Eval { data, preds, json, metrics } => {
+            let ds = load_dataset(&data)?;
             let table = scores_csv::read(&preds)?;
             let matched = scores_csv::match_dataset(&table, &ds)?;
             eprintln!("scores: {} rows in {}, {} matched to the dataset", table.paths.len(), preds.display(), matched.items.len());
@@ -487,7 +478,7 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("no row of {} matches an image of {} {}", preds.display(), ds.name, ds.split);
             }
             let labels: Vec<u8> = matched.items.iter().flat_map(|&i| ds.items[i].labels.iter().copied()).collect();
-            let r = eval::evaluate(&labels, &matched.scores, &ds.classes, &eval_options(&metrics));
+            let r = eval::evaluate(&labels, &matched.scores, &ds.classes, &metrics.options());
             r.print();
             if let Some(j) = json {
                 let v = serde_json::json!({
@@ -509,6 +500,7 @@ fn run(cli: Cli) -> Result<()> {
                 "arch": model.arch,
                 "config": model.config,
                 "activation_source": model.act_source,
+                "activation_warning": model.act_warning,
                 "image_size": model.image_size(),
                 "logit_scale": model.logit_multiplier(),
             });
@@ -519,6 +511,28 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("train --device cuda runs in f32 (the precision of the CPU reference it is checked against); drop --dtype {cli_dtype}");
             }
             labelfree::train::run::run(&a.to_run(), gpu.as_ref())?;
+        }
+        Command::Bench { text: Some(arch), text_full_batches, json, .. } => {
+            let r = labelfree::bench::text_throughput(&arch, text_full_batches)?;
+            println!(
+                "{} text tower, {} prompts, batches of {}, {} threads: tokenise {:.2} s, encode {:.2} s ({} of {} token positions: {:.1}%, {:.2} ms/prompt)",
+                r.arch,
+                r.prompts,
+                r.batch,
+                r.threads,
+                r.tokenize_s,
+                r.trimmed_s,
+                r.trimmed_positions,
+                r.full_positions,
+                100.0 * r.trimmed_positions as f64 / r.full_positions as f64,
+                1e3 * r.trimmed_s / r.prompts as f64
+            );
+            if r.full_batches > 0 {
+                println!("full 77 tokens: {} batches in {:.2} s ({:.2} ms/prompt)", r.full_batches, r.full_s, 1e3 * r.full_s_per_prompt);
+            }
+            if let Some(j) = json {
+                write_atomic(&j, serde_json::to_string_pretty(&r)?.as_bytes())?;
+            }
         }
         Command::Bench { archs, size, json, batches, .. } if sim.is_some() => {
             let gpu = gpu.as_ref().ok_or_else(|| anyhow::anyhow!("no simulator"))?;

@@ -119,8 +119,7 @@ fn run_from_csv_labels_and_a_backbone_then_resume() {
     let backbone = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trainer/tiny_linear.safetensors");
     let mut r = TrainRun {
         labels: labels.clone(),
-        data: DatasetArgs { dataset: None, root: Some(root.clone()), split: None, voc_difficult: "positive".into(), keep_unlabeled: false },
-        classes_file: None,
+        data: DatasetArgs { dataset: None, root: Some(root.clone()), split: None, voc_difficult: "positive".into(), keep_unlabeled: false, classes_file: None },
         eval_split: None,
         backbone: Some(backbone),
         width: None,

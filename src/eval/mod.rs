@@ -49,9 +49,7 @@ fn column<T: Copy>(m: &[T], classes: usize, c: usize) -> Vec<T> {
 /// Per-class AP of every column; `None` for classes without a positive.
 pub fn per_class_ap(labels: &[u8], scores: &[f32], classes: usize) -> Vec<Option<f64>> {
     check_shapes(labels, scores, classes);
-    (0..classes)
-        .map(|c| average_precision(&column(labels, classes, c), &column(scores, classes, c)))
-        .collect()
+    (0..classes).map(|c| average_precision(&column(labels, classes, c), &column(scores, classes, c))).collect()
 }
 
 /// Mean of the per-class APs: over the classes with at least one positive, or, with
@@ -192,6 +190,26 @@ impl Default for EvalOptions {
     /// half of the probability) and top-3 (the usual COCO / NUS-WIDE convention).
     fn default() -> Self {
         EvalOptions { threshold: 0.5, top_k: 3, empty_classes_as_zero: false }
+    }
+}
+
+/// The metric flags of every command that scores a dataset (zeroshot, tagclip, eval).
+#[derive(clap::Args, Clone, Debug)]
+pub struct MetricArgs {
+    /// F1 at this score threshold (predicted positive when score >= threshold)
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f32,
+    /// F1 of the k highest scores of each image
+    #[arg(long, default_value_t = 3)]
+    pub top_k: usize,
+    /// Count classes without a positive as AP 0 in the mAP (default: leave them out)
+    #[arg(long)]
+    pub empty_classes_as_zero: bool,
+}
+
+impl MetricArgs {
+    pub fn options(&self) -> EvalOptions {
+        EvalOptions { threshold: self.threshold, top_k: self.top_k, empty_classes_as_zero: self.empty_classes_as_zero }
     }
 }
 

@@ -28,8 +28,6 @@ pub struct TrainRun {
     /// The images: a dataset split, or (no `dataset`) the folder `root` (default `.`) the
     /// label file's relative paths start from.
     pub data: DatasetArgs,
-    /// The class list of `--dataset csv`.
-    pub classes_file: Option<PathBuf>,
     /// Evaluate on this split of the same dataset after every epoch.
     pub eval_split: Option<String>,
     /// torchvision-named ResNet weights (fc ignored); None = a randomly initialised ResNet-50.
@@ -75,9 +73,6 @@ pub struct TrainArgs {
     // unique). Without --dataset, --root is the folder the label file's paths start from.
     #[command(flatten)]
     pub data: DatasetArgs,
-    /// The class list of --dataset csv
-    #[arg(long)]
-    pub classes_file: Option<PathBuf>,
     /// After every epoch, the mAP on this split of the dataset (eval mode, same resize and
     /// normalisation, no augmentation)
     #[arg(long)]
@@ -136,7 +131,6 @@ impl TrainArgs {
         TrainRun {
             labels: self.labels.clone(),
             data: self.data.clone(),
-            classes_file: self.classes_file.clone(),
             eval_split: self.eval_split.clone(),
             backbone: self.backbone.clone(),
             width: self.width,
@@ -164,7 +158,7 @@ fn training_labels(r: &TrainRun) -> Result<(SoftLabels, Option<serde_json::Value
         let root = r.data.root.clone().unwrap_or_else(|| PathBuf::from("."));
         return Ok((read_labels(&r.labels, &root)?, None, None));
     }
-    let ds = r.data.load(r.classes_file.as_deref(), SplitUse::Train)?;
+    let ds = r.data.load(SplitUse::Train)?;
     announce(&ds);
     let (labels, m) = match_labels(&r.labels, &ds)?;
     eprintln!(
@@ -185,7 +179,7 @@ fn training_labels(r: &TrainRun) -> Result<(SoftLabels, Option<serde_json::Value
 /// The evaluation split, checked against the training classes.
 fn eval_set(r: &TrainRun, classes: &[String]) -> Result<Option<(EvalSet, serde_json::Value)>> {
     let Some(split) = &r.eval_split else { return Ok(None) };
-    let ds = r.data.load_split(split, r.classes_file.as_deref())?;
+    let ds = r.data.load_split(split)?;
     announce(&ds);
     if ds.classes != classes {
         return Err(Error::Dataset(format!("{} {} has other classes than the training split", ds.name, ds.split)));

@@ -79,7 +79,8 @@ pub fn write_png(path: &Path, w: u32, h: u32, seed: u8) {
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     let mut wr = enc.write_header().unwrap();
-    let data: Vec<u8> = (0..w * h * 3).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed.wrapping_mul(67))).collect();
+    let data: Vec<u8> =
+        (0..w * h * 3).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed.wrapping_mul(67))).collect();
     wr.write_image_data(&data).unwrap();
 }
 
@@ -111,6 +112,28 @@ pub fn tiny_full_vocab_weights(dir: &Path) -> PathBuf {
     map.insert("token_embedding.weight".into(), Tensor::randn(&[49408, 64], 0.02, &mut rng));
     let pairs: Vec<(&str, &Tensor)> = map.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let weights = dir.join("tiny_full_vocab.safetensors");
+    std::fs::write(&weights, save_safetensors(&pairs, &meta.into_iter().collect()).unwrap()).unwrap();
+    weights
+}
+
+/// TagCLIP's tiny ViT fixture (patch 16, 224, 12 layers: what DMAR needs; width 32, output 32)
+/// with the text tower of the tiny open_clip fixture (width 64, 2 layers, output 32) and CLIP's
+/// full 49,408-token vocabulary (random rows), written to `dir`: weights a whole `tagclip` run
+/// (class text included) loads, fast enough for a test over coco128.
+pub fn tiny_tagclip_weights(dir: &Path) -> PathBuf {
+    use labelfree::models::clip::weights::save_safetensors;
+    let (mut map, mut meta) = load_safetensors(&fixtures().join("tagclip/tiny.safetensors")).unwrap();
+    let (text, text_meta) = load_safetensors(&fixtures().join("models/vit_openclip_quickgelu.safetensors")).unwrap();
+    for (k, v) in text {
+        if !k.starts_with("visual.") && k != "logit_scale" {
+            map.insert(k, v);
+        }
+    }
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+    map.insert("token_embedding.weight".into(), Tensor::randn(&[49408, 64], 0.02, &mut rng));
+    meta.insert("text_heads".into(), text_meta["text_heads"].clone());
+    let pairs: Vec<(&str, &Tensor)> = map.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let weights = dir.join("tiny_tagclip.safetensors");
     std::fs::write(&weights, save_safetensors(&pairs, &meta.into_iter().collect()).unwrap()).unwrap();
     weights
 }

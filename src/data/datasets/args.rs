@@ -1,9 +1,10 @@
-//! The `--dataset --root --split` flags every subcommand that reads a dataset shares
-//! (zeroshot, eval, train), and the one place they are turned into a [`Dataset`].
+//! The `--dataset --root --split ...` flags every subcommand that reads a dataset shares
+//! (zeroshot, tagclip, eval, train), the `--names` flag of those that write class prompts
+//! (zeroshot, tagclip), and the one place they are turned into a [`Dataset`].
 
 use std::path::{Path, PathBuf};
 
-use crate::data::datasets::{self, Dataset, DatasetKind, LoadOptions};
+use crate::data::datasets::{self, ClassNames, Dataset, DatasetKind, LoadOptions};
 use crate::error::{Error, Result};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -28,6 +29,32 @@ pub struct DatasetArgs {
     /// Keep images with no positive label (left out by default, as the papers do)
     #[arg(long)]
     pub keep_unlabeled: bool,
+    /// One class name per line: the class list of --dataset csv (default <root>/classes.txt);
+    /// zeroshot and tagclip also read it as the classes of --images
+    #[arg(long)]
+    pub classes_file: Option<PathBuf>,
+}
+
+/// `--names`: the spelling of a dataset's class names in the text prompts (the scores CSV
+/// always names its columns as the annotations do).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClassNameArgs {
+    /// Class-name spelling in the prompts of a --dataset: natural (dining table), raw (as
+    /// annotated: diningtable) or tagclip (TagCLIP's lists: VOC spellings, also for COCO's
+    /// airplane, motorcycle, couch, potted plant, dining table, tv). Default: natural for
+    /// zeroshot, tagclip for tagclip
+    #[arg(long)]
+    pub names: Option<String>,
+}
+
+impl ClassNameArgs {
+    /// The spelling asked for, else the command's default.
+    pub fn style(&self, default: ClassNames) -> Result<ClassNames> {
+        match &self.names {
+            Some(n) => n.parse(),
+            None => Ok(default),
+        }
+    }
 }
 
 /// What the split is read for: it picks the default split.
@@ -51,9 +78,7 @@ pub fn default_split(kind: DatasetKind, usage: SplitUse) -> Result<&'static str>
         (DatasetKind::Coco2014, SplitUse::Train) => "train2014",
         (DatasetKind::Coco2017, SplitUse::Train) => "train2017",
         (DatasetKind::Csv, _) => {
-            return Err(Error::Dataset(
-                "--dataset csv needs --split (the CSV is <root>/<split>.csv)".into(),
-            ))
+            return Err(Error::Dataset("--dataset csv needs --split (the CSV is <root>/<split>.csv)".into()))
         }
     })
 }
@@ -61,32 +86,27 @@ pub fn default_split(kind: DatasetKind, usage: SplitUse) -> Result<&'static str>
 impl DatasetArgs {
     /// The dataset kind and root; an error naming the missing flag.
     fn kind_and_root(&self) -> Result<(DatasetKind, &Path)> {
-        let name = self
-            .dataset
-            .as_deref()
-            .ok_or_else(|| Error::Dataset("give --dataset".into()))?;
+        let name = self.dataset.as_deref().ok_or_else(|| Error::Dataset("give --dataset".into()))?;
         let kind: DatasetKind = name.parse()?;
-        let root = self
-            .root
-            .as_deref()
-            .ok_or_else(|| Error::Dataset("give the dataset folder with --root".into()))?;
+        let root = self.root.as_deref().ok_or_else(|| Error::Dataset("give the dataset folder with --root".into()))?;
         Ok((kind, root))
     }
 
-    /// Reads `--split` (or the default split for `usage`). `classes_file` is the class list of
-    /// `--dataset csv` (an error with another dataset, which defines its own classes).
-    pub fn load(&self, classes_file: Option<&Path>, usage: SplitUse) -> Result<Dataset> {
+    /// Reads `--split` (or the default split for `usage`). `--classes-file` is the class list
+    /// of `--dataset csv` (an error with another dataset, which defines its own classes).
+    pub fn load(&self, usage: SplitUse) -> Result<Dataset> {
         let (kind, _) = self.kind_and_root()?;
         let split = match &self.split {
             Some(s) => s.clone(),
             None => default_split(kind, usage)?.to_string(),
         };
-        self.load_split(&split, classes_file)
+        self.load_split(&split)
     }
 
     /// Reads the given split of the same dataset, with the same options.
-    pub fn load_split(&self, split: &str, classes_file: Option<&Path>) -> Result<Dataset> {
+    pub fn load_split(&self, split: &str) -> Result<Dataset> {
         let (kind, root) = self.kind_and_root()?;
+        let classes_file = self.classes_file.as_deref();
         if kind != DatasetKind::Csv && classes_file.is_some() {
             return Err(Error::Dataset(format!(
                 "--classes-file is the class list of --dataset csv; {kind} defines its own classes"
@@ -102,18 +122,10 @@ impl DatasetArgs {
                 Error::Dataset(m) => m,
                 other => other.to_string(),
             };
-            Error::Dataset(format!(
-                "reading {kind} {split} at {}: {why}",
-                root.display()
-            ))
+            Error::Dataset(format!("reading {kind} {split} at {}: {why}", root.display()))
         })?;
         if ds.items.is_empty() {
-            return Err(Error::Dataset(format!(
-                "{} {} at {} has no images",
-                ds.name,
-                ds.split,
-                ds.root.display()
-            )));
+            return Err(Error::Dataset(format!("{} {} at {} has no images", ds.name, ds.split, ds.root.display())));
         }
         Ok(ds)
     }

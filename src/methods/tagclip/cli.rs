@@ -1,15 +1,18 @@
 //! `labelfree tagclip`: arguments, the run, and its outputs (scores CSV, tags CSV, JSON report,
-//! PNG maps).
+//! PNG maps). Over `--images` with a class list, or over a `--dataset` split with its classes
+//! (then evaluated: mAP and F1 printed, per-class AP in the report).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
 
-use super::{background_words, run, transform_for, ClassText, ImageResult, TagclipOptions};
-use crate::data::decode::decode_image_file;
+use super::{background_words, maps, run, transform_for, ClassText, ImageResult, TagclipOptions};
+use crate::data::datasets::args::{announce, dataset_json, ClassNameArgs, DatasetArgs, SplitUse};
+use crate::data::datasets::{ClassNames, Dataset, DatasetKind};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::eval::{self, scores_csv, MetricArgs};
 use crate::methods::report::RunReport;
 use crate::methods::write_atomic;
 use crate::models::clip::tokenizer::ClipTokenizer;
@@ -20,41 +23,55 @@ use crate::tensor::Tensor;
 
 #[derive(Args, Clone, Debug)]
 pub struct TagclipArgs {
-    /// Image files and/or directories (searched recursively for .jpg/.jpeg/.png)
-    #[arg(long, num_args = 1.., required = true)]
+    /// Image files and/or directories, searched recursively for .jpg/.jpeg/.png (instead of
+    /// --dataset)
+    #[arg(long, num_args = 1.., conflicts_with = "dataset", required_unless_present = "dataset")]
     pub images: Vec<PathBuf>,
-    /// Comma-separated class names (VOC-style names as TagCLIP writes them, e.g. tvmonitor)
-    #[arg(long, conflicts_with_all = ["classes_file", "preset"])]
+    #[command(flatten)]
+    pub data: DatasetArgs,
+    #[command(flatten)]
+    pub names: ClassNameArgs,
+    /// Comma-separated class names, with --images (VOC-style names as TagCLIP writes them,
+    /// e.g. tvmonitor)
+    #[arg(long, conflicts_with_all = ["classes_file", "preset", "dataset"])]
     pub classes: Option<String>,
-    /// TagCLIP's own class list and background words: coco (80 + 23) or voc (20 + 25)
-    #[arg(long, conflicts_with = "classes_file")]
+    /// TagCLIP's own class list and background words, with --images: coco (80 + 23) or voc
+    /// (20 + 25). A --dataset brings its classes (spelled by --names)
+    #[arg(long, conflicts_with_all = ["classes_file", "dataset"])]
     pub preset: Option<String>,
-    /// One class name per line
-    #[arg(long)]
-    pub classes_file: Option<PathBuf>,
     /// Background words appended to the classes: voc (25), coco (23) or none (default: the
-    /// preset's, else coco)
+    /// preset's or the dataset's (VOC: voc, COCO: coco), else coco)
     #[arg(long)]
     pub background: Option<String>,
-    /// CLIP ViT weights (.safetensors); without them a RANDOM-weight ViT-B-16 is used
+    /// CLIP ViT weights (.safetensors, OpenAI/open_clip or Hugging Face names); without them a
+    /// RANDOM-weight model of --arch is used
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// open_clip architecture name. With --weights, the weights must be this architecture, and
+    /// its open_clip config gives the activation when nothing in or beside the file does
+    /// (ViT-B-16: GELU, ViT-B-16-quickgelu: QuickGELU); without --weights, a RANDOM-weight model
+    /// of it (default ViT-B-16-quickgelu, the shape of OpenAI's ViT-B/16)
+    #[arg(long)]
+    pub arch: Option<String>,
     /// Activation when the weights do not record it: quick_gelu (OpenAI) or gelu
     #[arg(long)]
     pub act: Option<String>,
     /// Seed of the random-weight model (no --weights)
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Per-image scores: CSV `path,<class>,...`
+    /// Per-image scores: CSV `path,<class>,...` (default: out/tagclip.csv, or
+    /// out/tagclip-<dataset>-<split>.csv with paths relative to the dataset root)
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     /// Per-image tags: CSV `path,tags` (class names joined by `;`)
     #[arg(long)]
     pub tags: Option<PathBuf>,
     /// Run report as JSON (default: <out>.report.json)
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Write PNG overlays of the refined class maps and CWR boxes here
+    /// Write the maps here: per tagged class a PNG of the image with the refined class map
+    /// blended in, the class name and final score, DMAR's class boxes and the CWR crop, with a
+    /// legend; the image itself; and index.html, a contact sheet of them all that opens from disk
     #[arg(long)]
     pub save_maps: Option<PathBuf>,
     /// How many images (the first ones) get maps
@@ -90,6 +107,8 @@ pub struct TagclipArgs {
     /// All the fixes above
     #[arg(long)]
     pub fix_all: bool,
+    #[command(flatten)]
+    pub metrics: MetricArgs,
 }
 
 impl TagclipArgs {
@@ -129,26 +148,42 @@ fn read_classes(classes: &Option<String>, file: &Option<PathBuf>) -> Result<Vec<
 fn build_model(a: &TagclipArgs) -> Result<ClipModel> {
     let act = match &a.act {
         None => None,
-        Some(v) => Some(Activation::parse(v).ok_or_else(|| Error::Weights(format!("--act {v}: use quick_gelu or gelu")))?),
+        Some(v) => {
+            Some(Activation::parse(v).ok_or_else(|| Error::Weights(format!("--act {v}: use quick_gelu or gelu")))?)
+        }
     };
     match &a.weights {
         Some(w) => {
-            let m = ClipModel::load(w, act, None)?;
+            let m = ClipModel::load(w, act, a.arch.as_deref())?;
             eprintln!("model: {} from {} (activation {:?}: {})", m.arch, w.display(), m.config.act, m.act_source);
+            if let Some(warning) = &m.act_warning {
+                eprintln!("warning: {warning}");
+            }
             Ok(m)
         }
         None => {
             eprintln!("################################################################################");
-            eprintln!("# WARNING: no --weights given: using a RANDOM-weight ViT-B-16 (seed {}).", a.seed);
+            let arch = a.arch.as_deref().unwrap_or("ViT-B-16-quickgelu");
+            eprintln!("# WARNING: no --weights given: using a RANDOM-weight {arch} (seed {}).", a.seed);
             eprintln!("# Its scores and tags MEAN NOTHING. See weights/README.md for real weights.");
             eprintln!("################################################################################");
-            ClipModel::random("ViT-B-16-quickgelu", a.seed).or_else(|_| ClipModel::random("ViT-B-16", a.seed))
+            if a.act.is_some() {
+                return Err(Error::Weights(format!(
+                    "--act applies to loaded weights; for a random model choose the arch (e.g. {arch})"
+                )));
+            }
+            ClipModel::random(arch, a.seed)
         }
     }
 }
 
 /// Class text, from the cache when its names and weights match, else encoded (and cached).
-fn class_text(model: &ClipModel, a: &TagclipArgs, classes: &[String], background: &[String]) -> Result<(ClassText, f64, bool)> {
+fn class_text(
+    model: &ClipModel,
+    a: &TagclipArgs,
+    classes: &[String],
+    background: &[String],
+) -> Result<(ClassText, f64, bool)> {
     let t0 = Instant::now();
     let mut names = classes.to_vec();
     names.extend(background.iter().cloned());
@@ -156,6 +191,8 @@ fn class_text(model: &ClipModel, a: &TagclipArgs, classes: &[String], background
         "names": names,
         "weights": a.weights.as_ref().map(|w| w.display().to_string()),
         "seed": if a.weights.is_none() { Some(a.seed) } else { None },
+        "arch": model.arch,
+        "act": format!("{:?}", model.config.act),
         "templates": "tagclip85",
     })
     .to_string();
@@ -191,165 +228,202 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// Scores CSV: `path,<class>,...`.
-pub fn scores_csv(paths: &[PathBuf], results: &[ImageResult], classes: &[String]) -> String {
-    let mut s = String::from("path");
-    for c in classes {
-        s.push(',');
-        s.push_str(&csv_field(c));
-    }
-    s.push('\n');
-    for (p, r) in paths.iter().zip(results) {
-        s.push_str(&csv_field(&p.display().to_string()));
-        for v in &r.scores {
-            s.push_str(&format!(",{v:.8e}"));
-        }
-        s.push('\n');
-    }
-    s
+/// Scores CSV: `path,<class>,...` (each score in the shortest form that reads back to the same
+/// f32, as zeroshot writes it).
+pub fn scores_csv(rows: &[String], results: &[ImageResult], classes: &[String]) -> String {
+    let scores: Vec<f32> = results.iter().flat_map(|r| r.scores.iter().copied()).collect();
+    scores_csv::to_csv(rows, classes, &scores)
 }
 
 /// Tags CSV: `path,tags` with the class names joined by `;`.
-pub fn tags_csv(paths: &[PathBuf], results: &[ImageResult], classes: &[String]) -> String {
+pub fn tags_csv(rows: &[String], results: &[ImageResult], classes: &[String]) -> String {
     let mut s = String::from("path,tags\n");
-    for (p, r) in paths.iter().zip(results) {
+    for (p, r) in rows.iter().zip(results) {
         let names: Vec<&str> = r.tags.iter().map(|&t| classes[t].as_str()).collect();
-        s.push_str(&format!("{},{}\n", csv_field(&p.display().to_string()), csv_field(&names.join(";"))));
+        s.push_str(&format!("{},{}\n", csv_field(p), csv_field(&names.join(";"))));
     }
     s
 }
 
-/// A jet-like ramp (blue, cyan, yellow, red) for a value in [0, 1].
-fn ramp(v: f32) -> [f32; 3] {
-    let v = v.clamp(0.0, 1.0);
-    let f = |c: f32| (1.5 - (4.0 * v - c).abs()).clamp(0.0, 1.0) * 255.0;
-    [f(3.0), f(2.0), f(1.0)]
+/// What a run reads: image files with a class list, or a dataset split.
+struct Input {
+    paths: Vec<PathBuf>,
+    /// The names in the prompts, one per class.
+    prompt_classes: Vec<String>,
+    /// The scores CSV's column names (a dataset's: as annotated).
+    columns: Vec<String>,
+    background: String,
+    dataset: Option<(Dataset, ClassNames)>,
 }
 
-/// PNG overlays for one image: for each tagged class, the normalised refined map blended
-/// over the (resized) image, with the CWR box in white when the class was cropped.
-fn save_maps(dir: &Path, path: &Path, r: &ImageResult, model: &ClipModel, text: &ClassText) -> Result<Vec<PathBuf>> {
-    let Some(refined) = &r.refined else { return Ok(Vec::new()) };
-    let transform = transform_for(model)?;
-    let img = transform.apply_u8(&decode_image_file(path)?);
-    let (h, w) = (img.height, img.width);
-    let p = h / (r.height / model.input_multiple()).max(1);
-    let (gh, gw) = (h / p, w / p);
-    let c = text.len();
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
-    let mut written = Vec::new();
-    for &cls in &r.tags {
-        let col: Vec<f32> = (0..gh * gw).map(|i| refined[i * c + cls]).collect();
-        let v = super::stages::minmax_normalize(&col);
-        let mut rgb = vec![0u8; h * w * 3];
-        for y in 0..h {
-            for x in 0..w {
-                let m = v[(y / p).min(gh - 1) * gw + (x / p).min(gw - 1)];
-                let col = ramp(if m.is_finite() { m } else { 0.0 });
-                let px = img.pixel(x, y);
-                for ch in 0..3 {
-                    rgb[(y * w + x) * 3 + ch] = (0.5 * px[ch] as f32 + 0.5 * col[ch]).round().clamp(0.0, 255.0) as u8;
-                }
-            }
-        }
-        if let Some(crop) = r.cwr.crops.iter().find(|cr| cr.class == cls) {
-            let b = crop.cells;
-            let (x0, x1, y0, y1) = (b.x0 * p, (b.x1 * p).min(w) - 1, b.y0 * p, (b.y1 * p).min(h) - 1);
-            for t in 0..2 {
-                for x in x0..=x1 {
-                    for y in [y0 + t, y1.saturating_sub(t)] {
-                        rgb[(y * w + x) * 3..(y * w + x) * 3 + 3].fill(255);
-                    }
-                }
-                for y in y0..=y1 {
-                    for x in [x0 + t, x1.saturating_sub(t)] {
-                        rgb[(y * w + x) * 3..(y * w + x) * 3 + 3].fill(255);
-                    }
-                }
-            }
-        }
-        let safe: String = text.names[cls].chars().map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' }).collect();
-        let out = dir.join(format!("{stem}_{safe}.png"));
-        let mut bytes = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut bytes, w as u32, h as u32);
-            enc.set_color(png::ColorType::Rgb);
-            enc.set_depth(png::BitDepth::Eight);
-            let mut wr = enc.write_header().map_err(|e| Error::Shape(format!("png: {e}")))?;
-            wr.write_image_data(&rgb).map_err(|e| Error::Shape(format!("png: {e}")))?;
-        }
-        write_atomic(&out, &bytes)?;
-        written.push(out);
+fn read_input(a: &TagclipArgs) -> Result<Input> {
+    if a.data.dataset.is_some() {
+        let ds = a.data.load(SplitUse::Evaluate)?;
+        announce(&ds);
+        let style = a.names.style(ClassNames::Tagclip)?;
+        let background = match ds.kind() {
+            DatasetKind::Voc2007 | DatasetKind::Voc2012 => "voc",
+            _ => "coco",
+        };
+        return Ok(Input {
+            paths: ds.items.iter().map(|it| it.path.clone()).collect(),
+            prompt_classes: ds.class_names(style),
+            columns: ds.classes.clone(),
+            background: a.background.clone().unwrap_or_else(|| background.to_string()),
+            dataset: Some((ds, style)),
+        });
     }
-    Ok(written)
+    if a.names.names.is_some() {
+        return Err(Error::Dataset("--names spells a --dataset's classes; with --images give them as written".into()));
+    }
+    let (classes, preset_bg): (Vec<String>, &str) = match a.preset.as_deref() {
+        Some("coco") => (super::COCO_CLASSES.iter().map(|s| s.to_string()).collect(), "coco"),
+        Some("voc") => (super::VOC_CLASSES.iter().map(|s| s.to_string()).collect(), "voc"),
+        Some(other) => return Err(Error::Shape(format!("--preset {other}: use coco or voc"))),
+        None => (read_classes(&a.classes, &a.data.classes_file)?, "coco"),
+    };
+    let paths = crate::data::images::list_images(&a.images);
+    if paths.is_empty() {
+        return Err(Error::Shape(format!("no images found in {:?}", a.images)));
+    }
+    Ok(Input {
+        paths,
+        prompt_classes: classes.clone(),
+        columns: classes,
+        background: a.background.clone().unwrap_or_else(|| preset_bg.to_string()),
+        dataset: None,
+    })
 }
 
 /// The `tagclip` command.
 ///
 /// With `--device cuda` the two encoder passes (the native-resolution patch pass and the 224
-/// crop passes) run on the GPU in `dtype`; DMAR, the contour boxes and CWR's planning stay on
-/// the CPU (rayon), with the maps and tokens copied back between the stages.
-pub fn run_cli(a: TagclipArgs, dev: Device, gpu: Option<&std::sync::Arc<crate::device::cuda::Gpu>>, dtype: &str, gemm: &str) -> Result<()> {
-    let (classes, preset_bg) = match a.preset.as_deref() {
-        Some("coco") => (super::COCO_CLASSES.iter().map(|s| s.to_string()).collect(), "coco"),
-        Some("voc") => (super::VOC_CLASSES.iter().map(|s| s.to_string()).collect(), "voc"),
-        Some(other) => return Err(Error::Shape(format!("--preset {other}: use coco or voc"))),
-        None => (read_classes(&a.classes, &a.classes_file)?, "coco"),
-    };
-    let background = background_words(a.background.as_deref().unwrap_or(preset_bg))?;
+/// crop passes) run on the GPU in `dtype`, and the patch stage's maps stay there; the contour
+/// boxes and CWR's planning run on the CPU.
+pub fn run_cli(
+    a: TagclipArgs,
+    dev: Device,
+    gpu: Option<&std::sync::Arc<crate::device::cuda::Gpu>>,
+    dtype: &str,
+    gemm: &str,
+) -> Result<()> {
+    let input = read_input(&a)?;
+    let classes = &input.prompt_classes;
+    let background = background_words(&input.background)?;
     let mut model = build_model(&a)?;
     if let Some(gpu) = gpu {
         if a.weights.is_none() {
             eprintln!("note: the random model's CUDA image tower is its own random draw (not the CPU tower's weights)");
         }
         model.attach_cuda(gpu, a.weights.as_deref(), dtype.parse()?)?;
-        eprintln!("device: {} ({dtype}, {gemm} GEMM): encoder passes on the GPU, DMAR and CWR planning on the CPU", gpu.name);
+        eprintln!(
+            "device: {} ({dtype}, {gemm} GEMM): encoder passes on the GPU, DMAR and CWR planning on the CPU",
+            gpu.name
+        );
     }
     let opts = a.options();
-    let paths = crate::data::images::list_images(&a.images);
-    if paths.is_empty() {
-        return Err(Error::Shape(format!("no images found in {:?}", a.images)));
-    }
-    let (text, text_s, cached) = class_text(&model, &a, &classes, &background)?;
-    eprintln!("class text: {} classes + {} background words ({:.1} s{})", classes.len(), background.len(), text_s, if cached { ", cached" } else { "" });
-    let res = run(&model, &paths, &text, &opts, true)?;
-    write_atomic(&a.out, scores_csv(&res.paths, &res.results, &classes).as_bytes())?;
-    let mut outputs = vec![a.out.display().to_string()];
+    let (text, text_s, cached) = class_text(&model, &a, classes, &background)?;
+    eprintln!(
+        "class text: {} classes + {} background words ({:.1} s{})",
+        classes.len(),
+        background.len(),
+        text_s,
+        if cached { ", cached" } else { "" }
+    );
+    let res = run(&model, &input.paths, &text, &opts, true)?;
+    // Row keys: a dataset's relative paths (what eval and train match), else the paths as given.
+    let rows: Vec<String> = match &input.dataset {
+        Some((ds, _)) => {
+            let rel: std::collections::HashMap<&Path, &str> =
+                ds.items.iter().map(|it| (it.path.as_path(), it.rel.as_str())).collect();
+            res.paths
+                .iter()
+                .map(|p| rel.get(p.as_path()).map_or_else(|| p.display().to_string(), |r| r.to_string()))
+                .collect()
+        }
+        None => res.paths.iter().map(|p| p.display().to_string()).collect(),
+    };
+    let out = a.out.clone().unwrap_or_else(|| match &input.dataset {
+        Some((ds, _)) => PathBuf::from(format!("out/tagclip-{}-{}.csv", ds.name, ds.split.replace(['/', '\\'], "_"))),
+        None => PathBuf::from("out/tagclip.csv"),
+    });
+    write_atomic(&out, scores_csv(&rows, &res.results, &input.columns).as_bytes())?;
+    let mut outputs = vec![out.display().to_string()];
     if let Some(t) = &a.tags {
-        write_atomic(t, tags_csv(&res.paths, &res.results, &classes).as_bytes())?;
+        write_atomic(t, tags_csv(&rows, &res.results, &input.columns).as_bytes())?;
         outputs.push(t.display().to_string());
     }
     if let Some(dir) = &a.save_maps {
-        let mut n = 0;
-        for (p, r) in res.paths.iter().zip(&res.results).take(a.maps_limit) {
-            n += save_maps(dir, p, r, &model, &text)?.len();
+        let mut written = Vec::new();
+        let mut stems = std::collections::HashSet::new();
+        let source = maps::MapSource { model: &model, text: &text, names: &input.columns, opts: &opts };
+        for (i, (p, r)) in res.paths.iter().zip(&res.results).take(a.maps_limit).enumerate() {
+            // Photos of one name in different folders get the index to tell them apart.
+            let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("image").to_string();
+            let stem = if stems.insert(stem.clone()) { stem } else { format!("{stem}-{i}") };
+            if let Some(m) = maps::save_maps(dir, &stem, p, r, &source)? {
+                written.push(m);
+            }
         }
-        outputs.push(format!("{} ({n} maps)", dir.display()));
+        let title = format!(
+            "labelfree tagclip: {} ({}){}",
+            model.arch,
+            a.weights
+                .as_ref()
+                .map_or_else(|| "RANDOM weights: the maps mean nothing".to_string(), |w| w.display().to_string()),
+            input.dataset.as_ref().map_or_else(String::new, |(ds, _)| format!(", {} {}", ds.name, ds.split))
+        );
+        let index = maps::write_index(dir, &title, &written)?;
+        let n: usize = written.iter().map(|m| m.maps.len()).sum();
+        outputs.push(format!("{} ({n} maps of {} images)", index.display(), written.len()));
     }
     let jp = a.json.clone().unwrap_or_else(|| {
-        let mut s = a.out.as_os_str().to_owned();
+        let mut s = out.as_os_str().to_owned();
         s.push(".report.json");
         PathBuf::from(s)
     });
     outputs.push(jp.display().to_string());
+    // With a dataset, the scored images' labels in the order of the rows.
+    let metrics = match &input.dataset {
+        Some((ds, _)) if !res.results.is_empty() => {
+            let index: std::collections::HashMap<&Path, usize> =
+                ds.items.iter().enumerate().map(|(i, it)| (it.path.as_path(), i)).collect();
+            let mut labels = Vec::with_capacity(res.results.len() * ds.classes.len());
+            for p in &res.paths {
+                let i = index
+                    .get(p.as_path())
+                    .ok_or_else(|| Error::Dataset(format!("{} is not an image of the split", p.display())))?;
+                labels.extend_from_slice(&ds.items[*i].labels);
+            }
+            let scores: Vec<f32> = res.results.iter().flat_map(|r| r.scores.iter().copied()).collect();
+            Some(eval::evaluate(&labels, &scores, &ds.classes, &a.metrics.options()))
+        }
+        _ => None,
+    };
     let ok = res.paths.len();
     let crops: usize = res.results.iter().map(|r| r.cwr.crops.len()).sum();
     let stops = res.results.iter().filter(|r| r.cwr.stopped_at.is_some()).count();
-    let images: Vec<serde_json::Value> = res
-        .paths
+    let images: Vec<serde_json::Value> = rows
         .iter()
         .zip(&res.results)
         .map(|(p, r)| {
             serde_json::json!({
-                "path": p.display().to_string(),
+                "path": p,
                 "size": [r.height, r.width],
-                "tags": r.tags.iter().map(|&t| &classes[t]).collect::<Vec<_>>(),
+                "tags": r.tags.iter().map(|&t| &input.columns[t]).collect::<Vec<_>>(),
                 "candidates": r.cwr.candidates,
                 "crops": r.cwr.crops.iter().map(|c| serde_json::json!({"class": c.class, "cells": c.cells})).collect::<Vec<_>>(),
                 "stopped_at": r.cwr.stopped_at,
             })
         })
         .collect();
+    let mut skipped = Vec::new();
+    let mut total = input.paths.len();
+    if let Some((ds, _)) = &input.dataset {
+        skipped.extend(ds.skipped.iter().cloned());
+        total += ds.skipped.len();
+    }
+    skipped.extend(res.skipped.iter().cloned());
     let rep = RunReport {
         command: "tagclip".into(),
         arch: model.arch.clone(),
@@ -359,9 +433,9 @@ pub fn run_cli(a: TagclipArgs, dev: Device, gpu: Option<&std::sync::Arc<crate::d
         device: dev.to_string(),
         threads: rayon::current_num_threads(),
         transform: transform_for(&model)?.describe(),
-        images_total: paths.len(),
+        images_total: total,
         images_ok: ok,
-        skipped: res.skipped.clone(),
+        skipped,
         seconds: res.seconds,
         images_per_s: if res.seconds > 0.0 { ok as f64 / res.seconds } else { 0.0 },
         // TagCLIP decodes inside its own pipeline; no separate loader figure, no embedding cache.
@@ -369,7 +443,10 @@ pub fn run_cli(a: TagclipArgs, dev: Device, gpu: Option<&std::sync::Arc<crate::d
         cache: None,
         outputs,
         extra: serde_json::json!({
-            "classes": classes,
+            "dataset": input.dataset.as_ref().map(|(ds, _)| dataset_json(ds)),
+            "class_names": input.dataset.as_ref().map(|(_, style)| style),
+            "classes": input.columns,
+            "prompt_classes": classes,
             "background": background,
             "options": opts,
             "logit_scale": opts.logit_scale.unwrap_or_else(|| model.logit_multiplier()),
@@ -378,11 +455,20 @@ pub fn run_cli(a: TagclipArgs, dev: Device, gpu: Option<&std::sync::Arc<crate::d
             "seconds_per_image": if ok > 0 { res.seconds / ok as f64 } else { 0.0 },
             "cwr_crops": crops,
             "cwr_early_stops": stops,
+            "metrics": metrics,
             "images": images,
         }),
     };
     rep.write_json(&jp)?;
     rep.print();
-    eprintln!("cwr       {crops} crops, {stops} early stops, {:.2} s/image", if ok > 0 { res.seconds / ok as f64 } else { 0.0 });
+    eprintln!(
+        "cwr       {crops} crops, {stops} early stops, {:.2} s/image",
+        if ok > 0 { res.seconds / ok as f64 } else { 0.0 }
+    );
+    match (&input.dataset, &metrics) {
+        (Some(_), Some(r)) => r.print(),
+        (Some(_), None) => eprintln!("no image could be scored: no metrics"),
+        (None, _) => {}
+    }
     Ok(())
 }

@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod cuda;
+pub mod maps;
 pub mod stages;
 
 use std::ops::Range;
@@ -95,7 +96,13 @@ impl Default for TagclipOptions {
 impl TagclipOptions {
     /// Every quirk fixed.
     pub fn fixed() -> Self {
-        TagclipOptions { fix_box_clip: true, fix_cwr_early_stop: true, fix_pos_fp16: true, fix_quantization: true, ..Self::default() }
+        TagclipOptions {
+            fix_box_clip: true,
+            fix_cwr_early_stop: true,
+            fix_pos_fp16: true,
+            fix_quantization: true,
+            ..Self::default()
+        }
     }
 
     pub fn refine_range(&self, layers: usize) -> Range<usize> {
@@ -118,22 +125,109 @@ pub struct ClassText {
 /// The 80 COCO classes as TagCLIP names them (VOC spellings: motorbike, aeroplane, sofa,
 /// pottedplant, diningtable, tvmonitor), in COCO's category order.
 pub const COCO_CLASSES: [&str; 80] = [
-    "person", "bicycle", "car", "motorbike", "aeroplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
-    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "sofa", "pottedplant",
-    "bed", "diningtable", "toilet", "tvmonitor", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
-    "scissors", "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorbike",
+    "aeroplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "sofa",
+    "pottedplant",
+    "bed",
+    "diningtable",
+    "toilet",
+    "tvmonitor",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 ];
 
 /// The 20 VOC classes as TagCLIP names them.
 pub const VOC_CLASSES: [&str; 20] = [
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
     "tvmonitor",
 ];
 
@@ -151,7 +245,12 @@ pub fn background_words(name: &str) -> Result<Vec<String>> {
 impl ClassText {
     /// The official text side: 85 templates per name, each normalised, averaged, normalised,
     /// and the stacked matrix normalised once more.
-    pub fn encode(model: &ClipModel, tok: &ClipTokenizer, classes: &[String], background: &[String]) -> Result<ClassText> {
+    pub fn encode(
+        model: &ClipModel,
+        tok: &ClipTokenizer,
+        classes: &[String],
+        background: &[String],
+    ) -> Result<ClassText> {
         let mut names = classes.to_vec();
         names.extend(background.iter().cloned());
         let emb = model.class_embeddings(tok, &names, &prompts::tagclip_templates())?;
@@ -162,7 +261,11 @@ impl ClassText {
     /// From precomputed embeddings (normalised here).
     pub fn from_embeddings(names: Vec<String>, num_classes: usize, mut emb: Vec<f32>, dim: usize) -> Result<ClassText> {
         if emb.len() != names.len() * dim || num_classes > names.len() || num_classes == 0 {
-            return Err(Error::Shape(format!("class text: {} values for {} names x {dim}, {num_classes} classes", emb.len(), names.len())));
+            return Err(Error::Shape(format!(
+                "class text: {} values for {} names x {dim}, {num_classes} classes",
+                emb.len(),
+                names.len()
+            )));
         }
         l2_normalize_cpu(&mut emb, dim);
         Ok(ClassText { names, num_classes, emb, dim })
@@ -193,6 +296,10 @@ pub struct ImageResult {
     /// P_ref (N x C'), kept with `keep_maps`.
     #[serde(skip)]
     pub refined: Option<Vec<f32>>,
+    /// P_hat (N x C'), DMAR's first propagation (its class boxes come from it), kept with
+    /// `keep_maps`.
+    #[serde(skip)]
+    pub hat: Option<Vec<f32>>,
 }
 
 /// One image ready for the patch pass: normalised CHW pixels at a multiple of the patch.
@@ -205,7 +312,9 @@ pub struct Prepared {
 fn vit_of(model: &ClipModel) -> Result<&VisionTransformer> {
     match &model.visual {
         VisionEncoder::Vit(v) => Ok(v),
-        VisionEncoder::ResNet(_) => Err(Error::Weights("TagCLIP needs a ViT image encoder; these weights hold a ResNet".into())),
+        VisionEncoder::ResNet(_) => {
+            Err(Error::Weights("TagCLIP needs a ViT image encoder; these weights hold a ResNet".into()))
+        }
     }
 }
 
@@ -255,14 +364,24 @@ pub fn pos_table(vit: &VisionTransformer, gh: usize, gw: usize, opts: &TagclipOp
 
 /// Runs TagCLIP on images that all have the same size (a batch of the patch pass).
 /// One ViT pass on the model's GPU tower when it has one (`ClipModel::attach_cuda`), else on the CPU.
-fn vit_forward(model: &ClipModel, vit: &VisionTransformer, pixels: &Tensor, req: &VitRequest) -> Result<crate::models::clip::vit::VitOutput> {
+fn vit_forward(
+    model: &ClipModel,
+    vit: &VisionTransformer,
+    pixels: &Tensor,
+    req: &VitRequest,
+) -> Result<crate::models::clip::vit::VitOutput> {
     match &model.cuda_visual {
         Some(crate::models::clip::CudaVisual::Vit(cv)) => cv.forward_request(pixels, req),
         _ => vit.forward(pixels, req),
     }
 }
 
-pub fn run_batch(model: &ClipModel, images: &[&Prepared], text: &ClassText, opts: &TagclipOptions) -> Result<Vec<ImageResult>> {
+pub fn run_batch(
+    model: &ClipModel,
+    images: &[&Prepared],
+    text: &ClassText,
+    opts: &TagclipOptions,
+) -> Result<Vec<ImageResult>> {
     let vit = vit_of(model)?;
     if images.is_empty() {
         return Ok(Vec::new());
@@ -272,7 +391,10 @@ pub fn run_batch(model: &ClipModel, images: &[&Prepared], text: &ClassText, opts
         return Err(Error::Shape("run_batch: images of one batch must share their size".into()));
     }
     if text.dim != vit.cfg.output_dim {
-        return Err(Error::Shape(format!("class text of dim {} for an image encoder of dim {}", text.dim, vit.cfg.output_dim)));
+        return Err(Error::Shape(format!(
+            "class text of dim {} for an image encoder of dim {}",
+            text.dim, vit.cfg.output_dim
+        )));
     }
     let p = vit.cfg.patch;
     let (gh, gw) = (h / p, w / p);
@@ -293,9 +415,13 @@ pub fn run_batch(model: &ClipModel, images: &[&Prepared], text: &ClassText, opts
     let req = VitRequest { tokens: true, attn_probs: true, probs_before_mask: true, masks, pos_table: pos.as_deref() };
     let pixels = Tensor::from_f32(&[b, 3, h, w], pixels)?;
     // 2. Per image: P_coarse, DMAR (P_ref), then the CWR plan. On the GPU the maps stay there.
-    let refined_maps: Vec<Vec<f32>> = match &model.cuda_visual {
+    // (P_hat, P_ref) per image.
+    let refined_maps: Vec<(Vec<f32>, Vec<f32>)> = match &model.cuda_visual {
         Some(crate::models::clip::CudaVisual::Vit(cv)) => {
-            cuda::patch_stage_cuda(cv, &pixels, &req, &text.emb, c, scale, gh, gw, opts)?.into_iter().map(|s| s.refined).collect()
+            cuda::patch_stage_cuda(cv, &pixels, &req, &text.emb, c, scale, gh, gw, opts)?
+                .into_iter()
+                .map(|s| (s.hat, s.refined))
+                .collect()
         }
         _ => {
             let out = vit.forward(&pixels, &req)?;
@@ -308,13 +434,13 @@ pub fn run_batch(model: &ClipModel, images: &[&Prepared], text: &ClassText, opts
                     let coarse = stages::class_softmax(patch_tokens, &text.emb, d, scale);
                     let maps: Vec<&[f32]> = attn.iter().map(|a| &a[bi * t * t..(bi + 1) * t * t]).collect();
                     let wmat = stages::dmar_weights(&maps, t, opts);
-                    stages::dmar_refine(&wmat, &coarse, gh, gw, c, opts).1
+                    stages::dmar_refine(&wmat, &coarse, gh, gw, c, opts)
                 })
                 .collect()
         }
     };
     let mut results = Vec::with_capacity(b);
-    for refined in refined_maps {
+    for (hat, refined) in refined_maps {
         let local = stages::column_max(&refined, c, k);
         let plan = stages::cwr_plan(&refined, &local, gh, gw, c, opts);
         debug_assert_eq!(refined.len(), n * c);
@@ -326,13 +452,15 @@ pub fn run_batch(model: &ClipModel, images: &[&Prepared], text: &ClassText, opts
             tags: Vec::new(),
             cwr: plan,
             refined: opts.keep_maps.then_some(refined),
+            hat: opts.keep_maps.then_some(hat),
         });
     }
 
     // 3. CWR: every crop of the batch, crop_batch at a time, at the native size.
     let size = vit.cfg.grid * p;
     let tc = vit.cfg.grid * vit.cfg.grid + 1;
-    let jobs: Vec<(usize, usize)> = results.iter().enumerate().flat_map(|(bi, r)| (0..r.cwr.crops.len()).map(move |ci| (bi, ci))).collect();
+    let jobs: Vec<(usize, usize)> =
+        results.iter().enumerate().flat_map(|(bi, r)| (0..r.cwr.crops.len()).map(move |ci| (bi, ci))).collect();
     let mut features = vec![Vec::new(); b];
     for chunk in jobs.chunks(opts.crop_batch.max(1)) {
         let inputs: Vec<(Vec<f32>, Vec<f32>)> = chunk
@@ -383,7 +511,13 @@ type SizeGroup = ((usize, usize), Vec<(usize, Prepared)>);
 
 /// TagCLIP over image files: decode in parallel, group by size, `opts.batch` images per patch
 /// pass, progress bar with images/s.
-pub fn run(model: &ClipModel, images: &[PathBuf], text: &ClassText, opts: &TagclipOptions, show_progress: bool) -> Result<TagclipRun> {
+pub fn run(
+    model: &ClipModel,
+    images: &[PathBuf],
+    text: &ClassText,
+    opts: &TagclipOptions,
+    show_progress: bool,
+) -> Result<TagclipRun> {
     let t0 = Instant::now();
     let transform = transform_for(model)?;
     let pb = if show_progress { progress_bar(images.len(), "tagclip") } else { ProgressBar::hidden() };

@@ -40,7 +40,17 @@ pub fn class_softmax(tokens: &[f32], text: &[f32], d: usize, scale: f32) -> Vec<
     let mut out = vec![0.0f32; r * c];
     // SAFETY: f (r x d), text^T (d x c), out (r x c).
     unsafe {
-        gemm_cpu(r, c, d, MatRef::row_major(&f, d), MatRef::transposed(text, d), out.as_mut_ptr(), c as isize, false, true);
+        gemm_cpu(
+            r,
+            c,
+            d,
+            MatRef::row_major(&f, d),
+            MatRef::transposed(text, d),
+            out.as_mut_ptr(),
+            c as isize,
+            false,
+            true,
+        );
     }
     out.par_chunks_mut(c).for_each(softmax_row);
     out
@@ -81,7 +91,14 @@ impl CellBox {
 /// contour's bounding box is returned with its exclusive end clipped to `gw - 1` / `gh - 1`
 /// (the official quirk; `fix_box_clip` keeps the true end). No contour: one empty box.
 /// With `fix_quantization`, the threshold is `map > threshold` on the floats instead.
-pub fn scoremap_boxes(map: &[f32], gh: usize, gw: usize, threshold: f32, fix_box_clip: bool, fix_quantization: bool) -> Vec<CellBox> {
+pub fn scoremap_boxes(
+    map: &[f32],
+    gh: usize,
+    gw: usize,
+    threshold: f32,
+    fix_box_clip: bool,
+    fix_quantization: bool,
+) -> Vec<CellBox> {
     let binary: Vec<bool> = if fix_quantization {
         map.iter().map(|&v| v > threshold).collect()
     } else {
@@ -117,17 +134,23 @@ pub fn minmax_normalize(col: &[f32]) -> Vec<f32> {
     shifted.iter().map(|&v| v / ma).collect()
 }
 
+/// The boxes whose union is DMAR's class box mask for one column of P_hat: normalise, boxes
+/// of the external contours at the mean. None for a constant column.
+pub fn class_boxes(col: &[f32], gh: usize, gw: usize, opts: &TagclipOptions) -> Vec<CellBox> {
+    let v = minmax_normalize(col);
+    if v.iter().any(|x| !x.is_finite()) {
+        return Vec::new();
+    }
+    let mean = mean_f32(&v);
+    scoremap_boxes(&v, gh, gw, mean, opts.fix_box_clip, opts.fix_quantization)
+}
+
 /// The class box mask B_c of DMAR for one column of P_hat (N = gh * gw): normalise, boxes of
 /// the external contours at the mean, union of the boxes. A constant column (0/0 in the
 /// official code, which then fails) gives an empty mask.
 pub fn class_box_mask(col: &[f32], gh: usize, gw: usize, opts: &TagclipOptions) -> Vec<bool> {
-    let v = minmax_normalize(col);
     let mut mask = vec![false; gh * gw];
-    if v.iter().any(|x| !x.is_finite()) {
-        return mask;
-    }
-    let mean = mean_f32(&v);
-    for b in scoremap_boxes(&v, gh, gw, mean, opts.fix_box_clip, opts.fix_quantization) {
+    for b in class_boxes(col, gh, gw, opts) {
         for y in b.y0..b.y1 {
             for x in b.x0..b.x1 {
                 mask[y * gw + x] = true;
@@ -141,7 +164,14 @@ pub fn class_box_mask(col: &[f32], gh: usize, gw: usize, opts: &TagclipOptions) 
 /// P_coarse, then for every class c whose P_hat column has a positive maximum,
 /// P_ref[:, c] = W @ (B_c * P_coarse[:, c]); other columns keep P_hat. w (N x N),
 /// coarse (N x C). Returns (P_hat, P_ref), both (N x C).
-pub fn dmar_refine(w: &[f32], coarse: &[f32], gh: usize, gw: usize, c: usize, opts: &TagclipOptions) -> (Vec<f32>, Vec<f32>) {
+pub fn dmar_refine(
+    w: &[f32],
+    coarse: &[f32],
+    gh: usize,
+    gw: usize,
+    c: usize,
+    opts: &TagclipOptions,
+) -> (Vec<f32>, Vec<f32>) {
     let n = gh * gw;
     let hat = dmar_propagate_cpu(w, coarse, None, n, c);
     let mask = box_mask_matrix(&hat, gh, gw, c, opts);
@@ -245,10 +275,11 @@ pub fn cwr_plan(refined: &[f32], local: &[f32], gh: usize, gw: usize, c: usize, 
         let region: Vec<bool> = v.iter().map(|&x| x > 0.5).collect();
         let cols_any: Vec<usize> = (0..gw).filter(|&x| (0..gh).any(|y| region[y * gw + x])).collect();
         let rows_any: Vec<usize> = (0..gh).filter(|&y| (0..gw).any(|x| region[y * gw + x])).collect();
-        let (mut x0, mut x1, mut y0, mut y1) = match (cols_any.first(), cols_any.last(), rows_any.first(), rows_any.last()) {
-            (Some(&a), Some(&b), Some(&c0), Some(&d)) => (a, b + 1, c0, d + 1),
-            _ => (0, 0, 0, 0),
-        };
+        let (mut x0, mut x1, mut y0, mut y1) =
+            match (cols_any.first(), cols_any.last(), rows_any.first(), rows_any.last()) {
+                (Some(&a), Some(&b), Some(&c0), Some(&d)) => (a, b + 1, c0, d + 1),
+                _ => (0, 0, 0, 0),
+            };
         if !opts.fix_box_clip {
             x1 = x1.min(gw - 1);
             y1 = y1.min(gh - 1);
@@ -279,7 +310,14 @@ pub fn cwr_plan(refined: &[f32], local: &[f32], gh: usize, gw: usize, c: usize, 
 /// times the patch, resized bilinearly (align_corners = false) to `size` x `size`; and the
 /// CLS-row mask (grid^2 + 1 values, grid = size / patch): 0 for the CLS key and for patches
 /// inside the region (resized nearest to grid x grid), -1000 elsewhere.
-pub fn crop_inputs(pixels: &[f32], h: usize, w: usize, crop: &CwrCrop, patch: usize, size: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+pub fn crop_inputs(
+    pixels: &[f32],
+    h: usize,
+    w: usize,
+    crop: &CwrCrop,
+    patch: usize,
+    size: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let b = crop.cells;
     let (py0, py1, px0, px1) = (b.y0 * patch, (b.y1 * patch).min(h), b.x0 * patch, (b.x1 * patch).min(w));
     let (ch, cw) = (py1 - py0, px1 - px0);
@@ -301,7 +339,15 @@ pub fn crop_inputs(pixels: &[f32], h: usize, w: usize, crop: &CwrCrop, patch: us
 
 /// Fusion: for each crop, g = softmax over all classes of scale * cos(crop feature, text),
 /// entry of the crop's class; s_c = fusion * s_c + (1 - fusion) * g. features (crops, D).
-pub fn fuse(local: &[f32], crops: &[CwrCrop], features: &[f32], text: &[f32], d: usize, scale: f32, fusion: f32) -> Vec<f32> {
+pub fn fuse(
+    local: &[f32],
+    crops: &[CwrCrop],
+    features: &[f32],
+    text: &[f32],
+    d: usize,
+    scale: f32,
+    fusion: f32,
+) -> Vec<f32> {
     let c = text.len() / d;
     let probs = class_softmax(features, text, d, scale);
     let mut s = local.to_vec();

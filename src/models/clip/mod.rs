@@ -45,6 +45,9 @@ pub struct ClipModel {
     pub random: bool,
     /// Where the activation came from, for the run report.
     pub act_source: String,
+    /// Set when nothing said which activation the weights use and QuickGELU was assumed: the
+    /// warning to print, naming the flags that settle it.
+    pub act_warning: Option<String>,
     /// The image tower on a GPU (`attach_cuda`): `encode_image` then runs there.
     pub cuda_visual: Option<CudaVisual>,
 }
@@ -64,38 +67,64 @@ impl CudaVisual {
     }
 }
 
-/// The activation of a checkpoint: an explicit choice, else the file's metadata, else a
-/// Hugging Face `config.json` beside it, else the open_clip architecture name given with
-/// `--arch` (open_clip's rule: `ViT-B-16` is GELU, `ViT-B-16-quickgelu` QuickGELU), else
-/// QuickGELU (OpenAI's checkpoints).
-fn resolve_activation(path: &Path, params: &Params, explicit: Option<Activation>, arch: Option<&str>) -> (Activation, String) {
+/// The activation of a checkpoint and where it came from: an explicit choice, else the file's
+/// metadata, else a Hugging Face `config.json` beside it (`hidden_act`), else open_clip's
+/// `open_clip_config.json` beside it (`model_cfg.quick_gelu`, false when absent, as open_clip
+/// builds the model), else the open_clip architecture name given with `--arch` (open_clip's
+/// rule: `ViT-B-16` is GELU, `ViT-B-16-quickgelu` QuickGELU), else QuickGELU (OpenAI's
+/// checkpoints). The last case is a guess: `None` for the source.
+fn resolve_activation(
+    path: &Path,
+    params: &Params,
+    explicit: Option<Activation>,
+    arch: Option<&str>,
+) -> (Activation, Option<String>) {
     if let Some(a) = explicit {
-        return (a, "--act".into());
+        return (a, Some("--act".into()));
     }
     if let Some(a) = params.metadata.get("act").and_then(|s| Activation::parse(s)) {
-        return (a, "weights metadata".into());
+        return (a, Some("weights metadata".into()));
     }
-    let cfg = path.with_file_name("config.json");
-    if let Ok(text) = std::fs::read_to_string(&cfg) {
-        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
-            let act = json
-                .pointer("/vision_config/hidden_act")
-                .or_else(|| json.pointer("/hidden_act"))
-                .and_then(|v| v.as_str())
-                .and_then(Activation::parse);
-            if let Some(a) = act {
-                return (a, format!("{}", cfg.display()));
-            }
+    let read_json = |name: &str| {
+        let file = path.with_file_name(name);
+        let json = std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        json.map(|j| (file, j))
+    };
+    if let Some((file, json)) = read_json("config.json") {
+        let act = json
+            .pointer("/vision_config/hidden_act")
+            .or_else(|| json.pointer("/hidden_act"))
+            .and_then(|v| v.as_str())
+            .and_then(Activation::parse);
+        if let Some(a) = act {
+            return (a, Some(format!("{}", file.display())));
+        }
+    }
+    if let Some((file, json)) = read_json("open_clip_config.json") {
+        if let Some(cfg) = json.get("model_cfg").and_then(|c| c.as_object()) {
+            let quick = cfg.get("quick_gelu").and_then(|q| q.as_bool()).unwrap_or(false);
+            let act = if quick { Activation::QuickGelu } else { Activation::Gelu };
+            return (act, Some(format!("{} (model_cfg.quick_gelu: {quick})", file.display())));
         }
     }
     if let Some(cfg) = arch.and_then(|a| ClipConfig::named(a).ok()) {
-        return (cfg.act, format!("open_clip's config of --arch {}", arch.unwrap_or_default()));
+        return (cfg.act, Some(format!("open_clip's config of --arch {}", arch.unwrap_or_default())));
     }
-    (
-        Activation::QuickGelu,
-        "not recorded in the weights: assumed QuickGELU (OpenAI CLIP); pass --act gelu (or --arch with \
-         open_clip's name) for open_clip models built without QuickGELU"
-            .into(),
+    (Activation::QuickGelu, None)
+}
+
+/// What to print when nothing said which activation a checkpoint of `arch` uses.
+fn activation_warning(path: &Path, arch: &str) -> String {
+    let fix = if ClipConfig::named(arch).is_ok() {
+        format!("pass --arch {arch} (or --act gelu); --arch {arch}-quickgelu (or --act quick_gelu) confirms QuickGELU")
+    } else {
+        "pass --act gelu; --act quick_gelu confirms QuickGELU".to_string()
+    };
+    format!(
+        "`{}` does not say which activation its transformers use (no `act` in its metadata, no config.json \
+         or open_clip_config.json beside it): assuming QuickGELU, as OpenAI's CLIP. If it is an open_clip \
+         model trained with GELU, {fix} and silences this warning",
+        path.display()
     )
 }
 
@@ -108,7 +137,10 @@ impl ClipModel {
         let hf_cfg = path.with_file_name("config.json");
         if let Ok(text) = std::fs::read_to_string(&hf_cfg) {
             if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
-                for (key, ptr) in [("vision_heads", "/vision_config/num_attention_heads"), ("text_heads", "/text_config/num_attention_heads")] {
+                for (key, ptr) in [
+                    ("vision_heads", "/vision_config/num_attention_heads"),
+                    ("text_heads", "/text_config/num_attention_heads"),
+                ] {
                     if let Some(n) = json.pointer(ptr).and_then(|v| v.as_u64()) {
                         params.metadata.entry(key.to_string()).or_insert(n.to_string());
                     }
@@ -118,6 +150,9 @@ impl ClipModel {
         let (act, act_source) = resolve_activation(path, &params, act, expect_arch);
         let config = ClipConfig::from_params(&params, act)?;
         let arch = config.arch_name();
+        let act_warning = act_source.is_none().then(|| activation_warning(path, &arch));
+        let act_source =
+            act_source.unwrap_or_else(|| "assumed QuickGELU (nothing in or beside the weights says)".into());
         if let Some(want) = expect_arch {
             let want_base = want.strip_suffix("-quickgelu").unwrap_or(want);
             if want_base != arch {
@@ -135,13 +170,20 @@ impl ClipModel {
             Some(t) => Some(TextEncoder::load(&mut params, t, act)?),
             None => None,
         };
-        let logit_scale = if params.contains("logit_scale") {
-            params.take("logit_scale", &[])?[0]
-        } else {
-            (1.0f32 / 0.07).ln()
-        };
+        let logit_scale =
+            if params.contains("logit_scale") { params.take("logit_scale", &[])?[0] } else { (1.0f32 / 0.07).ln() };
         params.finish()?;
-        Ok(ClipModel { config, arch, visual, text, logit_scale, random: false, act_source, cuda_visual: None })
+        Ok(ClipModel {
+            config,
+            arch,
+            visual,
+            text,
+            logit_scale,
+            random: false,
+            act_source,
+            act_warning,
+            cuda_visual: None,
+        })
     }
 
     /// A random-weight model of a named open_clip architecture (for demos and benchmarks).
@@ -170,6 +212,7 @@ impl ClipModel {
             logit_scale: (100.0f32).ln(),
             random: true,
             act_source: "the configuration".into(),
+            act_warning: None,
             cuda_visual: None,
         }
     }
@@ -190,7 +233,12 @@ impl ClipModel {
     /// Loads the image tower onto `gpu` in `dtype` (from `weights`, the file this model was
     /// loaded from; without one, from random weights of the same architecture — a random model's
     /// CUDA tower is a different draw from its CPU tower). `encode_image` then runs on the GPU.
-    pub fn attach_cuda(&mut self, gpu: &std::sync::Arc<crate::device::cuda::Gpu>, weights: Option<&Path>, dtype: crate::device::cuda::CudaDType) -> Result<()> {
+    pub fn attach_cuda(
+        &mut self,
+        gpu: &std::sync::Arc<crate::device::cuda::Gpu>,
+        weights: Option<&Path>,
+        dtype: crate::device::cuda::CudaDType,
+    ) -> Result<()> {
         let mut p = match (weights, &self.config.vision) {
             (Some(w), _) => Params::load(w)?,
             (None, VisionConfig::Vit(c)) => vit_cuda::random_vit_params(c, 0)?,
@@ -198,7 +246,9 @@ impl ClipModel {
         };
         self.cuda_visual = Some(match &self.config.vision {
             VisionConfig::Vit(c) => CudaVisual::Vit(vit_cuda::CudaVit::load(gpu, &mut p, c, self.config.act, dtype)?),
-            VisionConfig::ResNet(c) => CudaVisual::ResNet(resnet_cuda::CudaModifiedResNet::load(gpu, &mut p, c, dtype)?),
+            VisionConfig::ResNet(c) => {
+                CudaVisual::ResNet(resnet_cuda::CudaModifiedResNet::load(gpu, &mut p, c, dtype)?)
+            }
         });
         Ok(())
     }
@@ -220,7 +270,9 @@ impl ClipModel {
     }
 
     pub fn text_encoder(&self) -> Result<&TextEncoder> {
-        self.text.as_ref().ok_or_else(|| Error::Weights("these weights have no text tower (token_embedding.weight is missing)".into()))
+        self.text.as_ref().ok_or_else(|| {
+            Error::Weights("these weights have no text tower (token_embedding.weight is missing)".into())
+        })
     }
 
     /// tokens (B, 77) -> (B, D), unnormalised.
@@ -235,30 +287,44 @@ impl ClipModel {
 
     /// One L2-normalised embedding per class: each template filled with the class name and
     /// encoded, each normalised, averaged, normalised again (CLIP's prompt ensemble; with one
-    /// template, just the normalised embedding). (C, D).
-    pub fn class_embeddings(&self, tok: &tokenizer::ClipTokenizer, classes: &[String], templates: &[&str]) -> Result<Tensor> {
+    /// template, just the normalised embedding). (C, D). The prompts of all classes and
+    /// templates go through the text tower together, in batches trimmed to their longest
+    /// prompt ([`text::TextEncoder::forward_trimmed`]).
+    pub fn class_embeddings(
+        &self,
+        tok: &tokenizer::ClipTokenizer,
+        classes: &[String],
+        templates: &[&str],
+    ) -> Result<Tensor> {
         let text = self.text_encoder()?;
         let d = text.cfg.output_dim;
-        let ctx = text.cfg.context;
         if templates.is_empty() {
             return Err(Error::Tokenizer("no prompt template".into()));
         }
-        let mut out = Vec::with_capacity(classes.len() * d);
-        for class in classes {
-            let prompts: Vec<String> = templates.iter().map(|t| prompts::fill(t, class)).collect();
-            let tokens = tok.encode_batch(&prompts, ctx);
-            let mut emb = text.forward(&tokens)?.into_f32_vec()?;
-            l2_normalize_cpu(&mut emb, d);
-            let mut mean = vec![0.0f32; d];
-            for row in emb.chunks_exact(d) {
-                for (m, v) in mean.iter_mut().zip(row) {
-                    *m += v;
-                }
-            }
-            mean.iter_mut().for_each(|m| *m /= templates.len() as f32);
-            l2_normalize_cpu(&mut mean, d);
-            out.extend(mean);
-        }
-        Tensor::from_f32(&[classes.len(), d], out)
+        // (C x templates) prompts, class-major.
+        let prompts: Vec<String> =
+            classes.iter().flat_map(|c| templates.iter().map(move |t| prompts::fill(t, c))).collect();
+        let tokens = tok.encode_batch(&prompts, text.cfg.context);
+        let emb = text.forward_trimmed(&tokens)?.into_f32_vec()?;
+        Tensor::from_f32(&[classes.len(), d], ensemble_means(emb, templates.len(), d))
     }
+}
+
+/// (C x K, D) prompt features, class-major -> (C, D): each row normalised, the K rows of a class
+/// averaged, the mean normalised.
+fn ensemble_means(mut emb: Vec<f32>, k: usize, d: usize) -> Vec<f32> {
+    l2_normalize_cpu(&mut emb, d);
+    let mut out = Vec::with_capacity(emb.len() / k.max(1));
+    for class in emb.chunks_exact(k * d) {
+        let mut mean = vec![0.0f32; d];
+        for row in class.chunks_exact(d) {
+            for (m, v) in mean.iter_mut().zip(row) {
+                *m += v;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= k as f32);
+        l2_normalize_cpu(&mut mean, d);
+        out.extend(mean);
+    }
+    out
 }

@@ -11,8 +11,8 @@ use crate::models::clip::weights::Params;
 use crate::ops::activation::Activation;
 use crate::ops::attention::AttnMask;
 use crate::ops::embedding::token_embedding_cpu;
-use crate::ops::layernorm::layer_norm_cpu;
 use crate::ops::gemm_packed::Epilogue;
+use crate::ops::layernorm::layer_norm_cpu;
 use crate::ops::matmul::LinearWeight;
 use crate::tensor::{Storage, Tensor};
 
@@ -36,12 +36,21 @@ impl TextEncoder {
         let ln_final_w = p.take("ln_final.weight", &[w])?;
         let ln_final_b = p.take("ln_final.bias", &[w])?;
         let proj = p.take("text_projection", &[w, d])?;
-        Ok(TextEncoder { cfg: cfg.clone(), token_emb, pos_emb, transformer, ln_final_w, ln_final_b, proj_t: LinearWeight::new(transpose(&proj, w, d), d, w) })
+        Ok(TextEncoder {
+            cfg: cfg.clone(),
+            token_emb,
+            pos_emb,
+            transformer,
+            ln_final_w,
+            ln_final_b,
+            proj_t: LinearWeight::new(transpose(&proj, w, d), d, w),
+        })
     }
 
     pub fn random(cfg: &TextConfig, act: Activation, rng: &mut impl Rng) -> Self {
         let (w, d) = (cfg.width, cfg.output_dim);
-        let r = |shape: &[usize], std: f32, rng: &mut _| Tensor::randn(shape, std, rng).into_f32_vec().unwrap_or_default();
+        let r =
+            |shape: &[usize], std: f32, rng: &mut _| Tensor::randn(shape, std, rng).into_f32_vec().unwrap_or_default();
         TextEncoder {
             cfg: cfg.clone(),
             token_emb: r(&[cfg.vocab, w], 0.02, rng),
@@ -73,6 +82,75 @@ impl TextEncoder {
         self.proj_t.forward(&normed, &mut out, &Epilogue::default());
         Tensor::from_f32(&[b, d], out)
     }
+
+    /// tokens (N, context) -> (N, D) unnormalised, as [`TextEncoder::forward`] returns them,
+    /// encoded in [`TEXT_BATCH`]es of similar length, each only up to its longest prompt.
+    pub fn forward_trimmed(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (n, d) = (tokens.shape().first().copied().unwrap_or(0), self.cfg.output_dim);
+        let out = encode_trimmed(tokens, self.cfg.context, d, TEXT_BATCH, |t| self.forward(t)?.into_f32_vec())?;
+        Tensor::from_f32(&[n, d], out)
+    }
+}
+
+/// Prompts per pass of the text tower in [`encode_trimmed`]: big enough for the GEMMs to run
+/// near their peak, small enough that a batch's prompts have about the same length.
+pub const TEXT_BATCH: usize = 256;
+
+/// One pass of the text tower over some of the prompts.
+pub struct TrimmedBatch {
+    /// The prompts (row indices of the full token tensor) in this batch.
+    pub rows: Vec<usize>,
+    /// (B, T) i32: their ids up to the longest one's end token (T = its position + 1).
+    pub tokens: Tensor,
+}
+
+/// Splits (N, context) token rows into batches of up to `batch` prompts of similar length
+/// (sorted by end-token position, a stable sort), each cut after its longest prompt's end
+/// token. Exact, not an approximation: the causal mask keeps every position from reading a
+/// later one and the features are pooled at the end token, so the positions after a prompt's
+/// end token (its padding) change nothing in what it returns.
+pub fn trimmed_batches(tokens: &Tensor, context: usize, batch: usize) -> Result<Vec<TrimmedBatch>> {
+    let (ids, n, t) = text_ids(tokens, context)?;
+    let ends = end_token_positions(ids, t);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| ends[i]);
+    let mut out = Vec::with_capacity(n.div_ceil(batch.max(1)));
+    for rows in order.chunks(batch.max(1)) {
+        let len = rows.iter().map(|&i| ends[i] + 1).max().unwrap_or(1);
+        let mut cut = Vec::with_capacity(rows.len() * len);
+        for &i in rows {
+            cut.extend_from_slice(&ids[i * t..i * t + len]);
+        }
+        out.push(TrimmedBatch { rows: rows.to_vec(), tokens: Tensor::new(&[rows.len(), len], Storage::I32(cut))? });
+    }
+    Ok(out)
+}
+
+/// Encodes (N, context) token rows with `forward` (a text tower: (B, T) ids -> B rows of `dim`
+/// features) over [`trimmed_batches`], and puts the rows back in input order: (N, dim).
+pub fn encode_trimmed(
+    tokens: &Tensor,
+    context: usize,
+    dim: usize,
+    batch: usize,
+    mut forward: impl FnMut(&Tensor) -> Result<Vec<f32>>,
+) -> Result<Vec<f32>> {
+    let n = tokens.shape().first().copied().unwrap_or(0);
+    let mut out = vec![0.0f32; n * dim];
+    for b in trimmed_batches(tokens, context, batch)? {
+        let features = forward(&b.tokens)?;
+        if features.len() != b.rows.len() * dim {
+            return Err(Error::Shape(format!(
+                "text tower returned {} values for {} prompts x {dim}",
+                features.len(),
+                b.rows.len()
+            )));
+        }
+        for (&row, f) in b.rows.iter().zip(features.chunks_exact(dim)) {
+            out[row * dim..(row + 1) * dim].copy_from_slice(f);
+        }
+    }
+    Ok(out)
 }
 
 /// The ids of a (B, T) i32 token tensor with B and T, checked against the context length.

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use crate::device::cuda::{CudaDType, CudaTensor, Gpu};
 use crate::error::Result;
 use crate::models::clip::config::TextConfig;
-use crate::models::clip::text::{end_token_positions, text_ids};
+use crate::models::clip::text::{encode_trimmed, end_token_positions, text_ids, TEXT_BATCH};
 use crate::models::clip::transformer::LN_EPS;
 use crate::models::clip::transformer_cuda::{block_param_shapes, CudaTransformer};
 use crate::models::clip::vit::transpose;
@@ -39,10 +39,16 @@ pub struct CudaTextEncoder {
 pub fn random_text_params(cfg: &TextConfig, seed: u64) -> Result<Params> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (w, d) = (cfg.width, cfg.output_dim);
-    let mut shapes: Vec<(String, Vec<usize>)> =
-        vec![("token_embedding.weight".into(), vec![cfg.vocab, w]), ("positional_embedding".into(), vec![cfg.context, w])];
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("token_embedding.weight".into(), vec![cfg.vocab, w]),
+        ("positional_embedding".into(), vec![cfg.context, w]),
+    ];
     shapes.extend(block_param_shapes("transformer.resblocks.", w, cfg.layers));
-    shapes.extend([("ln_final.weight".into(), vec![w]), ("ln_final.bias".into(), vec![w]), ("text_projection".into(), vec![w, d])]);
+    shapes.extend([
+        ("ln_final.weight".into(), vec![w]),
+        ("ln_final.bias".into(), vec![w]),
+        ("text_projection".into(), vec![w, d]),
+    ]);
     let mut map = BTreeMap::new();
     for (name, shape) in shapes {
         let n: usize = shape.iter().product();
@@ -62,14 +68,27 @@ pub fn random_text_params(cfg: &TextConfig, seed: u64) -> Result<Params> {
 impl CudaTextEncoder {
     pub fn load(gpu: &Arc<Gpu>, p: &mut Params, cfg: &TextConfig, act: Activation, dtype: CudaDType) -> Result<Self> {
         let (w, d) = (cfg.width, cfg.output_dim);
-        let token_emb = CudaTensor::from_f32(gpu, &[cfg.vocab, w], &p.take("token_embedding.weight", &[cfg.vocab, w])?, dtype)?;
-        let pos_emb = CudaTensor::from_f32(gpu, &[cfg.context, w], &p.take("positional_embedding", &[cfg.context, w])?, dtype)?;
-        let transformer = CudaTransformer::load(gpu, p, "transformer.resblocks.", w, cfg.layers, cfg.heads, act, dtype)?;
+        let token_emb =
+            CudaTensor::from_f32(gpu, &[cfg.vocab, w], &p.take("token_embedding.weight", &[cfg.vocab, w])?, dtype)?;
+        let pos_emb =
+            CudaTensor::from_f32(gpu, &[cfg.context, w], &p.take("positional_embedding", &[cfg.context, w])?, dtype)?;
+        let transformer =
+            CudaTransformer::load(gpu, p, "transformer.resblocks.", w, cfg.layers, cfg.heads, act, dtype)?;
         let ln_final_w = CudaTensor::from_f32(gpu, &[w], &p.take("ln_final.weight", &[w])?, CudaDType::F32)?;
         let ln_final_b = CudaTensor::from_f32(gpu, &[w], &p.take("ln_final.bias", &[w])?, CudaDType::F32)?;
         let proj = p.take("text_projection", &[w, d])?;
         let proj_t = CudaTensor::from_f32(gpu, &[d, w], &transpose(&proj, w, d), dtype)?;
-        Ok(CudaTextEncoder { cfg: cfg.clone(), dtype, gpu: gpu.clone(), token_emb, pos_emb, transformer, ln_final_w, ln_final_b, proj_t })
+        Ok(CudaTextEncoder {
+            cfg: cfg.clone(),
+            dtype,
+            gpu: gpu.clone(),
+            token_emb,
+            pos_emb,
+            transformer,
+            ln_final_w,
+            ln_final_b,
+            proj_t,
+        })
     }
 
     /// tokens (B, T) i32 ids on the host -> (B, D) unnormalised text features on the device.
@@ -93,6 +112,20 @@ impl CudaTextEncoder {
         linear_cuda(gpu, &normed, &self.proj_t, None, Epilogue::None, None, &mut out)?;
         Ok(out)
     }
+
+    /// tokens (N, context) on the host -> (N, D) unnormalised features on the host, through
+    /// the CPU tower's batching ([`encode_trimmed`]: batches of similar length, each only up to
+    /// its longest prompt's end token).
+    pub fn forward_trimmed(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.forward_trimmed_in(tokens, TEXT_BATCH)
+    }
+
+    /// [`CudaTextEncoder::forward_trimmed`] with `batch` prompts per pass.
+    pub fn forward_trimmed_in(&self, tokens: &Tensor, batch: usize) -> Result<Tensor> {
+        let (n, d) = (tokens.shape().first().copied().unwrap_or(0), self.cfg.output_dim);
+        let out = encode_trimmed(tokens, self.cfg.context, d, batch, |t| self.forward(t)?.to_f32_vec(&self.gpu))?;
+        Tensor::from_f32(&[n, d], out)
+    }
 }
 
 /// Encoder-level check for gpu-check: the CUDA text encoder against the CPU one on the same
@@ -103,33 +136,81 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
     let small = TextConfig { width: 128, layers: 2, heads: 2, context: 77, vocab: 1000, output_dim: 64 };
     let clip = TextConfig { width: 512, layers: 12, heads: 8, context: 77, vocab: 49408, output_dim: 512 };
     let mut checks = Vec::new();
-    for (name, cfg, batch) in [("small text", small, 5usize), ("CLIP text", clip, 80)] {
+    for (name, cfg, batch) in [("small text", small.clone(), 5usize), ("CLIP text", clip, 80)] {
         for dtype in [CudaDType::F32, CudaDType::BF16] {
             let cfg = cfg.clone();
             let flops = batch as f64 * 5.96e9 * (cfg.width * cfg.width * cfg.layers) as f64 / (512.0 * 512.0 * 12.0);
-            checks.push(GpuCheck::new("text_encoder_forward", format!("{name} B={batch}"), dtype, Work::Flops(flops), move |gpu, rng| {
-                let seed = rng.gen::<u64>();
-                let act = Activation::QuickGelu;
-                let cpu = TextEncoder::load(&mut random_text_params(&cfg, seed)?, &cfg, act)?;
-                let dev = CudaTextEncoder::load(gpu, &mut random_text_params(&cfg, seed)?, &cfg, act, dtype)?;
-                // Prompts of random lengths: start id, words, end id (the largest), padding 0.
-                let t = cfg.context;
-                let mut ids = vec![0i32; batch * t];
-                for row in ids.chunks_exact_mut(t) {
-                    let len = rng.gen_range(3..t);
-                    row[0] = cfg.vocab as i32 - 2;
-                    for v in row[1..len - 1].iter_mut() {
-                        *v = rng.gen_range(1..cfg.vocab as i32 - 2);
+            checks.push(GpuCheck::new(
+                "text_encoder_forward",
+                format!("{name} B={batch}"),
+                dtype,
+                Work::Flops(flops),
+                move |gpu, rng| {
+                    let seed = rng.gen::<u64>();
+                    let act = Activation::QuickGelu;
+                    let cpu = TextEncoder::load(&mut random_text_params(&cfg, seed)?, &cfg, act)?;
+                    let dev = CudaTextEncoder::load(gpu, &mut random_text_params(&cfg, seed)?, &cfg, act, dtype)?;
+                    // Prompts of random lengths: start id, words, end id (the largest), padding 0.
+                    let t = cfg.context;
+                    let mut ids = vec![0i32; batch * t];
+                    for row in ids.chunks_exact_mut(t) {
+                        let len = rng.gen_range(3..t);
+                        row[0] = cfg.vocab as i32 - 2;
+                        for v in row[1..len - 1].iter_mut() {
+                            *v = rng.gen_range(1..cfg.vocab as i32 - 2);
+                        }
+                        row[len - 1] = cfg.vocab as i32 - 1;
                     }
-                    row[len - 1] = cfg.vocab as i32 - 1;
-                }
-                let tokens = Tensor::new(&[batch, t], Storage::I32(ids))?;
-                let want = cpu.forward(&tokens)?;
-                let got = dev.forward(&tokens)?.to_f32_vec(gpu)?;
-                let err = max_rel_err(&got, want.f32s()?);
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || dev.forward(&tokens).map(|_| ())), cublas: None })
-            }));
+                    let tokens = Tensor::new(&[batch, t], Storage::I32(ids))?;
+                    let want = cpu.forward(&tokens)?;
+                    let got = dev.forward(&tokens)?.to_f32_vec(gpu)?;
+                    let err = max_rel_err(&got, want.f32s()?);
+                    Ok(CheckRun {
+                        max_rel_err: err,
+                        launch: Box::new(move || dev.forward(&tokens).map(|_| ())),
+                        cublas: None,
+                    })
+                },
+            ));
         }
     }
+    // The trimmed batches on the device against the CPU tower's full-context pass: 8 prompts per
+    // pass, so rows come back from three passes of different lengths.
+    let cfg = TextConfig { width: 64, layers: 1, heads: 2, ..small };
+    let (batch, per_pass) = (20usize, 8usize);
+    // At most 24 of the 77 positions are encoded.
+    let flops =
+        batch as f64 * 5.96e9 * (cfg.width * cfg.width * cfg.layers) as f64 / (512.0 * 512.0 * 12.0) * 24.0 / 77.0;
+    checks.push(GpuCheck::new(
+        "text_encoder_trimmed",
+        format!("tiny text B={batch}, {per_pass} per pass"),
+        CudaDType::F32,
+        Work::Flops(flops),
+        move |gpu, rng| {
+            let seed = rng.gen::<u64>();
+            let act = Activation::QuickGelu;
+            let cpu = TextEncoder::load(&mut random_text_params(&cfg, seed)?, &cfg, act)?;
+            let dev = CudaTextEncoder::load(gpu, &mut random_text_params(&cfg, seed)?, &cfg, act, CudaDType::F32)?;
+            let t = cfg.context;
+            let mut ids = vec![0i32; batch * t];
+            for row in ids.chunks_exact_mut(t) {
+                let len = rng.gen_range(3..24);
+                row[0] = cfg.vocab as i32 - 2;
+                for v in row[1..len - 1].iter_mut() {
+                    *v = rng.gen_range(1..cfg.vocab as i32 - 2);
+                }
+                row[len - 1] = cfg.vocab as i32 - 1;
+            }
+            let tokens = Tensor::new(&[batch, t], Storage::I32(ids))?;
+            let want = cpu.forward(&tokens)?;
+            let got = dev.forward_trimmed_in(&tokens, per_pass)?;
+            let err = max_rel_err(got.f32s()?, want.f32s()?);
+            Ok(CheckRun {
+                max_rel_err: err,
+                launch: Box::new(move || dev.forward_trimmed_in(&tokens, per_pass).map(|_| ())),
+                cublas: None,
+            })
+        },
+    ));
     checks
 }
