@@ -177,7 +177,7 @@ fn training_labels(r: &TrainRun) -> Result<(SoftLabels, Option<serde_json::Value
 }
 
 /// The evaluation split, checked against the training classes.
-fn eval_set(r: &TrainRun, classes: &[String]) -> Result<Option<(EvalSet, serde_json::Value)>> {
+pub(crate) fn eval_set(r: &TrainRun, classes: &[String]) -> Result<Option<(EvalSet, serde_json::Value)>> {
     let Some(split) = &r.eval_split else { return Ok(None) };
     let ds = r.data.load_split(split)?;
     announce(&ds);
@@ -190,7 +190,7 @@ fn eval_set(r: &TrainRun, classes: &[String]) -> Result<Option<(EvalSet, serde_j
     Ok(Some((EvalSet::from_dataset(&ds), dataset_json(&ds))))
 }
 
-fn model_for(r: &TrainRun, cfg: &TrainConfig, classes: usize) -> Result<Trainer> {
+pub(crate) fn model_for(r: &TrainRun, cfg: &TrainConfig, classes: usize) -> Result<Trainer> {
     if r.resume && r.out.join(CHECKPOINT_FILE).exists() {
         let t = Trainer::resume(&r.out, cfg)?;
         if t.model.cfg.num_classes != classes {
