@@ -114,7 +114,7 @@ def clip_model(arch, seed):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     if arch == "tiny":
-        vision = CLIPVisionCfg(layers=(1, 1, 1, 1), width=8, head_width=32, image_size=64)
+        vision = CLIPVisionCfg(layers=(1, 1, 1, 1), width=4, head_width=32, image_size=64)
         text = CLIPTextCfg(context_length=77, vocab_size=49408, width=8, heads=1, layers=1)
         model = CLIP(embed_dim=16, vision_cfg=vision, text_cfg=text, quick_gelu=True)
         text_heads = 1
@@ -124,7 +124,9 @@ def clip_model(arch, seed):
     else:
         raise SystemExit(f"--arch {arch}: tiny or RN50")
     model.eval()
-    perturb_(model, gen, emb_names=("positional_embedding", "token_embedding.weight"))
+    # The attention pool's positional table keeps its init (std embed_dim^-0.5): redrawn larger it
+    # would swamp the image features and give every image the same embedding.
+    perturb_(model, gen, emb_names=("token_embedding.weight",))
     sharpen_(model, gen)
     sd = state_dict_f32(model)
     if arch == "tiny":
