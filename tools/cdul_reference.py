@@ -133,7 +133,9 @@ def clip_model(arch, seed):
         # The stored weights are f16: the model runs with exactly those values.
         sd = {k: v.half().float() for k, v in sd.items()}
         model.load_state_dict(sd, strict=False)
-    meta = {"format": "open_clip", "act": "quick_gelu", "arch": f"random {arch} CLIP (cdul_reference.py, seed {seed})",
+    from open_clip.transformer import QuickGELU
+    act = "quick_gelu" if isinstance(model.transformer.resblocks[0].mlp.gelu, QuickGELU) else "gelu"
+    meta = {"format": "open_clip", "act": act, "arch": f"random {arch} CLIP (cdul_reference.py, seed {seed})",
             "vision_heads": model.visual.attnpool.num_heads, "text_heads": text_heads}
     return model, sd, meta
 
@@ -197,7 +199,7 @@ def make_init(a):
                        "labels": labels.float()},
                       {"images": json.dumps(kept), "skipped": json.dumps(skipped), "classes": json.dumps(classes),
                        "grid": a.grid, "overlap": a.overlap, "zeta": a.zeta, "scale": a.scale, "size": size,
-                       "template": a.template, "arch": a.arch, "seed": a.seed,
+                       "template": a.template, "arch": a.arch, "seed": a.seed, "act": meta["act"],
                        "weights": os.path.basename(weights), "torch": torch.__version__,
                        "open_clip": open_clip.__version__, "pillow": Image.__version__})
     print(f"{len(kept)} images scored, {len(skipped)} skipped: {skipped}")
