@@ -71,7 +71,7 @@ fn cli_reads_files_in_any_row_and_column_order() {
     for i in (0..n).rev() {
         rscores.extend((0..c).rev().map(|k| p[i * c + k]));
     }
-    rscores.extend(std::iter::repeat(0.5).take(c));
+    rscores.extend(std::iter::repeat_n(0.5, c));
     let preds = dir.path().join("p.csv");
     std::fs::write(&preds, scores_csv::to_csv(&rpaths, &rclasses, &rscores)).unwrap();
     let out = dir.path().join("l2.safetensors");
@@ -97,7 +97,7 @@ fn cli_reads_files_in_any_row_and_column_order() {
 
     // A label row without a score row, and a class without a column: stopped, named.
     let short = dir.path().join("short.csv");
-    std::fs::write(&short, scores_csv::to_csv(&rpaths[1..].to_vec(), &rclasses, &rscores[c..])).unwrap();
+    std::fs::write(&short, scores_csv::to_csv(&rpaths[1..], &rclasses, &rscores[c..])).unwrap();
     let (ok, err) = run(&[
         "cdul",
         "update",

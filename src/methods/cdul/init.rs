@@ -205,7 +205,7 @@ pub fn init_scores(
     if cfg.grid == 0 {
         return Err(Error::Shape("--grid must be at least 1".into()));
     }
-    if !(cfg.overlap >= 0.0) {
+    if cfg.overlap.is_nan() || cfg.overlap < 0.0 {
         return Err(Error::Shape(format!("--overlap {} must be a fraction >= 0", cfg.overlap)));
     }
     let t0 = Instant::now();

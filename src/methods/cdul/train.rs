@@ -138,7 +138,7 @@ pub fn preds_file(out: &Path, e: usize) -> PathBuf {
 }
 
 fn update_due(a: &CdulTrainArgs, e: usize) -> bool {
-    e >= a.update_from && (e - a.update_from) % a.update_every.max(1) == 0
+    e >= a.update_from && (e - a.update_from).is_multiple_of(a.update_every.max(1))
 }
 
 /// The latest update at or before epoch `e` whose labels are in `out`.
@@ -146,14 +146,13 @@ fn last_update(a: &CdulTrainArgs, e: usize) -> Option<(usize, PathBuf)> {
     (1..=e).rev().filter(|&k| update_due(a, k)).map(|k| (k, labels_file(&a.out, k))).find(|(_, p)| p.is_file())
 }
 
+/// One row of sigmoid scores per sample (None: the image could not be read), and the
+/// unreadable images.
+type Predictions = (Vec<Option<Vec<f32>>>, Vec<Skipped>);
+
 /// The classifier's sigmoid scores of every sample, in eval mode, (samples, C); the rows of
 /// unreadable images are None.
-fn predict(
-    trainer: &mut Trainer,
-    samples: &[Sample],
-    transform: &Transform,
-    batch: usize,
-) -> Result<(Vec<Option<Vec<f32>>>, Vec<Skipped>)> {
+fn predict(trainer: &mut Trainer, samples: &[Sample], transform: &Transform, batch: usize) -> Result<Predictions> {
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
     let pb = crate::methods::encode::progress_bar(paths.len(), "scores");
     let mut loader = Loader::spawn(paths.clone(), transform.clone(), batch.max(1), 2);

@@ -51,7 +51,7 @@ pub fn step(labels: &[f32], scores: &[f32], u: UpdateParams) -> Result<Vec<f32>>
     if labels.len() != scores.len() {
         return Err(Error::Shape(format!("{} labels and {} scores", labels.len(), scores.len())));
     }
-    if !(u.sigma > 0.0) || !u.eta.is_finite() {
+    if u.sigma.is_nan() || u.sigma <= 0.0 || !u.eta.is_finite() {
         return Err(Error::Shape(format!("eta {} and sigma {}: sigma must be positive, eta finite", u.eta, u.sigma)));
     }
     Ok(labels.iter().zip(scores).map(|(&y, &p)| step_one(y, p, u)).collect())
