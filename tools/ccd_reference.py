@@ -17,7 +17,8 @@ What runs:
   * CLIP: a random-weight open_clip ModifiedResNet (width 4, blocks (2, 1, 1, 1), 2 heads,
     output 32, native grid 2: OpenAI names), perturbed (tools/make_fixtures.py), saved as
     `clip_rn.safetensors` (visual tower only) and loaded into the official CLIP class with its
-    own `build_model`, then made float64 (the official runs fp16; its resized positional
+    own `build_model` (which rounds conv / linear weights to fp16: the saved weights are the
+    rounded ones), then made float64 (the official runs fp16; its resized positional
     embedding is still rounded to fp16 by `upsample_pos_emb`, which the engine reproduces).
     Text: random class embeddings near a shared direction (so that entropies fall on both sides
     of 2) stand in for `encode_text` (the text tower is tested elsewhere), in place of the
@@ -118,7 +119,10 @@ def tiny_clip(gen, seed, clip_pkg):
           if not k.endswith(("num_batches_tracked", "attn_mask"))}
     # float64 (the truth the engine's f32 is measured against; the official runs fp16)
     official = clip_pkg.model.build_model({k: v.clone() for k, v in sd.items()}).double().eval()
-    visual = {k: v for k, v in sd.items() if k.startswith("visual.")}
+    # build_model rounds the conv / linear / attention weights to fp16 (convert_weights) before
+    # loading them: the saved weights are those rounded values, as OpenAI's own checkpoints
+    visual = {k: v.detach().float().clone() for k, v in official.state_dict().items()
+              if k.startswith("visual.") and not k.endswith("num_batches_tracked")}
     return official, visual
 
 
