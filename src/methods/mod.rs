@@ -1,6 +1,7 @@
 //! Pipelines the CLI calls.
 
 pub mod cache;
+pub mod ccd;
 pub mod cdul;
 pub mod encode;
 pub mod report;

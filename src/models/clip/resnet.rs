@@ -17,7 +17,14 @@ const BN_EPS: f32 = 1e-5;
 
 /// Takes conv `conv` (c_out, c_in, k, k) and batch norm `bn` and folds the norm into the conv:
 /// w' = w * g / sqrt(v + eps), b' = beta - m * g / sqrt(v + eps). Shared by the CPU and CUDA encoders.
-pub(crate) fn load_conv_bn_folded(p: &mut Params, conv: &str, bn: &str, c_in: usize, c_out: usize, k: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+pub(crate) fn load_conv_bn_folded(
+    p: &mut Params,
+    conv: &str,
+    bn: &str,
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let mut w = p.take(&format!("{conv}.weight"), &[c_out, c_in, k, k])?;
     let gamma = p.take(&format!("{bn}.weight"), &[c_out])?;
     let beta = p.take(&format!("{bn}.bias"), &[c_out])?;
@@ -59,7 +66,16 @@ impl ConvBn {
     }
 
     fn shape(&self, b: usize, h: usize, w: usize) -> Conv2dShape {
-        Conv2dShape { batch: b, c_in: self.c_in, h, w, c_out: self.c_out, kernel: self.k, stride: self.stride, pad: self.k / 2 }
+        Conv2dShape {
+            batch: b,
+            c_in: self.c_in,
+            h,
+            w,
+            c_out: self.c_out,
+            kernel: self.k,
+            stride: self.stride,
+            pad: self.k / 2,
+        }
     }
 
     /// x (B, C_in, H, W) -> (B, C_out, H', W'), ReLU optional.
@@ -130,6 +146,9 @@ pub struct ModifiedResNet {
     v_b: Vec<f32>,
     c_w: LinearWeight,
     c_b: Vec<f32>,
+    /// Round the resized positional table to fp16 (CCD's `upsample_pos_emb` returns it as
+    /// half, whatever the model's dtype): off by default (open_clip keeps it f32).
+    pub pos_f16: bool,
 }
 
 pub struct ResNetOutput {
@@ -174,7 +193,15 @@ impl ModifiedResNet {
             for (i, (inplanes, planes, stride)) in stage.into_iter().enumerate() {
                 let pre = format!("visual.layer{}.{}", s + 1, i);
                 let downsample = if stride > 1 || inplanes != planes * 4 {
-                    Some(ConvBn::load(p, &format!("{pre}.downsample.0"), &format!("{pre}.downsample.1"), inplanes, planes * 4, 1, 1)?)
+                    Some(ConvBn::load(
+                        p,
+                        &format!("{pre}.downsample.0"),
+                        &format!("{pre}.downsample.1"),
+                        inplanes,
+                        planes * 4,
+                        1,
+                        1,
+                    )?)
                 } else {
                     None
                 };
@@ -204,19 +231,25 @@ impl ModifiedResNet {
             v_b: p.take(&format!("{a}.v_proj.bias"), &[c])?,
             c_w: LinearWeight::new(p.take(&format!("{a}.c_proj.weight"), &[d, c])?, d, c),
             c_b: p.take(&format!("{a}.c_proj.bias"), &[d])?,
+            pos_f16: false,
         })
     }
 
     pub fn random(cfg: &ResNetConfig, rng: &mut impl Rng) -> Self {
         let w = cfg.width;
-        let stem = [ConvBn::random(3, w / 2, 3, 2, rng), ConvBn::random(w / 2, w / 2, 3, 1, rng), ConvBn::random(w / 2, w, 3, 1, rng)];
+        let stem = [
+            ConvBn::random(3, w / 2, 3, 2, rng),
+            ConvBn::random(w / 2, w / 2, 3, 1, rng),
+            ConvBn::random(w / 2, w, 3, 1, rng),
+        ];
         let stages = block_plan(cfg)
             .into_iter()
             .map(|stage| {
                 stage
                     .into_iter()
                     .map(|(inplanes, planes, stride)| Bottleneck {
-                        downsample: (stride > 1 || inplanes != planes * 4).then(|| ConvBn::random(inplanes, planes * 4, 1, 1, rng)),
+                        downsample: (stride > 1 || inplanes != planes * 4)
+                            .then(|| ConvBn::random(inplanes, planes * 4, 1, 1, rng)),
                         conv1: ConvBn::random(inplanes, planes, 1, 1, rng),
                         conv2: ConvBn::random(planes, planes, 3, 1, rng),
                         conv3: ConvBn::random(planes, planes * 4, 1, 1, rng),
@@ -242,20 +275,29 @@ impl ModifiedResNet {
             v_b: vec![0.0; c],
             c_w: LinearWeight::new(r(&[d, c]), d, c),
             c_b: vec![0.0; d],
+            pos_f16: false,
         }
     }
 
     /// The attention pool's positional embedding for an h x w feature grid (bilinear,
     /// align_corners = false, when it differs from the native grid).
     fn pool_positional(&self, h: usize, w: usize) -> Vec<f32> {
-        resize_positional_grid(&self.pool_pos, Self::embed_dim(&self.cfg), self.cfg.grid, h, w)
+        let mut pos = resize_positional_grid(&self.pool_pos, Self::embed_dim(&self.cfg), self.cfg.grid, h, w);
+        if self.pos_f16 {
+            pos.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+        }
+        pos
     }
 
-    /// pixels (B, 3, H, W), normalised; H and W multiples of 32.
+    /// pixels (B, 3, H, W), normalised; H and W at least 32. Sides that are no multiple of 32
+    /// end in a feature grid of floor(ceil(H / 2) / 16) (the stride-2 stem conv, then four
+    /// floor-ing average pools), which is CCD's `H // 32` (+1 where H % 32 == 31).
     pub fn forward(&self, pixels: &Tensor, want_features: bool) -> Result<ResNetOutput> {
         let s = pixels.shape();
-        if s.len() != 4 || s[1] != 3 || s[2] % 32 != 0 || s[3] % 32 != 0 || s[2] == 0 || s[3] == 0 {
-            return Err(Error::Shape(format!("ModifiedResNet input must be (B, 3, H, W) with H, W positive multiples of 32; got {s:?}")));
+        if s.len() != 4 || s[1] != 3 || s[2] < 32 || s[3] < 32 {
+            return Err(Error::Shape(format!(
+                "ModifiedResNet input must be (B, 3, H, W) with H, W at least 32; got {s:?}"
+            )));
         }
         let (b, h, w) = (s[0], s[2], s[3]);
         let (x, h, w) = self.stem[0].forward(pixels.f32s()?, b, h, w, true);
