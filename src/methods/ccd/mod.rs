@@ -4,7 +4,9 @@
 //! be rerun alone from files; the official code's quirks are kept by default (see
 //! ../shared/methods/ccd.md).
 
+pub mod cli;
 pub mod init;
+pub mod labels;
 pub mod relabel;
 
 use crate::data::transforms::{Interpolation, Transform, IMAGENET_NORM_NUMPY};
