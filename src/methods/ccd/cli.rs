@@ -38,6 +38,10 @@ pub enum CcdCommand {
     /// Stage 0: debiased global CLIP labels of a dataset split (safetensors `labels`,
     /// `clip_scores`, `flags`, `bias`; the format `train --labels` reads)
     Init(InitArgs),
+    /// Stage 2: classifier-guided crops scored by CLIP, and the label update
+    Relabel(super::relabel_cli::RelabelArgs),
+    /// A trained classifier's sigmoid scores over a dataset split (scores CSV), with its mAP
+    Predict(super::relabel_cli::PredictArgs),
 }
 
 /// The CLIP model of stages 0 and 2.
@@ -98,6 +102,8 @@ pub fn json_path(json: &Option<PathBuf>, out: &Path) -> PathBuf {
 pub fn run_cli(a: CcdArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: &str) -> Result<()> {
     match a.command {
         CcdCommand::Init(i) => run_init(&i, dev, gpu, dtype).map(|_| ()),
+        CcdCommand::Relabel(r) => super::relabel_cli::run_relabel(&r, dev, gpu, dtype),
+        CcdCommand::Predict(p) => super::relabel_cli::run_predict(&p),
     }
 }
 
@@ -111,6 +117,10 @@ pub struct ClipSetup {
     pub weights: PathBuf,
     pub template: String,
     pub prompt_classes: Vec<String>,
+    /// CLIP's square input side
+    pub size: usize,
+    /// Images or crops per CLIP pass
+    pub clip_batch: usize,
 }
 
 fn parse_act(s: &Option<String>) -> Result<Option<Activation>> {
@@ -148,7 +158,15 @@ pub fn load_clip(a: &ClipArgs, ds: &Dataset, gpu: Option<&Arc<Gpu>>, dtype: &str
         model.attach_cuda(g, Some(&a.clip), dtype.parse()?)?;
         eprintln!("device: {} ({dtype})", g.name);
     }
-    Ok(ClipSetup { model, text, weights: a.clip.clone(), template: a.template.clone(), prompt_classes })
+    Ok(ClipSetup {
+        model,
+        text,
+        weights: a.clip.clone(),
+        template: a.template.clone(),
+        prompt_classes,
+        size: a.clip_size,
+        clip_batch: a.clip_batch.max(1),
+    })
 }
 
 /// mAP (in [0, 1], over the classes with a positive) of stage 0's scores and labels against

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod init;
 pub mod labels;
 pub mod relabel;
+pub mod relabel_cli;
 
 use crate::data::transforms::{Interpolation, Transform, IMAGENET_NORM_NUMPY};
 
