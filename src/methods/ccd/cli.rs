@@ -38,6 +38,9 @@ pub enum CcdCommand {
     /// Stage 0: debiased global CLIP labels of a dataset split (safetensors `labels`,
     /// `clip_scores`, `flags`, `bias`; the format `train --labels` reads)
     Init(InitArgs),
+    /// The whole schedule on the trainer: stage 0 (or --labels), BCE epochs, stage 2 before
+    /// --update-epoch, then BCE plus the consistency loss on a jittered view
+    Train(super::train::CcdTrainArgs),
     /// Stage 2: classifier-guided crops scored by CLIP, and the label update
     Relabel(super::relabel_cli::RelabelArgs),
     /// A trained classifier's sigmoid scores over a dataset split (scores CSV), with its mAP
@@ -76,18 +79,32 @@ pub struct InitArgs {
     /// Floor of the labels before the bias division (the official 1 / LS_coeff)
     #[arg(long, default_value_t = FLOOR)]
     pub floor: f32,
-    /// Do not read or write the CLIP embedding cache
-    #[arg(long)]
-    pub no_cache: bool,
-    /// The cache folder (default $LABELFREE_CACHE, else .labelfree-cache)
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// The labels (safetensors)
     #[arg(long)]
     pub out: PathBuf,
     /// The run report as JSON (default: <out>.report.json)
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// Stage 0's CLIP embedding cache.
+#[derive(Args, Clone, Debug)]
+pub struct CacheArgs {
+    /// Do not read or write the CLIP embedding cache
+    #[arg(long)]
+    pub no_cache: bool,
+    /// The cache folder (default $LABELFREE_CACHE, else .labelfree-cache)
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    /// The cache folder, None when off.
+    pub fn dir(&self) -> Option<PathBuf> {
+        (!self.no_cache).then(|| self.cache_dir.clone().unwrap_or_else(cache::default_dir))
+    }
 }
 
 /// `<out>.report.json` unless given.
@@ -104,6 +121,12 @@ pub fn run_cli(a: CcdArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: &str) -> 
         CcdCommand::Init(i) => run_init(&i, dev, gpu, dtype).map(|_| ()),
         CcdCommand::Relabel(r) => super::relabel_cli::run_relabel(&r, dev, gpu, dtype),
         CcdCommand::Predict(p) => super::relabel_cli::run_predict(&p),
+        CcdCommand::Train(t) => {
+            if gpu.is_some() && dtype != "f32" {
+                return Err(Error::Device(format!("ccd train on the GPU runs in f32; drop --dtype {dtype}")));
+            }
+            super::train::run(&t, dev, gpu).map(|_| ())
+        }
     }
 }
 
@@ -267,8 +290,7 @@ pub fn run_init(a: &InitArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: &str) 
     let ds: Dataset = a.data.load(SplitUse::Train)?;
     announce(&ds);
     let clip = load_clip(&a.clip, &ds, gpu, dtype)?;
-    let cache_dir = (!a.no_cache).then(|| a.cache_dir.clone().unwrap_or_else(cache::default_dir));
-    let run = stage0(&clip, &ds, a.clip.clip_size, a.clip.clip_batch, a.floor, cache_dir.as_deref())?;
+    let run = stage0(&clip, &ds, a.clip.clip_size, a.clip.clip_batch, a.floor, a.cache.dir().as_deref())?;
     run.file.write(&a.out)?;
     let jp = json_path(&a.json, &a.out);
     write_stage0_report(&run, &clip, &ds, dev, &[a.out.clone(), jp.clone()], &jp)?;
@@ -284,9 +306,11 @@ pub fn write_stage0_report(
     outputs: &[PathBuf],
     jp: &Path,
 ) -> Result<()> {
-    for name in &run.never_top1 {
+    if !run.never_top1.is_empty() {
         eprintln!(
-            "warning: class `{name}` is no confident image's top-1: its bias is 1 (the official code divides 0 by 0)"
+            "warning: {} classes are no confident image's top-1, their bias is 1 (the official code divides 0 by 0): {}",
+            run.never_top1.len(),
+            run.never_top1.join(", ")
         );
     }
     let mut skipped = ds.skipped.clone();

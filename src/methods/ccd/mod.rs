@@ -9,6 +9,7 @@ pub mod init;
 pub mod labels;
 pub mod relabel;
 pub mod relabel_cli;
+pub mod train;
 
 use crate::data::transforms::{Interpolation, Transform, IMAGENET_NORM_NUMPY};
 

@@ -94,6 +94,10 @@ pub struct Stage2Args {
     /// Weight of the old label in the update: clamp(ratio old + (1 - ratio) local, 0, 1)
     #[arg(long, default_value_t = 0.2)]
     pub ratio: f32,
+    /// Long side of a crop before CLIP (fixed at 640 in the official code, whatever the
+    /// image size)
+    #[arg(long, default_value_t = 640)]
+    pub crop_long: usize,
 }
 
 impl Stage2Args {
@@ -106,7 +110,17 @@ impl Stage2Args {
         if !(0.0..=1.0).contains(&self.ratio) {
             return Err(Error::Shape(format!("--ratio {} must lie in [0, 1]", self.ratio)));
         }
-        Ok(RelabelOptions { offset: self.offset, ratio: self.ratio, floor, box_rule, ..RelabelOptions::default() })
+        if self.crop_long < 32 {
+            return Err(Error::Shape(format!("--crop-long {}: CLIP needs at least 32 pixels", self.crop_long)));
+        }
+        Ok(RelabelOptions {
+            offset: self.offset,
+            crop_long: self.crop_long,
+            ratio: self.ratio,
+            floor,
+            box_rule,
+            ..RelabelOptions::default()
+        })
     }
 }
 
