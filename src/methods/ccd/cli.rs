@@ -120,7 +120,12 @@ pub fn run_cli(a: CcdArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: &str) -> 
     match a.command {
         CcdCommand::Init(i) => run_init(&i, dev, gpu, dtype).map(|_| ()),
         CcdCommand::Relabel(r) => super::relabel_cli::run_relabel(&r, dev, gpu, dtype),
-        CcdCommand::Predict(p) => super::relabel_cli::run_predict(&p),
+        CcdCommand::Predict(p) => {
+            if gpu.is_some() {
+                return Err(Error::Device("ccd predict runs on the CPU; drop --device".into()));
+            }
+            super::relabel_cli::run_predict(&p)
+        }
         CcdCommand::Train(t) => {
             if gpu.is_some() && dtype != "f32" {
                 return Err(Error::Device(format!("ccd train on the GPU runs in f32; drop --dtype {dtype}")));
