@@ -138,10 +138,18 @@ pub struct CudaEncoderBench {
 }
 
 /// One forward of a CUDA image encoder, its FLOPs per image at a side, and its native side.
-type CudaEncoder = (Box<dyn Fn(&crate::device::cuda::CudaTensor) -> Result<crate::device::cuda::CudaTensor>>, Box<dyn Fn(usize) -> f64>, usize);
+type CudaEncoder = (
+    Box<dyn Fn(&crate::device::cuda::CudaTensor) -> Result<crate::device::cuda::CudaTensor>>,
+    Box<dyn Fn(usize) -> f64>,
+    usize,
+);
 
 /// The CUDA image encoder of a random-weight `arch`.
-fn cuda_encoder(gpu: &std::sync::Arc<crate::device::cuda::Gpu>, arch: &str, dtype: crate::device::cuda::CudaDType) -> Result<CudaEncoder> {
+fn cuda_encoder(
+    gpu: &std::sync::Arc<crate::device::cuda::Gpu>,
+    arch: &str,
+    dtype: crate::device::cuda::CudaDType,
+) -> Result<CudaEncoder> {
     use crate::models::clip::config::{ClipConfig, VisionConfig};
     use crate::models::clip::resnet_cuda::{random_resnet_params, CudaModifiedResNet};
     use crate::models::clip::vit_cuda::{random_vit_params, CudaVit};
@@ -153,7 +161,8 @@ fn cuda_encoder(gpu: &std::sync::Arc<crate::device::cuda::Gpu>, arch: &str, dtyp
             (Box::new(move |x| enc.forward(x)), Box::new(move |s| e2.flops_per_image(s, s)), cfg.grid * cfg.patch)
         }
         VisionConfig::ResNet(cfg) => {
-            let enc = std::sync::Arc::new(CudaModifiedResNet::load(gpu, &mut random_resnet_params(cfg, 0)?, cfg, dtype)?);
+            let enc =
+                std::sync::Arc::new(CudaModifiedResNet::load(gpu, &mut random_resnet_params(cfg, 0)?, cfg, dtype)?);
             let e2 = enc.clone();
             (Box::new(move |x| enc.forward(x)), Box::new(move |s| e2.flops_per_image(s, s)), cfg.grid * 32)
         }
@@ -262,4 +271,30 @@ pub fn sim_encoder_profile(
         });
     }
     Ok(out)
+}
+
+/// Seconds the simulator takes for one encoder forward of `batch` images at `size` (after a
+/// first forward that parses the modules), and, when it profiles, the thread instructions that
+/// forward executed. benches/sim.rs turns the two into the simulator's speed.
+pub fn sim_encoder_forward(
+    gpu: &std::sync::Arc<crate::device::cuda::Gpu>,
+    arch: &str,
+    batch: usize,
+    size: usize,
+    dtype: crate::device::cuda::CudaDType,
+) -> Result<(f64, u64)> {
+    use crate::device::cuda::CudaTensor;
+    use crate::error::Error;
+    let sim = gpu.sim().ok_or_else(|| Error::Device("sim_encoder_forward runs on the simulator".into()))?;
+    let (forward, _, _) = cuda_encoder(gpu, arch, dtype)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let pixels = Tensor::randn(&[batch, 3, size, size], 1.0, &mut rng);
+    let x = CudaTensor::from_tensor(gpu, &pixels, dtype)?;
+    forward(&x)?;
+    sim.take_profiles();
+    let t0 = Instant::now();
+    forward(&x)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let thread_instructions = sim.take_profiles().iter().map(|p| p.thread_instructions).sum();
+    Ok((seconds, thread_instructions))
 }

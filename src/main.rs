@@ -336,14 +336,13 @@ fn run(cli: Cli) -> Result<()> {
     let (cli_dtype, cli_gemm) = (cli.dtype.clone(), cli.gemm.clone());
     cli_dtype.parse::<labelfree::device::cuda::CudaDType>()?;
     let gemm: labelfree::device::cuda::GemmBackend = cli_gemm.parse()?;
-    if dev.runs_kernels() {
-        if !matches!(cli.command, Command::Bench { .. } | Command::GpuCheck(_) | Command::Embed { .. } | Command::Zeroshot { .. } | Command::Tagclip(_) | Command::Train(_) | Command::Cdul(_) | Command::Ccd(_)) {
+    if dev.runs_kernels()
+        && !matches!(cli.command, Command::Bench { .. } | Command::GpuCheck(_) | Command::Embed { .. } | Command::Zeroshot { .. } | Command::Tagclip(_) | Command::Train(_) | Command::Cdul(_) | Command::Ccd(_)) {
             bail!(
                 "--device {dev}: this command has no CUDA path yet (embed, zeroshot, tagclip, train, bench and gpu-check have one); \
                  use --device cpu"
             );
         }
-    }
     if (cli.no_sanitize || cli.profile) && dev != Device::Sim {
         bail!("--no-sanitize and --profile are options of the PTX simulator: add --device sim");
     }

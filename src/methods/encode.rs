@@ -91,7 +91,7 @@ pub fn encode_with_progress(model: &ClipModel, paths: &[PathBuf], transform: &Tr
 pub fn clip_transform(model: &ClipModel, size: Option<usize>) -> Result<Transform> {
     let size = size.unwrap_or_else(|| model.image_size());
     let m = model.input_multiple();
-    if size == 0 || size % m != 0 {
+    if size == 0 || !size.is_multiple_of(m) {
         return Err(Error::Shape(format!("--size {size}: this model needs a positive multiple of {m}")));
     }
     Ok(Transform::ClipCenterCrop { size })

@@ -209,6 +209,7 @@ impl CudaResNet {
         self.grads.iter_mut().try_for_each(|g| g.fill_zero(&gpu))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn conv_bn_forward(&mut self, l: &CudaConvBn, x: &CudaTensor, b: usize, h: usize, w: usize, relu: bool, train: bool) -> Result<CudaConvBnAct> {
         let gpu = self.gpu.clone();
         let s = l.layer.shape(b, h, w);
@@ -433,7 +434,9 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
     use crate::train::adam::ParamGroup;
     use crate::train::step::forward_backward;
 
-    let cases: [(&'static str, usize, [usize; 4], usize, HeadKind, usize, usize); 3] = [
+    // (op, stem width, blocks per stage, classes, head, batch, image side)
+    type StepCase = (&'static str, usize, [usize; 4], usize, HeadKind, usize, usize);
+    let cases: [StepCase; 3] = [
         ("resnet_train_step", 4, [1, 2, 1, 1], 5, HeadKind::Cam, 3, 48),
         ("resnet_train_step", 4, [1, 1, 2, 1], 7, HeadKind::Linear, 2, 40),
         ("resnet_train_step", 64, [3, 4, 6, 3], 80, HeadKind::Cam, 2, 224),

@@ -90,6 +90,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
 }
 
 /// y (C, ho, wo) from x (C, h, w).
+#[allow(clippy::too_many_arguments)]
 pub fn bilinear_resize_cpu(x: &[f32], c: usize, h: usize, w: usize, ho: usize, wo: usize, align_corners: bool, y: &mut [f32]) {
     // Source coordinate of output index `o` along an axis of `n_in` -> `n_out`.
     let coord = |o: usize, n_in: usize, n_out: usize| -> (usize, usize, f32) {

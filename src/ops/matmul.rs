@@ -637,6 +637,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         case(1, 512, 768, true, Epilogue::Gelu, true),
         case(777, 200, 136, true, Epilogue::QuickGelu, true), // 128x128 tiles, ragged edges, K % 32 != 0
         case(65, 33, 45, true, Epilogue::QuickGelu, true),    // K % 8 != 0: the fallback kernel
+        case(520, 24, 40, true, Epilogue::None, true),        // the smallest M on 128x128 tiles
     ];
     let mut checks = Vec::new();
     for (cases, backend) in [(&vit[..], GemmBackend::Native), (&odd[..], GemmBackend::Native), (&odd[..], GemmBackend::Cublas)] {

@@ -81,9 +81,19 @@ pub fn l2_normalize_cuda(gpu: &Gpu, x: &CudaTensor, y: &mut CudaTensor) -> Resul
 /// CUDA launcher: kernels/similarity.cu, exactly `class_probabilities`: softmax over classes
 /// of scale * normalize(img) . normalize(txt), fused, one block per image row.
 /// img (B, D), txt (C, D) in one float dtype; probs (B, C) f32.
-pub fn class_probabilities_cuda(gpu: &Gpu, img: &CudaTensor, txt: &CudaTensor, scale: f32, probs: &mut CudaTensor) -> Result<()> {
+pub fn class_probabilities_cuda(
+    gpu: &Gpu,
+    img: &CudaTensor,
+    txt: &CudaTensor,
+    scale: f32,
+    probs: &mut CudaTensor,
+) -> Result<()> {
     let (&[b, d], &[c, dt]) = (img.shape(), txt.shape()) else {
-        return Err(Error::Shape(format!("class_probabilities_cuda: img {:?} and txt {:?} must be 2-D", img.shape(), txt.shape())));
+        return Err(Error::Shape(format!(
+            "class_probabilities_cuda: img {:?} and txt {:?} must be 2-D",
+            img.shape(),
+            txt.shape()
+        )));
     };
     if d != dt || d == 0 || c == 0 || probs.shape() != [b, c] {
         return Err(Error::Shape(format!(
@@ -94,7 +104,10 @@ pub fn class_probabilities_cuda(gpu: &Gpu, img: &CudaTensor, txt: &CudaTensor, s
         )));
     }
     if !img.dtype().is_float() {
-        return Err(Error::Device(format!("class_probabilities_cuda: img must be a float tensor, found {:?}", img.dtype())));
+        return Err(Error::Device(format!(
+            "class_probabilities_cuda: img must be a float tensor, found {:?}",
+            img.dtype()
+        )));
     }
     txt.expect_dtype(img.dtype(), "class_probabilities_cuda txt")?;
     probs.expect_dtype(CudaDType::F32, "class_probabilities_cuda probs")?;
@@ -106,7 +119,11 @@ pub fn class_probabilities_cuda(gpu: &Gpu, img: &CudaTensor, txt: &CudaTensor, s
     if smem > 96 * 1024 {
         return Err(Error::Shape(format!("class_probabilities_cuda: embedding dim {d} is too large for one block")));
     }
-    let cfg = LaunchConfig { grid_dim: (grid_rows(b, "class_probabilities_cuda")?, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: smem as u32 };
+    let cfg = LaunchConfig {
+        grid_dim: (grid_rows(b, "class_probabilities_cuda")?, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
     let name = format!("class_probabilities_{}", img.dtype().suffix());
     gpu.launch(
         "similarity",
@@ -125,38 +142,55 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     for &(rows, cols) in &[(8usize, 512usize), (2 * 1200, 512), (80, 768), (16, 1024), (33, 37)] {
         for dtype in dtypes {
             let bytes = (rows * cols * 2 * dtype.size_in_bytes()) as f64;
-            checks.push(GpuCheck::new("l2_normalize", format!("rows={rows} cols={cols}"), dtype, Work::Bytes(bytes), move |gpu, rng| {
-                let xd = CudaTensor::from_f32(gpu, &[rows, cols], &random_vec(rng, rows * cols, 2.0), dtype)?;
-                // The reference sees the inputs as rounded to the dtype: the check measures the kernel.
-                let mut want = xd.to_f32_vec(gpu)?;
-                l2_normalize_cpu(&mut want, cols);
-                let mut yd = CudaTensor::empty(gpu, &[rows, cols], dtype)?;
-                yd.poison(gpu)?;
-                l2_normalize_cuda(gpu, &xd, &mut yd)?;
-                let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
-                let g = gpu.clone();
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || l2_normalize_cuda(&g, &xd, &mut yd)), cublas: None })
-            }));
+            checks.push(GpuCheck::new(
+                "l2_normalize",
+                format!("rows={rows} cols={cols}"),
+                dtype,
+                Work::Bytes(bytes),
+                move |gpu, rng| {
+                    let xd = CudaTensor::from_f32(gpu, &[rows, cols], &random_vec(rng, rows * cols, 2.0), dtype)?;
+                    // The reference sees the inputs as rounded to the dtype: the check measures the kernel.
+                    let mut want = xd.to_f32_vec(gpu)?;
+                    l2_normalize_cpu(&mut want, cols);
+                    let mut yd = CudaTensor::empty(gpu, &[rows, cols], dtype)?;
+                    yd.poison(gpu)?;
+                    l2_normalize_cuda(gpu, &xd, &mut yd)?;
+                    let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
+                    let g = gpu.clone();
+                    Ok(CheckRun {
+                        max_rel_err: err,
+                        launch: Box::new(move || l2_normalize_cuda(&g, &xd, &mut yd)),
+                        cublas: None,
+                    })
+                },
+            ));
         }
     }
     for &(b, c, d) in &[(8usize, 80usize, 512usize), (2 * 1200, 80, 512), (64, 1000, 768), (5, 33, 37)] {
         for dtype in dtypes {
-            let bytes = ((b + c) * d * dtype.size_in_bytes() + b * c * 4) as f64;
-            checks.push(GpuCheck::new("class_probabilities", format!("B={b} C={c} D={d}"), dtype, Work::Bytes(bytes), move |gpu, rng| {
-                let img_d = CudaTensor::from_f32(gpu, &[b, d], &random_vec(rng, b * d, 1.0), dtype)?;
-                let txt_d = CudaTensor::from_f32(gpu, &[c, d], &random_vec(rng, c * d, 1.0), dtype)?;
-                let img = Tensor::from_f32(&[b, d], img_d.to_f32_vec(gpu)?)?;
-                let txt = Tensor::from_f32(&[c, d], txt_d.to_f32_vec(gpu)?)?;
-                // CLIP's logit scale, exp(4.6052) = 100: peaked class distributions.
-                let want = class_probabilities(&img, &txt, 100.0)?;
-                let mut pd = CudaTensor::empty(gpu, &[b, c], CudaDType::F32)?;
-                pd.poison(gpu)?;
-                class_probabilities_cuda(gpu, &img_d, &txt_d, 100.0, &mut pd)?;
-                let err = max_rel_err(&pd.to_f32_vec(gpu)?, want.f32s()?);
-                let g = gpu.clone();
-                let launch = move || class_probabilities_cuda(&g, &img_d, &txt_d, 100.0, &mut pd);
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
-            }));
+            // B·C dot products of length D: FLOPs, not bytes, bound it (and the simulator's time).
+            let flops = 2.0 * (b * c * d) as f64;
+            checks.push(GpuCheck::new(
+                "class_probabilities",
+                format!("B={b} C={c} D={d}"),
+                dtype,
+                Work::Flops(flops),
+                move |gpu, rng| {
+                    let img_d = CudaTensor::from_f32(gpu, &[b, d], &random_vec(rng, b * d, 1.0), dtype)?;
+                    let txt_d = CudaTensor::from_f32(gpu, &[c, d], &random_vec(rng, c * d, 1.0), dtype)?;
+                    let img = Tensor::from_f32(&[b, d], img_d.to_f32_vec(gpu)?)?;
+                    let txt = Tensor::from_f32(&[c, d], txt_d.to_f32_vec(gpu)?)?;
+                    // CLIP's logit scale, exp(4.6052) = 100: peaked class distributions.
+                    let want = class_probabilities(&img, &txt, 100.0)?;
+                    let mut pd = CudaTensor::empty(gpu, &[b, c], CudaDType::F32)?;
+                    pd.poison(gpu)?;
+                    class_probabilities_cuda(gpu, &img_d, &txt_d, 100.0, &mut pd)?;
+                    let err = max_rel_err(&pd.to_f32_vec(gpu)?, want.f32s()?);
+                    let g = gpu.clone();
+                    let launch = move || class_probabilities_cuda(&g, &img_d, &txt_d, 100.0, &mut pd);
+                    Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
+                },
+            ));
         }
     }
     checks

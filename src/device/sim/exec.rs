@@ -383,6 +383,37 @@ fn flops_of(inst: &Inst) -> u64 {
     }
 }
 
+thread_local! {
+    /// Register files of finished CTAs, reused by the next CTA on the same thread: for small
+    /// kernels, fresh zeroed pages per CTA cost more (page faults) than running the CTA.
+    static REGISTER_FILES: std::cell::RefCell<Vec<Vec<u64>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Register files kept per thread, and the largest one kept (in registers of 8 bytes).
+const KEPT_REGISTER_FILES: usize = 64;
+const KEPT_REGISTER_FILE_LEN: usize = 1 << 20;
+
+/// A zeroed register file of `len` slots, reusing a finished CTA's allocation when there is one.
+fn register_file(len: usize) -> Vec<u64> {
+    let mut regs = REGISTER_FILES.with(|pool| pool.borrow_mut().pop()).unwrap_or_default();
+    regs.clear();
+    regs.resize(len, 0);
+    regs
+}
+
+impl Drop for Cta<'_> {
+    fn drop(&mut self) {
+        REGISTER_FILES.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            for w in &mut self.warps {
+                if pool.len() < KEPT_REGISTER_FILES && w.regs.capacity() <= KEPT_REGISTER_FILE_LEN {
+                    pool.push(std::mem::take(&mut w.regs));
+                }
+            }
+        });
+    }
+}
+
 impl<'a> Cta<'a> {
     fn new(l: &'a Launch<'a>, ctaid: [u32; 3], sectors: Option<&'a SectorSet>) -> Cta<'a> {
         let nthreads = l.block[0] * l.block[1] * l.block[2];
@@ -399,7 +430,7 @@ impl<'a> Cta<'a> {
                     }
                 }
                 Warp {
-                    regs: vec![0; nregs * 32],
+                    regs: register_file(nregs * 32),
                     pc: [0; 32],
                     lane,
                     exists,
@@ -502,19 +533,20 @@ impl<'a> Cta<'a> {
         loop {
             let warp = &self.warps[w];
             let mut min_pc = u32::MAX;
+            let mut mask = 0u32;
             for lane in 0..32 {
-                if warp.lane[lane] == Lane::Running && warp.pc[lane] < min_pc {
-                    min_pc = warp.pc[lane];
+                if warp.lane[lane] == Lane::Running {
+                    let pc = warp.pc[lane];
+                    if pc < min_pc {
+                        min_pc = pc;
+                        mask = 1 << lane;
+                    } else if pc == min_pc {
+                        mask |= 1 << lane;
+                    }
                 }
             }
             if min_pc == u32::MAX {
                 return Ok(());
-            }
-            let mut mask = 0u32;
-            for lane in 0..32 {
-                if warp.lane[lane] == Lane::Running && warp.pc[lane] == min_pc {
-                    mask |= 1 << lane;
-                }
             }
             let Some(inst) = insts.get(min_pc as usize) else {
                 let lane = mask.trailing_zeros();
@@ -525,7 +557,7 @@ impl<'a> Cta<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn read(&self, w: usize, o: &Opnd, lane: usize) -> u64 {
         match o {
             Opnd::Reg(r) => self.warps[w].regs[*r as usize * 32 + lane],
@@ -537,16 +569,8 @@ impl<'a> Cta<'a> {
     }
 
     fn special(&self, s: Special, w: usize, lane: usize) -> u32 {
-        let tid = w as u32 * 32 + lane as u32;
-        let b = self.l.block;
-        match s {
-            Special::Tid(d) => thread_xyz(b, tid)[d as usize],
-            Special::Ntid(d) => b[d as usize],
-            Special::Ctaid(d) => self.ctaid[d as usize],
-            Special::Nctaid(d) => self.l.grid[d as usize],
-            Special::LaneId => lane as u32,
-            Special::WarpId => w as u32,
-        }
+        let at = SpecialCtx { block: self.l.block, grid: self.l.grid, ctaid: self.ctaid, warp: w as u32 };
+        special_of(s, &at, lane)
     }
 
     #[inline]
@@ -650,20 +674,13 @@ impl<'a> Cta<'a> {
             Op::Ld { space, vec } => self.exec_ld(w, inst, *space, *vec as usize, active),
             Op::St { space, vec } => self.exec_st(w, inst, *space, *vec as usize, active),
             Op::Setp(c) => {
-                for lane in lanes(active) {
-                    let a = self.read(w, &ops[1], lane);
-                    let b = self.read(w, &ops[2], lane);
-                    let r = compare(*c, ty, a, b);
-                    self.write(w, &ops[0], lane, r as u64);
-                }
+                let src: [Src; 2] = self.sources(w, inst, 1)?;
+                self.map_lanes(w, active, &ops[0], src, |[a, b]| compare(*c, ty, a, b) as u64);
                 Ok(())
             }
             Op::Selp => {
-                for lane in lanes(active) {
-                    let p = self.read(w, &ops[3], lane) & 1 == 1;
-                    let v = if p { self.read(w, &ops[1], lane) } else { self.read(w, &ops[2], lane) };
-                    self.write(w, &ops[0], lane, mask_bits(v, ty));
-                }
+                let src: [Src; 3] = self.sources(w, inst, 1)?;
+                self.map_lanes(w, active, &ops[0], src, |[a, b, p]| mask_bits(if p & 1 == 1 { a } else { b }, ty));
                 Ok(())
             }
             Op::Cvt { from } if matches!(ty, Ty::Bf16x2 | Ty::F16x2) => {
@@ -755,49 +772,108 @@ impl<'a> Cta<'a> {
                     self.write(w, dst, lane, v);
                 }
             }
-            (dst, src) => {
-                for lane in lanes(active) {
-                    let v = mask_bits(self.read(w, src, lane), inst.ty);
-                    self.write(w, dst, lane, v);
-                }
+            (dst, _) => {
+                let src: [Src; 1] = self.sources(w, inst, 1)?;
+                self.map_lanes(w, active, dst, src, |[a]| mask_bits(a, inst.ty));
             }
         }
         Ok(())
     }
 
-    fn exec_alu(&mut self, w: usize, inst: &Inst, active: u32) -> SimResult<()> {
-        let ops = &inst.ops;
-        let ty = inst.ty;
-        for lane in lanes(active) {
-            let a = self.read(w, &ops[1], lane);
-            let b = ops.get(2).map_or(0, |o| self.read(w, o, lane));
-            let c = ops.get(3).map_or(0, |o| self.read(w, o, lane));
-            let v = match ty {
-                Ty::F32 => match f32_op(inst, a, b, c) {
-                    Some(v) => v.to_bits() as u64,
-                    None => return Err(self.unsupported(w, lane, inst)),
-                },
-                Ty::F64 => match f64_op(inst, a, b, c) {
-                    Some(v) => v.to_bits(),
-                    None => return Err(self.unsupported(w, lane, inst)),
-                },
-                Ty::Pred => match inst.op {
-                    Op::And => a & b & 1,
-                    Op::Or => (a | b) & 1,
-                    Op::Xor => (a ^ b) & 1,
-                    Op::Not => !a & 1,
-                    _ => return Err(self.unsupported(w, lane, inst)),
-                },
-                _ if ty.is_float() => return Err(self.unsupported(w, lane, inst)),
-                _ => {
-                    let d = ops.get(4).map_or(0, |o| self.read(w, o, lane));
-                    match int_op(inst, a, b, c, d) {
-                        Some(v) => v,
-                        None => return Err(self.unsupported(w, lane, inst)),
-                    }
+    /// Operands resolved once per warp instruction, so the lane loop only indexes registers.
+    fn sources<const N: usize>(&self, w: usize, inst: &Inst, first: usize) -> SimResult<[Src; N]> {
+        let mut out = [Src::Imm(0); N];
+        for (i, s) in out.iter_mut().enumerate() {
+            *s = match inst.ops.get(first + i) {
+                None => Src::Imm(0),
+                Some(Opnd::Reg(r)) => Src::Reg(*r as usize * 32),
+                Some(Opnd::Imm(v)) => Src::Imm(*v),
+                Some(Opnd::Pred { reg, neg }) => Src::Pred(*reg as usize * 32, *neg as u64),
+                Some(Opnd::Special(sp)) => Src::Special(*sp),
+                Some(_) => {
+                    let lane = self.warps[w].exists.trailing_zeros() as usize;
+                    return Err(fault(self.l, self.ctaid, (w * 32 + lane) as u32, inst, "unexpected operand kind"));
                 }
             };
-            self.write(w, &ops[0], lane, v);
+        }
+        Ok(out)
+    }
+
+    /// `regs[dst] = f(sources)` for the active lanes of warp `w`.
+    #[inline(always)]
+    fn map_lanes<const N: usize>(
+        &mut self,
+        w: usize,
+        active: u32,
+        dst: &Opnd,
+        src: [Src; N],
+        mut f: impl FnMut([u64; N]) -> u64,
+    ) {
+        let Opnd::Reg(d) = dst else { return };
+        let d = *d as usize * 32;
+        let at = SpecialCtx { block: self.l.block, grid: self.l.grid, ctaid: self.ctaid, warp: w as u32 };
+        let regs = &mut self.warps[w].regs;
+        for lane in lanes(active) {
+            // Not `src.map(..)`: array::map does not inline here and costs more than the op.
+            let mut vals = [0u64; N];
+            for (v, s) in vals.iter_mut().zip(src) {
+                *v = s.get(regs, lane, &at);
+            }
+            regs[d + lane] = f(vals);
+        }
+    }
+
+    fn exec_alu(&mut self, w: usize, inst: &Inst, active: u32) -> SimResult<()> {
+        let src: [Src; 4] = self.sources(w, inst, 1)?;
+        let dst = &inst.ops[0];
+        let ty = inst.ty;
+        // Whether an instruction is implemented depends on its op and types, never on the values:
+        // asking with zeros tells for every lane.
+        let implemented = match ty {
+            Ty::F32 => f32_op(inst, 0, 0, 0).is_some(),
+            Ty::F64 => f64_op(inst, 0, 0, 0).is_some(),
+            Ty::Pred => matches!(inst.op, Op::And | Op::Or | Op::Xor | Op::Not),
+            _ if ty.is_float() => false,
+            _ => int_op(inst, 0, 0, 0, 0).is_some(),
+        };
+        if !implemented {
+            return Err(self.unsupported(w, active.trailing_zeros() as usize, inst));
+        }
+        match ty {
+            // The common f32 forms (round to nearest, no ftz or saturation) skip f32_op's decoding.
+            Ty::F32 if !inst.ftz && !inst.sat && rnd_of(inst.rnd) == fp::Round::Rn => {
+                let f = |v: u64| f32::from_bits(v as u32);
+                let rn = fp::Round::Rn;
+                match inst.op {
+                    Op::Add => {
+                        self.map_lanes(w, active, dst, src, |[a, b, ..]| fp::add_f32(f(a), f(b), rn).to_bits() as u64)
+                    }
+                    Op::Sub => {
+                        self.map_lanes(w, active, dst, src, |[a, b, ..]| fp::sub_f32(f(a), f(b), rn).to_bits() as u64)
+                    }
+                    Op::Mul => {
+                        self.map_lanes(w, active, dst, src, |[a, b, ..]| fp::mul_f32(f(a), f(b), rn).to_bits() as u64)
+                    }
+                    Op::Fma | Op::MadLo => self.map_lanes(w, active, dst, src, |[a, b, c, _]| {
+                        fp::fma_f32(f(a), f(b), f(c), rn).to_bits() as u64
+                    }),
+                    _ => self.map_lanes(w, active, dst, src, |[a, b, c, _]| {
+                        f32_op(inst, a, b, c).map_or(0, |v| v.to_bits() as u64)
+                    }),
+                }
+            }
+            Ty::F32 => self
+                .map_lanes(w, active, dst, src, |[a, b, c, _]| f32_op(inst, a, b, c).map_or(0, |v| v.to_bits() as u64)),
+            Ty::F64 => {
+                self.map_lanes(w, active, dst, src, |[a, b, c, _]| f64_op(inst, a, b, c).map_or(0, f64::to_bits))
+            }
+            Ty::Pred => self.map_lanes(w, active, dst, src, |[a, b, ..]| match inst.op {
+                Op::And => a & b & 1,
+                Op::Or => (a | b) & 1,
+                Op::Xor => (a ^ b) & 1,
+                _ => !a & 1,
+            }),
+            _ => self.map_lanes(w, active, dst, src, |[a, b, c, d]| int_op(inst, a, b, c, d).unwrap_or(0)),
         }
         Ok(())
     }
@@ -815,7 +891,7 @@ impl<'a> Cta<'a> {
     /// Checks one global access of `len` bytes and returns its host pointer.
     fn global_ptr(&self, w: usize, lane: usize, inst: &Inst, addr: u64, len: u32) -> SimResult<*mut u8> {
         let tid = (w * 32 + lane) as u32;
-        if addr % len as u64 != 0 {
+        if !addr.is_multiple_of(len as u64) {
             return Err(fault(
                 self.l,
                 self.ctaid,
@@ -855,7 +931,7 @@ impl<'a> Cta<'a> {
                 format!("shared access of {len} bytes at {addr:#x} past the CTA's {size} bytes"),
             ));
         }
-        if addr % len.min(16) as u64 != 0 {
+        if !addr.is_multiple_of(len.min(16) as u64) {
             if self.l.sanitize {
                 self.finding(
                     FindingKind::MisalignedAccess,
@@ -1162,14 +1238,10 @@ impl<'a> Cta<'a> {
         if dsts.len() != num {
             return Err(self.unsupported(w, 0, inst));
         }
-        let mut rows = [0u32; 32];
-        for lane in 0..32 {
-            rows[lane] = self.addr(w, &inst.ops[1], lane) as u32;
-        }
+        let rows: [u32; 32] = std::array::from_fn(|lane| self.addr(w, &inst.ops[1], lane) as u32);
         // Each lane that provides a row address reads that row (sanitized as its read).
         let mut row_data: BTreeMap<u32, [u16; 8]> = BTreeMap::new();
-        for lane in 0..num * 8 {
-            let a = rows[lane];
+        for (lane, &a) in rows.iter().enumerate().take(num * 8) {
             self.shared_access(w, (w * 32 + lane) as u32, inst, a as u64, 16, false)?;
             let mut r = [0u16; 8];
             for (k, x) in r.iter_mut().enumerate() {
@@ -1224,7 +1296,7 @@ impl<'a> Cta<'a> {
                 ));
             }
             let size = self.shared.len() as u64;
-            if dst + bytes as u64 > size || dst % bytes as u64 != 0 {
+            if dst + bytes as u64 > size || !dst.is_multiple_of(bytes as u64) {
                 if self.l.sanitize {
                     self.finding(
                         FindingKind::SharedOutOfBounds,
@@ -1281,6 +1353,49 @@ fn elements(o: &Opnd) -> &[Opnd] {
     }
 }
 
+/// Where the special registers of a lane come from.
+struct SpecialCtx {
+    block: [u32; 3],
+    grid: [u32; 3],
+    ctaid: [u32; 3],
+    warp: u32,
+}
+
+/// A source operand resolved for a whole warp instruction.
+#[derive(Clone, Copy)]
+enum Src {
+    /// The slot's first lane (`reg * 32`).
+    Reg(usize),
+    Imm(u64),
+    /// A predicate register's first lane and whether it is negated (1) or not (0).
+    Pred(usize, u64),
+    Special(Special),
+}
+
+impl Src {
+    #[inline(always)]
+    fn get(self, regs: &[u64], lane: usize, at: &SpecialCtx) -> u64 {
+        match self {
+            Src::Reg(r) => regs[r + lane],
+            Src::Imm(v) => v,
+            Src::Pred(r, neg) => (regs[r + lane] & 1) ^ neg,
+            Src::Special(s) => special_of(s, at, lane) as u64,
+        }
+    }
+}
+
+fn special_of(s: Special, at: &SpecialCtx, lane: usize) -> u32 {
+    let tid = at.warp * 32 + lane as u32;
+    match s {
+        Special::Tid(d) => thread_xyz(at.block, tid)[d as usize],
+        Special::Ntid(d) => at.block[d as usize],
+        Special::Ctaid(d) => at.ctaid[d as usize],
+        Special::Nctaid(d) => at.grid[d as usize],
+        Special::LaneId => lane as u32,
+        Special::WarpId => at.warp,
+    }
+}
+
 /// Iterates the set bits of a lane mask.
 #[inline]
 fn lanes(mask: u32) -> impl Iterator<Item = usize> {
@@ -1307,11 +1422,10 @@ fn wavefronts(addrs: &[u64; 32], active: u32, len: u32) -> u64 {
     let mut total = 0u64;
     for phase in 0..(32 / per_phase) {
         let mut words: Vec<u64> = Vec::with_capacity(128);
-        for lane in phase * per_phase..(phase + 1) * per_phase {
+        for (lane, &a) in addrs.iter().enumerate().skip(phase * per_phase).take(per_phase) {
             if active >> lane & 1 == 0 {
                 continue;
             }
-            let a = addrs[lane];
             for k in 0..len.div_ceil(4) {
                 words.push(a / 4 + k as u64);
             }

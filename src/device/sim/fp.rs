@@ -115,8 +115,22 @@ fn zero_sum_sign_f32(nearest: f32, both_positive_zero: bool, round: Round) -> f3
 // ---------------------------------------------------------------------------------------------
 // f32 arithmetic.
 
+/// A `.rn` result computed by the host as is, with the canonical NaN for any NaN.
+#[inline]
+fn canonical_f32(x: f32) -> f32 {
+    if x.is_nan() {
+        CANONICAL_NAN_F32
+    } else {
+        x
+    }
+}
+
 /// `add{.rnd}.f32 d, a, b`.
 pub fn add_f32(a: f32, b: f32, round: Round) -> f32 {
+    if round == Round::Rn {
+        // The host's IEEE addition is .rn, signed zeros included: the simulator's hot path.
+        return canonical_f32(a + b);
+    }
     let sum = a + b;
     let finite = a.is_finite() && b.is_finite();
     if finite && sum == 0.0 {
@@ -139,6 +153,9 @@ pub fn sub_f32(a: f32, b: f32, round: Round) -> f32 {
 
 /// `mul{.rnd}.f32 d, a, b`.
 pub fn mul_f32(a: f32, b: f32, round: Round) -> f32 {
+    if round == Round::Rn {
+        return canonical_f32(a * b);
+    }
     // The product of two f32 is exact in f64 (48 significant bits, exponent >= -298).
     let exact = a as f64 * b as f64;
     let nearest = exact as f32;
@@ -150,6 +167,9 @@ pub fn mul_f32(a: f32, b: f32, round: Round) -> f32 {
 /// `fma{.rnd}.f32 d, a, b, c` = a * b + c with one rounding (`.rn` is the host's fused
 /// `mul_add`).
 pub fn fma_f32(a: f32, b: f32, c: f32, round: Round) -> f32 {
+    if round == Round::Rn {
+        return canonical_f32(a.mul_add(b, c));
+    }
     let nearest = a.mul_add(b, c);
     let finite = a.is_finite() && b.is_finite() && c.is_finite();
     let product = a as f64 * b as f64; // exact
@@ -169,6 +189,9 @@ pub fn fma_f32(a: f32, b: f32, c: f32, round: Round) -> f32 {
 
 /// `div{.rnd}.f32 d, a, b` (IEEE, correctly rounded; `div.rn` is the default `/`).
 pub fn div_f32(a: f32, b: f32, round: Round) -> f32 {
+    if round == Round::Rn {
+        return canonical_f32(a / b);
+    }
     let nearest = a / b;
     finish_f32(nearest, a.is_finite() && b.is_finite() && b != 0.0, round, || {
         // sign(a/b − q) = sign(a − q*b) * sign(b); q*b is exact in f64 and the fused residual is

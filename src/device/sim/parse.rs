@@ -385,8 +385,8 @@ pub fn parse_module(module: &str, text: &str) -> SimResult<Module> {
                 let lno = (i + 1) as u32;
                 i += 1;
                 if !started {
-                    if t.starts_with(".maxntid") {
-                        let v: Vec<u32> = t[8..].split(',').filter_map(|s| s.trim().parse().ok()).collect();
+                    if let Some(rest) = t.strip_prefix(".maxntid") {
+                        let v: Vec<u32> = rest.split(',').filter_map(|s| s.trim().parse().ok()).collect();
                         if v.len() == 3 {
                             maxntid = Some([v[0], v[1], v[2]]);
                         }

@@ -28,6 +28,8 @@ pub use text::TextEncoder;
 pub use vit::{VisionTransformer, VitRequest};
 pub use weights::Params;
 
+// One per loaded model: the variants' size difference costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 pub enum VisionEncoder {
     Vit(VisionTransformer),
     ResNet(ModifiedResNet),
@@ -53,6 +55,7 @@ pub struct ClipModel {
 }
 
 /// An image tower on the GPU, with the dtype it computes in.
+#[allow(clippy::large_enum_variant)]
 pub enum CudaVisual {
     Vit(vit_cuda::CudaVit),
     ResNet(resnet_cuda::CudaModifiedResNet),

@@ -255,7 +255,7 @@ impl CudaModifiedResNet {
     pub fn forward(&self, pixels: &CudaTensor) -> Result<CudaTensor> {
         let gpu = &*self.gpu;
         let s = pixels.shape().to_vec();
-        if s.len() != 4 || s[1] != 3 || s[2] % 32 != 0 || s[3] % 32 != 0 || s[2] == 0 || s[3] == 0 {
+        if s.len() != 4 || s[1] != 3 || !s[2].is_multiple_of(32) || !s[3].is_multiple_of(32) || s[2] == 0 || s[3] == 0 {
             return Err(Error::Shape(format!("ModifiedResNet input must be (B, 3, H, W) with H, W positive multiples of 32; got {s:?}")));
         }
         pixels.expect_dtype(self.dtype, "CUDA ModifiedResNet input")?;

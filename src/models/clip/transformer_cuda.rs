@@ -64,6 +64,7 @@ pub struct CudaTransformer {
 
 impl CudaTransformer {
     /// Takes `{prefix}{layer}.*` from `p` (the names `Transformer::load` takes).
+    #[allow(clippy::too_many_arguments)]
     pub fn load(gpu: &Arc<Gpu>, p: &mut Params, prefix: &str, width: usize, layers: usize, heads: usize, act: Activation, dtype: CudaDType) -> Result<Self> {
         let c = width;
         let f32d = CudaDType::F32;

@@ -107,7 +107,7 @@ impl VisionTransformer {
     pub fn forward(&self, pixels: &Tensor, req: &VitRequest) -> Result<VitOutput> {
         let s = pixels.shape();
         let p = self.cfg.patch;
-        if s.len() != 4 || s[1] != 3 || s[2] % p != 0 || s[3] % p != 0 || s[2] == 0 || s[3] == 0 {
+        if s.len() != 4 || s[1] != 3 || !s[2].is_multiple_of(p) || !s[3].is_multiple_of(p) || s[2] == 0 || s[3] == 0 {
             return Err(Error::Shape(format!(
                 "ViT input must be (B, 3, H, W) with H and W positive multiples of the patch {p}; got {s:?}"
             )));

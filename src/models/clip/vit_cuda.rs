@@ -103,7 +103,7 @@ fn upload(gpu: &Gpu, data: &[f32], shape: &[usize], dtype: CudaDType) -> Result<
 
 /// The input rule of `VisionTransformer::forward`: (B, 3, H, W), H and W positive multiples of the patch.
 fn check_vit_input(s: &[usize], p: usize) -> Result<()> {
-    if s.len() != 4 || s[1] != 3 || s[2] % p != 0 || s[3] % p != 0 || s[2] == 0 || s[3] == 0 {
+    if s.len() != 4 || s[1] != 3 || !s[2].is_multiple_of(p) || !s[3].is_multiple_of(p) || s[2] == 0 || s[3] == 0 {
         return Err(Error::Shape(format!("ViT input must be (B, 3, H, W) with H and W positive multiples of the patch {p}; got {s:?}")));
     }
     Ok(())
