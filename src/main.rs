@@ -192,6 +192,9 @@ enum Command {
     /// CDUL: CLIP global-local pseudo-labels (init), their gradient-alignment update, and the
     /// classifier trained on them with an update after each epoch (train)
     Cdul(labelfree::methods::cdul::cli::CdulArgs),
+    /// CCD: debiased CLIP labels (init), classifier-guided crops and the label update
+    /// (relabel), the whole training schedule (train) and the classifier's scores (predict)
+    Ccd(labelfree::methods::ccd::cli::CcdArgs),
 }
 
 fn parse_act(s: &Option<String>) -> Result<Option<Activation>> {
@@ -334,7 +337,7 @@ fn run(cli: Cli) -> Result<()> {
     cli_dtype.parse::<labelfree::device::cuda::CudaDType>()?;
     let gemm: labelfree::device::cuda::GemmBackend = cli_gemm.parse()?;
     if dev.runs_kernels()
-        && !matches!(cli.command, Command::Bench { .. } | Command::GpuCheck(_) | Command::Embed { .. } | Command::Zeroshot { .. } | Command::Tagclip(_) | Command::Train(_) | Command::Cdul(_)) {
+        && !matches!(cli.command, Command::Bench { .. } | Command::GpuCheck(_) | Command::Embed { .. } | Command::Zeroshot { .. } | Command::Tagclip(_) | Command::Train(_) | Command::Cdul(_) | Command::Ccd(_)) {
             bail!(
                 "--device {dev}: this command has no CUDA path yet (embed, zeroshot, tagclip, train, bench and gpu-check have one); \
                  use --device cpu"
@@ -594,6 +597,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Tagclip(a) => labelfree::methods::tagclip::cli::run_cli(a, dev, gpu.as_ref(), &cli_dtype, &cli_gemm)?,
         Command::Cdul(a) => labelfree::methods::cdul::cli::run_cli(a, dev, gpu.as_ref(), &cli_dtype)?,
+        Command::Ccd(a) => labelfree::methods::ccd::cli::run_cli(a, dev, gpu.as_ref(), &cli_dtype)?,
         Command::GpuCheck(a) => {
             // gpu-check always runs kernels: on device 0 unless --device says cuda:N or sim.
             let gpu = match gpu {

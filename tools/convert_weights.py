@@ -6,6 +6,7 @@ Real weights:
     convert_weights.py --in open_clip_model.bin --arch ViT-B-16 --out f.safetensors
     convert_weights.py --in clip-vit-base-patch16/ --out f.safetensors    # Hugging Face folder
     convert_weights.py --in resnet50-0676ba61.pth --out rn50_tv.safetensors  # torchvision
+    convert_weights.py --in bestccd.pt --out ccd_classifier.safetensors     # official CCD model
 
 Random weights of full size (for checks where no pretrained weights can be downloaded):
     convert_weights.py --arch ViT-B-16 --random --seed 0 [--quick-gelu] --out f.safetensors
@@ -13,10 +14,12 @@ Random weights of full size (for checks where no pretrained weights can be downl
     convert_weights.py --tv-random --seed 0 --out f.safetensors            # torchvision resnet50
 
 Output: every tensor as f32 under the library's own state-dict names (OpenAI and open_clip share
-theirs; Hugging Face keeps its names; torchvision keeps its names). Non-parameter buffers
+theirs; Hugging Face keeps its names; torchvision keeps its names; the official CCD classifier,
+saved by its train.py as (state_dict, P), keeps `feature_extractor.N.*`, `onebyone_conv.*`,
+`alpha`). Non-parameter buffers
 (attn_mask, position_ids, num_batches_tracked, OpenAI's input_resolution / context_length /
 vocab_size) are dropped; batch-norm running statistics are kept. Metadata:
-  format  open_clip | hf | torchvision
+  format  open_clip | hf | torchvision | ccd
   act     quick_gelu | gelu (text/ViT MLP activation; relu for torchvision)
   arch    open_clip model name when known, else a name read from the shapes
   hf_config  (hf only) the transformers config as JSON
@@ -90,6 +93,9 @@ def load_any(path):
         ck = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(ck, dict) and "state_dict" in ck and isinstance(ck["state_dict"], dict):
         ck = ck["state_dict"]
+    # the official CCD train.py saves (state_dict, P)
+    if isinstance(ck, tuple) and ck and isinstance(ck[0], dict):
+        ck = ck[0]
     if not isinstance(ck, dict):
         raise SystemExit(f"{path}: not a state dict (found {type(ck).__name__})")
     return ck, "checkpoint"
@@ -185,6 +191,9 @@ def main():
         sd, kind = load_any(args.inp)
         if "fc.weight" in sd and "layer1.0.conv1.weight" in sd:
             meta = {"format": "torchvision", "act": "relu", "arch": "resnet50"}
+        elif "onebyone_conv.weight" in sd:
+            # the official CCD classifier: names kept (`ccd relabel/predict --classifier` read them)
+            meta = {"format": "ccd", "act": "relu", "arch": "ccd-resnet50"}
         elif kind == "openai":
             meta = {"format": "open_clip", "act": "quick_gelu", "arch": arch_from_shapes(sd)}
         else:

@@ -4,8 +4,12 @@
 //! be rerun alone from files; the official code's quirks are kept by default (see
 //! ../shared/methods/ccd.md).
 
+pub mod cli;
 pub mod init;
+pub mod labels;
 pub mod relabel;
+pub mod relabel_cli;
+pub mod train;
 
 use crate::data::transforms::{Interpolation, Transform, IMAGENET_NORM_NUMPY};
 

@@ -77,6 +77,10 @@ pub struct CropPlan {
 // Threshold calibration
 // ---------------------------------------------------------------------------------------------
 
+/// The official calibration's first threshold (with its label smoothing on) and its step.
+pub const CALIB_START: f64 = 0.05;
+pub const CALIB_STEP: f64 = 0.001;
+
 /// What the calibration did.
 #[derive(Clone, Debug, Serialize)]
 pub struct Calibration {
