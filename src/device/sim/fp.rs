@@ -164,11 +164,18 @@ pub fn mul_f32(a: f32, b: f32, round: Round) -> f32 {
     })
 }
 
+/// `fma.rn.f32`: the host's fused `mul_add` (inlined, so a caller compiled with FMA enabled
+/// gets the instruction rather than libm's `fmaf`).
+#[inline(always)]
+pub fn fma_rn_f32(a: f32, b: f32, c: f32) -> f32 {
+    canonical_f32(a.mul_add(b, c))
+}
+
 /// `fma{.rnd}.f32 d, a, b, c` = a * b + c with one rounding (`.rn` is the host's fused
 /// `mul_add`).
 pub fn fma_f32(a: f32, b: f32, c: f32, round: Round) -> f32 {
     if round == Round::Rn {
-        return canonical_f32(a.mul_add(b, c));
+        return fma_rn_f32(a, b, c);
     }
     let nearest = a.mul_add(b, c);
     let finite = a.is_finite() && b.is_finite() && c.is_finite();
