@@ -7,6 +7,7 @@
 //! without nvcc has none and says so. The simulator (`--device sim`) runs that same PTX.
 
 pub mod check;
+pub mod entries;
 pub mod resources;
 pub mod tensor;
 pub mod timer;
@@ -82,6 +83,19 @@ pub struct Gpu {
     /// (major, minor); the simulator models sm_80.
     pub compute_capability: (i32, i32),
     pub gemm: GemmBackend,
+    /// Set on a launch recorder (`Gpu::launch_recorder`): each launch is checked and recorded,
+    /// and none runs.
+    recorder: Option<Arc<Mutex<Vec<RecordedLaunch>>>>,
+}
+
+/// A launch a launch recorder saw: the kernel, its arguments' widths, and whether they fit the
+/// build's PTX.
+#[derive(Clone, Debug)]
+pub struct RecordedLaunch {
+    pub module: String,
+    pub function: String,
+    pub arg_bytes: Vec<u32>,
+    pub mismatch: Option<entries::LaunchMismatch>,
 }
 
 pub(crate) enum Backend {
@@ -124,9 +138,7 @@ impl Gpu {
         }
         let count = CudaContext::device_count().map_err(|e| driver_err("cuDeviceGetCount", e))?;
         if ordinal as i32 >= count {
-            return Err(Error::Device(format!(
-                "--device cuda:{ordinal}: this machine has {count} CUDA device(s)"
-            )));
+            return Err(Error::Device(format!("--device cuda:{ordinal}: this machine has {count} CUDA device(s)")));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("creating the CUDA context", e))?;
         let name = ctx.name().map_err(|e| driver_err("device name", e))?;
@@ -158,24 +170,50 @@ impl Gpu {
             name,
             compute_capability: cc,
             gemm: GemmBackend::Native,
+            recorder: None,
         }))
     }
 
     /// The PTX simulator with every portable (compute_80) module of the build: the same kernels
     /// a GPU would load, run on the CPU (device::sim).
     pub fn simulator(options: SimOptions) -> Result<Arc<Gpu>> {
+        Gpu::sim_device(options).map(Arc::new)
+    }
+
+    fn sim_device(options: SimOptions) -> Result<Gpu> {
         if !has_kernels() {
             return Err(Error::Device(format!("--device sim: {NO_KERNELS}")));
         }
         let modules: Vec<(&'static str, &'static str)> =
             KERNEL_MODULES.iter().filter(|m| m.arch == "compute_80").map(|m| (m.name, m.ptx)).collect();
-        Ok(Arc::new(Gpu {
+        Ok(Gpu {
             backend: Backend::Sim(Arc::new(Simulator::new(&modules, options))),
             ordinal: 0,
             name: SIM_DEVICE_NAME.to_string(),
             compute_capability: (8, 0),
             gemm: GemmBackend::Native,
-        }))
+            recorder: None,
+        })
+    }
+
+    /// A device whose launches run nothing: each is checked against the build's entry points
+    /// (`entries::check_launch`) and recorded (`recorded_launches`). Memory is the simulator's,
+    /// so launchers allocate, upload and download as usual; what they download is whatever the
+    /// buffers held (poison for outputs). For guards that reach every launcher without a GPU.
+    pub fn launch_recorder() -> Result<Arc<Gpu>> {
+        // Nothing runs, so there is nothing to sanitize or profile.
+        let mut gpu = Gpu::sim_device(SimOptions { sanitize: false, profile: false })?;
+        gpu.name = "labelfree launch recorder (launches checked against the PTX, not run)".into();
+        gpu.recorder = Some(Arc::new(Mutex::new(Vec::new())));
+        Ok(Arc::new(gpu))
+    }
+
+    /// The launches a launch recorder has seen so far, in order (empty on any other device).
+    pub fn recorded_launches(&self) -> Vec<RecordedLaunch> {
+        match &self.recorder {
+            Some(r) => r.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            None => Vec::new(),
+        }
     }
 
     /// Opens what `device` names: a GPU or the simulator (None for the CPU).
@@ -193,7 +231,14 @@ impl Gpu {
             Backend::Driver(d) => Backend::Driver(d.clone()),
             Backend::Sim(s) => Backend::Sim(s.clone()),
         };
-        Arc::new(Gpu { backend, ordinal: self.ordinal, name: self.name.clone(), compute_capability: self.compute_capability, gemm })
+        Arc::new(Gpu {
+            backend,
+            ordinal: self.ordinal,
+            name: self.name.clone(),
+            compute_capability: self.compute_capability,
+            gemm,
+            recorder: self.recorder.clone(),
+        })
     }
 
     /// True on a device that runs the sm_90a (Hopper) kernels.
@@ -232,9 +277,10 @@ impl Gpu {
         if let Some(f) = cache.get(&key) {
             return Ok(f.clone());
         }
-        let m = d.modules.get(module).ok_or_else(|| {
-            Error::Device(format!("no kernel module `{module}` in this build (kernels/{module}.cu)"))
-        })?;
+        let m = d
+            .modules
+            .get(module)
+            .ok_or_else(|| Error::Device(format!("no kernel module `{module}` in this build (kernels/{module}.cu)")))?;
         let f = m
             .load_function(function)
             .map_err(|e| driver_err(&format!("kernel `{function}` in kernels/{module}.cu"), e))?;
@@ -246,8 +292,21 @@ impl Gpu {
     /// completion by the simulator.
     ///
     /// Arguments are passed by value in the kernel's parameter order: device pointers as
-    /// `KArg::Ptr` (`tensor.arg(gpu)`), scalars as the C type the kernel declares.
+    /// `KArg::Ptr` (`tensor.arg(gpu)`), scalars as the C type the kernel declares. A launch
+    /// whose kernel is not in the build, or whose arguments do not match its parameters in
+    /// number and width, is an error before anything runs (`entries::check_launch`).
     pub fn launch(&self, module: &str, function: &str, cfg: LaunchConfig, args: &[KArg]) -> Result<()> {
+        let fits = entries::check_launch(module, function, args);
+        if let Some(recorder) = &self.recorder {
+            recorder.lock().unwrap_or_else(|e| e.into_inner()).push(RecordedLaunch {
+                module: module.to_string(),
+                function: function.to_string(),
+                arg_bytes: args.iter().map(|a| a.width()).collect(),
+                mismatch: fits.clone().err(),
+            });
+            return fits.map_err(|e| Error::Device(e.to_string()));
+        }
+        fits.map_err(|e| Error::Device(e.to_string()))?;
         let d = match &self.backend {
             Backend::Sim(sim) => {
                 let sim_args: Vec<SimArg> = args.iter().map(|a| a.to_sim()).collect();
@@ -279,9 +338,9 @@ impl Gpu {
         }
         // SAFETY: each launcher checks shapes and dtypes before building `args`, and the
         // kernels bound every access by the sizes passed here.
-        unsafe { builder.launch(cfg) }
-            .map(|_| ())
-            .map_err(|e| driver_err(&format!("launching {function} (grid {:?}, block {:?})", cfg.grid_dim, cfg.block_dim), e))
+        unsafe { builder.launch(cfg) }.map(|_| ()).map_err(|e| {
+            driver_err(&format!("launching {function} (grid {:?}, block {:?})", cfg.grid_dim, cfg.block_dim), e)
+        })
     }
 
     /// The cuBLAS handle on this stream, created on first use. The simulator has none (cuBLAS

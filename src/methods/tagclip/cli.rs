@@ -220,14 +220,6 @@ fn class_text(
     Ok((ct, t0.elapsed().as_secs_f64(), false))
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 /// Scores CSV: `path,<class>,...` (each score in the shortest form that reads back to the same
 /// f32, as zeroshot writes it).
 pub fn scores_csv(rows: &[String], results: &[ImageResult], classes: &[String]) -> String {
@@ -235,14 +227,17 @@ pub fn scores_csv(rows: &[String], results: &[ImageResult], classes: &[String]) 
     scores_csv::to_csv(rows, classes, &scores)
 }
 
-/// Tags CSV: `path,tags` with the class names joined by `;`.
+/// Tags CSV: `path,tags` with the class names joined by `;` (a field is quoted when it holds
+/// `,`, `"`, CR or LF, the csv crate's default).
 pub fn tags_csv(rows: &[String], results: &[ImageResult], classes: &[String]) -> String {
-    let mut s = String::from("path,tags\n");
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let write = "writing CSV to memory cannot fail";
+    w.write_record(["path", "tags"]).expect(write);
     for (p, r) in rows.iter().zip(results) {
         let names: Vec<&str> = r.tags.iter().map(|&t| classes[t].as_str()).collect();
-        s.push_str(&format!("{},{}\n", csv_field(p), csv_field(&names.join(";"))));
+        w.write_record([p.as_str(), &names.join(";")]).expect(write);
     }
-    s
+    String::from_utf8(w.into_inner().expect(write)).expect("the fields are UTF-8")
 }
 
 /// What a run reads: image files with a class list, or a dataset split.
@@ -471,4 +466,31 @@ pub fn run_cli(
         (None, _) => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_csv_quotes_only_what_needs_it() {
+        let result = |tags: Vec<usize>| ImageResult {
+            height: 224,
+            width: 224,
+            scores: Vec::new(),
+            local: Vec::new(),
+            tags,
+            cwr: Default::default(),
+            refined: None,
+            hat: None,
+        };
+        let classes = ["cat", "say \"hi\"", "x,y", "dog"].map(String::from);
+        let rows = ["a.jpg", "dir/b, c.jpg", "line\rbreak.jpg", "\"q\".jpg"].map(String::from);
+        let results = [result(vec![0, 3]), result(vec![1]), result(vec![]), result(vec![2, 0])];
+        // The bytes the hand-written writer produced before the csv crate took over.
+        assert_eq!(
+            tags_csv(&rows, &results, &classes),
+            "path,tags\na.jpg,cat;dog\n\"dir/b, c.jpg\",\"say \"\"hi\"\"\"\n\"line\rbreak.jpg\",\n\"\"\"q\"\".jpg\",\"x,y;cat\"\n"
+        );
+    }
 }

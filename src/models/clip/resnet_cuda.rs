@@ -33,7 +33,17 @@ struct CudaConvBn {
 
 impl CudaConvBn {
     #[allow(clippy::too_many_arguments)]
-    fn load(gpu: &Gpu, p: &mut Params, conv: &str, bn: &str, c_in: usize, c_out: usize, k: usize, stride: usize, dtype: CudaDType) -> Result<Self> {
+    fn load(
+        gpu: &Gpu,
+        p: &mut Params,
+        conv: &str,
+        bn: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        dtype: CudaDType,
+    ) -> Result<Self> {
         let (w, b) = load_conv_bn_folded(p, conv, bn, c_in, c_out, k)?;
         Ok(CudaConvBn {
             w: CudaTensor::from_f32(gpu, &[c_out, c_in, k, k], &w, dtype)?,
@@ -46,7 +56,16 @@ impl CudaConvBn {
     }
 
     fn shape(&self, b: usize, h: usize, w: usize) -> Conv2dShape {
-        Conv2dShape { batch: b, c_in: self.c_in, h, w, c_out: self.c_out, kernel: self.k, stride: self.stride, pad: self.k / 2 }
+        Conv2dShape {
+            batch: b,
+            c_in: self.c_in,
+            h,
+            w,
+            c_out: self.c_out,
+            kernel: self.k,
+            stride: self.stride,
+            pad: self.k / 2,
+        }
     }
 
     /// x (B, C_in, H, W) -> relu?(conv(x) + b + residual), (B, C_out, H', W').
@@ -170,14 +189,54 @@ impl CudaModifiedResNet {
             for (i, (inplanes, planes, stride)) in stage.into_iter().enumerate() {
                 let pre = format!("visual.layer{}.{}", s + 1, i);
                 let downsample = if stride > 1 || inplanes != planes * 4 {
-                    Some(CudaConvBn::load(g, p, &format!("{pre}.downsample.0"), &format!("{pre}.downsample.1"), inplanes, planes * 4, 1, 1, dtype)?)
+                    Some(CudaConvBn::load(
+                        g,
+                        p,
+                        &format!("{pre}.downsample.0"),
+                        &format!("{pre}.downsample.1"),
+                        inplanes,
+                        planes * 4,
+                        1,
+                        1,
+                        dtype,
+                    )?)
                 } else {
                     None
                 };
                 blocks.push(CudaBottleneck {
-                    conv1: CudaConvBn::load(g, p, &format!("{pre}.conv1"), &format!("{pre}.bn1"), inplanes, planes, 1, 1, dtype)?,
-                    conv2: CudaConvBn::load(g, p, &format!("{pre}.conv2"), &format!("{pre}.bn2"), planes, planes, 3, 1, dtype)?,
-                    conv3: CudaConvBn::load(g, p, &format!("{pre}.conv3"), &format!("{pre}.bn3"), planes, planes * 4, 1, 1, dtype)?,
+                    conv1: CudaConvBn::load(
+                        g,
+                        p,
+                        &format!("{pre}.conv1"),
+                        &format!("{pre}.bn1"),
+                        inplanes,
+                        planes,
+                        1,
+                        1,
+                        dtype,
+                    )?,
+                    conv2: CudaConvBn::load(
+                        g,
+                        p,
+                        &format!("{pre}.conv2"),
+                        &format!("{pre}.bn2"),
+                        planes,
+                        planes,
+                        3,
+                        1,
+                        dtype,
+                    )?,
+                    conv3: CudaConvBn::load(
+                        g,
+                        p,
+                        &format!("{pre}.conv3"),
+                        &format!("{pre}.bn3"),
+                        planes,
+                        planes * 4,
+                        1,
+                        1,
+                        dtype,
+                    )?,
                     stride,
                     downsample,
                 });
@@ -224,7 +283,8 @@ impl CudaModifiedResNet {
     /// FLOPs of one image at h x w (2 per multiply-add; convolutions and the attention pool,
     /// as the model profiles of open_clip count them).
     pub fn flops_per_image(&self, h: usize, w: usize) -> f64 {
-        let conv = |c_in: usize, c_out: usize, k: usize, ho: usize, wo: usize| 2.0 * (c_in * c_out * k * k * ho * wo) as f64;
+        let conv =
+            |c_in: usize, c_out: usize, k: usize, ho: usize, wo: usize| 2.0 * (c_in * c_out * k * k * ho * wo) as f64;
         let (mut hh, mut ww) = (h / 2, w / 2);
         let wd = self.cfg.width;
         let mut f = conv(3, wd / 2, 3, hh, ww) + conv(wd / 2, wd / 2, 3, hh, ww) + conv(wd / 2, wd, 3, hh, ww);
@@ -256,7 +316,9 @@ impl CudaModifiedResNet {
         let gpu = &*self.gpu;
         let s = pixels.shape().to_vec();
         if s.len() != 4 || s[1] != 3 || !s[2].is_multiple_of(32) || !s[3].is_multiple_of(32) || s[2] == 0 || s[3] == 0 {
-            return Err(Error::Shape(format!("ModifiedResNet input must be (B, 3, H, W) with H, W positive multiples of 32; got {s:?}")));
+            return Err(Error::Shape(format!(
+                "ModifiedResNet input must be (B, 3, H, W) with H, W positive multiples of 32; got {s:?}"
+            )));
         }
         pixels.expect_dtype(self.dtype, "CUDA ModifiedResNet input")?;
         let x = self.stem[0].forward(gpu, pixels, true, None)?;
@@ -302,7 +364,8 @@ impl CudaModifiedResNet {
 /// random weights (a narrow RN50-shaped tower at two sizes, and RN50 at 224).
 pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
     use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
-    let narrow = ResNetConfig { layers: [1, 1, 1, 1], width: 16, heads: 2, grid: 2, output_dim: 32 };
+    // Head dim = width * 32 / heads must be one the attention kernel has (32 or 64): 512 / 8.
+    let narrow = ResNetConfig { layers: [1, 1, 1, 1], width: 16, heads: 8, grid: 2, output_dim: 32 };
     let rn50 = ResNetConfig { layers: [3, 4, 6, 3], width: 64, heads: 32, grid: 7, output_dim: 1024 };
     let mut checks = Vec::new();
     for (name, cfg, batch, h, w) in [
@@ -313,17 +376,27 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
         for dtype in [CudaDType::F32, CudaDType::BF16] {
             let cfg = cfg.clone();
             let flops = batch as f64 * 12.2e9 * ((h * w) as f64 / (224.0 * 224.0));
-            checks.push(GpuCheck::new("resnet_encoder_forward", format!("{name} B={batch} {h}x{w}"), dtype, Work::Flops(flops), move |gpu, rng| {
-                let seed = rng.gen::<u64>();
-                let cpu = ModifiedResNet::load(&mut random_resnet_params(&cfg, seed)?, &cfg)?;
-                let dev = CudaModifiedResNet::load(gpu, &mut random_resnet_params(&cfg, seed)?, &cfg, dtype)?;
-                let pixels = random_vec(rng, batch * 3 * h * w, 2.0);
-                let want = cpu.forward(&Tensor::from_f32(&[batch, 3, h, w], pixels.clone())?, false)?.pooled;
-                let x = CudaTensor::from_f32(gpu, &[batch, 3, h, w], &pixels, dtype)?;
-                let got = dev.forward(&x)?.to_f32_vec(gpu)?;
-                let err = max_rel_err(&got, want.f32s()?);
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || dev.forward(&x).map(|_| ())), cublas: None })
-            }));
+            checks.push(GpuCheck::new(
+                "resnet_encoder_forward",
+                format!("{name} B={batch} {h}x{w}"),
+                dtype,
+                Work::Flops(flops),
+                move |gpu, rng| {
+                    let seed = rng.gen::<u64>();
+                    let cpu = ModifiedResNet::load(&mut random_resnet_params(&cfg, seed)?, &cfg)?;
+                    let dev = CudaModifiedResNet::load(gpu, &mut random_resnet_params(&cfg, seed)?, &cfg, dtype)?;
+                    let pixels = random_vec(rng, batch * 3 * h * w, 2.0);
+                    let want = cpu.forward(&Tensor::from_f32(&[batch, 3, h, w], pixels.clone())?, false)?.pooled;
+                    let x = CudaTensor::from_f32(gpu, &[batch, 3, h, w], &pixels, dtype)?;
+                    let got = dev.forward(&x)?.to_f32_vec(gpu)?;
+                    let err = max_rel_err(&got, want.f32s()?);
+                    Ok(CheckRun {
+                        max_rel_err: err,
+                        launch: Box::new(move || dev.forward(&x).map(|_| ())),
+                        cublas: None,
+                    })
+                },
+            ));
         }
     }
     checks

@@ -1,0 +1,73 @@
+//! Every launch the launchers build names a kernel that the build's PTX has, with as many
+//! parameters of the same widths, checked without a GPU: every kernel check
+//! (labelfree::gpu_check::all_checks, with every dtype and shape it covers, so the names built
+//! from dtype suffixes and variants too) runs on a launch recorder, a device that checks each
+//! launch against build.rs's table of entry points and runs nothing. Entry points that no check
+//! launches are listed, not failed. A build without nvcc has no PTX: the test then says, loudly,
+//! that it checked nothing.
+
+use std::collections::BTreeSet;
+
+use labelfree::device::cuda::{has_kernels, Gpu, KERNEL_ENTRIES};
+use labelfree::error::Error;
+use labelfree::gpu_check::all_checks;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+#[test]
+fn every_launch_fits_an_entry_point_of_the_build() {
+    if !has_kernels() {
+        eprintln!(
+            "\n*** kernel_entries: SKIPPED, NOTHING CHECKED: this build has no PTX (built without nvcc; set NVCC, \
+             see scripts/install-nvcc.sh) ***\n"
+        );
+        return;
+    }
+    let gpu = Gpu::launch_recorder().expect("a launch recorder");
+    let checks = all_checks();
+    // A row that stops early (an error other than a misfit launch) has not shown all its
+    // launches: it fails the test too, so a launcher cannot drop out of the guard unnoticed.
+    let mut stopped = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, check) in checks.iter().enumerate() {
+        let mut rng = StdRng::seed_from_u64(i as u64);
+        let row = format!("{} {} {}", check.op, check.dtype.suffix(), check.shape);
+        match (check.run)(&gpu, &mut rng) {
+            Ok(_) => {}
+            Err(Error::Skipped(why)) => skipped.push(format!("{row}: {why}")),
+            Err(e) => stopped.push(format!("{row}: {e}")),
+        }
+    }
+    let launches = gpu.recorded_launches();
+    let misfits: BTreeSet<String> =
+        launches.iter().filter_map(|l| l.mismatch.as_ref()).map(|m| m.to_string()).collect();
+    let launched: BTreeSet<(&str, &str)> = launches.iter().map(|l| (l.module.as_str(), l.function.as_str())).collect();
+    // The recorder is an sm_80 device: Hopper-only (compute_90a) entries are not reached.
+    let portable: Vec<_> = KERNEL_ENTRIES.iter().filter(|e| e.arch == "compute_80").collect();
+    let never: Vec<String> = portable
+        .iter()
+        .filter(|e| !launched.contains(&(e.module, e.name)))
+        .map(|e| format!("{}::{}", e.module, e.name))
+        .collect();
+    eprintln!(
+        "kernel_entries: {} checks, {} launches of {} distinct kernels checked against {} entry points; {} rows skipped",
+        checks.len(),
+        launches.len(),
+        launched.len(),
+        portable.len(),
+        skipped.len()
+    );
+    for s in &skipped {
+        eprintln!("  skipped: {s}");
+    }
+    if !never.is_empty() {
+        eprintln!("kernel_entries: entry points no check launches ({}): {}", never.len(), never.join(", "));
+    }
+    assert!(
+        misfits.is_empty(),
+        "launches that do not fit the PTX:\n{}",
+        misfits.into_iter().collect::<Vec<_>>().join("\n")
+    );
+    assert!(stopped.is_empty(), "rows that stopped before their last launch:\n{}", stopped.join("\n"));
+    assert!(!launches.is_empty(), "the checks launched nothing");
+}
