@@ -30,9 +30,7 @@ fn main() {
     let kernel_dir = Path::new("kernels");
     let mut sources: Vec<PathBuf> = fs::read_dir(kernel_dir)
         .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "cu"))
-                .collect()
+            rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "cu")).collect()
         })
         .unwrap_or_default();
     sources.sort();
@@ -60,9 +58,8 @@ fn main() {
         .and_then(|s| s.lines().rev().find(|l| l.contains("release")).map(|l| l.trim().to_string()))
         .unwrap_or_default();
 
-    let extra: Vec<String> = env::var("LABELFREE_NVCC_FLAGS")
-        .map(|s| s.split_whitespace().map(String::from).collect())
-        .unwrap_or_default();
+    let extra: Vec<String> =
+        env::var("LABELFREE_NVCC_FLAGS").map(|s| s.split_whitespace().map(String::from).collect()).unwrap_or_default();
 
     // One thread per file: nvcc is single-threaded and the files are independent.
     let jobs: Vec<_> = sources

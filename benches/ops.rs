@@ -59,11 +59,25 @@ fn main() {
     let bias = rand_vec(3 * c, &mut rng);
     let mut y = vec![0.0f32; rows * 3 * c];
     let s = time(runs, || linear_cpu(&x, &w, Some(&bias), &mut y, c, false));
-    row("linear", "(1576,768) x (2304,768)^T", s, 2.0 * (rows * c * 3 * c) as f64, 4.0 * (rows * c + 3 * c * c + rows * 3 * c) as f64);
+    row(
+        "linear",
+        "(1576,768) x (2304,768)^T",
+        s,
+        2.0 * (rows * c * 3 * c) as f64,
+        4.0 * (rows * c + 3 * c * c + rows * 3 * c) as f64,
+    );
 
     // The linear layers of ViT-B/32 (M = 8 x 50 rows) and ViT-B/16 (8 x 197): the `gemm`
     // crate (weights re-packed per call) beside the packed GEMM (weights packed at load).
-    for &(m, n, k) in &[(400usize, 2304usize, 768usize), (400, 768, 768), (400, 3072, 768), (400, 768, 3072), (1576, 2304, 768), (1576, 3072, 768), (1576, 768, 3072)] {
+    for &(m, n, k) in &[
+        (400usize, 2304usize, 768usize),
+        (400, 768, 768),
+        (400, 3072, 768),
+        (400, 768, 3072),
+        (1576, 2304, 768),
+        (1576, 3072, 768),
+        (1576, 768, 3072),
+    ] {
         let xm = rand_vec(m * k, &mut rng);
         let wm = rand_vec(n * k, &mut rng);
         let bm = rand_vec(n, &mut rng);
@@ -85,9 +99,13 @@ fn main() {
     let mut out = vec![0.0f32; rows * c];
     let mut probs = vec![0.0f32; b * t * t];
     let attn_flops = 4.0 * (b * t * t * c) as f64;
-    let s = time(runs, || attention_forward_cpu(&qkv, b, t, c, 12, &AttnMask::default(), ProbsRecord::None, &mut out, None));
+    let s = time(runs, || {
+        attention_forward_cpu(&qkv, b, t, c, 12, &AttnMask::default(), ProbsRecord::None, &mut out, None)
+    });
     row("attention", "B8 T197 C768 H12", s, attn_flops, 4.0 * (rows * 4 * c) as f64);
-    let s = time(runs, || attention_forward_cpu(&qkv, b, t, c, 12, &AttnMask::default(), ProbsRecord::Masked, &mut out, Some(&mut probs)));
+    let s = time(runs, || {
+        attention_forward_cpu(&qkv, b, t, c, 12, &AttnMask::default(), ProbsRecord::Masked, &mut out, Some(&mut probs))
+    });
     row("attention+probs", "B8 T197 C768 H12", s, attn_flops, 4.0 * (rows * 4 * c + b * t * t) as f64);
 
     let lw = rand_vec(c, &mut rng);
@@ -111,9 +129,17 @@ fn main() {
     let pw = rand_vec(c * 3 * 16 * 16, &mut rng);
     let mut tokens = vec![0.0f32; b * 196 * c];
     let s = time(runs, || patch_embed_cpu(&pixels, b, 3, 224, 224, &pw, 16, &mut tokens));
-    row("patch_embed", "B8 224 p16 -> 768", s, 2.0 * (b * 196 * c * 768) as f64, 4.0 * (pixels.len() + pw.len() + tokens.len()) as f64);
+    row(
+        "patch_embed",
+        "B8 224 p16 -> 768",
+        s,
+        2.0 * (b * 196 * c * 768) as f64,
+        4.0 * (pixels.len() + pw.len() + tokens.len()) as f64,
+    );
 
-    for &(cin, hw, cout, k) in &[(64usize, 56usize, 64usize, 3usize), (256, 56, 64, 1), (256, 14, 256, 3), (1024, 14, 2048, 1)] {
+    for &(cin, hw, cout, k) in
+        &[(64usize, 56usize, 64usize, 3usize), (256, 56, 64, 1), (256, 14, 256, 3), (1024, 14, 2048, 1)]
+    {
         let shape = Conv2dShape { batch: b, c_in: cin, h: hw, w: hw, c_out: cout, kernel: k, stride: 1, pad: k / 2 };
         let xin = rand_vec(b * cin * hw * hw, &mut rng);
         let wt = rand_vec(cout * cin * k * k, &mut rng);
@@ -121,7 +147,13 @@ fn main() {
         let mut yo = vec![0.0f32; b * cout * hw * hw];
         let s = time(runs, || conv2d_cpu(&xin, &wt, Some(&bs), &shape, true, false, &mut yo));
         let flops = 2.0 * (b * cout * cin * k * k * hw * hw) as f64;
-        row("conv2d+bn+relu", &format!("B8 {cin}->{cout} k{k} {hw}x{hw}"), s, flops, 4.0 * (xin.len() + wt.len() + yo.len()) as f64);
+        row(
+            "conv2d+bn+relu",
+            &format!("B8 {cin}->{cout} k{k} {hw}x{hw}"),
+            s,
+            flops,
+            4.0 * (xin.len() + wt.len() + yo.len()) as f64,
+        );
     }
 
     let xp = rand_vec(b * 64 * 56 * 56, &mut rng);
@@ -132,7 +164,8 @@ fn main() {
     // TagCLIP's DMAR on a COCO photo (480 x 640 -> 30 x 40 patches, T = 1201), 12 layers.
     let (tt, layers, nc) = (1201usize, 12usize, 103usize);
     let n = tt - 1;
-    let maps: Vec<Vec<f32>> = (0..layers).map(|_| rand_vec(tt * tt, &mut rng).iter().map(|v| v.abs()).collect()).collect();
+    let maps: Vec<Vec<f32>> =
+        (0..layers).map(|_| rand_vec(tt * tt, &mut rng).iter().map(|v| v.abs()).collect()).collect();
     let refs: Vec<&[f32]> = maps.iter().map(|m| m.as_slice()).collect();
     let s = time(runs, || {
         std::hint::black_box(dmar_weights_cpu(&refs, tt, 4, 0..layers));

@@ -155,7 +155,8 @@ pub fn profile_launches(launches: Vec<RowProfile>) -> Vec<ProfiledLaunch> {
             let res = cache
                 .entry(key)
                 .or_insert_with(|| {
-                    let (Some(ptxas), Some(m)) = (ptxas.as_ref(), KERNEL_MODULES.iter().find(|m| m.name == p.module)) else {
+                    let (Some(ptxas), Some(m)) = (ptxas.as_ref(), KERNEL_MODULES.iter().find(|m| m.name == p.module))
+                    else {
                         return Vec::new();
                     };
                     ["sm_80", "sm_90"]
@@ -416,7 +417,10 @@ pub fn report_sim_run(sim: &Simulator) -> Result<()> {
         );
     }
     if !findings.is_empty() {
-        return Err(Error::Device(format!("the simulator's sanitizer found {} problem(s) in the kernels", findings.len())));
+        return Err(Error::Device(format!(
+            "the simulator's sanitizer found {} problem(s) in the kernels",
+            findings.len()
+        )));
     }
     Ok(())
 }
@@ -435,7 +439,8 @@ mod tests {
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), n, "duplicate check rows");
-        for op in ["dmar_weights", "dmar_propagate", "tagclip_patch_stage", "resnet_train_step", "adam_step", "linear"] {
+        for op in ["dmar_weights", "dmar_propagate", "tagclip_patch_stage", "resnet_train_step", "adam_step", "linear"]
+        {
             assert!(checks.iter().any(|c| c.op.starts_with(op)), "no `{op}` rows");
         }
         eprintln!("{n} check rows");

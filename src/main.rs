@@ -208,8 +208,15 @@ fn build_model(m: &ModelArgs) -> Result<ClipModel> {
     let act = parse_act(&m.act)?;
     match &m.weights {
         Some(w) => {
-            let model = ClipModel::load(w, act, m.arch.as_deref()).with_context(|| format!("loading weights {}", w.display()))?;
-            eprintln!("model: {} from {} (activation {:?}: {})", model.arch, w.display(), model.config.act, model.act_source);
+            let model = ClipModel::load(w, act, m.arch.as_deref())
+                .with_context(|| format!("loading weights {}", w.display()))?;
+            eprintln!(
+                "model: {} from {} (activation {:?}: {})",
+                model.arch,
+                w.display(),
+                model.config.act,
+                model.act_source
+            );
             if let Some(warning) = &model.act_warning {
                 eprintln!("warning: {warning}");
             }
@@ -224,7 +231,9 @@ fn build_model(m: &ModelArgs) -> Result<ClipModel> {
             let mut model = ClipModel::random(arch, m.seed)?;
             if let Some(a) = act {
                 if a != model.config.act {
-                    bail!("--act applies to loaded weights; for a random model choose the arch (e.g. {arch}-quickgelu)");
+                    bail!(
+                        "--act applies to loaded weights; for a random model choose the arch (e.g. {arch}-quickgelu)"
+                    );
                 }
             }
             model.act_source = "random".into();
@@ -245,7 +254,6 @@ fn attach_device(model: &mut ClipModel, gpu: Option<&Arc<Gpu>>, m: &ModelArgs, d
     }
     Ok(())
 }
-
 
 fn read_classes(classes: &Option<String>, file: &Option<PathBuf>) -> Result<Vec<String>> {
     let list: Vec<String> = match (classes, file) {
@@ -275,7 +283,16 @@ struct RunStats {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn report(command: &str, model: &ClipModel, m: &ModelArgs, dev: Device, transform: String, run: RunStats, outputs: Vec<String>, extra: serde_json::Value) -> RunReport {
+fn report(
+    command: &str,
+    model: &ClipModel,
+    m: &ModelArgs,
+    dev: Device,
+    transform: String,
+    run: RunStats,
+    outputs: Vec<String>,
+    extra: serde_json::Value,
+) -> RunReport {
     RunReport {
         command: command.into(),
         arch: model.arch.clone(),
@@ -337,19 +354,32 @@ fn run(cli: Cli) -> Result<()> {
     cli_dtype.parse::<labelfree::device::cuda::CudaDType>()?;
     let gemm: labelfree::device::cuda::GemmBackend = cli_gemm.parse()?;
     if dev.runs_kernels()
-        && !matches!(cli.command, Command::Bench { .. } | Command::GpuCheck(_) | Command::Embed { .. } | Command::Zeroshot { .. } | Command::Tagclip(_) | Command::Train(_) | Command::Cdul(_) | Command::Ccd(_)) {
-            bail!(
+        && !matches!(
+            cli.command,
+            Command::Bench { .. }
+                | Command::GpuCheck(_)
+                | Command::Embed { .. }
+                | Command::Zeroshot { .. }
+                | Command::Tagclip(_)
+                | Command::Train(_)
+                | Command::Cdul(_)
+                | Command::Ccd(_)
+        )
+    {
+        bail!(
                 "--device {dev}: this command has no CUDA path yet (embed, zeroshot, tagclip, train, bench and gpu-check have one); \
                  use --device cpu"
             );
-        }
+    }
     if (cli.no_sanitize || cli.profile) && dev != Device::Sim {
         bail!("--no-sanitize and --profile are options of the PTX simulator: add --device sim");
     }
     // Opened once: creating the context loads (and JIT-compiles) every kernel module.
     let gpu: Option<Arc<Gpu>> = match dev {
         Device::Cuda(n) => Some(Gpu::new(n)?.with_gemm(gemm)),
-        Device::Sim => Some(Gpu::simulator(SimOptions { sanitize: !cli.no_sanitize, profile: cli.profile })?.with_gemm(gemm)),
+        Device::Sim => {
+            Some(Gpu::simulator(SimOptions { sanitize: !cli.no_sanitize, profile: cli.profile })?.with_gemm(gemm))
+        }
         Device::Cpu => None,
     };
     let sim = gpu.as_ref().and_then(|g| g.sim().cloned());
@@ -378,12 +408,43 @@ fn run(cli: Cli) -> Result<()> {
             let bytes = labelfree::models::clip::weights::save_safetensors(&[("embeddings", &emb)], &meta)?;
             write_atomic(&out, &bytes)?;
             let jp = json_path(&json, &out);
-            let run = RunStats { total: paths.len(), ok: enc.paths.len(), skipped: enc.skipped.clone(), seconds: enc.seconds, loader: enc.loader, cache: None };
-            let rep = report("embed", &model, &m, dev, transform.describe(), run, vec![out.display().to_string(), jp.display().to_string()], serde_json::json!({"dim": emb.dim(1), "normalized": normalize}));
+            let run = RunStats {
+                total: paths.len(),
+                ok: enc.paths.len(),
+                skipped: enc.skipped.clone(),
+                seconds: enc.seconds,
+                loader: enc.loader,
+                cache: None,
+            };
+            let rep = report(
+                "embed",
+                &model,
+                &m,
+                dev,
+                transform.describe(),
+                run,
+                vec![out.display().to_string(), jp.display().to_string()],
+                serde_json::json!({"dim": emb.dim(1), "normalized": normalize}),
+            );
             rep.write_json(&jp)?;
             rep.print();
         }
-        Command::Zeroshot { model: m, images, data, classes, names, template, ensemble, size, batch, out, json, no_cache, cache_dir, metrics } => {
+        Command::Zeroshot {
+            model: m,
+            images,
+            data,
+            classes,
+            names,
+            template,
+            ensemble,
+            size,
+            batch,
+            out,
+            json,
+            no_cache,
+            cache_dir,
+            metrics,
+        } => {
             if data.dataset.is_some() {
                 if classes.is_some() {
                     bail!("--classes is for --images; a --dataset brings its classes (csv: --classes-file)");
@@ -391,7 +452,7 @@ fn run(cli: Cli) -> Result<()> {
                 let ds = load_dataset(&data)?;
                 let style = names.style(ClassNames::Natural)?;
                 let mut model = build_model(&m)?;
-            attach_device(&mut model, gpu.as_ref(), &m, &cli_dtype, &cli_gemm)?;
+                attach_device(&mut model, gpu.as_ref(), &m, &cli_dtype, &cli_gemm)?;
                 let transform = clip_transform(&model, size)?;
                 let templates = templates_for(&template, ensemble);
                 let prompt_names = ds.class_names(style);
@@ -401,15 +462,25 @@ fn run(cli: Cli) -> Result<()> {
                 } else {
                     let dir = cache_dir.clone().unwrap_or_else(cache::default_dir);
                     let act = format!("{:?}", model.config.act);
-                    Some(CacheEntry::new(&dir, &model_cache_id(&model, &m)?, &act, &ds.name, &ds.split, &transform.describe()))
+                    Some(CacheEntry::new(
+                        &dir,
+                        &model_cache_id(&model, &m)?,
+                        &act,
+                        &ds.name,
+                        &ds.split,
+                        &transform.describe(),
+                    ))
                 };
                 let enc = zeroshot::encode_dataset(&model, &ds, &transform, batch, entry.as_ref(), true)?;
                 let scores = zeroshot::scores(&enc, &text, model.logit_multiplier())?;
                 let rels: Vec<String> = enc.items.iter().map(|&i| ds.items[i].rel.clone()).collect();
-                let out = out.unwrap_or_else(|| PathBuf::from(format!("out/zeroshot-{}-{}.csv", ds.name, ds.split.replace(['/', '\\'], "_"))));
+                let out = out.unwrap_or_else(|| {
+                    PathBuf::from(format!("out/zeroshot-{}-{}.csv", ds.name, ds.split.replace(['/', '\\'], "_")))
+                });
                 write_atomic(&out, scores_csv::to_csv(&rels, &ds.classes, &scores).as_bytes())?;
                 let labels: Vec<u8> = enc.items.iter().flat_map(|&i| ds.items[i].labels.iter().copied()).collect();
-                let metrics = (!enc.items.is_empty()).then(|| eval::evaluate(&labels, &scores, &ds.classes, &metrics.options()));
+                let metrics =
+                    (!enc.items.is_empty()).then(|| eval::evaluate(&labels, &scores, &ds.classes, &metrics.options()));
                 let jp = json_path(&json, &out);
                 let extra = serde_json::json!({
                     "dataset": dataset_json(&ds),
@@ -429,7 +500,16 @@ fn run(cli: Cli) -> Result<()> {
                     loader: enc.loader,
                     cache: Some(enc.cache.clone()),
                 };
-                let rep = report("zeroshot", &model, &m, dev, transform.describe(), run, vec![out.display().to_string(), jp.display().to_string()], extra);
+                let rep = report(
+                    "zeroshot",
+                    &model,
+                    &m,
+                    dev,
+                    transform.describe(),
+                    run,
+                    vec![out.display().to_string(), jp.display().to_string()],
+                    extra,
+                );
                 rep.write_json(&jp)?;
                 rep.print();
                 match &metrics {
@@ -463,8 +543,24 @@ fn run(cli: Cli) -> Result<()> {
                 "templates": templates.len(),
                 "logit_scale": model.logit_multiplier(),
             });
-            let run = RunStats { total: paths.len(), ok: enc.paths.len(), skipped: enc.skipped.clone(), seconds: enc.seconds, loader: enc.loader, cache: None };
-            let rep = report("zeroshot", &model, &m, dev, transform.describe(), run, vec![out.display().to_string(), jp.display().to_string()], extra);
+            let run = RunStats {
+                total: paths.len(),
+                ok: enc.paths.len(),
+                skipped: enc.skipped.clone(),
+                seconds: enc.seconds,
+                loader: enc.loader,
+                cache: None,
+            };
+            let rep = report(
+                "zeroshot",
+                &model,
+                &m,
+                dev,
+                transform.describe(),
+                run,
+                vec![out.display().to_string(), jp.display().to_string()],
+                extra,
+            );
             rep.write_json(&jp)?;
             rep.print();
         }
@@ -472,7 +568,12 @@ fn run(cli: Cli) -> Result<()> {
             let ds = load_dataset(&data)?;
             let table = scores_csv::read(&preds)?;
             let matched = scores_csv::match_dataset(&table, &ds)?;
-            eprintln!("scores: {} rows in {}, {} matched to the dataset", table.paths.len(), preds.display(), matched.items.len());
+            eprintln!(
+                "scores: {} rows in {}, {} matched to the dataset",
+                table.paths.len(),
+                preds.display(),
+                matched.items.len()
+            );
             for line in matched.describe() {
                 eprintln!("{line}");
             }
@@ -533,7 +634,12 @@ fn run(cli: Cli) -> Result<()> {
                 1e3 * r.trimmed_s / r.prompts as f64
             );
             if r.full_batches > 0 {
-                println!("full 77 tokens: {} batches in {:.2} s ({:.2} ms/prompt)", r.full_batches, r.full_s, 1e3 * r.full_s_per_prompt);
+                println!(
+                    "full 77 tokens: {} batches in {:.2} s ({:.2} ms/prompt)",
+                    r.full_batches,
+                    r.full_s,
+                    1e3 * r.full_s_per_prompt
+                );
             }
             if let Some(j) = json {
                 write_atomic(&j, serde_json::to_string_pretty(&r)?.as_bytes())?;
@@ -568,10 +674,15 @@ fn run(cli: Cli) -> Result<()> {
                 .split(',')
                 .map(|s| s.trim().parse::<usize>().with_context(|| format!("--batches: `{s}` is not a number")))
                 .collect::<Result<_>>()?;
-            println!("{:<10} {:>6} {:>5} {:>6} {:>8} {:>10} {:>10} {:>8}", "arch", "dtype", "batch", "size", "gemm", "ms/batch", "images/s", "TFLOP/s");
+            println!(
+                "{:<10} {:>6} {:>5} {:>6} {:>8} {:>10} {:>10} {:>8}",
+                "arch", "dtype", "batch", "size", "gemm", "ms/batch", "images/s", "TFLOP/s"
+            );
             let mut all = Vec::new();
             for arch in archs.split(',') {
-                for r in labelfree::bench::cuda_encoder_throughput(gpu, arch.trim(), &batches, size, dtype, runs.max(5))? {
+                for r in
+                    labelfree::bench::cuda_encoder_throughput(gpu, arch.trim(), &batches, size, dtype, runs.max(5))?
+                {
                     println!(
                         "{:<10} {:>6} {:>5} {:>6} {:>8} {:>10.3} {:>10.1} {:>8.1}",
                         r.arch, r.dtype, r.batch, r.size, r.gemm, r.median_ms, r.images_per_s, r.tflops
@@ -584,11 +695,17 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Bench { archs, batch, size, runs, json, .. } => {
-            println!("{:<10} {:>5} {:>5} {:>7} {:>10} {:>10}", "arch", "batch", "size", "threads", "s/batch", "images/s");
+            println!(
+                "{:<10} {:>5} {:>5} {:>7} {:>10} {:>10}",
+                "arch", "batch", "size", "threads", "s/batch", "images/s"
+            );
             let mut all = Vec::new();
             for arch in archs.split(',') {
                 let r = labelfree::bench::encoder_throughput(arch.trim(), batch, size, runs)?;
-                println!("{:<10} {:>5} {:>5} {:>7} {:>10.3} {:>10.2}", r.arch, r.batch, r.size, r.threads, r.median_s, r.images_per_s);
+                println!(
+                    "{:<10} {:>5} {:>5} {:>7} {:>10.3} {:>10.2}",
+                    r.arch, r.batch, r.size, r.threads, r.median_s, r.images_per_s
+                );
                 all.push(r);
             }
             if let Some(j) = json {

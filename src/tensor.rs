@@ -60,10 +60,7 @@ impl Tensor {
             Storage::I32(v) => v.len(),
         };
         if len != numel(shape) {
-            return Err(Error::Shape(format!(
-                "tensor of shape {shape:?} needs {} elements, got {len}",
-                numel(shape)
-            )));
+            return Err(Error::Shape(format!("tensor of shape {shape:?} needs {} elements, got {len}", numel(shape))));
         }
         Ok(Tensor { shape: shape.to_vec(), storage })
     }

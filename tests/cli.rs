@@ -125,7 +125,15 @@ fn bad_weights_stop_with_a_message() {
     let d = temp_dir("badweights");
     let w = d.join("w.safetensors");
     std::fs::write(&w, b"short").unwrap();
-    let (ok, err) = run(&["embed", "--weights", w.to_str().unwrap(), "--images", coco().to_str().unwrap(), "--out", d.join("o.safetensors").to_str().unwrap()]);
+    let (ok, err) = run(&[
+        "embed",
+        "--weights",
+        w.to_str().unwrap(),
+        "--images",
+        coco().to_str().unwrap(),
+        "--out",
+        d.join("o.safetensors").to_str().unwrap(),
+    ]);
     assert!(!ok);
     assert!(err.contains("truncated or corrupt") && !err.contains("panicked"), "{err}");
 }

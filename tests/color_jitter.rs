@@ -32,25 +32,11 @@ fn adjustments_match_torchvision() {
             adj.apply(&mut img, h, w, *factor as f32);
         }
         let want = tensors[&case.output].f32s().unwrap();
-        let err = img
-            .iter()
-            .zip(want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let err = img.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         if err > worst.0 {
             worst = (err, format!("{} {:?}", case.input, case.ops));
         }
-        assert!(
-            err <= 1e-5,
-            "{} {:?}: max abs error {err:.3e}",
-            case.input,
-            case.ops
-        );
+        assert!(err <= 1e-5, "{} {:?}: max abs error {err:.3e}", case.input, case.ops);
     }
-    eprintln!(
-        "{} cases, worst max abs error {:.3e} ({})",
-        cases.len(),
-        worst.0,
-        worst.1
-    );
+    eprintln!("{} cases, worst max abs error {:.3e} ({})", cases.len(), worst.0, worst.1);
 }

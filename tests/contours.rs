@@ -15,7 +15,12 @@ fn boxes_match_opencv() {
     for c in cases {
         let name = c["name"].as_str().unwrap();
         let (h, w) = (c["h"].as_u64().unwrap() as usize, c["w"].as_u64().unwrap() as usize);
-        let mask: Vec<bool> = c["rows"].as_array().unwrap().iter().flat_map(|r| r.as_str().unwrap().bytes().map(|b| b == b'1').collect::<Vec<_>>()).collect();
+        let mask: Vec<bool> = c["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_str().unwrap().bytes().map(|b| b == b'1').collect::<Vec<_>>())
+            .collect();
         assert_eq!(mask.len(), h * w, "{name}");
         let mut want: Vec<Rect> = c["boxes"]
             .as_array()

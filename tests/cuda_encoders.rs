@@ -25,7 +25,11 @@ fn random_resnet_params_fill_the_cpu_resnet_exactly() {
     let enc = ModifiedResNet::load(&mut p, &cfg).unwrap();
     p.finish().unwrap();
     // Activations stay finite and O(1) through the stages with these statistics.
-    let x = labelfree::tensor::Tensor::randn(&[1, 3, 64, 64], 1.0, &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1));
+    let x = labelfree::tensor::Tensor::randn(
+        &[1, 3, 64, 64],
+        1.0,
+        &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1),
+    );
     let out = enc.forward(&x, false).unwrap().pooled;
     assert!(out.f32s().unwrap().iter().all(|v| v.is_finite()));
 }

@@ -13,7 +13,11 @@ fn load(kind: DatasetKind, root: &Path, split: &str, opts: &LoadOptions) -> Data
 }
 
 fn labels_of<'a>(ds: &'a Dataset, rel: &str) -> Vec<&'a str> {
-    let it = ds.items.iter().find(|i| i.rel == rel).unwrap_or_else(|| panic!("{rel} not in {:?}", ds.items.iter().map(|i| &i.rel).collect::<Vec<_>>()));
+    let it = ds
+        .items
+        .iter()
+        .find(|i| i.rel == rel)
+        .unwrap_or_else(|| panic!("{rel} not in {:?}", ds.items.iter().map(|i| &i.rel).collect::<Vec<_>>()));
     it.labels.iter().enumerate().filter(|(_, &v)| v == 1).map(|(c, _)| ds.classes[c].as_str()).collect()
 }
 
@@ -113,13 +117,15 @@ fn voc_class_names() {
 }
 
 fn coco_json(images: &[(u64, &str)], anns: &[(u64, u64)], cats: &[(u64, &str)]) -> String {
-    let images: Vec<_> = images.iter().map(|(id, f)| serde_json::json!({"id": id, "file_name": f, "width": 4, "height": 4})).collect();
+    let images: Vec<_> =
+        images.iter().map(|(id, f)| serde_json::json!({"id": id, "file_name": f, "width": 4, "height": 4})).collect();
     let anns: Vec<_> = anns
         .iter()
         .enumerate()
         .map(|(i, (im, c))| serde_json::json!({"id": i, "image_id": im, "category_id": c, "bbox": [0, 0, 1, 1], "iscrowd": 0, "segmentation": [[0, 0, 1, 1]]}))
         .collect();
-    let cats: Vec<_> = cats.iter().map(|(id, n)| serde_json::json!({"id": id, "name": n, "supercategory": "x"})).collect();
+    let cats: Vec<_> =
+        cats.iter().map(|(id, n)| serde_json::json!({"id": id, "name": n, "supercategory": "x"})).collect();
     serde_json::json!({"info": {}, "images": images, "annotations": anns, "categories": cats}).to_string()
 }
 
@@ -130,7 +136,11 @@ fn coco_synthetic_tree() {
     // Categories out of id order in the file; images under images/val2014.
     write(
         &root.join("annotations/instances_val2014.json"),
-        coco_json(&[(7, "a.jpg"), (3, "b.jpg"), (9, "c.jpg")], &[(7, 18), (7, 1), (3, 18), (3, 18), (42, 1), (3, 99)], &[(18, "dog"), (1, "person")]),
+        coco_json(
+            &[(7, "a.jpg"), (3, "b.jpg"), (9, "c.jpg")],
+            &[(7, 18), (7, 1), (3, 18), (3, 18), (42, 1), (3, 99)],
+            &[(18, "dog"), (1, "person")],
+        ),
     );
     std::fs::create_dir_all(root.join("images/val2014")).unwrap();
     let ds = load(DatasetKind::Coco2014, root, "val", &LoadOptions::default());
@@ -139,8 +149,13 @@ fn coco_synthetic_tree() {
     assert_eq!(ds.items.len(), 2);
     assert_eq!(labels_of(&ds, "images/val2014/a.jpg"), ["person", "dog"]);
     assert_eq!(labels_of(&ds, "images/val2014/b.jpg"), ["dog"]);
-    assert!(ds.notes.iter().any(|n| n.contains("ignored 1 annotations of unknown images and 1 of unknown categories")), "{:?}", ds.notes);
-    let keep = load(DatasetKind::Coco2014, root, "val2014", &LoadOptions { keep_unlabeled: true, ..Default::default() });
+    assert!(
+        ds.notes.iter().any(|n| n.contains("ignored 1 annotations of unknown images and 1 of unknown categories")),
+        "{:?}",
+        ds.notes
+    );
+    let keep =
+        load(DatasetKind::Coco2014, root, "val2014", &LoadOptions { keep_unlabeled: true, ..Default::default() });
     assert_eq!(keep.items.len(), 3);
     // TagCLIP's spelling of the six VOC classes.
     assert_eq!(labelfree::data::datasets::coco::tagclip_name("dining table"), "diningtable");
@@ -152,7 +167,9 @@ fn coco_synthetic_tree() {
 
 pub fn coco128() -> Option<PathBuf> {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [here.join("../shared/data/coco128"), here.join("shared/data/coco128")].into_iter().find(|p| p.join("annotations").is_dir())
+    [here.join("../shared/data/coco128"), here.join("shared/data/coco128")]
+        .into_iter()
+        .find(|p| p.join("annotations").is_dir())
 }
 
 #[test]
@@ -174,7 +191,8 @@ fn coco128_sample() {
     assert_eq!(ds.class_counts().iter().filter(|&&n| n > 0).count(), 71);
     assert!(ds.items.iter().all(|i| i.path.is_file()));
     assert_eq!(ds.items[0].rel, "train2017/000000000009.jpg");
-    let keep = load(DatasetKind::Coco2017, &root, "train2017", &LoadOptions { keep_unlabeled: true, ..Default::default() });
+    let keep =
+        load(DatasetKind::Coco2017, &root, "train2017", &LoadOptions { keep_unlabeled: true, ..Default::default() });
     assert_eq!(keep.items.len(), 128);
     let tag = ds.class_names(ClassNames::Tagclip);
     assert_eq!((tag[3].as_str(), tag[4].as_str(), tag[62].as_str()), ("motorbike", "aeroplane", "tvmonitor"));
@@ -195,7 +213,11 @@ fn nus_tree(root: &Path, flat: bool) {
         write(&root.join(format!("Groundtruth/AllLabels/Labels_{c}.txt")), "1\n");
     }
     for (i, rel) in ["actor/0001_2124494179.jpg", "airport/0002_7.jpg", "beach/0003_8.jpg"].iter().enumerate() {
-        let p = if flat { root.join("images").join(rel.rsplit('/').next().unwrap()) } else { root.join("Flickr").join(rel) };
+        let p = if flat {
+            root.join("images").join(rel.rsplit('/').next().unwrap())
+        } else {
+            root.join("Flickr").join(rel)
+        };
         common::write_png(&p, 4, 4, i as u8);
     }
 }
@@ -228,7 +250,8 @@ fn nuswide_layouts() {
     assert_eq!(labels_of(&ds, "images/0001_2124494179.jpg"), ["animal", "sky"]);
     assert!(ds.items.iter().all(|i| i.path.is_file()));
     std::fs::remove_file(flat.path().join("Concepts81.txt")).unwrap();
-    let e = datasets::load(DatasetKind::NusWide, flat.path(), "train", &LoadOptions::default()).unwrap_err().to_string();
+    let e =
+        datasets::load(DatasetKind::NusWide, flat.path(), "train", &LoadOptions::default()).unwrap_err().to_string();
     assert!(e.contains("`airport`"), "{e}");
 }
 
@@ -257,7 +280,12 @@ fn csv_dataset() {
     assert_eq!(keep.items.len(), 3);
     // Another class file, given explicitly; a missing one is an error naming the option.
     write(&root.join("other.txt"), "dog\ncat\nhot dog\n");
-    let other = load(DatasetKind::Csv, root, "train", &LoadOptions { classes_file: Some(root.join("other.txt")), ..Default::default() });
+    let other = load(
+        DatasetKind::Csv,
+        root,
+        "train",
+        &LoadOptions { classes_file: Some(root.join("other.txt")), ..Default::default() },
+    );
     assert_eq!(labels_of(&other, "img/a.png"), ["dog", "cat"]);
     std::fs::remove_file(root.join("classes.txt")).unwrap();
     let e = datasets::load(DatasetKind::Csv, root, "train", &LoadOptions::default()).unwrap_err().to_string();

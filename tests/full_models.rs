@@ -32,7 +32,11 @@ fn full_size_models_match_reference() {
         eprintln!("{stem}: {} image pass {:?}", model.arch, t0.elapsed());
         common::assert_close(&format!("{stem} embedding"), &emb, &io["embedding"], 1e-4);
         if let Some(tt) = io.get("text_tokens") {
-            let tok = Tensor::new(tt.shape(), labelfree::tensor::Storage::I32(tt.f32s().unwrap().iter().map(|&v| v as i32).collect())).unwrap();
+            let tok = Tensor::new(
+                tt.shape(),
+                labelfree::tensor::Storage::I32(tt.f32s().unwrap().iter().map(|&v| v as i32).collect()),
+            )
+            .unwrap();
             let te = model.encode_text(&tok).unwrap();
             common::assert_close(&format!("{stem} text"), &te, &io["text_embedding"], 1e-4);
         }

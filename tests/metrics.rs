@@ -44,7 +44,8 @@ fn metrics_match_sklearn() {
         let name = case["name"].as_str().unwrap();
         let rows = case["labels"].as_array().unwrap();
         let c = rows[0].as_array().unwrap().len();
-        let labels: Vec<u8> = rows.iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8)).collect();
+        let labels: Vec<u8> =
+            rows.iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8)).collect();
         let scores: Vec<f32> = case["scores"]
             .as_array()
             .unwrap()

@@ -13,8 +13,8 @@ const TOL: f32 = 1e-4;
 
 fn fixture(name: &str) -> (ClipModel, std::collections::BTreeMap<String, Tensor>) {
     let dir = common::fixtures().join("models");
-    let model = ClipModel::load(&dir.join(format!("{name}.safetensors")), None, None)
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let model =
+        ClipModel::load(&dir.join(format!("{name}.safetensors")), None, None).unwrap_or_else(|e| panic!("{name}: {e}"));
     (model, common::load_io(&dir.join(format!("{name}.io.safetensors"))))
 }
 
@@ -42,7 +42,12 @@ fn check_vit(name: &str) {
         common::assert_close(&format!("{name} attn[{l}]"), &out.attn[l], &layer(&io["attn"], l), TOL);
     }
     // encode_image is the pooled output of the plain pass.
-    common::assert_close(&format!("{name} encode_image"), &model.encode_image(&io["pixels"]).unwrap(), &io["embedding"], TOL);
+    common::assert_close(
+        &format!("{name} encode_image"),
+        &model.encode_image(&io["pixels"]).unwrap(),
+        &io["embedding"],
+        TOL,
+    );
 
     // TagCLIP's last-layer diagonal mask; probabilities recorded before the mask.
     let diag = io["mask_diag_last"].f32s().unwrap();

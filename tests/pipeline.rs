@@ -103,15 +103,25 @@ fn encode_images_batched_equals_one_by_one() {
     let root = tmp.path();
     messy_tree(root);
     let model = common::tiny_clip(1);
-    let paths: Vec<PathBuf> = ["good.png", "tall.png", "empty.jpg", "one.jpg", "good.jpg"].iter().map(|n| root.join("img").join(n)).collect();
+    let paths: Vec<PathBuf> =
+        ["good.png", "tall.png", "empty.jpg", "one.jpg", "good.jpg"].iter().map(|n| root.join("img").join(n)).collect();
     // TagCLIP's transform gives several sizes: groups inside a batch.
-    let t = Transform::PatchMultiple { patch: 8, interp: labelfree::data::transforms::Interpolation::Bicubic, norm: labelfree::data::transforms::CLIP_NORM };
+    let t = Transform::PatchMultiple {
+        patch: 8,
+        interp: labelfree::data::transforms::Interpolation::Bicubic,
+        norm: labelfree::data::transforms::CLIP_NORM,
+    };
     let all = encode_images(&model, &paths, &t, 4, false).unwrap();
     assert_eq!(all.paths, [paths[0].clone(), paths[1].clone(), paths[3].clone(), paths[4].clone()]);
     assert_eq!(all.skipped.len(), 1);
     for (k, p) in all.paths.iter().enumerate() {
         let one = encode_images(&model, std::slice::from_ref(p), &t, 1, false).unwrap();
-        common::assert_close(&format!("{}", p.display()), &one.embeddings, &Tensor::from_f32(&[1, 32], all.embeddings.f32s().unwrap()[k * 32..(k + 1) * 32].to_vec()).unwrap(), 1e-5);
+        common::assert_close(
+            &format!("{}", p.display()),
+            &one.embeddings,
+            &Tensor::from_f32(&[1, 32], all.embeddings.f32s().unwrap()[k * 32..(k + 1) * 32].to_vec()).unwrap(),
+            1e-5,
+        );
     }
 }
 
@@ -129,7 +139,8 @@ fn zeroshot_over_a_folder_of_bad_images_scores_every_good_one() {
     let enc = zeroshot::encode_dataset(&model, &ds, &transform, 3, None, false).unwrap();
     let scored: Vec<&str> = enc.items.iter().map(|&i| ds.items[i].rel.as_str()).collect();
     assert_eq!(scored, good);
-    let reasons: Vec<(&str, &str)> = enc.skipped.iter().map(|s| (s.path.rsplit('/').next().unwrap(), s.reason.as_str())).collect();
+    let reasons: Vec<(&str, &str)> =
+        enc.skipped.iter().map(|s| (s.path.rsplit('/').next().unwrap(), s.reason.as_str())).collect();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert_eq!(reasons[0].0, "truncated.jpg");
     assert_eq!(reasons[1], ("empty.jpg", "empty file (0 bytes)"));
@@ -151,7 +162,14 @@ fn embedding_cache_reuses_and_notices_changed_files() {
     let ds = datasets::load(DatasetKind::Csv, &root, "all", &LoadOptions::default()).unwrap();
     let model = common::tiny_clip(3);
     let transform = clip_transform(&model, None).unwrap();
-    let entry = CacheEntry::new(&tmp.path().join("cache"), "random:tiny:seed=3", "QuickGelu", &ds.name, &ds.split, &transform.describe());
+    let entry = CacheEntry::new(
+        &tmp.path().join("cache"),
+        "random:tiny:seed=3",
+        "QuickGelu",
+        &ds.name,
+        &ds.split,
+        &transform.describe(),
+    );
     let first = zeroshot::encode_dataset(&model, &ds, &transform, 4, Some(&entry), false).unwrap();
     assert_eq!((first.cache.reused, first.cache.encoded, first.cache.outcome()), (0, good.len(), "miss"));
     assert!(entry.file.is_file());
@@ -165,7 +183,8 @@ fn embedding_cache_reuses_and_notices_changed_files() {
     let third = zeroshot::encode_dataset(&model, &ds, &transform, 4, Some(&entry), false).unwrap();
     assert_eq!((third.cache.reused, third.cache.encoded, third.cache.outcome()), (good.len() - 1, 1, "partial"));
     // Another key (e.g. another transform) is another file.
-    let other = CacheEntry::new(&tmp.path().join("cache"), "random:tiny:seed=3", "QuickGelu", &ds.name, &ds.split, "other");
+    let other =
+        CacheEntry::new(&tmp.path().join("cache"), "random:tiny:seed=3", "QuickGelu", &ds.name, &ds.split, "other");
     assert_ne!(other.file, entry.file);
     assert!(other.load().rows.is_empty());
 }
@@ -209,7 +228,23 @@ fn cli_zeroshot_dataset_cache_and_eval() {
     let (out_s, json_s, root_s) = (out.to_str().unwrap(), json.to_str().unwrap(), root.to_str().unwrap());
     let weights = common::tiny_full_vocab_weights(tmp.path());
     let w = weights.to_str().unwrap();
-    let args = ["--threads", "2", "zeroshot", "--weights", w, "--dataset", "csv", "--root", root_s, "--split", "all", "--out", out_s, "--json", json_s];
+    let args = [
+        "--threads",
+        "2",
+        "zeroshot",
+        "--weights",
+        w,
+        "--dataset",
+        "csv",
+        "--root",
+        root_s,
+        "--split",
+        "all",
+        "--out",
+        out_s,
+        "--json",
+        json_s,
+    ];
     let (log, status) = labelfree(&args, &cache);
     assert!(status.success(), "{log}");
     assert!(log.contains("mAP"), "{log}");
@@ -217,7 +252,8 @@ fn cli_zeroshot_dataset_cache_and_eval() {
     assert_eq!(rep["images_total"], 10);
     assert_eq!(rep["images_ok"], good.len());
     assert_eq!(rep["cache"]["encoded"], good.len());
-    let skipped: Vec<String> = rep["skipped"].as_array().unwrap().iter().map(|s| s["path"].as_str().unwrap().to_string()).collect();
+    let skipped: Vec<String> =
+        rep["skipped"].as_array().unwrap().iter().map(|s| s["path"].as_str().unwrap().to_string()).collect();
     assert_eq!(skipped.len(), 3);
     for bad in ["truncated.jpg", "empty.jpg", "missing.jpg"] {
         assert!(skipped.iter().any(|s| s.ends_with(bad)), "{bad} not in {skipped:?}");
@@ -248,7 +284,22 @@ fn cli_zeroshot_dataset_cache_and_eval() {
     edited.push("img/nothere.png,0.1,0.2,0.7".into());
     std::fs::write(&out, edited.join("\n")).unwrap();
     let ej = tmp.path().join("eval.json");
-    let (log, status) = labelfree(&["eval", "--dataset", "csv", "--root", root_s, "--split", "all", "--preds", out_s, "--json", ej.to_str().unwrap()], &cache);
+    let (log, status) = labelfree(
+        &[
+            "eval",
+            "--dataset",
+            "csv",
+            "--root",
+            root_s,
+            "--split",
+            "all",
+            "--preds",
+            out_s,
+            "--json",
+            ej.to_str().unwrap(),
+        ],
+        &cache,
+    );
     assert!(status.success(), "{log}");
     let ev: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ej).unwrap()).unwrap();
     assert_eq!(ev["metrics"]["map"], metrics["map"]);
@@ -268,6 +319,19 @@ fn cli_zeroshot_dataset_cache_and_eval() {
     // Input errors end with a message, not a panic.
     let (log, status) = labelfree(&["zeroshot", "--weights", w, "--dataset", "voc2007", "--root", root_s], &cache);
     assert!(!status.success() && log.contains("VOC2007") && !log.contains("panicked"), "{log}");
-    let (log, status) = labelfree(&["eval", "--dataset", "csv", "--root", root_s, "--split", "all", "--preds", root.join("classes.txt").to_str().unwrap()], &cache);
+    let (log, status) = labelfree(
+        &[
+            "eval",
+            "--dataset",
+            "csv",
+            "--root",
+            root_s,
+            "--split",
+            "all",
+            "--preds",
+            root.join("classes.txt").to_str().unwrap(),
+        ],
+        &cache,
+    );
     assert!(!status.success() && log.contains("header") && !log.contains("panicked"), "{log}");
 }

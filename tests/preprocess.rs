@@ -10,9 +10,8 @@ use std::path::{Path, PathBuf};
 
 use labelfree::data::decode::{decode_image_bytes, decode_image_file, pil_cmyk_to_rgb, RgbImage};
 use labelfree::data::transforms::{
-    center_crop, interpolate_bilinear_chw, interpolate_nearest_chw, resize, shorter_side_size,
-    to_chw_normalized, Interpolation, NormArith, Normalize, Transform, CLIP_NORM, IMAGENET_NORM,
-    IMAGENET_NORM_NUMPY,
+    center_crop, interpolate_bilinear_chw, interpolate_nearest_chw, resize, shorter_side_size, to_chw_normalized,
+    Interpolation, NormArith, Normalize, Transform, CLIP_NORM, IMAGENET_NORM, IMAGENET_NORM_NUMPY,
 };
 use labelfree::Error;
 use safetensors::SafeTensors;
@@ -181,7 +180,9 @@ fn specific_failure_reasons() {
 #[test]
 fn damaged_files_never_panic() {
     let dir = fixture_dir().join("generated");
-    for name in ["jpeg_420.jpg", "jpeg_420_prog.jpg", "jpeg_cmyk.jpg", "png_rgb8.png", "png_p4.png", "png_rgb8_interlaced.png"] {
+    for name in
+        ["jpeg_420.jpg", "jpeg_420_prog.jpg", "jpeg_cmyk.jpg", "png_rgb8.png", "png_p4.png", "png_rgb8_interlaced.png"]
+    {
         let data = std::fs::read(dir.join(name)).expect("fixture");
         let step = (data.len() / 97).max(1);
         for cut in (0..data.len() - 2).step_by(step) {
@@ -302,7 +303,13 @@ fn center_crop_and_resize_sizes_match_torchvision() {
         let img = decoded_generated(c["file"].as_str().expect("file"));
         let (w, h) = (c["w"].as_u64().expect("w") as usize, c["h"].as_u64().expect("h") as usize);
         let out = center_crop(&img, w, h);
-        assert_eq!(crc32(&out.data), c["crc"].as_str().expect("crc"), "center crop {w}x{h} of {}x{}", img.width, img.height);
+        assert_eq!(
+            crc32(&out.data),
+            c["crc"].as_str().expect("crc"),
+            "center crop {w}x{h} of {}x{}",
+            img.width,
+            img.height
+        );
     }
     for s in m["shorter_side"].as_array().expect("shorter_side") {
         let g = |k: &str| s[k].as_u64().expect("n") as usize;
@@ -331,7 +338,11 @@ fn pipelines_match_reference_bit_for_bit_on_coco128() {
             let r = &p["pipelines"][pname];
             let u8_img = t.apply_u8(&img);
             let (data, h, w) = t.apply(&img);
-            assert_eq!((h as u64, w as u64), (r["h"].as_u64().expect("h"), r["w"].as_u64().expect("w")), "{pname} {name}");
+            assert_eq!(
+                (h as u64, w as u64),
+                (r["h"].as_u64().expect("h"), r["w"].as_u64().expect("w")),
+                "{pname} {name}"
+            );
             if crc32(&u8_img.data) != r["u8_crc"].as_str().expect("crc") {
                 bad.push(format!("{pname} {name} (u8 geometry)"));
             } else if crc_f32(&data) != r["f32_crc"].as_str().expect("crc") {

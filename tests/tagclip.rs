@@ -43,12 +43,15 @@ fn tiny_pipeline_matches_official() {
     let dir = common::fixtures().join("tagclip");
     let model = ClipModel::load(&dir.join("tiny.safetensors"), None, None).unwrap();
     assert!((model.logit_multiplier() - 50.0).abs() < 1e-3, "fixture logit scale is 50");
-    let classes: Vec<String> = doc["classes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
-    let bg: Vec<String> = doc["background"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let classes: Vec<String> =
+        doc["classes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let bg: Vec<String> =
+        doc["background"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     let mut names = classes.clone();
     names.extend(bg);
     let text_t = &io["text_features"];
-    let text = ClassText::from_embeddings(names, classes.len(), text_t.f32s().unwrap().to_vec(), text_t.dim(1)).unwrap();
+    let text =
+        ClassText::from_embeddings(names, classes.len(), text_t.f32s().unwrap().to_vec(), text_t.dim(1)).unwrap();
     let transform = labelfree::methods::tagclip::transform_for(&model).unwrap();
     let opts = TagclipOptions::default();
     let mut worst = 0.0f32;
@@ -61,8 +64,16 @@ fn tiny_pipeline_matches_official() {
         let scores = entry_errs(&r.scores, f32s(&io, &format!("image{i}.scores")));
         let lw = local.iter().fold(0.0f32, |m, v| m.max(*v));
         let sw = scores.iter().fold(0.0f32, |m, v| m.max(*v));
-        eprintln!("{name}: {}x{} crops {} (official {}), local max rel err {lw:.2e}, scores {sw:.2e}, tags {:?}", r.height, r.width, r.cwr.crops.len(), im["crops"], r.tags);
-        let want_tags: Vec<usize> = im["tags"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        eprintln!(
+            "{name}: {}x{} crops {} (official {}), local max rel err {lw:.2e}, scores {sw:.2e}, tags {:?}",
+            r.height,
+            r.width,
+            r.cwr.crops.len(),
+            im["crops"],
+            r.tags
+        );
+        let want_tags: Vec<usize> =
+            im["tags"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
         assert_eq!(r.tags, want_tags, "{name}: tags");
         assert_eq!(r.cwr.crops.len() as u64, im["crops"].as_u64().unwrap(), "{name}: number of CWR crops");
         worst = worst.max(sw).max(lw);
@@ -98,9 +109,17 @@ fn scoremap_boxes_match_official() {
         let (gh, gw) = grid(&io, &format!("bbox{i}.grid"));
         let map = f32s(&io, &format!("bbox{i}.map"));
         let want_t = io[&format!("bbox{i}.boxes")].to_dtype(labelfree::tensor::DType::F32).unwrap();
-        let mut want: Vec<[usize; 4]> = want_t.f32s().unwrap().chunks(4).map(|b| [b[0] as usize, b[1] as usize, b[2] as usize, b[3] as usize]).collect();
+        let mut want: Vec<[usize; 4]> = want_t
+            .f32s()
+            .unwrap()
+            .chunks(4)
+            .map(|b| [b[0] as usize, b[1] as usize, b[2] as usize, b[3] as usize])
+            .collect();
         let mean = (map.iter().map(|&v| v as f64).sum::<f64>() / map.len() as f64) as f32;
-        let mut got: Vec<[usize; 4]> = stages::scoremap_boxes(map, gh, gw, mean, false, false).iter().map(|b: &CellBox| [b.x0, b.y0, b.x1, b.y1]).collect();
+        let mut got: Vec<[usize; 4]> = stages::scoremap_boxes(map, gh, gw, mean, false, false)
+            .iter()
+            .map(|b: &CellBox| [b.x0, b.y0, b.x1, b.y1])
+            .collect();
         got.sort();
         want.sort();
         assert_eq!(got, want, "bbox case {i} ({gh}x{gw})");
@@ -155,9 +174,13 @@ fn cwr_matches_official_with_stub_encoder() {
         }
         let got = stages::fuse(local, &plan.crops, &feats, text, 5, 20.0, 0.5);
         let e = common::rel_err(&got, want);
-        eprintln!("cwr case {i} ({gh}x{gw}): candidates {:?}, crops {}, stop {:?}, rel err {e:.2e}", plan.candidates, plan.crops.len(), plan.stopped_at);
+        eprintln!(
+            "cwr case {i} ({gh}x{gw}): candidates {:?}, crops {}, stop {:?}, rel err {e:.2e}",
+            plan.candidates,
+            plan.crops.len(),
+            plan.stopped_at
+        );
         assert!(e < 1e-5, "case {i}: got {got:?}, official {want:?}");
     }
     assert!(stops >= 2, "the fixture has cases that end in the early stop");
 }
-

@@ -107,16 +107,24 @@ fn full_size_matches_official() {
         }
         if let (Some(pmax), Some(refined)) = (floats("p_ref_max"), r.refined.as_ref()) {
             let c = pmax.len();
-            let ours: Vec<f32> = (0..c).map(|ci| refined.iter().skip(ci).step_by(c).copied().fold(f32::NEG_INFINITY, f32::max)).collect();
+            let ours: Vec<f32> = (0..c)
+                .map(|ci| refined.iter().skip(ci).step_by(c).copied().fold(f32::NEG_INFINITY, f32::max))
+                .collect();
             eprintln!("  refined map class maxima worst rel. error {:.2e}", worst(&ours, &pmax));
         }
         if let Some(crops) = im.get("crops").and_then(|v| v.as_u64()) {
-            let ours: Vec<(usize, [usize; 4])> = r.cwr.crops.iter().map(|c| (c.class, [c.cells.x0, c.cells.y0, c.cells.x1, c.cells.y1])).collect();
+            let ours: Vec<(usize, [usize; 4])> =
+                r.cwr.crops.iter().map(|c| (c.class, [c.cells.x0, c.cells.y0, c.cells.x1, c.cells.y1])).collect();
             eprintln!("  CWR crops: ours {} official {}; ours (class, [x0 y0 x1 y1]) {:?}", ours.len(), crops, ours);
         }
     }
     let (fe, ft) = (close as f64 / entries as f64, same_tags as f64 / images.len() as f64);
-    eprintln!("{} images: {:.2}% of entries within 1e-3, {:.2}% of images with the same tags", images.len(), 100.0 * fe, 100.0 * ft);
+    eprintln!(
+        "{} images: {:.2}% of entries within 1e-3, {:.2}% of images with the same tags",
+        images.len(),
+        100.0 * fe,
+        100.0 * ft
+    );
     assert!(fe >= 0.99, "entries within 1e-3: {fe}");
     assert!(ft >= 0.98 || images.len() < 50 && same_tags + 1 >= images.len(), "same tags: {ft}");
 }

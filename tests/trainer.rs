@@ -21,7 +21,8 @@ fn load(dir: &Path, name: &str) -> (ResNet, BTreeMap<String, Tensor>) {
     let io = common::load_io(&dir.join(format!("{name}.io.safetensors")));
     let classes = io["targets"].dim(1);
     let head = if name.contains("linear") { HeadKind::Linear } else { HeadKind::Cam };
-    let model = ResNet::load(&dir.join(format!("{name}.safetensors")), classes, head, 3.0, 0).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let model = ResNet::load(&dir.join(format!("{name}.safetensors")), classes, head, 3.0, 0)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     (model, io)
 }
 
@@ -38,7 +39,12 @@ fn check(dir: &Path, name: &str) {
     let out = forward_backward(&mut model, x1, Some(x2), b, h, w, targets, Some(weights), 1.0).unwrap();
     let t = |v: &[f32], like: &Tensor| Tensor::from_f32(like.shape(), v.to_vec()).unwrap();
     common::assert_close(&format!("{name} logits1"), &t(&out.logits1, &io["logits1"]), &io["logits1"], TOL);
-    common::assert_close(&format!("{name} logits2"), &t(out.logits2.as_ref().unwrap(), &io["logits2"]), &io["logits2"], TOL);
+    common::assert_close(
+        &format!("{name} logits2"),
+        &t(out.logits2.as_ref().unwrap(), &io["logits2"]),
+        &io["logits2"],
+        TOL,
+    );
     common::assert_close(&format!("{name} loss_bce"), &t(&[out.bce], &io["loss_bce"]), &io["loss_bce"], TOL);
     common::assert_close(&format!("{name} loss_cons"), &t(&[out.consistency], &io["loss_cons"]), &io["loss_cons"], TOL);
 
@@ -89,7 +95,10 @@ fn check(dir: &Path, name: &str) {
     (model.params, model.buffers) = start;
     let lr = io["adam_lr"].f32s().unwrap()[0];
     let n = model.params.len();
-    let mut opt = Adam::new(n, vec![ParamGroup { range: 0..model.head_start, lr }, ParamGroup { range: model.head_start..n, lr: lr * 10.0 }]);
+    let mut opt = Adam::new(
+        n,
+        vec![ParamGroup { range: 0..model.head_start, lr }, ParamGroup { range: model.head_start..n, lr: lr * 10.0 }],
+    );
     let want = io["adam_losses"].f32s().unwrap();
     let mut losses = Vec::new();
     for _ in 0..want.len() {
@@ -144,7 +153,10 @@ fn resnet50_training_step_timing() {
     let b = 2;
     let mut model = ResNet::new(ResNetConfig::resnet50(20), 0);
     let n = model.params.len();
-    let mut opt = Adam::new(n, vec![ParamGroup { range: 0..model.head_start, lr: 1e-5 }, ParamGroup { range: model.head_start..n, lr: 1e-4 }]);
+    let mut opt = Adam::new(
+        n,
+        vec![ParamGroup { range: 0..model.head_start, lr: 1e-5 }, ParamGroup { range: model.head_start..n, lr: 1e-4 }],
+    );
     let x: Vec<f32> = (0..b * 3 * size * size).map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0).collect();
     let y = vec![0.3f32; b * 20];
     for step in 0..3 {
@@ -160,6 +172,12 @@ fn resnet50_training_step_timing() {
         opt.step(&mut model.params, &grads);
         model.grads = grads;
         let t3 = t0.elapsed().as_secs_f64();
-        eprintln!("step {step}: {size}px batch {b}: forward {t1:.2}s, backward {:.2}s, adam {:.2}s, {:.2} img/s ({} threads)", t2 - t1, t3 - t2, b as f64 / t3, rayon::current_num_threads());
+        eprintln!(
+            "step {step}: {size}px batch {b}: forward {t1:.2}s, backward {:.2}s, adam {:.2}s, {:.2} img/s ({} threads)",
+            t2 - t1,
+            t3 - t2,
+            b as f64 / t3,
+            rayon::current_num_threads()
+        );
     }
 }

@@ -12,7 +12,8 @@ use labelfree::train::checkpoint;
 use labelfree::train::trainer::{Sample, SecondView, TrainConfig, Trainer};
 
 fn write_png(path: &Path, w: u32, h: u32, seed: u32) {
-    let data: Vec<u8> = (0..w * h * 3).map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed * 977)) >> 13) as u8).collect();
+    let data: Vec<u8> =
+        (0..w * h * 3).map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed * 977)) >> 13) as u8).collect();
     let f = std::fs::File::create(path).unwrap();
     let mut enc = png::Encoder::new(std::io::BufWriter::new(f), w, h);
     enc.set_color(png::ColorType::Rgb);
@@ -116,10 +117,18 @@ fn run_from_csv_labels_and_a_backbone_then_resume() {
     std::fs::write(&labels, csv).unwrap();
     let out = scratch("train-run-out");
     // The tiny linear-head fixture: torchvision names plus head.*, 3 classes.
-    let backbone = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trainer/tiny_linear.safetensors");
+    let backbone =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trainer/tiny_linear.safetensors");
     let mut r = TrainRun {
         labels: labels.clone(),
-        data: DatasetArgs { dataset: None, root: Some(root.clone()), split: None, voc_difficult: "positive".into(), keep_unlabeled: false, classes_file: None },
+        data: DatasetArgs {
+            dataset: None,
+            root: Some(root.clone()),
+            split: None,
+            voc_difficult: "positive".into(),
+            keep_unlabeled: false,
+            classes_file: None,
+        },
         eval_split: None,
         backbone: Some(backbone),
         width: None,

@@ -45,12 +45,8 @@ pub enum Adjustment {
 
 impl Adjustment {
     /// torchvision's `fn_idx` numbering.
-    pub const ALL: [Adjustment; 4] = [
-        Adjustment::Brightness,
-        Adjustment::Contrast,
-        Adjustment::Saturation,
-        Adjustment::Hue,
-    ];
+    pub const ALL: [Adjustment; 4] =
+        [Adjustment::Brightness, Adjustment::Contrast, Adjustment::Saturation, Adjustment::Hue];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -75,10 +71,7 @@ impl Adjustment {
 impl FromStr for Adjustment {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Adjustment::ALL
-            .into_iter()
-            .find(|a| a.name() == s)
-            .ok_or_else(|| format!("unknown colour adjustment `{s}`"))
+        Adjustment::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| format!("unknown colour adjustment `{s}`"))
     }
 }
 
@@ -100,12 +93,7 @@ pub struct JitterDraw {
 
 impl ColorJitter {
     /// CCD's second view: `ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.5)`.
-    pub const CCD: ColorJitter = ColorJitter {
-        brightness: 0.5,
-        contrast: 0.5,
-        saturation: 0.5,
-        hue: 0.5,
-    };
+    pub const CCD: ColorJitter = ColorJitter { brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.5 };
 
     pub fn is_identity(&self) -> bool {
         self.brightness == 0.0 && self.contrast == 0.0 && self.saturation == 0.0 && self.hue == 0.0
@@ -128,14 +116,9 @@ impl ColorJitter {
         order.shuffle(rng);
         // The factors are drawn in torchvision's order (brightness, contrast, saturation,
         // hue), independently of the permutation.
-        let factors: Vec<Option<f32>> = Adjustment::ALL
-            .iter()
-            .map(|&a| self.range(a).map(|(lo, hi)| rng.gen_range(lo..=hi)))
-            .collect();
-        let steps = order
-            .iter()
-            .filter_map(|&a| factors[a as usize].map(|f| (a, f)))
-            .collect();
+        let factors: Vec<Option<f32>> =
+            Adjustment::ALL.iter().map(|&a| self.range(a).map(|(lo, hi)| rng.gen_range(lo..=hi))).collect();
+        let steps = order.iter().filter_map(|&a| factors[a as usize].map(|f| (a, f))).collect();
         JitterDraw { steps }
     }
 }
@@ -151,11 +134,7 @@ impl JitterDraw {
 
 impl fmt::Display for ColorJitter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{},{},{},{}",
-            self.brightness, self.contrast, self.saturation, self.hue
-        )
+        write!(f, "{},{},{},{}", self.brightness, self.contrast, self.saturation, self.hue)
     }
 }
 
@@ -164,43 +143,22 @@ impl FromStr for ColorJitter {
     /// `b,c,s,h` (four numbers), or `off`.
     fn from_str(s: &str) -> Result<Self, String> {
         if s.trim() == "off" || s.trim() == "none" {
-            return Ok(ColorJitter {
-                brightness: 0.0,
-                contrast: 0.0,
-                saturation: 0.0,
-                hue: 0.0,
-            });
+            return Ok(ColorJitter { brightness: 0.0, contrast: 0.0, saturation: 0.0, hue: 0.0 });
         }
         let v: Vec<f32> = s
             .split(',')
-            .map(|x| {
-                x.trim()
-                    .parse::<f32>()
-                    .map_err(|_| format!("jitter `{s}`: `{x}` is not a number"))
-            })
+            .map(|x| x.trim().parse::<f32>().map_err(|_| format!("jitter `{s}`: `{x}` is not a number")))
             .collect::<Result<_, _>>()?;
         let [brightness, contrast, saturation, hue] = v[..] else {
-            return Err(format!(
-                "jitter `{s}`: give four numbers brightness,contrast,saturation,hue (or off)"
-            ));
+            return Err(format!("jitter `{s}`: give four numbers brightness,contrast,saturation,hue (or off)"));
         };
-        if [brightness, contrast, saturation]
-            .iter()
-            .any(|x| !(x.is_finite() && *x >= 0.0))
-        {
-            return Err(format!(
-                "jitter `{s}`: brightness, contrast and saturation must be >= 0"
-            ));
+        if [brightness, contrast, saturation].iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
+            return Err(format!("jitter `{s}`: brightness, contrast and saturation must be >= 0"));
         }
         if !(0.0..=0.5).contains(&hue) {
             return Err(format!("jitter `{s}`: hue must be in [0, 0.5]"));
         }
-        Ok(ColorJitter {
-            brightness,
-            contrast,
-            saturation,
-            hue,
-        })
+        Ok(ColorJitter { brightness, contrast, saturation, hue })
     }
 }
 
@@ -228,11 +186,7 @@ pub fn adjust_brightness(img: &mut [f32], factor: f32) {
 fn grayscale(img: &[f32], plane: usize) -> Vec<f32> {
     let (r, rest) = img.split_at(plane);
     let (g, b) = rest.split_at(plane);
-    r.iter()
-        .zip(g)
-        .zip(b)
-        .map(|((&r, &g), &b)| GRAY[0] * r + GRAY[1] * g + GRAY[2] * b)
-        .collect()
+    r.iter().zip(g).zip(b).map(|((&r, &g), &b)| GRAY[0] * r + GRAY[1] * g + GRAY[2] * b).collect()
 }
 
 /// torchvision `adjust_contrast`: blend with the mean of the grayscale image.
@@ -282,16 +236,8 @@ fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
     let bc = (maxc - b) / div;
     // torch sums the three masked terms; exactly one mask is set, the others add +0.
     let hr = if maxc == r { bc - gc } else { 0.0 };
-    let hg = if maxc == g && maxc != r {
-        2.0 + rc - bc
-    } else {
-        0.0
-    };
-    let hb = if maxc != g && maxc != r {
-        4.0 + gc - rc
-    } else {
-        0.0
-    };
+    let hg = if maxc == g && maxc != r { 2.0 + rc - bc } else { 0.0 };
+    let hb = if maxc != g && maxc != r { 4.0 + gc - rc } else { 0.0 };
     let h = hr + hg + hb;
     let h = (h / 6.0 + 1.0) % 1.0;
     (h, s, maxc)
@@ -333,10 +279,7 @@ mod tests {
 
     #[test]
     fn parses_strengths_and_rejects_bad_ones() {
-        assert_eq!(
-            "0.5,0.5,0.5,0.5".parse::<ColorJitter>().unwrap(),
-            ColorJitter::CCD
-        );
+        assert_eq!("0.5,0.5,0.5,0.5".parse::<ColorJitter>().unwrap(), ColorJitter::CCD);
         assert!("off".parse::<ColorJitter>().unwrap().is_identity());
         for bad in ["0.5,0.5,0.5", "0.5,0.5,0.5,0.6", "-1,0,0,0", "a,0,0,0"] {
             assert!(bad.parse::<ColorJitter>().is_err(), "{bad}");
@@ -345,12 +288,7 @@ mod tests {
 
     #[test]
     fn draws_are_seeded_and_within_range() {
-        let j = ColorJitter {
-            brightness: 0.5,
-            contrast: 0.2,
-            saturation: 0.0,
-            hue: 0.1,
-        };
+        let j = ColorJitter { brightness: 0.5, contrast: 0.2, saturation: 0.0, hue: 0.1 };
         let a = j.draw(&mut rand::rngs::StdRng::seed_from_u64(3));
         let b = j.draw(&mut rand::rngs::StdRng::seed_from_u64(3));
         assert_eq!(a, b);
@@ -369,9 +307,7 @@ mod tests {
 
     #[test]
     fn hue_round_trip_keeps_the_image() {
-        let mut img: Vec<f32> = (0..3 * 20)
-            .map(|i| ((i * 37) % 101) as f32 / 100.0)
-            .collect();
+        let mut img: Vec<f32> = (0..3 * 20).map(|i| ((i * 37) % 101) as f32 / 100.0).collect();
         let before = img.clone();
         adjust_hue(&mut img, 4, 5, 0.0);
         for (a, b) in img.iter().zip(&before) {

@@ -109,10 +109,8 @@ pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
 /// Reads and decodes an image file (JPEG or PNG, recognised by content) to RGB.
 pub fn decode_image_file(path: &Path) -> Result<RgbImage> {
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| Error::Image {
-        path: name.clone(),
-        reason: format!("cannot read file: {e}"),
-    })?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Image { path: name.clone(), reason: format!("cannot read file: {e}") })?;
     decode_image_bytes(&bytes, &name)
 }
 
@@ -260,30 +258,21 @@ mod jpeg {
         let rgb = match ncomp {
             // Gray -> RGB in libjpeg replicates the sample, exactly like PIL's L -> RGB.
             1 | 3 => {
-                let mut started = dec
-                    .to_colorspace(ffi::J_COLOR_SPACE::JCS_RGB)
-                    .map_err(|e| format!("JPEG start: {e}"))?;
-                let data: Vec<u8> =
-                    started.read_scanlines().map_err(|_| TRUNCATED.to_string())?;
+                let mut started =
+                    dec.to_colorspace(ffi::J_COLOR_SPACE::JCS_RGB).map_err(|e| format!("JPEG start: {e}"))?;
+                let data: Vec<u8> = started.read_scanlines().map_err(|_| TRUNCATED.to_string())?;
                 let _ = started.finish();
                 data
             }
             4 => {
                 // libjpeg turns YCCK into CMYK; PIL then inverts (CMYK;I) and converts.
-                let mut started = dec
-                    .to_colorspace(ffi::J_COLOR_SPACE::JCS_CMYK)
-                    .map_err(|e| format!("JPEG start: {e}"))?;
-                let cmyk: Vec<u8> =
-                    started.read_scanlines().map_err(|_| TRUNCATED.to_string())?;
+                let mut started =
+                    dec.to_colorspace(ffi::J_COLOR_SPACE::JCS_CMYK).map_err(|e| format!("JPEG start: {e}"))?;
+                let cmyk: Vec<u8> = started.read_scanlines().map_err(|_| TRUNCATED.to_string())?;
                 let _ = started.finish();
                 let mut rgb = Vec::with_capacity(width * height * 3);
                 for px in cmyk.chunks_exact(4) {
-                    rgb.extend_from_slice(&pil_cmyk_to_rgb(
-                        255 - px[0],
-                        255 - px[1],
-                        255 - px[2],
-                        255 - px[3],
-                    ));
+                    rgb.extend_from_slice(&pil_cmyk_to_rgb(255 - px[0], 255 - px[1], 255 - px[2], 255 - px[3]));
                 }
                 rgb
             }
@@ -314,9 +303,7 @@ mod png_dec {
         let color = info.color_type;
         let depth = info.bit_depth;
         let palette: Option<Vec<u8>> = info.palette.as_ref().map(|p| p.to_vec());
-        let size = reader
-            .output_buffer_size()
-            .ok_or_else(|| "PNG image too large for memory".to_string())?;
+        let size = reader.output_buffer_size().ok_or_else(|| "PNG image too large for memory".to_string())?;
         let mut buf = vec![0u8; size];
         let out = reader.next_frame(&mut buf).map_err(|e| {
             let msg = e.to_string();

@@ -88,7 +88,6 @@ pub struct Loader {
     handle: Option<JoinHandle<LoaderStats>>,
 }
 
-
 impl Loader {
     /// Starts loading `paths`, `batch` at a time, keeping up to `prefetch` batches ready.
     pub fn spawn(paths: Vec<PathBuf>, transform: Transform, batch: usize, prefetch: usize) -> Loader {
@@ -126,7 +125,6 @@ impl Loader {
     }
 }
 
-
 /// A buffer of exactly `len` values, reusing a recycled allocation when one is there.
 fn take_buffer(pool: &Receiver<Vec<f32>>, len: usize) -> Vec<f32> {
     let mut buf = pool.try_recv().unwrap_or_default();
@@ -135,7 +133,13 @@ fn take_buffer(pool: &Receiver<Vec<f32>>, len: usize) -> Vec<f32> {
     buf
 }
 
-fn produce(paths: &[PathBuf], transform: &Transform, batch: usize, tx: &SyncSender<Batch>, pool: &Receiver<Vec<f32>>) -> LoaderStats {
+fn produce(
+    paths: &[PathBuf],
+    transform: &Transform,
+    batch: usize,
+    tx: &SyncSender<Batch>,
+    pool: &Receiver<Vec<f32>>,
+) -> LoaderStats {
     let mut stats = LoaderStats::default();
     for (b, chunk) in paths.chunks(batch).enumerate() {
         let t0 = Instant::now();
@@ -156,7 +160,13 @@ fn produce(paths: &[PathBuf], transform: &Transform, batch: usize, tx: &SyncSend
 
 /// Every image has the same output size: decode straight into its slot of one buffer, then
 /// close the gaps the failures left.
-fn load_fixed(chunk: &[PathBuf], start: usize, transform: &Transform, (h, w): (usize, usize), pool: &Receiver<Vec<f32>>) -> Batch {
+fn load_fixed(
+    chunk: &[PathBuf],
+    start: usize,
+    transform: &Transform,
+    (h, w): (usize, usize),
+    pool: &Receiver<Vec<f32>>,
+) -> Batch {
     let per = 3 * h * w;
     let mut pixels = take_buffer(pool, chunk.len() * per);
     let results: Vec<std::result::Result<(), String>> = pixels

@@ -58,9 +58,7 @@ impl FromStr for Interpolation {
             "nearest" => Ok(Interpolation::Nearest),
             "bilinear" | "linear" => Ok(Interpolation::Bilinear),
             "bicubic" | "cubic" => Ok(Interpolation::Bicubic),
-            other => Err(format!(
-                "unknown interpolation `{other}` (expected nearest, bilinear or bicubic)"
-            )),
+            other => Err(format!("unknown interpolation `{other}` (expected nearest, bilinear or bicubic)")),
         }
     }
 }
@@ -236,11 +234,8 @@ fn resample(img: &RgbImage, out_w: usize, out_h: usize, filter: fn(f64) -> f64, 
             let last = lmin + ln;
             let ch = precompute_coeffs(img.width, 0.0, img.width as f32, out_w, filter, support);
             let tmp = resample_horizontal(img, first, last - first, &ch, out_w);
-            let shifted = Coeffs {
-                ksize: cv.ksize,
-                bounds: cv.bounds.iter().map(|&(m, n)| (m - first, n)).collect(),
-                kk: cv.kk,
-            };
+            let shifted =
+                Coeffs { ksize: cv.ksize, bounds: cv.bounds.iter().map(|&(m, n)| (m - first, n)).collect(), kk: cv.kk };
             resample_vertical(&tmp, &shifted, out_h)
         }
     }
@@ -251,7 +246,13 @@ fn resample(img: &RgbImage, out_w: usize, out_h: usize, filter: fn(f64) -> f64, 
 fn resize_nearest(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
     let ax = (img.width as f32) as f64 / out_w as f64;
     let ay = (img.height as f32) as f64 / out_h as f64;
-    let coord = |v: f64| -> i64 { if v < 0.0 { -1 } else { v as i64 } };
+    let coord = |v: f64| -> i64 {
+        if v < 0.0 {
+            -1
+        } else {
+            v as i64
+        }
+    };
     let mut xintab = vec![0usize; out_w];
     let (mut xmin, mut xmax) = (out_w, 0usize);
     let mut xo = ax * 0.5;
@@ -401,18 +402,12 @@ pub const CLIP_NORM: Normalize = Normalize {
 };
 
 /// ImageNet normalisation as torchvision's `Normalize` does it.
-pub const IMAGENET_NORM: Normalize = Normalize {
-    mean: [0.485, 0.456, 0.406],
-    std: [0.229, 0.224, 0.225],
-    arith: NormArith::TorchF32,
-};
+pub const IMAGENET_NORM: Normalize =
+    Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], arith: NormArith::TorchF32 };
 
 /// ImageNet normalisation as CCD's `TorchvisionNormalize` does it (numpy f64).
-pub const IMAGENET_NORM_NUMPY: Normalize = Normalize {
-    mean: [0.485, 0.456, 0.406],
-    std: [0.229, 0.224, 0.225],
-    arith: NormArith::NumpyF64,
-};
+pub const IMAGENET_NORM_NUMPY: Normalize =
+    Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], arith: NormArith::NumpyF64 };
 
 impl Normalize {
     /// The same constants with another arithmetic.
@@ -649,10 +644,7 @@ pub fn interpolate_bilinear_chw(
     out_w: usize,
 ) -> Result<Vec<f32>> {
     if x.len() != c * h * w || h == 0 || w == 0 {
-        return Err(Error::Shape(format!(
-            "interpolate_bilinear_chw: {} values for shape [{c}, {h}, {w}]",
-            x.len()
-        )));
+        return Err(Error::Shape(format!("interpolate_bilinear_chw: {} values for shape [{c}, {h}, {w}]", x.len())));
     }
     let wy = torch_linear_weights(h, out_h);
     let wx = torch_linear_weights(w, out_w);
@@ -683,10 +675,7 @@ pub fn interpolate_nearest_chw(
     out_w: usize,
 ) -> Result<Vec<f32>> {
     if x.len() != c * h * w || h == 0 || w == 0 {
-        return Err(Error::Shape(format!(
-            "interpolate_nearest_chw: {} values for shape [{c}, {h}, {w}]",
-            x.len()
-        )));
+        return Err(Error::Shape(format!("interpolate_nearest_chw: {} values for shape [{c}, {h}, {w}]", x.len())));
     }
     let index = |in_size: usize, out_size: usize| -> Vec<usize> {
         let scale = in_size as f32 / out_size as f32;

@@ -113,8 +113,11 @@ impl CacheEntry {
     /// `model` is [`weights_fingerprint`]'s text or `random:<arch>:seed=<seed>`.
     pub fn new(dir: &Path, model: &str, act: &str, dataset: &str, split: &str, transform: &str) -> CacheEntry {
         let key = format!("{FORMAT}|model={model}|act={act}|dataset={dataset}|split={split}|transform={transform}");
-        let clean = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect::<String>();
-        let file = dir.join(format!("{}-{}-{:016x}.safetensors", clean(dataset), clean(split), Fnv64::hash(key.as_bytes())));
+        let clean = |s: &str| {
+            s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect::<String>()
+        };
+        let file =
+            dir.join(format!("{}-{}-{:016x}.safetensors", clean(dataset), clean(split), Fnv64::hash(key.as_bytes())));
         CacheEntry { file, key }
     }
 

@@ -40,7 +40,13 @@ pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
 
 /// Encodes every image with `model`, `batch` at a time. Images whose transformed size differs
 /// from others of their batch are encoded in their own group (any input size works).
-pub fn encode_images(model: &ClipModel, paths: &[PathBuf], transform: &Transform, batch: usize, show_progress: bool) -> Result<Encoded> {
+pub fn encode_images(
+    model: &ClipModel,
+    paths: &[PathBuf],
+    transform: &Transform,
+    batch: usize,
+    show_progress: bool,
+) -> Result<Encoded> {
     let pb = if show_progress { progress_bar(paths.len(), "encode") } else { ProgressBar::hidden() };
     let out = encode_with_progress(model, paths, transform, batch, &pb);
     pb.finish_and_clear();
@@ -48,7 +54,13 @@ pub fn encode_images(model: &ClipModel, paths: &[PathBuf], transform: &Transform
 }
 
 /// [`encode_images`] advancing a progress bar the caller owns (one step per input).
-pub fn encode_with_progress(model: &ClipModel, paths: &[PathBuf], transform: &Transform, batch: usize, pb: &ProgressBar) -> Result<Encoded> {
+pub fn encode_with_progress(
+    model: &ClipModel,
+    paths: &[PathBuf],
+    transform: &Transform,
+    batch: usize,
+    pb: &ProgressBar,
+) -> Result<Encoded> {
     let t0 = Instant::now();
     let d = model.config.vision.output_dim();
     let mut loader = Loader::spawn(paths.to_vec(), transform.clone(), batch, PREFETCH_BATCHES);
@@ -83,7 +95,13 @@ pub fn encode_with_progress(model: &ClipModel, paths: &[PathBuf], transform: &Tr
         return Err(Error::Internal(format!("the loader delivered {covered} of {} images", paths.len())));
     }
     let n = ok_paths.len();
-    Ok(Encoded { paths: ok_paths, embeddings: Tensor::from_f32(&[n, d], rows)?, skipped, seconds: t0.elapsed().as_secs_f64(), loader: stats })
+    Ok(Encoded {
+        paths: ok_paths,
+        embeddings: Tensor::from_f32(&[n, d], rows)?,
+        skipped,
+        seconds: t0.elapsed().as_secs_f64(),
+        loader: stats,
+    })
 }
 
 /// The transform `embed` and `zeroshot` use: CLIP's own (shorter side, centre crop), at the

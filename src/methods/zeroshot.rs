@@ -31,7 +31,14 @@ pub struct EncodedDataset {
 
 /// Encodes every image of `ds`, reusing the cached embeddings of unchanged files when `cache`
 /// is given and adding the new ones to it.
-pub fn encode_dataset(model: &ClipModel, ds: &Dataset, transform: &Transform, batch: usize, cache: Option<&CacheEntry>, show_progress: bool) -> Result<EncodedDataset> {
+pub fn encode_dataset(
+    model: &ClipModel,
+    ds: &Dataset,
+    transform: &Transform,
+    batch: usize,
+    cache: Option<&CacheEntry>,
+    show_progress: bool,
+) -> Result<EncodedDataset> {
     let t0 = Instant::now();
     let d = model.config.vision.output_dim();
     let mut cached = cache.map(|c| c.load()).unwrap_or_default();
@@ -59,7 +66,12 @@ pub fn encode_dataset(model: &ClipModel, ds: &Dataset, transform: &Transform, ba
     let paths: Vec<PathBuf> = todo.iter().map(|&i| ds.items[i].path.clone()).collect();
     let pb = if show_progress { progress_bar(paths.len(), "encode") } else { ProgressBar::hidden() };
     if status.reused > 0 && show_progress {
-        pb.println(format!("cache: {} of {} embeddings reused from {}", status.reused, ds.items.len(), status.file.as_deref().unwrap_or("")));
+        pb.println(format!(
+            "cache: {} of {} embeddings reused from {}",
+            status.reused,
+            ds.items.len(),
+            status.file.as_deref().unwrap_or("")
+        ));
     }
     let enc = encode_with_progress(model, &paths, transform, batch, &pb)?;
     pb.finish_and_clear();

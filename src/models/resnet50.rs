@@ -102,7 +102,17 @@ pub(crate) struct ConvBn {
 
 impl ConvBn {
     #[allow(clippy::too_many_arguments)]
-    fn new(p: &mut Layout, bufs: &mut Layout, conv: &str, bn: &str, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize) -> ConvBn {
+    fn new(
+        p: &mut Layout,
+        bufs: &mut Layout,
+        conv: &str,
+        bn: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> ConvBn {
         ConvBn {
             w: p.add(format!("{conv}.weight"), &[c_out, c_in, k, k]),
             gamma: p.add(format!("{bn}.weight"), &[c_out]),
@@ -118,7 +128,16 @@ impl ConvBn {
     }
 
     pub(crate) fn shape(&self, b: usize, h: usize, w: usize) -> Conv2dShape {
-        Conv2dShape { batch: b, c_in: self.c_in, h, w, c_out: self.c_out, kernel: self.k, stride: self.stride, pad: self.pad }
+        Conv2dShape {
+            batch: b,
+            c_in: self.c_in,
+            h,
+            w,
+            c_out: self.c_out,
+            kernel: self.k,
+            stride: self.stride,
+            pad: self.pad,
+        }
     }
 }
 
@@ -211,11 +230,51 @@ impl ResNet {
             for j in 0..n {
                 let stride = if stage > 0 && j == 0 { 2 } else { 1 };
                 let pre = format!("layer{}.{j}", stage + 1);
-                let conv1 = ConvBn::new(&mut p, &mut bufs, &format!("{pre}.conv1"), &format!("{pre}.bn1"), c_in, planes, 1, 1, 0);
-                let conv2 = ConvBn::new(&mut p, &mut bufs, &format!("{pre}.conv2"), &format!("{pre}.bn2"), planes, planes, 3, stride, 1);
-                let conv3 = ConvBn::new(&mut p, &mut bufs, &format!("{pre}.conv3"), &format!("{pre}.bn3"), planes, planes * 4, 1, 1, 0);
+                let conv1 = ConvBn::new(
+                    &mut p,
+                    &mut bufs,
+                    &format!("{pre}.conv1"),
+                    &format!("{pre}.bn1"),
+                    c_in,
+                    planes,
+                    1,
+                    1,
+                    0,
+                );
+                let conv2 = ConvBn::new(
+                    &mut p,
+                    &mut bufs,
+                    &format!("{pre}.conv2"),
+                    &format!("{pre}.bn2"),
+                    planes,
+                    planes,
+                    3,
+                    stride,
+                    1,
+                );
+                let conv3 = ConvBn::new(
+                    &mut p,
+                    &mut bufs,
+                    &format!("{pre}.conv3"),
+                    &format!("{pre}.bn3"),
+                    planes,
+                    planes * 4,
+                    1,
+                    1,
+                    0,
+                );
                 let down = (stride != 1 || c_in != planes * 4).then(|| {
-                    ConvBn::new(&mut p, &mut bufs, &format!("{pre}.downsample.0"), &format!("{pre}.downsample.1"), c_in, planes * 4, 1, stride, 0)
+                    ConvBn::new(
+                        &mut p,
+                        &mut bufs,
+                        &format!("{pre}.downsample.0"),
+                        &format!("{pre}.downsample.1"),
+                        c_in,
+                        planes * 4,
+                        1,
+                        stride,
+                        0,
+                    )
                 });
                 blocks.push(Bottleneck { conv1, conv2, conv3, down });
                 c_in = planes * 4;
@@ -268,7 +327,12 @@ impl ResNet {
     }
 
     /// Reads the width and block counts from torchvision-named tensors.
-    pub fn config_from_names(map: &BTreeMap<String, Tensor>, num_classes: usize, head: HeadKind, alpha: f32) -> Result<ResNetConfig> {
+    pub fn config_from_names(
+        map: &BTreeMap<String, Tensor>,
+        num_classes: usize,
+        head: HeadKind,
+        alpha: f32,
+    ) -> Result<ResNetConfig> {
         let stem = map.get("conv1.weight").ok_or_else(|| Error::WeightMissing("conv1.weight".into()))?;
         let mut layers = [0usize; 4];
         for (i, n) in layers.iter_mut().enumerate() {
@@ -295,10 +359,17 @@ impl ResNet {
             } else if let Some(s) = self.buffer_slots.iter().find(|s| &s.name == name) {
                 (s, &mut self.buffers)
             } else {
-                return Err(Error::Weights(format!("unexpected tensor `{name}` of shape {:?} for this ResNet", t.shape())));
+                return Err(Error::Weights(format!(
+                    "unexpected tensor `{name}` of shape {:?} for this ResNet",
+                    t.shape()
+                )));
             };
             if t.shape() != slot.shape.as_slice() {
-                return Err(Error::WeightShape { name: name.clone(), expected: slot.shape.clone(), found: t.shape().to_vec() });
+                return Err(Error::WeightShape {
+                    name: name.clone(),
+                    expected: slot.shape.clone(),
+                    found: t.shape().to_vec(),
+                });
             }
             dst[slot.range()].copy_from_slice(&t.to_f32()?.into_f32_vec()?);
         }
@@ -336,7 +407,16 @@ impl ResNet {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn conv_bn_forward(&self, l: &ConvBn, x: &[f32], b: usize, h: usize, w: usize, relu: bool, mode: &mut BnMode) -> ConvBnAct {
+    fn conv_bn_forward(
+        &self,
+        l: &ConvBn,
+        x: &[f32],
+        b: usize,
+        h: usize,
+        w: usize,
+        relu: bool,
+        mode: &mut BnMode,
+    ) -> ConvBnAct {
         let s = l.shape(b, h, w);
         let (ho, wo) = s.out_hw();
         let mut z = vec![0.0f32; b * l.c_out * ho * wo];
@@ -355,7 +435,16 @@ impl ResNet {
                 batch_norm_train_cpu(&z, b, c, ho * wo, gamma, beta, rm, rv, &mut y, &mut mean, &mut rstd);
             }
             BnMode::Eval(bufs) => {
-                batch_norm_eval_cpu(&z, c, ho * wo, gamma, beta, &bufs[l.running_mean..][..c], &bufs[l.running_var..][..c], &mut y);
+                batch_norm_eval_cpu(
+                    &z,
+                    c,
+                    ho * wo,
+                    gamma,
+                    beta,
+                    &bufs[l.running_mean..][..c],
+                    &bufs[l.running_var..][..c],
+                    &mut y,
+                );
             }
         }
         if relu {
@@ -422,14 +511,36 @@ impl ResNet {
     /// Backward of one conv + batch norm from dy (the gradient of the batch norm's output,
     /// already masked by the ReLU where there is one). Returns dx when wanted.
     #[allow(clippy::too_many_arguments)]
-    fn conv_bn_backward(&mut self, l: &ConvBn, x: &[f32], h: usize, w: usize, act: &ConvBnAct, dy: &[f32], b: usize, want_dx: bool) -> Option<Vec<f32>> {
+    fn conv_bn_backward(
+        &mut self,
+        l: &ConvBn,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        act: &ConvBnAct,
+        dy: &[f32],
+        b: usize,
+        want_dx: bool,
+    ) -> Option<Vec<f32>> {
         let c = l.c_out;
         let hw = act.h * act.w;
         let mut dz = vec![0.0f32; dy.len()];
         {
             let (params, grads) = (&self.params, &mut self.grads);
             let (dgamma, dbeta) = grads[l.gamma..l.beta + c].split_at_mut(l.beta - l.gamma);
-            batch_norm_backward_cpu(&act.z, dy, b, c, hw, &params[l.gamma..][..c], &act.mean, &act.rstd, &mut dz, &mut dgamma[..c], dbeta);
+            batch_norm_backward_cpu(
+                &act.z,
+                dy,
+                b,
+                c,
+                hw,
+                &params[l.gamma..][..c],
+                &act.mean,
+                &act.rstd,
+                &mut dz,
+                &mut dgamma[..c],
+                dbeta,
+            );
         }
         let s = l.shape(b, h, w);
         let nw = l.c_out * l.c_in * l.k * l.k;
@@ -444,7 +555,9 @@ impl ResNet {
         let b = acts.batch;
         let (k, c) = (self.cfg.feature_dim(), self.cfg.num_classes);
         if dlogits.len() != b * c || acts.stem.mean.is_empty() {
-            return Err(Error::Shape("resnet backward: needs the activations of a training forward and (B, C) dlogits".into()));
+            return Err(Error::Shape(
+                "resnet backward: needs the activations of a training forward and (B, C) dlogits".into(),
+            ));
         }
         let (feats, fh, fw) = acts.features();
         let hw = fh * fw;
@@ -454,7 +567,9 @@ impl ResNet {
             let (gw, gb) = grads[self.head_w..].split_at_mut(self.head_b - self.head_w);
             let (gw, gb, hwt) = (&mut gw[..c * k], &mut gb[..c], &params[self.head_w..][..c * k]);
             match self.cfg.head {
-                HeadKind::Cam => cam_head_backward_cpu(feats, b, k, hw, hwt, self.cfg.alpha, &acts.head, dlogits, gw, gb, &mut d),
+                HeadKind::Cam => {
+                    cam_head_backward_cpu(feats, b, k, hw, hwt, self.cfg.alpha, &acts.head, dlogits, gw, gb, &mut d)
+                }
                 HeadKind::Linear => linear_head_backward_cpu(&acts.head, b, k, hw, hwt, dlogits, gw, gb, &mut d),
             }
         }
@@ -467,9 +582,13 @@ impl ResNet {
                 (&p.y, p.h, p.w)
             };
             relu_backward_inplace_cpu(&a.conv3.y, &mut d);
-            let mut d2 = self.conv_bn_backward(&blk.conv3, &a.conv2.y, a.conv2.h, a.conv2.w, &a.conv3, &d, b, true).unwrap_or_default();
+            let mut d2 = self
+                .conv_bn_backward(&blk.conv3, &a.conv2.y, a.conv2.h, a.conv2.w, &a.conv3, &d, b, true)
+                .unwrap_or_default();
             relu_backward_inplace_cpu(&a.conv2.y, &mut d2);
-            let mut d1 = self.conv_bn_backward(&blk.conv2, &a.conv1.y, a.conv1.h, a.conv1.w, &a.conv2, &d2, b, true).unwrap_or_default();
+            let mut d1 = self
+                .conv_bn_backward(&blk.conv2, &a.conv1.y, a.conv1.h, a.conv1.w, &a.conv2, &d2, b, true)
+                .unwrap_or_default();
             relu_backward_inplace_cpu(&a.conv1.y, &mut d1);
             let mut dx = self.conv_bn_backward(&blk.conv1, input, ih, iw, &a.conv1, &d1, b, true).unwrap_or_default();
             match (&blk.down, &a.down) {
@@ -504,7 +623,8 @@ mod tests {
         assert_eq!(m.params.len(), m.slots.iter().map(|s| numel(&s.shape)).sum::<usize>());
         assert_eq!(m.head_start, m.slots.iter().find(|s| s.name == "head.weight").unwrap().offset);
         // A round trip through named tensors, minus the head, plus torchvision's fc.
-        let mut map: BTreeMap<String, Tensor> = m.named_tensors().into_iter().filter(|(n, _)| !n.starts_with("head.")).collect();
+        let mut map: BTreeMap<String, Tensor> =
+            m.named_tensors().into_iter().filter(|(n, _)| !n.starts_with("head.")).collect();
         map.insert("fc.weight".into(), Tensor::zeros(&[1000, 64]));
         let got = ResNet::config_from_names(&map, 3, HeadKind::Cam, 3.0).unwrap();
         assert_eq!((got.width, got.layers), (2, [1, 2, 1, 1]));

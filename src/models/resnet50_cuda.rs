@@ -14,7 +14,9 @@ use std::sync::Arc;
 use crate::device::cuda::{CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
 use crate::models::resnet50::{ConvBn, HeadKind, ResNet, ResNetConfig, Slot};
-use crate::ops::batchnorm::{batch_norm_backward_cuda, batch_norm_eval_cuda, batch_norm_train_cuda, batch_norm_workspace_len};
+use crate::ops::batchnorm::{
+    batch_norm_backward_cuda, batch_norm_eval_cuda, batch_norm_train_cuda, batch_norm_workspace_len,
+};
 use crate::ops::bce::{bce_with_logits_cuda, consistency_bce_cuda, LOSS_WORKSPACE_LEN};
 use crate::ops::cam_head::{cam_head_backward_cuda, cam_head_cuda, linear_head_backward_cuda, linear_head_cuda};
 use crate::ops::conv2d::conv2d_cuda;
@@ -128,7 +130,12 @@ impl CudaResNet {
     /// Copies the CPU model and the optimiser's moments to the device.
     pub fn upload(gpu: &Arc<Gpu>, model: &ResNet, opt: &Adam) -> Result<CudaResNet> {
         if opt.m.len() != model.params.len() || opt.v.len() != model.params.len() {
-            return Err(Error::Shape(format!("CUDA ResNet: Adam moments of {} / {} for {} parameters", opt.m.len(), opt.v.len(), model.params.len())));
+            return Err(Error::Shape(format!(
+                "CUDA ResNet: Adam moments of {} / {} for {} parameters",
+                opt.m.len(),
+                opt.v.len(),
+                model.params.len()
+            )));
         }
         let up = |slots: &[Slot], data: &[f32]| -> Result<Vec<CudaTensor>> {
             slots.iter().map(|s| CudaTensor::from_f32(gpu, &device_shape(s), &data[s.range()], F32)).collect()
@@ -136,10 +143,14 @@ impl CudaResNet {
         let params = up(&model.slots, &model.params)?;
         let m = up(&model.slots, &opt.m)?;
         let v = up(&model.slots, &opt.v)?;
-        let grads = model.slots.iter().map(|s| CudaTensor::zeros(gpu, &device_shape(s), F32)).collect::<Result<Vec<_>>>()?;
+        let grads =
+            model.slots.iter().map(|s| CudaTensor::zeros(gpu, &device_shape(s), F32)).collect::<Result<Vec<_>>>()?;
         let buffers = up(&model.buffer_slots, &model.buffers)?;
         let index = |slots: &[Slot], offset: usize| -> Result<usize> {
-            slots.iter().position(|s| s.offset == offset).ok_or_else(|| Error::Internal(format!("CUDA ResNet: no tensor at offset {offset}")))
+            slots
+                .iter()
+                .position(|s| s.offset == offset)
+                .ok_or_else(|| Error::Internal(format!("CUDA ResNet: no tensor at offset {offset}")))
         };
         let layer = |l: &ConvBn| -> Result<CudaConvBn> {
             Ok(CudaConvBn {
@@ -210,7 +221,16 @@ impl CudaResNet {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn conv_bn_forward(&mut self, l: &CudaConvBn, x: &CudaTensor, b: usize, h: usize, w: usize, relu: bool, train: bool) -> Result<CudaConvBnAct> {
+    fn conv_bn_forward(
+        &mut self,
+        l: &CudaConvBn,
+        x: &CudaTensor,
+        b: usize,
+        h: usize,
+        w: usize,
+        relu: bool,
+        train: bool,
+    ) -> Result<CudaConvBnAct> {
         let gpu = self.gpu.clone();
         let s = l.layer.shape(b, h, w);
         let (ho, wo) = s.out_hw();
@@ -226,7 +246,15 @@ impl CudaResNet {
             batch_norm_train_cuda(&gpu, &z, gamma, beta, rm, rv, &mut y, &mut mean, &mut rstd, &mut ws)?;
             Some((mean, rstd))
         } else {
-            batch_norm_eval_cuda(&gpu, &z, gamma, beta, &self.buffers[l.running_mean], &self.buffers[l.running_var], &mut y)?;
+            batch_norm_eval_cuda(
+                &gpu,
+                &z,
+                gamma,
+                beta,
+                &self.buffers[l.running_mean],
+                &self.buffers[l.running_var],
+                &mut y,
+            )?;
             None
         };
         if relu {
@@ -294,15 +322,37 @@ impl CudaResNet {
     /// Backward of one conv + batch norm from dy (already masked by the layer's ReLU):
     /// gradients accumulated; dx (B, C_in, h, w) returned when wanted.
     #[allow(clippy::too_many_arguments)]
-    fn conv_bn_backward(&mut self, l: &CudaConvBn, x: &CudaTensor, h: usize, w: usize, act: &CudaConvBnAct, dy: &CudaTensor, b: usize, want_dx: bool) -> Result<Option<CudaTensor>> {
+    fn conv_bn_backward(
+        &mut self,
+        l: &CudaConvBn,
+        x: &CudaTensor,
+        h: usize,
+        w: usize,
+        act: &CudaConvBnAct,
+        dy: &CudaTensor,
+        b: usize,
+        want_dx: bool,
+    ) -> Result<Option<CudaTensor>> {
         let gpu = self.gpu.clone();
         let c = l.layer.c_out;
-        let (mean, rstd) = act.stats.as_ref().ok_or_else(|| Error::Shape("CUDA ResNet backward: needs a training forward".into()))?;
+        let (mean, rstd) =
+            act.stats.as_ref().ok_or_else(|| Error::Shape("CUDA ResNet backward: needs a training forward".into()))?;
         let mut dz = CudaTensor::empty(&gpu, dy.shape(), F32)?;
         let mut ws = CudaTensor::empty(&gpu, &[batch_norm_workspace_len(b, c, act.h * act.w)], F32)?;
         {
             let (dgamma, dbeta) = two_mut(&mut self.grads, l.gamma, l.beta);
-            batch_norm_backward_cuda(&gpu, &act.z, dy, &self.params[l.gamma], mean, rstd, &mut dz, dgamma, dbeta, &mut ws)?;
+            batch_norm_backward_cuda(
+                &gpu,
+                &act.z,
+                dy,
+                &self.params[l.gamma],
+                mean,
+                rstd,
+                &mut dz,
+                dgamma,
+                dbeta,
+                &mut ws,
+            )?;
         }
         let s = l.layer.shape(b, h, w);
         conv2d_backward_weight_cuda(&gpu, x, &dz, &s, &mut self.grads[l.w])?;
@@ -321,7 +371,10 @@ impl CudaResNet {
         let b = acts.batch;
         let (k, c) = (self.cfg.feature_dim(), self.cfg.num_classes);
         if dlogits.shape() != [b, c] {
-            return Err(Error::Shape(format!("CUDA ResNet backward: dlogits {:?}, expected [{b}, {c}]", dlogits.shape())));
+            return Err(Error::Shape(format!(
+                "CUDA ResNet backward: dlogits {:?}, expected [{b}, {c}]",
+                dlogits.shape()
+            )));
         }
         let last = &acts.blocks.last().ok_or_else(|| Error::Shape("resnet with no blocks".into()))?.conv3;
         let mut d = CudaTensor::empty(&gpu, &[b, k, last.h, last.w], F32)?;
@@ -329,7 +382,9 @@ impl CudaResNet {
             let (gw, gb) = two_mut(&mut self.grads, self.head_w, self.head_b);
             let hwt = &self.params[self.head_w];
             match self.cfg.head {
-                HeadKind::Cam => cam_head_backward_cuda(&gpu, &last.y, hwt, self.cfg.alpha, &acts.head, dlogits, gw, gb, &mut d)?,
+                HeadKind::Cam => {
+                    cam_head_backward_cuda(&gpu, &last.y, hwt, self.cfg.alpha, &acts.head, dlogits, gw, gb, &mut d)?
+                }
                 HeadKind::Linear => linear_head_backward_cuda(&gpu, &acts.head, hwt, dlogits, gw, gb, &mut d)?,
             }
         }
@@ -343,9 +398,13 @@ impl CudaResNet {
                 (&p.y, p.h, p.w)
             };
             relu_backward_inplace_cuda(&gpu, &a.conv3.y, &mut d)?;
-            let mut d2 = self.conv_bn_backward(l3, &a.conv2.y, a.conv2.h, a.conv2.w, &a.conv3, &d, b, true)?.expect("dx requested");
+            let mut d2 = self
+                .conv_bn_backward(l3, &a.conv2.y, a.conv2.h, a.conv2.w, &a.conv3, &d, b, true)?
+                .expect("dx requested");
             relu_backward_inplace_cuda(&gpu, &a.conv2.y, &mut d2)?;
-            let mut d1 = self.conv_bn_backward(l2, &a.conv1.y, a.conv1.h, a.conv1.w, &a.conv2, &d2, b, true)?.expect("dx requested");
+            let mut d1 = self
+                .conv_bn_backward(l2, &a.conv1.y, a.conv1.h, a.conv1.w, &a.conv2, &d2, b, true)?
+                .expect("dx requested");
             relu_backward_inplace_cuda(&gpu, &a.conv1.y, &mut d1)?;
             let mut dx = self.conv_bn_backward(l1, input, ih, iw, &a.conv1, &d1, b, true)?.expect("dx requested");
             match (ld, &a.down) {
@@ -385,7 +444,10 @@ impl CudaResNet {
         let gpu = self.gpu.clone();
         let c = self.cfg.num_classes;
         if targets.len() != b * c || view1.len() != b * 3 * h * w || view2.is_some_and(|v| v.len() != view1.len()) {
-            return Err(Error::Shape(format!("CUDA training step: batch {b} x 3 x {h} x {w}, {c} classes, targets {}", targets.len())));
+            return Err(Error::Shape(format!(
+                "CUDA training step: batch {b} x 3 x {h} x {w}, {c} classes, targets {}",
+                targets.len()
+            )));
         }
         self.zero_grad()?;
         let x1 = CudaTensor::from_f32(&gpu, &[b, 3, h, w], view1, F32)?;
@@ -453,7 +515,10 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
                 let seed = rand::Rng::gen::<u64>(rng);
                 let mut cpu = ResNet::new(cfg, seed);
                 let n = cpu.params.len();
-                let groups = vec![ParamGroup { range: 0..cpu.head_start, lr: 1e-3 }, ParamGroup { range: cpu.head_start..n, lr: 1e-2 }];
+                let groups = vec![
+                    ParamGroup { range: 0..cpu.head_start, lr: 1e-3 },
+                    ParamGroup { range: cpu.head_start..n, lr: 1e-2 },
+                ];
                 let mut opt = Adam::new(n, groups);
                 let mut dev = CudaResNet::upload(gpu, &cpu, &opt)?;
                 let mut dev_opt = opt.clone();
@@ -471,7 +536,12 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
                 let mut after = ResNet::new(cpu.cfg.clone(), seed);
                 let mut after_opt = opt.clone();
                 dev.download_into(&mut after, &mut after_opt)?;
-                for (g, c) in [(&after.params, &cpu.params), (&after.buffers, &cpu.buffers), (&after_opt.m, &opt.m), (&after_opt.v, &opt.v)] {
+                for (g, c) in [
+                    (&after.params, &cpu.params),
+                    (&after.buffers, &cpu.buffers),
+                    (&after_opt.m, &opt.m),
+                    (&after_opt.v, &opt.v),
+                ] {
                     err = err.max(max_rel_err(g, c));
                 }
                 for (g, c) in [(got.bce, want.bce), (got.consistency, want.consistency)] {
@@ -480,7 +550,9 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
                 let mut o = dev_opt;
                 Ok(CheckRun {
                     max_rel_err: err,
-                    launch: Box::new(move || dev.train_step(&mut o, &v1, Some(&v2), b, size, size, &targets, 1.0).map(|_| ())),
+                    launch: Box::new(move || {
+                        dev.train_step(&mut o, &v1, Some(&v2), b, size, size, &targets, 1.0).map(|_| ())
+                    }),
                     cublas: None,
                 })
             })

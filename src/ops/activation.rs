@@ -116,7 +116,12 @@ pub fn activation_cuda(gpu: &Gpu, x: &CudaTensor, act: Activation, y: &mut CudaT
     let blocks = n.div_ceil(4 * 256).clamp(1, 65535) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let name = format!("activation_forward_{}", x.dtype().suffix());
-    gpu.launch("activation", &name, cfg, &[x.arg(gpu), y.arg(gpu), to_i32(n, "elements")?, KArg::I32(act.kernel_code())])
+    gpu.launch(
+        "activation",
+        &name,
+        cfg,
+        &[x.arg(gpu), y.arg(gpu), to_i32(n, "elements")?, KArg::I32(act.kernel_code())],
+    )
 }
 
 /// Kernel checks (see device::cuda::check): the MLP hidden activations of ViT-B/16 and B/32
@@ -129,19 +134,29 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
                 let n = rows * cols;
                 let bytes = (n * 2 * dtype.size_in_bytes()) as f64;
-                checks.push(GpuCheck::new("activation_forward", format!("{act:?} rows={rows} cols={cols}"), dtype, Work::Bytes(bytes), move |gpu, rng| {
-                    let x = random_vec(rng, n, 5.0);
-                    let xd = CudaTensor::from_f32(gpu, &[rows, cols], &x, dtype)?;
-                    // The reference sees the inputs as rounded to the dtype: the check measures the kernel.
-                    let mut want = vec![0.0; n];
-                    activation_cpu(&xd.to_f32_vec(gpu)?, act, &mut want);
-                    let mut yd = CudaTensor::empty(gpu, &[rows, cols], dtype)?;
-                    yd.poison(gpu)?;
-                    activation_cuda(gpu, &xd, act, &mut yd)?;
-                    let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
-                    let g = gpu.clone();
-                    Ok(CheckRun { max_rel_err: err, launch: Box::new(move || activation_cuda(&g, &xd, act, &mut yd)), cublas: None })
-                }));
+                checks.push(GpuCheck::new(
+                    "activation_forward",
+                    format!("{act:?} rows={rows} cols={cols}"),
+                    dtype,
+                    Work::Bytes(bytes),
+                    move |gpu, rng| {
+                        let x = random_vec(rng, n, 5.0);
+                        let xd = CudaTensor::from_f32(gpu, &[rows, cols], &x, dtype)?;
+                        // The reference sees the inputs as rounded to the dtype: the check measures the kernel.
+                        let mut want = vec![0.0; n];
+                        activation_cpu(&xd.to_f32_vec(gpu)?, act, &mut want);
+                        let mut yd = CudaTensor::empty(gpu, &[rows, cols], dtype)?;
+                        yd.poison(gpu)?;
+                        activation_cuda(gpu, &xd, act, &mut yd)?;
+                        let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
+                        let g = gpu.clone();
+                        Ok(CheckRun {
+                            max_rel_err: err,
+                            launch: Box::new(move || activation_cuda(&g, &xd, act, &mut yd)),
+                            cublas: None,
+                        })
+                    },
+                ));
             }
         }
     }

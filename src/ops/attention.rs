@@ -197,11 +197,7 @@ pub fn attention_cuda(
     probs: Option<&mut CudaTensor>,
 ) -> Result<()> {
     let shape_err = |why: &str| {
-        Error::Shape(format!(
-            "attention_cuda: {why} (qkv {:?}, heads {heads}, out {:?})",
-            qkv.shape(),
-            out.shape()
-        ))
+        Error::Shape(format!("attention_cuda: {why} (qkv {:?}, heads {heads}, out {:?})", qkv.shape(), out.shape()))
     };
     let &[b, t, c3] = qkv.shape() else {
         return Err(shape_err("qkv must be (B, T, 3C)"));
@@ -393,7 +389,15 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// The definition in f64, one (sample, head, query) at a time.
-    fn naive(qkv: &[f32], b: usize, t: usize, c: usize, heads: usize, mask: &AttnMask, before: bool) -> (Vec<f32>, Vec<f32>) {
+    fn naive(
+        qkv: &[f32],
+        b: usize,
+        t: usize,
+        c: usize,
+        heads: usize,
+        mask: &AttnMask,
+        before: bool,
+    ) -> (Vec<f32>, Vec<f32>) {
         let dh = c / heads;
         let mut out = vec![0.0f32; b * t * c];
         let mut probs = vec![0.0f32; b * t * t];
@@ -451,7 +455,8 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         for &(b, t, c, heads) in &[(2usize, 7usize, 12usize, 3usize), (1, 17, 64, 2), (3, 5, 8, 1)] {
             let qkv: Vec<f32> = (0..b * t * 3 * c).map(|_| rng.gen_range(-2.0..2.0)).collect();
-            let shared: Vec<f32> = (0..t * t).map(|i| if i % (t + 1) == 0 { 0.0 } else { -100.0 * rng.gen::<f32>() }).collect();
+            let shared: Vec<f32> =
+                (0..t * t).map(|i| if i % (t + 1) == 0 { 0.0 } else { -100.0 * rng.gen::<f32>() }).collect();
             let cls: Vec<f32> = (0..b * t).map(|i| if i % 3 == 1 { -1000.0 } else { 0.0 }).collect();
             let masks = [
                 AttnMask::default(),

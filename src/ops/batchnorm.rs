@@ -76,7 +76,16 @@ pub fn batch_norm_train_cpu(
 
 /// Eval forward: y from the running statistics.
 #[allow(clippy::too_many_arguments)]
-pub fn batch_norm_eval_cpu(x: &[f32], c: usize, hw: usize, gamma: &[f32], beta: &[f32], running_mean: &[f32], running_var: &[f32], y: &mut [f32]) {
+pub fn batch_norm_eval_cpu(
+    x: &[f32],
+    c: usize,
+    hw: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    y: &mut [f32],
+) {
     let rstd: Vec<f32> = running_var.iter().map(|v| 1.0 / (v + BN_EPS).sqrt()).collect();
     apply(x, gamma, beta, running_mean, &rstd, c, hw, y);
 }
@@ -167,7 +176,10 @@ fn split_config(c: usize, n: usize) -> (LaunchConfig, usize) {
 fn check_workspace(what: &str, ws: &CudaTensor, b: usize, c: usize, hw: usize) -> Result<()> {
     let need = batch_norm_workspace_len(b, c, hw);
     if ws.numel() < need {
-        return Err(Error::Shape(format!("{what}: workspace of {} f32, needs {need} (batch_norm_workspace_len)", ws.numel())));
+        return Err(Error::Shape(format!(
+            "{what}: workspace of {} f32, needs {need} (batch_norm_workspace_len)",
+            ws.numel()
+        )));
     }
     Ok(())
 }
@@ -190,18 +202,54 @@ pub fn batch_norm_train_cuda(
 ) -> Result<()> {
     const WHAT: &str = "batch_norm_train_cuda";
     let (b, c, hw) = nchw(WHAT, x)?;
-    expect_shape(WHAT, &[c], &[("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var), ("mean", mean), ("rstd", rstd)])?;
+    expect_shape(
+        WHAT,
+        &[c],
+        &[
+            ("gamma", gamma),
+            ("beta", beta),
+            ("running_mean", running_mean),
+            ("running_var", running_var),
+            ("mean", mean),
+            ("rstd", rstd),
+        ],
+    )?;
     expect_shape(WHAT, x.shape(), &[("y", y)])?;
     expect_f32(WHAT, &[x, gamma, beta, running_mean, running_var, y, mean, rstd, workspace])?;
     check_workspace(WHAT, workspace, b, c, hw)?;
     let n = b * hw;
     let (cfg, s) = split_config(c, n);
     let (ci, hwi, ni) = (to_i32(c, "C")?, to_i32(hw, "HW")?, to_i32(n, "B*HW")?);
-    gpu.launch("batchnorm", "batchnorm_partial_stats_f32", cfg, &[x.arg(gpu), ci, hwi, ni, to_i32(BN_CHUNK, "chunk")?, workspace.arg(gpu)])?;
-    let args = [workspace.arg(gpu), ci, to_i32(s, "S")?, BN_MOMENTUM.into(), BN_EPS.into(), mean.arg(gpu), rstd.arg(gpu), running_mean.arg(gpu), running_var.arg(gpu)];
+    gpu.launch(
+        "batchnorm",
+        "batchnorm_partial_stats_f32",
+        cfg,
+        &[x.arg(gpu), ci, hwi, ni, to_i32(BN_CHUNK, "chunk")?, workspace.arg(gpu)],
+    )?;
+    let args = [
+        workspace.arg(gpu),
+        ci,
+        to_i32(s, "S")?,
+        BN_MOMENTUM.into(),
+        BN_EPS.into(),
+        mean.arg(gpu),
+        rstd.arg(gpu),
+        running_mean.arg(gpu),
+        running_var.arg(gpu),
+    ];
     gpu.launch("batchnorm", "batchnorm_finalize_stats_f32", grid_stride_config(c), &args)?;
     let total = x.numel();
-    let args = [x.arg(gpu), gamma.arg(gpu), beta.arg(gpu), mean.arg(gpu), rstd.arg(gpu), y.arg(gpu), ci, hwi, (total as i64).into()];
+    let args = [
+        x.arg(gpu),
+        gamma.arg(gpu),
+        beta.arg(gpu),
+        mean.arg(gpu),
+        rstd.arg(gpu),
+        y.arg(gpu),
+        ci,
+        hwi,
+        (total as i64).into(),
+    ];
     gpu.launch("batchnorm", "batchnorm_apply_f32", grid_stride_config(total), &args)
 }
 
@@ -218,7 +266,11 @@ pub fn batch_norm_eval_cuda(
 ) -> Result<()> {
     const WHAT: &str = "batch_norm_eval_cuda";
     let (_, c, hw) = nchw(WHAT, x)?;
-    expect_shape(WHAT, &[c], &[("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)])?;
+    expect_shape(
+        WHAT,
+        &[c],
+        &[("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)],
+    )?;
     expect_shape(WHAT, x.shape(), &[("y", y)])?;
     expect_f32(WHAT, &[x, gamma, beta, running_mean, running_var, y])?;
     let total = x.numel();
@@ -254,7 +306,11 @@ pub fn batch_norm_backward_cuda(
 ) -> Result<()> {
     const WHAT: &str = "batch_norm_backward_cuda";
     let (b, c, hw) = nchw(WHAT, x)?;
-    expect_shape(WHAT, &[c], &[("gamma", gamma), ("mean", mean), ("rstd", rstd), ("dgamma", dgamma), ("dbeta", dbeta)])?;
+    expect_shape(
+        WHAT,
+        &[c],
+        &[("gamma", gamma), ("mean", mean), ("rstd", rstd), ("dgamma", dgamma), ("dbeta", dbeta)],
+    )?;
     expect_shape(WHAT, x.shape(), &[("dy", dy), ("dx", dx)])?;
     expect_f32(WHAT, &[x, dy, gamma, mean, rstd, dx, dgamma, dbeta, workspace])?;
     check_workspace(WHAT, workspace, b, c, hw)?;
@@ -263,17 +319,39 @@ pub fn batch_norm_backward_cuda(
     let (ci, hwi, ni) = (to_i32(c, "C")?, to_i32(hw, "HW")?, to_i32(n, "B*HW")?);
     // Workspace: partials (C, S, 2) at 0, per-channel means (C, 2) after C*S*3.
     let means = f32_arg_at(gpu, workspace, c * s * 3);
-    let args = [x.arg(gpu), dy.arg(gpu), mean.arg(gpu), rstd.arg(gpu), ci, hwi, ni, to_i32(BN_CHUNK, "chunk")?, workspace.arg(gpu)];
+    let args = [
+        x.arg(gpu),
+        dy.arg(gpu),
+        mean.arg(gpu),
+        rstd.arg(gpu),
+        ci,
+        hwi,
+        ni,
+        to_i32(BN_CHUNK, "chunk")?,
+        workspace.arg(gpu),
+    ];
     gpu.launch("batchnorm", "batchnorm_backward_partial_f32", cfg, &args)?;
     let args = [workspace.arg(gpu), ci, to_i32(s, "S")?, ni, dgamma.arg(gpu), dbeta.arg(gpu), means];
     gpu.launch("batchnorm", "batchnorm_backward_finalize_f32", grid_stride_config(c), &args)?;
     let total = x.numel();
-    let args = [x.arg(gpu), dy.arg(gpu), gamma.arg(gpu), mean.arg(gpu), rstd.arg(gpu), means, dx.arg(gpu), ci, hwi, (total as i64).into()];
+    let args = [
+        x.arg(gpu),
+        dy.arg(gpu),
+        gamma.arg(gpu),
+        mean.arg(gpu),
+        rstd.arg(gpu),
+        means,
+        dx.arg(gpu),
+        ci,
+        hwi,
+        (total as i64).into(),
+    ];
     gpu.launch("batchnorm", "batchnorm_backward_dx_f32", grid_stride_config(total), &args)
 }
 
 /// Training shapes of the ResNet-50 at 448, batch 2 (stem, layer1, layer4) and odd small ones.
-const BN_CHECK_SHAPES: &[(usize, usize, usize, usize)] = &[(2, 64, 224, 224), (2, 256, 112, 112), (2, 2048, 14, 14), (2, 3, 5, 7), (1, 5, 1, 3)];
+const BN_CHECK_SHAPES: &[(usize, usize, usize, usize)] =
+    &[(2, 64, 224, 224), (2, 256, 112, 112), (2, 2048, 14, 14), (2, 3, 5, 7), (1, 5, 1, 3)];
 
 /// Kernel checks: training forward (y, saved mean/rstd, running statistics), eval forward,
 /// backward (dx, accumulated dgamma/dbeta); f32.
@@ -283,49 +361,69 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         let (hw, shape) = (h * w, format!("B={b} C={c} H={h} W={w}"));
         let n = b * c * hw;
         let f32 = CudaDType::F32;
-        checks.push(GpuCheck::new("batchnorm_train_forward", shape.clone(), f32, Work::Bytes((n * 8) as f64), move |gpu, rng| {
-            // Offset values: the statistics must not lose precision to a large mean.
-            let x: Vec<f32> = random_vec(rng, n, 2.0).iter().map(|v| v + 3.0).collect();
-            let gamma: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
-            let beta = random_vec(rng, c, 0.5);
-            let rm0 = random_vec(rng, c, 1.0);
-            let rv0: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
-            let (mut rm, mut rv) = (rm0.clone(), rv0.clone());
-            let (mut y, mut mean, mut rstd) = (vec![0.0; n], vec![0.0; c], vec![0.0; c]);
-            batch_norm_train_cpu(&x, b, c, hw, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd);
-            let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
-            let (xd, gd, bd) = (up(&x, &[b, c, h, w])?, up(&gamma, &[c])?, up(&beta, &[c])?);
-            let (mut rmd, mut rvd) = (up(&rm0, &[c])?, up(&rv0, &[c])?);
-            let mut yd = CudaTensor::empty(gpu, &[b, c, h, w], f32)?;
-            let mut meand = CudaTensor::empty(gpu, &[c], f32)?;
-            let mut rstdd = CudaTensor::empty(gpu, &[c], f32)?;
-            let mut ws = CudaTensor::empty(gpu, &[batch_norm_workspace_len(b, c, hw)], f32)?;
-            for t in [&mut yd, &mut meand, &mut rstdd, &mut ws] {
-                t.poison(gpu)?;
-            }
-            batch_norm_train_cuda(gpu, &xd, &gd, &bd, &mut rmd, &mut rvd, &mut yd, &mut meand, &mut rstdd, &mut ws)?;
-            let err = max_rel_err_all(gpu, &[(&yd, &y), (&meand, &mean), (&rstdd, &rstd), (&rmd, &rm), (&rvd, &rv)])?;
-            let g = gpu.clone();
-            let launch = move || batch_norm_train_cuda(&g, &xd, &gd, &bd, &mut rmd, &mut rvd, &mut yd, &mut meand, &mut rstdd, &mut ws);
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
-        }));
-        checks.push(GpuCheck::new("batchnorm_eval_forward", shape.clone(), f32, Work::Bytes((n * 8) as f64), move |gpu, rng| {
-            let x = random_vec(rng, n, 2.0);
-            let gamma: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
-            let (beta, rm) = (random_vec(rng, c, 0.5), random_vec(rng, c, 1.0));
-            let rv: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
-            let mut y = vec![0.0; n];
-            batch_norm_eval_cpu(&x, c, hw, &gamma, &beta, &rm, &rv, &mut y);
-            let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
-            let (xd, gd, bd, rmd, rvd) = (up(&x, &[b, c, h, w])?, up(&gamma, &[c])?, up(&beta, &[c])?, up(&rm, &[c])?, up(&rv, &[c])?);
-            let mut yd = CudaTensor::empty(gpu, &[b, c, h, w], f32)?;
-            yd.poison(gpu)?;
-            batch_norm_eval_cuda(gpu, &xd, &gd, &bd, &rmd, &rvd, &mut yd)?;
-            let err = max_rel_err(&yd.to_f32_vec(gpu)?, &y);
-            let g = gpu.clone();
-            let launch = move || batch_norm_eval_cuda(&g, &xd, &gd, &bd, &rmd, &rvd, &mut yd);
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
-        }));
+        checks.push(GpuCheck::new(
+            "batchnorm_train_forward",
+            shape.clone(),
+            f32,
+            Work::Bytes((n * 8) as f64),
+            move |gpu, rng| {
+                // Offset values: the statistics must not lose precision to a large mean.
+                let x: Vec<f32> = random_vec(rng, n, 2.0).iter().map(|v| v + 3.0).collect();
+                let gamma: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
+                let beta = random_vec(rng, c, 0.5);
+                let rm0 = random_vec(rng, c, 1.0);
+                let rv0: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
+                let (mut rm, mut rv) = (rm0.clone(), rv0.clone());
+                let (mut y, mut mean, mut rstd) = (vec![0.0; n], vec![0.0; c], vec![0.0; c]);
+                batch_norm_train_cpu(&x, b, c, hw, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd);
+                let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
+                let (xd, gd, bd) = (up(&x, &[b, c, h, w])?, up(&gamma, &[c])?, up(&beta, &[c])?);
+                let (mut rmd, mut rvd) = (up(&rm0, &[c])?, up(&rv0, &[c])?);
+                let mut yd = CudaTensor::empty(gpu, &[b, c, h, w], f32)?;
+                let mut meand = CudaTensor::empty(gpu, &[c], f32)?;
+                let mut rstdd = CudaTensor::empty(gpu, &[c], f32)?;
+                let mut ws = CudaTensor::empty(gpu, &[batch_norm_workspace_len(b, c, hw)], f32)?;
+                for t in [&mut yd, &mut meand, &mut rstdd, &mut ws] {
+                    t.poison(gpu)?;
+                }
+                batch_norm_train_cuda(
+                    gpu, &xd, &gd, &bd, &mut rmd, &mut rvd, &mut yd, &mut meand, &mut rstdd, &mut ws,
+                )?;
+                let err =
+                    max_rel_err_all(gpu, &[(&yd, &y), (&meand, &mean), (&rstdd, &rstd), (&rmd, &rm), (&rvd, &rv)])?;
+                let g = gpu.clone();
+                let launch = move || {
+                    batch_norm_train_cuda(
+                        &g, &xd, &gd, &bd, &mut rmd, &mut rvd, &mut yd, &mut meand, &mut rstdd, &mut ws,
+                    )
+                };
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
+            },
+        ));
+        checks.push(GpuCheck::new(
+            "batchnorm_eval_forward",
+            shape.clone(),
+            f32,
+            Work::Bytes((n * 8) as f64),
+            move |gpu, rng| {
+                let x = random_vec(rng, n, 2.0);
+                let gamma: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
+                let (beta, rm) = (random_vec(rng, c, 0.5), random_vec(rng, c, 1.0));
+                let rv: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
+                let mut y = vec![0.0; n];
+                batch_norm_eval_cpu(&x, c, hw, &gamma, &beta, &rm, &rv, &mut y);
+                let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
+                let (xd, gd, bd, rmd, rvd) =
+                    (up(&x, &[b, c, h, w])?, up(&gamma, &[c])?, up(&beta, &[c])?, up(&rm, &[c])?, up(&rv, &[c])?);
+                let mut yd = CudaTensor::empty(gpu, &[b, c, h, w], f32)?;
+                yd.poison(gpu)?;
+                batch_norm_eval_cuda(gpu, &xd, &gd, &bd, &rmd, &rvd, &mut yd)?;
+                let err = max_rel_err(&yd.to_f32_vec(gpu)?, &y);
+                let g = gpu.clone();
+                let launch = move || batch_norm_eval_cuda(&g, &xd, &gd, &bd, &rmd, &rvd, &mut yd);
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
+            },
+        ));
         checks.push(GpuCheck::new("batchnorm_backward", shape, f32, Work::Bytes((n * 12) as f64), move |gpu, rng| {
             let x: Vec<f32> = random_vec(rng, n, 2.0).iter().map(|v| v + 1.0).collect();
             let dy = random_vec(rng, n, 1.0);
@@ -338,7 +436,13 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             let (mut dx, mut dg, mut db) = (vec![0.0; n], dg0.clone(), db0.clone());
             batch_norm_backward_cpu(&x, &dy, b, c, hw, &gamma, &mean, &rstd, &mut dx, &mut dg, &mut db);
             let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
-            let (xd, dyd, gd, md, rd) = (up(&x, &[b, c, h, w])?, up(&dy, &[b, c, h, w])?, up(&gamma, &[c])?, up(&mean, &[c])?, up(&rstd, &[c])?);
+            let (xd, dyd, gd, md, rd) = (
+                up(&x, &[b, c, h, w])?,
+                up(&dy, &[b, c, h, w])?,
+                up(&gamma, &[c])?,
+                up(&mean, &[c])?,
+                up(&rstd, &[c])?,
+            );
             let (mut dgd, mut dbd) = (up(&dg0, &[c])?, up(&db0, &[c])?);
             let mut dxd = CudaTensor::empty(gpu, &[b, c, h, w], f32)?;
             let mut ws = CudaTensor::empty(gpu, &[batch_norm_workspace_len(b, c, hw)], f32)?;
@@ -347,7 +451,8 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             batch_norm_backward_cuda(gpu, &xd, &dyd, &gd, &md, &rd, &mut dxd, &mut dgd, &mut dbd, &mut ws)?;
             let err = max_rel_err_all(gpu, &[(&dxd, &dx), (&dgd, &dg), (&dbd, &db)])?;
             let g = gpu.clone();
-            let launch = move || batch_norm_backward_cuda(&g, &xd, &dyd, &gd, &md, &rd, &mut dxd, &mut dgd, &mut dbd, &mut ws);
+            let launch =
+                move || batch_norm_backward_cuda(&g, &xd, &dyd, &gd, &md, &rd, &mut dxd, &mut dgd, &mut dbd, &mut ws);
             Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
         }));
     }
@@ -400,13 +505,34 @@ mod tests {
         batch_norm_backward_cpu(&x, &r, b, c, hw, &gamma, &mean, &rstd, &mut dx, &mut dg, &mut db);
 
         for (i, &g) in dx.iter().enumerate() {
-            let want = fd(&|j, e| { let mut t = xd.clone(); t[j] += e; loss(&t, &gd, &bd) }, i);
+            let want = fd(
+                &|j, e| {
+                    let mut t = xd.clone();
+                    t[j] += e;
+                    loss(&t, &gd, &bd)
+                },
+                i,
+            );
             assert!((g as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "dx[{i}] {g} vs {want}");
         }
         for i in 0..c {
-            let want = fd(&|j, e| { let mut t = gd.clone(); t[j] += e; loss(&xd, &t, &bd) }, i);
+            let want = fd(
+                &|j, e| {
+                    let mut t = gd.clone();
+                    t[j] += e;
+                    loss(&xd, &t, &bd)
+                },
+                i,
+            );
             assert!((dg[i] as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "dgamma[{i}]");
-            let want = fd(&|j, e| { let mut t = bd.clone(); t[j] += e; loss(&xd, &gd, &t) }, i);
+            let want = fd(
+                &|j, e| {
+                    let mut t = bd.clone();
+                    t[j] += e;
+                    loss(&xd, &gd, &t)
+                },
+                i,
+            );
             assert!((db[i] as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "dbeta[{i}]");
         }
         // Running statistics as torch: momentum 0.1 towards mean and unbiased variance.

@@ -28,7 +28,14 @@ pub fn sigmoid(x: f32) -> f32 {
 
 /// loss = mean_{i,c} w_i * BCE(logits_ic, targets_ic); dlogits (B, C) gets the gradient of
 /// `scale * loss` added (so several losses can sum into one buffer). `weights` None = all ones.
-pub fn bce_with_logits_cpu(logits: &[f32], targets: &[f32], weights: Option<&[f32]>, c: usize, scale: f32, dlogits: &mut [f32]) -> f32 {
+pub fn bce_with_logits_cpu(
+    logits: &[f32],
+    targets: &[f32],
+    weights: Option<&[f32]>,
+    c: usize,
+    scale: f32,
+    dlogits: &mut [f32],
+) -> f32 {
     let n = logits.len();
     let mut total = 0.0f64;
     for (i, ((&x, &y), d)) in logits.iter().zip(targets).zip(dlogits.iter_mut()).enumerate() {
@@ -67,7 +74,13 @@ fn bce_launch(
 ) -> Result<()> {
     let s = logits.shape();
     let weights_ok = s.len() == 2 && weights.is_none_or(|w| w.shape() == [s[0]]);
-    if s.len() != 2 || logits.numel() == 0 || targets.shape() != s || dlogits.shape() != s || loss.numel() != 1 || !weights_ok {
+    if s.len() != 2
+        || logits.numel() == 0
+        || targets.shape() != s
+        || dlogits.shape() != s
+        || loss.numel() != 1
+        || !weights_ok
+    {
         return Err(Error::Shape(format!(
             "{what}: logits {s:?}, targets {:?}, weights {:?}, dlogits {:?}, loss {:?} (expected (B, C), (B, C), (B), (B, C), (1))",
             targets.shape(),
@@ -77,7 +90,10 @@ fn bce_launch(
         )));
     }
     if workspace.numel() < LOSS_WORKSPACE_LEN {
-        return Err(Error::Shape(format!("{what}: workspace of {} f32, needs {LOSS_WORKSPACE_LEN}", workspace.numel())));
+        return Err(Error::Shape(format!(
+            "{what}: workspace of {} f32, needs {LOSS_WORKSPACE_LEN}",
+            workspace.numel()
+        )));
     }
     expect_f32(what, &[logits, targets, dlogits, loss, workspace])?;
     if let Some(w) = weights {
@@ -149,7 +165,11 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let logits = random_vec(rng, n, 6.0);
                 let consistency = op == "consistency_bce";
                 // Soft targets in [0, 1], or the other view's logits.
-                let targets: Vec<f32> = if consistency { random_vec(rng, n, 6.0) } else { random_vec(rng, n, 0.5).iter().map(|v| v + 0.5).collect() };
+                let targets: Vec<f32> = if consistency {
+                    random_vec(rng, n, 6.0)
+                } else {
+                    random_vec(rng, n, 0.5).iter().map(|v| v + 0.5).collect()
+                };
                 let weights: Vec<f32> = random_vec(rng, b, 0.5).iter().map(|v| v + 1.0).collect();
                 // Gradient already in dlogits, of the size of this loss's own (scale / n).
                 let d0 = random_vec(rng, n, 1.0 / n as f32);
@@ -160,7 +180,8 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     bce_with_logits_cpu(&logits, &targets, weighted.then_some(&weights[..]), c, scale, &mut d)
                 };
                 let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
-                let (ld, td, wd, mut dd) = (up(&logits, &[b, c])?, up(&targets, &[b, c])?, up(&weights, &[b])?, up(&d0, &[b, c])?);
+                let (ld, td, wd, mut dd) =
+                    (up(&logits, &[b, c])?, up(&targets, &[b, c])?, up(&weights, &[b])?, up(&d0, &[b, c])?);
                 let mut lossd = CudaTensor::empty(gpu, &[1], f32)?;
                 let mut ws = CudaTensor::empty(gpu, &[LOSS_WORKSPACE_LEN], f32)?;
                 lossd.poison(gpu)?;
@@ -175,7 +196,11 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 };
                 launch(&mut dd, &mut lossd, &mut ws)?;
                 let err = max_rel_err_all(gpu, &[(&dd, &d)])?.max(max_rel_err(&lossd.to_f32_vec(gpu)?, &[loss]));
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || launch(&mut dd, &mut lossd, &mut ws)), cublas: None })
+                Ok(CheckRun {
+                    max_rel_err: err,
+                    launch: Box::new(move || launch(&mut dd, &mut lossd, &mut ws)),
+                    cublas: None,
+                })
             }));
         }
     }

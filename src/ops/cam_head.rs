@@ -7,20 +7,42 @@
 use cudarc::driver::LaunchConfig;
 
 use crate::device::cuda::check::{max_rel_err_all, random_vec, CheckRun, GpuCheck, Work};
-use crate::device::cuda::{expect_f32, grid_stride_config, to_i32, warp_per_item_config, CudaDType, CudaTensor, Gpu, KArg};
+use crate::device::cuda::{
+    expect_f32, grid_stride_config, to_i32, warp_per_item_config, CudaDType, CudaTensor, Gpu, KArg,
+};
 use crate::error::{Error, Result};
 use crate::ops::gap::{global_avg_pool_backward_cpu, global_avg_pool_cpu, global_avg_pool_cuda};
 use crate::ops::matmul::{gemm_cpu, linear_cpu, MatRef};
 
 /// cam (B, C, HW) holds the boosted CAM; logits (B, C) its spatial means.
 #[allow(clippy::too_many_arguments)]
-pub fn cam_head_cpu(f: &[f32], b: usize, k: usize, hw: usize, w: &[f32], bias: &[f32], alpha: f32, cam: &mut [f32], logits: &mut [f32]) {
+pub fn cam_head_cpu(
+    f: &[f32],
+    b: usize,
+    k: usize,
+    hw: usize,
+    w: &[f32],
+    bias: &[f32],
+    alpha: f32,
+    cam: &mut [f32],
+    logits: &mut [f32],
+) {
     let c = bias.len();
     for bi in 0..b {
         let camb = &mut cam[bi * c * hw..][..c * hw];
         // SAFETY: W (C x K) @ F_b (K x HW) -> cam_b (C x HW).
         unsafe {
-            gemm_cpu(c, hw, k, MatRef::row_major(w, k), MatRef::row_major(&f[bi * k * hw..][..k * hw], hw), camb.as_mut_ptr(), hw as isize, false, true);
+            gemm_cpu(
+                c,
+                hw,
+                k,
+                MatRef::row_major(w, k),
+                MatRef::row_major(&f[bi * k * hw..][..k * hw], hw),
+                camb.as_mut_ptr(),
+                hw as isize,
+                false,
+                true,
+            );
         }
         for (ci, plane) in camb.chunks_exact_mut(hw).enumerate() {
             for v in plane.iter_mut() {
@@ -66,15 +88,44 @@ pub fn cam_head_backward_cpu(
         // SAFETY: dcam (C x HW) @ F_b^T (HW x K) -> dw (C x K), accumulated; W^T (K x C) @
         // dcam (C x HW) -> df_b (K x HW).
         unsafe {
-            gemm_cpu(c, k, hw, MatRef::row_major(&dcam, hw), MatRef::transposed(fb, hw), dw.as_mut_ptr(), k as isize, true, true);
-            gemm_cpu(k, hw, c, MatRef::transposed(w, k), MatRef::row_major(&dcam, hw), df[bi * k * hw..].as_mut_ptr(), hw as isize, false, true);
+            gemm_cpu(
+                c,
+                k,
+                hw,
+                MatRef::row_major(&dcam, hw),
+                MatRef::transposed(fb, hw),
+                dw.as_mut_ptr(),
+                k as isize,
+                true,
+                true,
+            );
+            gemm_cpu(
+                k,
+                hw,
+                c,
+                MatRef::transposed(w, k),
+                MatRef::row_major(&dcam, hw),
+                df[bi * k * hw..].as_mut_ptr(),
+                hw as isize,
+                false,
+                true,
+            );
         }
     }
 }
 
 /// Linear head: pooled (B, K) = mean_hw F, logits (B, C) = pooled @ W^T + b.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_head_cpu(f: &[f32], b: usize, k: usize, hw: usize, w: &[f32], bias: &[f32], pooled: &mut [f32], logits: &mut [f32]) {
+pub fn linear_head_cpu(
+    f: &[f32],
+    b: usize,
+    k: usize,
+    hw: usize,
+    w: &[f32],
+    bias: &[f32],
+    pooled: &mut [f32],
+    logits: &mut [f32],
+) {
     debug_assert_eq!(pooled.len(), b * k);
     global_avg_pool_cpu(f, hw, pooled);
     linear_cpu(pooled, w, Some(bias), logits, k, false);
@@ -82,14 +133,44 @@ pub fn linear_head_cpu(f: &[f32], b: usize, k: usize, hw: usize, w: &[f32], bias
 
 /// Backward of `linear_head_cpu`: dw, dbias accumulated, df overwritten.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_head_backward_cpu(pooled: &[f32], b: usize, k: usize, hw: usize, w: &[f32], dlogits: &[f32], dw: &mut [f32], dbias: &mut [f32], df: &mut [f32]) {
+pub fn linear_head_backward_cpu(
+    pooled: &[f32],
+    b: usize,
+    k: usize,
+    hw: usize,
+    w: &[f32],
+    dlogits: &[f32],
+    dw: &mut [f32],
+    dbias: &mut [f32],
+    df: &mut [f32],
+) {
     let c = dbias.len();
     let mut dpooled = vec![0.0f32; b * k];
     // SAFETY: dlogits^T (C x B) @ pooled (B x K) -> dw (C x K), accumulated; dlogits (B x C) @
     // W (C x K) -> dpooled (B x K).
     unsafe {
-        gemm_cpu(c, k, b, MatRef::transposed(dlogits, c), MatRef::row_major(pooled, k), dw.as_mut_ptr(), k as isize, true, true);
-        gemm_cpu(b, k, c, MatRef::row_major(dlogits, c), MatRef::row_major(w, k), dpooled.as_mut_ptr(), k as isize, false, true);
+        gemm_cpu(
+            c,
+            k,
+            b,
+            MatRef::transposed(dlogits, c),
+            MatRef::row_major(pooled, k),
+            dw.as_mut_ptr(),
+            k as isize,
+            true,
+            true,
+        );
+        gemm_cpu(
+            b,
+            k,
+            c,
+            MatRef::row_major(dlogits, c),
+            MatRef::row_major(w, k),
+            dpooled.as_mut_ptr(),
+            k as isize,
+            false,
+            true,
+        );
     }
     for row in dlogits.chunks_exact(c) {
         for (d, &g) in dbias.iter_mut().zip(row) {
@@ -102,7 +183,11 @@ pub fn linear_head_backward_cpu(pooled: &[f32], b: usize, k: usize, hw: usize, w
 /// The heads' sizes from the feature map f (B, K, ...) and the weight w (C, K): (B, K, HW, C).
 fn head_dims(what: &str, f: &CudaTensor, w: &CudaTensor) -> Result<(usize, usize, usize, usize)> {
     if f.shape().len() < 2 || f.numel() == 0 || w.shape().len() != 2 || w.dim(1) != f.dim(1) || w.dim(0) == 0 {
-        return Err(Error::Shape(format!("{what}: features {:?}, weight {:?} (expected (B, K, ...) and (C, K))", f.shape(), w.shape())));
+        return Err(Error::Shape(format!(
+            "{what}: features {:?}, weight {:?} (expected (B, K, ...) and (C, K))",
+            f.shape(),
+            w.shape()
+        )));
     }
     let (b, k) = (f.dim(0), f.dim(1));
     Ok((b, k, f.numel() / (b * k), w.dim(0)))
@@ -126,20 +211,41 @@ fn cam_shape(f: &CudaTensor, c: usize) -> Vec<usize> {
 /// The tiled-GEMM kernels' launch (kernels/cam_head.cu): 32x32 output tiles of an M x N result,
 /// `batch` of them along z; 256 threads.
 fn gemm_tiles(m: usize, n: usize, batch: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (n.div_ceil(32) as u32, m.div_ceil(32) as u32, batch as u32), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (n.div_ceil(32) as u32, m.div_ceil(32) as u32, batch as u32),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// CUDA twin of `cam_head_cpu` (kernels/cam_head.cu, f32): f (B, K, ...), w (C, K), bias (C);
 /// cam (B, C, ...) and logits (B, C) written.
 #[allow(clippy::too_many_arguments)]
-pub fn cam_head_cuda(gpu: &Gpu, f: &CudaTensor, w: &CudaTensor, bias: &CudaTensor, alpha: f32, cam: &mut CudaTensor, logits: &mut CudaTensor) -> Result<()> {
+pub fn cam_head_cuda(
+    gpu: &Gpu,
+    f: &CudaTensor,
+    w: &CudaTensor,
+    bias: &CudaTensor,
+    alpha: f32,
+    cam: &mut CudaTensor,
+    logits: &mut CudaTensor,
+) -> Result<()> {
     const WHAT: &str = "cam_head_cuda";
     let (b, k, hw, c) = head_dims(WHAT, f, w)?;
     expect_shape(WHAT, "bias", bias, &[c])?;
     expect_shape(WHAT, "cam", cam, &cam_shape(f, c))?;
     expect_shape(WHAT, "logits", logits, &[b, c])?;
     expect_f32(WHAT, &[f, w, bias, cam, logits])?;
-    let args = [f.arg(gpu), w.arg(gpu), bias.arg(gpu), alpha.into(), cam.arg(gpu), to_i32(k, "K")?, to_i32(hw, "HW")?, to_i32(c, "C")?];
+    let args = [
+        f.arg(gpu),
+        w.arg(gpu),
+        bias.arg(gpu),
+        alpha.into(),
+        cam.arg(gpu),
+        to_i32(k, "K")?,
+        to_i32(hw, "HW")?,
+        to_i32(c, "C")?,
+    ];
     gpu.launch("cam_head", "cam_head_forward_f32", gemm_tiles(c, hw, b), &args)?;
     global_avg_pool_cuda(gpu, cam, logits)
 }
@@ -179,7 +285,14 @@ pub fn cam_head_backward_cuda(
 /// CUDA twin of `linear_head_cpu` (f32): f (B, K, ...), w (C, K), bias (C); pooled (B, K) and
 /// logits (B, C) written.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_head_cuda(gpu: &Gpu, f: &CudaTensor, w: &CudaTensor, bias: &CudaTensor, pooled: &mut CudaTensor, logits: &mut CudaTensor) -> Result<()> {
+pub fn linear_head_cuda(
+    gpu: &Gpu,
+    f: &CudaTensor,
+    w: &CudaTensor,
+    bias: &CudaTensor,
+    pooled: &mut CudaTensor,
+    logits: &mut CudaTensor,
+) -> Result<()> {
     const WHAT: &str = "linear_head_cuda";
     let (b, k, _, c) = head_dims(WHAT, f, w)?;
     expect_shape(WHAT, "bias", bias, &[c])?;
@@ -187,7 +300,15 @@ pub fn linear_head_cuda(gpu: &Gpu, f: &CudaTensor, w: &CudaTensor, bias: &CudaTe
     expect_shape(WHAT, "logits", logits, &[b, c])?;
     expect_f32(WHAT, &[f, w, bias, pooled, logits])?;
     global_avg_pool_cuda(gpu, f, pooled)?;
-    let args = [pooled.arg(gpu), w.arg(gpu), bias.arg(gpu), logits.arg(gpu), to_i32(b, "B")?, to_i32(k, "K")?, to_i32(c, "C")?];
+    let args = [
+        pooled.arg(gpu),
+        w.arg(gpu),
+        bias.arg(gpu),
+        logits.arg(gpu),
+        to_i32(b, "B")?,
+        to_i32(k, "K")?,
+        to_i32(c, "C")?,
+    ];
     gpu.launch("cam_head", "linear_head_logits_f32", warp_per_item_config(b * c), &args)
 }
 
@@ -214,7 +335,8 @@ pub fn linear_head_backward_cuda(
     to_i32(c * k, "C*K")?;
     let args = [pooled.arg(gpu), dlogits.arg(gpu), dw.arg(gpu), dbias.arg(gpu), bi, ki, ci];
     gpu.launch("cam_head", "linear_head_backward_w_f32", grid_stride_config(c * k), &args)?;
-    let cfg = LaunchConfig { grid_dim: (k.div_ceil(32) as u32, b as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let cfg =
+        LaunchConfig { grid_dim: (k.div_ceil(32) as u32, b as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let args = [w.arg(gpu), dlogits.arg(gpu), df.arg(gpu), ki, to_i32(hw, "HW")?, ci];
     gpu.launch("cam_head", "linear_head_backward_f_f32", cfg, &args)
 }
@@ -241,63 +363,94 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             cam_head_cpu(&f, b, k, hw, &wt, &bias, alpha, &mut cam, &mut logits);
             let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
             let (fd, wd, bd) = (up(&f, &fs)?, up(&wt, &[c, k])?, up(&bias, &[c])?);
-            let (mut camd, mut ld) = (CudaTensor::empty(gpu, &[b, c, h, w], f32)?, CudaTensor::empty(gpu, &[b, c], f32)?);
+            let (mut camd, mut ld) =
+                (CudaTensor::empty(gpu, &[b, c, h, w], f32)?, CudaTensor::empty(gpu, &[b, c], f32)?);
             camd.poison(gpu)?;
             ld.poison(gpu)?;
             cam_head_cuda(gpu, &fd, &wd, &bd, alpha, &mut camd, &mut ld)?;
             let err = max_rel_err_all(gpu, &[(&camd, &cam), (&ld, &logits)])?;
             let g = gpu.clone();
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(move || cam_head_cuda(&g, &fd, &wd, &bd, alpha, &mut camd, &mut ld)), cublas: None })
+            Ok(CheckRun {
+                max_rel_err: err,
+                launch: Box::new(move || cam_head_cuda(&g, &fd, &wd, &bd, alpha, &mut camd, &mut ld)),
+                cublas: None,
+            })
         }));
-        checks.push(GpuCheck::new("cam_head_backward", shape.clone(), f32, Work::Flops(2.0 * gemm_flops), move |gpu, rng| {
-            let (f, wt, bias, dlogits) = inputs(rng);
-            let (mut cam, mut logits) = (vec![0.0; b * c * hw], vec![0.0; b * c]);
-            cam_head_cpu(&f, b, k, hw, &wt, &bias, alpha, &mut cam, &mut logits);
-            let (dw0, db0) = (random_vec(rng, c * k, 0.1), random_vec(rng, c, 0.1));
-            let (mut dw, mut db, mut df) = (dw0.clone(), db0.clone(), vec![0.0; nf]);
-            cam_head_backward_cpu(&f, b, k, hw, &wt, alpha, &cam, &dlogits, &mut dw, &mut db, &mut df);
-            let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
-            let (fd, wd, camd, dld) = (up(&f, &fs)?, up(&wt, &[c, k])?, up(&cam, &[b, c, h, w])?, up(&dlogits, &[b, c])?);
-            let (mut dwd, mut dbd, mut dfd) = (up(&dw0, &[c, k])?, up(&db0, &[c])?, CudaTensor::empty(gpu, &fs, f32)?);
-            dfd.poison(gpu)?;
-            cam_head_backward_cuda(gpu, &fd, &wd, alpha, &camd, &dld, &mut dwd, &mut dbd, &mut dfd)?;
-            let err = max_rel_err_all(gpu, &[(&dwd, &dw), (&dbd, &db), (&dfd, &df)])?;
-            let g = gpu.clone();
-            let launch = move || cam_head_backward_cuda(&g, &fd, &wd, alpha, &camd, &dld, &mut dwd, &mut dbd, &mut dfd);
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
-        }));
+        checks.push(GpuCheck::new(
+            "cam_head_backward",
+            shape.clone(),
+            f32,
+            Work::Flops(2.0 * gemm_flops),
+            move |gpu, rng| {
+                let (f, wt, bias, dlogits) = inputs(rng);
+                let (mut cam, mut logits) = (vec![0.0; b * c * hw], vec![0.0; b * c]);
+                cam_head_cpu(&f, b, k, hw, &wt, &bias, alpha, &mut cam, &mut logits);
+                let (dw0, db0) = (random_vec(rng, c * k, 0.1), random_vec(rng, c, 0.1));
+                let (mut dw, mut db, mut df) = (dw0.clone(), db0.clone(), vec![0.0; nf]);
+                cam_head_backward_cpu(&f, b, k, hw, &wt, alpha, &cam, &dlogits, &mut dw, &mut db, &mut df);
+                let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
+                let (fd, wd, camd, dld) =
+                    (up(&f, &fs)?, up(&wt, &[c, k])?, up(&cam, &[b, c, h, w])?, up(&dlogits, &[b, c])?);
+                let (mut dwd, mut dbd, mut dfd) =
+                    (up(&dw0, &[c, k])?, up(&db0, &[c])?, CudaTensor::empty(gpu, &fs, f32)?);
+                dfd.poison(gpu)?;
+                cam_head_backward_cuda(gpu, &fd, &wd, alpha, &camd, &dld, &mut dwd, &mut dbd, &mut dfd)?;
+                let err = max_rel_err_all(gpu, &[(&dwd, &dw), (&dbd, &db), (&dfd, &df)])?;
+                let g = gpu.clone();
+                let launch =
+                    move || cam_head_backward_cuda(&g, &fd, &wd, alpha, &camd, &dld, &mut dwd, &mut dbd, &mut dfd);
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
+            },
+        ));
         let head_bytes = ((nf + 2 * c * k) * 4) as f64;
-        checks.push(GpuCheck::new("linear_head_forward", shape.clone(), f32, Work::Bytes(head_bytes), move |gpu, rng| {
-            let (f, wt, bias, _) = inputs(rng);
-            let (mut pooled, mut logits) = (vec![0.0; b * k], vec![0.0; b * c]);
-            linear_head_cpu(&f, b, k, hw, &wt, &bias, &mut pooled, &mut logits);
-            let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
-            let (fd, wd, bd) = (up(&f, &fs)?, up(&wt, &[c, k])?, up(&bias, &[c])?);
-            let (mut pd, mut ld) = (CudaTensor::empty(gpu, &[b, k], f32)?, CudaTensor::empty(gpu, &[b, c], f32)?);
-            pd.poison(gpu)?;
-            ld.poison(gpu)?;
-            linear_head_cuda(gpu, &fd, &wd, &bd, &mut pd, &mut ld)?;
-            let err = max_rel_err_all(gpu, &[(&pd, &pooled), (&ld, &logits)])?;
-            let g = gpu.clone();
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(move || linear_head_cuda(&g, &fd, &wd, &bd, &mut pd, &mut ld)), cublas: None })
-        }));
-        checks.push(GpuCheck::new("linear_head_backward", shape, f32, Work::Bytes(head_bytes + (c * k * 4) as f64), move |gpu, rng| {
-            let (f, wt, _, dlogits) = inputs(rng);
-            let mut pooled = vec![0.0; b * k];
-            global_avg_pool_cpu(&f, hw, &mut pooled);
-            let (dw0, db0) = (random_vec(rng, c * k, 0.1), random_vec(rng, c, 0.1));
-            let (mut dw, mut db, mut df) = (dw0.clone(), db0.clone(), vec![0.0; nf]);
-            linear_head_backward_cpu(&pooled, b, k, hw, &wt, &dlogits, &mut dw, &mut db, &mut df);
-            let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
-            let (pd, wd, dld) = (up(&pooled, &[b, k])?, up(&wt, &[c, k])?, up(&dlogits, &[b, c])?);
-            let (mut dwd, mut dbd, mut dfd) = (up(&dw0, &[c, k])?, up(&db0, &[c])?, CudaTensor::empty(gpu, &fs, f32)?);
-            dfd.poison(gpu)?;
-            linear_head_backward_cuda(gpu, &pd, &wd, &dld, &mut dwd, &mut dbd, &mut dfd)?;
-            let err = max_rel_err_all(gpu, &[(&dwd, &dw), (&dbd, &db), (&dfd, &df)])?;
-            let g = gpu.clone();
-            let launch = move || linear_head_backward_cuda(&g, &pd, &wd, &dld, &mut dwd, &mut dbd, &mut dfd);
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
-        }));
+        checks.push(GpuCheck::new(
+            "linear_head_forward",
+            shape.clone(),
+            f32,
+            Work::Bytes(head_bytes),
+            move |gpu, rng| {
+                let (f, wt, bias, _) = inputs(rng);
+                let (mut pooled, mut logits) = (vec![0.0; b * k], vec![0.0; b * c]);
+                linear_head_cpu(&f, b, k, hw, &wt, &bias, &mut pooled, &mut logits);
+                let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
+                let (fd, wd, bd) = (up(&f, &fs)?, up(&wt, &[c, k])?, up(&bias, &[c])?);
+                let (mut pd, mut ld) = (CudaTensor::empty(gpu, &[b, k], f32)?, CudaTensor::empty(gpu, &[b, c], f32)?);
+                pd.poison(gpu)?;
+                ld.poison(gpu)?;
+                linear_head_cuda(gpu, &fd, &wd, &bd, &mut pd, &mut ld)?;
+                let err = max_rel_err_all(gpu, &[(&pd, &pooled), (&ld, &logits)])?;
+                let g = gpu.clone();
+                Ok(CheckRun {
+                    max_rel_err: err,
+                    launch: Box::new(move || linear_head_cuda(&g, &fd, &wd, &bd, &mut pd, &mut ld)),
+                    cublas: None,
+                })
+            },
+        ));
+        checks.push(GpuCheck::new(
+            "linear_head_backward",
+            shape,
+            f32,
+            Work::Bytes(head_bytes + (c * k * 4) as f64),
+            move |gpu, rng| {
+                let (f, wt, _, dlogits) = inputs(rng);
+                let mut pooled = vec![0.0; b * k];
+                global_avg_pool_cpu(&f, hw, &mut pooled);
+                let (dw0, db0) = (random_vec(rng, c * k, 0.1), random_vec(rng, c, 0.1));
+                let (mut dw, mut db, mut df) = (dw0.clone(), db0.clone(), vec![0.0; nf]);
+                linear_head_backward_cpu(&pooled, b, k, hw, &wt, &dlogits, &mut dw, &mut db, &mut df);
+                let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
+                let (pd, wd, dld) = (up(&pooled, &[b, k])?, up(&wt, &[c, k])?, up(&dlogits, &[b, c])?);
+                let (mut dwd, mut dbd, mut dfd) =
+                    (up(&dw0, &[c, k])?, up(&db0, &[c])?, CudaTensor::empty(gpu, &fs, f32)?);
+                dfd.poison(gpu)?;
+                linear_head_backward_cuda(gpu, &pd, &wd, &dld, &mut dwd, &mut dbd, &mut dfd)?;
+                let err = max_rel_err_all(gpu, &[(&dwd, &dw), (&dbd, &db), (&dfd, &df)])?;
+                let g = gpu.clone();
+                let launch = move || linear_head_backward_cuda(&g, &pd, &wd, &dld, &mut dwd, &mut dbd, &mut dfd);
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
+            },
+        ));
     }
     checks
 }
@@ -337,8 +490,11 @@ mod tests {
                 }
                 l
             };
-            let (fd, wd, bd): (Vec<f64>, Vec<f64>, Vec<f64>) =
-                (f.iter().map(|&v| v as f64).collect(), w.iter().map(|&v| v as f64).collect(), bias.iter().map(|&v| v as f64).collect());
+            let (fd, wd, bd): (Vec<f64>, Vec<f64>, Vec<f64>) = (
+                f.iter().map(|&v| v as f64).collect(),
+                w.iter().map(|&v| v as f64).collect(),
+                bias.iter().map(|&v| v as f64).collect(),
+            );
             let mut logits = vec![f32::NAN; b * c];
             let (mut dw, mut db, mut df) = (vec![0.0f32; c * k], vec![0.0f32; c], vec![f32::NAN; f.len()]);
             if cam_head {
@@ -365,7 +521,11 @@ mod tests {
                         _ => (loss(&fd, &wd, &p), loss(&fd, &wd, &m)),
                     };
                     let want = (lp - lm) / (2.0 * h);
-                    assert!((got[i] as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{name}[{i}] cam={cam_head}: {} vs {want}", got[i]);
+                    assert!(
+                        (got[i] as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{name}[{i}] cam={cam_head}: {} vs {want}",
+                        got[i]
+                    );
                 }
             };
             check("df", &df, &fd, 0);

@@ -10,7 +10,8 @@ use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Wo
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
 use crate::error::{Error, Result};
 use crate::ops::gemm_packed::{
-    gemm_packed_a_cpu, gemm_packed_ab_cpu, packed_b_index, packed_gemm_available, with_packed_b_scratch, Bias, Epilogue, PackedA, KC as PACK_KC, NR as PACK_NR,
+    gemm_packed_a_cpu, gemm_packed_ab_cpu, packed_b_index, packed_gemm_available, with_packed_b_scratch, Bias,
+    Epilogue, PackedA, KC as PACK_KC, NR as PACK_NR,
 };
 use crate::ops::matmul::{gemm_cpu, LinearWeight, MatRef};
 
@@ -88,7 +89,15 @@ pub(crate) fn im2col_rows(x: &[f32], s: &Conv2dShape, oy0: usize, oy1: usize, co
 /// ReLU. With `accumulate` the convolution is added to what y holds: a bottleneck's residual
 /// add, fused into the GEMM.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, relu: bool, accumulate: bool, y: &mut [f32]) {
+pub fn conv2d_cpu(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    s: &Conv2dShape,
+    relu: bool,
+    accumulate: bool,
+    y: &mut [f32],
+) {
     let (ho, wo) = s.out_hw();
     let kk = s.c_in * s.kernel * s.kernel;
     let plan = BandPlan::new(s);
@@ -96,7 +105,17 @@ pub fn conv2d_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, r
         // SAFETY (both GEMMs): w (C_out x kk) @ b (kk x n) -> n columns of yb, row stride Ho*Wo.
         if plan.direct {
             unsafe {
-                gemm_cpu(s.c_out, ho * wo, kk, MatRef::row_major(w, kk), MatRef::row_major(xb, ho * wo), yb.as_mut_ptr(), (ho * wo) as isize, accumulate, parallel);
+                gemm_cpu(
+                    s.c_out,
+                    ho * wo,
+                    kk,
+                    MatRef::row_major(w, kk),
+                    MatRef::row_major(xb, ho * wo),
+                    yb.as_mut_ptr(),
+                    (ho * wo) as isize,
+                    accumulate,
+                    parallel,
+                );
             }
         } else {
             let mut cols = vec![0.0f32; kk * plan.rows_per_band * wo];
@@ -104,7 +123,17 @@ pub fn conv2d_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, r
                 let n = (oy1 - oy0) * wo;
                 im2col_rows(xb, s, oy0, oy1, &mut cols[..kk * n]);
                 unsafe {
-                    gemm_cpu(s.c_out, n, kk, MatRef::row_major(w, kk), MatRef::row_major(&cols, n), yb.as_mut_ptr().add(oy0 * wo), (ho * wo) as isize, accumulate, parallel);
+                    gemm_cpu(
+                        s.c_out,
+                        n,
+                        kk,
+                        MatRef::row_major(w, kk),
+                        MatRef::row_major(&cols, n),
+                        yb.as_mut_ptr().add(oy0 * wo),
+                        (ho * wo) as isize,
+                        accumulate,
+                        parallel,
+                    );
                 }
             }
         }
@@ -157,7 +186,15 @@ impl ConvWeight {
 /// maps (the last stages: 14 x 14, 7 x 7) are batched, several images to one GEMM, so that
 /// its N is not one or two ragged panels per image.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_weight_cpu(x: &[f32], w: &ConvWeight, bias: Option<&[f32]>, s: &Conv2dShape, relu: bool, accumulate: bool, y: &mut [f32]) {
+pub fn conv2d_weight_cpu(
+    x: &[f32],
+    w: &ConvWeight,
+    bias: Option<&[f32]>,
+    s: &Conv2dShape,
+    relu: bool,
+    accumulate: bool,
+    y: &mut [f32],
+) {
     let packed = match w {
         ConvWeight::Plain(w) => return conv2d_cpu(x, w, bias, s, relu, accumulate, y),
         ConvWeight::Packed(p) => p,
@@ -254,7 +291,15 @@ fn for_each_image(x: &[f32], s: &Conv2dShape, y: &mut [f32], per_image: impl Fn(
 /// `images` consecutive images of x (columns image-major), written in the packed layout of
 /// the GEMM's right operand (`packed_b_index`), padding columns 0. Each KC block of rows is
 /// one contiguous slice of `dst`: with `parallel`, blocks go to threads.
-pub(crate) fn im2col_packed(x: &[f32], images: usize, s: &Conv2dShape, oy0: usize, oy1: usize, dst: &mut [f32], parallel: bool) {
+pub(crate) fn im2col_packed(
+    x: &[f32],
+    images: usize,
+    s: &Conv2dShape,
+    oy0: usize,
+    oy1: usize,
+    dst: &mut [f32],
+    parallel: bool,
+) {
     let (_, wo) = s.out_hw();
     let per_image = (oy1 - oy0) * wo;
     let n = images * per_image;
@@ -321,7 +366,16 @@ pub(crate) fn im2col_packed(x: &[f32], images: usize, s: &Conv2dShape, oy0: usiz
 /// tokens (B, gh*gw, C) = patchify(x (B, 3, H, W)) @ w^T, w (C, 3, p, p), no bias.
 /// H and W must be multiples of p (the caller resizes first).
 #[allow(clippy::too_many_arguments)]
-pub fn patch_embed_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, weight: &[f32], p: usize, out: &mut [f32]) {
+pub fn patch_embed_cpu(
+    x: &[f32],
+    b: usize,
+    c_in: usize,
+    h: usize,
+    w_: usize,
+    weight: &[f32],
+    p: usize,
+    out: &mut [f32],
+) {
     let kk = c_in * p * p;
     let patches = patchify_vec(x, b, c_in, h, w_, p);
     debug_assert_eq!(out.len(), patches.len() / kk * (weight.len() / kk));
@@ -330,7 +384,16 @@ pub fn patch_embed_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, we
 
 /// `patch_embed_cpu` with the filters as a `LinearWeight` (C, 3 * p * p).
 #[allow(clippy::too_many_arguments)]
-pub fn patch_embed_weight_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, weight: &LinearWeight, p: usize, out: &mut [f32]) {
+pub fn patch_embed_weight_cpu(
+    x: &[f32],
+    b: usize,
+    c_in: usize,
+    h: usize,
+    w_: usize,
+    weight: &LinearWeight,
+    p: usize,
+    out: &mut [f32],
+) {
     let patches = patchify_vec(x, b, c_in, h, w_, p);
     weight.forward(&patches, out, &Epilogue::default());
 }
@@ -369,7 +432,16 @@ pub fn patchify_cpu(x: &[f32], b: usize, c_in: usize, h: usize, w_: usize, p: us
 /// the residual is what y held; here it is a separate tensor).
 /// bf16/f16 run on tensor cores (mma.sync m16n8k16, f32 accumulate); f32 on a SIMT tile.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_cuda(gpu: &Gpu, x: &CudaTensor, w: &CudaTensor, bias: Option<&CudaTensor>, s: &Conv2dShape, relu: bool, residual: Option<&CudaTensor>, y: &mut CudaTensor) -> Result<()> {
+pub fn conv2d_cuda(
+    gpu: &Gpu,
+    x: &CudaTensor,
+    w: &CudaTensor,
+    bias: Option<&CudaTensor>,
+    s: &Conv2dShape,
+    relu: bool,
+    residual: Option<&CudaTensor>,
+    y: &mut CudaTensor,
+) -> Result<()> {
     let bad = |why: &str| {
         Error::Shape(format!(
             "conv2d_cuda: {why}: {s:?}, x {:?}, w {:?}, bias {:?}, residual {:?}, y {:?}",
@@ -385,7 +457,10 @@ pub fn conv2d_cuda(gpu: &Gpu, x: &CudaTensor, w: &CudaTensor, bias: Option<&Cuda
     }
     let (ho, wo) = s.out_hw();
     let out = [s.batch, s.c_out, ho, wo];
-    if x.shape() != [s.batch, s.c_in, s.h, s.w] || w.shape() != [s.c_out, s.c_in, s.kernel, s.kernel] || y.shape() != out {
+    if x.shape() != [s.batch, s.c_in, s.h, s.w]
+        || w.shape() != [s.c_out, s.c_in, s.kernel, s.kernel]
+        || y.shape() != out
+    {
         return Err(bad("shapes"));
     }
     if bias.is_some_and(|b| b.shape() != [s.c_out]) || residual.is_some_and(|r| r.shape() != out) {
@@ -448,13 +523,18 @@ pub fn conv2d_cuda(gpu: &Gpu, x: &CudaTensor, w: &CudaTensor, bias: Option<&Cuda
 pub fn patchify_cuda(gpu: &Gpu, x: &CudaTensor, p: usize, cols: &mut CudaTensor) -> Result<()> {
     let xs = x.shape();
     if xs.len() != 4 || p == 0 || !xs[2].is_multiple_of(p) || !xs[3].is_multiple_of(p) {
-        return Err(Error::Shape(format!("patchify_cuda: x {xs:?} must be (B, C, H, W) with H, W multiples of p = {p}")));
+        return Err(Error::Shape(format!(
+            "patchify_cuda: x {xs:?} must be (B, C, H, W) with H, W multiples of p = {p}"
+        )));
     }
     let (b, c_in, h, w) = (xs[0], xs[1], xs[2], xs[3]);
     let rows = b * (h / p) * (w / p);
     let kk = c_in * p * p;
     if cols.shape() != [rows, kk] {
-        return Err(Error::Shape(format!("patchify_cuda: cols {:?}, expected [{rows}, {kk}] for x {xs:?}, p = {p}", cols.shape())));
+        return Err(Error::Shape(format!(
+            "patchify_cuda: cols {:?}, expected [{rows}, {kk}] for x {xs:?}, p = {p}",
+            cols.shape()
+        )));
     }
     if !x.dtype().is_float() {
         return Err(Error::Device(format!("patchify_cuda: x is {:?}; expected a float dtype", x.dtype())));
@@ -471,7 +551,15 @@ pub fn patchify_cuda(gpu: &Gpu, x: &CudaTensor, p: usize, cols: &mut CudaTensor)
         "conv2d",
         &name,
         cfg,
-        &[x.arg(gpu), cols.arg(gpu), to_i32(b, "B")?, to_i32(c_in, "C_in")?, to_i32(h, "H")?, to_i32(w, "W")?, to_i32(p, "p")?],
+        &[
+            x.arg(gpu),
+            cols.arg(gpu),
+            to_i32(b, "B")?,
+            to_i32(c_in, "C_in")?,
+            to_i32(h, "H")?,
+            to_i32(w, "W")?,
+            to_i32(p, "p")?,
+        ],
     )
 }
 
@@ -485,13 +573,13 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     // (B, C_in, H = W, C_out, k, stride, relu, residual)
     type ConvCase = (usize, usize, usize, usize, usize, usize, bool, bool);
     let convs: &[ConvCase] = &[
-        (8, 3, 224, 32, 3, 2, true, false),   // stem conv1
-        (8, 32, 112, 32, 3, 1, true, false),  // stem conv2
-        (8, 64, 56, 64, 1, 1, true, false),   // layer1 conv1
-        (8, 64, 56, 64, 3, 1, true, false),   // layer1 conv2
-        (8, 64, 56, 256, 1, 1, true, true),   // layer1 conv3 onto the identity
+        (8, 3, 224, 32, 3, 2, true, false),     // stem conv1
+        (8, 32, 112, 32, 3, 1, true, false),    // stem conv2
+        (8, 64, 56, 64, 1, 1, true, false),     // layer1 conv1
+        (8, 64, 56, 64, 3, 1, true, false),     // layer1 conv2
+        (8, 64, 56, 256, 1, 1, true, true),     // layer1 conv3 onto the identity
         (8, 1024, 7, 2048, 1, 1, false, false), // layer4 downsample (after the average pool)
-        (8, 512, 7, 512, 3, 1, true, false),  // layer4 conv2
+        (8, 512, 7, 512, 3, 1, true, false),    // layer4 conv2
         (2, 5, 11, 7, 3, 2, true, true),
         (2, 5, 11, 7, 3, 2, false, false),
         (3, 9, 13, 70, 3, 1, false, true),
@@ -501,14 +589,26 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         let s = Conv2dShape { batch, c_in, h: hw, w: hw, c_out, kernel, stride, pad: kernel / 2 };
         let (ho, wo) = s.out_hw();
         let flops = 2.0 * (batch * ho * wo) as f64 * c_out as f64 * (c_in * kernel * kernel) as f64;
-        let label = format!("B={batch} Cin={c_in} H=W={hw} Cout={c_out} k={kernel} s={stride} relu={relu} residual={with_residual}");
+        let label = format!(
+            "B={batch} Cin={c_in} H=W={hw} Cout={c_out} k={kernel} s={stride} relu={relu} residual={with_residual}"
+        );
         for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
             checks.push(GpuCheck::new("conv2d_forward", label.clone(), dtype, Work::Flops(flops), move |gpu, rng| {
                 let out = [batch, c_out, ho, wo];
                 let kk = c_in * kernel * kernel;
                 let wscale = 1.0 / (kk as f32).sqrt();
-                let xd = CudaTensor::from_f32(gpu, &[batch, c_in, hw, hw], &random_vec(rng, batch * c_in * hw * hw, 1.0), dtype)?;
-                let wd = CudaTensor::from_f32(gpu, &[c_out, c_in, kernel, kernel], &random_vec(rng, c_out * kk, 2.0 * wscale), dtype)?;
+                let xd = CudaTensor::from_f32(
+                    gpu,
+                    &[batch, c_in, hw, hw],
+                    &random_vec(rng, batch * c_in * hw * hw, 1.0),
+                    dtype,
+                )?;
+                let wd = CudaTensor::from_f32(
+                    gpu,
+                    &[c_out, c_in, kernel, kernel],
+                    &random_vec(rng, c_out * kk, 2.0 * wscale),
+                    dtype,
+                )?;
                 let bias = random_vec(rng, c_out, 0.5);
                 let bd = CudaTensor::from_f32(gpu, &[c_out], &bias, CudaDType::F32)?;
                 let rd = if with_residual {
@@ -541,37 +641,58 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         let s = Conv2dShape { batch: 2, c_in: 3, h: 33, w: 37, c_out: 9, kernel: 3, stride: 2, pad: 1 };
         let (ho, wo) = s.out_hw();
         let flops = 2.0 * (2 * ho * wo) as f64 * 9.0 * 27.0;
-        checks.push(GpuCheck::new("conv2d_forward", "no bias B=2 Cin=3 33x37 Cout=9 k=3 s=2", dtype, Work::Flops(flops), move |gpu, rng| {
-            let xd = CudaTensor::from_f32(gpu, &[2, 3, 33, 37], &random_vec(rng, 2 * 3 * 33 * 37, 1.0), dtype)?;
-            let wd = CudaTensor::from_f32(gpu, &[9, 3, 3, 3], &random_vec(rng, 9 * 27, 0.4), dtype)?;
-            let (x, w) = (xd.to_f32_vec(gpu)?, wd.to_f32_vec(gpu)?);
-            let mut want = vec![0.0; 2 * 9 * ho * wo];
-            conv2d_cpu(&x, &w, None, &s, false, false, &mut want);
-            let mut yd = CudaTensor::empty(gpu, &[2, 9, ho, wo], dtype)?;
-            yd.poison(gpu)?;
-            conv2d_cuda(gpu, &xd, &wd, None, &s, false, None, &mut yd)?;
-            let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
-            let g = gpu.clone();
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(move || conv2d_cuda(&g, &xd, &wd, None, &s, false, None, &mut yd)), cublas: None })
-        }));
+        checks.push(GpuCheck::new(
+            "conv2d_forward",
+            "no bias B=2 Cin=3 33x37 Cout=9 k=3 s=2",
+            dtype,
+            Work::Flops(flops),
+            move |gpu, rng| {
+                let xd = CudaTensor::from_f32(gpu, &[2, 3, 33, 37], &random_vec(rng, 2 * 3 * 33 * 37, 1.0), dtype)?;
+                let wd = CudaTensor::from_f32(gpu, &[9, 3, 3, 3], &random_vec(rng, 9 * 27, 0.4), dtype)?;
+                let (x, w) = (xd.to_f32_vec(gpu)?, wd.to_f32_vec(gpu)?);
+                let mut want = vec![0.0; 2 * 9 * ho * wo];
+                conv2d_cpu(&x, &w, None, &s, false, false, &mut want);
+                let mut yd = CudaTensor::empty(gpu, &[2, 9, ho, wo], dtype)?;
+                yd.poison(gpu)?;
+                conv2d_cuda(gpu, &xd, &wd, None, &s, false, None, &mut yd)?;
+                let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
+                let g = gpu.clone();
+                Ok(CheckRun {
+                    max_rel_err: err,
+                    launch: Box::new(move || conv2d_cuda(&g, &xd, &wd, None, &s, false, None, &mut yd)),
+                    cublas: None,
+                })
+            },
+        ));
     }
     // (B, H, W, p): ViT-B/16 and B/32 at 224, B/16 at 256 (TagCLIP's crops), an odd grid.
-    for &(b, h, w, p) in &[(8usize, 224usize, 224usize, 16usize), (8, 224, 224, 32), (8, 256, 256, 16), (3, 48, 80, 16)] {
+    for &(b, h, w, p) in &[(8usize, 224usize, 224usize, 16usize), (8, 224, 224, 32), (8, 256, 256, 16), (3, 48, 80, 16)]
+    {
         for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
             let rows = b * (h / p) * (w / p);
             let bytes = (2 * b * 3 * h * w * dtype.size_in_bytes()) as f64;
-            checks.push(GpuCheck::new("patchify", format!("B={b} {h}x{w} p={p}"), dtype, Work::Bytes(bytes), move |gpu, rng| {
-                let xd = CudaTensor::from_f32(gpu, &[b, 3, h, w], &random_vec(rng, b * 3 * h * w, 2.0), dtype)?;
-                let x = xd.to_f32_vec(gpu)?;
-                let mut want = vec![0.0; rows * 3 * p * p];
-                patchify_cpu(&x, b, 3, h, w, p, &mut want);
-                let mut cols = CudaTensor::empty(gpu, &[rows, 3 * p * p], dtype)?;
-                cols.poison(gpu)?;
-                patchify_cuda(gpu, &xd, p, &mut cols)?;
-                let err = max_rel_err(&cols.to_f32_vec(gpu)?, &want);
-                let g = gpu.clone();
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || patchify_cuda(&g, &xd, p, &mut cols)), cublas: None })
-            }));
+            checks.push(GpuCheck::new(
+                "patchify",
+                format!("B={b} {h}x{w} p={p}"),
+                dtype,
+                Work::Bytes(bytes),
+                move |gpu, rng| {
+                    let xd = CudaTensor::from_f32(gpu, &[b, 3, h, w], &random_vec(rng, b * 3 * h * w, 2.0), dtype)?;
+                    let x = xd.to_f32_vec(gpu)?;
+                    let mut want = vec![0.0; rows * 3 * p * p];
+                    patchify_cpu(&x, b, 3, h, w, p, &mut want);
+                    let mut cols = CudaTensor::empty(gpu, &[rows, 3 * p * p], dtype)?;
+                    cols.poison(gpu)?;
+                    patchify_cuda(gpu, &xd, p, &mut cols)?;
+                    let err = max_rel_err(&cols.to_f32_vec(gpu)?, &want);
+                    let g = gpu.clone();
+                    Ok(CheckRun {
+                        max_rel_err: err,
+                        launch: Box::new(move || patchify_cuda(&g, &xd, p, &mut cols)),
+                        cublas: None,
+                    })
+                },
+            ));
         }
     }
     checks

@@ -41,7 +41,14 @@ fn col2im_add(cols: &[f32], s: &Conv2dShape, dx: &mut [f32]) {
 /// Backward of y = conv(x, w) (no bias). `dw` (C_out, C_in, k, k) is accumulated into (so
 /// two forward passes may share one gradient buffer); `dx` (B, C_in, H, W), when wanted, is
 /// overwritten.
-pub fn conv2d_backward_cpu(x: &[f32], w: &[f32], dy: &[f32], s: &Conv2dShape, dw: &mut [f32], mut dx: Option<&mut [f32]>) {
+pub fn conv2d_backward_cpu(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    s: &Conv2dShape,
+    dw: &mut [f32],
+    mut dx: Option<&mut [f32]>,
+) {
     let (ho, wo) = s.out_hw();
     let n = ho * wo;
     let kk = s.c_in * s.kernel * s.kernel;
@@ -61,19 +68,49 @@ pub fn conv2d_backward_cpu(x: &[f32], w: &[f32], dy: &[f32], s: &Conv2dShape, dw
         };
         // SAFETY: dY_b (C_out x n) @ cols^T (n x kk) -> dw (C_out x kk), accumulated.
         unsafe {
-            gemm_cpu(s.c_out, kk, n, MatRef::row_major(dyb, n), MatRef::transposed(xcols, n), dw.as_mut_ptr(), kk as isize, true, true);
+            gemm_cpu(
+                s.c_out,
+                kk,
+                n,
+                MatRef::row_major(dyb, n),
+                MatRef::transposed(xcols, n),
+                dw.as_mut_ptr(),
+                kk as isize,
+                true,
+                true,
+            );
         }
         if let Some(dx) = dx.as_deref_mut() {
             let dxb = &mut dx[b * s.c_in * s.h * s.w..][..s.c_in * s.h * s.w];
             if direct {
                 // SAFETY: W^T (C_in x C_out) @ dY_b (C_out x n) -> dx_b (C_in x n).
                 unsafe {
-                    gemm_cpu(kk, n, s.c_out, MatRef::transposed(w, kk), MatRef::row_major(dyb, n), dxb.as_mut_ptr(), n as isize, false, true);
+                    gemm_cpu(
+                        kk,
+                        n,
+                        s.c_out,
+                        MatRef::transposed(w, kk),
+                        MatRef::row_major(dyb, n),
+                        dxb.as_mut_ptr(),
+                        n as isize,
+                        false,
+                        true,
+                    );
                 }
             } else {
                 // SAFETY: W^T (kk x C_out) @ dY_b (C_out x n) -> cols (kk x n).
                 unsafe {
-                    gemm_cpu(kk, n, s.c_out, MatRef::transposed(w, kk), MatRef::row_major(dyb, n), cols.as_mut_ptr(), n as isize, false, true);
+                    gemm_cpu(
+                        kk,
+                        n,
+                        s.c_out,
+                        MatRef::transposed(w, kk),
+                        MatRef::row_major(dyb, n),
+                        cols.as_mut_ptr(),
+                        n as isize,
+                        false,
+                        true,
+                    );
                 }
                 col2im_add(&cols, s, dxb);
             }
@@ -110,7 +147,8 @@ fn expect_shapes(what: &str, s: &Conv2dShape, tensors: &[(&str, &CudaTensor, [us
     if tensors.iter().all(|(_, t, want)| t.shape() == want) {
         return Ok(());
     }
-    let list: Vec<String> = tensors.iter().map(|(name, t, want)| format!("{name} {want:?} (got {:?})", t.shape())).collect();
+    let list: Vec<String> =
+        tensors.iter().map(|(name, t, want)| format!("{name} {want:?} (got {:?})", t.shape())).collect();
     Err(Error::Shape(format!("{what}: {s:?} wants {}", list.join(", "))))
 }
 
@@ -177,7 +215,13 @@ impl ConvBackwardKernel {
 /// `conv2d_backward_cpu`. An implicit GEMM split along K = B*Ho*Wo; when there is more than
 /// one split, the partial tiles go to a scratch buffer and a second kernel adds them to `dw`
 /// in a fixed order, so the result does not change from run to run.
-pub fn conv2d_backward_weight_cuda(gpu: &Gpu, x: &CudaTensor, dy: &CudaTensor, s: &Conv2dShape, dw: &mut CudaTensor) -> Result<()> {
+pub fn conv2d_backward_weight_cuda(
+    gpu: &Gpu,
+    x: &CudaTensor,
+    dy: &CudaTensor,
+    s: &Conv2dShape,
+    dw: &mut CudaTensor,
+) -> Result<()> {
     conv2d_backward_weight_cuda_with(gpu, x, dy, s, dw, ConvBackwardKernel::default_for(x.dtype()))
 }
 
@@ -193,7 +237,15 @@ pub fn conv2d_backward_weight_cuda_with(
     let what = "conv2d_backward_weight_cuda";
     let (ho, wo) = checked_out_hw(s, what)?;
     let k = s.kernel;
-    expect_shapes(what, s, &[("x", x, [s.batch, s.c_in, s.h, s.w]), ("dy", dy, [s.batch, s.c_out, ho, wo]), ("dw", dw, [s.c_out, s.c_in, k, k])])?;
+    expect_shapes(
+        what,
+        s,
+        &[
+            ("x", x, [s.batch, s.c_in, s.h, s.w]),
+            ("dy", dy, [s.batch, s.c_out, ho, wo]),
+            ("dw", dw, [s.c_out, s.c_in, k, k]),
+        ],
+    )?;
     if !x.dtype().is_float() {
         return Err(Error::Device(format!("{what}: x must be f32, bf16 or f16, found {:?}", x.dtype())));
     }
@@ -224,15 +276,27 @@ pub fn conv2d_backward_weight_cuda_with(
     // (splits, C_out, C_in*k*k); freed in stream order after the reduction.
     let partial = CudaTensor::empty(gpu, &[splits, m, n], CudaDType::F32)?;
     launch(&partial, 0)?;
-    let reduce = LaunchConfig { grid_dim: ((m * n).div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    gpu.launch("conv2d_backward", "conv2d_backward_weight_reduce", reduce, &[partial.arg(gpu), dw.arg(gpu), mn, to_i32(splits, "splits")?])
+    let reduce =
+        LaunchConfig { grid_dim: ((m * n).div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    gpu.launch(
+        "conv2d_backward",
+        "conv2d_backward_weight_reduce",
+        reduce,
+        &[partial.arg(gpu), dw.arg(gpu), mn, to_i32(splits, "splits")?],
+    )
 }
 
 /// CUDA launcher of the data gradient: `dx` (B, C_in, H, W) = the transposed convolution of
 /// `dy` (B, C_out, Ho, Wo) with `w` (C_out, C_in, k, k), all three in one float dtype.
 /// Overwrites `dx`, like `conv2d_backward_cpu`. An implicit GEMM over input pixels x C_in with
 /// K = C_out*k*k taps, each gathered from dy where the tap lands on an output pixel.
-pub fn conv2d_backward_data_cuda(gpu: &Gpu, dy: &CudaTensor, w: &CudaTensor, s: &Conv2dShape, dx: &mut CudaTensor) -> Result<()> {
+pub fn conv2d_backward_data_cuda(
+    gpu: &Gpu,
+    dy: &CudaTensor,
+    w: &CudaTensor,
+    s: &Conv2dShape,
+    dx: &mut CudaTensor,
+) -> Result<()> {
     conv2d_backward_data_cuda_with(gpu, dy, w, s, dx, ConvBackwardKernel::default_for(dy.dtype()))
 }
 
@@ -248,7 +312,15 @@ pub fn conv2d_backward_data_cuda_with(
     let what = "conv2d_backward_data_cuda";
     let (ho, wo) = checked_out_hw(s, what)?;
     let k = s.kernel;
-    expect_shapes(what, s, &[("dy", dy, [s.batch, s.c_out, ho, wo]), ("w", w, [s.c_out, s.c_in, k, k]), ("dx", dx, [s.batch, s.c_in, s.h, s.w])])?;
+    expect_shapes(
+        what,
+        s,
+        &[
+            ("dy", dy, [s.batch, s.c_out, ho, wo]),
+            ("w", w, [s.c_out, s.c_in, k, k]),
+            ("dx", dx, [s.batch, s.c_in, s.h, s.w]),
+        ],
+    )?;
     if !dy.dtype().is_float() {
         return Err(Error::Device(format!("{what}: dy must be f32, bf16 or f16, found {:?}", dy.dtype())));
     }
@@ -276,7 +348,18 @@ pub fn conv2d_backward_data_cuda_with(
 /// One row-major f32 GEMM through cuBLAS on device addresses: c (m x n) = a @ b + beta * c,
 /// with `a` given as (m x k) or, `a_t`, as its transpose (k x m); `b` likewise (`b_t`).
 #[allow(clippy::too_many_arguments)]
-fn cublas_sgemm_rm(gpu: &Gpu, m: usize, n: usize, k: usize, a: u64, a_t: bool, b: u64, b_t: bool, beta: f32, c: u64) -> Result<()> {
+fn cublas_sgemm_rm(
+    gpu: &Gpu,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: u64,
+    a_t: bool,
+    b: u64,
+    b_t: bool,
+    beta: f32,
+    c: u64,
+) -> Result<()> {
     use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
     let blas = gpu.cublas()?;
     let int = |v: usize| i32::try_from(v).map_err(|_| Error::Shape(format!("cuBLAS size {v} does not fit an int")));
@@ -307,7 +390,8 @@ fn cublas_sgemm_rm(gpu: &Gpu, m: usize, n: usize, k: usize, a: u64, a_t: bool, b
 /// The checks' shapes: ResNet-50 (torchvision v1.5: stride on the 3x3) at input 448, batch 2,
 /// and odd small ones (partial tiles, stride-2 taps that miss, a ragged last split of K).
 fn check_shapes() -> Vec<(&'static str, Conv2dShape)> {
-    let c = |batch, c_in, h, w, c_out, kernel, stride, pad| Conv2dShape { batch, c_in, h, w, c_out, kernel, stride, pad };
+    let c =
+        |batch, c_in, h, w, c_out, kernel, stride, pad| Conv2dShape { batch, c_in, h, w, c_out, kernel, stride, pad };
     vec![
         ("stem 7x7 s2", c(2, 3, 448, 448, 64, 7, 2, 3)),
         ("layer1 1x1", c(2, 64, 112, 112, 64, 1, 1, 0)),
@@ -332,9 +416,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         let (ho, wo) = s.out_hw();
         let k = s.kernel;
         let flops = 2.0 * (s.batch * s.c_out * ho * wo * s.c_in * k * k) as f64;
-        let desc = format!("{label}: B={} {}->{} {}x{} k={k} s={} p={}", s.batch, s.c_in, s.c_out, s.h, s.w, s.stride, s.pad);
-        let (x_shape, dy_shape, w_shape) = ([s.batch, s.c_in, s.h, s.w], [s.batch, s.c_out, ho, wo], [s.c_out, s.c_in, k, k]);
-        let (nx, ndy, nw) = (x_shape.iter().product::<usize>(), dy_shape.iter().product::<usize>(), w_shape.iter().product::<usize>());
+        let desc =
+            format!("{label}: B={} {}->{} {}x{} k={k} s={} p={}", s.batch, s.c_in, s.c_out, s.h, s.w, s.stride, s.pad);
+        let (x_shape, dy_shape, w_shape) =
+            ([s.batch, s.c_in, s.h, s.w], [s.batch, s.c_out, ho, wo], [s.c_out, s.c_in, k, k]);
+        let (nx, ndy, nw) =
+            (x_shape.iter().product::<usize>(), dy_shape.iter().product::<usize>(), w_shape.iter().product::<usize>());
         let plain_1x1 = k == 1 && s.stride == 1 && s.pad == 0;
         // The launchers' kernel for every dtype and, for bf16 / f16, the SIMT kernels as well.
         let variants = [
@@ -366,7 +453,8 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                         let p = s.h * s.w;
                         for b in 0..s.batch {
                             // dw (C_out x C_in) += dy_b (C_out x P) @ x_b^T, x_b (C_in x P).
-                            let (xb, dyb) = (xc.ptr(&g) + (b * s.c_in * p * 4) as u64, dyc.ptr(&g) + (b * s.c_out * p * 4) as u64);
+                            let (xb, dyb) =
+                                (xc.ptr(&g) + (b * s.c_in * p * 4) as u64, dyc.ptr(&g) + (b * s.c_out * p * 4) as u64);
                             cublas_sgemm_rm(&g, s.c_out, s.c_in, p, dyb, false, xb, true, 1.0, dwc.ptr(&g))?;
                         }
                         Ok(())
@@ -375,7 +463,11 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     None
                 };
                 let g = gpu.clone();
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || conv2d_backward_weight_cuda_with(&g, &xd, &dyd, &s, &mut dwd, kernel)), cublas })
+                Ok(CheckRun {
+                    max_rel_err: err,
+                    launch: Box::new(move || conv2d_backward_weight_cuda_with(&g, &xd, &dyd, &s, &mut dwd, kernel)),
+                    cublas,
+                })
             }));
             checks.push(GpuCheck::new(data_op, desc.clone(), dtype, Work::Flops(flops), move |gpu, rng| {
                 let dy = dtype.round(random_vec(rng, ndy, 1.0));
@@ -398,7 +490,8 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                         let p = s.h * s.w;
                         for b in 0..s.batch {
                             // dx_b (C_in x P) = w^T (C_in x C_out) @ dy_b (C_out x P).
-                            let (dyb, dxb) = (dyc.ptr(&g) + (b * s.c_out * p * 4) as u64, dxc.ptr(&g) + (b * s.c_in * p * 4) as u64);
+                            let (dyb, dxb) =
+                                (dyc.ptr(&g) + (b * s.c_out * p * 4) as u64, dxc.ptr(&g) + (b * s.c_in * p * 4) as u64);
                             cublas_sgemm_rm(&g, s.c_in, p, s.c_out, wc.ptr(&g), true, dyb, false, 0.0, dxb)?;
                         }
                         Ok(())
@@ -407,7 +500,11 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     None
                 };
                 let g = gpu.clone();
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || conv2d_backward_data_cuda_with(&g, &dyd, &wd, &s, &mut dxd, kernel)), cublas })
+                Ok(CheckRun {
+                    max_rel_err: err,
+                    launch: Box::new(move || conv2d_backward_data_cuda_with(&g, &dyd, &wd, &s, &mut dxd, kernel)),
+                    cublas,
+                })
             }));
         }
     }
@@ -493,7 +590,10 @@ mod tests {
             let steps = (s.batch * ho * wo).div_ceil(CBW_TILE_K);
             let (splits, per_split) = split_k(&s, ho, wo);
             // Every K step is in one split, and the last split starts before the end.
-            assert!(splits * per_split >= steps && (splits - 1) * per_split < steps, "{label}: {splits} x {per_split} for {steps}");
+            assert!(
+                splits * per_split >= steps && (splits - 1) * per_split < steps,
+                "{label}: {splits} x {per_split} for {steps}"
+            );
             assert!(splits <= SPLIT_K_TARGET_BLOCKS, "{label}: {splits} splits");
         }
         // The stem's 2*224*224 pixels are split; the small layer-4 GEMM's 392 are not.
@@ -507,7 +607,9 @@ mod tests {
     #[test]
     fn data_gradient_gather_matches_definition() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        for &(batch, c_in, h, w, c_out, kernel, stride, pad) in &[(3, 5, 9, 11, 7, 3, 2, 1), (2, 3, 10, 9, 4, 7, 2, 3), (2, 4, 7, 6, 3, 1, 2, 0)] {
+        for &(batch, c_in, h, w, c_out, kernel, stride, pad) in
+            &[(3, 5, 9, 11, 7, 3, 2, 1), (2, 3, 10, 9, 4, 7, 2, 3), (2, 4, 7, 6, 3, 1, 2, 0)]
+        {
             let s = Conv2dShape { batch, c_in, h, w, c_out, kernel, stride, pad };
             let (ho, wo) = s.out_hw();
             let x = vec![0.0f32; batch * c_in * h * w];
@@ -525,11 +627,18 @@ mod tests {
                                     for kx in 0..k {
                                         let (ty, tx) = (iy + p - ky, ix + p - kx);
                                         let (oy, ox) = (ty / st, tx / st);
-                                        if ty < 0 || tx < 0 || oy * st != ty || ox * st != tx || oy >= ho as i64 || ox >= wo as i64 {
+                                        if ty < 0
+                                            || tx < 0
+                                            || oy * st != ty
+                                            || ox * st != tx
+                                            || oy >= ho as i64
+                                            || ox >= wo as i64
+                                        {
                                             continue;
                                         }
                                         let g = dy[((b * c_out + co) * ho + oy as usize) * wo + ox as usize] as f64;
-                                        acc += g * wt[((co * c_in + ci) * kernel + ky as usize) * kernel + kx as usize] as f64;
+                                        acc += g * wt[((co * c_in + ci) * kernel + ky as usize) * kernel + kx as usize]
+                                            as f64;
                                     }
                                 }
                             }

@@ -60,7 +60,14 @@ pub fn cubic_weights(t: f32) -> [f32; 4] {
 
 /// Taps along one axis for output index o (see the module docs): (count, indices, weights).
 /// Mirrored exactly by `axis_taps` in kernels/crop_resize.cu.
-fn axis_taps(o: usize, n_out: usize, lo: f32, hi: f32, n_in: usize, interp: CropInterp) -> (usize, [usize; 4], [f32; 4]) {
+fn axis_taps(
+    o: usize,
+    n_out: usize,
+    lo: f32,
+    hi: f32,
+    n_in: usize,
+    interp: CropInterp,
+) -> (usize, [usize; 4], [f32; 4]) {
     let n_in = n_in as i32;
     let first = (lo.floor() as i32).max(0).min(n_in - 1);
     let last = (hi.ceil() as i32 - 1).min(n_in - 1).max(first);
@@ -101,43 +108,43 @@ pub fn crop_resize_cpu(
     out: &mut [f32],
 ) {
     let plane = oh * ow;
-    out[..boxes.len() * 3 * plane]
-        .par_chunks_mut(3 * plane)
-        .zip(boxes.par_iter())
-        .for_each(|(ob, bx)| {
-            let i = bx.image as usize;
-            let valid =
-                i < images.len() && i < sizes.len() && sizes[i].0 > 0 && sizes[i].1 > 0 && images[i].len() >= sizes[i].0 * sizes[i].1 * 3;
-            if !valid {
-                ob.fill(f32::NAN);
-                return;
-            }
-            let (h, w) = sizes[i];
-            let im = images[i];
-            for oy in 0..oh {
-                let (ny, yi, yw) = axis_taps(oy, oh, bx.y0, bx.y1, h, interp);
-                for ox in 0..ow {
-                    let (nx, xi, xw) = axis_taps(ox, ow, bx.x0, bx.x1, w, interp);
-                    let mut acc = [0.0f32; 3];
-                    for j in 0..ny {
-                        let row = &im[yi[j] * w * 3..];
-                        let mut r = [0.0f32; 3];
-                        for k in 0..nx {
-                            let px = &row[xi[k] * 3..][..3];
-                            for c in 0..3 {
-                                r[c] += xw[k] * px[c] as f32;
-                            }
-                        }
+    out[..boxes.len() * 3 * plane].par_chunks_mut(3 * plane).zip(boxes.par_iter()).for_each(|(ob, bx)| {
+        let i = bx.image as usize;
+        let valid = i < images.len()
+            && i < sizes.len()
+            && sizes[i].0 > 0
+            && sizes[i].1 > 0
+            && images[i].len() >= sizes[i].0 * sizes[i].1 * 3;
+        if !valid {
+            ob.fill(f32::NAN);
+            return;
+        }
+        let (h, w) = sizes[i];
+        let im = images[i];
+        for oy in 0..oh {
+            let (ny, yi, yw) = axis_taps(oy, oh, bx.y0, bx.y1, h, interp);
+            for ox in 0..ow {
+                let (nx, xi, xw) = axis_taps(ox, ow, bx.x0, bx.x1, w, interp);
+                let mut acc = [0.0f32; 3];
+                for j in 0..ny {
+                    let row = &im[yi[j] * w * 3..];
+                    let mut r = [0.0f32; 3];
+                    for k in 0..nx {
+                        let px = &row[xi[k] * 3..][..3];
                         for c in 0..3 {
-                            acc[c] += yw[j] * r[c];
+                            r[c] += xw[k] * px[c] as f32;
                         }
                     }
                     for c in 0..3 {
-                        ob[c * plane + oy * ow + ox] = (acc[c] / 255.0 - mean[c]) / std[c];
+                        acc[c] += yw[j] * r[c];
                     }
                 }
+                for c in 0..3 {
+                    ob[c * plane + oy * ow + ox] = (acc[c] / 255.0 - mean[c]) / std[c];
+                }
             }
-        });
+        }
+    });
 }
 
 /// CUDA launcher: kernels/crop_resize.cu, one launch for every box, as `crop_resize_cpu`.
@@ -168,22 +175,16 @@ pub fn crop_resize_cuda(
     image_table.expect_dtype(CudaDType::I32, "crop_resize_cuda image_table")?;
     boxes.expect_dtype(CudaDType::F32, "crop_resize_cuda boxes")?;
     if !out.dtype().is_float() {
-        return Err(Error::Device(format!(
-            "crop_resize_cuda: out is {:?}; expected a float dtype",
-            out.dtype()
-        )));
+        return Err(Error::Device(format!("crop_resize_cuda: out is {:?}; expected a float dtype", out.dtype())));
     }
     let (n, oh, ow) = (bs[0], os[2], os[3]);
     let total = out.numel() / 3;
     if total == 0 {
         return Ok(());
     }
-    let blocks = u32::try_from(total.div_ceil(256)).map_err(|_| Error::Shape(format!("crop_resize_cuda: {total} output pixels")))?;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let blocks = u32::try_from(total.div_ceil(256))
+        .map_err(|_| Error::Shape(format!("crop_resize_cuda: {total} output pixels")))?;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let name = format!("crop_resize_{}", out.dtype().suffix());
     gpu.launch(
         "crop_resize",
@@ -241,19 +242,11 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                             let (h, w) = (sizes[image].0 as f32, sizes[image].1 as f32);
                             let (x0, y0) = (rng.gen_range(-10.0..w * 0.7), rng.gen_range(-10.0..h * 0.7));
                             let (x1, y1) = (rng.gen_range(x0 + 4.0..w + 10.0), rng.gen_range(y0 + 4.0..h + 10.0));
-                            CropBox {
-                                image: image as u32,
-                                x0,
-                                y0,
-                                x1,
-                                y1,
-                            }
+                            CropBox { image: image as u32, x0, y0, x1, y1 }
                         })
                         .collect();
-                    let views: Vec<&[u8]> = table
-                        .chunks(3)
-                        .map(|t| &packed[t[0] as usize..][..(t[1] * t[2] * 3) as usize])
-                        .collect();
+                    let views: Vec<&[u8]> =
+                        table.chunks(3).map(|t| &packed[t[0] as usize..][..(t[1] * t[2] * 3) as usize]).collect();
                     let mut want = vec![0.0; n_boxes * 3 * oh * ow];
                     crop_resize_cpu(&views, &sizes, &boxes, oh, ow, interp, CLIP_MEAN, CLIP_STD, &mut want);
                     let flat: Vec<f32> = boxes.iter().flat_map(|b| [b.image as f32, b.x0, b.y0, b.x1, b.y1]).collect();
@@ -267,7 +260,9 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let g = gpu.clone();
                     Ok(CheckRun {
                         max_rel_err: err,
-                        launch: Box::new(move || crop_resize_cuda(&g, &id, &td, &bd, interp, CLIP_MEAN, CLIP_STD, &mut od)),
+                        launch: Box::new(move || {
+                            crop_resize_cuda(&g, &id, &td, &bd, interp, CLIP_MEAN, CLIP_STD, &mut od)
+                        }),
                         cublas: None,
                     })
                 }));
@@ -292,13 +287,7 @@ mod tests {
         let mean = [0.1, 0.2, 0.3];
         let std = [0.5, 0.25, 2.0];
         for interp in [CropInterp::Bilinear, CropInterp::Bicubic] {
-            let b = CropBox {
-                image: 0,
-                x0: 0.0,
-                y0: 0.0,
-                x1: w as f32,
-                y1: h as f32,
-            };
+            let b = CropBox { image: 0, x0: 0.0, y0: 0.0, x1: w as f32, y1: h as f32 };
             let mut out = vec![f32::NAN; 3 * h * w];
             crop_resize_cpu(&[&im], &[(h, w)], &[b], h, w, interp, mean, std, &mut out);
             for y in 0..h {
@@ -320,13 +309,7 @@ mod tests {
         let (h, w) = (4usize, 6usize);
         let im = image(h, w);
         let px = |y: usize, x: usize, c: usize| im[(y * w + x) * 3 + c] as f32;
-        let b = CropBox {
-            image: 0,
-            x0: 2.0,
-            y0: 1.0,
-            x1: 4.0,
-            y1: 3.0,
-        };
+        let b = CropBox { image: 0, x0: 2.0, y0: 1.0, x1: 4.0, y1: 3.0 };
         let mut out = vec![f32::NAN; 3 * 16];
         crop_resize_cpu(&[&im], &[(h, w)], &[b], 4, 4, CropInterp::Bilinear, [0.0; 3], [1.0; 3], &mut out);
         // Output (1, 2): crop (y 0.25, x 0.75) -> image rows 1, 2 and columns 2, 3.
@@ -355,13 +338,7 @@ mod tests {
     #[test]
     fn a_box_without_an_image_is_nan() {
         let im = image(3, 3);
-        let b = CropBox {
-            image: 1,
-            x0: 0.0,
-            y0: 0.0,
-            x1: 3.0,
-            y1: 3.0,
-        };
+        let b = CropBox { image: 1, x0: 0.0, y0: 0.0, x1: 3.0, y1: 3.0 };
         let mut out = vec![0.0; 3 * 4];
         crop_resize_cpu(&[&im], &[(3, 3)], &[b], 2, 2, CropInterp::Bilinear, [0.0; 3], [1.0; 3], &mut out);
         assert!(out.iter().all(|v| v.is_nan()));

@@ -64,7 +64,17 @@ pub fn dmar_propagate_cpu(w: &[f32], p: &[f32], mask: Option<&[bool]>, n: usize,
     let mut out = vec![0.0f32; n * c];
     // SAFETY: the views cover exactly w (n x n), src (n x c) and out (n x c).
     unsafe {
-        gemm_cpu(n, c, n, MatRef::row_major(w, n), MatRef::row_major(src, c), out.as_mut_ptr(), c as isize, false, true);
+        gemm_cpu(
+            n,
+            c,
+            n,
+            MatRef::row_major(w, n),
+            MatRef::row_major(src, c),
+            out.as_mut_ptr(),
+            c as isize,
+            false,
+            true,
+        );
     }
     out
 }
@@ -73,7 +83,13 @@ pub fn dmar_propagate_cpu(w: &[f32], p: &[f32], mask: Option<&[bool]>, n: usize,
 /// (as the CUDA transformer records them); w (B, N, N) f32 written. Per layer, a block per
 /// image takes the mean (f64), then one pass adds that layer's votes and (in `refine`) its
 /// values; a last pass divides.
-pub fn dmar_weights_cuda(gpu: &Gpu, maps: &[CudaTensor], vote_min: usize, refine: Range<usize>, w: &mut CudaTensor) -> Result<()> {
+pub fn dmar_weights_cuda(
+    gpu: &Gpu,
+    maps: &[CudaTensor],
+    vote_min: usize,
+    refine: Range<usize>,
+    w: &mut CudaTensor,
+) -> Result<()> {
     const WHAT: &str = "dmar_weights_cuda";
     let Some(first) = maps.first() else {
         return Err(Error::Shape(format!("{WHAT}: no attention maps")));
@@ -81,8 +97,17 @@ pub fn dmar_weights_cuda(gpu: &Gpu, maps: &[CudaTensor], vote_min: usize, refine
     let &[b, t, t2] = first.shape() else {
         return Err(Error::Shape(format!("{WHAT}: maps {:?}, expected (B, T, T)", first.shape())));
     };
-    if t != t2 || t < 2 || maps.iter().any(|m| m.shape() != first.shape()) || refine.end > maps.len() || refine.is_empty() {
-        return Err(Error::Shape(format!("{WHAT}: {} maps of {:?}, refine layers {refine:?}", maps.len(), first.shape())));
+    if t != t2
+        || t < 2
+        || maps.iter().any(|m| m.shape() != first.shape())
+        || refine.end > maps.len()
+        || refine.is_empty()
+    {
+        return Err(Error::Shape(format!(
+            "{WHAT}: {} maps of {:?}, refine layers {refine:?}",
+            maps.len(),
+            first.shape()
+        )));
     }
     let n = t - 1;
     if w.shape() != [b, n, n] {
@@ -95,7 +120,8 @@ pub fn dmar_weights_cuda(gpu: &Gpu, maps: &[CudaTensor], vote_min: usize, refine
     let votes = CudaTensor::empty(gpu, &[b, n, n], CudaDType::I32)?;
     let sum = CudaTensor::empty(gpu, &[b, n, n], CudaDType::F32)?;
     let ti = to_i32(t, "T")?;
-    let mean_cfg = cudarc::driver::LaunchConfig { grid_dim: (b as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let mean_cfg =
+        cudarc::driver::LaunchConfig { grid_dim: (b as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     for (l, map) in maps.iter().enumerate() {
         gpu.launch("dmar", "dmar_layer_mean_f32", mean_cfg, &[map.arg(gpu), theta.arg(gpu), ti])?;
         let args = [
@@ -110,7 +136,14 @@ pub fn dmar_weights_cuda(gpu: &Gpu, maps: &[CudaTensor], vote_min: usize, refine
         ];
         gpu.launch("dmar", "dmar_vote_accumulate_f32", grid_stride_config(total), &args)?;
     }
-    let args = [votes.arg(gpu), sum.arg(gpu), w.arg(gpu), to_i32(vote_min, "vote_min")?, (refine.len() as f32).into(), (total as i64).into()];
+    let args = [
+        votes.arg(gpu),
+        sum.arg(gpu),
+        w.arg(gpu),
+        to_i32(vote_min, "vote_min")?,
+        (refine.len() as f32).into(),
+        (total as i64).into(),
+    ];
     // theta, votes and sum are freed in stream order, after these launches.
     gpu.launch("dmar", "dmar_weights_finalize_f32", grid_stride_config(total), &args)
 }
@@ -118,12 +151,24 @@ pub fn dmar_weights_cuda(gpu: &Gpu, maps: &[CudaTensor], vote_min: usize, refine
 /// CUDA twin of `dmar_propagate_cpu` for a batch: w (B, N, N); p (B, R, C) f32 whose rows
 /// `p_row0 .. p_row0 + N` are the patches (TagCLIP's probabilities of all T tokens: R = T,
 /// p_row0 = 1); mask (B, N, C) u8 (0 = drop) or None; out (B, N, C) f32 written.
-pub fn dmar_propagate_cuda(gpu: &Gpu, w: &CudaTensor, p: &CudaTensor, p_row0: usize, mask: Option<&CudaTensor>, out: &mut CudaTensor) -> Result<()> {
+pub fn dmar_propagate_cuda(
+    gpu: &Gpu,
+    w: &CudaTensor,
+    p: &CudaTensor,
+    p_row0: usize,
+    mask: Option<&CudaTensor>,
+    out: &mut CudaTensor,
+) -> Result<()> {
     const WHAT: &str = "dmar_propagate_cuda";
     let (&[b, n, n2], &[pb, rows, c]) = (w.shape(), p.shape()) else {
         return Err(Error::Shape(format!("{WHAT}: w {:?}, p {:?}", w.shape(), p.shape())));
     };
-    if n != n2 || pb != b || p_row0 + n > rows || out.shape() != [b, n, c] || mask.is_some_and(|m| m.shape() != [b, n, c]) {
+    if n != n2
+        || pb != b
+        || p_row0 + n > rows
+        || out.shape() != [b, n, c]
+        || mask.is_some_and(|m| m.shape() != [b, n, c])
+    {
         return Err(Error::Shape(format!(
             "{WHAT}: w {:?}, p {:?} from row {p_row0}, mask {:?}, out {:?}",
             w.shape(),
@@ -172,7 +217,9 @@ pub fn random_attention_maps(rng: &mut rand::rngs::StdRng, layers: usize, b: usi
 pub fn gpu_checks() -> Vec<GpuCheck> {
     let f32 = CudaDType::F32;
     let mut checks = Vec::new();
-    for &(b, t, vote_min, r0, r1) in &[(2usize, 197usize, 4usize, 0usize, 12usize), (2, 1201, 4, 0, 12), (3, 37, 7, 3, 11)] {
+    for &(b, t, vote_min, r0, r1) in
+        &[(2usize, 197usize, 4usize, 0usize, 12usize), (2, 1201, 4, 0, 12), (3, 37, 7, 3, 11)]
+    {
         let (n, layers) = (t - 1, 12usize);
         let shape = format!("B={b} T={t} L={layers} vote_min={vote_min} refine={r0}..{r1}");
         let bytes = (layers * b * t * t * 4 * 3 + b * n * n * 4) as f64;
@@ -183,16 +230,23 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let per: Vec<&[f32]> = maps.iter().map(|m| &m[bi * t * t..(bi + 1) * t * t]).collect();
                 want.extend(dmar_weights_cpu(&per, t, vote_min, r0..r1));
             }
-            let dmaps = maps.iter().map(|m| CudaTensor::from_f32(gpu, &[b, t, t], m, f32)).collect::<Result<Vec<_>>>()?;
+            let dmaps =
+                maps.iter().map(|m| CudaTensor::from_f32(gpu, &[b, t, t], m, f32)).collect::<Result<Vec<_>>>()?;
             let mut w = CudaTensor::empty(gpu, &[b, n, n], f32)?;
             w.poison(gpu)?;
             dmar_weights_cuda(gpu, &dmaps, vote_min, r0..r1, &mut w)?;
             let err = max_rel_err(&w.to_f32_vec(gpu)?, &want);
             let g = gpu.clone();
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(move || dmar_weights_cuda(&g, &dmaps, vote_min, r0..r1, &mut w)), cublas: None })
+            Ok(CheckRun {
+                max_rel_err: err,
+                launch: Box::new(move || dmar_weights_cuda(&g, &dmaps, vote_min, r0..r1, &mut w)),
+                cublas: None,
+            })
         }));
     }
-    for &(b, n, c, masked) in &[(2usize, 1200usize, 103usize, false), (2, 1200, 103, true), (4, 196, 103, true), (3, 45, 7, true)] {
+    for &(b, n, c, masked) in
+        &[(2usize, 1200usize, 103usize, false), (2, 1200, 103, true), (4, 196, 103, true), (3, 45, 7, true)]
+    {
         let shape = format!("B={b} N={n} C={c} mask={masked}");
         let flops = (2 * b * n * n * c) as f64;
         checks.push(GpuCheck::new("dmar_propagate", shape, f32, Work::Flops(flops), move |gpu, rng| {
@@ -208,13 +262,21 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             }
             let wd = CudaTensor::from_f32(gpu, &[b, n, n], &w, f32)?;
             let pd = CudaTensor::from_f32(gpu, &[b, t, c], &p, f32)?;
-            let md = if masked { Some(CudaTensor::from_u8(gpu, &[b, n, c], &mask.iter().map(|&k| k as u8).collect::<Vec<_>>())?) } else { None };
+            let md = if masked {
+                Some(CudaTensor::from_u8(gpu, &[b, n, c], &mask.iter().map(|&k| k as u8).collect::<Vec<_>>())?)
+            } else {
+                None
+            };
             let mut out = CudaTensor::empty(gpu, &[b, n, c], f32)?;
             out.poison(gpu)?;
             dmar_propagate_cuda(gpu, &wd, &pd, 1, md.as_ref(), &mut out)?;
             let err = max_rel_err(&out.to_f32_vec(gpu)?, &want);
             let g = gpu.clone();
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(move || dmar_propagate_cuda(&g, &wd, &pd, 1, md.as_ref(), &mut out)), cublas: None })
+            Ok(CheckRun {
+                max_rel_err: err,
+                launch: Box::new(move || dmar_propagate_cuda(&g, &wd, &pd, 1, md.as_ref(), &mut out)),
+                cublas: None,
+            })
         }));
     }
     checks
@@ -232,7 +294,10 @@ mod tests {
         let bm: Vec<f32> = (0..16).map(|i| (i as f32 * 0.91).cos().abs()).collect();
         let w = dmar_weights_cpu(&[&a, &bm], t, 2, 0..2);
         let patch = |m: &[f32], i: usize, j: usize| m[(i + 1) * t + j + 1];
-        let mean = |m: &[f32]| (0..3).flat_map(|i| (0..3).map(move |j| (i, j))).map(|(i, j)| patch(m, i, j) as f64).sum::<f64>() as f32 / 9.0;
+        let mean = |m: &[f32]| {
+            (0..3).flat_map(|i| (0..3).map(move |j| (i, j))).map(|(i, j)| patch(m, i, j) as f64).sum::<f64>() as f32
+                / 9.0
+        };
         let (ta, tb) = (mean(&a), mean(&bm));
         for i in 0..3 {
             for j in 0..3 {

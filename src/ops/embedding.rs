@@ -23,7 +23,14 @@ pub fn token_embedding_cpu(ids: &[i32], t: usize, table: &[f32], pos: &[f32], c:
 
 /// CUDA launcher: kernels/embedding.cu. `ids_host` are the same ids as `ids` (B, T) i32 on the
 /// device; they are range-checked here, since a bad id would read outside the table.
-pub fn token_embedding_cuda(gpu: &Gpu, ids: &CudaTensor, ids_host: &[i32], table: &CudaTensor, pos: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
+pub fn token_embedding_cuda(
+    gpu: &Gpu,
+    ids: &CudaTensor,
+    ids_host: &[i32],
+    table: &CudaTensor,
+    pos: &CudaTensor,
+    out: &mut CudaTensor,
+) -> Result<()> {
     let (b, t) = match ids.shape() {
         [b, t] => (*b, *t),
         s => return Err(Error::Shape(format!("token_embedding_cuda: ids must be (B, T); got {s:?}"))),
@@ -47,7 +54,12 @@ pub fn token_embedding_cuda(gpu: &Gpu, ids: &CudaTensor, ids_host: &[i32], table
     let threads = (32 * c.div_ceil(32)).min(256) as u32;
     let cfg = LaunchConfig { grid_dim: ((b * t) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
     let name = format!("token_embedding_forward_{}", table.dtype().suffix());
-    gpu.launch("embedding", &name, cfg, &[ids.arg(gpu), table.arg(gpu), pos.arg(gpu), out.arg(gpu), to_i32(t, "T")?, to_i32(c, "C")?])
+    gpu.launch(
+        "embedding",
+        &name,
+        cfg,
+        &[ids.arg(gpu), table.arg(gpu), pos.arg(gpu), out.arg(gpu), to_i32(t, "T")?, to_i32(c, "C")?],
+    )
 }
 
 pub fn gpu_checks() -> Vec<GpuCheck> {
@@ -56,22 +68,32 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     for &(b, t, c, v) in &[(80usize, 77usize, 512usize, 49408usize), (3, 5, 33, 17)] {
         for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
             let bytes = (b * t * c * 3 * dtype.size_in_bytes()) as f64;
-            checks.push(GpuCheck::new("token_embedding_forward", format!("B={b} T={t} C={c} V={v}"), dtype, Work::Bytes(bytes), move |gpu, rng| {
-                let ids: Vec<i32> = (0..b * t).map(|_| rng.gen_range(0..v as i32)).collect();
-                let table = random_vec(rng, v * c, 1.0);
-                let pos = random_vec(rng, t * c, 0.1);
-                let mut want = vec![0.0; b * t * c];
-                token_embedding_cpu(&ids, t, &table, &pos, c, &mut want)?;
-                let idd = CudaTensor::from_i32(gpu, &[b, t], &ids)?;
-                let td = CudaTensor::from_f32(gpu, &[v, c], &table, dtype)?;
-                let pd = CudaTensor::from_f32(gpu, &[t, c], &pos, dtype)?;
-                let mut out = CudaTensor::empty(gpu, &[b, t, c], dtype)?;
-                out.poison(gpu)?;
-                token_embedding_cuda(gpu, &idd, &ids, &td, &pd, &mut out)?;
-                let err = max_rel_err(&out.to_f32_vec(gpu)?, &want);
-                let g = gpu.clone();
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || token_embedding_cuda(&g, &idd, &ids, &td, &pd, &mut out)), cublas: None })
-            }));
+            checks.push(GpuCheck::new(
+                "token_embedding_forward",
+                format!("B={b} T={t} C={c} V={v}"),
+                dtype,
+                Work::Bytes(bytes),
+                move |gpu, rng| {
+                    let ids: Vec<i32> = (0..b * t).map(|_| rng.gen_range(0..v as i32)).collect();
+                    let table = random_vec(rng, v * c, 1.0);
+                    let pos = random_vec(rng, t * c, 0.1);
+                    let mut want = vec![0.0; b * t * c];
+                    token_embedding_cpu(&ids, t, &table, &pos, c, &mut want)?;
+                    let idd = CudaTensor::from_i32(gpu, &[b, t], &ids)?;
+                    let td = CudaTensor::from_f32(gpu, &[v, c], &table, dtype)?;
+                    let pd = CudaTensor::from_f32(gpu, &[t, c], &pos, dtype)?;
+                    let mut out = CudaTensor::empty(gpu, &[b, t, c], dtype)?;
+                    out.poison(gpu)?;
+                    token_embedding_cuda(gpu, &idd, &ids, &td, &pd, &mut out)?;
+                    let err = max_rel_err(&out.to_f32_vec(gpu)?, &want);
+                    let g = gpu.clone();
+                    Ok(CheckRun {
+                        max_rel_err: err,
+                        launch: Box::new(move || token_embedding_cuda(&g, &idd, &ids, &td, &pd, &mut out)),
+                        cublas: None,
+                    })
+                },
+            ));
         }
     }
     checks

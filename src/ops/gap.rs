@@ -51,7 +51,14 @@ pub fn global_avg_pool_cuda(gpu: &Gpu, x: &CudaTensor, y: &mut CudaTensor) -> Re
 pub fn global_avg_pool_backward_cuda(gpu: &Gpu, dy: &CudaTensor, dx: &mut CudaTensor, accumulate: bool) -> Result<()> {
     let (_, hw) = gap_dims("global_avg_pool_backward_cuda", dx, dy)?;
     let total = dx.numel();
-    let args = [dy.arg(gpu), dx.arg(gpu), to_i32(hw, "HW")?, (1.0 / hw as f32).into(), (accumulate as i32).into(), (total as i64).into()];
+    let args = [
+        dy.arg(gpu),
+        dx.arg(gpu),
+        to_i32(hw, "HW")?,
+        (1.0 / hw as f32).into(),
+        (accumulate as i32).into(),
+        (total as i64).into(),
+    ];
     gpu.launch("gap", "gap_backward_f32", grid_stride_config(total), &args)
 }
 
@@ -64,18 +71,28 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         let (n, xs) = (planes * hw, [b, c, h, w]);
         let shape = format!("B={b} C={c} H={h} W={w}");
         let f32 = CudaDType::F32;
-        checks.push(GpuCheck::new("gap_forward", shape.clone(), f32, Work::Bytes(((n + planes) * 4) as f64), move |gpu, rng| {
-            let x = random_vec(rng, n, 1.0);
-            let mut y = vec![0.0; planes];
-            global_avg_pool_cpu(&x, hw, &mut y);
-            let xd = CudaTensor::from_f32(gpu, &xs, &x, f32)?;
-            let mut yd = CudaTensor::empty(gpu, &[b, c], f32)?;
-            yd.poison(gpu)?;
-            global_avg_pool_cuda(gpu, &xd, &mut yd)?;
-            let err = max_rel_err(&yd.to_f32_vec(gpu)?, &y);
-            let g = gpu.clone();
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(move || global_avg_pool_cuda(&g, &xd, &mut yd)), cublas: None })
-        }));
+        checks.push(GpuCheck::new(
+            "gap_forward",
+            shape.clone(),
+            f32,
+            Work::Bytes(((n + planes) * 4) as f64),
+            move |gpu, rng| {
+                let x = random_vec(rng, n, 1.0);
+                let mut y = vec![0.0; planes];
+                global_avg_pool_cpu(&x, hw, &mut y);
+                let xd = CudaTensor::from_f32(gpu, &xs, &x, f32)?;
+                let mut yd = CudaTensor::empty(gpu, &[b, c], f32)?;
+                yd.poison(gpu)?;
+                global_avg_pool_cuda(gpu, &xd, &mut yd)?;
+                let err = max_rel_err(&yd.to_f32_vec(gpu)?, &y);
+                let g = gpu.clone();
+                Ok(CheckRun {
+                    max_rel_err: err,
+                    launch: Box::new(move || global_avg_pool_cuda(&g, &xd, &mut yd)),
+                    cublas: None,
+                })
+            },
+        ));
         for accumulate in [false, true] {
             let bytes = ((n * if accumulate { 2 } else { 1 } + planes) * 4) as f64;
             let shape = format!("{shape} accumulate={accumulate}");
@@ -92,7 +109,11 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 global_avg_pool_backward_cuda(gpu, &dyd, &mut dxd, accumulate)?;
                 let err = max_rel_err(&dxd.to_f32_vec(gpu)?, &dx);
                 let g = gpu.clone();
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || global_avg_pool_backward_cuda(&g, &dyd, &mut dxd, accumulate)), cublas: None })
+                Ok(CheckRun {
+                    max_rel_err: err,
+                    launch: Box::new(move || global_avg_pool_backward_cuda(&g, &dyd, &mut dxd, accumulate)),
+                    cublas: None,
+                })
             }));
         }
     }

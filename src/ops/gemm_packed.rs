@@ -90,14 +90,7 @@ fn block_offset(kb: usize, panel: usize, k: usize, padded: usize, width: usize) 
 ///
 /// # Safety
 /// `src` must address every (i, p) with i < rows, p < k.
-unsafe fn pack_panels<const W: usize>(
-    rows: usize,
-    k: usize,
-    src: *const f32,
-    rs: usize,
-    cs: usize,
-    dst: &mut [f32],
-) {
+unsafe fn pack_panels<const W: usize>(rows: usize, k: usize, src: *const f32, rs: usize, cs: usize, dst: &mut [f32]) {
     let panels = rows.div_ceil(W);
     let padded = panels * W;
     debug_assert_eq!(dst.len(), padded * k);
@@ -116,14 +109,9 @@ unsafe fn pack_panels<const W: usize>(
     let jobs = kblocks * panels;
     // Packing is a memory pass: only worth threads when there is a lot of it.
     if rows * k >= 1 << 16 {
-        (0..jobs)
-            .into_par_iter()
-            .map(|j| (j / panels, j % panels))
-            .for_each(pack_one);
+        (0..jobs).into_par_iter().map(|j| (j / panels, j % panels)).for_each(pack_one);
     } else {
-        (0..jobs)
-            .map(|j| (j / panels, j % panels))
-            .for_each(pack_one);
+        (0..jobs).map(|j| (j / panels, j % panels)).for_each(pack_one);
     }
 }
 
@@ -135,14 +123,7 @@ unsafe fn pack_panels<const W: usize>(
 /// # Safety
 /// As `pack_panels`, for this block; `out` must hold kc x W values.
 #[inline(always)]
-unsafe fn pack_block<const W: usize>(
-    src: *const f32,
-    rs: usize,
-    cs: usize,
-    valid: usize,
-    kc: usize,
-    out: *mut f32,
-) {
+unsafe fn pack_block<const W: usize>(src: *const f32, rs: usize, cs: usize, valid: usize, kc: usize, out: *mut f32) {
     if valid == W && cs == 1 {
         let rows: [*const f32; W] = std::array::from_fn(|i| src.add(i * rs));
         for p in 0..kc {
@@ -170,12 +151,7 @@ unsafe fn pack_block<const W: usize>(
 
 /// A row-major (rows, k) matrix packed into `W`-row panels, in fresh aligned storage.
 fn pack_row_major<const W: usize>(src: &[f32], rows: usize, k: usize, what: &str) -> AlignedBuf {
-    assert_eq!(
-        src.len(),
-        rows * k,
-        "{what}: {} values for ({rows}, {k})",
-        src.len()
-    );
+    assert_eq!(src.len(), rows * k, "{what}: {} values for ({rows}, {k})", src.len());
     let mut buf = AlignedBuf::zeroed(rows.div_ceil(W) * W * k);
     // SAFETY: src is (rows x k) row-major, checked above.
     unsafe { pack_panels::<W>(rows, k, src.as_ptr(), k, 1, buf.as_mut_slice()) };
@@ -194,11 +170,7 @@ impl PackedB {
     /// From a linear layer's weight w (N, K), row-major: B = w^T.
     pub fn from_linear_weight(w: &[f32], n: usize, k: usize) -> PackedB {
         // B^T = w is (n x k) row-major: its rows are B's columns.
-        PackedB {
-            k,
-            n,
-            buf: pack_row_major::<NR>(w, n, k, "PackedB::from_linear_weight"),
-        }
+        PackedB { k, n, buf: pack_row_major::<NR>(w, n, k, "PackedB::from_linear_weight") }
     }
 
     pub fn k(&self) -> usize {
@@ -220,11 +192,7 @@ pub struct PackedA {
 impl PackedA {
     /// From a row-major (M, K) matrix.
     pub fn from_row_major(a: &[f32], m: usize, k: usize) -> PackedA {
-        PackedA {
-            m,
-            k,
-            buf: pack_row_major::<MR>(a, m, k, "PackedA::from_row_major"),
-        }
+        PackedA { m, k, buf: pack_row_major::<MR>(a, m, k, "PackedA::from_row_major") }
     }
 
     pub fn m(&self) -> usize {
@@ -258,12 +226,7 @@ pub struct Epilogue<'a> {
 
 impl Default for Epilogue<'_> {
     fn default() -> Self {
-        Epilogue {
-            bias: Bias::None,
-            accumulate: false,
-            relu: false,
-            act: None,
-        }
+        Epilogue { bias: Bias::None, accumulate: false, relu: false, act: None }
     }
 }
 
@@ -319,14 +282,7 @@ unsafe fn act_tile_avx2(act: Activation, c: *mut f32, c_rs: usize, rows: usize, 
 ///
 /// # Safety
 /// `a` holds kc x MR, `b` kc x NR values, `c` addresses an MR x NR tile.
-unsafe fn kernel_portable(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    c_rs: usize,
-    st: Store,
-) {
+unsafe fn kernel_portable(kc: usize, a: *const f32, b: *const f32, c: *mut f32, c_rs: usize, st: Store) {
     let mut acc = [[0.0f32; NR]; MR];
     for p in 0..kc {
         let bp = std::slice::from_raw_parts(b.add(p * NR), NR);
@@ -359,14 +315,7 @@ unsafe fn kernel_portable(
 /// As `kernel_portable`, and the CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    c_rs: usize,
-    st: Store,
-) {
+unsafe fn kernel_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, c_rs: usize, st: Store) {
     use std::arch::x86_64::*;
     // C's rows come from L2/L3 (the tile was last touched one KC block ago): ask for them
     // now, so the loads at the store do not stall.
@@ -417,17 +366,11 @@ fn pick_kernel(portable: bool) -> Kernel {
     #[cfg(target_arch = "x86_64")]
     {
         if !portable && packed_gemm_available() {
-            return Kernel {
-                micro: kernel_avx2,
-                act: act_tile_avx2,
-            };
+            return Kernel { micro: kernel_avx2, act: act_tile_avx2 };
         }
     }
     let _ = portable;
-    Kernel {
-        micro: kernel_portable,
-        act: act_tile_portable,
-    }
+    Kernel { micro: kernel_portable, act: act_tile_portable }
 }
 
 /// A view of C: element (i, j) at `ptr[i * rs + j]`.
@@ -457,11 +400,7 @@ unsafe fn run(
     let (m_pad, n_pad) = (m_panels * MR, n_panels * NR);
     let kblocks = k.div_ceil(KC);
     // An equal number of chunks per thread, each at most NC_PANELS wide.
-    let threads = if parallel {
-        rayon::current_num_threads().max(1)
-    } else {
-        1
-    };
+    let threads = if parallel { rayon::current_num_threads().max(1) } else { 1 };
     let rounds = n_panels.div_ceil(threads * NC_PANELS).max(1);
     let chunk = n_panels.div_ceil(threads * rounds).max(1);
     let chunks = n_panels.div_ceil(chunk);
@@ -511,12 +450,7 @@ unsafe fn tile(
     let cp = c.ptr.get().add(i0 * c.rs + j0);
     let mut bias_col_pad = [0.0f32; NR];
     let mut bias_row_pad = [0.0f32; MR];
-    let mut st = Store {
-        load_c,
-        bias_col: std::ptr::null(),
-        bias_row: std::ptr::null(),
-        relu: last && ep.relu,
-    };
+    let mut st = Store { load_c, bias_col: std::ptr::null(), bias_row: std::ptr::null(), relu: last && ep.relu };
     if last {
         match ep.bias {
             Bias::None => {}
@@ -538,11 +472,7 @@ unsafe fn tile(
         let mut scratch = [0.0f32; MR * NR];
         if load_c {
             for i in 0..rows {
-                std::ptr::copy_nonoverlapping(
-                    cp.add(i * c.rs),
-                    scratch.as_mut_ptr().add(i * NR),
-                    cols,
-                );
+                std::ptr::copy_nonoverlapping(cp.add(i * c.rs), scratch.as_mut_ptr().add(i * NR), cols);
             }
         }
         (kernel.micro)(kc, ap, bp, scratch.as_mut_ptr(), NR, st);
@@ -616,21 +546,8 @@ pub unsafe fn gemm_packed_ab_cpu(
     if m == 0 || n == 0 {
         return;
     }
-    let c = COut {
-        ptr: SendPtr(c),
-        rs: c_rs,
-    };
-    run(
-        m,
-        n,
-        k,
-        w.buf.as_slice(),
-        b_packed,
-        c,
-        ep,
-        parallel,
-        pick_kernel(false),
-    );
+    let c = COut { ptr: SendPtr(c), rs: c_rs };
+    run(m, n, k, w.buf.as_slice(), b_packed, c, ep, parallel, pick_kernel(false));
 }
 
 /// y (rows x N) = epilogue(x (rows x K) @ w^T) with w packed: a linear layer.
@@ -641,18 +558,8 @@ pub fn linear_packed_cpu(x: &[f32], w: &PackedB, ep: &Epilogue, y: &mut [f32]) {
 fn linear_packed_with(x: &[f32], w: &PackedB, ep: &Epilogue, y: &mut [f32], portable: bool) {
     let (k, n) = (w.k, w.n);
     let rows = x.len() / k.max(1);
-    assert_eq!(
-        x.len(),
-        rows * k,
-        "linear_packed_cpu: x of {} values for K = {k}",
-        x.len()
-    );
-    assert_eq!(
-        y.len(),
-        rows * n,
-        "linear_packed_cpu: y of {} values for ({rows}, {n})",
-        y.len()
-    );
+    assert_eq!(x.len(), rows * k, "linear_packed_cpu: x of {} values for K = {k}", x.len());
+    assert_eq!(y.len(), rows * n, "linear_packed_cpu: y of {} values for ({rows}, {n})", y.len());
     check_bias(ep, rows, n);
     if rows == 0 || n == 0 {
         return;
@@ -662,21 +569,8 @@ fn linear_packed_with(x: &[f32], w: &PackedB, ep: &Epilogue, y: &mut [f32], port
         // borrow, so it aliases neither operand.
         unsafe {
             pack_panels::<MR>(rows, k, x.as_ptr(), k, 1, a);
-            let c = COut {
-                ptr: SendPtr(y.as_mut_ptr()),
-                rs: n,
-            };
-            run(
-                rows,
-                n,
-                k,
-                a,
-                w.buf.as_slice(),
-                c,
-                ep,
-                true,
-                pick_kernel(portable),
-            );
+            let c = COut { ptr: SendPtr(y.as_mut_ptr()), rs: n };
+            run(rows, n, k, a, w.buf.as_slice(), c, ep, true, pick_kernel(portable));
         }
     });
 }
@@ -707,18 +601,8 @@ pub unsafe fn gemm_packed_a_cpu(
 
 fn check_bias(ep: &Epilogue, m: usize, n: usize) {
     match ep.bias {
-        Bias::PerColumn(b) => assert_eq!(
-            b.len(),
-            n,
-            "packed GEMM: column bias of {} for {n} columns",
-            b.len()
-        ),
-        Bias::PerRow(b) => assert_eq!(
-            b.len(),
-            m,
-            "packed GEMM: row bias of {} for {m} rows",
-            b.len()
-        ),
+        Bias::PerColumn(b) => assert_eq!(b.len(), n, "packed GEMM: column bias of {} for {n} columns", b.len()),
+        Bias::PerRow(b) => assert_eq!(b.len(), m, "packed GEMM: row bias of {} for {m} rows", b.len()),
         Bias::None => {}
     }
 }
@@ -734,15 +618,7 @@ mod tests {
 
     /// The definition in f64: act([c +] a (m x k) @ b (k x n) + bias).
     #[allow(clippy::too_many_arguments)]
-    fn naive(
-        m: usize,
-        n: usize,
-        k: usize,
-        a: &[f32],
-        b: &[f32],
-        c0: &[f32],
-        ep: &Epilogue,
-    ) -> Vec<f32> {
+    fn naive(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c0: &[f32], ep: &Epilogue) -> Vec<f32> {
         let mut c = vec![0.0f32; m * n];
         for i in 0..m {
             for j in 0..n {
@@ -782,19 +658,11 @@ mod tests {
             worst = worst.max(d / (1.0 + w.abs() as f64));
         }
         let rel = (num / den.max(1e-30)).sqrt();
-        assert!(
-            rel <= 1e-5 && worst <= 1e-5,
-            "{what}: rel {rel:e}, worst {worst:e}"
-        );
+        assert!(rel <= 1e-5 && worst <= 1e-5, "{what}: rel {rel:e}, worst {worst:e}");
     }
 
     fn epilogue(bias: Bias, accumulate: bool, relu: bool, act: Option<Activation>) -> Epilogue {
-        Epilogue {
-            bias,
-            accumulate,
-            relu,
-            act,
-        }
+        Epilogue { bias, accumulate, relu, act }
     }
 
     const SHAPES: &[(usize, usize, usize)] = &[
@@ -832,17 +700,9 @@ mod tests {
             for (e, ep) in eps.iter().enumerate() {
                 let want = naive(m, n, k, &x, &wt, &c0, ep);
                 for portable in [false, true] {
-                    let mut y = if ep.accumulate {
-                        c0.clone()
-                    } else {
-                        vec![f32::NAN; m * n]
-                    };
+                    let mut y = if ep.accumulate { c0.clone() } else { vec![f32::NAN; m * n] };
                     linear_packed_with(&x, &packed, ep, &mut y, portable);
-                    check(
-                        &y,
-                        &want,
-                        &format!("linear ({m}, {n}, {k}) epilogue {e} portable {portable}"),
-                    );
+                    check(&y, &want, &format!("linear ({m}, {n}, {k}) epilogue {e} portable {portable}"));
                 }
             }
         }
@@ -856,20 +716,15 @@ mod tests {
             // b with a row stride wider than n: a band of a wider matrix.
             let b_rs = n + 3;
             let b_wide = rand_vec(k * b_rs, &mut rng);
-            let b: Vec<f32> = (0..k * n)
-                .map(|idx| b_wide[(idx / n) * b_rs + idx % n])
-                .collect();
+            let b: Vec<f32> = (0..k * n).map(|idx| b_wide[(idx / n) * b_rs + idx % n]).collect();
             let bias = rand_vec(m, &mut rng);
             let c0 = rand_vec(m * n, &mut rng);
             let packed = PackedA::from_row_major(&w, m, k);
             let row = Bias::PerRow(&bias);
-            for (e, ep) in [
-                epilogue(row, false, true, None),
-                epilogue(row, true, true, None),
-                epilogue(row, false, false, None),
-            ]
-            .iter()
-            .enumerate()
+            for (e, ep) in
+                [epilogue(row, false, true, None), epilogue(row, true, true, None), epilogue(row, false, false, None)]
+                    .iter()
+                    .enumerate()
             {
                 let want = naive(m, n, k, &w, &b, &c0, ep);
                 for parallel in [false, true] {
@@ -878,33 +733,12 @@ mod tests {
                     let mut c = vec![-7.0f32; m * c_rs];
                     for i in 0..m {
                         for j in 0..n {
-                            c[i * c_rs + j] = if ep.accumulate {
-                                c0[i * n + j]
-                            } else {
-                                f32::NAN
-                            };
+                            c[i * c_rs + j] = if ep.accumulate { c0[i * n + j] } else { f32::NAN };
                         }
                     }
-                    unsafe {
-                        gemm_packed_a_cpu(
-                            &packed,
-                            n,
-                            b_wide.as_ptr(),
-                            b_rs,
-                            c.as_mut_ptr(),
-                            c_rs,
-                            ep,
-                            parallel,
-                        )
-                    };
-                    let got: Vec<f32> = (0..m * n)
-                        .map(|idx| c[(idx / n) * c_rs + idx % n])
-                        .collect();
-                    check(
-                        &got,
-                        &want,
-                        &format!("packed A ({m}, {n}, {k}) epilogue {e} parallel {parallel}"),
-                    );
+                    unsafe { gemm_packed_a_cpu(&packed, n, b_wide.as_ptr(), b_rs, c.as_mut_ptr(), c_rs, ep, parallel) };
+                    let got: Vec<f32> = (0..m * n).map(|idx| c[(idx / n) * c_rs + idx % n]).collect();
+                    check(&got, &want, &format!("packed A ({m}, {n}, {k}) epilogue {e} parallel {parallel}"));
                     assert!(
                         (0..m).all(|i| c[i * c_rs + n..(i + 1) * c_rs].iter().all(|&v| v == -7.0)),
                         "margin overwritten"

@@ -37,7 +37,14 @@ pub fn resize_positional_grid(table: &[f32], c: usize, g: usize, gh: usize, gw: 
 /// CUDA launcher: kernels/interpolate.cu, as `resize_positional_grid`. table (1 + g*g, C) f32;
 /// out (1 + gh*gw, C) in any float dtype (f32 to feed `vit_tokens_cuda` / `attnpool_tokens_cuda`,
 /// which take the positional table in f32). At gh = gw = g the result is an exact copy.
-pub fn resize_positional_grid_cuda(gpu: &Gpu, table: &CudaTensor, g: usize, gh: usize, gw: usize, out: &mut CudaTensor) -> Result<()> {
+pub fn resize_positional_grid_cuda(
+    gpu: &Gpu,
+    table: &CudaTensor,
+    g: usize,
+    gh: usize,
+    gw: usize,
+    out: &mut CudaTensor,
+) -> Result<()> {
     let ts = table.shape();
     let c = if ts.len() == 2 { ts[1] } else { 0 };
     if ts != [1 + g * g, c] || out.shape() != [1 + gh * gw, c] || g == 0 || gh == 0 || gw == 0 {
@@ -48,7 +55,10 @@ pub fn resize_positional_grid_cuda(gpu: &Gpu, table: &CudaTensor, g: usize, gh: 
     }
     table.expect_dtype(CudaDType::F32, "resize_positional_grid_cuda table")?;
     if !out.dtype().is_float() {
-        return Err(Error::Device(format!("resize_positional_grid_cuda: out is {:?}; expected a float dtype", out.dtype())));
+        return Err(Error::Device(format!(
+            "resize_positional_grid_cuda: out is {:?}; expected a float dtype",
+            out.dtype()
+        )));
     }
     let total = out.numel();
     if total == 0 {
@@ -70,20 +80,37 @@ pub fn resize_positional_grid_cuda(gpu: &Gpu, table: &CudaTensor, g: usize, gh: 
 /// downscale, every output dtype.
 pub fn gpu_checks() -> Vec<GpuCheck> {
     let mut checks = Vec::new();
-    for &(c, g, gh, gw) in &[(768usize, 14usize, 16usize, 16usize), (768, 14, 20, 12), (768, 7, 14, 14), (2048, 7, 9, 9), (768, 14, 14, 14), (37, 9, 4, 5)] {
+    for &(c, g, gh, gw) in &[
+        (768usize, 14usize, 16usize, 16usize),
+        (768, 14, 20, 12),
+        (768, 7, 14, 14),
+        (2048, 7, 9, 9),
+        (768, 14, 14, 14),
+        (37, 9, 4, 5),
+    ] {
         for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
             let bytes = ((1 + g * g) * c * 4 + (1 + gh * gw) * c * dtype.size_in_bytes()) as f64;
-            checks.push(GpuCheck::new("resize_positional_grid", format!("C={c} {g}x{g} -> {gh}x{gw}"), dtype, Work::Bytes(bytes), move |gpu, rng| {
-                let table = random_vec(rng, (1 + g * g) * c, 1.0);
-                let want = resize_positional_grid(&table, c, g, gh, gw);
-                let td = CudaTensor::from_f32(gpu, &[1 + g * g, c], &table, CudaDType::F32)?;
-                let mut od = CudaTensor::empty(gpu, &[1 + gh * gw, c], dtype)?;
-                od.poison(gpu)?;
-                resize_positional_grid_cuda(gpu, &td, g, gh, gw, &mut od)?;
-                let err = max_rel_err(&od.to_f32_vec(gpu)?, &want);
-                let gp = gpu.clone();
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || resize_positional_grid_cuda(&gp, &td, g, gh, gw, &mut od)), cublas: None })
-            }));
+            checks.push(GpuCheck::new(
+                "resize_positional_grid",
+                format!("C={c} {g}x{g} -> {gh}x{gw}"),
+                dtype,
+                Work::Bytes(bytes),
+                move |gpu, rng| {
+                    let table = random_vec(rng, (1 + g * g) * c, 1.0);
+                    let want = resize_positional_grid(&table, c, g, gh, gw);
+                    let td = CudaTensor::from_f32(gpu, &[1 + g * g, c], &table, CudaDType::F32)?;
+                    let mut od = CudaTensor::empty(gpu, &[1 + gh * gw, c], dtype)?;
+                    od.poison(gpu)?;
+                    resize_positional_grid_cuda(gpu, &td, g, gh, gw, &mut od)?;
+                    let err = max_rel_err(&od.to_f32_vec(gpu)?, &want);
+                    let gp = gpu.clone();
+                    Ok(CheckRun {
+                        max_rel_err: err,
+                        launch: Box::new(move || resize_positional_grid_cuda(&gp, &td, g, gh, gw, &mut od)),
+                        cublas: None,
+                    })
+                },
+            ));
         }
     }
     checks
@@ -91,7 +118,16 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
 
 /// y (C, ho, wo) from x (C, h, w).
 #[allow(clippy::too_many_arguments)]
-pub fn bilinear_resize_cpu(x: &[f32], c: usize, h: usize, w: usize, ho: usize, wo: usize, align_corners: bool, y: &mut [f32]) {
+pub fn bilinear_resize_cpu(
+    x: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+    align_corners: bool,
+    y: &mut [f32],
+) {
     // Source coordinate of output index `o` along an axis of `n_in` -> `n_out`.
     let coord = |o: usize, n_in: usize, n_out: usize| -> (usize, usize, f32) {
         let src = if align_corners {

@@ -43,7 +43,14 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor
 
 /// CUDA launcher: kernels/layernorm.cu, one block per row. `x`, `y`: (rows, C) in the same
 /// float dtype; `w`, `b`: (C,) f32.
-pub fn layer_norm_cuda(gpu: &Gpu, x: &CudaTensor, w: &CudaTensor, b: &CudaTensor, eps: f32, y: &mut CudaTensor) -> Result<()> {
+pub fn layer_norm_cuda(
+    gpu: &Gpu,
+    x: &CudaTensor,
+    w: &CudaTensor,
+    b: &CudaTensor,
+    eps: f32,
+    y: &mut CudaTensor,
+) -> Result<()> {
     let c = *x.shape().last().unwrap_or(&0);
     if w.shape() != [c] || b.shape() != [c] || y.shape() != x.shape() || c == 0 {
         return Err(Error::Shape(format!(
@@ -71,23 +78,33 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     for &(rows, c) in &[(8 * 197usize, 768usize), (8 * 50, 768), (77 * 4, 512), (1200, 1024), (33, 37)] {
         for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
             let bytes = (rows * c * 2 * dtype.size_in_bytes()) as f64;
-            checks.push(GpuCheck::new("layernorm_forward", format!("rows={rows} C={c}"), dtype, Work::Bytes(bytes), move |gpu, rng| {
-                // Offset rows: LayerNorm must not lose precision to a large mean.
-                let x: Vec<f32> = dtype.round(random_vec(rng, rows * c, 2.0).iter().map(|v| v + 3.0).collect());
-                let w: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
-                let b = random_vec(rng, c, 0.5);
-                let mut want = vec![0.0; rows * c];
-                layer_norm_cpu(&x, &w, &b, 1e-5, &mut want);
-                let xd = CudaTensor::from_f32(gpu, &[rows, c], &x, dtype)?;
-                let wd = CudaTensor::from_f32(gpu, &[c], &w, CudaDType::F32)?;
-                let bd = CudaTensor::from_f32(gpu, &[c], &b, CudaDType::F32)?;
-                let mut yd = CudaTensor::empty(gpu, &[rows, c], dtype)?;
-                yd.poison(gpu)?;
-                layer_norm_cuda(gpu, &xd, &wd, &bd, 1e-5, &mut yd)?;
-                let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
-                let g = gpu.clone();
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || layer_norm_cuda(&g, &xd, &wd, &bd, 1e-5, &mut yd)), cublas: None })
-            }));
+            checks.push(GpuCheck::new(
+                "layernorm_forward",
+                format!("rows={rows} C={c}"),
+                dtype,
+                Work::Bytes(bytes),
+                move |gpu, rng| {
+                    // Offset rows: LayerNorm must not lose precision to a large mean.
+                    let x: Vec<f32> = dtype.round(random_vec(rng, rows * c, 2.0).iter().map(|v| v + 3.0).collect());
+                    let w: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
+                    let b = random_vec(rng, c, 0.5);
+                    let mut want = vec![0.0; rows * c];
+                    layer_norm_cpu(&x, &w, &b, 1e-5, &mut want);
+                    let xd = CudaTensor::from_f32(gpu, &[rows, c], &x, dtype)?;
+                    let wd = CudaTensor::from_f32(gpu, &[c], &w, CudaDType::F32)?;
+                    let bd = CudaTensor::from_f32(gpu, &[c], &b, CudaDType::F32)?;
+                    let mut yd = CudaTensor::empty(gpu, &[rows, c], dtype)?;
+                    yd.poison(gpu)?;
+                    layer_norm_cuda(gpu, &xd, &wd, &bd, 1e-5, &mut yd)?;
+                    let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
+                    let g = gpu.clone();
+                    Ok(CheckRun {
+                        max_rel_err: err,
+                        launch: Box::new(move || layer_norm_cuda(&g, &xd, &wd, &bd, 1e-5, &mut yd)),
+                        cublas: None,
+                    })
+                },
+            ));
         }
     }
     checks

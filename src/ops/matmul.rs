@@ -58,14 +58,9 @@ pub unsafe fn gemm_cpu(
     accumulate: bool,
     parallel: bool,
 ) {
-    let par = if parallel {
-        Parallelism::Rayon(rayon::current_num_threads().max(1))
-    } else {
-        Parallelism::None
-    };
+    let par = if parallel { Parallelism::Rayon(rayon::current_num_threads().max(1)) } else { Parallelism::None };
     gemm::gemm(
-        m, n, k, c, 1, c_rs, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0f32, 1.0f32,
-        false, false, false, par,
+        m, n, k, c, 1, c_rs, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0f32, 1.0f32, false, false, false, par,
     );
 }
 
@@ -444,7 +439,8 @@ fn linear_cublas(
     let blas = gpu.cublas()?;
     // cuBLAS takes 32-bit sizes: refuse what does not fit rather than wrap.
     let as_i32 = |v: usize, what: &str| {
-        i32::try_from(v).map_err(|_| Error::Shape(format!("linear_cuda (cuBLAS): {what} = {v} does not fit a 32-bit int")))
+        i32::try_from(v)
+            .map_err(|_| Error::Shape(format!("linear_cuda (cuBLAS): {what} = {v} does not fit a 32-bit int")))
     };
     let (m, n, k) = (as_i32(d.m, "M")?, as_i32(d.n, "N")?, as_i32(d.k, "K")?);
     fn cfg<T>(m: i32, n: i32, k: i32, alpha: T, beta: T) -> GemmConfig<T> {
@@ -465,8 +461,12 @@ fn linear_cublas(
     let done = unsafe {
         match (w.buf()?, x.buf()?, y.buf_mut()?) {
             (CudaBuf::F32(a), CudaBuf::F32(b), CudaBuf::F32(c)) => blas.gemm(cfg(m, n, k, 1.0f32, 0.0f32), a, b, c),
-            (CudaBuf::BF16(a), CudaBuf::BF16(b), CudaBuf::BF16(c)) => blas.gemm(cfg(m, n, k, bf16::ONE, bf16::ZERO), a, b, c),
-            (CudaBuf::F16(a), CudaBuf::F16(b), CudaBuf::F16(c)) => blas.gemm(cfg(m, n, k, f16::ONE, f16::ZERO), a, b, c),
+            (CudaBuf::BF16(a), CudaBuf::BF16(b), CudaBuf::BF16(c)) => {
+                blas.gemm(cfg(m, n, k, bf16::ONE, bf16::ZERO), a, b, c)
+            }
+            (CudaBuf::F16(a), CudaBuf::F16(b), CudaBuf::F16(c)) => {
+                blas.gemm(cfg(m, n, k, f16::ONE, f16::ZERO), a, b, c)
+            }
             _ => return Err(Error::Device(format!("linear_cuda (cuBLAS): dtype {:?}", x.dtype()))),
         }
     };
@@ -578,7 +578,13 @@ fn gather_rows(v: &[f32], cols: usize, rows: &[usize]) -> Vec<f32> {
 
 /// Runs one case on `gpu` (whose backend it uses) against the CPU, and returns the launch;
 /// with `with_cublas`, also the same work through cuBLAS for the "% of cuBLAS" column.
-fn run_linear_check(gpu: &std::sync::Arc<Gpu>, rng: &mut StdRng, c: LinearCase, dtype: CudaDType, with_cublas: bool) -> Result<CheckRun> {
+fn run_linear_check(
+    gpu: &std::sync::Arc<Gpu>,
+    rng: &mut StdRng,
+    c: LinearCase,
+    dtype: CudaDType,
+    with_cublas: bool,
+) -> Result<CheckRun> {
     let LinearCase { m, n, k, .. } = c;
     // w scaled by 1/sqrt(K) keeps outputs O(1), where GELU / QuickGELU are curved.
     let x = dtype.round(random_vec(rng, m * k, 1.0));
@@ -640,7 +646,9 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         case(520, 24, 40, true, Epilogue::None, true),        // the smallest M on 128x128 tiles
     ];
     let mut checks = Vec::new();
-    for (cases, backend) in [(&vit[..], GemmBackend::Native), (&odd[..], GemmBackend::Native), (&odd[..], GemmBackend::Cublas)] {
+    for (cases, backend) in
+        [(&vit[..], GemmBackend::Native), (&odd[..], GemmBackend::Native), (&odd[..], GemmBackend::Cublas)]
+    {
         for &c in cases {
             for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
                 let op = if backend == GemmBackend::Cublas { "linear_cublas" } else { "linear" };
@@ -655,9 +663,13 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     for (m, n, epilogue) in [(33, 37, Epilogue::QuickGelu), (130, 70, Epilogue::Gelu), (5, 300, Epilogue::Relu)] {
         for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
             let work = Work::Bytes((m * n * 3 * dtype.size_in_bytes()) as f64);
-            checks.push(GpuCheck::new("bias_act_residual", format!("M={m} N={n} {epilogue:?}"), dtype, work, move |gpu, rng| {
-                run_bias_act_residual_check(gpu, rng, (m, n), epilogue, dtype)
-            }));
+            checks.push(GpuCheck::new(
+                "bias_act_residual",
+                format!("M={m} N={n} {epilogue:?}"),
+                dtype,
+                work,
+                move |gpu, rng| run_bias_act_residual_check(gpu, rng, (m, n), epilogue, dtype),
+            ));
         }
     }
     checks
@@ -679,7 +691,9 @@ mod epilogue_tests {
         let b: Vec<f32> = (0..n).map(|_| rng.gen_range(-0.5..0.5)).collect();
         let r: Vec<f32> = (0..m * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
         for epilogue in [Epilogue::None, Epilogue::QuickGelu, Epilogue::Gelu, Epilogue::Relu] {
-            for (bias, residual) in [(None, None), (Some(&b[..]), None), (Some(&b[..]), Some(&r[..])), (None, Some(&r[..]))] {
+            for (bias, residual) in
+                [(None, None), (Some(&b[..]), None), (Some(&b[..]), Some(&r[..])), (None, Some(&r[..]))]
+            {
                 let mut y = vec![f32::NAN; m * n];
                 linear_epilogue_cpu(&x, &w, bias, epilogue, residual, &mut y, k);
                 for i in 0..m {
@@ -694,7 +708,12 @@ mod epilogue_tests {
                         };
                         let want = act + residual.map_or(0.0, |r| r[i * n + j] as f64);
                         let got = y[i * n + j] as f64;
-                        assert!((got - want).abs() < 1e-5, "{epilogue:?} bias {} residual {} ({i},{j}): {got} vs {want}", bias.is_some(), residual.is_some());
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "{epilogue:?} bias {} residual {} ({i},{j}): {got} vs {want}",
+                            bias.is_some(),
+                            residual.is_some()
+                        );
                     }
                 }
             }

@@ -21,7 +21,10 @@ pub struct MaxPoolShape {
 
 impl MaxPoolShape {
     pub fn out_hw(&self) -> (usize, usize) {
-        ((self.h + 2 * self.pad - self.kernel) / self.stride + 1, (self.w + 2 * self.pad - self.kernel) / self.stride + 1)
+        (
+            (self.h + 2 * self.pad - self.kernel) / self.stride + 1,
+            (self.w + 2 * self.pad - self.kernel) / self.stride + 1,
+        )
     }
 }
 
@@ -62,12 +65,14 @@ pub fn max_pool2d_cpu(x: &[f32], s: &MaxPoolShape, y: &mut [f32], argmax: &mut [
 /// dx (planes, H, W) = scatter-add of dy (planes, Ho, Wo) to the saved argmax (overwrites dx).
 pub fn max_pool2d_backward_cpu(dy: &[f32], argmax: &[u32], s: &MaxPoolShape, dx: &mut [f32]) {
     let (ho, wo) = s.out_hw();
-    dx.par_chunks_mut(s.h * s.w).zip(dy.par_chunks(ho * wo)).zip(argmax.par_chunks(ho * wo)).for_each(|((dxp, dyp), ap)| {
-        dxp.fill(0.0);
-        for (&g, &i) in dyp.iter().zip(ap) {
-            dxp[i as usize] += g;
-        }
-    });
+    dx.par_chunks_mut(s.h * s.w).zip(dy.par_chunks(ho * wo)).zip(argmax.par_chunks(ho * wo)).for_each(
+        |((dxp, dyp), ap)| {
+            dxp.fill(0.0);
+            for (&g, &i) in dyp.iter().zip(ap) {
+                dxp[i as usize] += g;
+            }
+        },
+    );
 }
 
 /// (planes, H, W) of x and the kernel's size arguments, after checking y/argmax (planes, Ho, Wo).
@@ -98,7 +103,13 @@ fn pool_args(what: &str, s: &MaxPoolShape, x_shape: &[usize], y_shape: &[usize])
 
 /// CUDA twin of `max_pool2d_cpu` (kernels/maxpool.cu, f32): x (..., H, W); y and argmax (i32,
 /// the index inside the input plane) (..., Ho, Wo).
-pub fn max_pool2d_cuda(gpu: &Gpu, x: &CudaTensor, s: &MaxPoolShape, y: &mut CudaTensor, argmax: &mut CudaTensor) -> Result<()> {
+pub fn max_pool2d_cuda(
+    gpu: &Gpu,
+    x: &CudaTensor,
+    s: &MaxPoolShape,
+    y: &mut CudaTensor,
+    argmax: &mut CudaTensor,
+) -> Result<()> {
     let mut args = vec![x.arg(gpu), y.arg(gpu), argmax.arg(gpu)];
     args.extend(pool_args("max_pool2d_cuda", s, x.shape(), y.shape())?);
     if argmax.shape() != y.shape() {
@@ -114,11 +125,21 @@ pub fn max_pool2d_cuda(gpu: &Gpu, x: &CudaTensor, s: &MaxPoolShape, y: &mut Cuda
 
 /// CUDA twin of `max_pool2d_backward_cpu` (f32, dx overwritten): dy, argmax (..., Ho, Wo); dx
 /// (..., H, W). A gather over the windows covering each input: deterministic.
-pub fn max_pool2d_backward_cuda(gpu: &Gpu, dy: &CudaTensor, argmax: &CudaTensor, s: &MaxPoolShape, dx: &mut CudaTensor) -> Result<()> {
+pub fn max_pool2d_backward_cuda(
+    gpu: &Gpu,
+    dy: &CudaTensor,
+    argmax: &CudaTensor,
+    s: &MaxPoolShape,
+    dx: &mut CudaTensor,
+) -> Result<()> {
     let mut args = vec![dy.arg(gpu), argmax.arg(gpu), dx.arg(gpu)];
     args.extend(pool_args("max_pool2d_backward_cuda", s, dx.shape(), dy.shape())?);
     if argmax.shape() != dy.shape() {
-        return Err(Error::Shape(format!("max_pool2d_backward_cuda: argmax {:?}, dy {:?}", argmax.shape(), dy.shape())));
+        return Err(Error::Shape(format!(
+            "max_pool2d_backward_cuda: argmax {:?}, dy {:?}",
+            argmax.shape(),
+            dy.shape()
+        )));
     }
     dy.expect_dtype(CudaDType::F32, "max_pool2d_backward_cuda dy")?;
     dx.expect_dtype(CudaDType::F32, "max_pool2d_backward_cuda dx")?;
@@ -132,7 +153,12 @@ pub fn max_pool2d_backward_cuda(gpu: &Gpu, dy: &CudaTensor, argmax: &CudaTensor,
 /// small ones on a coarse value grid, so that ties happen (first in raster order wins).
 pub fn gpu_checks() -> Vec<GpuCheck> {
     let mut checks = Vec::new();
-    for &(planes, h, w, kernel, stride, pad) in &[(2 * 64, 224usize, 224usize, 3usize, 2usize, 1usize), (3, 5, 7, 3, 2, 1), (2, 9, 8, 2, 2, 0), (4, 7, 9, 3, 1, 1)] {
+    for &(planes, h, w, kernel, stride, pad) in &[
+        (2 * 64, 224usize, 224usize, 3usize, 2usize, 1usize),
+        (3, 5, 7, 3, 2, 1),
+        (2, 9, 8, 2, 2, 0),
+        (4, 7, 9, 3, 1, 1),
+    ] {
         let s = MaxPoolShape { h, w, kernel, stride, pad };
         let (ho, wo) = s.out_hw();
         let (n_in, n_out) = (planes * h * w, planes * ho * wo);
@@ -147,37 +173,58 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         };
         let (xs, ys) = ([planes, h, w], [planes, ho, wo]);
         let f32 = CudaDType::F32;
-        checks.push(GpuCheck::new("maxpool_forward", shape.clone(), f32, Work::Bytes(((n_in + 2 * n_out) * 4) as f64), move |gpu, rng| {
-            let x = input(rng);
-            let (mut y, mut am) = (vec![0.0; n_out], vec![0u32; n_out]);
-            max_pool2d_cpu(&x, &s, &mut y, &mut am);
-            let am: Vec<f32> = am.iter().map(|&i| i as f32).collect();
-            let xd = CudaTensor::from_f32(gpu, &xs, &x, f32)?;
-            let (mut yd, mut amd) = (CudaTensor::empty(gpu, &ys, f32)?, CudaTensor::empty(gpu, &ys, CudaDType::I32)?);
-            yd.poison(gpu)?;
-            amd.poison(gpu)?;
-            max_pool2d_cuda(gpu, &xd, &s, &mut yd, &mut amd)?;
-            let err = max_rel_err_all(gpu, &[(&yd, &y), (&amd, &am)])?;
-            let g = gpu.clone();
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(move || max_pool2d_cuda(&g, &xd, &s, &mut yd, &mut amd)), cublas: None })
-        }));
-        checks.push(GpuCheck::new("maxpool_backward", shape, f32, Work::Bytes(((n_in + 2 * n_out) * 4) as f64), move |gpu, rng| {
-            let x = input(rng);
-            let dy = random_vec(rng, n_out, 1.0);
-            let (mut y, mut am) = (vec![0.0; n_out], vec![0u32; n_out]);
-            max_pool2d_cpu(&x, &s, &mut y, &mut am);
-            let mut dx = vec![0.0; n_in];
-            max_pool2d_backward_cpu(&dy, &am, &s, &mut dx);
-            let am: Vec<i32> = am.iter().map(|&i| i as i32).collect();
-            let dyd = CudaTensor::from_f32(gpu, &ys, &dy, f32)?;
-            let amd = CudaTensor::from_i32(gpu, &ys, &am)?;
-            let mut dxd = CudaTensor::empty(gpu, &xs, f32)?;
-            dxd.poison(gpu)?;
-            max_pool2d_backward_cuda(gpu, &dyd, &amd, &s, &mut dxd)?;
-            let err = max_rel_err(&dxd.to_f32_vec(gpu)?, &dx);
-            let g = gpu.clone();
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(move || max_pool2d_backward_cuda(&g, &dyd, &amd, &s, &mut dxd)), cublas: None })
-        }));
+        checks.push(GpuCheck::new(
+            "maxpool_forward",
+            shape.clone(),
+            f32,
+            Work::Bytes(((n_in + 2 * n_out) * 4) as f64),
+            move |gpu, rng| {
+                let x = input(rng);
+                let (mut y, mut am) = (vec![0.0; n_out], vec![0u32; n_out]);
+                max_pool2d_cpu(&x, &s, &mut y, &mut am);
+                let am: Vec<f32> = am.iter().map(|&i| i as f32).collect();
+                let xd = CudaTensor::from_f32(gpu, &xs, &x, f32)?;
+                let (mut yd, mut amd) =
+                    (CudaTensor::empty(gpu, &ys, f32)?, CudaTensor::empty(gpu, &ys, CudaDType::I32)?);
+                yd.poison(gpu)?;
+                amd.poison(gpu)?;
+                max_pool2d_cuda(gpu, &xd, &s, &mut yd, &mut amd)?;
+                let err = max_rel_err_all(gpu, &[(&yd, &y), (&amd, &am)])?;
+                let g = gpu.clone();
+                Ok(CheckRun {
+                    max_rel_err: err,
+                    launch: Box::new(move || max_pool2d_cuda(&g, &xd, &s, &mut yd, &mut amd)),
+                    cublas: None,
+                })
+            },
+        ));
+        checks.push(GpuCheck::new(
+            "maxpool_backward",
+            shape,
+            f32,
+            Work::Bytes(((n_in + 2 * n_out) * 4) as f64),
+            move |gpu, rng| {
+                let x = input(rng);
+                let dy = random_vec(rng, n_out, 1.0);
+                let (mut y, mut am) = (vec![0.0; n_out], vec![0u32; n_out]);
+                max_pool2d_cpu(&x, &s, &mut y, &mut am);
+                let mut dx = vec![0.0; n_in];
+                max_pool2d_backward_cpu(&dy, &am, &s, &mut dx);
+                let am: Vec<i32> = am.iter().map(|&i| i as i32).collect();
+                let dyd = CudaTensor::from_f32(gpu, &ys, &dy, f32)?;
+                let amd = CudaTensor::from_i32(gpu, &ys, &am)?;
+                let mut dxd = CudaTensor::empty(gpu, &xs, f32)?;
+                dxd.poison(gpu)?;
+                max_pool2d_backward_cuda(gpu, &dyd, &amd, &s, &mut dxd)?;
+                let err = max_rel_err(&dxd.to_f32_vec(gpu)?, &dx);
+                let g = gpu.clone();
+                Ok(CheckRun {
+                    max_rel_err: err,
+                    launch: Box::new(move || max_pool2d_backward_cuda(&g, &dyd, &amd, &s, &mut dxd)),
+                    cublas: None,
+                })
+            },
+        ));
     }
     checks
 }

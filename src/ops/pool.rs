@@ -101,7 +101,11 @@ pub fn attnpool_tokens_cuda(gpu: &Gpu, x: &CudaTensor, pos: &CudaTensor, tokens:
         return Ok(());
     }
     let cfg = LaunchConfig {
-        grid_dim: (c.div_ceil(32) as u32, u32::try_from(b).map_err(|_| Error::Shape(format!("attnpool_tokens_cuda: B = {b}")))?, 1),
+        grid_dim: (
+            c.div_ceil(32) as u32,
+            u32::try_from(b).map_err(|_| Error::Shape(format!("attnpool_tokens_cuda: B = {b}")))?,
+            1,
+        ),
         block_dim: (32, 8, 1),
         shared_mem_bytes: 0,
     };
@@ -115,22 +119,38 @@ pub fn attnpool_tokens_cuda(gpu: &Gpu, x: &CudaTensor, pos: &CudaTensor, tokens:
 pub fn gpu_checks() -> Vec<GpuCheck> {
     let mut checks = Vec::new();
     // (B, C, H, W, k)
-    for &(b, c, h, w, k) in &[(8usize, 64usize, 112usize, 112usize, 2usize), (8, 256, 56, 56, 2), (8, 1024, 14, 14, 2), (3, 5, 11, 9, 2), (2, 3, 10, 7, 3)] {
+    for &(b, c, h, w, k) in &[
+        (8usize, 64usize, 112usize, 112usize, 2usize),
+        (8, 256, 56, 56, 2),
+        (8, 1024, 14, 14, 2),
+        (3, 5, 11, 9, 2),
+        (2, 3, 10, 7, 3),
+    ] {
         for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
             let (ho, wo) = (h / k, w / k);
             let bytes = ((b * c * (h * w + ho * wo)) * dtype.size_in_bytes()) as f64;
-            checks.push(GpuCheck::new("avg_pool2d", format!("B={b} C={c} {h}x{w} k={k}"), dtype, Work::Bytes(bytes), move |gpu, rng| {
-                let xd = CudaTensor::from_f32(gpu, &[b, c, h, w], &random_vec(rng, b * c * h * w, 2.0), dtype)?;
-                let x = xd.to_f32_vec(gpu)?;
-                let mut want = vec![0.0; b * c * ho * wo];
-                avg_pool2d_cpu(&x, b * c, h, w, k, &mut want);
-                let mut yd = CudaTensor::empty(gpu, &[b, c, ho, wo], dtype)?;
-                yd.poison(gpu)?;
-                avg_pool2d_cuda(gpu, &xd, k, &mut yd)?;
-                let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
-                let g = gpu.clone();
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || avg_pool2d_cuda(&g, &xd, k, &mut yd)), cublas: None })
-            }));
+            checks.push(GpuCheck::new(
+                "avg_pool2d",
+                format!("B={b} C={c} {h}x{w} k={k}"),
+                dtype,
+                Work::Bytes(bytes),
+                move |gpu, rng| {
+                    let xd = CudaTensor::from_f32(gpu, &[b, c, h, w], &random_vec(rng, b * c * h * w, 2.0), dtype)?;
+                    let x = xd.to_f32_vec(gpu)?;
+                    let mut want = vec![0.0; b * c * ho * wo];
+                    avg_pool2d_cpu(&x, b * c, h, w, k, &mut want);
+                    let mut yd = CudaTensor::empty(gpu, &[b, c, ho, wo], dtype)?;
+                    yd.poison(gpu)?;
+                    avg_pool2d_cuda(gpu, &xd, k, &mut yd)?;
+                    let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
+                    let g = gpu.clone();
+                    Ok(CheckRun {
+                        max_rel_err: err,
+                        launch: Box::new(move || avg_pool2d_cuda(&g, &xd, k, &mut yd)),
+                        cublas: None,
+                    })
+                },
+            ));
         }
     }
     // (B, C, H, W)
@@ -138,22 +158,32 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
             let hw = h * w;
             let bytes = ((b * c * hw + b * (hw + 1) * c) * dtype.size_in_bytes() + (hw + 1) * c * 4) as f64;
-            checks.push(GpuCheck::new("attnpool_tokens", format!("B={b} C={c} {h}x{w}"), dtype, Work::Bytes(bytes), move |gpu, rng| {
-                // Offset inputs: the mean token must not be swamped by the positional term.
-                let xv: Vec<f32> = random_vec(rng, b * c * hw, 1.0).iter().map(|v| v + 0.5).collect();
-                let xd = CudaTensor::from_f32(gpu, &[b, c, h, w], &xv, dtype)?;
-                let pos = random_vec(rng, (hw + 1) * c, 0.5);
-                let pd = CudaTensor::from_f32(gpu, &[hw + 1, c], &pos, CudaDType::F32)?;
-                let x = xd.to_f32_vec(gpu)?;
-                let mut want = vec![0.0; b * (hw + 1) * c];
-                attnpool_tokens_cpu(&x, b, c, hw, &pos, &mut want);
-                let mut td = CudaTensor::empty(gpu, &[b, hw + 1, c], dtype)?;
-                td.poison(gpu)?;
-                attnpool_tokens_cuda(gpu, &xd, &pd, &mut td)?;
-                let err = max_rel_err(&td.to_f32_vec(gpu)?, &want);
-                let g = gpu.clone();
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || attnpool_tokens_cuda(&g, &xd, &pd, &mut td)), cublas: None })
-            }));
+            checks.push(GpuCheck::new(
+                "attnpool_tokens",
+                format!("B={b} C={c} {h}x{w}"),
+                dtype,
+                Work::Bytes(bytes),
+                move |gpu, rng| {
+                    // Offset inputs: the mean token must not be swamped by the positional term.
+                    let xv: Vec<f32> = random_vec(rng, b * c * hw, 1.0).iter().map(|v| v + 0.5).collect();
+                    let xd = CudaTensor::from_f32(gpu, &[b, c, h, w], &xv, dtype)?;
+                    let pos = random_vec(rng, (hw + 1) * c, 0.5);
+                    let pd = CudaTensor::from_f32(gpu, &[hw + 1, c], &pos, CudaDType::F32)?;
+                    let x = xd.to_f32_vec(gpu)?;
+                    let mut want = vec![0.0; b * (hw + 1) * c];
+                    attnpool_tokens_cpu(&x, b, c, hw, &pos, &mut want);
+                    let mut td = CudaTensor::empty(gpu, &[b, hw + 1, c], dtype)?;
+                    td.poison(gpu)?;
+                    attnpool_tokens_cuda(gpu, &xd, &pd, &mut td)?;
+                    let err = max_rel_err(&td.to_f32_vec(gpu)?, &want);
+                    let g = gpu.clone();
+                    Ok(CheckRun {
+                        max_rel_err: err,
+                        launch: Box::new(move || attnpool_tokens_cuda(&g, &xd, &pd, &mut td)),
+                        cublas: None,
+                    })
+                },
+            ));
         }
     }
     checks

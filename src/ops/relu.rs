@@ -29,7 +29,12 @@ pub fn relu_backward_inplace_cpu(y: &[f32], dy: &mut [f32]) {
 pub fn relu_inplace_cuda(gpu: &Gpu, x: &mut CudaTensor) -> Result<()> {
     expect_f32("relu_inplace_cuda", &[x])?;
     let n = x.numel();
-    gpu.launch("elementwise_train", "relu_inplace_f32", grid_stride_config(n.div_ceil(4)), &[x.arg(gpu), (n as i64).into()])
+    gpu.launch(
+        "elementwise_train",
+        "relu_inplace_f32",
+        grid_stride_config(n.div_ceil(4)),
+        &[x.arg(gpu), (n as i64).into()],
+    )
 }
 
 /// CUDA twin of `relu_backward_inplace_cpu` (f32): dy *= (y > 0), y the ReLU's output.
@@ -39,12 +44,18 @@ pub fn relu_backward_inplace_cuda(gpu: &Gpu, y: &CudaTensor, dy: &mut CudaTensor
     }
     expect_f32("relu_backward_inplace_cuda", &[y, dy])?;
     let n = y.numel();
-    gpu.launch("elementwise_train", "relu_backward_inplace_f32", grid_stride_config(n.div_ceil(4)), &[y.arg(gpu), dy.arg(gpu), (n as i64).into()])
+    gpu.launch(
+        "elementwise_train",
+        "relu_backward_inplace_f32",
+        grid_stride_config(n.div_ceil(4)),
+        &[y.arg(gpu), dy.arg(gpu), (n as i64).into()],
+    )
 }
 
 /// Elementwise training shapes: ResNet-50 at 448, batch 2 (stem output, layer1, layer4) and an
 /// odd length (float4 body plus a scalar tail).
-pub const ELEMENTWISE_CHECK_SHAPES: &[&[usize]] = &[&[2, 64, 224, 224], &[2, 256, 112, 112], &[2, 2048, 14, 14], &[3, 5, 7, 11]];
+pub const ELEMENTWISE_CHECK_SHAPES: &[&[usize]] =
+    &[&[2, 64, 224, 224], &[2, 256, 112, 112], &[2, 2048, 14, 14], &[3, 5, 7, 11]];
 
 /// Kernel checks: ReLU forward in place and backward. Each launch of the timed closure redoes
 /// the in-place op on its own output (idempotent for ReLU, harmless for timing).
@@ -53,27 +64,47 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     for &shape in ELEMENTWISE_CHECK_SHAPES {
         let n: usize = shape.iter().product();
         let f32 = CudaDType::F32;
-        checks.push(GpuCheck::new("relu_inplace", format!("{shape:?}"), f32, Work::Bytes((n * 8) as f64), move |gpu, rng| {
-            let mut x = random_vec(rng, n, 1.0);
-            let mut xd = CudaTensor::from_f32(gpu, shape, &x, f32)?;
-            relu_inplace_cpu(&mut x);
-            relu_inplace_cuda(gpu, &mut xd)?;
-            let err = max_rel_err(&xd.to_f32_vec(gpu)?, &x);
-            let g = gpu.clone();
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(move || relu_inplace_cuda(&g, &mut xd)), cublas: None })
-        }));
-        checks.push(GpuCheck::new("relu_backward_inplace", format!("{shape:?}"), f32, Work::Bytes((n * 12) as f64), move |gpu, rng| {
-            let mut y = random_vec(rng, n, 1.0);
-            relu_inplace_cpu(&mut y);
-            let mut dy = random_vec(rng, n, 1.0);
-            let yd = CudaTensor::from_f32(gpu, shape, &y, f32)?;
-            let mut dyd = CudaTensor::from_f32(gpu, shape, &dy, f32)?;
-            relu_backward_inplace_cpu(&y, &mut dy);
-            relu_backward_inplace_cuda(gpu, &yd, &mut dyd)?;
-            let err = max_rel_err(&dyd.to_f32_vec(gpu)?, &dy);
-            let g = gpu.clone();
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(move || relu_backward_inplace_cuda(&g, &yd, &mut dyd)), cublas: None })
-        }));
+        checks.push(GpuCheck::new(
+            "relu_inplace",
+            format!("{shape:?}"),
+            f32,
+            Work::Bytes((n * 8) as f64),
+            move |gpu, rng| {
+                let mut x = random_vec(rng, n, 1.0);
+                let mut xd = CudaTensor::from_f32(gpu, shape, &x, f32)?;
+                relu_inplace_cpu(&mut x);
+                relu_inplace_cuda(gpu, &mut xd)?;
+                let err = max_rel_err(&xd.to_f32_vec(gpu)?, &x);
+                let g = gpu.clone();
+                Ok(CheckRun {
+                    max_rel_err: err,
+                    launch: Box::new(move || relu_inplace_cuda(&g, &mut xd)),
+                    cublas: None,
+                })
+            },
+        ));
+        checks.push(GpuCheck::new(
+            "relu_backward_inplace",
+            format!("{shape:?}"),
+            f32,
+            Work::Bytes((n * 12) as f64),
+            move |gpu, rng| {
+                let mut y = random_vec(rng, n, 1.0);
+                relu_inplace_cpu(&mut y);
+                let mut dy = random_vec(rng, n, 1.0);
+                let yd = CudaTensor::from_f32(gpu, shape, &y, f32)?;
+                let mut dyd = CudaTensor::from_f32(gpu, shape, &dy, f32)?;
+                relu_backward_inplace_cpu(&y, &mut dy);
+                relu_backward_inplace_cuda(gpu, &yd, &mut dyd)?;
+                let err = max_rel_err(&dyd.to_f32_vec(gpu)?, &dy);
+                let g = gpu.clone();
+                Ok(CheckRun {
+                    max_rel_err: err,
+                    launch: Box::new(move || relu_backward_inplace_cuda(&g, &yd, &mut dyd)),
+                    cublas: None,
+                })
+            },
+        ));
     }
     checks
 }

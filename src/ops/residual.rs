@@ -26,7 +26,12 @@ pub fn add_inplace_cuda(gpu: &Gpu, y: &mut CudaTensor, x: &CudaTensor) -> Result
     }
     expect_f32("add_inplace_cuda", &[y, x])?;
     let n = y.numel();
-    gpu.launch("elementwise_train", "add_inplace_f32", grid_stride_config(n.div_ceil(4)), &[y.arg(gpu), x.arg(gpu), (n as i64).into()])
+    gpu.launch(
+        "elementwise_train",
+        "add_inplace_f32",
+        grid_stride_config(n.div_ceil(4)),
+        &[y.arg(gpu), x.arg(gpu), (n as i64).into()],
+    )
 }
 
 /// Kernel checks: the residual add on the bottleneck outputs (and an odd length).
@@ -35,16 +40,26 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         .iter()
         .map(|&shape| {
             let n: usize = shape.iter().product();
-            GpuCheck::new("add_inplace", format!("{shape:?}"), CudaDType::F32, Work::Bytes((n * 12) as f64), move |gpu, rng| {
-                let (mut y, x) = (random_vec(rng, n, 1.0), random_vec(rng, n, 1.0));
-                let mut yd = CudaTensor::from_f32(gpu, shape, &y, CudaDType::F32)?;
-                let xd = CudaTensor::from_f32(gpu, shape, &x, CudaDType::F32)?;
-                add_inplace_cpu(&mut y, &x);
-                add_inplace_cuda(gpu, &mut yd, &xd)?;
-                let err = max_rel_err(&yd.to_f32_vec(gpu)?, &y);
-                let g = gpu.clone();
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || add_inplace_cuda(&g, &mut yd, &xd)), cublas: None })
-            })
+            GpuCheck::new(
+                "add_inplace",
+                format!("{shape:?}"),
+                CudaDType::F32,
+                Work::Bytes((n * 12) as f64),
+                move |gpu, rng| {
+                    let (mut y, x) = (random_vec(rng, n, 1.0), random_vec(rng, n, 1.0));
+                    let mut yd = CudaTensor::from_f32(gpu, shape, &y, CudaDType::F32)?;
+                    let xd = CudaTensor::from_f32(gpu, shape, &x, CudaDType::F32)?;
+                    add_inplace_cpu(&mut y, &x);
+                    add_inplace_cuda(gpu, &mut yd, &xd)?;
+                    let err = max_rel_err(&yd.to_f32_vec(gpu)?, &y);
+                    let g = gpu.clone();
+                    Ok(CheckRun {
+                        max_rel_err: err,
+                        launch: Box::new(move || add_inplace_cuda(&g, &mut yd, &xd)),
+                        cublas: None,
+                    })
+                },
+            )
         })
         .collect()
 }

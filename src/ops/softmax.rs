@@ -69,22 +69,34 @@ pub fn softmax_cuda(gpu: &Gpu, x: &CudaTensor, scale: f32, y: &mut CudaTensor) -
 /// TagCLIP's patch rows, attention-length rows, a long row and an odd one; every dtype.
 pub fn gpu_checks() -> Vec<GpuCheck> {
     let mut checks = Vec::new();
-    for &(rows, cols, scale) in &[(8usize, 80usize, 100.0f32), (2 * 1200, 80, 100.0), (8 * 197, 197, 0.125), (4, 4096, 1.0), (33, 37, 2.0)] {
+    for &(rows, cols, scale) in
+        &[(8usize, 80usize, 100.0f32), (2 * 1200, 80, 100.0), (8 * 197, 197, 0.125), (4, 4096, 1.0), (33, 37, 2.0)]
+    {
         for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
             let bytes = (rows * cols * 2 * dtype.size_in_bytes()) as f64;
-            checks.push(GpuCheck::new("softmax_forward", format!("rows={rows} cols={cols} scale={scale}"), dtype, Work::Bytes(bytes), move |gpu, rng| {
-                let x = random_vec(rng, rows * cols, 1.0);
-                let xd = CudaTensor::from_f32(gpu, &[rows, cols], &x, dtype)?;
-                // The reference sees the inputs as rounded to the dtype: the check measures the kernel.
-                let mut want: Vec<f32> = xd.to_f32_vec(gpu)?.iter().map(|v| v * scale).collect();
-                softmax_cpu(&mut want, cols);
-                let mut yd = CudaTensor::empty(gpu, &[rows, cols], dtype)?;
-                yd.poison(gpu)?;
-                softmax_cuda(gpu, &xd, scale, &mut yd)?;
-                let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
-                let g = gpu.clone();
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || softmax_cuda(&g, &xd, scale, &mut yd)), cublas: None })
-            }));
+            checks.push(GpuCheck::new(
+                "softmax_forward",
+                format!("rows={rows} cols={cols} scale={scale}"),
+                dtype,
+                Work::Bytes(bytes),
+                move |gpu, rng| {
+                    let x = random_vec(rng, rows * cols, 1.0);
+                    let xd = CudaTensor::from_f32(gpu, &[rows, cols], &x, dtype)?;
+                    // The reference sees the inputs as rounded to the dtype: the check measures the kernel.
+                    let mut want: Vec<f32> = xd.to_f32_vec(gpu)?.iter().map(|v| v * scale).collect();
+                    softmax_cpu(&mut want, cols);
+                    let mut yd = CudaTensor::empty(gpu, &[rows, cols], dtype)?;
+                    yd.poison(gpu)?;
+                    softmax_cuda(gpu, &xd, scale, &mut yd)?;
+                    let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
+                    let g = gpu.clone();
+                    Ok(CheckRun {
+                        max_rel_err: err,
+                        launch: Box::new(move || softmax_cuda(&g, &xd, scale, &mut yd)),
+                        cublas: None,
+                    })
+                },
+            ));
         }
     }
     checks

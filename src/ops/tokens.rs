@@ -34,7 +34,13 @@ pub fn gather_rows_cpu(x: &[f32], t: usize, c: usize, index: &[i32], y: &mut [f3
 
 /// CUDA launcher: kernels/tokens.cu `vit_tokens`, as `vit_tokens_cpu`. patches (B, N, C) and
 /// out (B, 1 + N, C) in one float dtype; class_emb (C,) and pos (1 + N, C) f32.
-pub fn vit_tokens_cuda(gpu: &Gpu, patches: &CudaTensor, class_emb: &CudaTensor, pos: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
+pub fn vit_tokens_cuda(
+    gpu: &Gpu,
+    patches: &CudaTensor,
+    class_emb: &CudaTensor,
+    pos: &CudaTensor,
+    out: &mut CudaTensor,
+) -> Result<()> {
     let ps = patches.shape();
     let ok = ps.len() == 3;
     let (b, n, c) = if ok { (ps[0], ps[1], ps[2]) } else { (0, 0, 0) };
@@ -59,12 +65,9 @@ pub fn vit_tokens_cuda(gpu: &Gpu, patches: &CudaTensor, class_emb: &CudaTensor, 
     if total == 0 {
         return Ok(());
     }
-    let blocks = u32::try_from(total.div_ceil(256)).map_err(|_| Error::Shape(format!("vit_tokens_cuda: {total} outputs")))?;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let blocks =
+        u32::try_from(total.div_ceil(256)).map_err(|_| Error::Shape(format!("vit_tokens_cuda: {total} outputs")))?;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let name = format!("vit_tokens_{}", patches.dtype().suffix());
     gpu.launch(
         "tokens",
@@ -97,10 +100,7 @@ pub fn gather_rows_cuda(gpu: &Gpu, x: &CudaTensor, index: &CudaTensor, y: &mut C
         )));
     }
     if !x.dtype().is_float() {
-        return Err(Error::Device(format!(
-            "gather_rows_cuda: x is {:?}; expected a float dtype",
-            x.dtype()
-        )));
+        return Err(Error::Device(format!("gather_rows_cuda: x is {:?}; expected a float dtype", x.dtype())));
     }
     index.expect_dtype(CudaDType::I32, "gather_rows_cuda index")?;
     y.expect_dtype(x.dtype(), "gather_rows_cuda output")?;
@@ -117,12 +117,7 @@ pub fn gather_rows_cuda(gpu: &Gpu, x: &CudaTensor, index: &CudaTensor, y: &mut C
         shared_mem_bytes: 0,
     };
     let name = format!("gather_rows_{}", x.dtype().suffix());
-    gpu.launch(
-        "tokens",
-        &name,
-        cfg,
-        &[x.arg(gpu), index.arg(gpu), y.arg(gpu), to_i32(t, "T")?, to_i32(c, "C")?],
-    )
+    gpu.launch("tokens", &name, cfg, &[x.arg(gpu), index.arg(gpu), y.arg(gpu), to_i32(t, "T")?, to_i32(c, "C")?])
 }
 
 /// Kernel checks: ViT-B/16 at 224 and 256, ViT-B/32 at 224 (batch 8), an odd shape; gathers of
@@ -208,11 +203,7 @@ mod tests {
         for bi in 0..b {
             for tok in 0..=n {
                 for ci in 0..c {
-                    let base = if tok == 0 {
-                        class_emb[ci]
-                    } else {
-                        patches[(bi * n + tok - 1) * c + ci]
-                    };
+                    let base = if tok == 0 { class_emb[ci] } else { patches[(bi * n + tok - 1) * c + ci] };
                     assert_eq!(out[(bi * (n + 1) + tok) * c + ci], base + pos[tok * c + ci]);
                 }
             }

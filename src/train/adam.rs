@@ -32,7 +32,16 @@ pub struct Adam {
 
 impl Adam {
     pub fn new(n_params: usize, groups: Vec<ParamGroup>) -> Adam {
-        Adam { groups, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, step: 0, m: vec![0.0; n_params], v: vec![0.0; n_params] }
+        Adam {
+            groups,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            step: 0,
+            m: vec![0.0; n_params],
+            v: vec![0.0; n_params],
+        }
     }
 
     /// Counts a step and returns its bias corrections (1 - beta1^t, sqrt(1 - beta2^t)), in f32 as
@@ -69,7 +78,14 @@ impl Adam {
 /// CUDA twin of `Adam::step` (kernels/adam.cu, f32): one launch per parameter group. The
 /// moments live on the device (`m`, `v`, the size of `params`; `opt.m` / `opt.v` are the CPU
 /// path's and are left alone); `opt` gives the hyperparameters and groups and counts the step.
-pub fn adam_step_cuda(gpu: &Gpu, opt: &mut Adam, params: &mut CudaTensor, grads: &CudaTensor, m: &mut CudaTensor, v: &mut CudaTensor) -> Result<()> {
+pub fn adam_step_cuda(
+    gpu: &Gpu,
+    opt: &mut Adam,
+    params: &mut CudaTensor,
+    grads: &CudaTensor,
+    m: &mut CudaTensor,
+    v: &mut CudaTensor,
+) -> Result<()> {
     let n = params.numel();
     let sizes_ok = grads.numel() == n && m.numel() == n && v.numel() == n;
     if !sizes_ok || opt.groups.iter().any(|g| g.range.start > g.range.end || g.range.end > n) {
@@ -86,7 +102,12 @@ pub fn adam_step_cuda(gpu: &Gpu, opt: &mut Adam, params: &mut CudaTensor, grads:
     let (bc1, bc2_sqrt) = opt.advance();
     for g in opt.groups.iter().filter(|g| !g.range.is_empty()) {
         let start = g.range.start;
-        let ptrs = [f32_arg_at(gpu, params, start), f32_arg_at(gpu, grads, start), f32_arg_at(gpu, m, start), f32_arg_at(gpu, v, start)];
+        let ptrs = [
+            f32_arg_at(gpu, params, start),
+            f32_arg_at(gpu, grads, start),
+            f32_arg_at(gpu, m, start),
+            f32_arg_at(gpu, v, start),
+        ];
         launch_adam(gpu, opt, ptrs, g.range.len(), g.lr, bc1, bc2_sqrt)?;
     }
     Ok(())
@@ -122,7 +143,9 @@ pub fn adam_step_cuda_tensors(
         }
         expect_f32("adam_step_cuda_tensors", &[&params[i], &grads[i], &m[i], &v[i]])?;
         let g = opt.groups.iter().find(|g| g.range.contains(&off) && off + len <= g.range.end);
-        lrs.push(g.map(|g| g.lr).ok_or_else(|| Error::Shape(format!("adam_step_cuda_tensors: tensor {i} at {off} (+{len}) is in no group")))?);
+        lrs.push(g.map(|g| g.lr).ok_or_else(|| {
+            Error::Shape(format!("adam_step_cuda_tensors: tensor {i} at {off} (+{len}) is in no group"))
+        })?);
     }
     let (bc1, bc2_sqrt) = opt.advance();
     for i in 0..n {
@@ -162,14 +185,16 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         let bytes = (n * 7 * 4) as f64;
         checks.push(
             GpuCheck::new("adam_step", shape, CudaDType::F32, Work::Bytes(bytes), move |gpu, rng| {
-                let groups = vec![ParamGroup { range: 0..n - head, lr: 1e-4 }, ParamGroup { range: n - head..n, lr: 1e-2 }];
+                let groups =
+                    vec![ParamGroup { range: 0..n - head, lr: 1e-4 }, ParamGroup { range: n - head..n, lr: 1e-2 }];
                 let mut cpu = Adam::new(n, groups);
                 cpu.weight_decay = wd;
                 let mut dev = cpu.clone();
                 let mut p = random_vec(rng, n, 1.0);
                 let up = |v: &[f32]| CudaTensor::from_f32(gpu, &[n], v, CudaDType::F32);
                 let mut pd = up(&p)?;
-                let (mut md, mut vd) = (CudaTensor::zeros(gpu, &[n], CudaDType::F32)?, CudaTensor::zeros(gpu, &[n], CudaDType::F32)?);
+                let (mut md, mut vd) =
+                    (CudaTensor::zeros(gpu, &[n], CudaDType::F32)?, CudaTensor::zeros(gpu, &[n], CudaDType::F32)?);
                 let mut gd = CudaTensor::empty(gpu, &[n], CudaDType::F32)?;
                 for _ in 0..10 {
                     let grads = random_vec(rng, n, 0.1);
@@ -179,7 +204,11 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 }
                 let err = max_rel_err_all(gpu, &[(&pd, &p), (&md, &cpu.m), (&vd, &cpu.v)])?;
                 let g = gpu.clone();
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(move || adam_step_cuda(&g, &mut dev, &mut pd, &gd, &mut md, &mut vd)), cublas: None })
+                Ok(CheckRun {
+                    max_rel_err: err,
+                    launch: Box::new(move || adam_step_cuda(&g, &mut dev, &mut pd, &gd, &mut md, &mut vd)),
+                    cublas: None,
+                })
             })
             .with_tolerance(1e-5),
         );

@@ -70,9 +70,13 @@ pub fn load(path: &Path) -> Result<(ResNet, Adam, CheckpointMeta)> {
     let meta: CheckpointMeta = metadata
         .get("labelfree_checkpoint")
         .ok_or_else(|| Error::Weights(format!("`{}` is not a labelfree checkpoint (no metadata)", path.display())))
-        .and_then(|j| serde_json::from_str(j).map_err(|e| Error::Weights(format!("`{}`: bad checkpoint metadata: {e}", path.display()))))?;
+        .and_then(|j| {
+            serde_json::from_str(j)
+                .map_err(|e| Error::Weights(format!("`{}`: bad checkpoint metadata: {e}", path.display())))
+        })?;
     let head = if meta.head == "linear" { HeadKind::Linear } else { HeadKind::Cam };
-    let cfg = ResNetConfig { width: meta.width, layers: meta.layers, num_classes: meta.num_classes, head, alpha: meta.alpha };
+    let cfg =
+        ResNetConfig { width: meta.width, layers: meta.layers, num_classes: meta.num_classes, head, alpha: meta.alpha };
     let mut model = ResNet::new(cfg, meta.seed);
     let (mut weights, mut moments) = (BTreeMap::new(), BTreeMap::new());
     for (name, t) in map {
@@ -89,7 +93,10 @@ pub fn load(path: &Path) -> Result<(ResNet, Adam, CheckpointMeta)> {
     let n = model.params.len();
     let mut opt = Adam::new(
         n,
-        vec![ParamGroup { range: 0..model.head_start, lr: meta.lr }, ParamGroup { range: model.head_start..n, lr: meta.head_lr }],
+        vec![
+            ParamGroup { range: 0..model.head_start, lr: meta.lr },
+            ParamGroup { range: model.head_start..n, lr: meta.head_lr },
+        ],
     );
     opt.step = meta.adam_step;
     for s in &model.slots {

@@ -52,7 +52,13 @@ pub struct EvalResult {
 }
 
 /// Scores every image of `set` with `model` in eval mode, `batch` at a time.
-pub fn evaluate(model: &ResNet, set: &EvalSet, transform: &Transform, batch: usize, bar: Option<&indicatif::ProgressBar>) -> Result<EvalResult> {
+pub fn evaluate(
+    model: &ResNet,
+    set: &EvalSet,
+    transform: &Transform,
+    batch: usize,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<EvalResult> {
     let mut logits = |x: &[f32], n: usize, h: usize, w: usize| Ok(model.forward_eval(x, n, h, w)?.logits);
     evaluate_with(&mut logits, set, transform, batch, bar)
 }
@@ -74,10 +80,7 @@ pub fn evaluate_with(
     let (mut scores, mut labels, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
     while let Some(b) = loader.next_batch() {
         for (i, reason) in &b.failed {
-            skipped.push(Skipped {
-                path: set.paths[*i].display().to_string(),
-                reason: reason.clone(),
-            });
+            skipped.push(Skipped { path: set.paths[*i].display().to_string(), reason: reason.clone() });
         }
         for g in b.groups {
             let n = g.indices.len();
@@ -95,11 +98,7 @@ pub fn evaluate_with(
     }
     loader.finish()?;
     let images = scores.len() / c.max(1);
-    let ap = if images > 0 {
-        per_class_ap(&labels, &scores, c)
-    } else {
-        vec![None; c]
-    };
+    let ap = if images > 0 { per_class_ap(&labels, &scores, c) } else { vec![None; c] };
     let seconds = start.elapsed().as_secs_f64();
     Ok(EvalResult {
         split: set.name.clone(),

@@ -90,14 +90,27 @@ pub fn match_labels(path: &Path, ds: &Dataset) -> Result<(SoftLabels, LabelMatch
         if table.classes.len() != ds.num_classes() {
             return Err(bad(
                 path,
-                format!("{} label columns and no `classes` metadata; {} has {} classes", table.classes.len(), ds.name, ds.num_classes()),
+                format!(
+                    "{} label columns and no `classes` metadata; {} has {} classes",
+                    table.classes.len(),
+                    ds.name,
+                    ds.num_classes()
+                ),
             ));
         }
         // Unnamed columns are taken to be the dataset's classes in its order.
         table.classes = ds.classes.clone();
     }
     let mismatch = |what: String| {
-        bad(path, format!("its classes are not those of {} {}: {what} (the dataset's: {})", ds.name, ds.split, ds.classes.join(", ")))
+        bad(
+            path,
+            format!(
+                "its classes are not those of {} {}: {what} (the dataset's: {})",
+                ds.name,
+                ds.split,
+                ds.classes.join(", ")
+            ),
+        )
     };
     let detail = scores_csv::match_dataset(&table, ds).map_err(|e| mismatch(e.to_string()))?;
     if !detail.extra_columns.is_empty() {
@@ -132,7 +145,9 @@ fn read_safetensors(path: &Path) -> Result<(ScoreTable, bool)> {
         return Err(bad(path, format!("{} paths for {n} label rows", paths.len())));
     }
     let (classes, named) = match meta.get("classes") {
-        Some(j) => (serde_json::from_str::<Vec<String>>(j).map_err(|e| bad(path, format!("`classes` metadata: {e}")))?, true),
+        Some(j) => {
+            (serde_json::from_str::<Vec<String>>(j).map_err(|e| bad(path, format!("`classes` metadata: {e}")))?, true)
+        }
         None => ((0..c).map(|i| format!("class{i}")).collect(), false),
     };
     if classes.len() != c {

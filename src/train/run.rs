@@ -185,7 +185,13 @@ pub(crate) fn eval_set(r: &TrainRun, classes: &[String]) -> Result<Option<(EvalS
         return Err(Error::Dataset(format!("{} {} has other classes than the training split", ds.name, ds.split)));
     }
     if !ds.skipped.is_empty() {
-        eprintln!("  {}", count_and_head("images left out for their annotations", &ds.skipped.iter().map(|s| s.path.clone()).collect::<Vec<_>>()));
+        eprintln!(
+            "  {}",
+            count_and_head(
+                "images left out for their annotations",
+                &ds.skipped.iter().map(|s| s.path.clone()).collect::<Vec<_>>()
+            )
+        );
     }
     Ok(Some((EvalSet::from_dataset(&ds), dataset_json(&ds))))
 }
@@ -194,12 +200,17 @@ pub(crate) fn model_for(r: &TrainRun, cfg: &TrainConfig, classes: usize) -> Resu
     if r.resume && r.out.join(CHECKPOINT_FILE).exists() {
         let t = Trainer::resume(&r.out, cfg)?;
         if t.model.cfg.num_classes != classes {
-            return Err(Error::Shape(format!("checkpoint has {} classes, the labels {classes}", t.model.cfg.num_classes)));
+            return Err(Error::Shape(format!(
+                "checkpoint has {} classes, the labels {classes}",
+                t.model.cfg.num_classes
+            )));
         }
         return Ok(t);
     }
     let model = match (&r.backbone, r.width) {
-        (Some(_), Some(_)) => return Err(Error::Weights("--width is for a random init; the --backbone weights fix the width".into())),
+        (Some(_), Some(_)) => {
+            return Err(Error::Weights("--width is for a random init; the --backbone weights fix the width".into()))
+        }
         (Some(p), None) => ResNet::load(p, classes, r.head, r.alpha, r.seed)?,
         (None, width) => {
             let base = ResNetConfig::resnet50(classes);
@@ -270,7 +281,10 @@ mod tests {
     #[test]
     fn train_args_parse_with_ccd_defaults() {
         let a = Cli::parse_from(["x", "--labels", "l.csv", "--out", "o", "--resume"]).train.to_run();
-        assert_eq!((a.epochs, a.batch, a.lr, a.size, a.head, a.alpha, a.resume), (10, 16, 1e-5, 448, HeadKind::Cam, 3.0, true));
+        assert_eq!(
+            (a.epochs, a.batch, a.lr, a.size, a.head, a.alpha, a.resume),
+            (10, 16, 1e-5, 448, HeadKind::Cam, 3.0, true)
+        );
         let v = a.second_view.unwrap();
         assert_eq!((v.from_epoch, v.weight, v.jitter), (2, 1.0, Some(ColorJitter::CCD)));
         let a = Cli::parse_from(["x", "--labels", "l", "--out", "o", "--consistency-weight", "0"]).train.to_run();

@@ -37,7 +37,10 @@ pub fn forward_backward(
 ) -> Result<StepLosses> {
     let c = model.cfg.num_classes;
     if targets.len() != b * c || weights.is_some_and(|w| w.len() != b) {
-        return Err(Error::Shape(format!("training step: targets {} / weights for batch {b} x {c} classes", targets.len())));
+        return Err(Error::Shape(format!(
+            "training step: targets {} / weights for batch {b} x {c} classes",
+            targets.len()
+        )));
     }
     let acts1 = model.forward_train(view1, b, h, w)?;
     let mut d1 = vec![0.0f32; b * c];

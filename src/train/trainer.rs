@@ -180,7 +180,11 @@ impl Trainer {
     pub fn train(&mut self, samples: &[Sample], eval: Option<&EvalSet>, cfg: &TrainConfig) -> Result<Vec<EpochReport>> {
         let c = self.model.cfg.num_classes;
         if let Some(bad) = samples.iter().find(|s| s.target.len() != c) {
-            return Err(Error::Shape(format!("`{}`: {} label values for {c} classes", bad.path.display(), bad.target.len())));
+            return Err(Error::Shape(format!(
+                "`{}`: {} label values for {c} classes",
+                bad.path.display(),
+                bad.target.len()
+            )));
         }
         let (h, w) = cfg.transform.output_hw(1, 1);
         std::fs::create_dir_all(&cfg.out).map_err(|e| Error::Io { path: cfg.out.display().to_string(), source: e })?;
@@ -248,12 +252,23 @@ impl Trainer {
                     }
                     let (bce, consistency) = match &mut self.cuda {
                         Some(dev) => {
-                            let out = dev.train_step(&mut self.opt, &bx, bx2.as_deref(), b, h, w, &by, consistency_weight)?;
+                            let out =
+                                dev.train_step(&mut self.opt, &bx, bx2.as_deref(), b, h, w, &by, consistency_weight)?;
                             (out.bce, out.consistency)
                         }
                         None => {
                             self.model.zero_grad();
-                            let out = forward_backward(&mut self.model, &bx, bx2.as_deref(), b, h, w, &by, None, consistency_weight)?;
+                            let out = forward_backward(
+                                &mut self.model,
+                                &bx,
+                                bx2.as_deref(),
+                                b,
+                                h,
+                                w,
+                                &by,
+                                None,
+                                consistency_weight,
+                            )?;
                             let grads = std::mem::take(&mut self.model.grads);
                             self.opt.step(&mut self.model.params, &grads);
                             self.model.grads = grads;
@@ -352,7 +367,13 @@ impl EpochReport {
             self.lr,
         );
         if let Some(e) = &self.eval {
-            s.push_str(&format!(" · mAP {:.2} on {} ({} images, {:.1} img/s)", 100.0 * e.map, e.split, e.images, e.images_per_s));
+            s.push_str(&format!(
+                " · mAP {:.2} on {} ({} images, {:.1} img/s)",
+                100.0 * e.map,
+                e.split,
+                e.images,
+                e.images_per_s
+            ));
         }
         if !self.skipped.is_empty() {
             s.push_str(&format!(" · {} unreadable images skipped", self.skipped.len()));

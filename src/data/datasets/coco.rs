@@ -14,16 +14,86 @@ use crate::error::{Error, Result};
 
 /// The 80 COCO categories in category-id order, with their official names.
 pub const COCO_CLASSES: [&str; 80] = [
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
-    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
-    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 ];
 
 /// TagCLIP's name for a COCO category (`class_names_coco` in its `clip_text.py`): the VOC
@@ -84,7 +154,8 @@ pub(crate) fn read(root: &Path, year: u32, split: &str) -> Result<RawDataset> {
         &format!("COCO {split} annotations"),
         &[root.join("annotations").join(format!("instances_{split}.json"))],
     )?;
-    let image_dir = first_existing(&format!("COCO {split} image folder"), &[root.join(&split), root.join("images").join(&split)])?;
+    let image_dir =
+        first_existing(&format!("COCO {split} image folder"), &[root.join(&split), root.join("images").join(&split)])?;
     let prefix = image_dir.strip_prefix(root).unwrap_or(&image_dir).to_string_lossy().replace('\\', "/");
     let bytes = std::fs::read(&ann_path).map_err(io_err(&ann_path))?;
     let inst: Instances = serde_json::from_slice(&bytes)
@@ -116,15 +187,9 @@ pub(crate) fn read(root: &Path, year: u32, split: &str) -> Result<RawDataset> {
         }
     }
     if bad_image + bad_cat > 0 {
-        notes.push(format!(
-            "ignored {bad_image} annotations of unknown images and {bad_cat} of unknown categories"
-        ));
+        notes.push(format!("ignored {bad_image} annotations of unknown images and {bad_cat} of unknown categories"));
     }
-    let items = inst
-        .images
-        .iter()
-        .zip(labels)
-        .map(|(im, l)| item(root, &format!("{prefix}/{}", im.file_name), l))
-        .collect();
+    let items =
+        inst.images.iter().zip(labels).map(|(im, l)| item(root, &format!("{prefix}/{}", im.file_name), l)).collect();
     Ok(RawDataset { root: root.to_path_buf(), split, classes, items, notes, skipped: Vec::new() })
 }

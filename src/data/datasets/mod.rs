@@ -20,8 +20,8 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
 use crate::data::loader::Skipped;
+use crate::error::{Error, Result};
 
 /// One image and its labels.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -20,15 +20,87 @@ use crate::error::{Error, Result};
 
 /// The 81 concepts in the order of `Concepts81.txt`.
 pub const NUS_CONCEPTS: [&str; 81] = [
-    "airport", "animal", "beach", "bear", "birds", "boats", "book", "bridge", "buildings", "cars",
-    "castle", "cat", "cityscape", "clouds", "computer", "coral", "cow", "dancing", "dog",
-    "earthquake", "elk", "fire", "fish", "flags", "flowers", "food", "fox", "frost", "garden",
-    "glacier", "grass", "harbor", "horses", "house", "lake", "leaf", "map", "military", "moon",
-    "mountain", "nighttime", "ocean", "person", "plane", "plants", "police", "protest", "railroad",
-    "rainbow", "reflection", "road", "rocks", "running", "sand", "sign", "sky", "snow", "soccer",
-    "sports", "statue", "street", "sun", "sunset", "surf", "swimmers", "tattoo", "temple", "tiger",
-    "tower", "town", "toy", "train", "tree", "valley", "vehicle", "water", "waterfall", "wedding",
-    "whales", "window", "zebra",
+    "airport",
+    "animal",
+    "beach",
+    "bear",
+    "birds",
+    "boats",
+    "book",
+    "bridge",
+    "buildings",
+    "cars",
+    "castle",
+    "cat",
+    "cityscape",
+    "clouds",
+    "computer",
+    "coral",
+    "cow",
+    "dancing",
+    "dog",
+    "earthquake",
+    "elk",
+    "fire",
+    "fish",
+    "flags",
+    "flowers",
+    "food",
+    "fox",
+    "frost",
+    "garden",
+    "glacier",
+    "grass",
+    "harbor",
+    "horses",
+    "house",
+    "lake",
+    "leaf",
+    "map",
+    "military",
+    "moon",
+    "mountain",
+    "nighttime",
+    "ocean",
+    "person",
+    "plane",
+    "plants",
+    "police",
+    "protest",
+    "railroad",
+    "rainbow",
+    "reflection",
+    "road",
+    "rocks",
+    "running",
+    "sand",
+    "sign",
+    "sky",
+    "snow",
+    "soccer",
+    "sports",
+    "statue",
+    "street",
+    "sun",
+    "sunset",
+    "surf",
+    "swimmers",
+    "tattoo",
+    "temple",
+    "tiger",
+    "tower",
+    "town",
+    "toy",
+    "train",
+    "tree",
+    "valley",
+    "vehicle",
+    "water",
+    "waterfall",
+    "wedding",
+    "whales",
+    "window",
+    "zebra",
 ];
 
 pub const SPLITS: [&str; 3] = ["train", "test", "all"];
@@ -70,12 +142,16 @@ pub(crate) fn read(root: &Path, split: &str) -> Result<RawDataset> {
             NUS_CONCEPTS.iter().map(|s| s.to_string()).collect()
         }
     };
-    let list_path = first_existing(&format!("NUS-WIDE `{split}` image list"), &[root.join("ImageList").join(list_name), root.join(list_name)])?;
+    let list_path = first_existing(
+        &format!("NUS-WIDE `{split}` image list"),
+        &[root.join("ImageList").join(list_name), root.join(list_name)],
+    )?;
     let rels: Vec<String> = read_lines(&list_path)?.iter().map(|l| normalize_list_path(l)).collect();
     let mut labels = vec![vec![0u8; classes.len()]; rels.len()];
     for (c, name) in classes.iter().enumerate() {
         let p = root.join(label_file(name));
-        let lines = read_lines(&p).map_err(|_| Error::Dataset(format!("NUS-WIDE labels of `{name}`: cannot read {}", p.display())))?;
+        let lines = read_lines(&p)
+            .map_err(|_| Error::Dataset(format!("NUS-WIDE labels of `{name}`: cannot read {}", p.display())))?;
         if lines.len() != rels.len() {
             return Err(Error::Dataset(format!(
                 "{} has {} lines but the image list {} has {}",
@@ -89,7 +165,9 @@ pub(crate) fn read(root: &Path, split: &str) -> Result<RawDataset> {
             labels[i][c] = match l.as_str() {
                 "0" => 0,
                 "1" => 1,
-                other => return Err(Error::Dataset(format!("{} line {}: `{other}` is not 0 or 1", p.display(), i + 1))),
+                other => {
+                    return Err(Error::Dataset(format!("{} line {}: `{other}` is not 0 or 1", p.display(), i + 1)))
+                }
             };
         }
     }

@@ -9,14 +9,31 @@
 use std::path::{Path, PathBuf};
 
 use crate::data::datasets::{first_existing, item, read_lines, LoadOptions, RawDataset, VocDifficult};
-use crate::error::{Error, Result};
 use crate::data::loader::Skipped;
+use crate::error::{Error, Result};
 
 /// The 20 VOC classes in the devkit's order, as the annotations write them (TagCLIP's
 /// `class_names_voc`).
 pub const VOC_CLASSES: [&str; 20] = [
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
     "tvmonitor",
 ];
 
@@ -39,7 +56,10 @@ pub fn year_dir(root: &Path, year: u32) -> Result<PathBuf> {
     let found = candidates.iter().find(|d| d.join("Annotations").is_dir() && d.join("ImageSets").is_dir());
     match found {
         // A folder named for another year is a mistake worth stopping for.
-        Some(d) if d == root && root.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("VOC20") && n != y) => {
+        Some(d)
+            if d == root
+                && root.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("VOC20") && n != y) =>
+        {
             Err(Error::Dataset(format!("{} is not a {y} folder", root.display())))
         }
         Some(d) => Ok(d.clone()),
@@ -86,10 +106,8 @@ pub(crate) fn read(root: &Path, year: u32, split: &str, opts: &LoadOptions) -> R
         &[dir.join("ImageSets").join("Main").join(format!("{split}.txt"))],
     )?;
     // A line is an image id, possibly followed by a label column (the per-class files' form).
-    let ids: Vec<String> = read_lines(&list)?
-        .iter()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect();
+    let ids: Vec<String> =
+        read_lines(&list)?.iter().filter_map(|l| l.split_whitespace().next().map(str::to_string)).collect();
     let classes: Vec<String> = VOC_CLASSES.iter().map(|s| s.to_string()).collect();
     let mut items = Vec::with_capacity(ids.len());
     let mut skipped = Vec::new();
@@ -128,8 +146,10 @@ pub(crate) fn read(root: &Path, year: u32, split: &str, opts: &LoadOptions) -> R
     let mut notes = vec![format!(
         "labels from Annotations/*.xml ({objects} objects); difficult objects {}",
         match opts.voc_difficult {
-            VocDifficult::Positive => "count as positives (TagCLIP's convention; --voc-difficult ignore for CCD's)".to_string(),
-            VocDifficult::Ignore => format!("are ignored ({difficult_only} image-class pairs seen only as difficult are negative)"),
+            VocDifficult::Positive =>
+                "count as positives (TagCLIP's convention; --voc-difficult ignore for CCD's)".to_string(),
+            VocDifficult::Ignore =>
+                format!("are ignored ({difficult_only} image-class pairs seen only as difficult are negative)"),
         }
     )];
     if !unknown.is_empty() {

@@ -142,7 +142,15 @@ pub struct CheckOptions {
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions { bench: false, warmup: 3, runs: 20, filter: None, seed: 0x1abe1f2ee, max_work: None, progress: false }
+        CheckOptions {
+            bench: false,
+            warmup: 3,
+            runs: 20,
+            filter: None,
+            seed: 0x1abe1f2ee,
+            max_work: None,
+            progress: false,
+        }
     }
 }
 
@@ -260,15 +268,25 @@ pub fn run_checks(gpu: &Arc<Gpu>, checks: &[GpuCheck], opts: &CheckOptions) -> R
                 row.pass = false;
             }
             let op = row.op.clone();
-            report.sanitizer.extend(findings.into_iter().map(|finding| RowFinding { row: row_index, op: op.clone(), finding }));
-            report.profile.extend(s.take_profiles().into_iter().map(|profile| RowProfile { row: row_index, op: op.clone(), profile }));
+            report.sanitizer.extend(findings.into_iter().map(|finding| RowFinding {
+                row: row_index,
+                op: op.clone(),
+                finding,
+            }));
+            report.profile.extend(s.take_profiles().into_iter().map(|profile| RowProfile {
+                row: row_index,
+                op: op.clone(),
+                profile,
+            }));
         }
         if opts.progress {
             let status = match (&row.skipped, &row.error, row.pass) {
                 (Some(why), _, _) => format!("skipped ({why})"),
                 (None, Some(e), _) => format!("ERROR {e}"),
                 (None, None, true) => "ok".into(),
-                (None, None, false) if row.sanitizer_findings > 0 => format!("SANITIZER ({} findings)", row.sanitizer_findings),
+                (None, None, false) if row.sanitizer_findings > 0 => {
+                    format!("SANITIZER ({} findings)", row.sanitizer_findings)
+                }
                 (None, None, false) => format!("FAIL {:.2e} > {:.0e}", row.max_rel_err, row.tolerance),
             };
             eprintln!(
@@ -299,7 +317,9 @@ pub fn format_table(rows: &[CheckRow]) -> String {
             (Some(why), _, _) => format!("skipped: {why}"),
             (None, Some(e), _) => format!("ERROR: {e}"),
             (None, None, true) => "yes".into(),
-            (None, None, false) if r.sanitizer_findings > 0 => format!("NO ({} sanitizer findings)", r.sanitizer_findings),
+            (None, None, false) if r.sanitizer_findings > 0 => {
+                format!("NO ({} sanitizer findings)", r.sanitizer_findings)
+            }
             (None, None, false) => format!("NO (> {:.0e})", r.tolerance),
         };
         let time = r.median_ms.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into());

@@ -80,7 +80,8 @@ pub fn occupancy(lim: &SmLimits, threads: u32, registers: u32, shared_bytes: u32
     let smem = shared_bytes + lim.reserved_shared_per_block;
     let by_smem = lim.shared_bytes / smem;
     let by_threads = lim.max_threads / (warps * 32);
-    let limits = [(by_regs, "registers"), (by_smem, "shared memory"), (by_threads, "threads"), (lim.max_blocks, "blocks")];
+    let limits =
+        [(by_regs, "registers"), (by_smem, "shared memory"), (by_threads, "threads"), (lim.max_blocks, "blocks")];
     let (blocks, limited_by) = limits.iter().copied().min_by_key(|&(b, _)| b).unwrap_or((0, "threads"));
     Occupancy {
         arch: lim.arch,
@@ -178,9 +179,10 @@ pub fn find_ptxas() -> Option<PathBuf> {
         }
     }
     candidates.push(PathBuf::from("ptxas"));
-    if let Some(home) = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache"))
-    }) {
+    if let Some(home) = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+    {
         // scripts/install-nvcc.sh's default environment.
         candidates.push(home.join("labelfree/nvcc-13.0.2/lib/python3.11/site-packages/nvidia/cu13/bin/ptxas"));
     }

@@ -141,7 +141,11 @@ impl CudaTensor {
         let n = numel(shape).max(1);
         let len = n * dtype.size_in_bytes();
         let addr = sim.alloc(len).map_err(|e| sim_err(&format!("allocating {shape:?} {dtype:?}"), e))?;
-        let t = CudaTensor { shape: shape.to_vec(), dtype, storage: Storage::Sim(SimBuf { sim: sim.clone(), addr, bytes: len }) };
+        let t = CudaTensor {
+            shape: shape.to_vec(),
+            dtype,
+            storage: Storage::Sim(SimBuf { sim: sim.clone(), addr, bytes: len }),
+        };
         match bytes {
             Some(b) => sim.write(addr, b).map_err(|e| sim_err("host to device copy", e))?,
             None => sim.write(addr, &poison_bytes(dtype).repeat(n)).map_err(|e| sim_err("poisoning a buffer", e))?,
@@ -262,7 +266,9 @@ impl CudaTensor {
             TensorStorage::F32(v) => Self::from_f32(gpu, t.shape(), v, dtype),
             TensorStorage::U8(v) => Self::from_u8(gpu, t.shape(), v),
             TensorStorage::I32(v) => Self::from_i32(gpu, t.shape(), v),
-            TensorStorage::F16(_) | TensorStorage::BF16(_) => Self::from_f32(gpu, t.shape(), t.to_f32()?.f32s()?, dtype),
+            TensorStorage::F16(_) | TensorStorage::BF16(_) => {
+                Self::from_f32(gpu, t.shape(), t.to_f32()?.f32s()?, dtype)
+            }
         }
     }
 
@@ -274,11 +280,21 @@ impl CudaTensor {
                 let mut bytes = vec![0u8; sb.bytes];
                 sb.sim.read(sb.addr, &mut bytes).map_err(|e| sim_err("device to host copy", e))?;
                 let mut v: Vec<f32> = match self.dtype {
-                    CudaDType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-                    CudaDType::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
-                    CudaDType::F16 => bytes.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+                    CudaDType::F32 => {
+                        bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+                    }
+                    CudaDType::BF16 => bytes
+                        .chunks_exact(2)
+                        .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                        .collect(),
+                    CudaDType::F16 => bytes
+                        .chunks_exact(2)
+                        .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                        .collect(),
                     CudaDType::U8 => bytes.iter().map(|&x| x as f32).collect(),
-                    CudaDType::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect(),
+                    CudaDType::I32 => {
+                        bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect()
+                    }
                 };
                 v.truncate(n);
                 return Ok(v);
@@ -362,7 +378,9 @@ impl CudaTensor {
     pub fn buf(&self) -> Result<&CudaBuf> {
         match &self.storage {
             Storage::Driver(b) => Ok(b),
-            Storage::Sim(_) => Err(Error::Skipped("a library call needs a GPU buffer (the PTX simulator has none)".into())),
+            Storage::Sim(_) => {
+                Err(Error::Skipped("a library call needs a GPU buffer (the PTX simulator has none)".into()))
+            }
         }
     }
 
@@ -370,7 +388,9 @@ impl CudaTensor {
     pub fn buf_mut(&mut self) -> Result<&mut CudaBuf> {
         match &mut self.storage {
             Storage::Driver(b) => Ok(b),
-            Storage::Sim(_) => Err(Error::Skipped("a library call needs a GPU buffer (the PTX simulator has none)".into())),
+            Storage::Sim(_) => {
+                Err(Error::Skipped("a library call needs a GPU buffer (the PTX simulator has none)".into()))
+            }
         }
     }
 

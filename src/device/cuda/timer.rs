@@ -38,7 +38,13 @@ impl Timer {
     }
 
     /// Runs `launch` `warmup` times untimed, then `runs` times, each between two events.
-    pub fn time(&mut self, gpu: &Gpu, warmup: usize, runs: usize, mut launch: impl FnMut() -> Result<()>) -> Result<Timing> {
+    pub fn time(
+        &mut self,
+        gpu: &Gpu,
+        warmup: usize,
+        runs: usize,
+        mut launch: impl FnMut() -> Result<()>,
+    ) -> Result<Timing> {
         let stream = &gpu.driver("timing")?.stream;
         for _ in 0..warmup {
             launch()?;

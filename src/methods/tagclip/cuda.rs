@@ -89,64 +89,85 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
     let tiny = VitConfig { width: 128, layers: 12, heads: 2, patch: 16, grid: 4, output_dim: 32 };
     let b16 = VitConfig { width: 768, layers: 12, heads: 12, patch: 16, grid: 14, output_dim: 512 };
     let mut checks = Vec::new();
-    for (name, cfg, batch, h, w) in [("tiny ViT", tiny.clone(), 2usize, 96usize, 128usize), ("tiny ViT", tiny, 3, 80, 64), ("ViT-B/16", b16, 2, 224, 224)] {
+    for (name, cfg, batch, h, w) in [
+        ("tiny ViT", tiny.clone(), 2usize, 96usize, 128usize),
+        ("tiny ViT", tiny, 3, 80, 64),
+        ("ViT-B/16", b16, 2, 224, 224),
+    ] {
         let (gh, gw) = (h / 16, w / 16);
         let (n, c) = (gh * gw, 103usize);
         let shape = format!("{name} B={batch} {h}x{w} C={c}");
         // Two encoder passes (the recorded one and the stage's) and the DMAR products.
         let flops = (batch * 2 * 2 * n * n * c) as f64 + 2.0 * batch as f64 * cfg.flops_per_image(h, w);
-        checks.push(GpuCheck::new("tagclip_patch_stage", shape, CudaDType::F32, Work::Flops(flops), move |gpu, rng| {
-            let seed = rng.gen::<u64>();
-            let vit = CudaVit::load(gpu, &mut random_vit_params(&cfg, seed)?, &cfg, Activation::QuickGelu, CudaDType::F32)?;
-            let d = cfg.output_dim;
-            let mut text = random_vec(rng, c * d, 1.0);
-            l2_normalize_cpu(&mut text, d);
-            let t = n + 1;
-            let pixels = Tensor::from_f32(&[batch, 3, h, w], random_vec(rng, batch * 3 * h * w, 2.0))?;
-            let diag = super::stages::diagonal_mask(t);
-            let opts = TagclipOptions::default();
-            let layers = cfg.layers;
-            let scale = 100.0f32;
-            let got = {
-                let mut masks = vec![AttnMask::default(); layers];
-                masks[layers - 1] = AttnMask { shared: Some(&diag), ..Default::default() };
-                let req = VitRequest { tokens: true, attn_probs: true, probs_before_mask: true, masks, pos_table: None };
-                let dev_out = vit.forward_request(&pixels, &req)?;
-                let stage = patch_stage_cuda(&vit, &pixels, &req, &text, c, scale, gh, gw, &opts)?;
-                (dev_out, stage)
-            };
-            let (host, stage) = got;
-            let tokens = host.tokens.as_ref().map(|x| x.f32s().map(|s| s.to_vec())).transpose()?.unwrap_or_default();
-            let maps: Vec<&[f32]> = host.attn.iter().map(|a| a.f32s()).collect::<Result<_>>()?;
-            let (mut err, mut flipped) = (0.0f64, 0usize);
-            for (bi, st) in stage.iter().enumerate() {
-                let coarse = super::stages::class_softmax(&tokens[(bi * t + 1) * d..(bi + 1) * t * d], &text, d, scale);
-                let per: Vec<&[f32]> = maps.iter().map(|m| &m[bi * t * t..(bi + 1) * t * t]).collect();
-                let wm = super::stages::dmar_weights(&per, t, &opts);
-                let (hat, refined) = super::stages::dmar_refine(&wm, &coarse, gh, gw, c, &opts);
-                err = err.max(max_rel_err(&st.hat, &hat));
-                let cpu_masks = box_mask_matrix(&hat, gh, gw, c, &opts);
-                for ci in 0..c {
-                    let same = cpu_masks.masked[ci] == st.masks.masked[ci] && (0..n).all(|i| cpu_masks.keep[i * c + ci] == st.masks.keep[i * c + ci]);
-                    if !same {
-                        flipped += 1;
-                        continue;
+        checks.push(GpuCheck::new(
+            "tagclip_patch_stage",
+            shape,
+            CudaDType::F32,
+            Work::Flops(flops),
+            move |gpu, rng| {
+                let seed = rng.gen::<u64>();
+                let vit = CudaVit::load(
+                    gpu,
+                    &mut random_vit_params(&cfg, seed)?,
+                    &cfg,
+                    Activation::QuickGelu,
+                    CudaDType::F32,
+                )?;
+                let d = cfg.output_dim;
+                let mut text = random_vec(rng, c * d, 1.0);
+                l2_normalize_cpu(&mut text, d);
+                let t = n + 1;
+                let pixels = Tensor::from_f32(&[batch, 3, h, w], random_vec(rng, batch * 3 * h * w, 2.0))?;
+                let diag = super::stages::diagonal_mask(t);
+                let opts = TagclipOptions::default();
+                let layers = cfg.layers;
+                let scale = 100.0f32;
+                let got = {
+                    let mut masks = vec![AttnMask::default(); layers];
+                    masks[layers - 1] = AttnMask { shared: Some(&diag), ..Default::default() };
+                    let req =
+                        VitRequest { tokens: true, attn_probs: true, probs_before_mask: true, masks, pos_table: None };
+                    let dev_out = vit.forward_request(&pixels, &req)?;
+                    let stage = patch_stage_cuda(&vit, &pixels, &req, &text, c, scale, gh, gw, &opts)?;
+                    (dev_out, stage)
+                };
+                let (host, stage) = got;
+                let tokens =
+                    host.tokens.as_ref().map(|x| x.f32s().map(|s| s.to_vec())).transpose()?.unwrap_or_default();
+                let maps: Vec<&[f32]> = host.attn.iter().map(|a| a.f32s()).collect::<Result<_>>()?;
+                let (mut err, mut flipped) = (0.0f64, 0usize);
+                for (bi, st) in stage.iter().enumerate() {
+                    let coarse =
+                        super::stages::class_softmax(&tokens[(bi * t + 1) * d..(bi + 1) * t * d], &text, d, scale);
+                    let per: Vec<&[f32]> = maps.iter().map(|m| &m[bi * t * t..(bi + 1) * t * t]).collect();
+                    let wm = super::stages::dmar_weights(&per, t, &opts);
+                    let (hat, refined) = super::stages::dmar_refine(&wm, &coarse, gh, gw, c, &opts);
+                    err = err.max(max_rel_err(&st.hat, &hat));
+                    let cpu_masks = box_mask_matrix(&hat, gh, gw, c, &opts);
+                    for ci in 0..c {
+                        let same = cpu_masks.masked[ci] == st.masks.masked[ci]
+                            && (0..n).all(|i| cpu_masks.keep[i * c + ci] == st.masks.keep[i * c + ci]);
+                        if !same {
+                            flipped += 1;
+                            continue;
+                        }
+                        let col = |m: &[f32]| (0..n).map(|i| m[i * c + ci]).collect::<Vec<f32>>();
+                        err = err.max(max_rel_err(&col(&st.refined), &col(&refined)));
                     }
-                    let col = |m: &[f32]| (0..n).map(|i| m[i * c + ci]).collect::<Vec<f32>>();
-                    err = err.max(max_rel_err(&col(&st.refined), &col(&refined)));
                 }
-            }
-            if flipped * 50 > batch * c {
-                err = f64::INFINITY;
-            }
-            let launch = move || {
-                let mut masks = vec![AttnMask::default(); layers];
-                masks[layers - 1] = AttnMask { shared: Some(&diag), ..Default::default() };
-                let req = VitRequest { tokens: true, attn_probs: true, probs_before_mask: true, masks, pos_table: None };
-                patch_stage_cuda(&vit, &pixels, &req, &text, c, scale, gh, gw, &opts).map(|_| ())
-            };
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
-        }));
+                if flipped * 50 > batch * c {
+                    err = f64::INFINITY;
+                }
+                let launch = move || {
+                    let mut masks = vec![AttnMask::default(); layers];
+                    masks[layers - 1] = AttnMask { shared: Some(&diag), ..Default::default() };
+                    let req =
+                        VitRequest { tokens: true, attn_probs: true, probs_before_mask: true, masks, pos_table: None };
+                    patch_stage_cuda(&vit, &pixels, &req, &text, c, scale, gh, gw, &opts).map(|_| ())
+                };
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
+            },
+        ));
     }
     checks
 }

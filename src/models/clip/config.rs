@@ -95,10 +95,23 @@ impl ClipConfig {
             None => (name, Activation::Gelu),
         };
         let vit = |width, layers, patch, image: usize, out| {
-            VisionConfig::Vit(VitConfig { width, layers, heads: width / 64, patch, grid: image / patch, output_dim: out })
+            VisionConfig::Vit(VitConfig {
+                width,
+                layers,
+                heads: width / 64,
+                patch,
+                grid: image / patch,
+                output_dim: out,
+            })
         };
         let rn = |layers, width: usize, image: usize, out| {
-            VisionConfig::ResNet(ResNetConfig { layers, width, heads: width * 32 / 64, grid: image / 32, output_dim: out })
+            VisionConfig::ResNet(ResNetConfig {
+                layers,
+                width,
+                heads: width * 32 / 64,
+                grid: image / 32,
+                output_dim: out,
+            })
         };
         let (vision, text) = match base {
             "ViT-B-32" => (vit(768, 12, 32, 224, 512), text_cfg(512, 512)),
@@ -111,10 +124,7 @@ impl ClipConfig {
             "RN50x16" => (rn([6, 8, 18, 8], 96, 384, 768), text_cfg(768, 768)),
             "RN50x64" => (rn([3, 15, 36, 10], 128, 448, 1024), text_cfg(1024, 1024)),
             _ => {
-                return Err(Error::Weights(format!(
-                    "unknown architecture `{name}`; known: {}",
-                    KNOWN_ARCHS.join(", ")
-                )))
+                return Err(Error::Weights(format!("unknown architecture `{name}`; known: {}", KNOWN_ARCHS.join(", "))))
             }
         };
         Ok(ClipConfig { vision, text: Some(text), act })
@@ -137,7 +147,12 @@ impl ClipConfig {
             if conv.len() != 4 || conv[1] != 3 || conv[2] != conv[3] {
                 return Err(Error::WeightShape {
                     name: "visual.conv1.weight".into(),
-                    expected: vec![conv.first().copied().unwrap_or(0), 3, conv.get(2).copied().unwrap_or(0), conv.get(2).copied().unwrap_or(0)],
+                    expected: vec![
+                        conv.first().copied().unwrap_or(0),
+                        3,
+                        conv.get(2).copied().unwrap_or(0),
+                        conv.get(2).copied().unwrap_or(0),
+                    ],
                     found: conv,
                 });
             }

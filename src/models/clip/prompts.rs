@@ -102,25 +102,20 @@ pub const SCENE_TEMPLATES: [&str; 5] = [
 
 /// TagCLIP's background words for PASCAL VOC (25), appended after the dataset classes.
 pub const BACKGROUND_VOC: [&str; 25] = [
-    "ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea",
-    "railway", "railroad", "keyboard", "helmet", "cloud", "house", "mountain", "ocean", "road",
-    "rock", "street", "valley", "bridge", "sign",
+    "ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea", "railway",
+    "railroad", "keyboard", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock", "street", "valley",
+    "bridge", "sign",
 ];
 
 /// TagCLIP's background words for COCO (23): the VOC list without "keyboard" and "sign".
 pub const BACKGROUND_COCO: [&str; 23] = [
-    "ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea",
-    "railway", "railroad", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock",
-    "street", "valley", "bridge",
+    "ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea", "railway",
+    "railroad", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock", "street", "valley", "bridge",
 ];
 
 /// The 85 templates of TagCLIP: the 80 ImageNet templates, then the 5 scene templates.
 pub fn tagclip_templates() -> Vec<&'static str> {
-    IMAGENET_TEMPLATES
-        .iter()
-        .chain(SCENE_TEMPLATES.iter())
-        .copied()
-        .collect()
+    IMAGENET_TEMPLATES.iter().chain(SCENE_TEMPLATES.iter()).copied().collect()
 }
 
 /// Puts `class_name` in place of the first `{}` of `template` (Python's `template.format(c)`).
@@ -141,10 +136,7 @@ mod tests {
         assert_eq!(t[0], "a bad photo of a {}.");
         assert_eq!(t[84], "this is one {} in the scene.");
         assert_eq!(fill(DEFAULT_TEMPLATE, "dog"), "a photo of a dog.");
-        assert_eq!(
-            fill("a {} in a video game.", "tvmonitor"),
-            "a tvmonitor in a video game."
-        );
+        assert_eq!(fill("a {} in a video game.", "tvmonitor"), "a tvmonitor in a video game.");
         assert!(!BACKGROUND_COCO.contains(&"keyboard") && !BACKGROUND_COCO.contains(&"sign"));
     }
 }

@@ -52,7 +52,14 @@ pub struct LayerRequests<'a> {
 }
 
 impl Transformer {
-    pub fn load(p: &mut Params, prefix: &str, width: usize, layers: usize, heads: usize, act: Activation) -> Result<Self> {
+    pub fn load(
+        p: &mut Params,
+        prefix: &str,
+        width: usize,
+        layers: usize,
+        heads: usize,
+        act: Activation,
+    ) -> Result<Self> {
         let c = width;
         let mut blocks = Vec::with_capacity(layers);
         for l in 0..layers {
@@ -81,7 +88,8 @@ impl Transformer {
         let attn_std = (c as f32).powf(-0.5);
         let proj_std = attn_std * ((2 * layers) as f32).powf(-0.5);
         let fc_std = ((2 * c) as f32).powf(-0.5);
-        let r = |shape: &[usize], std: f32, rng: &mut _| Tensor::randn(shape, std, rng).into_f32_vec().unwrap_or_default();
+        let r =
+            |shape: &[usize], std: f32, rng: &mut _| Tensor::randn(shape, std, rng).into_f32_vec().unwrap_or_default();
         let blocks = (0..layers)
             .map(|_| Block {
                 ln1_w: vec![1.0; c],
@@ -135,7 +143,11 @@ impl Transformer {
             let residual = |bias| Epilogue { bias: Bias::PerColumn(bias), accumulate: true, ..Default::default() };
             blk.out_w.forward(&attn, x, &residual(&blk.out_b));
             layer_norm_cpu(x, &blk.ln2_w, &blk.ln2_b, LN_EPS, &mut h);
-            blk.fc_w.forward(&h, &mut mlp, &Epilogue { bias: Bias::PerColumn(&blk.fc_b), act: Some(self.act), ..Default::default() });
+            blk.fc_w.forward(
+                &h,
+                &mut mlp,
+                &Epilogue { bias: Bias::PerColumn(&blk.fc_b), act: Some(self.act), ..Default::default() },
+            );
             blk.proj_w.forward(&mlp, x, &residual(&blk.proj_b));
         }
         recorded

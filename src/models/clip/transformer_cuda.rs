@@ -65,7 +65,16 @@ pub struct CudaTransformer {
 impl CudaTransformer {
     /// Takes `{prefix}{layer}.*` from `p` (the names `Transformer::load` takes).
     #[allow(clippy::too_many_arguments)]
-    pub fn load(gpu: &Arc<Gpu>, p: &mut Params, prefix: &str, width: usize, layers: usize, heads: usize, act: Activation, dtype: CudaDType) -> Result<Self> {
+    pub fn load(
+        gpu: &Arc<Gpu>,
+        p: &mut Params,
+        prefix: &str,
+        width: usize,
+        layers: usize,
+        heads: usize,
+        act: Activation,
+        dtype: CudaDType,
+    ) -> Result<Self> {
         let c = width;
         let f32d = CudaDType::F32;
         let mut blocks = Vec::with_capacity(layers);
@@ -97,7 +106,12 @@ impl CudaTransformer {
 
     /// x (B, T, C) -> (B, T, C). `masks[l]` applies to layer l (missing: none). With `record`
     /// other than None, returns each layer's head-averaged probabilities (B, T, T) f32.
-    pub fn forward(&self, mut x: CudaTensor, masks: &[CudaAttnMask], record: ProbsRecord) -> Result<(CudaTensor, Vec<CudaTensor>)> {
+    pub fn forward(
+        &self,
+        mut x: CudaTensor,
+        masks: &[CudaAttnMask],
+        record: ProbsRecord,
+    ) -> Result<(CudaTensor, Vec<CudaTensor>)> {
         let gpu = &*self.gpu;
         let (b, t, c) = (x.dim(0), x.dim(1), self.width);
         let dt = self.dtype;

@@ -11,9 +11,9 @@ use crate::models::clip::weights::Params;
 use crate::ops::activation::Activation;
 use crate::ops::attention::AttnMask;
 use crate::ops::conv2d::patch_embed_weight_cpu;
+use crate::ops::gemm_packed::Epilogue;
 use crate::ops::interpolate::resize_positional_grid;
 use crate::ops::layernorm::layer_norm_cpu;
-use crate::ops::gemm_packed::Epilogue;
 use crate::ops::matmul::LinearWeight;
 use crate::tensor::Tensor;
 
@@ -71,13 +71,25 @@ impl VisionTransformer {
         let proj = p.take("visual.proj", &[c, d])?;
         let proj_t = LinearWeight::new(transpose(&proj, c, d), d, c);
         let conv_w = LinearWeight::new(conv_w, c, 3 * pp * pp);
-        Ok(VisionTransformer { cfg: cfg.clone(), conv_w, class_emb, pos_emb, ln_pre_w, ln_pre_b, transformer, ln_post_w, ln_post_b, proj_t })
+        Ok(VisionTransformer {
+            cfg: cfg.clone(),
+            conv_w,
+            class_emb,
+            pos_emb,
+            ln_pre_w,
+            ln_pre_b,
+            transformer,
+            ln_post_w,
+            ln_post_b,
+            proj_t,
+        })
     }
 
     pub fn random(cfg: &VitConfig, act: Activation, rng: &mut impl Rng) -> Self {
         let (c, pp, d) = (cfg.width, cfg.patch, cfg.output_dim);
         let scale = (c as f32).powf(-0.5);
-        let r = |shape: &[usize], std: f32, rng: &mut _| Tensor::randn(shape, std, rng).into_f32_vec().unwrap_or_default();
+        let r =
+            |shape: &[usize], std: f32, rng: &mut _| Tensor::randn(shape, std, rng).into_f32_vec().unwrap_or_default();
         VisionTransformer {
             cfg: cfg.clone(),
             conv_w: LinearWeight::new(r(&[c, 3, pp, pp], 0.02, rng), c, 3 * pp * pp),
@@ -121,7 +133,9 @@ impl VisionTransformer {
         patch_embed_weight_cpu(pixels.f32s()?, b, 3, h, w, &self.conv_w, p, &mut patches);
         let pos = match req.pos_table {
             Some(table) if table.len() == t * c => table.to_vec(),
-            Some(table) => return Err(Error::Shape(format!("positional table of {} values for {t} tokens x {c}", table.len()))),
+            Some(table) => {
+                return Err(Error::Shape(format!("positional table of {} values for {t} tokens x {c}", table.len())))
+            }
             None => self.positional_embedding(gh, gw),
         };
         let mut x = vec![0.0f32; b * t * c];

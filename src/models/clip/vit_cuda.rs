@@ -13,10 +13,10 @@ use crate::device::cuda::{CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
 use crate::models::clip::config::VitConfig;
 use crate::models::clip::transformer::LN_EPS;
-use crate::models::clip::weights::Params;
-use crate::ops::activation::Activation;
 use crate::models::clip::transformer_cuda::{block_param_shapes, CudaTransformer};
 use crate::models::clip::vit::{VitOutput, VitRequest};
+use crate::models::clip::weights::Params;
+use crate::ops::activation::Activation;
 use crate::ops::attention::{CudaAttnMask, ProbsRecord};
 use crate::ops::conv2d::patchify_cuda;
 use crate::ops::interpolate::resize_positional_grid;
@@ -83,13 +83,22 @@ pub fn random_vit_params(cfg: &VitConfig, seed: u64) -> Result<Params> {
     let c = cfg.width as f32;
     for (name, shape) in vit_param_shapes(cfg) {
         let n: usize = shape.iter().product();
-        let data: Vec<f32> = if name.ends_with("ln_1.weight") || name.ends_with("ln_2.weight") || name.contains("ln_p") && name.ends_with("weight") {
+        let data: Vec<f32> = if name.ends_with("ln_1.weight")
+            || name.ends_with("ln_2.weight")
+            || name.contains("ln_p") && name.ends_with("weight")
+        {
             (0..n).map(|_| rng.gen_range(0.8..1.2)).collect()
         } else if name.ends_with("bias") {
             (0..n).map(|_| rng.gen_range(-0.05..0.05)).collect()
         } else {
             let fan_in = shape.last().copied().unwrap_or(1).max(1) as f32;
-            let std = if name.ends_with("conv1.weight") { 0.02 } else if name == "visual.proj" { c.powf(-0.5) } else { fan_in.powf(-0.5) };
+            let std = if name.ends_with("conv1.weight") {
+                0.02
+            } else if name == "visual.proj" {
+                c.powf(-0.5)
+            } else {
+                fan_in.powf(-0.5)
+            };
             Tensor::randn(&shape, std, &mut rng).into_f32_vec()?
         };
         map.insert(name, Tensor::from_f32(&shape, data)?);
@@ -104,7 +113,9 @@ fn upload(gpu: &Gpu, data: &[f32], shape: &[usize], dtype: CudaDType) -> Result<
 /// The input rule of `VisionTransformer::forward`: (B, 3, H, W), H and W positive multiples of the patch.
 fn check_vit_input(s: &[usize], p: usize) -> Result<()> {
     if s.len() != 4 || s[1] != 3 || !s[2].is_multiple_of(p) || !s[3].is_multiple_of(p) || s[2] == 0 || s[3] == 0 {
-        return Err(Error::Shape(format!("ViT input must be (B, 3, H, W) with H and W positive multiples of the patch {p}; got {s:?}")));
+        return Err(Error::Shape(format!(
+            "ViT input must be (B, 3, H, W) with H and W positive multiples of the patch {p}; got {s:?}"
+        )));
     }
     Ok(())
 }
@@ -122,7 +133,8 @@ impl CudaVit {
         let pos_emb = p.take("visual.positional_embedding", &[cfg.grid * cfg.grid + 1, c])?;
         let ln_pre_w = upload(gpu, &p.take("visual.ln_pre.weight", &[c])?, &[c], f32d)?;
         let ln_pre_b = upload(gpu, &p.take("visual.ln_pre.bias", &[c])?, &[c], f32d)?;
-        let transformer = CudaTransformer::load(gpu, p, "visual.transformer.resblocks.", c, cfg.layers, cfg.heads, act, dtype)?;
+        let transformer =
+            CudaTransformer::load(gpu, p, "visual.transformer.resblocks.", c, cfg.layers, cfg.heads, act, dtype)?;
         let ln_post_w = upload(gpu, &p.take("visual.ln_post.weight", &[c])?, &[c], f32d)?;
         let ln_post_b = upload(gpu, &p.take("visual.ln_post.bias", &[c])?, &[c], f32d)?;
         let proj = p.take("visual.proj", &[c, d])?;
@@ -246,7 +258,9 @@ impl CudaVit {
         let x_in = CudaTensor::from_tensor(gpu, pixels, dt)?;
         let pos = match req.pos_table {
             Some(table) if table.len() == t * c => Arc::new(upload(gpu, table, &[t, c], CudaDType::F32)?),
-            Some(table) => return Err(Error::Shape(format!("positional table of {} values for {t} tokens x {c}", table.len()))),
+            Some(table) => {
+                return Err(Error::Shape(format!("positional table of {} values for {t} tokens x {c}", table.len())))
+            }
             None => self.positional(gh, gw)?,
         };
         // Masks: uploaded once per distinct host slice (CWR passes the same rows to every layer).
@@ -270,7 +284,11 @@ impl CudaVit {
         }
         let masks: Vec<CudaAttnMask> = idx
             .iter()
-            .map(|&(sh, cr, causal)| CudaAttnMask { shared: sh.map(|i| &uploaded[i].2), cls_row: cr.map(|i| &uploaded[i].2), causal })
+            .map(|&(sh, cr, causal)| CudaAttnMask {
+                shared: sh.map(|i| &uploaded[i].2),
+                cls_row: cr.map(|i| &uploaded[i].2),
+                causal,
+            })
             .collect();
         let record = ProbsRecord::from_flags(req.attn_probs, req.probs_before_mask);
 
@@ -310,7 +328,8 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
                 let cpu = VisionTransformer::load(&mut random_vit_params(&cfg, seed)?, &cfg, act)?;
                 let dev = CudaVit::load(gpu, &mut random_vit_params(&cfg, seed)?, &cfg, act, dtype)?;
                 let pixels = random_vec(rng, batch * 3 * h * w, 2.0);
-                let want = cpu.forward(&Tensor::from_f32(&[batch, 3, h, w], pixels.clone())?, &VitRequest::default())?.pooled;
+                let want =
+                    cpu.forward(&Tensor::from_f32(&[batch, 3, h, w], pixels.clone())?, &VitRequest::default())?.pooled;
                 let x = CudaTensor::from_f32(gpu, &[batch, 3, h, w], &pixels, dtype)?;
                 let got = dev.forward(&x)?.to_f32_vec(gpu)?;
                 let err = max_rel_err(&got, want.f32s()?);
@@ -324,38 +343,53 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
         let cfg = VitConfig { width: 128, layers: 3, heads: 2, patch: 16, grid: 4, output_dim: 32 };
         let (batch, h, w) = (2usize, 80usize, 64usize);
         let flops = batch as f64 * 2.0 * cfg.layers as f64 * 21.0 * 12.0 * 128.0 * 128.0;
-        let check = GpuCheck::new("vit_encoder_tagclip_passes", format!("tiny ViT B={batch} {h}x{w}"), dtype, Work::Flops(flops), move |gpu, rng| {
-            use crate::ops::attention::AttnMask;
-            let seed = rng.gen::<u64>();
-            let act = Activation::QuickGelu;
-            let cpu = VisionTransformer::load(&mut random_vit_params(&cfg, seed)?, &cfg, act)?;
-            let dev = CudaVit::load(gpu, &mut random_vit_params(&cfg, seed)?, &cfg, act, dtype)?;
-            let t = (h / 16) * (w / 16) + 1;
-            let pixels = Tensor::from_f32(&[batch, 3, h, w], random_vec(rng, batch * 3 * h * w, 2.0))?;
-            let diag: Vec<f32> = (0..t * t).map(|i| if i / t == i % t { -1e4 } else { 0.0 }).collect();
-            let mut masks = vec![AttnMask::default(); cfg.layers];
-            masks[cfg.layers - 1] = AttnMask { shared: Some(&diag), ..Default::default() };
-            let req = VitRequest { tokens: true, attn_probs: true, probs_before_mask: true, masks, pos_table: None };
-            let (a, b) = (cpu.forward(&pixels, &req)?, dev.forward_request(&pixels, &req)?);
-            let flat = |o: &VitOutput| -> Result<Vec<f32>> {
-                let mut v = o.tokens.as_ref().map(|t| t.f32s().map(|s| s.to_vec())).transpose()?.unwrap_or_default();
-                for m in &o.attn {
-                    v.extend_from_slice(m.f32s()?);
-                }
-                Ok(v)
-            };
-            let mut err = max_rel_err(&flat(&b)?, &flat(&a)?);
-            let rows: Vec<f32> = (0..batch * t).map(|i| if i % t != 0 && (i / t + i) % 3 == 0 { -1000.0 } else { 0.0 }).collect();
-            let req = VitRequest { masks: vec![AttnMask { cls_row: Some(&rows), ..Default::default() }; cfg.layers], ..Default::default() };
-            let (a, b) = (cpu.forward(&pixels, &req)?, dev.forward_request(&pixels, &req)?);
-            err = err.max(max_rel_err(b.pooled.f32s()?, a.pooled.f32s()?));
-            let layers = cfg.layers;
-            let launch = move || {
-                let req = VitRequest { masks: vec![AttnMask { cls_row: Some(&rows), ..Default::default() }; layers], ..Default::default() };
-                dev.forward_request(&pixels, &req).map(|_| ())
-            };
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
-        });
+        let check = GpuCheck::new(
+            "vit_encoder_tagclip_passes",
+            format!("tiny ViT B={batch} {h}x{w}"),
+            dtype,
+            Work::Flops(flops),
+            move |gpu, rng| {
+                use crate::ops::attention::AttnMask;
+                let seed = rng.gen::<u64>();
+                let act = Activation::QuickGelu;
+                let cpu = VisionTransformer::load(&mut random_vit_params(&cfg, seed)?, &cfg, act)?;
+                let dev = CudaVit::load(gpu, &mut random_vit_params(&cfg, seed)?, &cfg, act, dtype)?;
+                let t = (h / 16) * (w / 16) + 1;
+                let pixels = Tensor::from_f32(&[batch, 3, h, w], random_vec(rng, batch * 3 * h * w, 2.0))?;
+                let diag: Vec<f32> = (0..t * t).map(|i| if i / t == i % t { -1e4 } else { 0.0 }).collect();
+                let mut masks = vec![AttnMask::default(); cfg.layers];
+                masks[cfg.layers - 1] = AttnMask { shared: Some(&diag), ..Default::default() };
+                let req =
+                    VitRequest { tokens: true, attn_probs: true, probs_before_mask: true, masks, pos_table: None };
+                let (a, b) = (cpu.forward(&pixels, &req)?, dev.forward_request(&pixels, &req)?);
+                let flat = |o: &VitOutput| -> Result<Vec<f32>> {
+                    let mut v =
+                        o.tokens.as_ref().map(|t| t.f32s().map(|s| s.to_vec())).transpose()?.unwrap_or_default();
+                    for m in &o.attn {
+                        v.extend_from_slice(m.f32s()?);
+                    }
+                    Ok(v)
+                };
+                let mut err = max_rel_err(&flat(&b)?, &flat(&a)?);
+                let rows: Vec<f32> =
+                    (0..batch * t).map(|i| if i % t != 0 && (i / t + i) % 3 == 0 { -1000.0 } else { 0.0 }).collect();
+                let req = VitRequest {
+                    masks: vec![AttnMask { cls_row: Some(&rows), ..Default::default() }; cfg.layers],
+                    ..Default::default()
+                };
+                let (a, b) = (cpu.forward(&pixels, &req)?, dev.forward_request(&pixels, &req)?);
+                err = err.max(max_rel_err(b.pooled.f32s()?, a.pooled.f32s()?));
+                let layers = cfg.layers;
+                let launch = move || {
+                    let req = VitRequest {
+                        masks: vec![AttnMask { cls_row: Some(&rows), ..Default::default() }; layers],
+                        ..Default::default()
+                    };
+                    dev.forward_request(&pixels, &req).map(|_| ())
+                };
+                Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
+            },
+        );
         // Every token and every attention map, against the f32 CPU: each bf16 op rounds its
         // output (<= 2^-8 relative, what the per-op rows measure), and a chain of them through
         // patch embedding, two LayerNorms, the qkv GEMM and the softmax reaches ~5e-2 on single

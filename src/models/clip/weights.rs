@@ -38,14 +38,12 @@ fn read_tensor(name: &str, view: &safetensors::tensor::TensorView) -> Result<Ten
         StDtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         StDtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         StDtype::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        StDtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
-            .collect(),
-        StDtype::I64 => bytes
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
-            .collect(),
+        StDtype::F64 => {
+            bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect()
+        }
+        StDtype::I64 => {
+            bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect()
+        }
         StDtype::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect(),
         other => return Err(bad(&format!("unsupported dtype {other:?}"))),
     };
@@ -59,13 +57,10 @@ fn read_tensor(name: &str, view: &safetensors::tensor::TensorView) -> Result<Ten
 pub fn load_safetensors(path: &Path) -> Result<(BTreeMap<String, Tensor>, HashMap<String, String>)> {
     let file = std::fs::File::open(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
     // SAFETY: the map is read-only and lives only while we copy out of it.
-    let mmap = unsafe { memmap2::Mmap::map(&file) }
-        .map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+    let mmap =
+        unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
     let st = SafeTensors::deserialize(&mmap).map_err(|e| {
-        Error::Weights(format!(
-            "`{}` is not a readable safetensors file (truncated or corrupt?): {e}",
-            path.display()
-        ))
+        Error::Weights(format!("`{}` is not a readable safetensors file (truncated or corrupt?): {e}", path.display()))
     })?;
     let (_, meta) = SafeTensors::read_metadata(&mmap)
         .map_err(|e| Error::Weights(format!("`{}`: bad safetensors header: {e}", path.display())))?;
