@@ -61,20 +61,12 @@ pub struct TrainSummary {
     pub epochs: Vec<EpochReport>,
 }
 
-/// The `labelfree train` arguments (the CLI flattens these into its subcommand).
+/// The classifier and schedule flags `train`, `cdul train` and `ccd train` share.
 #[derive(clap::Args, Clone, Debug)]
-pub struct TrainArgs {
-    /// Soft labels: the scores CSV of zeroshot/tagclip (`path,<class>,...`, values in [0, 1])
-    /// or safetensors (`labels` (N, C), metadata `paths`, `classes`)
-    #[arg(long)]
-    pub labels: PathBuf,
-    // The training images: --dataset/--root/--split as for zeroshot (the label rows are
-    // matched to the split's images by path: relative, absolute, or the file name when
-    // unique). Without --dataset, --root is the folder the label file's paths start from.
-    #[command(flatten)]
-    pub data: DatasetArgs,
+pub struct ClassifierTrainingArgs {
     /// After every epoch, the mAP on this split of the dataset (eval mode, same resize and
-    /// normalisation, no augmentation)
+    /// normalisation, no augmentation; ground truth: for the report, and for ccd train's
+    /// best_eval checkpoint)
     #[arg(long)]
     pub eval_split: Option<String>,
     /// torchvision ResNet-50 weights as safetensors (tools/convert_weights.py); omitted: random init
@@ -96,6 +88,22 @@ pub struct TrainArgs {
     pub size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// The `labelfree train` arguments (the CLI flattens these into its subcommand).
+#[derive(clap::Args, Clone, Debug)]
+pub struct TrainArgs {
+    /// Soft labels: the scores CSV of zeroshot/tagclip (`path,<class>,...`, values in [0, 1])
+    /// or safetensors (`labels` (N, C), metadata `paths`, `classes`)
+    #[arg(long)]
+    pub labels: PathBuf,
+    // The training images: --dataset/--root/--split as for zeroshot (the label rows are
+    // matched to the split's images by path: relative, absolute, or the file name when
+    // unique). Without --dataset, --root is the folder the label file's paths start from.
+    #[command(flatten)]
+    pub data: DatasetArgs,
+    #[command(flatten)]
+    pub training: ClassifierTrainingArgs,
     /// Plain linear head instead of CCD's CAM head
     #[arg(long)]
     pub linear_head: bool,
@@ -131,14 +139,14 @@ impl TrainArgs {
         TrainRun {
             labels: self.labels.clone(),
             data: self.data.clone(),
-            eval_split: self.eval_split.clone(),
-            backbone: self.backbone.clone(),
-            width: self.width,
-            epochs: self.epochs,
-            batch: self.batch,
-            lr: self.lr,
-            size: self.size,
-            seed: self.seed,
+            eval_split: self.training.eval_split.clone(),
+            backbone: self.training.backbone.clone(),
+            width: self.training.width,
+            epochs: self.training.epochs,
+            batch: self.training.batch,
+            lr: self.training.lr,
+            size: self.training.size,
+            seed: self.training.seed,
             head: if self.linear_head { HeadKind::Linear } else { HeadKind::Cam },
             alpha: self.alpha,
             second_view,

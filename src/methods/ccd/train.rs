@@ -48,7 +48,7 @@ use crate::methods::write_atomic;
 use crate::models::resnet50::HeadKind;
 use crate::train::checkpoint::{CHECKPOINT_FILE, CHECKPOINT_JSON};
 use crate::train::evaluate::{evaluate, evaluate_with, EvalSet};
-use crate::train::run::{eval_set, model_for, TrainRun};
+use crate::train::run::{eval_set, model_for, ClassifierTrainingArgs, TrainRun};
 use crate::train::trainer::{Sample, SecondView, TrainConfig, Trainer};
 
 pub const REPORT_FILE: &str = "ccd_train_report.json";
@@ -72,28 +72,8 @@ pub struct CcdTrainArgs {
     pub floor: f32,
     #[command(flatten)]
     pub cache: CacheArgs,
-    /// After every epoch, the mAP on this split of the dataset (ground truth: it picks the
-    /// best_eval checkpoint)
-    #[arg(long)]
-    pub eval_split: Option<String>,
-    /// torchvision ResNet-50 weights as safetensors; omitted: random init
-    #[arg(long)]
-    pub backbone: Option<PathBuf>,
-    /// Stem width of a randomly initialised ResNet-50 (default 64; smaller for quick tests)
-    #[arg(long, conflicts_with = "backbone")]
-    pub width: Option<usize>,
-    #[arg(long, default_value_t = 10)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    /// Backbone learning rate (the head gets 10x)
-    #[arg(long, default_value_t = 1e-5)]
-    pub lr: f32,
-    /// Square input side of the classifier
-    #[arg(long, default_value_t = 448)]
-    pub size: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub training: ClassifierTrainingArgs,
     /// CAM boost of the positive part
     #[arg(long, default_value_t = 3.0)]
     pub cam_alpha: f32,
@@ -287,21 +267,21 @@ pub fn run(a: &CcdTrainArgs, dev: Device, gpu: Option<&Arc<Gpu>>) -> Result<CcdT
         );
     }
     let transform =
-        Transform::SquareResize { size: a.size, interp: Interpolation::Bilinear, norm: IMAGENET_NORM_NUMPY };
+        Transform::SquareResize { size: a.training.size, interp: Interpolation::Bilinear, norm: IMAGENET_NORM_NUMPY };
     let second_view = (a.consistency_weight != 0.0).then(|| SecondView {
         from_epoch: a.update_epoch,
         weight: a.consistency_weight,
         jitter: (!a.jitter.is_identity()).then_some(a.jitter),
     });
     let cfg = TrainConfig {
-        epochs: a.epochs,
-        batch: a.batch,
-        lr: a.lr,
+        epochs: a.training.epochs,
+        batch: a.training.batch,
+        lr: a.training.lr,
         head_lr_mult: 10.0,
         transform: transform.clone(),
         hflip: true,
         second_view: second_view.clone(),
-        seed: a.seed,
+        seed: a.training.seed,
         out: a.out.clone(),
         progress: true,
         stop_after_steps: None,
@@ -309,14 +289,14 @@ pub fn run(a: &CcdTrainArgs, dev: Device, gpu: Option<&Arc<Gpu>>) -> Result<CcdT
     let train_run = TrainRun {
         labels: stage0_path.clone(),
         data: a.data.clone(),
-        eval_split: a.eval_split.clone(),
-        backbone: a.backbone.clone(),
-        width: a.width,
-        epochs: a.epochs,
-        batch: a.batch,
-        lr: a.lr,
-        size: a.size,
-        seed: a.seed,
+        eval_split: a.training.eval_split.clone(),
+        backbone: a.training.backbone.clone(),
+        width: a.training.width,
+        epochs: a.training.epochs,
+        batch: a.training.batch,
+        lr: a.training.lr,
+        size: a.training.size,
+        seed: a.training.seed,
         head: HeadKind::Cam,
         alpha: a.cam_alpha,
         second_view,
@@ -377,7 +357,7 @@ pub fn run(a: &CcdTrainArgs, dev: Device, gpu: Option<&Arc<Gpu>>) -> Result<CcdT
         .zip(labels.labels.chunks_exact(ds.num_classes()))
         .map(|(&i, row)| Sample { path: ds.items[i].path.clone(), target: row.to_vec() })
         .collect();
-    while trainer.epoch < a.epochs {
+    while trainer.epoch < a.training.epochs {
         let e = trainer.epoch;
         let made = report.updates.iter().any(|u| u.before_epoch == e) && labels_file(&a.out, e).is_file();
         if update_due(a, e) && a.resume && made {
@@ -399,7 +379,7 @@ pub fn run(a: &CcdTrainArgs, dev: Device, gpu: Option<&Arc<Gpu>>) -> Result<CcdT
         let one = TrainConfig { epochs: e + 1, ..cfg.clone() };
         let mut reports = trainer.train(&samples, eval.as_ref().map(|(s, _)| s), &one)?;
         let epoch = reports.pop().ok_or_else(|| Error::Internal("the trainer returned no epoch".into()))?;
-        let map_train = train_map_vs_pseudo(&mut trainer, &samples, &transform, a.batch)?;
+        let map_train = train_map_vs_pseudo(&mut trainer, &samples, &transform, a.training.batch)?;
         let ch = &mut report.choices;
         // the official rules, epoch by epoch (e 0-based)
         if let Some(prev) = ch.map_train_prev.filter(|_| e >= 1) {

@@ -34,7 +34,7 @@ use crate::eval::scores_csv;
 use crate::methods::write_atomic;
 use crate::models::resnet50::HeadKind;
 use crate::train::labels::match_labels;
-use crate::train::run::{eval_set, model_for, TrainRun};
+use crate::train::run::{eval_set, model_for, ClassifierTrainingArgs, TrainRun};
 use crate::train::trainer::{EpochReport, Sample, TrainConfig, Trainer};
 
 #[derive(Args, Clone, Debug)]
@@ -46,27 +46,8 @@ pub struct CdulTrainArgs {
     // label rows are matched to its images by path.
     #[command(flatten)]
     pub data: DatasetArgs,
-    /// After every epoch, the mAP on this split of the dataset
-    #[arg(long)]
-    pub eval_split: Option<String>,
-    /// torchvision ResNet-50 weights as safetensors; omitted: random init
-    #[arg(long)]
-    pub backbone: Option<PathBuf>,
-    /// Stem width of a randomly initialised ResNet-50 (default 64; smaller for quick tests)
-    #[arg(long, conflicts_with = "backbone")]
-    pub width: Option<usize>,
-    #[arg(long, default_value_t = 10)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    /// Backbone learning rate (the head gets 10x)
-    #[arg(long, default_value_t = 1e-5)]
-    pub lr: f32,
-    /// Square input side
-    #[arg(long, default_value_t = 448)]
-    pub size: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub training: ClassifierTrainingArgs,
     /// Classifier head: linear (a plain ResNet classifier) or cam (CCD's CAM head)
     #[arg(long, default_value = "linear")]
     pub head: String,
@@ -194,7 +175,7 @@ fn update_after(
     transform: &Transform,
     params: UpdateParams,
 ) -> Result<LabelUpdate> {
-    let (rows, unscored) = predict(trainer, samples, transform, a.batch)?;
+    let (rows, unscored) = predict(trainer, samples, transform, a.training.batch)?;
     let c = classes.len();
     let before: Vec<f32> = samples.iter().flat_map(|s| s.target.iter().copied()).collect();
     let mut after = before.clone();
@@ -247,14 +228,14 @@ pub fn run(a: &CdulTrainArgs, gpu: Option<&Arc<Gpu>>) -> Result<CdulTrainReport>
     let run = TrainRun {
         labels: a.labels.clone(),
         data: a.data.clone(),
-        eval_split: a.eval_split.clone(),
-        backbone: a.backbone.clone(),
-        width: a.width,
-        epochs: a.epochs,
-        batch: a.batch,
-        lr: a.lr,
-        size: a.size,
-        seed: a.seed,
+        eval_split: a.training.eval_split.clone(),
+        backbone: a.training.backbone.clone(),
+        width: a.training.width,
+        epochs: a.training.epochs,
+        batch: a.training.batch,
+        lr: a.training.lr,
+        size: a.training.size,
+        seed: a.training.seed,
         head,
         alpha: a.cam_alpha,
         second_view: None,
@@ -263,16 +244,16 @@ pub fn run(a: &CdulTrainArgs, gpu: Option<&Arc<Gpu>>) -> Result<CdulTrainReport>
         progress: true,
     };
     let transform =
-        Transform::SquareResize { size: a.size, interp: Interpolation::Bilinear, norm: IMAGENET_NORM_NUMPY };
+        Transform::SquareResize { size: a.training.size, interp: Interpolation::Bilinear, norm: IMAGENET_NORM_NUMPY };
     let cfg = TrainConfig {
-        epochs: a.epochs,
-        batch: a.batch,
-        lr: a.lr,
+        epochs: a.training.epochs,
+        batch: a.training.batch,
+        lr: a.training.lr,
         head_lr_mult: 10.0,
         transform: transform.clone(),
         hflip: true,
         second_view: None,
-        seed: a.seed,
+        seed: a.training.seed,
         out: a.out.clone(),
         progress: true,
         stop_after_steps: None,
@@ -310,7 +291,7 @@ pub fn run(a: &CdulTrainArgs, gpu: Option<&Arc<Gpu>>) -> Result<CdulTrainReport>
     if e > 0 && update_due(a, e) && !labels_file(&a.out, e).is_file() {
         update_after(a, e, &mut trainer, &mut samples, &rels, &ds.classes, &transform, params)?;
     }
-    while trainer.epoch < a.epochs {
+    while trainer.epoch < a.training.epochs {
         let one = TrainConfig { epochs: trainer.epoch + 1, ..cfg.clone() };
         let mut reports = trainer.train(&samples, eval.as_ref().map(|(s, _)| s), &one)?;
         let report = reports.pop().ok_or_else(|| Error::Internal("the trainer returned no epoch".into()))?;
