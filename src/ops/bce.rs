@@ -54,7 +54,7 @@ pub fn consistency_bce_cpu(logits_a: &[f32], logits_b: &[f32], c: usize, scale: 
 }
 
 /// f32 elements of the workspace the CUDA losses need: one partial sum per block of the first
-/// pass (kernels/loss.cu), at most this many blocks.
+/// pass (kernels/bce.cu), at most this many blocks.
 pub const LOSS_WORKSPACE_LEN: usize = 64;
 
 /// Shared launcher of the two losses: `targets` are probabilities, or logits whose sigmoid is
@@ -114,13 +114,13 @@ fn bce_launch(
         dlogits.arg(gpu),
         workspace.arg(gpu),
     ];
-    gpu.launch("loss", "bce_with_logits_partial_f32", cfg, &args)?;
+    gpu.launch("bce", "bce_with_logits_partial_f32", cfg, &args)?;
     let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (64, 1, 1), shared_mem_bytes: 0 };
     let args = [workspace.arg(gpu), to_i32(blocks, "blocks")?, (1.0f32 / n as f32).into(), loss.arg(gpu)];
-    gpu.launch("loss", "loss_finalize_f32", cfg, &args)
+    gpu.launch("bce", "loss_finalize_f32", cfg, &args)
 }
 
-/// CUDA twin of `bce_with_logits_cpu` (kernels/loss.cu, f32): logits, targets, dlogits (B, C),
+/// CUDA twin of `bce_with_logits_cpu` (kernels/bce.cu, f32): logits, targets, dlogits (B, C),
 /// weights (B) or None; loss (1,) written on the device (no host sync), dlogits += the
 /// gradient of `scale * loss`. `workspace`: at least LOSS_WORKSPACE_LEN f32.
 #[allow(clippy::too_many_arguments)]

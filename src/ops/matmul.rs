@@ -1,7 +1,7 @@
 //! Matrix products: `linear` (x @ W^T + b, the shape of every projection in CLIP) and the
 //! strided `gemm_cpu` that attention and convolution build on. CPU: the `gemm` crate
 //! (packed, AVX2/AVX-512 microkernels). CUDA: `linear_cuda` with a fused epilogue
-//! (bias, activation, residual) over the kernels of kernels/gemm.cu, or cuBLAS as the
+//! (bias, activation, residual) over the kernels of kernels/matmul.cu, or cuBLAS as the
 //! reference backend (`GemmBackend::Cublas`).
 
 use std::rc::Rc;
@@ -228,7 +228,7 @@ pub enum Epilogue {
 }
 
 impl Epilogue {
-    /// The kernels' activation code (LF_ACT_* in kernels/gemm.cu).
+    /// The kernels' activation code (LF_ACT_* in kernels/matmul.cu).
     fn code(self) -> i32 {
         match self {
             Epilogue::None => 0,
@@ -334,7 +334,7 @@ fn tile_grid(d: LinearDims, tile_m: usize, tile_n: usize) -> Result<(u32, u32, u
 }
 
 /// Stages of the tensor-core kernels' cp.async pipeline, and their smem row (32 + 8 padding
-/// elements of 2 bytes): must match MMA_LDS and the STAGES of kernels/gemm.cu.
+/// elements of 2 bytes): must match MMA_LDS and the STAGES of kernels/matmul.cu.
 const MMA_STAGES: usize = 4;
 const MMA_ROW_BYTES: usize = 40 * 2;
 
@@ -344,7 +344,7 @@ const MMA_ROW_BYTES: usize = 40 * 2;
 /// x, w, residual and y share one float dtype (f32, bf16 or f16). The activation is applied
 /// before the residual add (ViT: fc -> GELU; out-proj / proj -> + residual).
 ///
-/// Kernels (kernels/gemm.cu): bf16/f16 with K % 8 == 0 on tensor cores (128x128 tiles, or
+/// Kernels (kernels/matmul.cu): bf16/f16 with K % 8 == 0 on tensor cores (128x128 tiles, or
 /// 64x64 for M <= 512, where the big tiles leave SMs idle); f32 on the SIMT `sgemm_128x128_f32`;
 /// anything else on `gemm_fallback_*`. With `gpu.gemm == GemmBackend::Cublas`, cuBLAS then
 /// `bias_act_residual_*`.
@@ -401,7 +401,7 @@ fn linear_native(
         CudaDType::F32 => {
             let vec4 = aligned16 && row_bytes.is_multiple_of(16);
             let cfg = LaunchConfig { grid_dim: tile_grid(d, 128, 128)?, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-            gpu.launch("gemm", "sgemm_128x128_f32", cfg, &args(Some(KArg::I32(vec4 as i32)))?)
+            gpu.launch("matmul", "sgemm_128x128_f32", cfg, &args(Some(KArg::I32(vec4 as i32)))?)
         }
         CudaDType::BF16 | CudaDType::F16 if aligned16 && row_bytes.is_multiple_of(16) => {
             let (variant, tile, threads) = if d.m <= 512 { ("64x64", 64, 128) } else { ("128x128", 128, 256) };
@@ -410,11 +410,11 @@ fn linear_native(
                 block_dim: (threads, 1, 1),
                 shared_mem_bytes: (MMA_STAGES * 2 * tile * MMA_ROW_BYTES) as u32,
             };
-            gpu.launch("gemm", &format!("gemm_mma_{variant}_{}", dtype.suffix()), cfg, &args(None)?)
+            gpu.launch("matmul", &format!("gemm_mma_{variant}_{}", dtype.suffix()), cfg, &args(None)?)
         }
         _ => {
             let cfg = LaunchConfig { grid_dim: tile_grid(d, 16, 16)?, block_dim: (16, 16, 1), shared_mem_bytes: 0 };
-            gpu.launch("gemm", &format!("gemm_fallback_{}", dtype.suffix()), cfg, &args(None)?)
+            gpu.launch("matmul", &format!("gemm_fallback_{}", dtype.suffix()), cfg, &args(None)?)
         }
     }
 }
@@ -478,7 +478,7 @@ fn linear_cublas(
 }
 
 /// In place on y (M, N): y = act(y + bias) + residual, the epilogue of the cuBLAS path
-/// (`bias_act_residual_*` in kernels/gemm.cu; bias f32 (N), residual (M, N) in y's dtype).
+/// (`bias_act_residual_*` in kernels/matmul.cu; bias f32 (N), residual (M, N) in y's dtype).
 fn bias_act_residual_cuda(
     gpu: &Gpu,
     y: &mut CudaTensor,
@@ -499,7 +499,7 @@ fn bias_act_residual_cuda(
         to_i32(n, "N")?,
         KArg::I32(epilogue.code()),
     ];
-    gpu.launch("gemm", &format!("bias_act_residual_{}", y.dtype().suffix()), cfg, &args)
+    gpu.launch("matmul", &format!("bias_act_residual_{}", y.dtype().suffix()), cfg, &args)
 }
 
 /// The cuBLAS path's epilogue alone (on the simulator, where cuBLAS rows skip, this is the

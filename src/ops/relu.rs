@@ -25,16 +25,11 @@ pub fn relu_backward_inplace_cpu(y: &[f32], dy: &mut [f32]) {
     });
 }
 
-/// CUDA twin of `relu_inplace_cpu` (kernels/elementwise_train.cu, f32, float4).
+/// CUDA twin of `relu_inplace_cpu` (kernels/relu.cu, f32, float4).
 pub fn relu_inplace_cuda(gpu: &Gpu, x: &mut CudaTensor) -> Result<()> {
     expect_f32("relu_inplace_cuda", &[x])?;
     let n = x.numel();
-    gpu.launch(
-        "elementwise_train",
-        "relu_inplace_f32",
-        grid_stride_config(n.div_ceil(4)),
-        &[x.arg(gpu), (n as i64).into()],
-    )
+    gpu.launch("relu", "relu_inplace_f32", grid_stride_config(n.div_ceil(4)), &[x.arg(gpu), (n as i64).into()])
 }
 
 /// CUDA twin of `relu_backward_inplace_cpu` (f32): dy *= (y > 0), y the ReLU's output.
@@ -45,7 +40,7 @@ pub fn relu_backward_inplace_cuda(gpu: &Gpu, y: &CudaTensor, dy: &mut CudaTensor
     expect_f32("relu_backward_inplace_cuda", &[y, dy])?;
     let n = y.numel();
     gpu.launch(
-        "elementwise_train",
+        "relu",
         "relu_backward_inplace_f32",
         grid_stride_config(n.div_ceil(4)),
         &[y.arg(gpu), dy.arg(gpu), (n as i64).into()],

@@ -19,7 +19,7 @@ pub fn add_inplace_cpu(y: &mut [f32], x: &[f32]) {
     });
 }
 
-/// CUDA twin of `add_inplace_cpu` (kernels/elementwise_train.cu, f32, float4): y += x.
+/// CUDA twin of `add_inplace_cpu` (kernels/residual.cu, f32, float4): y += x.
 pub fn add_inplace_cuda(gpu: &Gpu, y: &mut CudaTensor, x: &CudaTensor) -> Result<()> {
     if y.shape() != x.shape() {
         return Err(Error::Shape(format!("add_inplace_cuda: y {:?}, x {:?}", y.shape(), x.shape())));
@@ -27,7 +27,7 @@ pub fn add_inplace_cuda(gpu: &Gpu, y: &mut CudaTensor, x: &CudaTensor) -> Result
     expect_f32("add_inplace_cuda", &[y, x])?;
     let n = y.numel();
     gpu.launch(
-        "elementwise_train",
+        "residual",
         "add_inplace_f32",
         grid_stride_config(n.div_ceil(4)),
         &[y.arg(gpu), x.arg(gpu), (n as i64).into()],

@@ -1,4 +1,4 @@
-// Helpers of the planted-bug kernels (tests/planted/*.cu), written as kernels/gemm.cu writes them:
+// Helpers of the planted-bug kernels (tests/planted/*.cu), written as kernels/matmul.cu writes them:
 // 16-byte cp.async with its commit and wait, shared addresses as u32, one m16n8k16 bf16 mma.
 #pragma once
 #include "common.cuh"

@@ -1,7 +1,6 @@
-// Elementwise training ops (f32): ReLU in place and its backward (dy *= y > 0, y the ReLU's
-// output, as torch's threshold_backward), and the residual add y += x. Memory-bound: float4
-// loads and stores over the first n/4*4 elements (device buffers are 256-byte aligned), scalar
-// for the tail.
+// ReLU in place and its backward (f32): dy *= y > 0, y the ReLU's output, as torch's
+// threshold_backward. Memory-bound: float4 loads and stores over the first n/4*4 elements
+// (device buffers are 256-byte aligned), scalar for the tail.
 #include "common.cuh"
 
 __device__ __forceinline__ float relu1(float v) { return fmaxf(v, 0.0f); }
@@ -31,17 +30,4 @@ extern "C" __global__ void relu_backward_inplace_f32(const float* __restrict__ y
     }
     for (long long i = n4 * 4 + blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += stride)
         dy[i] = relu_grad1(y[i], dy[i]);
-}
-
-extern "C" __global__ void add_inplace_f32(float* __restrict__ y, const float* __restrict__ x, long long n) {
-    const long long n4 = n / 4, stride = (long long)gridDim.x * blockDim.x;
-    float4* y4 = reinterpret_cast<float4*>(y);
-    const float4* x4 = reinterpret_cast<const float4*>(x);
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n4; i += stride) {
-        float4 a = y4[i];
-        const float4 b = x4[i];
-        a.x += b.x, a.y += b.y, a.z += b.z, a.w += b.w;
-        y4[i] = a;
-    }
-    for (long long i = n4 * 4 + blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += stride) y[i] += x[i];
 }
