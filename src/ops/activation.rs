@@ -4,7 +4,7 @@ use cudarc::driver::LaunchConfig;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
 use crate::error::{Error, Result};
 
@@ -145,16 +145,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                         // The reference sees the inputs as rounded to the dtype: the check measures the kernel.
                         let mut want = vec![0.0; n];
                         activation_cpu(&xd.to_f32_vec(gpu)?, act, &mut want);
-                        let mut yd = CudaTensor::empty(gpu, &[rows, cols], dtype)?;
-                        yd.poison(gpu)?;
-                        activation_cuda(gpu, &xd, act, &mut yd)?;
-                        let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
-                        let g = gpu.clone();
-                        Ok(CheckRun {
-                            max_rel_err: err,
-                            launch: Box::new(move || activation_cuda(&g, &xd, act, &mut yd)),
-                            cublas: None,
-                        })
+                        launch_and_compare(
+                            gpu,
+                            poisoned(gpu, &[rows, cols], dtype)?,
+                            move |g, yd| activation_cuda(g, &xd, act, yd),
+                            |g, yd| max_rel_err_all(g, &[(yd, &want)]),
+                        )
                     },
                 ));
             }

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use cudarc::driver::LaunchConfig;
 
-use crate::device::cuda::check::{max_rel_err, max_rel_err_all, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
 use crate::device::cuda::{expect_f32, f32_arg_at, grid_stride_config, to_i32, CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
 
@@ -378,26 +378,25 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 batch_norm_train_cpu(&x, b, c, hw, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd);
                 let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
                 let (xd, gd, bd) = (up(&x, &[b, c, h, w])?, up(&gamma, &[c])?, up(&beta, &[c])?);
-                let (mut rmd, mut rvd) = (up(&rm0, &[c])?, up(&rv0, &[c])?);
-                let mut yd = CudaTensor::empty(gpu, &[b, c, h, w], f32)?;
-                let mut meand = CudaTensor::empty(gpu, &[c], f32)?;
-                let mut rstdd = CudaTensor::empty(gpu, &[c], f32)?;
-                let mut ws = CudaTensor::empty(gpu, &[batch_norm_workspace_len(b, c, hw)], f32)?;
-                for t in [&mut yd, &mut meand, &mut rstdd, &mut ws] {
-                    t.poison(gpu)?;
-                }
-                batch_norm_train_cuda(
-                    gpu, &xd, &gd, &bd, &mut rmd, &mut rvd, &mut yd, &mut meand, &mut rstdd, &mut ws,
-                )?;
-                let err =
-                    max_rel_err_all(gpu, &[(&yd, &y), (&meand, &mean), (&rstdd, &rstd), (&rmd, &rm), (&rvd, &rv)])?;
-                let g = gpu.clone();
-                let launch = move || {
-                    batch_norm_train_cuda(
-                        &g, &xd, &gd, &bd, &mut rmd, &mut rvd, &mut yd, &mut meand, &mut rstdd, &mut ws,
-                    )
-                };
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
+                let (rmd, rvd) = (up(&rm0, &[c])?, up(&rv0, &[c])?);
+                let outputs = (
+                    rmd,
+                    rvd,
+                    poisoned(gpu, &[b, c, h, w], f32)?,
+                    poisoned(gpu, &[c], f32)?,
+                    poisoned(gpu, &[c], f32)?,
+                    poisoned(gpu, &[batch_norm_workspace_len(b, c, hw)], f32)?,
+                );
+                launch_and_compare(
+                    gpu,
+                    outputs,
+                    move |g, (rmd, rvd, yd, meand, rstdd, ws)| {
+                        batch_norm_train_cuda(g, &xd, &gd, &bd, rmd, rvd, yd, meand, rstdd, ws)
+                    },
+                    |g, (rmd, rvd, yd, meand, rstdd, _)| {
+                        max_rel_err_all(g, &[(yd, &y), (meand, &mean), (rstdd, &rstd), (rmd, &rm), (rvd, &rv)])
+                    },
+                )
             },
         ));
         checks.push(GpuCheck::new(
@@ -415,13 +414,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
                 let (xd, gd, bd, rmd, rvd) =
                     (up(&x, &[b, c, h, w])?, up(&gamma, &[c])?, up(&beta, &[c])?, up(&rm, &[c])?, up(&rv, &[c])?);
-                let mut yd = CudaTensor::empty(gpu, &[b, c, h, w], f32)?;
-                yd.poison(gpu)?;
-                batch_norm_eval_cuda(gpu, &xd, &gd, &bd, &rmd, &rvd, &mut yd)?;
-                let err = max_rel_err(&yd.to_f32_vec(gpu)?, &y);
-                let g = gpu.clone();
-                let launch = move || batch_norm_eval_cuda(&g, &xd, &gd, &bd, &rmd, &rvd, &mut yd);
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
+                launch_and_compare(
+                    gpu,
+                    poisoned(gpu, &[b, c, h, w], f32)?,
+                    move |g, yd| batch_norm_eval_cuda(g, &xd, &gd, &bd, &rmd, &rvd, yd),
+                    |g, yd| max_rel_err_all(g, &[(yd, &y)]),
+                )
             },
         ));
         checks.push(GpuCheck::new("batchnorm_backward", shape, f32, Work::Bytes((n * 12) as f64), move |gpu, rng| {
@@ -443,17 +441,18 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 up(&mean, &[c])?,
                 up(&rstd, &[c])?,
             );
-            let (mut dgd, mut dbd) = (up(&dg0, &[c])?, up(&db0, &[c])?);
-            let mut dxd = CudaTensor::empty(gpu, &[b, c, h, w], f32)?;
-            let mut ws = CudaTensor::empty(gpu, &[batch_norm_workspace_len(b, c, hw)], f32)?;
-            dxd.poison(gpu)?;
-            ws.poison(gpu)?;
-            batch_norm_backward_cuda(gpu, &xd, &dyd, &gd, &md, &rd, &mut dxd, &mut dgd, &mut dbd, &mut ws)?;
-            let err = max_rel_err_all(gpu, &[(&dxd, &dx), (&dgd, &dg), (&dbd, &db)])?;
-            let g = gpu.clone();
-            let launch =
-                move || batch_norm_backward_cuda(&g, &xd, &dyd, &gd, &md, &rd, &mut dxd, &mut dgd, &mut dbd, &mut ws);
-            Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
+            let outputs = (
+                poisoned(gpu, &[b, c, h, w], f32)?,
+                up(&dg0, &[c])?,
+                up(&db0, &[c])?,
+                poisoned(gpu, &[batch_norm_workspace_len(b, c, hw)], f32)?,
+            );
+            launch_and_compare(
+                gpu,
+                outputs,
+                move |g, (dxd, dgd, dbd, ws)| batch_norm_backward_cuda(g, &xd, &dyd, &gd, &md, &rd, dxd, dgd, dbd, ws),
+                |g, (dxd, dgd, dbd, _)| max_rel_err_all(g, &[(dxd, &dx), (dgd, &dg), (dbd, &db)]),
+            )
         }));
     }
     checks

@@ -6,7 +6,7 @@
 
 use cudarc::driver::LaunchConfig;
 
-use crate::device::cuda::check::{max_rel_err_all, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
 use crate::device::cuda::{
     expect_f32, grid_stride_config, to_i32, warp_per_item_config, CudaDType, CudaTensor, Gpu, KArg,
 };
@@ -363,18 +363,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             cam_head_cpu(&f, b, k, hw, &wt, &bias, alpha, &mut cam, &mut logits);
             let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
             let (fd, wd, bd) = (up(&f, &fs)?, up(&wt, &[c, k])?, up(&bias, &[c])?);
-            let (mut camd, mut ld) =
-                (CudaTensor::empty(gpu, &[b, c, h, w], f32)?, CudaTensor::empty(gpu, &[b, c], f32)?);
-            camd.poison(gpu)?;
-            ld.poison(gpu)?;
-            cam_head_cuda(gpu, &fd, &wd, &bd, alpha, &mut camd, &mut ld)?;
-            let err = max_rel_err_all(gpu, &[(&camd, &cam), (&ld, &logits)])?;
-            let g = gpu.clone();
-            Ok(CheckRun {
-                max_rel_err: err,
-                launch: Box::new(move || cam_head_cuda(&g, &fd, &wd, &bd, alpha, &mut camd, &mut ld)),
-                cublas: None,
-            })
+            launch_and_compare(
+                gpu,
+                (poisoned(gpu, &[b, c, h, w], f32)?, poisoned(gpu, &[b, c], f32)?),
+                move |g, (camd, ld)| cam_head_cuda(g, &fd, &wd, &bd, alpha, camd, ld),
+                |g, (camd, ld)| max_rel_err_all(g, &[(camd, &cam), (ld, &logits)]),
+            )
         }));
         checks.push(GpuCheck::new(
             "cam_head_backward",
@@ -391,15 +385,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
                 let (fd, wd, camd, dld) =
                     (up(&f, &fs)?, up(&wt, &[c, k])?, up(&cam, &[b, c, h, w])?, up(&dlogits, &[b, c])?);
-                let (mut dwd, mut dbd, mut dfd) =
-                    (up(&dw0, &[c, k])?, up(&db0, &[c])?, CudaTensor::empty(gpu, &fs, f32)?);
-                dfd.poison(gpu)?;
-                cam_head_backward_cuda(gpu, &fd, &wd, alpha, &camd, &dld, &mut dwd, &mut dbd, &mut dfd)?;
-                let err = max_rel_err_all(gpu, &[(&dwd, &dw), (&dbd, &db), (&dfd, &df)])?;
-                let g = gpu.clone();
-                let launch =
-                    move || cam_head_backward_cuda(&g, &fd, &wd, alpha, &camd, &dld, &mut dwd, &mut dbd, &mut dfd);
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
+                launch_and_compare(
+                    gpu,
+                    (up(&dw0, &[c, k])?, up(&db0, &[c])?, poisoned(gpu, &fs, f32)?),
+                    move |g, (dwd, dbd, dfd)| cam_head_backward_cuda(g, &fd, &wd, alpha, &camd, &dld, dwd, dbd, dfd),
+                    |g, (dwd, dbd, dfd)| max_rel_err_all(g, &[(dwd, &dw), (dbd, &db), (dfd, &df)]),
+                )
             },
         ));
         let head_bytes = ((nf + 2 * c * k) * 4) as f64;
@@ -414,17 +405,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 linear_head_cpu(&f, b, k, hw, &wt, &bias, &mut pooled, &mut logits);
                 let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
                 let (fd, wd, bd) = (up(&f, &fs)?, up(&wt, &[c, k])?, up(&bias, &[c])?);
-                let (mut pd, mut ld) = (CudaTensor::empty(gpu, &[b, k], f32)?, CudaTensor::empty(gpu, &[b, c], f32)?);
-                pd.poison(gpu)?;
-                ld.poison(gpu)?;
-                linear_head_cuda(gpu, &fd, &wd, &bd, &mut pd, &mut ld)?;
-                let err = max_rel_err_all(gpu, &[(&pd, &pooled), (&ld, &logits)])?;
-                let g = gpu.clone();
-                Ok(CheckRun {
-                    max_rel_err: err,
-                    launch: Box::new(move || linear_head_cuda(&g, &fd, &wd, &bd, &mut pd, &mut ld)),
-                    cublas: None,
-                })
+                launch_and_compare(
+                    gpu,
+                    (poisoned(gpu, &[b, k], f32)?, poisoned(gpu, &[b, c], f32)?),
+                    move |g, (pd, ld)| linear_head_cuda(g, &fd, &wd, &bd, pd, ld),
+                    |g, (pd, ld)| max_rel_err_all(g, &[(pd, &pooled), (ld, &logits)]),
+                )
             },
         ));
         checks.push(GpuCheck::new(
@@ -441,14 +427,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 linear_head_backward_cpu(&pooled, b, k, hw, &wt, &dlogits, &mut dw, &mut db, &mut df);
                 let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
                 let (pd, wd, dld) = (up(&pooled, &[b, k])?, up(&wt, &[c, k])?, up(&dlogits, &[b, c])?);
-                let (mut dwd, mut dbd, mut dfd) =
-                    (up(&dw0, &[c, k])?, up(&db0, &[c])?, CudaTensor::empty(gpu, &fs, f32)?);
-                dfd.poison(gpu)?;
-                linear_head_backward_cuda(gpu, &pd, &wd, &dld, &mut dwd, &mut dbd, &mut dfd)?;
-                let err = max_rel_err_all(gpu, &[(&dwd, &dw), (&dbd, &db), (&dfd, &df)])?;
-                let g = gpu.clone();
-                let launch = move || linear_head_backward_cuda(&g, &pd, &wd, &dld, &mut dwd, &mut dbd, &mut dfd);
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
+                launch_and_compare(
+                    gpu,
+                    (up(&dw0, &[c, k])?, up(&db0, &[c])?, poisoned(gpu, &fs, f32)?),
+                    move |g, (dwd, dbd, dfd)| linear_head_backward_cuda(g, &pd, &wd, &dld, dwd, dbd, dfd),
+                    |g, (dwd, dbd, dfd)| max_rel_err_all(g, &[(dwd, &dw), (dbd, &db), (dfd, &df)]),
+                )
             },
         ));
     }

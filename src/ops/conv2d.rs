@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use cudarc::driver::LaunchConfig;
 
-use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
 use crate::error::{Error, Result};
 use crate::ops::gemm_packed::{
@@ -623,16 +623,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     None => vec![0.0; batch * c_out * ho * wo],
                 };
                 conv2d_cpu(&x, &w, Some(&bias), &s, relu, with_residual, &mut want);
-                let mut yd = CudaTensor::empty(gpu, &out, dtype)?;
-                yd.poison(gpu)?;
-                conv2d_cuda(gpu, &xd, &wd, Some(&bd), &s, relu, rd.as_ref(), &mut yd)?;
-                let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
-                let g = gpu.clone();
-                Ok(CheckRun {
-                    max_rel_err: err,
-                    launch: Box::new(move || conv2d_cuda(&g, &xd, &wd, Some(&bd), &s, relu, rd.as_ref(), &mut yd)),
-                    cublas: None,
-                })
+                launch_and_compare(
+                    gpu,
+                    poisoned(gpu, &out, dtype)?,
+                    move |g, yd| conv2d_cuda(g, &xd, &wd, Some(&bd), &s, relu, rd.as_ref(), yd),
+                    |g, yd| max_rel_err_all(g, &[(yd, &want)]),
+                )
             }));
         }
     }
@@ -652,16 +648,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let (x, w) = (xd.to_f32_vec(gpu)?, wd.to_f32_vec(gpu)?);
                 let mut want = vec![0.0; 2 * 9 * ho * wo];
                 conv2d_cpu(&x, &w, None, &s, false, false, &mut want);
-                let mut yd = CudaTensor::empty(gpu, &[2, 9, ho, wo], dtype)?;
-                yd.poison(gpu)?;
-                conv2d_cuda(gpu, &xd, &wd, None, &s, false, None, &mut yd)?;
-                let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
-                let g = gpu.clone();
-                Ok(CheckRun {
-                    max_rel_err: err,
-                    launch: Box::new(move || conv2d_cuda(&g, &xd, &wd, None, &s, false, None, &mut yd)),
-                    cublas: None,
-                })
+                launch_and_compare(
+                    gpu,
+                    poisoned(gpu, &[2, 9, ho, wo], dtype)?,
+                    move |g, yd| conv2d_cuda(g, &xd, &wd, None, &s, false, None, yd),
+                    |g, yd| max_rel_err_all(g, &[(yd, &want)]),
+                )
             },
         ));
     }
@@ -681,16 +673,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let x = xd.to_f32_vec(gpu)?;
                     let mut want = vec![0.0; rows * 3 * p * p];
                     patchify_cpu(&x, b, 3, h, w, p, &mut want);
-                    let mut cols = CudaTensor::empty(gpu, &[rows, 3 * p * p], dtype)?;
-                    cols.poison(gpu)?;
-                    patchify_cuda(gpu, &xd, p, &mut cols)?;
-                    let err = max_rel_err(&cols.to_f32_vec(gpu)?, &want);
-                    let g = gpu.clone();
-                    Ok(CheckRun {
-                        max_rel_err: err,
-                        launch: Box::new(move || patchify_cuda(&g, &xd, p, &mut cols)),
-                        cublas: None,
-                    })
+                    launch_and_compare(
+                        gpu,
+                        poisoned(gpu, &[rows, 3 * p * p], dtype)?,
+                        move |g, cols| patchify_cuda(g, &xd, p, cols),
+                        |g, cols| max_rel_err_all(g, &[(cols, &want)]),
+                    )
                 },
             ));
         }

@@ -4,7 +4,7 @@
 
 use cudarc::driver::LaunchConfig;
 
-use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Launch, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Launch, Work};
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
 use crate::ops::conv2d::{im2col_rows, Conv2dShape};
@@ -441,9 +441,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 conv2d_backward_cpu(&x, &vec![0.0; nw], &dy, &s, &mut want, None);
                 let xd = CudaTensor::from_f32(gpu, &x_shape, &x, dtype)?;
                 let dyd = CudaTensor::from_f32(gpu, &dy_shape, &dy, dtype)?;
-                let mut dwd = CudaTensor::from_f32(gpu, &w_shape, &dw0, CudaDType::F32)?;
-                conv2d_backward_weight_cuda_with(gpu, &xd, &dyd, &s, &mut dwd, kernel)?;
-                let err = max_rel_err(&dwd.to_f32_vec(gpu)?, &want);
+                let mut run = launch_and_compare(
+                    gpu,
+                    CudaTensor::from_f32(gpu, &w_shape, &dw0, CudaDType::F32)?,
+                    move |g, dwd| conv2d_backward_weight_cuda_with(g, &xd, &dyd, &s, dwd, kernel),
+                    |g, dwd| max_rel_err_all(g, &[(dwd, &want)]),
+                )?;
                 let cublas: Option<Launch> = if plain_1x1 && dtype == CudaDType::F32 {
                     let g = gpu.clone();
                     let xc = CudaTensor::from_f32(gpu, &x_shape, &x, dtype)?;
@@ -462,12 +465,8 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 } else {
                     None
                 };
-                let g = gpu.clone();
-                Ok(CheckRun {
-                    max_rel_err: err,
-                    launch: Box::new(move || conv2d_backward_weight_cuda_with(&g, &xd, &dyd, &s, &mut dwd, kernel)),
-                    cublas,
-                })
+                run.cublas = cublas;
+                Ok(run)
             }));
             checks.push(GpuCheck::new(data_op, desc.clone(), dtype, Work::Flops(flops), move |gpu, rng| {
                 let dy = dtype.round(random_vec(rng, ndy, 1.0));
@@ -477,10 +476,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 conv2d_backward_cpu(&vec![0.0; nx], &w, &dy, &s, &mut vec![0.0; nw], Some(&mut want));
                 let dyd = CudaTensor::from_f32(gpu, &dy_shape, &dy, dtype)?;
                 let wd = CudaTensor::from_f32(gpu, &w_shape, &w, dtype)?;
-                let mut dxd = CudaTensor::empty(gpu, &x_shape, dtype)?;
-                dxd.poison(gpu)?;
-                conv2d_backward_data_cuda_with(gpu, &dyd, &wd, &s, &mut dxd, kernel)?;
-                let err = max_rel_err(&dxd.to_f32_vec(gpu)?, &want);
+                let mut run = launch_and_compare(
+                    gpu,
+                    poisoned(gpu, &x_shape, dtype)?,
+                    move |g, dxd| conv2d_backward_data_cuda_with(g, &dyd, &wd, &s, dxd, kernel),
+                    |g, dxd| max_rel_err_all(g, &[(dxd, &want)]),
+                )?;
                 let cublas: Option<Launch> = if plain_1x1 && dtype == CudaDType::F32 {
                     let g = gpu.clone();
                     let dyc = CudaTensor::from_f32(gpu, &dy_shape, &dy, dtype)?;
@@ -499,12 +500,8 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 } else {
                     None
                 };
-                let g = gpu.clone();
-                Ok(CheckRun {
-                    max_rel_err: err,
-                    launch: Box::new(move || conv2d_backward_data_cuda_with(&g, &dyd, &wd, &s, &mut dxd, kernel)),
-                    cublas,
-                })
+                run.cublas = cublas;
+                Ok(run)
             }));
         }
     }

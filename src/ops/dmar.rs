@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
 use crate::device::cuda::{expect_f32, grid_stride_config, to_i32, CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
 use crate::ops::matmul::{gemm_cpu, MatRef};
@@ -232,16 +232,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             }
             let dmaps =
                 maps.iter().map(|m| CudaTensor::from_f32(gpu, &[b, t, t], m, f32)).collect::<Result<Vec<_>>>()?;
-            let mut w = CudaTensor::empty(gpu, &[b, n, n], f32)?;
-            w.poison(gpu)?;
-            dmar_weights_cuda(gpu, &dmaps, vote_min, r0..r1, &mut w)?;
-            let err = max_rel_err(&w.to_f32_vec(gpu)?, &want);
-            let g = gpu.clone();
-            Ok(CheckRun {
-                max_rel_err: err,
-                launch: Box::new(move || dmar_weights_cuda(&g, &dmaps, vote_min, r0..r1, &mut w)),
-                cublas: None,
-            })
+            launch_and_compare(
+                gpu,
+                poisoned(gpu, &[b, n, n], f32)?,
+                move |g, w| dmar_weights_cuda(g, &dmaps, vote_min, r0..r1, w),
+                |g, w| max_rel_err_all(g, &[(w, &want)]),
+            )
         }));
     }
     for &(b, n, c, masked) in
@@ -267,16 +263,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             } else {
                 None
             };
-            let mut out = CudaTensor::empty(gpu, &[b, n, c], f32)?;
-            out.poison(gpu)?;
-            dmar_propagate_cuda(gpu, &wd, &pd, 1, md.as_ref(), &mut out)?;
-            let err = max_rel_err(&out.to_f32_vec(gpu)?, &want);
-            let g = gpu.clone();
-            Ok(CheckRun {
-                max_rel_err: err,
-                launch: Box::new(move || dmar_propagate_cuda(&g, &wd, &pd, 1, md.as_ref(), &mut out)),
-                cublas: None,
-            })
+            launch_and_compare(
+                gpu,
+                poisoned(gpu, &[b, n, c], f32)?,
+                move |g, out| dmar_propagate_cuda(g, &wd, &pd, 1, md.as_ref(), out),
+                |g, out| max_rel_err_all(g, &[(out, &want)]),
+            )
         }));
     }
     checks

@@ -2,7 +2,7 @@
 
 use cudarc::driver::LaunchConfig;
 
-use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
 
@@ -82,16 +82,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let idd = CudaTensor::from_i32(gpu, &[b, t], &ids)?;
                     let td = CudaTensor::from_f32(gpu, &[v, c], &table, dtype)?;
                     let pd = CudaTensor::from_f32(gpu, &[t, c], &pos, dtype)?;
-                    let mut out = CudaTensor::empty(gpu, &[b, t, c], dtype)?;
-                    out.poison(gpu)?;
-                    token_embedding_cuda(gpu, &idd, &ids, &td, &pd, &mut out)?;
-                    let err = max_rel_err(&out.to_f32_vec(gpu)?, &want);
-                    let g = gpu.clone();
-                    Ok(CheckRun {
-                        max_rel_err: err,
-                        launch: Box::new(move || token_embedding_cuda(&g, &idd, &ids, &td, &pd, &mut out)),
-                        cublas: None,
-                    })
+                    launch_and_compare(
+                        gpu,
+                        poisoned(gpu, &[b, t, c], dtype)?,
+                        move |g, out| token_embedding_cuda(g, &idd, &ids, &td, &pd, out),
+                        |g, out| max_rel_err_all(g, &[(out, &want)]),
+                    )
                 },
             ));
         }

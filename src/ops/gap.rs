@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
 use crate::device::cuda::{grid_stride_config, to_i32, warp_per_item_config, CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
 
@@ -81,16 +81,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let mut y = vec![0.0; planes];
                 global_avg_pool_cpu(&x, hw, &mut y);
                 let xd = CudaTensor::from_f32(gpu, &xs, &x, f32)?;
-                let mut yd = CudaTensor::empty(gpu, &[b, c], f32)?;
-                yd.poison(gpu)?;
-                global_avg_pool_cuda(gpu, &xd, &mut yd)?;
-                let err = max_rel_err(&yd.to_f32_vec(gpu)?, &y);
-                let g = gpu.clone();
-                Ok(CheckRun {
-                    max_rel_err: err,
-                    launch: Box::new(move || global_avg_pool_cuda(&g, &xd, &mut yd)),
-                    cublas: None,
-                })
+                launch_and_compare(
+                    gpu,
+                    poisoned(gpu, &[b, c], f32)?,
+                    move |g, yd| global_avg_pool_cuda(g, &xd, yd),
+                    |g, yd| max_rel_err_all(g, &[(yd, &y)]),
+                )
             },
         ));
         for accumulate in [false, true] {
@@ -106,14 +102,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 }
                 global_avg_pool_backward_cpu(&dy, hw, &mut dx, accumulate);
                 let dyd = CudaTensor::from_f32(gpu, &[b, c], &dy, f32)?;
-                global_avg_pool_backward_cuda(gpu, &dyd, &mut dxd, accumulate)?;
-                let err = max_rel_err(&dxd.to_f32_vec(gpu)?, &dx);
-                let g = gpu.clone();
-                Ok(CheckRun {
-                    max_rel_err: err,
-                    launch: Box::new(move || global_avg_pool_backward_cuda(&g, &dyd, &mut dxd, accumulate)),
-                    cublas: None,
-                })
+                launch_and_compare(
+                    gpu,
+                    dxd,
+                    move |g, dxd| global_avg_pool_backward_cuda(g, &dyd, dxd, accumulate),
+                    |g, dxd| max_rel_err_all(g, &[(dxd, &dx)]),
+                )
             }));
         }
     }

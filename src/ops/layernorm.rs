@@ -4,7 +4,7 @@ use rayon::prelude::*;
 
 use cudarc::driver::LaunchConfig;
 
-use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
 use crate::ops::require_cpu;
@@ -93,16 +93,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let xd = CudaTensor::from_f32(gpu, &[rows, c], &x, dtype)?;
                     let wd = CudaTensor::from_f32(gpu, &[c], &w, CudaDType::F32)?;
                     let bd = CudaTensor::from_f32(gpu, &[c], &b, CudaDType::F32)?;
-                    let mut yd = CudaTensor::empty(gpu, &[rows, c], dtype)?;
-                    yd.poison(gpu)?;
-                    layer_norm_cuda(gpu, &xd, &wd, &bd, 1e-5, &mut yd)?;
-                    let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
-                    let g = gpu.clone();
-                    Ok(CheckRun {
-                        max_rel_err: err,
-                        launch: Box::new(move || layer_norm_cuda(&g, &xd, &wd, &bd, 1e-5, &mut yd)),
-                        cublas: None,
-                    })
+                    launch_and_compare(
+                        gpu,
+                        poisoned(gpu, &[rows, c], dtype)?,
+                        move |g, yd| layer_norm_cuda(g, &xd, &wd, &bd, 1e-5, yd),
+                        |g, yd| max_rel_err_all(g, &[(yd, &want)]),
+                    )
                 },
             ));
         }

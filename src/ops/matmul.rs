@@ -14,7 +14,9 @@ use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rayon::prelude::*;
 
-use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{
+    launch_and_compare, max_rel_err, max_rel_err_all, random_vec, CheckRun, GpuCheck, Work,
+};
 use crate::device::cuda::tensor::CudaBuf;
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, GemmBackend, Gpu, KArg};
 use crate::error::{Error, Result};
@@ -518,17 +520,13 @@ fn run_bias_act_residual_check(
     let want: Vec<f32> = (0..m * n).map(|i| epilogue.apply(y[i] + b[i % n]) + r[i]).collect();
     let bd = CudaTensor::from_f32(gpu, &[n], &b, CudaDType::F32)?;
     let rd = CudaTensor::from_f32(gpu, &[m, n], &r, dtype)?;
-    let mut yd = CudaTensor::from_f32(gpu, &[m, n], &y, dtype)?;
-    bias_act_residual_cuda(gpu, &mut yd, Some(&bd), epilogue, Some(&rd), m, n)?;
-    let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
-    let g = gpu.clone();
-    let fresh = CudaTensor::from_f32(gpu, &[m, n], &y, dtype)?;
-    let (mut yl, bl, rl) = (fresh, bd, rd);
-    Ok(CheckRun {
-        max_rel_err: err,
-        launch: Box::new(move || bias_act_residual_cuda(&g, &mut yl, Some(&bl), epilogue, Some(&rl), m, n)),
-        cublas: None,
-    })
+    let yd = CudaTensor::from_f32(gpu, &[m, n], &y, dtype)?;
+    launch_and_compare(
+        gpu,
+        yd,
+        move |g, yd| bias_act_residual_cuda(g, yd, Some(&bd), epilogue, Some(&rd), m, n),
+        |g, yd| max_rel_err_all(g, &[(yd, &want)]),
+    )
 }
 
 /// One GEMM check: sizes and which parts of the epilogue are on.

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use rand::Rng;
 
-use crate::device::cuda::check::{max_rel_err, max_rel_err_all, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
 use crate::device::cuda::{grid_stride_config, to_i32, CudaDType, CudaTensor, Gpu, KArg};
 use crate::error::{Error, Result};
 
@@ -184,18 +184,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 max_pool2d_cpu(&x, &s, &mut y, &mut am);
                 let am: Vec<f32> = am.iter().map(|&i| i as f32).collect();
                 let xd = CudaTensor::from_f32(gpu, &xs, &x, f32)?;
-                let (mut yd, mut amd) =
-                    (CudaTensor::empty(gpu, &ys, f32)?, CudaTensor::empty(gpu, &ys, CudaDType::I32)?);
-                yd.poison(gpu)?;
-                amd.poison(gpu)?;
-                max_pool2d_cuda(gpu, &xd, &s, &mut yd, &mut amd)?;
-                let err = max_rel_err_all(gpu, &[(&yd, &y), (&amd, &am)])?;
-                let g = gpu.clone();
-                Ok(CheckRun {
-                    max_rel_err: err,
-                    launch: Box::new(move || max_pool2d_cuda(&g, &xd, &s, &mut yd, &mut amd)),
-                    cublas: None,
-                })
+                launch_and_compare(
+                    gpu,
+                    (poisoned(gpu, &ys, f32)?, poisoned(gpu, &ys, CudaDType::I32)?),
+                    move |g, (yd, amd)| max_pool2d_cuda(g, &xd, &s, yd, amd),
+                    |g, (yd, amd)| max_rel_err_all(g, &[(yd, &y), (amd, &am)]),
+                )
             },
         ));
         checks.push(GpuCheck::new(
@@ -213,16 +207,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let am: Vec<i32> = am.iter().map(|&i| i as i32).collect();
                 let dyd = CudaTensor::from_f32(gpu, &ys, &dy, f32)?;
                 let amd = CudaTensor::from_i32(gpu, &ys, &am)?;
-                let mut dxd = CudaTensor::empty(gpu, &xs, f32)?;
-                dxd.poison(gpu)?;
-                max_pool2d_backward_cuda(gpu, &dyd, &amd, &s, &mut dxd)?;
-                let err = max_rel_err(&dxd.to_f32_vec(gpu)?, &dx);
-                let g = gpu.clone();
-                Ok(CheckRun {
-                    max_rel_err: err,
-                    launch: Box::new(move || max_pool2d_backward_cuda(&g, &dyd, &amd, &s, &mut dxd)),
-                    cublas: None,
-                })
+                launch_and_compare(
+                    gpu,
+                    poisoned(gpu, &xs, f32)?,
+                    move |g, dxd| max_pool2d_backward_cuda(g, &dyd, &amd, &s, dxd),
+                    |g, dxd| max_rel_err_all(g, &[(dxd, &dx)]),
+                )
             },
         ));
     }

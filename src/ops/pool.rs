@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use cudarc::driver::LaunchConfig;
 
-use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
 use crate::error::{Error, Result};
 use crate::ops::gemm_packed::{Bias, Epilogue};
@@ -139,16 +139,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let x = xd.to_f32_vec(gpu)?;
                     let mut want = vec![0.0; b * c * ho * wo];
                     avg_pool2d_cpu(&x, b * c, h, w, k, &mut want);
-                    let mut yd = CudaTensor::empty(gpu, &[b, c, ho, wo], dtype)?;
-                    yd.poison(gpu)?;
-                    avg_pool2d_cuda(gpu, &xd, k, &mut yd)?;
-                    let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
-                    let g = gpu.clone();
-                    Ok(CheckRun {
-                        max_rel_err: err,
-                        launch: Box::new(move || avg_pool2d_cuda(&g, &xd, k, &mut yd)),
-                        cublas: None,
-                    })
+                    launch_and_compare(
+                        gpu,
+                        poisoned(gpu, &[b, c, ho, wo], dtype)?,
+                        move |g, yd| avg_pool2d_cuda(g, &xd, k, yd),
+                        |g, yd| max_rel_err_all(g, &[(yd, &want)]),
+                    )
                 },
             ));
         }
@@ -172,16 +168,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let x = xd.to_f32_vec(gpu)?;
                     let mut want = vec![0.0; b * (hw + 1) * c];
                     attnpool_tokens_cpu(&x, b, c, hw, &pos, &mut want);
-                    let mut td = CudaTensor::empty(gpu, &[b, hw + 1, c], dtype)?;
-                    td.poison(gpu)?;
-                    attnpool_tokens_cuda(gpu, &xd, &pd, &mut td)?;
-                    let err = max_rel_err(&td.to_f32_vec(gpu)?, &want);
-                    let g = gpu.clone();
-                    Ok(CheckRun {
-                        max_rel_err: err,
-                        launch: Box::new(move || attnpool_tokens_cuda(&g, &xd, &pd, &mut td)),
-                        cublas: None,
-                    })
+                    launch_and_compare(
+                        gpu,
+                        poisoned(gpu, &[b, hw + 1, c], dtype)?,
+                        move |g, td| attnpool_tokens_cuda(g, &xd, &pd, td),
+                        |g, td| max_rel_err_all(g, &[(td, &want)]),
+                    )
                 },
             ));
         }

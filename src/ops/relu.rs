@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, random_vec, GpuCheck, Work};
 use crate::device::cuda::{expect_f32, grid_stride_config, CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
 
@@ -66,16 +66,9 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             Work::Bytes((n * 8) as f64),
             move |gpu, rng| {
                 let mut x = random_vec(rng, n, 1.0);
-                let mut xd = CudaTensor::from_f32(gpu, shape, &x, f32)?;
+                let xd = CudaTensor::from_f32(gpu, shape, &x, f32)?;
                 relu_inplace_cpu(&mut x);
-                relu_inplace_cuda(gpu, &mut xd)?;
-                let err = max_rel_err(&xd.to_f32_vec(gpu)?, &x);
-                let g = gpu.clone();
-                Ok(CheckRun {
-                    max_rel_err: err,
-                    launch: Box::new(move || relu_inplace_cuda(&g, &mut xd)),
-                    cublas: None,
-                })
+                launch_and_compare(gpu, xd, relu_inplace_cuda, |g, xd| max_rel_err_all(g, &[(xd, &x)]))
             },
         ));
         checks.push(GpuCheck::new(
@@ -88,16 +81,14 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 relu_inplace_cpu(&mut y);
                 let mut dy = random_vec(rng, n, 1.0);
                 let yd = CudaTensor::from_f32(gpu, shape, &y, f32)?;
-                let mut dyd = CudaTensor::from_f32(gpu, shape, &dy, f32)?;
+                let dyd = CudaTensor::from_f32(gpu, shape, &dy, f32)?;
                 relu_backward_inplace_cpu(&y, &mut dy);
-                relu_backward_inplace_cuda(gpu, &yd, &mut dyd)?;
-                let err = max_rel_err(&dyd.to_f32_vec(gpu)?, &dy);
-                let g = gpu.clone();
-                Ok(CheckRun {
-                    max_rel_err: err,
-                    launch: Box::new(move || relu_backward_inplace_cuda(&g, &yd, &mut dyd)),
-                    cublas: None,
-                })
+                launch_and_compare(
+                    gpu,
+                    dyd,
+                    move |g, dyd| relu_backward_inplace_cuda(g, &yd, dyd),
+                    |g, dyd| max_rel_err_all(g, &[(dyd, &dy)]),
+                )
             },
         ));
     }

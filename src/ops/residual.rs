@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, random_vec, GpuCheck, Work};
 use crate::device::cuda::{expect_f32, grid_stride_config, CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
 use crate::ops::relu::ELEMENTWISE_CHECK_SHAPES;
@@ -47,17 +47,15 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 Work::Bytes((n * 12) as f64),
                 move |gpu, rng| {
                     let (mut y, x) = (random_vec(rng, n, 1.0), random_vec(rng, n, 1.0));
-                    let mut yd = CudaTensor::from_f32(gpu, shape, &y, CudaDType::F32)?;
+                    let yd = CudaTensor::from_f32(gpu, shape, &y, CudaDType::F32)?;
                     let xd = CudaTensor::from_f32(gpu, shape, &x, CudaDType::F32)?;
                     add_inplace_cpu(&mut y, &x);
-                    add_inplace_cuda(gpu, &mut yd, &xd)?;
-                    let err = max_rel_err(&yd.to_f32_vec(gpu)?, &y);
-                    let g = gpu.clone();
-                    Ok(CheckRun {
-                        max_rel_err: err,
-                        launch: Box::new(move || add_inplace_cuda(&g, &mut yd, &xd)),
-                        cublas: None,
-                    })
+                    launch_and_compare(
+                        gpu,
+                        yd,
+                        move |g, yd| add_inplace_cuda(g, yd, &xd),
+                        |g, yd| max_rel_err_all(g, &[(yd, &y)]),
+                    )
                 },
             )
         })

@@ -4,7 +4,7 @@ use rayon::prelude::*;
 
 use cudarc::driver::LaunchConfig;
 
-use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
 use crate::ops::matmul::linear_cpu;
@@ -152,16 +152,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     // The reference sees the inputs as rounded to the dtype: the check measures the kernel.
                     let mut want = xd.to_f32_vec(gpu)?;
                     l2_normalize_cpu(&mut want, cols);
-                    let mut yd = CudaTensor::empty(gpu, &[rows, cols], dtype)?;
-                    yd.poison(gpu)?;
-                    l2_normalize_cuda(gpu, &xd, &mut yd)?;
-                    let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
-                    let g = gpu.clone();
-                    Ok(CheckRun {
-                        max_rel_err: err,
-                        launch: Box::new(move || l2_normalize_cuda(&g, &xd, &mut yd)),
-                        cublas: None,
-                    })
+                    launch_and_compare(
+                        gpu,
+                        poisoned(gpu, &[rows, cols], dtype)?,
+                        move |g, yd| l2_normalize_cuda(g, &xd, yd),
+                        |g, yd| max_rel_err_all(g, &[(yd, &want)]),
+                    )
                 },
             ));
         }
@@ -182,13 +178,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let txt = Tensor::from_f32(&[c, d], txt_d.to_f32_vec(gpu)?)?;
                     // CLIP's logit scale, exp(4.6052) = 100: peaked class distributions.
                     let want = class_probabilities(&img, &txt, 100.0)?;
-                    let mut pd = CudaTensor::empty(gpu, &[b, c], CudaDType::F32)?;
-                    pd.poison(gpu)?;
-                    class_probabilities_cuda(gpu, &img_d, &txt_d, 100.0, &mut pd)?;
-                    let err = max_rel_err(&pd.to_f32_vec(gpu)?, want.f32s()?);
-                    let g = gpu.clone();
-                    let launch = move || class_probabilities_cuda(&g, &img_d, &txt_d, 100.0, &mut pd);
-                    Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
+                    launch_and_compare(
+                        gpu,
+                        poisoned(gpu, &[b, c], CudaDType::F32)?,
+                        move |g, pd| class_probabilities_cuda(g, &img_d, &txt_d, 100.0, pd),
+                        |g, pd| max_rel_err_all(g, &[(pd, want.f32s()?)]),
+                    )
                 },
             ));
         }

@@ -4,7 +4,7 @@ use rayon::prelude::*;
 
 use cudarc::driver::LaunchConfig;
 
-use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
 use crate::ops::require_cpu;
@@ -85,16 +85,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     // The reference sees the inputs as rounded to the dtype: the check measures the kernel.
                     let mut want: Vec<f32> = xd.to_f32_vec(gpu)?.iter().map(|v| v * scale).collect();
                     softmax_cpu(&mut want, cols);
-                    let mut yd = CudaTensor::empty(gpu, &[rows, cols], dtype)?;
-                    yd.poison(gpu)?;
-                    softmax_cuda(gpu, &xd, scale, &mut yd)?;
-                    let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
-                    let g = gpu.clone();
-                    Ok(CheckRun {
-                        max_rel_err: err,
-                        launch: Box::new(move || softmax_cuda(&g, &xd, scale, &mut yd)),
-                        cublas: None,
-                    })
+                    launch_and_compare(
+                        gpu,
+                        poisoned(gpu, &[rows, cols], dtype)?,
+                        move |g, yd| softmax_cuda(g, &xd, scale, yd),
+                        |g, yd| max_rel_err_all(g, &[(yd, &want)]),
+                    )
                 },
             ));
         }

@@ -3,7 +3,7 @@
 
 use cudarc::driver::LaunchConfig;
 
-use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
 use crate::error::{Error, Result};
 
@@ -141,16 +141,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let posd = CudaTensor::from_f32(gpu, &[n + 1, c], &pos, CudaDType::F32)?;
                     let mut want = vec![0.0; b * (n + 1) * c];
                     vit_tokens_cpu(&pd.to_f32_vec(gpu)?, b, n, c, &class_emb, &pos, &mut want);
-                    let mut od = CudaTensor::empty(gpu, &[b, n + 1, c], dtype)?;
-                    od.poison(gpu)?;
-                    vit_tokens_cuda(gpu, &pd, &cd, &posd, &mut od)?;
-                    let err = max_rel_err(&od.to_f32_vec(gpu)?, &want);
-                    let g = gpu.clone();
-                    Ok(CheckRun {
-                        max_rel_err: err,
-                        launch: Box::new(move || vit_tokens_cuda(&g, &pd, &cd, &posd, &mut od)),
-                        cublas: None,
-                    })
+                    launch_and_compare(
+                        gpu,
+                        poisoned(gpu, &[b, n + 1, c], dtype)?,
+                        move |g, od| vit_tokens_cuda(g, &pd, &cd, &posd, od),
+                        |g, od| max_rel_err_all(g, &[(od, &want)]),
+                    )
                 },
             ));
         }
@@ -171,16 +167,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let id = CudaTensor::from_i32(gpu, &[b], &index)?;
                     let mut want = vec![0.0; b * c];
                     gather_rows_cpu(&xd.to_f32_vec(gpu)?, t, c, &index, &mut want)?;
-                    let mut yd = CudaTensor::empty(gpu, &[b, c], dtype)?;
-                    yd.poison(gpu)?;
-                    gather_rows_cuda(gpu, &xd, &id, &mut yd)?;
-                    let err = max_rel_err(&yd.to_f32_vec(gpu)?, &want);
-                    let g = gpu.clone();
-                    Ok(CheckRun {
-                        max_rel_err: err,
-                        launch: Box::new(move || gather_rows_cuda(&g, &xd, &id, &mut yd)),
-                        cublas: None,
-                    })
+                    launch_and_compare(
+                        gpu,
+                        poisoned(gpu, &[b, c], dtype)?,
+                        move |g, yd| gather_rows_cuda(g, &xd, &id, yd),
+                        |g, yd| max_rel_err_all(g, &[(yd, &want)]),
+                    )
                 },
             ));
         }

@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::timer::Timer;
-use super::{CudaDType, Gpu};
+use super::{CudaDType, CudaTensor, Gpu};
 use crate::device::sim::{Finding, LaunchProfile, Simulator};
 use crate::error::{Error, Result};
 
@@ -77,6 +77,34 @@ impl GpuCheck {
 /// Random values in [-scale, scale), never all zero.
 pub fn random_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
+}
+
+/// A device tensor of `shape` filled with NaN (floats) or 0xAB bytes: a check's output, so that
+/// an element the kernel fails to write shows up in the comparison.
+pub fn poisoned(gpu: &Gpu, shape: &[usize], dtype: CudaDType) -> Result<CudaTensor> {
+    let mut t = CudaTensor::empty(gpu, shape, dtype)?;
+    t.poison(gpu)?;
+    Ok(t)
+}
+
+/// The part every check repeats once its inputs are uploaded and its outputs poisoned (`io`,
+/// any tuple or struct of device tensors): one launch, the comparison with the CPU's answer
+/// (`compare`, usually `max_rel_err_all`), and the same launch boxed for timing.
+///
+/// ```ignore
+/// let io = (CudaTensor::from_f32(gpu, &[n], &x, dtype)?, poisoned(gpu, &[n], dtype)?);
+/// launch_and_compare(gpu, io, |g, (x, y)| relu_cuda(g, x, y), |g, (_, y)| max_rel_err_all(g, &[(y, &want)]))
+/// ```
+pub fn launch_and_compare<S: 'static>(
+    gpu: &Arc<Gpu>,
+    mut io: S,
+    mut launch: impl FnMut(&Gpu, &mut S) -> Result<()> + 'static,
+    compare: impl FnOnce(&Gpu, &S) -> Result<f64>,
+) -> Result<CheckRun> {
+    launch(gpu, &mut io)?;
+    let max_rel_err = compare(gpu, &io)?;
+    let g = gpu.clone();
+    Ok(CheckRun { max_rel_err, launch: Box::new(move || launch(&g, &mut io)), cublas: None })
 }
 
 /// Max over elements of |gpu - cpu| / max(|cpu|, rms(cpu)): relative for the entries that
@@ -334,7 +362,7 @@ pub fn format_table(rows: &[CheckRow]) -> String {
 }
 
 /// The worst `max_rel_err` over several outputs: each device tensor against its CPU values.
-pub fn max_rel_err_all(gpu: &Gpu, outputs: &[(&super::CudaTensor, &[f32])]) -> Result<f64> {
+pub fn max_rel_err_all(gpu: &Gpu, outputs: &[(&CudaTensor, &[f32])]) -> Result<f64> {
     let mut worst = 0.0f64;
     for (d, want) in outputs {
         worst = worst.max(max_rel_err(&d.to_f32_vec(gpu)?, want));
