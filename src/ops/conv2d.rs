@@ -6,7 +6,9 @@ use rayon::prelude::*;
 
 use cudarc::driver::LaunchConfig;
 
-use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
+use crate::device::cuda::check::{
+    launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work, REFERENCE_MAX_WORK,
+};
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
 use crate::error::{Error, Result};
 use crate::ops::gemm_packed::{
@@ -83,6 +85,48 @@ pub(crate) fn im2col_rows(x: &[f32], s: &Conv2dShape, oy0: usize, oy1: usize, co
             }
         }
     }
+}
+
+/// The definition, one output at a time in f64: y = act(residual + conv(x, w) + bias), act the
+/// ReLU when `relu`. The fast CPU path below is tested against it, and so are the kernels
+/// (directly on check rows up to `REFERENCE_MAX_WORK`, through the fast path on larger ones).
+pub fn conv2d_reference(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    s: &Conv2dShape,
+    relu: bool,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
+    let (ho, wo) = s.out_hw();
+    let k = s.kernel;
+    let mut y = vec![0.0f32; s.batch * s.c_out * ho * wo];
+    for b in 0..s.batch {
+        for co in 0..s.c_out {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let o = ((b * s.c_out + co) * ho + oy) * wo + ox;
+                    let mut acc = bias.map_or(0.0, |bias| bias[co] as f64) + residual.map_or(0.0, |r| r[o] as f64);
+                    for ci in 0..s.c_in {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                                let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                                if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                                    continue;
+                                }
+                                let xv = x[((b * s.c_in + ci) * s.h + iy as usize) * s.w + ix as usize];
+                                acc += xv as f64 * w[((co * s.c_in + ci) * k + ky) * k + kx] as f64;
+                            }
+                        }
+                    }
+                    let v = acc as f32;
+                    y[o] = if relu { v.max(0.0) } else { v };
+                }
+            }
+        }
+    }
+    y
 }
 
 /// y (B, C_out, Ho, Wo) = [y +] conv(x (B, C_in, H, W), w (C_out, C_in, k, k)) + bias, then
@@ -618,11 +662,14 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 };
                 // The CPU reference sees the values the kernel sees.
                 let (x, w) = (xd.to_f32_vec(gpu)?, wd.to_f32_vec(gpu)?);
-                let mut want = match &rd {
-                    Some(r) => r.to_f32_vec(gpu)?,
-                    None => vec![0.0; batch * c_out * ho * wo],
+                let residual = rd.as_ref().map(|r| r.to_f32_vec(gpu)).transpose()?;
+                let want = if flops <= REFERENCE_MAX_WORK {
+                    conv2d_reference(&x, &w, Some(&bias), &s, relu, residual.as_deref())
+                } else {
+                    let mut y = residual.unwrap_or_else(|| vec![0.0; batch * c_out * ho * wo]);
+                    conv2d_cpu(&x, &w, Some(&bias), &s, relu, with_residual, &mut y);
+                    y
                 };
-                conv2d_cpu(&x, &w, Some(&bias), &s, relu, with_residual, &mut want);
                 launch_and_compare(
                     gpu,
                     poisoned(gpu, &out, dtype)?,
@@ -646,8 +693,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let xd = CudaTensor::from_f32(gpu, &[2, 3, 33, 37], &random_vec(rng, 2 * 3 * 33 * 37, 1.0), dtype)?;
                 let wd = CudaTensor::from_f32(gpu, &[9, 3, 3, 3], &random_vec(rng, 9 * 27, 0.4), dtype)?;
                 let (x, w) = (xd.to_f32_vec(gpu)?, wd.to_f32_vec(gpu)?);
-                let mut want = vec![0.0; 2 * 9 * ho * wo];
-                conv2d_cpu(&x, &w, None, &s, false, false, &mut want);
+                let want = conv2d_reference(&x, &w, None, &s, false, None);
                 launch_and_compare(
                     gpu,
                     poisoned(gpu, &[2, 9, ho, wo], dtype)?,
@@ -691,38 +737,6 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// The definition, one output at a time.
-    fn conv_naive(x: &[f32], w: &[f32], bias: &[f32], s: &Conv2dShape, relu: bool) -> Vec<f32> {
-        let (ho, wo) = s.out_hw();
-        let k = s.kernel;
-        let mut y = vec![0.0f32; s.batch * s.c_out * ho * wo];
-        for b in 0..s.batch {
-            for co in 0..s.c_out {
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        let mut acc = bias[co] as f64;
-                        for ci in 0..s.c_in {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-                                    let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                                    if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
-                                        continue;
-                                    }
-                                    let xv = x[((b * s.c_in + ci) * s.h + iy as usize) * s.w + ix as usize];
-                                    acc += xv as f64 * w[((co * s.c_in + ci) * k + ky) * k + kx] as f64;
-                                }
-                            }
-                        }
-                        let v = acc as f32;
-                        y[((b * s.c_out + co) * ho + oy) * wo + ox] = if relu { v.max(0.0) } else { v };
-                    }
-                }
-            }
-        }
-        y
-    }
-
     #[test]
     fn patchify_is_the_patch_embedding_im2col() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
@@ -753,7 +767,7 @@ mod tests {
         let mut tokens = vec![f32::NAN; b * gh * gw * c];
         patch_embed_cpu(&x, b, c_in, h, w, &weight, p, &mut tokens);
         let s = Conv2dShape { batch: b, c_in, h, w, c_out: c, kernel: p, stride: p, pad: 0 };
-        let conv = conv_naive(&x, &weight, &vec![0.0; c], &s, false);
+        let conv = conv2d_reference(&x, &weight, None, &s, false, None);
         for bi in 0..b {
             for pi in 0..gh * gw {
                 for co in 0..c {
@@ -789,7 +803,7 @@ mod tests {
             let (ho, wo) = s.out_hw();
             let mut y = vec![f32::NAN; batch * c_out * ho * wo];
             conv2d_cpu(&x, &wt, Some(&bias), &s, relu, false, &mut y);
-            let want = conv_naive(&x, &wt, &bias, &s, relu);
+            let want = conv2d_reference(&x, &wt, Some(&bias), &s, relu, None);
             for (a, b) in y.iter().zip(&want) {
                 assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?}: {a} vs {b}");
             }
@@ -797,7 +811,7 @@ mod tests {
             let residual: Vec<f32> = (0..y.len()).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let mut y = residual.clone();
             conv2d_cpu(&x, &wt, Some(&bias), &s, relu, true, &mut y);
-            let plain = conv_naive(&x, &wt, &bias, &s, false);
+            let plain = conv2d_reference(&x, &wt, Some(&bias), &s, false, None);
             for ((a, p), r) in y.iter().zip(&plain).zip(&residual) {
                 let b = if relu { (p + r).max(0.0) } else { p + r };
                 assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?} accumulate: {a} vs {b}");

@@ -4,11 +4,48 @@
 
 use cudarc::driver::LaunchConfig;
 
-use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Launch, Work};
+use crate::device::cuda::check::{
+    launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Launch, Work, REFERENCE_MAX_WORK,
+};
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
 use crate::ops::conv2d::{im2col_rows, Conv2dShape};
 use crate::ops::matmul::{gemm_cpu, MatRef};
+
+/// The definition: (dw, dx) as sums over every output, in f64, of dy (B, C_out, Ho, Wo) against
+/// x (B, C_in, H, W) and w (C_out, C_in, k, k). The fast CPU path below and the kernels are
+/// checked against it (kernels directly on check rows up to `REFERENCE_MAX_WORK`).
+pub fn conv2d_backward_reference(x: &[f32], w: &[f32], dy: &[f32], s: &Conv2dShape) -> (Vec<f64>, Vec<f64>) {
+    let (ho, wo) = s.out_hw();
+    let k = s.kernel;
+    let mut dw = vec![0.0f64; w.len()];
+    let mut dx = vec![0.0f64; x.len()];
+    for b in 0..s.batch {
+        for co in 0..s.c_out {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let g = dy[((b * s.c_out + co) * ho + oy) * wo + ox] as f64;
+                    for ci in 0..s.c_in {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                                let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                                if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                                    continue;
+                                }
+                                let xi = ((b * s.c_in + ci) * s.h + iy as usize) * s.w + ix as usize;
+                                let wi = ((co * s.c_in + ci) * k + ky) * k + kx;
+                                dw[wi] += g * x[xi] as f64;
+                                dx[xi] += g * w[wi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (dw, dx)
+}
 
 /// dx (C_in, H, W) += col2im(cols (C_in*k*k, Ho*Wo)): the adjoint of `im2col_rows` over all rows.
 fn col2im_add(cols: &[f32], s: &Conv2dShape, dx: &mut [f32]) {
@@ -437,8 +474,13 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let dy = dtype.round(random_vec(rng, ndy, 1.0));
                 let dw0 = random_vec(rng, nw, 1.0);
                 let mut want = dw0.clone();
-                // w only feeds dx, which is not asked for here.
-                conv2d_backward_cpu(&x, &vec![0.0; nw], &dy, &s, &mut want, None);
+                if flops <= REFERENCE_MAX_WORK {
+                    let (dw, _) = conv2d_backward_reference(&x, &vec![0.0; nw], &dy, &s);
+                    want.iter_mut().zip(&dw).for_each(|(a, d)| *a = (*a as f64 + d) as f32);
+                } else {
+                    // w only feeds dx, which is not asked for here.
+                    conv2d_backward_cpu(&x, &vec![0.0; nw], &dy, &s, &mut want, None);
+                }
                 let xd = CudaTensor::from_f32(gpu, &x_shape, &x, dtype)?;
                 let dyd = CudaTensor::from_f32(gpu, &dy_shape, &dy, dtype)?;
                 let mut run = launch_and_compare(
@@ -471,9 +513,15 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             checks.push(GpuCheck::new(data_op, desc.clone(), dtype, Work::Flops(flops), move |gpu, rng| {
                 let dy = dtype.round(random_vec(rng, ndy, 1.0));
                 let w = dtype.round(random_vec(rng, nw, 1.0));
-                let mut want = vec![0.0; nx];
-                // x only feeds dw, which is thrown away here.
-                conv2d_backward_cpu(&vec![0.0; nx], &w, &dy, &s, &mut vec![0.0; nw], Some(&mut want));
+                let want = if flops <= REFERENCE_MAX_WORK {
+                    let (_, dx) = conv2d_backward_reference(&vec![0.0; nx], &w, &dy, &s);
+                    dx.iter().map(|&v| v as f32).collect()
+                } else {
+                    let mut want = vec![0.0; nx];
+                    // x only feeds dw, which is thrown away here.
+                    conv2d_backward_cpu(&vec![0.0; nx], &w, &dy, &s, &mut vec![0.0; nw], Some(&mut want));
+                    want
+                };
                 let dyd = CudaTensor::from_f32(gpu, &dy_shape, &dy, dtype)?;
                 let wd = CudaTensor::from_f32(gpu, &w_shape, &w, dtype)?;
                 let mut run = launch_and_compare(
@@ -514,39 +562,6 @@ mod tests {
     use crate::ops::conv2d::conv2d_cpu;
     use rand::{Rng, SeedableRng};
 
-    /// The definition: dw and dx as sums over every output, in f64.
-    fn naive(x: &[f32], w: &[f32], dy: &[f32], s: &Conv2dShape) -> (Vec<f64>, Vec<f64>) {
-        let (ho, wo) = s.out_hw();
-        let k = s.kernel;
-        let mut dw = vec![0.0f64; w.len()];
-        let mut dx = vec![0.0f64; x.len()];
-        for b in 0..s.batch {
-            for co in 0..s.c_out {
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        let g = dy[((b * s.c_out + co) * ho + oy) * wo + ox] as f64;
-                        for ci in 0..s.c_in {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-                                    let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                                    if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
-                                        continue;
-                                    }
-                                    let xi = ((b * s.c_in + ci) * s.h + iy as usize) * s.w + ix as usize;
-                                    let wi = ((co * s.c_in + ci) * k + ky) * k + kx;
-                                    dw[wi] += g * x[xi] as f64;
-                                    dx[xi] += g * w[wi] as f64;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        (dw, dx)
-    }
-
     #[test]
     fn conv2d_backward_matches_definition() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
@@ -566,7 +581,7 @@ mod tests {
             let mut y = vec![f32::NAN; dy.len()];
             conv2d_cpu(&x, &wt, None, &s, false, false, &mut y);
             assert!(y.iter().all(|v| v.is_finite()));
-            let (want_dw, want_dx) = naive(&x, &wt, &dy, &s);
+            let (want_dw, want_dx) = conv2d_backward_reference(&x, &wt, &dy, &s);
             let mut dw = vec![0.5f32; wt.len()];
             let mut dx = vec![f32::NAN; x.len()];
             conv2d_backward_cpu(&x, &wt, &dy, &s, &mut dw, Some(&mut dx));
@@ -612,7 +627,7 @@ mod tests {
             let x = vec![0.0f32; batch * c_in * h * w];
             let wt: Vec<f32> = (0..c_out * c_in * kernel * kernel).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let dy: Vec<f32> = (0..batch * c_out * ho * wo).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            let (_, want) = naive(&x, &wt, &dy, &s);
+            let (_, want) = conv2d_backward_reference(&x, &wt, &dy, &s);
             let (k, st, p) = (kernel as i64, stride as i64, pad as i64);
             for b in 0..batch {
                 for ci in 0..c_in {

@@ -30,6 +30,11 @@ pub enum Work {
     Bytes(f64),
 }
 
+/// Check rows up to this much work (FLOPs, or bytes) compare the kernel with the op's naive
+/// `*_reference` definition; larger rows compare it with the fast CPU path, which the op's unit
+/// tests hold to the reference (a naive reference of a 1e10-FLOP row would take minutes).
+pub const REFERENCE_MAX_WORK: f64 = 1e8;
+
 /// A launch, ready to be repeated for timing (inputs and outputs already on the device).
 pub type Launch = Box<dyn FnMut() -> Result<()>>;
 
