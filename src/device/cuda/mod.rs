@@ -13,6 +13,7 @@ pub mod tensor;
 pub mod timer;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
@@ -60,6 +61,16 @@ Run `export NVCC=$(scripts/install-nvcc.sh | tail -n1)` and rebuild (cargo build
 pub enum GemmBackend {
     Native,
     Cublas,
+}
+
+/// The flag's spelling (`native`, `cublas`), as `--gemm` takes it.
+impl fmt::Display for GemmBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GemmBackend::Native => "native",
+            GemmBackend::Cublas => "cublas",
+        })
+    }
 }
 
 impl FromStr for GemmBackend {

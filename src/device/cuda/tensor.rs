@@ -7,6 +7,7 @@
 //! ordering is the stream's. On the PTX simulator the buffer is an allocation in its memory
 //! table and the pointer its simulated device address.
 
+use std::fmt;
 use std::str::FromStr;
 
 use cudarc::driver::{CudaSlice, DevicePtr};
@@ -71,6 +72,13 @@ impl CudaDType {
             CudaDType::F32 => 1e-4,
             _ => 1e-2,
         }
+    }
+}
+
+/// The flag's spelling (`f32`, `bf16`, ...), as `--dtype` takes it and kernel names end.
+impl fmt::Display for CudaDType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.suffix())
     }
 }
 
