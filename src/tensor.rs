@@ -1,11 +1,10 @@
-//! Tensor = shape + dtype + storage. Always contiguous, row-major.
-//!
-//! The CPU storage is a plain `Vec`; the CUDA storage (see `device::cuda`) sits beside it so
-//! that every op can dispatch on where its inputs live.
+//! Tensor = shape + dtype + host storage (a plain `Vec`). Always contiguous, row-major, and
+//! always on the CPU: the device twin is its own type, `device::cuda::CudaTensor`, so the CPU
+//! ops work on host slices and never handle a device variant. Models follow the same split (a
+//! CPU model and its `*_cuda` twin), as llm.c's train_gpt2.c / train_gpt2.cu do.
 
 use half::{bf16, f16};
 
-use crate::device::Device;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,10 +92,6 @@ impl Tensor {
             Storage::U8(_) => DType::U8,
             Storage::I32(_) => DType::I32,
         }
-    }
-
-    pub fn device(&self) -> Device {
-        Device::Cpu
     }
 
     pub fn storage(&self) -> &Storage {

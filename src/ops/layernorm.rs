@@ -7,8 +7,6 @@ use cudarc::driver::LaunchConfig;
 use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
-use crate::ops::require_cpu;
-use crate::tensor::Tensor;
 
 /// y = (x - mean) / sqrt(var + eps) * w + b, one row of `w.len()` at a time.
 /// Mean and variance are accumulated in f64 so long rows stay within the f32 tolerance.
@@ -23,22 +21,6 @@ pub fn layer_norm_cpu(x: &[f32], w: &[f32], b: &[f32], eps: f32, y: &mut [f32]) 
             yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
         }
     });
-}
-
-pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
-    require_cpu("layer_norm", &[x, w, b])?;
-    let c = *x.shape().last().unwrap_or(&0);
-    if w.shape() != [c] || b.shape() != [c] {
-        return Err(Error::Shape(format!(
-            "layer_norm: x {:?}, weight {:?}, bias {:?}",
-            x.shape(),
-            w.shape(),
-            b.shape()
-        )));
-    }
-    let mut y = vec![0.0; x.numel()];
-    layer_norm_cpu(x.f32s()?, w.f32s()?, b.f32s()?, eps, &mut y);
-    Tensor::from_f32(x.shape(), y)
 }
 
 /// CUDA launcher: kernels/layernorm.cu, one block per row. `x`, `y`: (rows, C) in the same

@@ -21,8 +21,6 @@ use crate::error::{Error, Result};
 use crate::ops::activation::{bias_act_cpu, gelu, quick_gelu, relu_cpu};
 // The CPU GEMM's store description; `Epilogue` below is the CUDA launcher's activation code.
 use crate::ops::gemm_packed::{linear_packed_cpu, packed_gemm_available, Bias, Epilogue as PackedEpilogue, PackedB};
-use crate::ops::require_cpu;
-use crate::tensor::Tensor;
 
 /// A row-major strided matrix view: element (i, j) at `ptr[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -165,55 +163,6 @@ impl LinearWeight {
             }
         }
     }
-}
-
-/// x (..., K) @ W^T (W: N x K) + b (N) -> (..., N).
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    require_cpu("linear", &[x, w])?;
-    let k = *x.shape().last().ok_or_else(|| Error::Shape("linear of a scalar".into()))?;
-    if w.rank() != 2 || w.dim(1) != k {
-        return Err(Error::Shape(format!("linear: x {:?} with weight {:?}", x.shape(), w.shape())));
-    }
-    let n = w.dim(0);
-    if let Some(b) = b {
-        if b.shape() != [n] {
-            return Err(Error::Shape(format!("linear: bias {:?} for {n} outputs", b.shape())));
-        }
-    }
-    let mut shape = x.shape().to_vec();
-    *shape.last_mut().unwrap() = n;
-    let mut y = vec![0.0f32; crate::tensor::numel(&shape)];
-    let bias = match b {
-        Some(b) => Some(b.f32s()?),
-        None => None,
-    };
-    linear_cpu(x.f32s()?, w.f32s()?, bias, &mut y, k, false);
-    Tensor::from_f32(&shape, y)
-}
-
-/// a (M x K) @ b (K x N) for plain row-major matrices.
-pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    require_cpu("matmul", &[a, b])?;
-    if a.rank() != 2 || b.rank() != 2 || a.dim(1) != b.dim(0) {
-        return Err(Error::Shape(format!("matmul {:?} @ {:?}", a.shape(), b.shape())));
-    }
-    let (m, k, n) = (a.dim(0), a.dim(1), b.dim(1));
-    let mut c = vec![0.0f32; m * n];
-    // SAFETY: sizes checked above.
-    unsafe {
-        gemm_cpu(
-            m,
-            n,
-            k,
-            MatRef::row_major(a.f32s()?, k),
-            MatRef::row_major(b.f32s()?, n),
-            c.as_mut_ptr(),
-            n as isize,
-            false,
-            true,
-        );
-    }
-    Tensor::from_f32(&[m, n], c)
 }
 
 /// What `linear_cuda` applies to `x · w^T + bias` before the residual add.

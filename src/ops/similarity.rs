@@ -8,7 +8,6 @@ use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Wo
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
 use crate::ops::matmul::linear_cpu;
-use crate::ops::require_cpu;
 use crate::ops::softmax::{softmax_row, threads_per_row};
 use crate::tensor::Tensor;
 
@@ -24,7 +23,6 @@ pub fn l2_normalize_cpu(x: &mut [f32], cols: usize) {
 }
 
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    require_cpu("l2_normalize", &[x])?;
     let cols = *x.shape().last().ok_or_else(|| Error::Shape("normalise a scalar".into()))?;
     let mut v = x.f32s()?.to_vec();
     l2_normalize_cpu(&mut v, cols);
@@ -33,7 +31,6 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
 
 /// scale * normalize(img) @ normalize(txt)^T: img (B, D), txt (C, D) -> (B, C).
 pub fn cosine_logits(img: &Tensor, txt: &Tensor, scale: f32) -> Result<Tensor> {
-    require_cpu("cosine_logits", &[img, txt])?;
     if img.rank() != 2 || txt.rank() != 2 || img.dim(1) != txt.dim(1) {
         return Err(Error::Shape(format!("cosine logits of {:?} and {:?}", img.shape(), txt.shape())));
     }

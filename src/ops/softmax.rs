@@ -7,8 +7,6 @@ use cudarc::driver::LaunchConfig;
 use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
 use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
 use crate::error::{Error, Result};
-use crate::ops::require_cpu;
-use crate::tensor::Tensor;
 
 /// In place, one row of `cols` at a time.
 pub fn softmax_row(row: &mut [f32]) {
@@ -26,15 +24,6 @@ pub fn softmax_row(row: &mut [f32]) {
 
 pub fn softmax_cpu(x: &mut [f32], cols: usize) {
     x.par_chunks_mut(cols).for_each(softmax_row);
-}
-
-/// softmax(scale * x) over the last dimension (scale = exp(logit_scale) for CLIP logits).
-pub fn softmax(x: &Tensor, scale: f32) -> Result<Tensor> {
-    require_cpu("softmax", &[x])?;
-    let cols = *x.shape().last().unwrap_or(&1);
-    let mut y: Vec<f32> = x.f32s()?.iter().map(|v| v * scale).collect();
-    softmax_cpu(&mut y, cols.max(1));
-    Tensor::from_f32(x.shape(), y)
 }
 
 /// Threads of a one-block-per-row kernel: 256 cover rows of 768 / 1024 in a few strided steps;
