@@ -7,7 +7,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 
 use labelfree::cli::{self, Session};
-use labelfree::device::cuda::{CudaDType, GemmBackend};
+use labelfree::device::cuda::{DType, GemmBackend};
 use labelfree::device::sim::SimOptions;
 use labelfree::device::{self, Device};
 
@@ -32,8 +32,8 @@ struct Cli {
     threads: usize,
     /// Element type of activations and weights on CUDA: f32, bf16 or f16 (the CPU path is f32)
     #[arg(long, global = true, default_value = "f32", hide_possible_values = true,
-          value_parser = PossibleValuesParser::new(["f32", "bf16", "f16"]).try_map(|s| s.parse::<CudaDType>()))]
-    dtype: CudaDType,
+          value_parser = PossibleValuesParser::new(["f32", "bf16", "f16"]).try_map(|s| s.parse::<DType>()))]
+    dtype: DType,
     /// GEMM of the CUDA linear layers: native (labelfree's kernels) or cublas (reference)
     #[arg(long, global = true, default_value = "native", hide_possible_values = true,
           value_parser = PossibleValuesParser::new(["native", "cublas"]).try_map(|s| s.parse::<GemmBackend>()))]

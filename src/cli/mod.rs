@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
-use crate::device::cuda::{CudaDType, GemmBackend, Gpu};
+use crate::device::cuda::{DType, GemmBackend, Gpu};
 use crate::device::sim::SimOptions;
 use crate::device::Device;
 use crate::train::run::TrainArgs;
@@ -27,13 +27,13 @@ pub struct Session {
     pub device: Device,
     /// The GPU or the simulator; None on the CPU.
     pub gpu: Option<Arc<Gpu>>,
-    pub dtype: CudaDType,
+    pub dtype: DType,
     pub gemm: GemmBackend,
 }
 
 impl Session {
     /// Opens `device` (nothing to open for the CPU). `sim` applies to `--device sim` only.
-    pub fn open(device: Device, sim: SimOptions, dtype: CudaDType, gemm: GemmBackend) -> Result<Session> {
+    pub fn open(device: Device, sim: SimOptions, dtype: DType, gemm: GemmBackend) -> Result<Session> {
         let gpu = match device {
             Device::Cuda(n) => Some(Gpu::new(n)?.with_gemm(gemm)),
             Device::Sim => Some(Gpu::simulator(sim)?.with_gemm(gemm)),
@@ -54,7 +54,7 @@ impl Session {
 /// `labelfree train` (its arguments live with the trainer, `train::run::TrainArgs`): the GPU
 /// trainer is f32 only.
 pub fn train(a: &TrainArgs, s: &Session) -> Result<()> {
-    if s.gpu.is_some() && s.dtype != CudaDType::F32 {
+    if s.gpu.is_some() && s.dtype != DType::F32 {
         bail!(
             "train --device cuda runs in f32 (the precision of the CPU reference it is checked against); drop --dtype {}",
             s.dtype

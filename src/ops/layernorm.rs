@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use cudarc::driver::LaunchConfig;
 
 use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
-use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 
 /// y = (x - mean) / sqrt(var + eps) * w + b, one row of `w.len()` at a time.
@@ -43,8 +43,8 @@ pub fn layer_norm_cuda(
             y.shape()
         )));
     }
-    w.expect_dtype(CudaDType::F32, "layer_norm_cuda weight")?;
-    b.expect_dtype(CudaDType::F32, "layer_norm_cuda bias")?;
+    w.expect_dtype(DType::F32, "layer_norm_cuda weight")?;
+    b.expect_dtype(DType::F32, "layer_norm_cuda bias")?;
     y.expect_dtype(x.dtype(), "layer_norm_cuda output")?;
     let rows = (x.numel() / c) as u32;
     // 256 threads cover C = 768 / 1024 in 3-4 strided steps; fewer for short rows.
@@ -58,7 +58,7 @@ pub fn layer_norm_cuda(
 pub fn gpu_checks() -> Vec<GpuCheck> {
     let mut checks = Vec::new();
     for &(rows, c) in &[(8 * 197usize, 768usize), (8 * 50, 768), (77 * 4, 512), (1200, 1024), (33, 37)] {
-        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
             let bytes = (rows * c * 2 * dtype.size_in_bytes()) as f64;
             checks.push(GpuCheck::new(
                 "layernorm_forward",
@@ -73,8 +73,8 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let mut want = vec![0.0; rows * c];
                     layer_norm_cpu(&x, &w, &b, 1e-5, &mut want);
                     let xd = CudaTensor::from_f32(gpu, &[rows, c], &x, dtype)?;
-                    let wd = CudaTensor::from_f32(gpu, &[c], &w, CudaDType::F32)?;
-                    let bd = CudaTensor::from_f32(gpu, &[c], &b, CudaDType::F32)?;
+                    let wd = CudaTensor::from_f32(gpu, &[c], &w, DType::F32)?;
+                    let bd = CudaTensor::from_f32(gpu, &[c], &b, DType::F32)?;
                     let mut yd = CudaTensor::empty(gpu, &[rows, c], dtype)?;
                     yd.poison(gpu)?;
                     layer_norm_cuda(gpu, &xd, &wd, &bd, 1e-5, &mut yd)?;

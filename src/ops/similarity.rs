@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use cudarc::driver::LaunchConfig;
 
 use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
-use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 use crate::ops::matmul::linear_cpu;
 use crate::ops::softmax::{softmax_row, threads_per_row};
@@ -107,7 +107,7 @@ pub fn class_probabilities_cuda(
         )));
     }
     txt.expect_dtype(img.dtype(), "class_probabilities_cuda txt")?;
-    probs.expect_dtype(CudaDType::F32, "class_probabilities_cuda probs")?;
+    probs.expect_dtype(DType::F32, "class_probabilities_cuda probs")?;
     if b == 0 {
         return Ok(());
     }
@@ -134,7 +134,7 @@ pub fn class_probabilities_cuda(
 /// 1024), TagCLIP's patch tokens against COCO's 80 classes, a thousand classes, odd sizes;
 /// every dtype.
 pub fn gpu_checks() -> Vec<GpuCheck> {
-    let dtypes = [CudaDType::F32, CudaDType::BF16, CudaDType::F16];
+    let dtypes = [DType::F32, DType::BF16, DType::F16];
     let mut checks = Vec::new();
     for &(rows, cols) in &[(8usize, 512usize), (2 * 1200, 512), (80, 768), (16, 1024), (33, 37)] {
         for dtype in dtypes {
@@ -179,7 +179,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let txt = Tensor::from_f32(&[c, d], txt_d.to_f32_vec(gpu)?)?;
                     // CLIP's logit scale, exp(4.6052) = 100: peaked class distributions.
                     let want = class_probabilities(&img, &txt, 100.0)?;
-                    let mut pd = CudaTensor::empty(gpu, &[b, c], CudaDType::F32)?;
+                    let mut pd = CudaTensor::empty(gpu, &[b, c], DType::F32)?;
                     pd.poison(gpu)?;
                     class_probabilities_cuda(gpu, &img_d, &txt_d, 100.0, &mut pd)?;
                     let err = max_rel_err(&pd.to_f32_vec(gpu)?, want.f32s()?);

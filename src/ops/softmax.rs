@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use cudarc::driver::LaunchConfig;
 
 use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
-use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 
 /// In place, one row of `cols` at a time.
@@ -61,7 +61,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     for &(rows, cols, scale) in
         &[(8usize, 80usize, 100.0f32), (2 * 1200, 80, 100.0), (8 * 197, 197, 0.125), (4, 4096, 1.0), (33, 37, 2.0)]
     {
-        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
             let bytes = (rows * cols * 2 * dtype.size_in_bytes()) as f64;
             checks.push(GpuCheck::new(
                 "softmax_forward",

@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::timer::Timer;
-use super::{CudaDType, Gpu};
+use super::{DType, Gpu};
 use crate::device::sim::{Finding, LaunchProfile, Simulator};
 use crate::error::{Error, Result};
 
@@ -49,7 +49,7 @@ pub struct GpuCheck {
     pub op: &'static str,
     /// Human-readable shape, e.g. `B=8 T=197 C=768`.
     pub shape: String,
-    pub dtype: CudaDType,
+    pub dtype: DType,
     pub work: Work,
     /// Allowed max relative error (defaults to the dtype's: f32 1e-4, bf16/f16 1e-2).
     pub tolerance: f64,
@@ -61,7 +61,7 @@ impl GpuCheck {
     pub fn new(
         op: &'static str,
         shape: impl Into<String>,
-        dtype: CudaDType,
+        dtype: DType,
         work: Work,
         run: impl Fn(&Arc<Gpu>, &mut StdRng) -> Result<CheckRun> + 'static,
     ) -> GpuCheck {

@@ -24,7 +24,7 @@ use cudarc::nvrtc::Ptx;
 use crate::device::sim::{SimArg, SimError, SimOptions, Simulator};
 use crate::error::{Error, Result};
 
-pub use tensor::{CudaDType, CudaTensor};
+pub use tensor::{CudaTensor, DType};
 
 /// One compiled kernels/*.cu file.
 pub struct KernelModule {
@@ -477,7 +477,7 @@ pub fn f32_arg_at(gpu: &Gpu, t: &CudaTensor, elems: usize) -> KArg {
 /// Errors unless every tensor is f32 (the training kernels' precision).
 pub fn expect_f32(what: &str, tensors: &[&CudaTensor]) -> Result<()> {
     for (i, t) in tensors.iter().enumerate() {
-        t.expect_dtype(CudaDType::F32, &format!("{what} argument {i}"))?;
+        t.expect_dtype(DType::F32, &format!("{what} argument {i}"))?;
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use super::init::{global_labels, ENTROPY_MAX, FLOOR};
 use super::labels::CcdLabels;
 use crate::data::datasets::args::{announce, dataset_json, ClassNameArgs, DatasetArgs, SplitUse};
 use crate::data::datasets::{ClassNames, Dataset};
-use crate::device::cuda::{CudaDType, Gpu};
+use crate::device::cuda::{DType, Gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::eval::{mean_ap, per_class_ap};
@@ -107,7 +107,7 @@ impl CacheArgs {
     }
 }
 
-pub fn run_cli(a: CcdArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: CudaDType) -> Result<()> {
+pub fn run_cli(a: CcdArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: DType) -> Result<()> {
     match a.command {
         CcdCommand::Init(i) => run_init(&i, dev, gpu, dtype).map(|_| ()),
         CcdCommand::Relabel(r) => super::relabel_cli::run_relabel(&r, dev, gpu, dtype),
@@ -118,7 +118,7 @@ pub fn run_cli(a: CcdArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: CudaDType
             super::relabel_cli::run_predict(&p)
         }
         CcdCommand::Train(t) => {
-            if gpu.is_some() && dtype != CudaDType::F32 {
+            if gpu.is_some() && dtype != DType::F32 {
                 return Err(Error::Device(format!("ccd train on the GPU runs in f32; drop --dtype {dtype}")));
             }
             super::train::run(&t, dev, gpu).map(|_| ())
@@ -151,7 +151,7 @@ fn parse_act(s: &Option<String>) -> Result<Option<Activation>> {
     }
 }
 
-pub fn load_clip(a: &ClipArgs, ds: &Dataset, gpu: Option<&Arc<Gpu>>, dtype: CudaDType) -> Result<ClipSetup> {
+pub fn load_clip(a: &ClipArgs, ds: &Dataset, gpu: Option<&Arc<Gpu>>, dtype: DType) -> Result<ClipSetup> {
     let mut model = ClipModel::load(&a.clip, parse_act(&a.act)?, None)?;
     eprintln!(
         "model: {} from {} (activation {:?}: {})",
@@ -282,7 +282,7 @@ pub fn stage0(
 }
 
 /// `ccd init`: stage 0 written as a label file, with its report.
-pub fn run_init(a: &InitArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: CudaDType) -> Result<Stage0Run> {
+pub fn run_init(a: &InitArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: DType) -> Result<Stage0Run> {
     let ds: Dataset = a.data.load(SplitUse::Train)?;
     announce(&ds);
     let clip = load_clip(&a.clip, &ds, gpu, dtype)?;

@@ -26,7 +26,7 @@ use crate::data::datasets::args::{announce, dataset_json, DatasetArgs, SplitUse}
 use crate::data::datasets::Dataset;
 use crate::data::loader::{load_one, Loader};
 use crate::data::transforms::{Interpolation, Transform, IMAGENET_NORM_NUMPY};
-use crate::device::cuda::{CudaDType, Gpu};
+use crate::device::cuda::{DType, Gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::eval::{mean_ap, per_class_ap, scores_csv};
@@ -363,7 +363,7 @@ pub fn stage2(
     Ok((out, boxes, summary))
 }
 
-pub fn run_relabel(a: &RelabelArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: CudaDType) -> Result<()> {
+pub fn run_relabel(a: &RelabelArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: DType) -> Result<()> {
     let ds = a.data.load(SplitUse::Train)?;
     announce(&ds);
     let labels = CcdLabels::read(&a.labels)?;

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use super::update::{self, UpdateParams};
 use super::LabelFile;
-use crate::device::cuda::{CudaDType, Gpu};
+use crate::device::cuda::{DType, Gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::eval::scores_csv;
@@ -53,12 +53,12 @@ pub struct UpdateArgs {
     pub json: Option<PathBuf>,
 }
 
-pub fn run_cli(a: CdulArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: CudaDType) -> Result<()> {
+pub fn run_cli(a: CdulArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: DType) -> Result<()> {
     match a.command {
         CdulCommand::Init(i) => super::init::run_cli(&i, dev, gpu, dtype),
         CdulCommand::Update(u) => run_update(&u),
         CdulCommand::Train(t) => {
-            if gpu.is_some() && dtype != CudaDType::F32 {
+            if gpu.is_some() && dtype != DType::F32 {
                 return Err(Error::Device(format!("cdul train on the GPU runs in f32; drop --dtype {dtype}")));
             }
             super::train::run(&t, gpu).map(|_| ())

@@ -39,7 +39,7 @@ use crate::data::datasets::{ClassNames, Dataset};
 use crate::data::decode::{decode_image_file, RgbImage};
 use crate::data::loader::Skipped;
 use crate::data::transforms::{crop, to_chw_normalized_into, Transform};
-use crate::device::cuda::{CudaDType, Gpu};
+use crate::device::cuda::{DType, Gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::eval::{mean_ap, per_class_ap};
@@ -294,7 +294,7 @@ fn recombine(a: &InitArgs, from: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run_cli(a: &InitArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: CudaDType) -> Result<()> {
+pub fn run_cli(a: &InitArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: DType) -> Result<()> {
     if let Some(from) = &a.from {
         return recombine(a, from);
     }

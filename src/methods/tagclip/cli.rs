@@ -299,7 +299,7 @@ pub fn run_cli(
     a: TagclipArgs,
     dev: Device,
     gpu: Option<&std::sync::Arc<crate::device::cuda::Gpu>>,
-    dtype: crate::device::cuda::CudaDType,
+    dtype: crate::device::cuda::DType,
     gemm: crate::device::cuda::GemmBackend,
 ) -> Result<()> {
     let input = read_input(&a)?;
