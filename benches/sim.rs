@@ -5,7 +5,7 @@
 //! Rayon runs CTAs in parallel: LABELFREE_THREADS (or RAYON_NUM_THREADS) sets the threads.
 
 use labelfree::bench::sim_encoder_forward;
-use labelfree::device::cuda::{has_kernels, CudaDType, Gpu};
+use labelfree::device::cuda::{has_kernels, DType, Gpu};
 use labelfree::device::sim::SimOptions;
 
 fn main() {
@@ -18,7 +18,7 @@ fn main() {
     println!("PTX simulator speed: ViT-B/16 forward, batch 1 at {size}x{size}, {threads} threads");
     println!("| dtype | mode | thread instructions | seconds | thread-instr/s | per thread |");
     println!("|---|---|---|---|---|---|");
-    for dtype in [CudaDType::F32, CudaDType::BF16] {
+    for dtype in [DType::F32, DType::BF16] {
         let run = |sanitize, profile| {
             let gpu = Gpu::simulator(SimOptions { sanitize, profile }).expect("simulator");
             sim_encoder_forward(&gpu, "ViT-B-16", 1, size, dtype).expect("forward")

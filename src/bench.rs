@@ -148,7 +148,7 @@ type CudaEncoder = (
 fn cuda_encoder(
     gpu: &std::sync::Arc<crate::device::cuda::Gpu>,
     arch: &str,
-    dtype: crate::device::cuda::CudaDType,
+    dtype: crate::device::cuda::DType,
 ) -> Result<CudaEncoder> {
     use crate::models::clip::config::{ClipConfig, VisionConfig};
     use crate::models::clip::resnet_cuda::{random_resnet_params, CudaModifiedResNet};
@@ -176,7 +176,7 @@ pub fn cuda_encoder_throughput(
     arch: &str,
     batches: &[usize],
     size: Option<usize>,
-    dtype: crate::device::cuda::CudaDType,
+    dtype: crate::device::cuda::DType,
     runs: usize,
 ) -> Result<Vec<CudaEncoderBench>> {
     use crate::device::cuda::timer::Timer;
@@ -233,7 +233,7 @@ pub fn sim_encoder_profile(
     arch: &str,
     batches: &[usize],
     size: Option<usize>,
-    dtype: crate::device::cuda::CudaDType,
+    dtype: crate::device::cuda::DType,
 ) -> Result<Vec<SimEncoderProfile>> {
     use crate::device::cuda::resources::{time_bound, H100_SXM};
     use crate::device::cuda::CudaTensor;
@@ -281,7 +281,7 @@ pub fn sim_encoder_forward(
     arch: &str,
     batch: usize,
     size: usize,
-    dtype: crate::device::cuda::CudaDType,
+    dtype: crate::device::cuda::DType,
 ) -> Result<(f64, u64)> {
     use crate::device::cuda::CudaTensor;
     use crate::error::Error;

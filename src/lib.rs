@@ -1,11 +1,14 @@
 //! labelfree: annotation-free multi-label image classification with CLIP.
 //!
-//! Layout (see DESIGN.md): `tensor` and `device` hold data; `ops` holds one file per op with
-//! its CPU reference (and CUDA launcher beside it); `models::clip` builds the encoders from
-//! those ops; `data` reads datasets, decodes and transforms images; `methods` are the pipelines
-//! the CLI calls; `eval` scores their outputs (AP, mAP, F1).
+//! Layout (see DESIGN.md): `tensor` (the CPU tensor) and `device` (the GPU or simulator and its
+//! `CudaTensor`) hold data; `ops` holds one file per op with its CPU reference, CUDA launcher and
+//! kernel checks; `models` builds the encoders and the classifier from those ops (CPU models and
+//! their `*_cuda` twins); `data` reads datasets, decodes and transforms images; `methods` are the
+//! pipelines; `train` the classifier's trainer; `eval` scores their outputs (AP, mAP, F1); `cli`
+//! the commands main.rs dispatches to (methods and train keep their own command modules).
 
 pub mod bench;
+pub mod cli;
 pub mod data;
 pub mod device;
 pub mod error;

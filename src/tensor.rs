@@ -1,14 +1,18 @@
-//! Tensor = shape + dtype + storage. Always contiguous, row-major.
-//!
-//! The CPU storage is a plain `Vec`; the CUDA storage (see `device::cuda`) sits beside it so
-//! that every op can dispatch on where its inputs live.
+//! Tensor = shape + dtype + host storage (a plain `Vec`). Always contiguous, row-major, and
+//! always on the CPU: the device twin is its own type, `device::cuda::CudaTensor`, so the CPU
+//! ops work on host slices and never handle a device variant. Models follow the same split (a
+//! CPU model and its `*_cuda` twin), as llm.c's train_gpt2.c / train_gpt2.cu do.
+
+use std::fmt;
+use std::str::FromStr;
 
 use half::{bf16, f16};
 
-use crate::device::Device;
 use crate::error::{Error, Result};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Element types, of CPU tensors and of the kernels' device buffers alike: f32/bf16/f16 for
+/// activations and weights, u8 for images, i32 for indices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
     F16,
@@ -18,11 +22,65 @@ pub enum DType {
 }
 
 impl DType {
+    /// The suffix of a kernel's name for this element type (`layernorm_forward_bf16`).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            DType::U8 => "u8",
+            DType::I32 => "i32",
+        }
+    }
+
     pub fn size_in_bytes(self) -> usize {
         match self {
             DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
             DType::U8 => 1,
+        }
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::BF16 | DType::F16)
+    }
+
+    /// `v` as the device holds it in this dtype (bf16 / f16 rounded to nearest even), so that a
+    /// CPU reference sees the kernel's inputs and a check measures the kernel, not the rounding
+    /// of its inputs.
+    pub fn round(self, v: Vec<f32>) -> Vec<f32> {
+        match self {
+            DType::BF16 => v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect(),
+            DType::F16 => v.into_iter().map(|x| f16::from_f32(x).to_f32()).collect(),
+            _ => v,
+        }
+    }
+
+    /// The relative error a kernel in this dtype is held to against the f32 CPU reference.
+    pub fn tolerance(self) -> f32 {
+        match self {
+            DType::F32 => 1e-4,
+            _ => 1e-2,
+        }
+    }
+}
+
+/// The flag's spelling (`f32`, `bf16`, ...), as `--dtype` takes it and kernel names end.
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.suffix())
+    }
+}
+
+/// The values of `--dtype`: the float types a CUDA path computes in.
+impl FromStr for DType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(DType::F32),
+            "bf16" => Ok(DType::BF16),
+            "f16" => Ok(DType::F16),
+            _ => Err(Error::Device(format!("unknown --dtype `{s}` (use f32, bf16 or f16)"))),
         }
     }
 }
@@ -93,10 +151,6 @@ impl Tensor {
             Storage::U8(_) => DType::U8,
             Storage::I32(_) => DType::I32,
         }
-    }
-
-    pub fn device(&self) -> Device {
-        Device::Cpu
     }
 
     pub fn storage(&self) -> &Storage {

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use labelfree::device::cuda::{has_kernels, CudaDType, Gpu};
+use labelfree::device::cuda::{has_kernels, DType, Gpu};
 use labelfree::device::sim::SimOptions;
 use labelfree::methods::tagclip::{prepare, run_batch, ClassText, TagclipOptions};
 use labelfree::models::clip::weights::load_safetensors;
@@ -154,7 +154,7 @@ fn tagclip_on_the_simulator_matches_the_cpu() {
     let cpu_model = ClipModel::load(&weights, None, None).unwrap();
     let mut sim_model = ClipModel::load(&weights, None, None).unwrap();
     let gpu = Gpu::simulator(SimOptions::default()).unwrap();
-    sim_model.attach_cuda(&gpu, Some(&weights), CudaDType::F32).unwrap();
+    sim_model.attach_cuda(&gpu, Some(&weights), DType::F32).unwrap();
     let transform = labelfree::methods::tagclip::transform_for(&cpu_model).unwrap();
     let im = &doc["images"][0];
     let prep = prepare(&dir.join(im["file"].as_str().unwrap()), &transform).unwrap();

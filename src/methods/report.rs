@@ -1,6 +1,6 @@
 //! The report every run ends with: printed for people, written as JSON for programs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -79,4 +79,13 @@ impl RunReport {
         let text = serde_json::to_string_pretty(self).map_err(|e| Error::Weights(e.to_string()))?;
         crate::methods::write_atomic(path, text.as_bytes())
     }
+}
+
+/// Where a run's JSON report goes: `json` when given, else `<out>.report.json`.
+pub fn json_path(json: &Option<PathBuf>, out: &Path) -> PathBuf {
+    json.clone().unwrap_or_else(|| {
+        let mut s = out.as_os_str().to_owned();
+        s.push(".report.json");
+        PathBuf::from(s)
+    })
 }

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use crate::device::cuda::{CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 use crate::models::resnet50::{ConvBn, HeadKind, ResNet, ResNetConfig, Slot};
 use crate::ops::batchnorm::{
@@ -26,7 +26,7 @@ use crate::ops::relu::{relu_backward_inplace_cuda, relu_inplace_cuda};
 use crate::ops::residual::add_inplace_cuda;
 use crate::train::adam::{adam_step_cuda_tensors, Adam};
 
-const F32: CudaDType = CudaDType::F32;
+const F32: DType = DType::F32;
 
 /// A conv + batch norm with its tensors as indices into the device vectors (the CPU layer
 /// holds offsets into flat buffers).
@@ -276,7 +276,7 @@ impl CudaResNet {
         let (pool_h, pool_w) = ps.out_hw();
         let width = self.cfg.width;
         let mut pool = CudaTensor::empty(&gpu, &[b, width, pool_h, pool_w], F32)?;
-        let mut pool_argmax = CudaTensor::empty(&gpu, &[b, width, pool_h, pool_w], CudaDType::I32)?;
+        let mut pool_argmax = CudaTensor::empty(&gpu, &[b, width, pool_h, pool_w], DType::I32)?;
         max_pool2d_cuda(&gpu, &stem.y, &ps, &mut pool, &mut pool_argmax)?;
         let mut acts: Vec<CudaBlockAct> = Vec::with_capacity(self.blocks.len());
         let (mut ch, mut cw) = (pool_h, pool_w);
@@ -510,7 +510,7 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
         let macs = 4.1e9 * (width as f64 / 64.0).powi(2) * (size as f64 / 224.0).powi(2);
         let work = Work::Flops(2.0 * 3.0 * 2.0 * macs * b as f64);
         checks.push(
-            GpuCheck::new(op, shape, CudaDType::F32, work, move |gpu, rng| {
+            GpuCheck::new(op, shape, DType::F32, work, move |gpu, rng| {
                 let cfg = ResNetConfig { width, layers, num_classes: classes, head, alpha: 3.0 };
                 let seed = rand::Rng::gen::<u64>(rng);
                 let mut cpu = ResNet::new(cfg, seed);

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
-use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
+use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,7 +131,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     let mut checks = Vec::new();
     for &(rows, cols) in &[(8 * 197usize, 3072usize), (8 * 50, 3072), (4 * 77, 2048), (33, 37)] {
         for act in [Activation::QuickGelu, Activation::Gelu] {
-            for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
                 let n = rows * cols;
                 let bytes = (n * 2 * dtype.size_in_bytes()) as f64;
                 checks.push(GpuCheck::new(

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use cudarc::driver::LaunchConfig;
 
 use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
-use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
+use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 use crate::ops::matmul::{gemm_cpu, MatRef};
 use crate::ops::softmax::softmax_row;
@@ -221,20 +221,20 @@ pub fn attention_cuda(
         if m.shape() != [t, t] {
             return Err(shape_err(&format!("shared mask {:?} must be (T, T)", m.shape())));
         }
-        m.expect_dtype(CudaDType::F32, "attention_cuda shared mask")?;
+        m.expect_dtype(DType::F32, "attention_cuda shared mask")?;
     }
     if let Some(m) = mask.cls_row {
         if m.shape() != [b, t] {
             return Err(shape_err(&format!("cls_row mask {:?} must be (B, T)", m.shape())));
         }
-        m.expect_dtype(CudaDType::F32, "attention_cuda cls_row mask")?;
+        m.expect_dtype(DType::F32, "attention_cuda cls_row mask")?;
     }
     let probs = probs.filter(|_| record != ProbsRecord::None);
     if let Some(p) = &probs {
         if p.shape() != [b, t, t] {
             return Err(shape_err(&format!("probs {:?} must be (B, T, T)", p.shape())));
         }
-        p.expect_dtype(CudaDType::F32, "attention_cuda probs")?;
+        p.expect_dtype(DType::F32, "attention_cuda probs")?;
     }
     let (grid_heads, grid_b) = (u32::try_from(heads), u32::try_from(b));
     let (Ok(grid_heads), Ok(grid_b)) = (grid_heads, grid_b) else {
@@ -248,8 +248,8 @@ pub fn attention_cuda(
     let scale = 1.0 / (dh as f32).sqrt();
     // lse_mode of attention_flash: 0 none, 1 masked, 2 unmasked (LSE_* in the kernel).
     let (lse, lse_mode) = match (&probs, record) {
-        (Some(_), ProbsRecord::Masked) => (Some(CudaTensor::empty(gpu, &[b, heads, t], CudaDType::F32)?), 1),
-        (Some(_), ProbsRecord::Unmasked) => (Some(CudaTensor::empty(gpu, &[b, heads, t], CudaDType::F32)?), 2),
+        (Some(_), ProbsRecord::Masked) => (Some(CudaTensor::empty(gpu, &[b, heads, t], DType::F32)?), 1),
+        (Some(_), ProbsRecord::Unmasked) => (Some(CudaTensor::empty(gpu, &[b, heads, t], DType::F32)?), 2),
         _ => (None, 0),
     };
     let sfx = qkv.dtype().suffix();
@@ -333,7 +333,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     ];
     let mut checks = Vec::new();
     for (b, t, c, heads, kind, record) in cases {
-        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
             let probs_flops = if record == R::None { 0.0 } else { 2.0 };
             let flops = (4.0 + probs_flops) * (b * t * t * c) as f64;
             let op = if record == R::None { "attention_forward" } else { "attention_forward_probs" };
@@ -359,10 +359,10 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let want_p = (record != R::None).then_some(&mut want_probs[..]);
                 attention_forward_cpu(&qkv, b, t, c, heads, &mask, record, &mut want_out, want_p);
 
-                let shared_d = shared.map(|m| CudaTensor::from_f32(gpu, &[t, t], &m, CudaDType::F32)).transpose()?;
-                let cls_d = cls_row.map(|m| CudaTensor::from_f32(gpu, &[b, t], &m, CudaDType::F32)).transpose()?;
+                let shared_d = shared.map(|m| CudaTensor::from_f32(gpu, &[t, t], &m, DType::F32)).transpose()?;
+                let cls_d = cls_row.map(|m| CudaTensor::from_f32(gpu, &[b, t], &m, DType::F32)).transpose()?;
                 let mut out_d = CudaTensor::empty(gpu, &[b, t, c], dtype)?;
-                let mut probs_d = CudaTensor::empty(gpu, &[b, t, t], CudaDType::F32)?;
+                let mut probs_d = CudaTensor::empty(gpu, &[b, t, t], DType::F32)?;
                 out_d.poison(gpu)?;
                 probs_d.poison(gpu)?;
                 let mask_d = CudaAttnMask { shared: shared_d.as_ref(), cls_row: cls_d.as_ref(), causal };

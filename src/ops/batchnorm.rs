@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use cudarc::driver::LaunchConfig;
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
-use crate::device::cuda::{expect_f32, f32_arg_at, grid_stride_config, to_i32, CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{expect_f32, f32_arg_at, grid_stride_config, to_i32, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 
 pub const BN_EPS: f32 = 1e-5;
@@ -360,7 +360,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     for &(b, c, h, w) in BN_CHECK_SHAPES {
         let (hw, shape) = (h * w, format!("B={b} C={c} H={h} W={w}"));
         let n = b * c * hw;
-        let f32 = CudaDType::F32;
+        let f32 = DType::F32;
         checks.push(GpuCheck::new(
             "batchnorm_train_forward",
             shape.clone(),

@@ -6,7 +6,7 @@
 use cudarc::driver::LaunchConfig;
 
 use crate::device::cuda::check::{max_rel_err, max_rel_err_all, random_vec, CheckRun, GpuCheck, Work};
-use crate::device::cuda::{expect_f32, to_i32, CudaDType, CudaTensor, Gpu, KArg};
+use crate::device::cuda::{expect_f32, to_i32, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 
 /// log(1 + exp(-|x|)) + max(x, 0) - x*y: torch's stable form, per element.
@@ -157,7 +157,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     let mut checks = Vec::new();
     for &(b, c) in &[(64usize, 80usize), (64, 20), (1024, 80), (3, 7)] {
         let n = b * c;
-        let f32 = CudaDType::F32;
+        let f32 = DType::F32;
         for (variant, weighted) in [("bce_with_logits", true), ("bce_with_logits", false), ("consistency_bce", false)] {
             let shape = format!("B={b} C={c}{}", if weighted { " weighted" } else { "" });
             let op: &'static str = variant;

@@ -7,9 +7,7 @@
 use cudarc::driver::LaunchConfig;
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
-use crate::device::cuda::{
-    expect_f32, grid_stride_config, to_i32, warp_per_item_config, CudaDType, CudaTensor, Gpu, KArg,
-};
+use crate::device::cuda::{expect_f32, grid_stride_config, to_i32, warp_per_item_config, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 use crate::ops::gap::{global_avg_pool_backward_cpu, global_avg_pool_cpu, global_avg_pool_cuda};
 use crate::ops::matmul::{gemm_cpu, linear_cpu, MatRef};
@@ -349,7 +347,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         let hw = h * w;
         let (fs, nf) = ([b, k, h, w], b * k * hw);
         let shape = format!("B={b} K={k} H={h} W={w} C={c}");
-        let f32 = CudaDType::F32;
+        let f32 = DType::F32;
         let alpha = 3.0f32;
         let gemm_flops = (2 * b * c * k * hw) as f64;
         // Inputs shared by the four checks: features after a ReLU (non-negative, as in the model).

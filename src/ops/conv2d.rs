@@ -9,7 +9,7 @@ use cudarc::driver::LaunchConfig;
 use crate::device::cuda::check::{
     launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work, REFERENCE_MAX_WORK,
 };
-use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
+use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 use crate::ops::gemm_packed::{
     gemm_packed_a_cpu, gemm_packed_ab_cpu, packed_b_index, packed_gemm_available, with_packed_b_scratch, Bias,
@@ -516,7 +516,7 @@ pub fn conv2d_cuda(
     w.expect_dtype(x.dtype(), "conv2d_cuda weight")?;
     y.expect_dtype(x.dtype(), "conv2d_cuda output")?;
     if let Some(b) = bias {
-        b.expect_dtype(CudaDType::F32, "conv2d_cuda bias")?;
+        b.expect_dtype(DType::F32, "conv2d_cuda bias")?;
     }
     if let Some(r) = residual {
         r.expect_dtype(x.dtype(), "conv2d_cuda residual")?;
@@ -528,7 +528,7 @@ pub fn conv2d_cuda(
     if m == 0 || s.c_out == 0 {
         return Ok(());
     }
-    let (tile, threads) = if x.dtype() == CudaDType::F32 { (64, 256) } else { (64, 128) };
+    let (tile, threads) = if x.dtype() == DType::F32 { (64, 256) } else { (64, 128) };
     let cfg = LaunchConfig {
         grid_dim: (m.div_ceil(tile) as u32, s.c_out.div_ceil(tile) as u32, 1),
         block_dim: (threads, 1, 1),
@@ -636,7 +636,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         let label = format!(
             "B={batch} Cin={c_in} H=W={hw} Cout={c_out} k={kernel} s={stride} relu={relu} residual={with_residual}"
         );
-        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
             checks.push(GpuCheck::new("conv2d_forward", label.clone(), dtype, Work::Flops(flops), move |gpu, rng| {
                 let out = [batch, c_out, ho, wo];
                 let kk = c_in * kernel * kernel;
@@ -654,7 +654,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     dtype,
                 )?;
                 let bias = random_vec(rng, c_out, 0.5);
-                let bd = CudaTensor::from_f32(gpu, &[c_out], &bias, CudaDType::F32)?;
+                let bd = CudaTensor::from_f32(gpu, &[c_out], &bias, DType::F32)?;
                 let rd = if with_residual {
                     Some(CudaTensor::from_f32(gpu, &out, &random_vec(rng, batch * c_out * ho * wo, 1.0), dtype)?)
                 } else {
@@ -680,7 +680,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         }
     }
     // The stem without bias: the null-pointer path.
-    for dtype in [CudaDType::F32, CudaDType::BF16] {
+    for dtype in [DType::F32, DType::BF16] {
         let s = Conv2dShape { batch: 2, c_in: 3, h: 33, w: 37, c_out: 9, kernel: 3, stride: 2, pad: 1 };
         let (ho, wo) = s.out_hw();
         let flops = 2.0 * (2 * ho * wo) as f64 * 9.0 * 27.0;
@@ -706,7 +706,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     // (B, H, W, p): ViT-B/16 and B/32 at 224, B/16 at 256 (TagCLIP's crops), an odd grid.
     for &(b, h, w, p) in &[(8usize, 224usize, 224usize, 16usize), (8, 224, 224, 32), (8, 256, 256, 16), (3, 48, 80, 16)]
     {
-        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
             let rows = b * (h / p) * (w / p);
             let bytes = (2 * b * 3 * h * w * dtype.size_in_bytes()) as f64;
             checks.push(GpuCheck::new(

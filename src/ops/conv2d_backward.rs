@@ -7,7 +7,7 @@ use cudarc::driver::LaunchConfig;
 use crate::device::cuda::check::{
     launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Launch, Work, REFERENCE_MAX_WORK,
 };
-use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 use crate::ops::conv2d::{im2col_rows, Conv2dShape};
 use crate::ops::matmul::{gemm_cpu, MatRef};
@@ -227,8 +227,8 @@ pub enum ConvBackwardKernel {
 }
 
 impl ConvBackwardKernel {
-    pub fn default_for(dtype: CudaDType) -> ConvBackwardKernel {
-        if dtype == CudaDType::F32 {
+    pub fn default_for(dtype: DType) -> ConvBackwardKernel {
+        if dtype == DType::F32 {
             ConvBackwardKernel::Simt
         } else {
             ConvBackwardKernel::TensorCore
@@ -236,10 +236,10 @@ impl ConvBackwardKernel {
     }
 
     /// The entry point of kernel family `op` for `dtype` (`conv2d_backward_weight_tc_bf16`).
-    fn entry(self, op: &str, dtype: CudaDType, what: &str) -> Result<String> {
+    fn entry(self, op: &str, dtype: DType, what: &str) -> Result<String> {
         match self {
             ConvBackwardKernel::Simt => Ok(format!("{op}_{}", dtype.suffix())),
-            ConvBackwardKernel::TensorCore if dtype == CudaDType::F32 => {
+            ConvBackwardKernel::TensorCore if dtype == DType::F32 => {
                 Err(Error::Device(format!("{what}: the tensor-core kernels take bf16 or f16, not f32")))
             }
             ConvBackwardKernel::TensorCore => Ok(format!("{op}_tc_{}", dtype.suffix())),
@@ -287,7 +287,7 @@ pub fn conv2d_backward_weight_cuda_with(
         return Err(Error::Device(format!("{what}: x must be f32, bf16 or f16, found {:?}", x.dtype())));
     }
     dy.expect_dtype(x.dtype(), &format!("{what} dy"))?;
-    dw.expect_dtype(CudaDType::F32, &format!("{what} dw (an f32 gradient)"))?;
+    dw.expect_dtype(DType::F32, &format!("{what} dw (an f32 gradient)"))?;
     to_i32(x.numel(), "x elements")?;
     to_i32(dy.numel(), "dy elements")?;
     let (m, n) = (s.c_out, s.c_in * k * k);
@@ -311,7 +311,7 @@ pub fn conv2d_backward_weight_cuda_with(
         return launch(dw, 1);
     }
     // (splits, C_out, C_in*k*k); freed in stream order after the reduction.
-    let partial = CudaTensor::empty(gpu, &[splits, m, n], CudaDType::F32)?;
+    let partial = CudaTensor::empty(gpu, &[splits, m, n], DType::F32)?;
     launch(&partial, 0)?;
     let reduce =
         LaunchConfig { grid_dim: ((m * n).div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
@@ -462,11 +462,11 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         let plain_1x1 = k == 1 && s.stride == 1 && s.pad == 0;
         // The launchers' kernel for every dtype and, for bf16 / f16, the SIMT kernels as well.
         let variants = [
-            (CudaDType::F32, ConvBackwardKernel::Simt, "conv2d_backward_weight", "conv2d_backward_data"),
-            (CudaDType::BF16, ConvBackwardKernel::TensorCore, "conv2d_backward_weight", "conv2d_backward_data"),
-            (CudaDType::F16, ConvBackwardKernel::TensorCore, "conv2d_backward_weight", "conv2d_backward_data"),
-            (CudaDType::BF16, ConvBackwardKernel::Simt, "conv2d_backward_weight_simt", "conv2d_backward_data_simt"),
-            (CudaDType::F16, ConvBackwardKernel::Simt, "conv2d_backward_weight_simt", "conv2d_backward_data_simt"),
+            (DType::F32, ConvBackwardKernel::Simt, "conv2d_backward_weight", "conv2d_backward_data"),
+            (DType::BF16, ConvBackwardKernel::TensorCore, "conv2d_backward_weight", "conv2d_backward_data"),
+            (DType::F16, ConvBackwardKernel::TensorCore, "conv2d_backward_weight", "conv2d_backward_data"),
+            (DType::BF16, ConvBackwardKernel::Simt, "conv2d_backward_weight_simt", "conv2d_backward_data_simt"),
+            (DType::F16, ConvBackwardKernel::Simt, "conv2d_backward_weight_simt", "conv2d_backward_data_simt"),
         ];
         for (dtype, kernel, weight_op, data_op) in variants {
             checks.push(GpuCheck::new(weight_op, desc.clone(), dtype, Work::Flops(flops), move |gpu, rng| {
@@ -485,15 +485,15 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let dyd = CudaTensor::from_f32(gpu, &dy_shape, &dy, dtype)?;
                 let mut run = launch_and_compare(
                     gpu,
-                    CudaTensor::from_f32(gpu, &w_shape, &dw0, CudaDType::F32)?,
+                    CudaTensor::from_f32(gpu, &w_shape, &dw0, DType::F32)?,
                     move |g, dwd| conv2d_backward_weight_cuda_with(g, &xd, &dyd, &s, dwd, kernel),
                     |g, dwd| max_rel_err_all(g, &[(dwd, &want)]),
                 )?;
-                let cublas: Option<Launch> = if plain_1x1 && dtype == CudaDType::F32 {
+                let cublas: Option<Launch> = if plain_1x1 && dtype == DType::F32 {
                     let g = gpu.clone();
                     let xc = CudaTensor::from_f32(gpu, &x_shape, &x, dtype)?;
                     let dyc = CudaTensor::from_f32(gpu, &dy_shape, &dy, dtype)?;
-                    let dwc = CudaTensor::from_f32(gpu, &w_shape, &dw0, CudaDType::F32)?;
+                    let dwc = CudaTensor::from_f32(gpu, &w_shape, &dw0, DType::F32)?;
                     Some(Box::new(move || {
                         let p = s.h * s.w;
                         for b in 0..s.batch {
@@ -530,7 +530,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     move |g, dxd| conv2d_backward_data_cuda_with(g, &dyd, &wd, &s, dxd, kernel),
                     |g, dxd| max_rel_err_all(g, &[(dxd, &want)]),
                 )?;
-                let cublas: Option<Launch> = if plain_1x1 && dtype == CudaDType::F32 {
+                let cublas: Option<Launch> = if plain_1x1 && dtype == DType::F32 {
                     let g = gpu.clone();
                     let dyc = CudaTensor::from_f32(gpu, &dy_shape, &dy, dtype)?;
                     let wc = CudaTensor::from_f32(gpu, &w_shape, &w, dtype)?;

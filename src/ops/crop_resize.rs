@@ -27,7 +27,7 @@ use cudarc::driver::LaunchConfig;
 
 use crate::data::transforms::CLIP_NORM;
 use crate::device::cuda::check::{max_rel_err, CheckRun, GpuCheck, Work};
-use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
+use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,9 +171,9 @@ pub fn crop_resize_cuda(
             "crop_resize_cuda: image_table {ts:?} (n_images, 3), boxes {bs:?} (N, 5), out {os:?} (N, 3, oh, ow)"
         )));
     }
-    images.expect_dtype(CudaDType::U8, "crop_resize_cuda images")?;
-    image_table.expect_dtype(CudaDType::I32, "crop_resize_cuda image_table")?;
-    boxes.expect_dtype(CudaDType::F32, "crop_resize_cuda boxes")?;
+    images.expect_dtype(DType::U8, "crop_resize_cuda images")?;
+    image_table.expect_dtype(DType::I32, "crop_resize_cuda image_table")?;
+    boxes.expect_dtype(DType::F32, "crop_resize_cuda boxes")?;
     if !out.dtype().is_float() {
         return Err(Error::Device(format!("crop_resize_cuda: out is {:?}; expected a float dtype", out.dtype())));
     }
@@ -221,7 +221,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     let mut checks = Vec::new();
     for &(n_images, n_boxes, oh, ow) in &[(8usize, 64usize, 224usize, 224usize), (3, 7, 37, 53)] {
         for interp in [CropInterp::Bilinear, CropInterp::Bicubic] {
-            for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
                 let taps = if interp == CropInterp::Bicubic { 16 } else { 4 };
                 let bytes = (n_boxes * 3 * oh * ow * (dtype.size_in_bytes() + taps)) as f64;
                 let label = format!("{n_images} images, {n_boxes} boxes -> {oh}x{ow} {interp:?}");
@@ -252,7 +252,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let flat: Vec<f32> = boxes.iter().flat_map(|b| [b.image as f32, b.x0, b.y0, b.x1, b.y1]).collect();
                     let id = CudaTensor::from_u8(gpu, &[packed.len()], &packed)?;
                     let td = CudaTensor::from_i32(gpu, &[n_images, 3], &table)?;
-                    let bd = CudaTensor::from_f32(gpu, &[n_boxes, 5], &flat, CudaDType::F32)?;
+                    let bd = CudaTensor::from_f32(gpu, &[n_boxes, 5], &flat, DType::F32)?;
                     let mut od = CudaTensor::empty(gpu, &[n_boxes, 3, oh, ow], dtype)?;
                     od.poison(gpu)?;
                     crop_resize_cuda(gpu, &id, &td, &bd, interp, CLIP_MEAN, CLIP_STD, &mut od)?;

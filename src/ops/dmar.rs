@@ -9,7 +9,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
-use crate::device::cuda::{expect_f32, grid_stride_config, to_i32, CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{expect_f32, grid_stride_config, to_i32, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 use crate::ops::matmul::{gemm_cpu, MatRef};
 
@@ -116,9 +116,9 @@ pub fn dmar_weights_cuda(
     let refs: Vec<&CudaTensor> = maps.iter().chain([&*w]).collect();
     expect_f32(WHAT, &refs)?;
     let total = b * n * n;
-    let theta = CudaTensor::empty(gpu, &[b], CudaDType::F32)?;
-    let votes = CudaTensor::empty(gpu, &[b, n, n], CudaDType::I32)?;
-    let sum = CudaTensor::empty(gpu, &[b, n, n], CudaDType::F32)?;
+    let theta = CudaTensor::empty(gpu, &[b], DType::F32)?;
+    let votes = CudaTensor::empty(gpu, &[b, n, n], DType::I32)?;
+    let sum = CudaTensor::empty(gpu, &[b, n, n], DType::F32)?;
     let ti = to_i32(t, "T")?;
     let mean_cfg =
         cudarc::driver::LaunchConfig { grid_dim: (b as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
@@ -179,7 +179,7 @@ pub fn dmar_propagate_cuda(
     }
     expect_f32(WHAT, &[w, p, out])?;
     if let Some(m) = mask {
-        m.expect_dtype(CudaDType::U8, &format!("{WHAT} mask"))?;
+        m.expect_dtype(DType::U8, &format!("{WHAT} mask"))?;
     }
     const TILE: usize = 32;
     let cfg = cudarc::driver::LaunchConfig {
@@ -215,7 +215,7 @@ pub fn random_attention_maps(rng: &mut rand::rngs::StdRng, layers: usize, b: usi
 /// batch 2, 12 layers, vote_min 4 over layers 0..12 (the official setting) and an odd range;
 /// the propagation with and without a mask over 80 + 23 classes, and odd sizes.
 pub fn gpu_checks() -> Vec<GpuCheck> {
-    let f32 = CudaDType::F32;
+    let f32 = DType::F32;
     let mut checks = Vec::new();
     for &(b, t, vote_min, r0, r1) in
         &[(2usize, 197usize, 4usize, 0usize, 12usize), (2, 1201, 4, 0, 12), (3, 37, 7, 3, 11)]

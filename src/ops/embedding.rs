@@ -3,7 +3,7 @@
 use cudarc::driver::LaunchConfig;
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
-use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 
 /// CPU reference. ids (B, T) with every id < V; table (V, C); pos (>= T, C); out (B, T, C).
@@ -48,7 +48,7 @@ pub fn token_embedding_cuda(
     if let Some(bad) = ids_host.iter().find(|&&id| id < 0 || id as usize >= v) {
         return Err(Error::Tokenizer(format!("token id {bad} outside the vocabulary of {v}")));
     }
-    ids.expect_dtype(CudaDType::I32, "token ids")?;
+    ids.expect_dtype(DType::I32, "token ids")?;
     pos.expect_dtype(table.dtype(), "positional table")?;
     out.expect_dtype(table.dtype(), "embedding output")?;
     let threads = (32 * c.div_ceil(32)).min(256) as u32;
@@ -66,7 +66,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     use rand::Rng;
     let mut checks = Vec::new();
     for &(b, t, c, v) in &[(80usize, 77usize, 512usize, 49408usize), (3, 5, 33, 17)] {
-        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
             let bytes = (b * t * c * 3 * dtype.size_in_bytes()) as f64;
             checks.push(GpuCheck::new(
                 "token_embedding_forward",

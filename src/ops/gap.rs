@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
-use crate::device::cuda::{grid_stride_config, to_i32, warp_per_item_config, CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{grid_stride_config, to_i32, warp_per_item_config, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 
 /// y (planes) = mean over each plane of x (planes, hw), summed in f64.
@@ -33,8 +33,8 @@ fn gap_dims(what: &str, x: &CudaTensor, y: &CudaTensor) -> Result<(usize, usize)
     if planes == 0 || x.shape().len() <= r || x.shape()[..r] != *y.shape() {
         return Err(Error::Shape(format!("{what}: x {:?}, pooled {:?}", x.shape(), y.shape())));
     }
-    x.expect_dtype(CudaDType::F32, what)?;
-    y.expect_dtype(CudaDType::F32, what)?;
+    x.expect_dtype(DType::F32, what)?;
+    y.expect_dtype(DType::F32, what)?;
     Ok((planes, x.numel() / planes))
 }
 
@@ -70,7 +70,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         let (hw, planes) = (h * w, b * c);
         let (n, xs) = (planes * hw, [b, c, h, w]);
         let shape = format!("B={b} C={c} H={h} W={w}");
-        let f32 = CudaDType::F32;
+        let f32 = DType::F32;
         checks.push(GpuCheck::new(
             "gap_forward",
             shape.clone(),

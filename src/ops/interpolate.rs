@@ -4,7 +4,7 @@
 use cudarc::driver::LaunchConfig;
 
 use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
-use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 
 /// A positional table (1 + g*g, C) (the class/mean position, then a g x g grid) for a
@@ -53,7 +53,7 @@ pub fn resize_positional_grid_cuda(
             out.shape()
         )));
     }
-    table.expect_dtype(CudaDType::F32, "resize_positional_grid_cuda table")?;
+    table.expect_dtype(DType::F32, "resize_positional_grid_cuda table")?;
     if !out.dtype().is_float() {
         return Err(Error::Device(format!(
             "resize_positional_grid_cuda: out is {:?}; expected a float dtype",
@@ -88,7 +88,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         (768, 14, 14, 14),
         (37, 9, 4, 5),
     ] {
-        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
             let bytes = ((1 + g * g) * c * 4 + (1 + gh * gw) * c * dtype.size_in_bytes()) as f64;
             checks.push(GpuCheck::new(
                 "resize_positional_grid",
@@ -98,7 +98,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 move |gpu, rng| {
                     let table = random_vec(rng, (1 + g * g) * c, 1.0);
                     let want = resize_positional_grid(&table, c, g, gh, gw);
-                    let td = CudaTensor::from_f32(gpu, &[1 + g * g, c], &table, CudaDType::F32)?;
+                    let td = CudaTensor::from_f32(gpu, &[1 + g * g, c], &table, DType::F32)?;
                     let mut od = CudaTensor::empty(gpu, &[1 + gh * gw, c], dtype)?;
                     od.poison(gpu)?;
                     resize_positional_grid_cuda(gpu, &td, g, gh, gw, &mut od)?;

@@ -5,10 +5,8 @@ use rayon::prelude::*;
 use cudarc::driver::LaunchConfig;
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
-use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
-use crate::ops::require_cpu;
-use crate::tensor::Tensor;
 
 /// y = (x - mean) / sqrt(var + eps) * w + b, one row of `w.len()` at a time.
 /// Mean and variance are accumulated in f64 so long rows stay within the f32 tolerance.
@@ -23,22 +21,6 @@ pub fn layer_norm_cpu(x: &[f32], w: &[f32], b: &[f32], eps: f32, y: &mut [f32]) 
             yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
         }
     });
-}
-
-pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
-    require_cpu("layer_norm", &[x, w, b])?;
-    let c = *x.shape().last().unwrap_or(&0);
-    if w.shape() != [c] || b.shape() != [c] {
-        return Err(Error::Shape(format!(
-            "layer_norm: x {:?}, weight {:?}, bias {:?}",
-            x.shape(),
-            w.shape(),
-            b.shape()
-        )));
-    }
-    let mut y = vec![0.0; x.numel()];
-    layer_norm_cpu(x.f32s()?, w.f32s()?, b.f32s()?, eps, &mut y);
-    Tensor::from_f32(x.shape(), y)
 }
 
 /// CUDA launcher: kernels/layernorm.cu, one block per row. `x`, `y`: (rows, C) in the same
@@ -61,8 +43,8 @@ pub fn layer_norm_cuda(
             y.shape()
         )));
     }
-    w.expect_dtype(CudaDType::F32, "layer_norm_cuda weight")?;
-    b.expect_dtype(CudaDType::F32, "layer_norm_cuda bias")?;
+    w.expect_dtype(DType::F32, "layer_norm_cuda weight")?;
+    b.expect_dtype(DType::F32, "layer_norm_cuda bias")?;
     y.expect_dtype(x.dtype(), "layer_norm_cuda output")?;
     let rows = (x.numel() / c) as u32;
     // 256 threads cover C = 768 / 1024 in 3-4 strided steps; fewer for short rows.
@@ -76,7 +58,7 @@ pub fn layer_norm_cuda(
 pub fn gpu_checks() -> Vec<GpuCheck> {
     let mut checks = Vec::new();
     for &(rows, c) in &[(8 * 197usize, 768usize), (8 * 50, 768), (77 * 4, 512), (1200, 1024), (33, 37)] {
-        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
             let bytes = (rows * c * 2 * dtype.size_in_bytes()) as f64;
             checks.push(GpuCheck::new(
                 "layernorm_forward",
@@ -91,8 +73,8 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let mut want = vec![0.0; rows * c];
                     layer_norm_cpu(&x, &w, &b, 1e-5, &mut want);
                     let xd = CudaTensor::from_f32(gpu, &[rows, c], &x, dtype)?;
-                    let wd = CudaTensor::from_f32(gpu, &[c], &w, CudaDType::F32)?;
-                    let bd = CudaTensor::from_f32(gpu, &[c], &b, CudaDType::F32)?;
+                    let wd = CudaTensor::from_f32(gpu, &[c], &w, DType::F32)?;
+                    let bd = CudaTensor::from_f32(gpu, &[c], &b, DType::F32)?;
                     launch_and_compare(
                         gpu,
                         poisoned(gpu, &[rows, c], dtype)?,

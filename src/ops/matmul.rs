@@ -18,13 +18,11 @@ use crate::device::cuda::check::{
     launch_and_compare, max_rel_err, max_rel_err_all, random_vec, CheckRun, GpuCheck, Work,
 };
 use crate::device::cuda::tensor::CudaBuf;
-use crate::device::cuda::{to_i32, CudaDType, CudaTensor, GemmBackend, Gpu, KArg};
+use crate::device::cuda::{to_i32, CudaTensor, DType, GemmBackend, Gpu, KArg};
 use crate::error::{Error, Result};
 use crate::ops::activation::{bias_act_cpu, gelu, quick_gelu, relu_cpu};
 // The CPU GEMM's store description; `Epilogue` below is the CUDA launcher's activation code.
 use crate::ops::gemm_packed::{linear_packed_cpu, packed_gemm_available, Bias, Epilogue as PackedEpilogue, PackedB};
-use crate::ops::require_cpu;
-use crate::tensor::Tensor;
 
 /// A row-major strided matrix view: element (i, j) at `ptr[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -169,55 +167,6 @@ impl LinearWeight {
     }
 }
 
-/// x (..., K) @ W^T (W: N x K) + b (N) -> (..., N).
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    require_cpu("linear", &[x, w])?;
-    let k = *x.shape().last().ok_or_else(|| Error::Shape("linear of a scalar".into()))?;
-    if w.rank() != 2 || w.dim(1) != k {
-        return Err(Error::Shape(format!("linear: x {:?} with weight {:?}", x.shape(), w.shape())));
-    }
-    let n = w.dim(0);
-    if let Some(b) = b {
-        if b.shape() != [n] {
-            return Err(Error::Shape(format!("linear: bias {:?} for {n} outputs", b.shape())));
-        }
-    }
-    let mut shape = x.shape().to_vec();
-    *shape.last_mut().unwrap() = n;
-    let mut y = vec![0.0f32; crate::tensor::numel(&shape)];
-    let bias = match b {
-        Some(b) => Some(b.f32s()?),
-        None => None,
-    };
-    linear_cpu(x.f32s()?, w.f32s()?, bias, &mut y, k, false);
-    Tensor::from_f32(&shape, y)
-}
-
-/// a (M x K) @ b (K x N) for plain row-major matrices.
-pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    require_cpu("matmul", &[a, b])?;
-    if a.rank() != 2 || b.rank() != 2 || a.dim(1) != b.dim(0) {
-        return Err(Error::Shape(format!("matmul {:?} @ {:?}", a.shape(), b.shape())));
-    }
-    let (m, k, n) = (a.dim(0), a.dim(1), b.dim(1));
-    let mut c = vec![0.0f32; m * n];
-    // SAFETY: sizes checked above.
-    unsafe {
-        gemm_cpu(
-            m,
-            n,
-            k,
-            MatRef::row_major(a.f32s()?, k),
-            MatRef::row_major(b.f32s()?, n),
-            c.as_mut_ptr(),
-            n as isize,
-            false,
-            true,
-        );
-    }
-    Tensor::from_f32(&[m, n], c)
-}
-
 /// What `linear_cuda` applies to `x · w^T + bias` before the residual add.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Epilogue {
@@ -318,7 +267,7 @@ fn linear_dims(
         r.expect_dtype(dtype, "linear_cuda residual")?;
     }
     if let Some(b) = bias {
-        b.expect_dtype(CudaDType::F32, "linear_cuda bias")?;
+        b.expect_dtype(DType::F32, "linear_cuda bias")?;
     }
     Ok(LinearDims { m, n, k })
 }
@@ -400,12 +349,12 @@ fn linear_native(
     let aligned16 = x.ptr(gpu).is_multiple_of(16) && w.ptr(gpu).is_multiple_of(16);
     let row_bytes = d.k * dtype.size_in_bytes();
     match dtype {
-        CudaDType::F32 => {
+        DType::F32 => {
             let vec4 = aligned16 && row_bytes.is_multiple_of(16);
             let cfg = LaunchConfig { grid_dim: tile_grid(d, 128, 128)?, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             gpu.launch("matmul", "sgemm_128x128_f32", cfg, &args(Some(KArg::I32(vec4 as i32)))?)
         }
-        CudaDType::BF16 | CudaDType::F16 if aligned16 && row_bytes.is_multiple_of(16) => {
+        DType::BF16 | DType::F16 if aligned16 && row_bytes.is_multiple_of(16) => {
             let (variant, tile, threads) = if d.m <= 512 { ("64x64", 64, 128) } else { ("128x128", 128, 256) };
             let cfg = LaunchConfig {
                 grid_dim: tile_grid(d, tile, tile)?,
@@ -511,14 +460,14 @@ fn run_bias_act_residual_check(
     rng: &mut StdRng,
     (m, n): (usize, usize),
     epilogue: Epilogue,
-    dtype: CudaDType,
+    dtype: DType,
 ) -> Result<CheckRun> {
     let y = dtype.round(random_vec(rng, m * n, 2.0));
     let b = random_vec(rng, n, 0.5);
     let r = dtype.round(random_vec(rng, m * n, 1.0));
     // The kernel reads y, adds b and applies act in f32, adds r, and rounds once to the dtype.
     let want: Vec<f32> = (0..m * n).map(|i| epilogue.apply(y[i] + b[i % n]) + r[i]).collect();
-    let bd = CudaTensor::from_f32(gpu, &[n], &b, CudaDType::F32)?;
+    let bd = CudaTensor::from_f32(gpu, &[n], &b, DType::F32)?;
     let rd = CudaTensor::from_f32(gpu, &[m, n], &r, dtype)?;
     let yd = CudaTensor::from_f32(gpu, &[m, n], &y, dtype)?;
     launch_and_compare(
@@ -580,7 +529,7 @@ fn run_linear_check(
     gpu: &std::sync::Arc<Gpu>,
     rng: &mut StdRng,
     c: LinearCase,
-    dtype: CudaDType,
+    dtype: DType,
     with_cublas: bool,
 ) -> Result<CheckRun> {
     let LinearCase { m, n, k, .. } = c;
@@ -603,7 +552,7 @@ fn run_linear_check(
     );
     let xd = Rc::new(CudaTensor::from_f32(gpu, &[m, k], &x, dtype)?);
     let wd = Rc::new(CudaTensor::from_f32(gpu, &[n, k], &w, dtype)?);
-    let bd = if c.bias { Some(Rc::new(CudaTensor::from_f32(gpu, &[n], &b, CudaDType::F32)?)) } else { None };
+    let bd = if c.bias { Some(Rc::new(CudaTensor::from_f32(gpu, &[n], &b, DType::F32)?)) } else { None };
     let rd = if c.residual { Some(Rc::new(CudaTensor::from_f32(gpu, &[m, n], &r, dtype)?)) } else { None };
     drop((x, r));
     let mut yd = CudaTensor::empty(gpu, &[m, n], dtype)?;
@@ -648,7 +597,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         [(&vit[..], GemmBackend::Native), (&odd[..], GemmBackend::Native), (&odd[..], GemmBackend::Cublas)]
     {
         for &c in cases {
-            for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
                 let op = if backend == GemmBackend::Cublas { "linear_cublas" } else { "linear" };
                 let work = Work::Flops(2.0 * (c.m * c.n * c.k) as f64);
                 checks.push(GpuCheck::new(op, c.label(), dtype, work, move |gpu, rng| match backend {
@@ -659,7 +608,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         }
     }
     for (m, n, epilogue) in [(33, 37, Epilogue::QuickGelu), (130, 70, Epilogue::Gelu), (5, 300, Epilogue::Relu)] {
-        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
             let work = Work::Bytes((m * n * 3 * dtype.size_in_bytes()) as f64);
             checks.push(GpuCheck::new(
                 "bias_act_residual",

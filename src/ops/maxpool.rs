@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use rand::Rng;
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
-use crate::device::cuda::{grid_stride_config, to_i32, CudaDType, CudaTensor, Gpu, KArg};
+use crate::device::cuda::{grid_stride_config, to_i32, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug)]
@@ -115,9 +115,9 @@ pub fn max_pool2d_cuda(
     if argmax.shape() != y.shape() {
         return Err(Error::Shape(format!("max_pool2d_cuda: argmax {:?}, y {:?}", argmax.shape(), y.shape())));
     }
-    x.expect_dtype(CudaDType::F32, "max_pool2d_cuda x")?;
-    y.expect_dtype(CudaDType::F32, "max_pool2d_cuda y")?;
-    argmax.expect_dtype(CudaDType::I32, "max_pool2d_cuda argmax")?;
+    x.expect_dtype(DType::F32, "max_pool2d_cuda x")?;
+    y.expect_dtype(DType::F32, "max_pool2d_cuda y")?;
+    argmax.expect_dtype(DType::I32, "max_pool2d_cuda argmax")?;
     let total = y.numel();
     args.push((total as i64).into());
     gpu.launch("maxpool", "maxpool_forward_f32", grid_stride_config(total), &args)
@@ -141,9 +141,9 @@ pub fn max_pool2d_backward_cuda(
             dy.shape()
         )));
     }
-    dy.expect_dtype(CudaDType::F32, "max_pool2d_backward_cuda dy")?;
-    dx.expect_dtype(CudaDType::F32, "max_pool2d_backward_cuda dx")?;
-    argmax.expect_dtype(CudaDType::I32, "max_pool2d_backward_cuda argmax")?;
+    dy.expect_dtype(DType::F32, "max_pool2d_backward_cuda dy")?;
+    dx.expect_dtype(DType::F32, "max_pool2d_backward_cuda dx")?;
+    argmax.expect_dtype(DType::I32, "max_pool2d_backward_cuda argmax")?;
     let total = dx.numel();
     args.push((total as i64).into());
     gpu.launch("maxpool", "maxpool_backward_f32", grid_stride_config(total), &args)
@@ -172,7 +172,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             }
         };
         let (xs, ys) = ([planes, h, w], [planes, ho, wo]);
-        let f32 = CudaDType::F32;
+        let f32 = DType::F32;
         checks.push(GpuCheck::new(
             "maxpool_forward",
             shape.clone(),
@@ -186,7 +186,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let xd = CudaTensor::from_f32(gpu, &xs, &x, f32)?;
                 launch_and_compare(
                     gpu,
-                    (poisoned(gpu, &ys, f32)?, poisoned(gpu, &ys, CudaDType::I32)?),
+                    (poisoned(gpu, &ys, f32)?, poisoned(gpu, &ys, DType::I32)?),
                     move |g, (yd, amd)| max_pool2d_cuda(g, &xd, &s, yd, amd),
                     |g, (yd, amd)| max_rel_err_all(g, &[(yd, &y), (amd, &am)]),
                 )

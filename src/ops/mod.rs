@@ -28,20 +28,6 @@ pub mod similarity;
 pub mod softmax;
 pub mod tokens;
 
-use crate::device::Device;
-use crate::error::{Error, Result};
-use crate::tensor::Tensor;
-
-/// The one place that says an op has no CUDA launcher in this build.
-pub(crate) fn require_cpu(op: &str, inputs: &[&Tensor]) -> Result<()> {
-    for t in inputs {
-        if let Device::Cuda(_) = t.device() {
-            return Err(Error::Device(format!("{op}: no CUDA launcher in this build")));
-        }
-    }
-    Ok(())
-}
-
 /// A raw pointer that rayon tasks may share when each task writes a disjoint region.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub *mut f32);

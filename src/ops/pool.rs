@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use cudarc::driver::LaunchConfig;
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
-use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
+use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 use crate::ops::gemm_packed::{Bias, Epilogue};
 use crate::ops::matmul::LinearWeight;
@@ -95,7 +95,7 @@ pub fn attnpool_tokens_cuda(gpu: &Gpu, x: &CudaTensor, pos: &CudaTensor, tokens:
     if !x.dtype().is_float() {
         return Err(Error::Device(format!("attnpool_tokens_cuda: x is {:?}; expected a float dtype", x.dtype())));
     }
-    pos.expect_dtype(CudaDType::F32, "attnpool_tokens_cuda pos")?;
+    pos.expect_dtype(DType::F32, "attnpool_tokens_cuda pos")?;
     tokens.expect_dtype(x.dtype(), "attnpool_tokens_cuda tokens")?;
     if b == 0 || c == 0 {
         return Ok(());
@@ -126,7 +126,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         (3, 5, 11, 9, 2),
         (2, 3, 10, 7, 3),
     ] {
-        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
             let (ho, wo) = (h / k, w / k);
             let bytes = ((b * c * (h * w + ho * wo)) * dtype.size_in_bytes()) as f64;
             checks.push(GpuCheck::new(
@@ -151,7 +151,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     }
     // (B, C, H, W)
     for &(b, c, h, w) in &[(8usize, 2048usize, 7usize, 7usize), (8, 2048, 14, 14), (3, 37, 5, 9), (2, 70, 6, 6)] {
-        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
             let hw = h * w;
             let bytes = ((b * c * hw + b * (hw + 1) * c) * dtype.size_in_bytes() + (hw + 1) * c * 4) as f64;
             checks.push(GpuCheck::new(
@@ -164,7 +164,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let xv: Vec<f32> = random_vec(rng, b * c * hw, 1.0).iter().map(|v| v + 0.5).collect();
                     let xd = CudaTensor::from_f32(gpu, &[b, c, h, w], &xv, dtype)?;
                     let pos = random_vec(rng, (hw + 1) * c, 0.5);
-                    let pd = CudaTensor::from_f32(gpu, &[hw + 1, c], &pos, CudaDType::F32)?;
+                    let pd = CudaTensor::from_f32(gpu, &[hw + 1, c], &pos, DType::F32)?;
                     let x = xd.to_f32_vec(gpu)?;
                     let mut want = vec![0.0; b * (hw + 1) * c];
                     attnpool_tokens_cpu(&x, b, c, hw, &pos, &mut want);

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, random_vec, GpuCheck, Work};
-use crate::device::cuda::{expect_f32, grid_stride_config, CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{expect_f32, grid_stride_config, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 
 const CHUNK: usize = 1 << 14;
@@ -58,7 +58,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     let mut checks = Vec::new();
     for &shape in ELEMENTWISE_CHECK_SHAPES {
         let n: usize = shape.iter().product();
-        let f32 = CudaDType::F32;
+        let f32 = DType::F32;
         checks.push(GpuCheck::new(
             "relu_inplace",
             format!("{shape:?}"),

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, random_vec, GpuCheck, Work};
-use crate::device::cuda::{expect_f32, grid_stride_config, CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{expect_f32, grid_stride_config, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 use crate::ops::relu::ELEMENTWISE_CHECK_SHAPES;
 
@@ -43,12 +43,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             GpuCheck::new(
                 "add_inplace",
                 format!("{shape:?}"),
-                CudaDType::F32,
+                DType::F32,
                 Work::Bytes((n * 12) as f64),
                 move |gpu, rng| {
                     let (mut y, x) = (random_vec(rng, n, 1.0), random_vec(rng, n, 1.0));
-                    let yd = CudaTensor::from_f32(gpu, shape, &y, CudaDType::F32)?;
-                    let xd = CudaTensor::from_f32(gpu, shape, &x, CudaDType::F32)?;
+                    let yd = CudaTensor::from_f32(gpu, shape, &y, DType::F32)?;
+                    let xd = CudaTensor::from_f32(gpu, shape, &x, DType::F32)?;
                     add_inplace_cpu(&mut y, &x);
                     launch_and_compare(
                         gpu,

@@ -5,10 +5,9 @@ use rayon::prelude::*;
 use cudarc::driver::LaunchConfig;
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
-use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 use crate::ops::matmul::linear_cpu;
-use crate::ops::require_cpu;
 use crate::ops::softmax::{softmax_row, threads_per_row};
 use crate::tensor::Tensor;
 
@@ -24,7 +23,6 @@ pub fn l2_normalize_cpu(x: &mut [f32], cols: usize) {
 }
 
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    require_cpu("l2_normalize", &[x])?;
     let cols = *x.shape().last().ok_or_else(|| Error::Shape("normalise a scalar".into()))?;
     let mut v = x.f32s()?.to_vec();
     l2_normalize_cpu(&mut v, cols);
@@ -33,7 +31,6 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
 
 /// scale * normalize(img) @ normalize(txt)^T: img (B, D), txt (C, D) -> (B, C).
 pub fn cosine_logits(img: &Tensor, txt: &Tensor, scale: f32) -> Result<Tensor> {
-    require_cpu("cosine_logits", &[img, txt])?;
     if img.rank() != 2 || txt.rank() != 2 || img.dim(1) != txt.dim(1) {
         return Err(Error::Shape(format!("cosine logits of {:?} and {:?}", img.shape(), txt.shape())));
     }
@@ -110,7 +107,7 @@ pub fn class_probabilities_cuda(
         )));
     }
     txt.expect_dtype(img.dtype(), "class_probabilities_cuda txt")?;
-    probs.expect_dtype(CudaDType::F32, "class_probabilities_cuda probs")?;
+    probs.expect_dtype(DType::F32, "class_probabilities_cuda probs")?;
     if b == 0 {
         return Ok(());
     }
@@ -137,7 +134,7 @@ pub fn class_probabilities_cuda(
 /// 1024), TagCLIP's patch tokens against COCO's 80 classes, a thousand classes, odd sizes;
 /// every dtype.
 pub fn gpu_checks() -> Vec<GpuCheck> {
-    let dtypes = [CudaDType::F32, CudaDType::BF16, CudaDType::F16];
+    let dtypes = [DType::F32, DType::BF16, DType::F16];
     let mut checks = Vec::new();
     for &(rows, cols) in &[(8usize, 512usize), (2 * 1200, 512), (80, 768), (16, 1024), (33, 37)] {
         for dtype in dtypes {
@@ -180,7 +177,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let want = class_probabilities(&img, &txt, 100.0)?;
                     launch_and_compare(
                         gpu,
-                        poisoned(gpu, &[b, c], CudaDType::F32)?,
+                        poisoned(gpu, &[b, c], DType::F32)?,
                         move |g, pd| class_probabilities_cuda(g, &img_d, &txt_d, 100.0, pd),
                         |g, pd| max_rel_err_all(g, &[(pd, want.f32s()?)]),
                     )

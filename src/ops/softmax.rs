@@ -5,10 +5,8 @@ use rayon::prelude::*;
 use cudarc::driver::LaunchConfig;
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
-use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
-use crate::ops::require_cpu;
-use crate::tensor::Tensor;
 
 /// In place, one row of `cols` at a time.
 pub fn softmax_row(row: &mut [f32]) {
@@ -26,15 +24,6 @@ pub fn softmax_row(row: &mut [f32]) {
 
 pub fn softmax_cpu(x: &mut [f32], cols: usize) {
     x.par_chunks_mut(cols).for_each(softmax_row);
-}
-
-/// softmax(scale * x) over the last dimension (scale = exp(logit_scale) for CLIP logits).
-pub fn softmax(x: &Tensor, scale: f32) -> Result<Tensor> {
-    require_cpu("softmax", &[x])?;
-    let cols = *x.shape().last().unwrap_or(&1);
-    let mut y: Vec<f32> = x.f32s()?.iter().map(|v| v * scale).collect();
-    softmax_cpu(&mut y, cols.max(1));
-    Tensor::from_f32(x.shape(), y)
 }
 
 /// Threads of a one-block-per-row kernel: 256 cover rows of 768 / 1024 in a few strided steps;
@@ -72,7 +61,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     for &(rows, cols, scale) in
         &[(8usize, 80usize, 100.0f32), (2 * 1200, 80, 100.0), (8 * 197, 197, 0.125), (4, 4096, 1.0), (33, 37, 2.0)]
     {
-        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
             let bytes = (rows * cols * 2 * dtype.size_in_bytes()) as f64;
             checks.push(GpuCheck::new(
                 "softmax_forward",

@@ -4,7 +4,7 @@
 use cudarc::driver::LaunchConfig;
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
-use crate::device::cuda::{to_i32, CudaDType, CudaTensor, Gpu, KArg};
+use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 
 /// out (B, 1 + N, C): the class embedding then the patches (B, N, C), plus pos (1 + N, C).
@@ -58,8 +58,8 @@ pub fn vit_tokens_cuda(
             patches.dtype()
         )));
     }
-    class_emb.expect_dtype(CudaDType::F32, "vit_tokens_cuda class_emb")?;
-    pos.expect_dtype(CudaDType::F32, "vit_tokens_cuda pos")?;
+    class_emb.expect_dtype(DType::F32, "vit_tokens_cuda class_emb")?;
+    pos.expect_dtype(DType::F32, "vit_tokens_cuda pos")?;
     out.expect_dtype(patches.dtype(), "vit_tokens_cuda out")?;
     let total = out.numel();
     if total == 0 {
@@ -102,7 +102,7 @@ pub fn gather_rows_cuda(gpu: &Gpu, x: &CudaTensor, index: &CudaTensor, y: &mut C
     if !x.dtype().is_float() {
         return Err(Error::Device(format!("gather_rows_cuda: x is {:?}; expected a float dtype", x.dtype())));
     }
-    index.expect_dtype(CudaDType::I32, "gather_rows_cuda index")?;
+    index.expect_dtype(DType::I32, "gather_rows_cuda index")?;
     y.expect_dtype(x.dtype(), "gather_rows_cuda output")?;
     if b == 0 || c == 0 {
         return Ok(());
@@ -126,7 +126,7 @@ pub fn gather_rows_cuda(gpu: &Gpu, x: &CudaTensor, index: &CudaTensor, y: &mut C
 pub fn gpu_checks() -> Vec<GpuCheck> {
     let mut checks = Vec::new();
     for &(b, n, c) in &[(8usize, 196usize, 768usize), (8, 256, 768), (8, 49, 768), (3, 13, 37)] {
-        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
             let bytes = ((b * n * c + b * (n + 1) * c) * dtype.size_in_bytes() + (n + 2) * c * 4) as f64;
             checks.push(GpuCheck::new(
                 "vit_tokens",
@@ -137,8 +137,8 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let pd = CudaTensor::from_f32(gpu, &[b, n, c], &random_vec(rng, b * n * c, 1.0), dtype)?;
                     let class_emb = random_vec(rng, c, 1.0);
                     let pos = random_vec(rng, (n + 1) * c, 0.5);
-                    let cd = CudaTensor::from_f32(gpu, &[c], &class_emb, CudaDType::F32)?;
-                    let posd = CudaTensor::from_f32(gpu, &[n + 1, c], &pos, CudaDType::F32)?;
+                    let cd = CudaTensor::from_f32(gpu, &[c], &class_emb, DType::F32)?;
+                    let posd = CudaTensor::from_f32(gpu, &[n + 1, c], &pos, DType::F32)?;
                     let mut want = vec![0.0; b * (n + 1) * c];
                     vit_tokens_cpu(&pd.to_f32_vec(gpu)?, b, n, c, &class_emb, &pos, &mut want);
                     launch_and_compare(
@@ -153,7 +153,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     }
     // (B, T, C, CLS only)
     for &(b, t, c, cls) in &[(8usize, 197usize, 768usize, true), (16, 77, 512, false), (5, 9, 33, false)] {
-        for dtype in [CudaDType::F32, CudaDType::BF16, CudaDType::F16] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
             let bytes = (2 * b * c * dtype.size_in_bytes() + 4 * b) as f64;
             checks.push(GpuCheck::new(
                 "gather_rows",

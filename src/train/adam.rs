@@ -7,7 +7,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::device::cuda::check::{max_rel_err_all, random_vec, CheckRun, GpuCheck, Work};
-use crate::device::cuda::{expect_f32, f32_arg_at, grid_stride_config, CudaDType, CudaTensor, Gpu, KArg};
+use crate::device::cuda::{expect_f32, f32_arg_at, grid_stride_config, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug)]
@@ -184,18 +184,18 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         // Read params, grads, m, v; write params, m, v.
         let bytes = (n * 7 * 4) as f64;
         checks.push(
-            GpuCheck::new("adam_step", shape, CudaDType::F32, Work::Bytes(bytes), move |gpu, rng| {
+            GpuCheck::new("adam_step", shape, DType::F32, Work::Bytes(bytes), move |gpu, rng| {
                 let groups =
                     vec![ParamGroup { range: 0..n - head, lr: 1e-4 }, ParamGroup { range: n - head..n, lr: 1e-2 }];
                 let mut cpu = Adam::new(n, groups);
                 cpu.weight_decay = wd;
                 let mut dev = cpu.clone();
                 let mut p = random_vec(rng, n, 1.0);
-                let up = |v: &[f32]| CudaTensor::from_f32(gpu, &[n], v, CudaDType::F32);
+                let up = |v: &[f32]| CudaTensor::from_f32(gpu, &[n], v, DType::F32);
                 let mut pd = up(&p)?;
                 let (mut md, mut vd) =
-                    (CudaTensor::zeros(gpu, &[n], CudaDType::F32)?, CudaTensor::zeros(gpu, &[n], CudaDType::F32)?);
-                let mut gd = CudaTensor::empty(gpu, &[n], CudaDType::F32)?;
+                    (CudaTensor::zeros(gpu, &[n], DType::F32)?, CudaTensor::zeros(gpu, &[n], DType::F32)?);
+                let mut gd = CudaTensor::empty(gpu, &[n], DType::F32)?;
                 for _ in 0..10 {
                     let grads = random_vec(rng, n, 0.1);
                     cpu.step(&mut p, &grads);

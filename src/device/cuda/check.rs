@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::timer::Timer;
-use super::{CudaDType, CudaTensor, Gpu};
+use super::{CudaTensor, DType, Gpu};
 use crate::device::sim::{Finding, LaunchProfile, Simulator};
 use crate::error::{Error, Result};
 
@@ -54,7 +54,7 @@ pub struct GpuCheck {
     pub op: &'static str,
     /// Human-readable shape, e.g. `B=8 T=197 C=768`.
     pub shape: String,
-    pub dtype: CudaDType,
+    pub dtype: DType,
     pub work: Work,
     /// Allowed max relative error (defaults to the dtype's: f32 1e-4, bf16/f16 1e-2).
     pub tolerance: f64,
@@ -66,7 +66,7 @@ impl GpuCheck {
     pub fn new(
         op: &'static str,
         shape: impl Into<String>,
-        dtype: CudaDType,
+        dtype: DType,
         work: Work,
         run: impl Fn(&Arc<Gpu>, &mut StdRng) -> Result<CheckRun> + 'static,
     ) -> GpuCheck {
@@ -86,7 +86,7 @@ pub fn random_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
 
 /// A device tensor of `shape` filled with NaN (floats) or 0xAB bytes: a check's output, so that
 /// an element the kernel fails to write shows up in the comparison.
-pub fn poisoned(gpu: &Gpu, shape: &[usize], dtype: CudaDType) -> Result<CudaTensor> {
+pub fn poisoned(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<CudaTensor> {
     let mut t = CudaTensor::empty(gpu, shape, dtype)?;
     t.poison(gpu)?;
     Ok(t)

@@ -13,6 +13,7 @@ pub mod tensor;
 pub mod timer;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +24,7 @@ use cudarc::nvrtc::Ptx;
 use crate::device::sim::{SimArg, SimError, SimOptions, Simulator};
 use crate::error::{Error, Result};
 
-pub use tensor::{CudaDType, CudaTensor};
+pub use tensor::{CudaTensor, DType};
 
 /// One compiled kernels/*.cu file.
 pub struct KernelModule {
@@ -60,6 +61,16 @@ Run `export NVCC=$(scripts/install-nvcc.sh | tail -n1)` and rebuild (cargo build
 pub enum GemmBackend {
     Native,
     Cublas,
+}
+
+/// The flag's spelling (`native`, `cublas`), as `--gemm` takes it.
+impl fmt::Display for GemmBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GemmBackend::Native => "native",
+            GemmBackend::Cublas => "cublas",
+        })
+    }
 }
 
 impl FromStr for GemmBackend {
@@ -466,7 +477,7 @@ pub fn f32_arg_at(gpu: &Gpu, t: &CudaTensor, elems: usize) -> KArg {
 /// Errors unless every tensor is f32 (the training kernels' precision).
 pub fn expect_f32(what: &str, tensors: &[&CudaTensor]) -> Result<()> {
     for (i, t) in tensors.iter().enumerate() {
-        t.expect_dtype(CudaDType::F32, &format!("{what} argument {i}"))?;
+        t.expect_dtype(DType::F32, &format!("{what} argument {i}"))?;
     }
     Ok(())
 }

@@ -7,8 +7,6 @@
 //! ordering is the stream's. On the PTX simulator the buffer is an allocation in its memory
 //! table and the pointer its simulated device address.
 
-use std::str::FromStr;
-
 use cudarc::driver::{CudaSlice, DevicePtr};
 use half::{bf16, f16};
 
@@ -19,72 +17,9 @@ use crate::device::sim::Simulator;
 use crate::error::{Error, Result};
 use crate::tensor::{numel, Storage as TensorStorage, Tensor};
 
-/// Element types that kernels take. f32/bf16/f16 for activations and weights, u8 for images,
-/// i32 for indices.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CudaDType {
-    F32,
-    BF16,
-    F16,
-    U8,
-    I32,
-}
-
-impl CudaDType {
-    /// The suffix of a kernel's name for this element type (`layernorm_forward_bf16`).
-    pub fn suffix(self) -> &'static str {
-        match self {
-            CudaDType::F32 => "f32",
-            CudaDType::BF16 => "bf16",
-            CudaDType::F16 => "f16",
-            CudaDType::U8 => "u8",
-            CudaDType::I32 => "i32",
-        }
-    }
-
-    pub fn size_in_bytes(self) -> usize {
-        match self {
-            CudaDType::F32 | CudaDType::I32 => 4,
-            CudaDType::BF16 | CudaDType::F16 => 2,
-            CudaDType::U8 => 1,
-        }
-    }
-
-    pub fn is_float(self) -> bool {
-        matches!(self, CudaDType::F32 | CudaDType::BF16 | CudaDType::F16)
-    }
-
-    /// `v` as the device holds it in this dtype (bf16 / f16 rounded to nearest even), so that a
-    /// CPU reference sees the kernel's inputs and a check measures the kernel, not the rounding
-    /// of its inputs.
-    pub fn round(self, v: Vec<f32>) -> Vec<f32> {
-        match self {
-            CudaDType::BF16 => v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect(),
-            CudaDType::F16 => v.into_iter().map(|x| f16::from_f32(x).to_f32()).collect(),
-            _ => v,
-        }
-    }
-
-    /// The relative error a kernel in this dtype is held to against the f32 CPU reference.
-    pub fn tolerance(self) -> f32 {
-        match self {
-            CudaDType::F32 => 1e-4,
-            _ => 1e-2,
-        }
-    }
-}
-
-impl FromStr for CudaDType {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(CudaDType::F32),
-            "bf16" => Ok(CudaDType::BF16),
-            "f16" => Ok(CudaDType::F16),
-            _ => Err(Error::Device(format!("unknown --dtype `{s}` (use f32, bf16 or f16)"))),
-        }
-    }
-}
+/// The one element-type enum, defined beside the CPU tensor; re-exported here because every
+/// launcher names it with the device types.
+pub use crate::tensor::DType;
 
 /// A buffer on a GPU (through the driver).
 pub enum CudaBuf {
@@ -116,7 +51,7 @@ enum Storage {
 
 pub struct CudaTensor {
     shape: Vec<usize>,
-    dtype: CudaDType,
+    dtype: DType,
     storage: Storage,
 }
 
@@ -125,19 +60,19 @@ fn sim_err(what: &str, e: crate::device::sim::SimError) -> Error {
 }
 
 /// The bytes of one poison element: NaN for floats, 0xAB bytes for u8, i32::MIN for i32.
-fn poison_bytes(dtype: CudaDType) -> Vec<u8> {
+fn poison_bytes(dtype: DType) -> Vec<u8> {
     match dtype {
-        CudaDType::F32 => f32::NAN.to_le_bytes().to_vec(),
-        CudaDType::BF16 => bf16::NAN.to_bits().to_le_bytes().to_vec(),
-        CudaDType::F16 => f16::NAN.to_bits().to_le_bytes().to_vec(),
-        CudaDType::U8 => vec![0xAB],
-        CudaDType::I32 => i32::MIN.to_le_bytes().to_vec(),
+        DType::F32 => f32::NAN.to_le_bytes().to_vec(),
+        DType::BF16 => bf16::NAN.to_bits().to_le_bytes().to_vec(),
+        DType::F16 => f16::NAN.to_bits().to_le_bytes().to_vec(),
+        DType::U8 => vec![0xAB],
+        DType::I32 => i32::MIN.to_le_bytes().to_vec(),
     }
 }
 
 impl CudaTensor {
     /// A simulator buffer of `n` elements holding `bytes` (poison when None).
-    fn sim_alloc(sim: &Arc<Simulator>, shape: &[usize], dtype: CudaDType, bytes: Option<&[u8]>) -> Result<CudaTensor> {
+    fn sim_alloc(sim: &Arc<Simulator>, shape: &[usize], dtype: DType, bytes: Option<&[u8]>) -> Result<CudaTensor> {
         let n = numel(shape).max(1);
         let len = n * dtype.size_in_bytes();
         let addr = sim.alloc(len).map_err(|e| sim_err(&format!("allocating {shape:?} {dtype:?}"), e))?;
@@ -156,7 +91,7 @@ impl CudaTensor {
     /// Uninitialised device memory: the kernel that fills it must write every element. Tests
     /// use `poison` to catch a kernel that does not. (On the simulator it starts poisoned, so
     /// a kernel that reads memory nobody wrote sees NaN, not zeros.)
-    pub fn empty(gpu: &Gpu, shape: &[usize], dtype: CudaDType) -> Result<CudaTensor> {
+    pub fn empty(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<CudaTensor> {
         let d = match gpu.backend() {
             Backend::Sim(sim) => return Self::sim_alloc(sim, shape, dtype, None),
             Backend::Driver(d) => d,
@@ -167,17 +102,17 @@ impl CudaTensor {
         // SAFETY: the memory is only read after a kernel (or a copy) has written it.
         let buf = unsafe {
             match dtype {
-                CudaDType::F32 => CudaBuf::F32(s.alloc::<f32>(n).map_err(err)?),
-                CudaDType::BF16 => CudaBuf::BF16(s.alloc::<bf16>(n).map_err(err)?),
-                CudaDType::F16 => CudaBuf::F16(s.alloc::<f16>(n).map_err(err)?),
-                CudaDType::U8 => CudaBuf::U8(s.alloc::<u8>(n).map_err(err)?),
-                CudaDType::I32 => CudaBuf::I32(s.alloc::<i32>(n).map_err(err)?),
+                DType::F32 => CudaBuf::F32(s.alloc::<f32>(n).map_err(err)?),
+                DType::BF16 => CudaBuf::BF16(s.alloc::<bf16>(n).map_err(err)?),
+                DType::F16 => CudaBuf::F16(s.alloc::<f16>(n).map_err(err)?),
+                DType::U8 => CudaBuf::U8(s.alloc::<u8>(n).map_err(err)?),
+                DType::I32 => CudaBuf::I32(s.alloc::<i32>(n).map_err(err)?),
             }
         };
         Ok(CudaTensor { shape: shape.to_vec(), dtype, storage: Storage::Driver(buf) })
     }
 
-    pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: CudaDType) -> Result<CudaTensor> {
+    pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<CudaTensor> {
         let d = match gpu.backend() {
             Backend::Sim(sim) => {
                 let bytes = vec![0u8; numel(shape).max(1) * dtype.size_in_bytes()];
@@ -189,27 +124,27 @@ impl CudaTensor {
         let s = &d.stream;
         let err = |e| driver_err(&format!("allocating {shape:?} {dtype:?}"), e);
         let buf = match dtype {
-            CudaDType::F32 => CudaBuf::F32(s.alloc_zeros::<f32>(n).map_err(err)?),
-            CudaDType::BF16 => CudaBuf::BF16(s.alloc_zeros::<bf16>(n).map_err(err)?),
-            CudaDType::F16 => CudaBuf::F16(s.alloc_zeros::<f16>(n).map_err(err)?),
-            CudaDType::U8 => CudaBuf::U8(s.alloc_zeros::<u8>(n).map_err(err)?),
-            CudaDType::I32 => CudaBuf::I32(s.alloc_zeros::<i32>(n).map_err(err)?),
+            DType::F32 => CudaBuf::F32(s.alloc_zeros::<f32>(n).map_err(err)?),
+            DType::BF16 => CudaBuf::BF16(s.alloc_zeros::<bf16>(n).map_err(err)?),
+            DType::F16 => CudaBuf::F16(s.alloc_zeros::<f16>(n).map_err(err)?),
+            DType::U8 => CudaBuf::U8(s.alloc_zeros::<u8>(n).map_err(err)?),
+            DType::I32 => CudaBuf::I32(s.alloc_zeros::<i32>(n).map_err(err)?),
         };
         Ok(CudaTensor { shape: shape.to_vec(), dtype, storage: Storage::Driver(buf) })
     }
 
     /// Copies f32 host data to the device, converting to `dtype` on the host.
-    pub fn from_f32(gpu: &Gpu, shape: &[usize], data: &[f32], dtype: CudaDType) -> Result<CudaTensor> {
+    pub fn from_f32(gpu: &Gpu, shape: &[usize], data: &[f32], dtype: DType) -> Result<CudaTensor> {
         if data.len() != numel(shape) {
             return Err(Error::Shape(format!("{} values for shape {shape:?}", data.len())));
         }
         let d = match gpu.backend() {
             Backend::Sim(sim) => {
                 let bytes: Vec<u8> = match dtype {
-                    CudaDType::F32 => bytemuck::cast_slice(data).to_vec(),
-                    CudaDType::BF16 => data.iter().flat_map(|&x| bf16::from_f32(x).to_bits().to_le_bytes()).collect(),
-                    CudaDType::F16 => data.iter().flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes()).collect(),
-                    CudaDType::I32 | CudaDType::U8 => {
+                    DType::F32 => bytemuck::cast_slice(data).to_vec(),
+                    DType::BF16 => data.iter().flat_map(|&x| bf16::from_f32(x).to_bits().to_le_bytes()).collect(),
+                    DType::F16 => data.iter().flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes()).collect(),
+                    DType::I32 | DType::U8 => {
                         return Err(Error::Device(format!("from_f32 into {dtype:?}: use from_u8 / from_i32")))
                     }
                 };
@@ -220,16 +155,16 @@ impl CudaTensor {
         let s = &d.stream;
         let err = |e| driver_err("host to device copy", e);
         let buf = match dtype {
-            CudaDType::F32 => CudaBuf::F32(s.clone_htod(data).map_err(err)?),
-            CudaDType::BF16 => {
+            DType::F32 => CudaBuf::F32(s.clone_htod(data).map_err(err)?),
+            DType::BF16 => {
                 let v: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
                 CudaBuf::BF16(s.clone_htod(&v).map_err(err)?)
             }
-            CudaDType::F16 => {
+            DType::F16 => {
                 let v: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
                 CudaBuf::F16(s.clone_htod(&v).map_err(err)?)
             }
-            CudaDType::I32 | CudaDType::U8 => {
+            DType::I32 | DType::U8 => {
                 return Err(Error::Device(format!("from_f32 into {dtype:?}: use from_u8 / from_i32")))
             }
         };
@@ -241,11 +176,11 @@ impl CudaTensor {
             return Err(Error::Shape(format!("{} bytes for shape {shape:?}", data.len())));
         }
         let d = match gpu.backend() {
-            Backend::Sim(sim) => return Self::sim_alloc(sim, shape, CudaDType::U8, Some(data)),
+            Backend::Sim(sim) => return Self::sim_alloc(sim, shape, DType::U8, Some(data)),
             Backend::Driver(d) => d,
         };
         let buf = d.stream.clone_htod(data).map_err(|e| driver_err("host to device copy", e))?;
-        Ok(CudaTensor { shape: shape.to_vec(), dtype: CudaDType::U8, storage: Storage::Driver(CudaBuf::U8(buf)) })
+        Ok(CudaTensor { shape: shape.to_vec(), dtype: DType::U8, storage: Storage::Driver(CudaBuf::U8(buf)) })
     }
 
     pub fn from_i32(gpu: &Gpu, shape: &[usize], data: &[i32]) -> Result<CudaTensor> {
@@ -253,15 +188,15 @@ impl CudaTensor {
             return Err(Error::Shape(format!("{} values for shape {shape:?}", data.len())));
         }
         let d = match gpu.backend() {
-            Backend::Sim(sim) => return Self::sim_alloc(sim, shape, CudaDType::I32, Some(bytemuck::cast_slice(data))),
+            Backend::Sim(sim) => return Self::sim_alloc(sim, shape, DType::I32, Some(bytemuck::cast_slice(data))),
             Backend::Driver(d) => d,
         };
         let buf = d.stream.clone_htod(data).map_err(|e| driver_err("host to device copy", e))?;
-        Ok(CudaTensor { shape: shape.to_vec(), dtype: CudaDType::I32, storage: Storage::Driver(CudaBuf::I32(buf)) })
+        Ok(CudaTensor { shape: shape.to_vec(), dtype: DType::I32, storage: Storage::Driver(CudaBuf::I32(buf)) })
     }
 
     /// Uploads a host tensor (f32 is converted to `dtype`; u8/i32 keep theirs).
-    pub fn from_tensor(gpu: &Gpu, t: &Tensor, dtype: CudaDType) -> Result<CudaTensor> {
+    pub fn from_tensor(gpu: &Gpu, t: &Tensor, dtype: DType) -> Result<CudaTensor> {
         match t.storage() {
             TensorStorage::F32(v) => Self::from_f32(gpu, t.shape(), v, dtype),
             TensorStorage::U8(v) => Self::from_u8(gpu, t.shape(), v),
@@ -280,19 +215,17 @@ impl CudaTensor {
                 let mut bytes = vec![0u8; sb.bytes];
                 sb.sim.read(sb.addr, &mut bytes).map_err(|e| sim_err("device to host copy", e))?;
                 let mut v: Vec<f32> = match self.dtype {
-                    CudaDType::F32 => {
-                        bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-                    }
-                    CudaDType::BF16 => bytes
+                    DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                    DType::BF16 => bytes
                         .chunks_exact(2)
                         .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
                         .collect(),
-                    CudaDType::F16 => bytes
+                    DType::F16 => bytes
                         .chunks_exact(2)
                         .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
                         .collect(),
-                    CudaDType::U8 => bytes.iter().map(|&x| x as f32).collect(),
-                    CudaDType::I32 => {
+                    DType::U8 => bytes.iter().map(|&x| x as f32).collect(),
+                    DType::I32 => {
                         bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect()
                     }
                 };
@@ -369,7 +302,7 @@ impl CudaTensor {
         numel(&self.shape)
     }
 
-    pub fn dtype(&self) -> CudaDType {
+    pub fn dtype(&self) -> DType {
         self.dtype
     }
 
@@ -427,7 +360,7 @@ impl CudaTensor {
     }
 
     /// Errors unless this tensor has `dtype`.
-    pub fn expect_dtype(&self, dtype: CudaDType, what: &str) -> Result<()> {
+    pub fn expect_dtype(&self, dtype: DType, what: &str) -> Result<()> {
         if self.dtype() != dtype {
             return Err(Error::Device(format!("{what}: expected {dtype:?}, found {:?}", self.dtype())));
         }

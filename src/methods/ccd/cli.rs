@@ -13,13 +13,13 @@ use super::init::{global_labels, ENTROPY_MAX, FLOOR};
 use super::labels::CcdLabels;
 use crate::data::datasets::args::{announce, dataset_json, ClassNameArgs, DatasetArgs, SplitUse};
 use crate::data::datasets::{ClassNames, Dataset};
-use crate::device::cuda::Gpu;
+use crate::device::cuda::{DType, Gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::eval::{mean_ap, per_class_ap};
 use crate::methods::cache::{self, CacheEntry, CacheStatus};
 use crate::methods::encode::Skipped;
-use crate::methods::report::RunReport;
+use crate::methods::report::{json_path, RunReport};
 use crate::methods::zeroshot::encode_dataset;
 use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::models::clip::{ClipModel, VisionEncoder};
@@ -107,16 +107,7 @@ impl CacheArgs {
     }
 }
 
-/// `<out>.report.json` unless given.
-pub fn json_path(json: &Option<PathBuf>, out: &Path) -> PathBuf {
-    json.clone().unwrap_or_else(|| {
-        let mut s = out.as_os_str().to_owned();
-        s.push(".report.json");
-        PathBuf::from(s)
-    })
-}
-
-pub fn run_cli(a: CcdArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: &str) -> Result<()> {
+pub fn run_cli(a: CcdArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: DType) -> Result<()> {
     match a.command {
         CcdCommand::Init(i) => run_init(&i, dev, gpu, dtype).map(|_| ()),
         CcdCommand::Relabel(r) => super::relabel_cli::run_relabel(&r, dev, gpu, dtype),
@@ -127,7 +118,7 @@ pub fn run_cli(a: CcdArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: &str) -> 
             super::relabel_cli::run_predict(&p)
         }
         CcdCommand::Train(t) => {
-            if gpu.is_some() && dtype != "f32" {
+            if gpu.is_some() && dtype != DType::F32 {
                 return Err(Error::Device(format!("ccd train on the GPU runs in f32; drop --dtype {dtype}")));
             }
             super::train::run(&t, dev, gpu).map(|_| ())
@@ -160,7 +151,7 @@ fn parse_act(s: &Option<String>) -> Result<Option<Activation>> {
     }
 }
 
-pub fn load_clip(a: &ClipArgs, ds: &Dataset, gpu: Option<&Arc<Gpu>>, dtype: &str) -> Result<ClipSetup> {
+pub fn load_clip(a: &ClipArgs, ds: &Dataset, gpu: Option<&Arc<Gpu>>, dtype: DType) -> Result<ClipSetup> {
     let mut model = ClipModel::load(&a.clip, parse_act(&a.act)?, None)?;
     eprintln!(
         "model: {} from {} (activation {:?}: {})",
@@ -183,7 +174,7 @@ pub fn load_clip(a: &ClipArgs, ds: &Dataset, gpu: Option<&Arc<Gpu>>, dtype: &str
     let prompt_classes = ds.class_names(style);
     let text = model.class_embeddings(&ClipTokenizer::new()?, &prompt_classes, &[a.template.as_str()])?;
     if let Some(g) = gpu {
-        model.attach_cuda(g, Some(&a.clip), dtype.parse()?)?;
+        model.attach_cuda(g, Some(&a.clip), dtype)?;
         eprintln!("device: {} ({dtype})", g.name);
     }
     Ok(ClipSetup {
@@ -291,7 +282,7 @@ pub fn stage0(
 }
 
 /// `ccd init`: stage 0 written as a label file, with its report.
-pub fn run_init(a: &InitArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: &str) -> Result<Stage0Run> {
+pub fn run_init(a: &InitArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: DType) -> Result<Stage0Run> {
     let ds: Dataset = a.data.load(SplitUse::Train)?;
     announce(&ds);
     let clip = load_clip(&a.clip, &ds, gpu, dtype)?;

@@ -18,7 +18,7 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::cli::{json_path, load_clip, ClipArgs, ClipSetup};
+use super::cli::{load_clip, ClipArgs, ClipSetup};
 use super::labels::CcdLabels;
 use super::relabel::{calibrate_threshold, load_official_classifier, relabel_batch, BoxRule, Calibration};
 use super::relabel::{RelabelOptions, CALIB_START, CALIB_STEP};
@@ -26,11 +26,12 @@ use crate::data::datasets::args::{announce, dataset_json, DatasetArgs, SplitUse}
 use crate::data::datasets::Dataset;
 use crate::data::loader::{load_one, Loader};
 use crate::data::transforms::{Interpolation, Transform, IMAGENET_NORM_NUMPY};
-use crate::device::cuda::Gpu;
+use crate::device::cuda::{DType, Gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::eval::{mean_ap, per_class_ap, scores_csv};
 use crate::methods::encode::{progress_bar, Skipped};
+use crate::methods::report::json_path;
 use crate::methods::write_atomic;
 use crate::models::clip::weights::load_safetensors;
 use crate::models::resnet50::ResNet;
@@ -362,7 +363,7 @@ pub fn stage2(
     Ok((out, boxes, summary))
 }
 
-pub fn run_relabel(a: &RelabelArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: &str) -> Result<()> {
+pub fn run_relabel(a: &RelabelArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: DType) -> Result<()> {
     let ds = a.data.load(SplitUse::Train)?;
     announce(&ds);
     let labels = CcdLabels::read(&a.labels)?;

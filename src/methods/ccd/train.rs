@@ -40,7 +40,7 @@ use crate::data::color_jitter::ColorJitter;
 use crate::data::datasets::args::{announce, dataset_json, DatasetArgs, SplitUse};
 use crate::data::datasets::Dataset;
 use crate::data::transforms::{Interpolation, Transform, IMAGENET_NORM_NUMPY};
-use crate::device::cuda::Gpu;
+use crate::device::cuda::{DType, Gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::eval::mean_ap;
@@ -257,7 +257,7 @@ pub fn run(a: &CcdTrainArgs, dev: Device, gpu: Option<&Arc<Gpu>>) -> Result<CcdT
     let ds: Dataset = a.data.load(SplitUse::Train)?;
     announce(&ds);
     std::fs::create_dir_all(&a.out).map_err(|e| Error::Io { path: a.out.display().to_string(), source: e })?;
-    let clip = load_clip(&a.clip, &ds, gpu, "f32")?;
+    let clip = load_clip(&a.clip, &ds, gpu, DType::F32)?;
     let (mut labels, stage0_path) = stage0_labels(a, &ds, &clip, dev)?;
     let rows = rows_in_split(&labels, &ds, &stage0_path)?;
     if rows.len() < ds.items.len() {

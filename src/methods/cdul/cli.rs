@@ -1,16 +1,17 @@
 //! `labelfree cdul init | update | train`: the arguments and the runs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 
 use super::update::{self, UpdateParams};
 use super::LabelFile;
-use crate::device::cuda::Gpu;
+use crate::device::cuda::{DType, Gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::eval::scores_csv;
+use crate::methods::report::json_path;
 use crate::methods::write_atomic;
 
 #[derive(Args, Clone, Debug)]
@@ -52,21 +53,12 @@ pub struct UpdateArgs {
     pub json: Option<PathBuf>,
 }
 
-/// `<out>.report.json` unless given.
-pub fn json_path(json: &Option<PathBuf>, out: &Path) -> PathBuf {
-    json.clone().unwrap_or_else(|| {
-        let mut s = out.as_os_str().to_owned();
-        s.push(".report.json");
-        PathBuf::from(s)
-    })
-}
-
-pub fn run_cli(a: CdulArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: &str) -> Result<()> {
+pub fn run_cli(a: CdulArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: DType) -> Result<()> {
     match a.command {
         CdulCommand::Init(i) => super::init::run_cli(&i, dev, gpu, dtype),
         CdulCommand::Update(u) => run_update(&u),
         CdulCommand::Train(t) => {
-            if gpu.is_some() && dtype != "f32" {
+            if gpu.is_some() && dtype != DType::F32 {
                 return Err(Error::Device(format!("cdul train on the GPU runs in f32; drop --dtype {dtype}")));
             }
             super::train::run(&t, gpu).map(|_| ())

@@ -33,18 +33,18 @@ use clap::Args;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::cli::json_path;
 use super::{InitScores, LabelFile};
 use crate::data::datasets::args::{announce, dataset_json, ClassNameArgs, DatasetArgs, SplitUse};
 use crate::data::datasets::{ClassNames, Dataset};
 use crate::data::decode::{decode_image_file, RgbImage};
 use crate::data::loader::Skipped;
 use crate::data::transforms::{crop, to_chw_normalized_into, Transform};
-use crate::device::cuda::Gpu;
+use crate::device::cuda::{DType, Gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::eval::{mean_ap, per_class_ap};
 use crate::methods::encode::{clip_transform, progress_bar};
+use crate::methods::report::json_path;
 use crate::methods::report::RunReport;
 use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::models::clip::ClipModel;
@@ -294,7 +294,7 @@ fn recombine(a: &InitArgs, from: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run_cli(a: &InitArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: &str) -> Result<()> {
+pub fn run_cli(a: &InitArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: DType) -> Result<()> {
     if let Some(from) = &a.from {
         return recombine(a, from);
     }
@@ -323,7 +323,7 @@ pub fn run_cli(a: &InitArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: &str) -
     let paths: Vec<PathBuf> = ds.items.iter().map(|it| it.path.clone()).collect();
     let out = match gpu {
         Some(g) => {
-            model.attach_cuda(g, Some(weights), dtype.parse()?)?;
+            model.attach_cuda(g, Some(weights), dtype)?;
             eprintln!("device: {} ({dtype})", g.name);
             init_scores(&model, &text, &paths, &cfg, true)?
         }

@@ -299,8 +299,8 @@ pub fn run_cli(
     a: TagclipArgs,
     dev: Device,
     gpu: Option<&std::sync::Arc<crate::device::cuda::Gpu>>,
-    dtype: &str,
-    gemm: &str,
+    dtype: crate::device::cuda::DType,
+    gemm: crate::device::cuda::GemmBackend,
 ) -> Result<()> {
     let input = read_input(&a)?;
     let classes = &input.prompt_classes;
@@ -310,7 +310,7 @@ pub fn run_cli(
         if a.weights.is_none() {
             eprintln!("note: the random model's CUDA image tower is its own random draw (not the CPU tower's weights)");
         }
-        model.attach_cuda(gpu, a.weights.as_deref(), dtype.parse()?)?;
+        model.attach_cuda(gpu, a.weights.as_deref(), dtype)?;
         eprintln!(
             "device: {} ({dtype}, {gemm} GEMM): encoder passes on the GPU, DMAR and CWR planning on the CPU",
             gpu.name

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::stages::{box_mask_matrix, BoxMasks};
 use super::TagclipOptions;
-use crate::device::cuda::{CudaDType, CudaTensor};
+use crate::device::cuda::{CudaTensor, DType};
 use crate::error::Result;
 use crate::models::clip::vit::VitRequest;
 use crate::models::clip::vit_cuda::CudaVit;
@@ -44,20 +44,20 @@ pub fn patch_stage_cuda(
     let n = gh * gw;
     // P_coarse of every token (the CLS rows are computed and skipped: p_row0 = 1 below).
     let txt = CudaTensor::from_f32(&gpu, &[c, d], text, out.projected.dtype())?;
-    let mut probs = CudaTensor::empty(&gpu, &[b * t, c], CudaDType::F32)?;
+    let mut probs = CudaTensor::empty(&gpu, &[b * t, c], DType::F32)?;
     class_probabilities_cuda(&gpu, &out.projected, &txt, scale, &mut probs)?;
     let probs = probs.reshape(&[b, t, c])?;
     let layers = out.attn.len();
-    let mut w = CudaTensor::empty(&gpu, &[b, n, n], CudaDType::F32)?;
+    let mut w = CudaTensor::empty(&gpu, &[b, n, n], DType::F32)?;
     dmar_weights_cuda(&gpu, &out.attn, opts.vote_min_layers, opts.refine_range(layers), &mut w)?;
     drop(out);
-    let mut hat = CudaTensor::empty(&gpu, &[b, n, c], CudaDType::F32)?;
+    let mut hat = CudaTensor::empty(&gpu, &[b, n, c], DType::F32)?;
     dmar_propagate_cuda(&gpu, &w, &probs, 1, None, &mut hat)?;
     let hat = hat.to_f32_vec(&gpu)?;
     let masks: Vec<BoxMasks> = hat.par_chunks(n * c).map(|h| box_mask_matrix(h, gh, gw, c, opts)).collect();
     let keep: Vec<u8> = masks.iter().flat_map(|m| m.keep.iter().map(|&k| k as u8)).collect();
     let keep = CudaTensor::from_u8(&gpu, &[b, n, c], &keep)?;
-    let mut refined = CudaTensor::empty(&gpu, &[b, n, c], CudaDType::F32)?;
+    let mut refined = CudaTensor::empty(&gpu, &[b, n, c], DType::F32)?;
     dmar_propagate_cuda(&gpu, &w, &probs, 1, Some(&keep), &mut refined)?;
     let refined = refined.to_f32_vec(&gpu)?;
     Ok(masks
@@ -99,75 +99,61 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
         let shape = format!("{name} B={batch} {h}x{w} C={c}");
         // Two encoder passes (the recorded one and the stage's) and the DMAR products.
         let flops = (batch * 2 * 2 * n * n * c) as f64 + 2.0 * batch as f64 * cfg.flops_per_image(h, w);
-        checks.push(GpuCheck::new(
-            "tagclip_patch_stage",
-            shape,
-            CudaDType::F32,
-            Work::Flops(flops),
-            move |gpu, rng| {
-                let seed = rng.gen::<u64>();
-                let vit = CudaVit::load(
-                    gpu,
-                    &mut random_vit_params(&cfg, seed)?,
-                    &cfg,
-                    Activation::QuickGelu,
-                    CudaDType::F32,
-                )?;
-                let d = cfg.output_dim;
-                let mut text = random_vec(rng, c * d, 1.0);
-                l2_normalize_cpu(&mut text, d);
-                let t = n + 1;
-                let pixels = Tensor::from_f32(&[batch, 3, h, w], random_vec(rng, batch * 3 * h * w, 2.0))?;
-                let diag = super::stages::diagonal_mask(t);
-                let opts = TagclipOptions::default();
-                let layers = cfg.layers;
-                let scale = 100.0f32;
-                let got = {
-                    let mut masks = vec![AttnMask::default(); layers];
-                    masks[layers - 1] = AttnMask { shared: Some(&diag), ..Default::default() };
-                    let req =
-                        VitRequest { tokens: true, attn_probs: true, probs_before_mask: true, masks, pos_table: None };
-                    let dev_out = vit.forward_request(&pixels, &req)?;
-                    let stage = patch_stage_cuda(&vit, &pixels, &req, &text, c, scale, gh, gw, &opts)?;
-                    (dev_out, stage)
-                };
-                let (host, stage) = got;
-                let tokens =
-                    host.tokens.as_ref().map(|x| x.f32s().map(|s| s.to_vec())).transpose()?.unwrap_or_default();
-                let maps: Vec<&[f32]> = host.attn.iter().map(|a| a.f32s()).collect::<Result<_>>()?;
-                let (mut err, mut flipped) = (0.0f64, 0usize);
-                for (bi, st) in stage.iter().enumerate() {
-                    let coarse =
-                        super::stages::class_softmax(&tokens[(bi * t + 1) * d..(bi + 1) * t * d], &text, d, scale);
-                    let per: Vec<&[f32]> = maps.iter().map(|m| &m[bi * t * t..(bi + 1) * t * t]).collect();
-                    let wm = super::stages::dmar_weights(&per, t, &opts);
-                    let (hat, refined) = super::stages::dmar_refine(&wm, &coarse, gh, gw, c, &opts);
-                    err = err.max(max_rel_err(&st.hat, &hat));
-                    let cpu_masks = box_mask_matrix(&hat, gh, gw, c, &opts);
-                    for ci in 0..c {
-                        let same = cpu_masks.masked[ci] == st.masks.masked[ci]
-                            && (0..n).all(|i| cpu_masks.keep[i * c + ci] == st.masks.keep[i * c + ci]);
-                        if !same {
-                            flipped += 1;
-                            continue;
-                        }
-                        let col = |m: &[f32]| (0..n).map(|i| m[i * c + ci]).collect::<Vec<f32>>();
-                        err = err.max(max_rel_err(&col(&st.refined), &col(&refined)));
+        checks.push(GpuCheck::new("tagclip_patch_stage", shape, DType::F32, Work::Flops(flops), move |gpu, rng| {
+            let seed = rng.gen::<u64>();
+            let vit = CudaVit::load(gpu, &mut random_vit_params(&cfg, seed)?, &cfg, Activation::QuickGelu, DType::F32)?;
+            let d = cfg.output_dim;
+            let mut text = random_vec(rng, c * d, 1.0);
+            l2_normalize_cpu(&mut text, d);
+            let t = n + 1;
+            let pixels = Tensor::from_f32(&[batch, 3, h, w], random_vec(rng, batch * 3 * h * w, 2.0))?;
+            let diag = super::stages::diagonal_mask(t);
+            let opts = TagclipOptions::default();
+            let layers = cfg.layers;
+            let scale = 100.0f32;
+            let got = {
+                let mut masks = vec![AttnMask::default(); layers];
+                masks[layers - 1] = AttnMask { shared: Some(&diag), ..Default::default() };
+                let req =
+                    VitRequest { tokens: true, attn_probs: true, probs_before_mask: true, masks, pos_table: None };
+                let dev_out = vit.forward_request(&pixels, &req)?;
+                let stage = patch_stage_cuda(&vit, &pixels, &req, &text, c, scale, gh, gw, &opts)?;
+                (dev_out, stage)
+            };
+            let (host, stage) = got;
+            let tokens = host.tokens.as_ref().map(|x| x.f32s().map(|s| s.to_vec())).transpose()?.unwrap_or_default();
+            let maps: Vec<&[f32]> = host.attn.iter().map(|a| a.f32s()).collect::<Result<_>>()?;
+            let (mut err, mut flipped) = (0.0f64, 0usize);
+            for (bi, st) in stage.iter().enumerate() {
+                let coarse = super::stages::class_softmax(&tokens[(bi * t + 1) * d..(bi + 1) * t * d], &text, d, scale);
+                let per: Vec<&[f32]> = maps.iter().map(|m| &m[bi * t * t..(bi + 1) * t * t]).collect();
+                let wm = super::stages::dmar_weights(&per, t, &opts);
+                let (hat, refined) = super::stages::dmar_refine(&wm, &coarse, gh, gw, c, &opts);
+                err = err.max(max_rel_err(&st.hat, &hat));
+                let cpu_masks = box_mask_matrix(&hat, gh, gw, c, &opts);
+                for ci in 0..c {
+                    let same = cpu_masks.masked[ci] == st.masks.masked[ci]
+                        && (0..n).all(|i| cpu_masks.keep[i * c + ci] == st.masks.keep[i * c + ci]);
+                    if !same {
+                        flipped += 1;
+                        continue;
                     }
+                    let col = |m: &[f32]| (0..n).map(|i| m[i * c + ci]).collect::<Vec<f32>>();
+                    err = err.max(max_rel_err(&col(&st.refined), &col(&refined)));
                 }
-                if flipped * 50 > batch * c {
-                    err = f64::INFINITY;
-                }
-                let launch = move || {
-                    let mut masks = vec![AttnMask::default(); layers];
-                    masks[layers - 1] = AttnMask { shared: Some(&diag), ..Default::default() };
-                    let req =
-                        VitRequest { tokens: true, attn_probs: true, probs_before_mask: true, masks, pos_table: None };
-                    patch_stage_cuda(&vit, &pixels, &req, &text, c, scale, gh, gw, &opts).map(|_| ())
-                };
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
-            },
-        ));
+            }
+            if flipped * 50 > batch * c {
+                err = f64::INFINITY;
+            }
+            let launch = move || {
+                let mut masks = vec![AttnMask::default(); layers];
+                masks[layers - 1] = AttnMask { shared: Some(&diag), ..Default::default() };
+                let req =
+                    VitRequest { tokens: true, attn_probs: true, probs_before_mask: true, masks, pos_table: None };
+                patch_stage_cuda(&vit, &pixels, &req, &text, c, scale, gh, gw, &opts).map(|_| ())
+            };
+            Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
+        }));
     }
     checks
 }

@@ -240,7 +240,7 @@ impl ClipModel {
         &mut self,
         gpu: &std::sync::Arc<crate::device::cuda::Gpu>,
         weights: Option<&Path>,
-        dtype: crate::device::cuda::CudaDType,
+        dtype: crate::device::cuda::DType,
     ) -> Result<()> {
         let mut p = match (weights, &self.config.vision) {
             (Some(w), _) => Params::load(w)?,

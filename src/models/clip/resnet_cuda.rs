@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use rand::{Rng, SeedableRng};
 
-use crate::device::cuda::{CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 use crate::models::clip::config::ResNetConfig;
 use crate::models::clip::resnet::{block_plan, load_conv_bn_folded, ModifiedResNet};
@@ -42,12 +42,12 @@ impl CudaConvBn {
         c_out: usize,
         k: usize,
         stride: usize,
-        dtype: CudaDType,
+        dtype: DType,
     ) -> Result<Self> {
         let (w, b) = load_conv_bn_folded(p, conv, bn, c_in, c_out, k)?;
         Ok(CudaConvBn {
             w: CudaTensor::from_f32(gpu, &[c_out, c_in, k, k], &w, dtype)?,
-            b: CudaTensor::from_f32(gpu, &[c_out], &b, CudaDType::F32)?,
+            b: CudaTensor::from_f32(gpu, &[c_out], &b, DType::F32)?,
             c_in,
             c_out,
             k,
@@ -99,7 +99,7 @@ struct CudaBottleneck {
 
 pub struct CudaModifiedResNet {
     pub cfg: ResNetConfig,
-    pub dtype: CudaDType,
+    pub dtype: DType,
     gpu: Arc<Gpu>,
     stem: [CudaConvBn; 3],
     stages: Vec<Vec<CudaBottleneck>>,
@@ -172,7 +172,7 @@ pub fn random_resnet_params(cfg: &ResNetConfig, seed: u64) -> Result<Params> {
 }
 
 impl CudaModifiedResNet {
-    pub fn load(gpu: &Arc<Gpu>, p: &mut Params, cfg: &ResNetConfig, dtype: CudaDType) -> Result<Self> {
+    pub fn load(gpu: &Arc<Gpu>, p: &mut Params, cfg: &ResNetConfig, dtype: DType) -> Result<Self> {
         if !dtype.is_float() {
             return Err(Error::Device(format!("CUDA ModifiedResNet: dtype {dtype:?} is not a float type")));
         }
@@ -262,9 +262,9 @@ impl CudaModifiedResNet {
             pool_pos,
             pos_cache: Mutex::new(HashMap::new()),
             qkv_w: CudaTensor::from_f32(g, &[3 * c, c], &qkv_w, dtype)?,
-            qkv_b: CudaTensor::from_f32(g, &[3 * c], &qkv_b, CudaDType::F32)?,
+            qkv_b: CudaTensor::from_f32(g, &[3 * c], &qkv_b, DType::F32)?,
             c_w: CudaTensor::from_f32(g, &[d, c], &p.take(&format!("{a}.c_proj.weight"), &[d, c])?, dtype)?,
-            c_b: CudaTensor::from_f32(g, &[d], &p.take(&format!("{a}.c_proj.bias"), &[d])?, CudaDType::F32)?,
+            c_b: CudaTensor::from_f32(g, &[d], &p.take(&format!("{a}.c_proj.bias"), &[d])?, DType::F32)?,
         })
     }
 
@@ -275,7 +275,7 @@ impl CudaModifiedResNet {
         }
         let c = ModifiedResNet::embed_dim(&self.cfg);
         let table = resize_positional_grid(&self.pool_pos, c, self.cfg.grid, h, w);
-        let t = Arc::new(CudaTensor::from_f32(&self.gpu, &[h * w + 1, c], &table, CudaDType::F32)?);
+        let t = Arc::new(CudaTensor::from_f32(&self.gpu, &[h * w + 1, c], &table, DType::F32)?);
         cache.insert((h, w), t.clone());
         Ok(t)
     }
@@ -373,7 +373,7 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
         ("narrow RN", narrow, 2, 64, 96),
         ("RN50", rn50, 2, 224, 224),
     ] {
-        for dtype in [CudaDType::F32, CudaDType::BF16] {
+        for dtype in [DType::F32, DType::BF16] {
             let cfg = cfg.clone();
             let flops = batch as f64 * 12.2e9 * ((h * w) as f64 / (224.0 * 224.0));
             checks.push(GpuCheck::new(

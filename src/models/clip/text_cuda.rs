@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 
-use crate::device::cuda::{CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{CudaTensor, DType, Gpu};
 use crate::error::Result;
 use crate::models::clip::config::TextConfig;
 use crate::models::clip::text::{encode_trimmed, end_token_positions, text_ids, TEXT_BATCH};
@@ -25,7 +25,7 @@ use crate::tensor::{Storage, Tensor};
 
 pub struct CudaTextEncoder {
     pub cfg: TextConfig,
-    pub dtype: CudaDType,
+    pub dtype: DType,
     gpu: Arc<Gpu>,
     token_emb: CudaTensor, // (V, W)
     pos_emb: CudaTensor,   // (context, W)
@@ -66,7 +66,7 @@ pub fn random_text_params(cfg: &TextConfig, seed: u64) -> Result<Params> {
 }
 
 impl CudaTextEncoder {
-    pub fn load(gpu: &Arc<Gpu>, p: &mut Params, cfg: &TextConfig, act: Activation, dtype: CudaDType) -> Result<Self> {
+    pub fn load(gpu: &Arc<Gpu>, p: &mut Params, cfg: &TextConfig, act: Activation, dtype: DType) -> Result<Self> {
         let (w, d) = (cfg.width, cfg.output_dim);
         let token_emb =
             CudaTensor::from_f32(gpu, &[cfg.vocab, w], &p.take("token_embedding.weight", &[cfg.vocab, w])?, dtype)?;
@@ -74,8 +74,8 @@ impl CudaTextEncoder {
             CudaTensor::from_f32(gpu, &[cfg.context, w], &p.take("positional_embedding", &[cfg.context, w])?, dtype)?;
         let transformer =
             CudaTransformer::load(gpu, p, "transformer.resblocks.", w, cfg.layers, cfg.heads, act, dtype)?;
-        let ln_final_w = CudaTensor::from_f32(gpu, &[w], &p.take("ln_final.weight", &[w])?, CudaDType::F32)?;
-        let ln_final_b = CudaTensor::from_f32(gpu, &[w], &p.take("ln_final.bias", &[w])?, CudaDType::F32)?;
+        let ln_final_w = CudaTensor::from_f32(gpu, &[w], &p.take("ln_final.weight", &[w])?, DType::F32)?;
+        let ln_final_b = CudaTensor::from_f32(gpu, &[w], &p.take("ln_final.bias", &[w])?, DType::F32)?;
         let proj = p.take("text_projection", &[w, d])?;
         let proj_t = CudaTensor::from_f32(gpu, &[d, w], &transpose(&proj, w, d), dtype)?;
         Ok(CudaTextEncoder {
@@ -137,7 +137,7 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
     let clip = TextConfig { width: 512, layers: 12, heads: 8, context: 77, vocab: 49408, output_dim: 512 };
     let mut checks = Vec::new();
     for (name, cfg, batch) in [("small text", small.clone(), 5usize), ("CLIP text", clip, 80)] {
-        for dtype in [CudaDType::F32, CudaDType::BF16] {
+        for dtype in [DType::F32, DType::BF16] {
             let cfg = cfg.clone();
             let flops = batch as f64 * 5.96e9 * (cfg.width * cfg.width * cfg.layers) as f64 / (512.0 * 512.0 * 12.0);
             checks.push(GpuCheck::new(
@@ -184,13 +184,13 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
     checks.push(GpuCheck::new(
         "text_encoder_trimmed",
         format!("tiny text B={batch}, {per_pass} per pass"),
-        CudaDType::F32,
+        DType::F32,
         Work::Flops(flops),
         move |gpu, rng| {
             let seed = rng.gen::<u64>();
             let act = Activation::QuickGelu;
             let cpu = TextEncoder::load(&mut random_text_params(&cfg, seed)?, &cfg, act)?;
-            let dev = CudaTextEncoder::load(gpu, &mut random_text_params(&cfg, seed)?, &cfg, act, CudaDType::F32)?;
+            let dev = CudaTextEncoder::load(gpu, &mut random_text_params(&cfg, seed)?, &cfg, act, DType::F32)?;
             let t = cfg.context;
             let mut ids = vec![0i32; batch * t];
             for row in ids.chunks_exact_mut(t) {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::device::cuda::{CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{CudaTensor, DType, Gpu};
 use crate::error::Result;
 use crate::models::clip::transformer::LN_EPS;
 use crate::models::clip::weights::Params;
@@ -58,7 +58,7 @@ pub struct CudaTransformer {
     pub width: usize,
     pub heads: usize,
     pub act: Activation,
-    pub dtype: CudaDType,
+    pub dtype: DType,
     gpu: Arc<Gpu>,
 }
 
@@ -73,13 +73,13 @@ impl CudaTransformer {
         layers: usize,
         heads: usize,
         act: Activation,
-        dtype: CudaDType,
+        dtype: DType,
     ) -> Result<Self> {
         let c = width;
-        let f32d = CudaDType::F32;
+        let f32d = DType::F32;
         let mut blocks = Vec::with_capacity(layers);
         for l in 0..layers {
-            let mut w = |s: &str, shape: &[usize], dt: CudaDType| -> Result<CudaTensor> {
+            let mut w = |s: &str, shape: &[usize], dt: DType| -> Result<CudaTensor> {
                 CudaTensor::from_f32(gpu, shape, &p.take(&format!("{prefix}{l}.{s}"), shape)?, dt)
             };
             blocks.push(CudaBlock {
@@ -133,7 +133,7 @@ impl CudaTransformer {
             if record == ProbsRecord::None {
                 attention_cuda(gpu, &qkv, self.heads, mask, record, &mut attn, None)?;
             } else {
-                let mut probs = CudaTensor::empty(gpu, &[b, t, t], CudaDType::F32)?;
+                let mut probs = CudaTensor::empty(gpu, &[b, t, t], DType::F32)?;
                 attention_cuda(gpu, &qkv, self.heads, mask, record, &mut attn, Some(&mut probs))?;
                 recorded.push(probs);
             }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use rand::{Rng, SeedableRng};
 
-use crate::device::cuda::{CudaDType, CudaTensor, Gpu};
+use crate::device::cuda::{CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 use crate::models::clip::config::VitConfig;
 use crate::models::clip::transformer::LN_EPS;
@@ -40,7 +40,7 @@ pub struct CudaVitOutput {
 pub struct CudaVit {
     pub cfg: VitConfig,
     pub act: Activation,
-    pub dtype: CudaDType,
+    pub dtype: DType,
     gpu: Arc<Gpu>,
     conv_w: CudaTensor, // (C, 3 * p * p)
     class_emb: CudaTensor,
@@ -106,7 +106,7 @@ pub fn random_vit_params(cfg: &VitConfig, seed: u64) -> Result<Params> {
     Params::from_map(map, HashMap::new())
 }
 
-fn upload(gpu: &Gpu, data: &[f32], shape: &[usize], dtype: CudaDType) -> Result<CudaTensor> {
+fn upload(gpu: &Gpu, data: &[f32], shape: &[usize], dtype: DType) -> Result<CudaTensor> {
     CudaTensor::from_f32(gpu, shape, data, dtype)
 }
 
@@ -122,12 +122,12 @@ fn check_vit_input(s: &[usize], p: usize) -> Result<()> {
 
 impl CudaVit {
     /// Loads the image tower from `p` (tensors are taken, as `VisionTransformer::load` does).
-    pub fn load(gpu: &Arc<Gpu>, p: &mut Params, cfg: &VitConfig, act: Activation, dtype: CudaDType) -> Result<CudaVit> {
+    pub fn load(gpu: &Arc<Gpu>, p: &mut Params, cfg: &VitConfig, act: Activation, dtype: DType) -> Result<CudaVit> {
         if !dtype.is_float() {
             return Err(Error::Device(format!("CUDA ViT: dtype {dtype:?} is not a float type")));
         }
         let (c, pp, d) = (cfg.width, cfg.patch, cfg.output_dim);
-        let f32d = CudaDType::F32;
+        let f32d = DType::F32;
         let conv_w = upload(gpu, &p.take("visual.conv1.weight", &[c, 3, pp, pp])?, &[c, 3 * pp * pp], dtype)?;
         let class_emb = upload(gpu, &p.take("visual.class_embedding", &[c])?, &[c], f32d)?;
         let pos_emb = p.take("visual.positional_embedding", &[cfg.grid * cfg.grid + 1, c])?;
@@ -164,7 +164,7 @@ impl CudaVit {
         }
         let table = resize_positional_grid(&self.pos_emb, self.cfg.width, self.cfg.grid, gh, gw);
         // f32 like every small parameter: vit_tokens adds it in f32 before the cast.
-        let t = Arc::new(upload(&self.gpu, &table, &[gh * gw + 1, self.cfg.width], CudaDType::F32)?);
+        let t = Arc::new(upload(&self.gpu, &table, &[gh * gw + 1, self.cfg.width], DType::F32)?);
         cache.insert((gh, gw), t.clone());
         Ok(t)
     }
@@ -257,7 +257,7 @@ impl CudaVit {
         let dt = self.dtype;
         let x_in = CudaTensor::from_tensor(gpu, pixels, dt)?;
         let pos = match req.pos_table {
-            Some(table) if table.len() == t * c => Arc::new(upload(gpu, table, &[t, c], CudaDType::F32)?),
+            Some(table) if table.len() == t * c => Arc::new(upload(gpu, table, &[t, c], DType::F32)?),
             Some(table) => {
                 return Err(Error::Shape(format!("positional table of {} values for {t} tokens x {c}", table.len())))
             }
@@ -273,7 +273,7 @@ impl CudaVit {
             if m.len() != shape.iter().product::<usize>() {
                 return Err(Error::Shape(format!("attention mask of {} values for shape {shape:?}", m.len())));
             }
-            uploaded.push((key.0, key.1, CudaTensor::from_f32(gpu, shape, m, CudaDType::F32)?));
+            uploaded.push((key.0, key.1, CudaTensor::from_f32(gpu, shape, m, DType::F32)?));
             Ok(uploaded.len() - 1)
         };
         let mut idx = Vec::with_capacity(req.masks.len());
@@ -318,7 +318,7 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
         ("tiny ViT", tiny, 2, 64, 96),
         ("ViT-B/16", b16, 2, 224, 224),
     ] {
-        for dtype in [CudaDType::F32, CudaDType::BF16] {
+        for dtype in [DType::F32, DType::BF16] {
             let cfg = cfg.clone();
             let shape = format!("{name} B={batch} {h}x{w}");
             let flops = batch as f64 * 35.1e9 * ((h * w) as f64 / (224.0 * 224.0));
@@ -339,7 +339,7 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
     }
     // TagCLIP's two requests: the patch pass (diagonal mask in the last layer, every layer's
     // unmasked maps, all tokens) and the crop pass (a per-sample CLS-row mask in every layer).
-    for dtype in [CudaDType::F32, CudaDType::BF16] {
+    for dtype in [DType::F32, DType::BF16] {
         let cfg = VitConfig { width: 128, layers: 3, heads: 2, patch: 16, grid: 4, output_dim: 32 };
         let (batch, h, w) = (2usize, 80usize, 64usize);
         let flops = batch as f64 * 2.0 * cfg.layers as f64 * 21.0 * 12.0 * 128.0 * 128.0;
@@ -395,7 +395,7 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
         // patch embedding, two LayerNorms, the qkv GEMM and the softmax reaches ~5e-2 on single
         // map entries (measured on the simulator, also with bf16-rounded inputs and weights).
         // The f32 row checks the same paths at 1e-4; this one checks the bf16 storage paths.
-        checks.push(if dtype == CudaDType::BF16 { check.with_tolerance(1e-1) } else { check });
+        checks.push(if dtype == DType::BF16 { check.with_tolerance(1e-1) } else { check });
     }
     checks
 }
