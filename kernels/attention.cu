@@ -13,6 +13,10 @@
 // attention_probs: the head-averaged probability map (B, T, T) f32 from that log-sum-exp:
 // probs[b, i, j] = mean_h exp(s_h(i, j) - lse_h(i)), recomputing q.k. One block owns a 64x64
 // (i, j) tile and loops over heads, so every output is written once, without atomics.
+//
+// attention_flash_tc: attention_flash on the tensor cores for bf16 / f16 (head dims 32, 64),
+// same masks and log-sum-exp modes, so attention_probs serves both; see its section below.
+// attention_flash itself is instantiated for f32 only.
 #include "common.cuh"
 #include "vec4.cuh"
 
@@ -277,6 +281,315 @@ __device__ void attention_probs(const T* __restrict__ qkv, const float* __restri
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// attention_flash_tc: the same forward (masks, lse modes) on the tensor cores, bf16 / f16 only.
+// FlashAttention-2's layout: a block of 4 warps owns 64 queries, each warp 16 of them, and walks
+// the keys in tiles of 64. Q.K^T and P.V run on mma.sync m16n8k16 with f32 accumulators; the
+// online softmax stays in the accumulator registers (each thread holds 2 rows of the warp's 16:
+// g = lane / 4 and g + 8, at columns 2 * (lane % 4) + {0, 1} of every 8-column tile), its row
+// max reduced over the 4 lanes that share a row. The K and V tiles are double-buffered in
+// shared memory through cp.async: tile j + 1 is in flight while tile j is computed on.
+// Scores are kept in log2 units (scaled by log2(e)) so that exp2f is the only transcendental.
+// ---------------------------------------------------------------------------------------------
+constexpr int TC_WARPS = 4;
+constexpr int TC_BQ = 16 * TC_WARPS;  // queries per block
+constexpr int TC_BK = 64;             // keys per K / V tile
+// Shared rows are D + 8 elements: the stride (D + 8) * 2 bytes is an odd multiple of 16 bytes, so
+// the 8 row addresses of every ldmatrix phase hit 8 different 16-byte bank groups, and rows stay
+// 16-byte aligned for cp.async.
+constexpr int TC_PAD = 8;
+constexpr float LOG2E = 1.4426950408889634f;
+constexpr float LN2 = 0.6931471805599453f;
+
+__device__ __forceinline__ uint32_t attn_smem_u32(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16-byte async copy; src_bytes = 0 zero-fills (rows past T), `src` must still be a valid address.
+__device__ __forceinline__ void attn_cp_async_16(uint32_t dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void attn_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void attn_cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// Four 8x8 b16 matrices; `.trans` reads each stored row as a column (the V operand of P.V).
+template <bool TRANS>
+__device__ __forceinline__ void attn_ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(addr));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(addr));
+}
+
+// d += a (16x16 row-major fragment) . b (16x8 col-major fragment b0, b1), f32 accumulators.
+__device__ __forceinline__ void attn_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
+                                         __nv_bfloat16) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void attn_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __half) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats as one packed b16x2 word, `lo` in the low half (the lower column of a fragment).
+__device__ __forceinline__ uint32_t attn_pack(float lo, float hi, __nv_bfloat16) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+}
+__device__ __forceinline__ uint32_t attn_pack(float lo, float hi, __half) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+}
+__device__ __forceinline__ void attn_store_pair(__nv_bfloat16* p, float a, float b) {
+    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+}
+__device__ __forceinline__ void attn_store_pair(__half* p, float a, float b) {
+    *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
+}
+
+// ROWS token rows from `row0` of one head's D columns at `src` (row stride `row_stride`) into
+// shared rows of D + TC_PAD, 16 bytes per cp.async; rows at or past n_tok are zero-filled.
+template <typename T, int D, int ROWS>
+__device__ __forceinline__ void attn_load_rows_async(T* __restrict__ dst, const T* __restrict__ src,
+                                                     size_t row_stride, int row0, int n_tok) {
+    constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
+    static_assert((ROWS * CHUNKS) % (TC_WARPS * 32) == 0, "chunks must divide among the threads");
+#pragma unroll
+    for (int k = 0; k < ROWS * CHUNKS / (TC_WARPS * 32); ++k) {
+        const int idx = threadIdx.x + k * TC_WARPS * 32;
+        const int r = idx / CHUNKS, c = (idx % CHUNKS) * 8;
+        const bool in = row0 + r < n_tok;
+        const T* p = in ? src + (size_t)(row0 + r) * row_stride + c : src;
+        attn_cp_async_16(attn_smem_u32(dst + r * (D + TC_PAD) + c), p, in ? 16 : 0);
+    }
+}
+
+// Online softmax step for one of the thread's two rows (`half` 0: row g, 1: row g + 8) over a
+// tile of scores s (log2 units); as online_softmax_tile, with the max taken over the 4 lanes of
+// the row. `l` stays this thread's partial sum (summed over the 4 lanes at the end). With P set,
+// s becomes the tile's weights exp2(s - m_new) and the return value is alpha.
+template <int NK, bool P>
+__device__ __forceinline__ float attn_online_rows(float (&s)[NK][4], int half, float& m, float& l) {
+    float mx = m;
+#pragma unroll
+    for (int n = 0; n < NK; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * half], s[n][2 * half + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float ref = mx == -INFINITY ? 0.0f : mx;
+    const float alpha = exp2f(m - ref);
+    float sum = 0.0f;
+#pragma unroll
+    for (int n = 0; n < NK; ++n)
+#pragma unroll
+        for (int e = 2 * half; e < 2 * half + 2; ++e) {
+            const float p = exp2f(s[n][e] - ref);
+            if (P) s[n][e] = p;
+            sum += p;
+        }
+    l = l * alpha + sum;
+    m = mx;
+    return alpha;
+}
+
+// Grid (ceil(T / 64), H, B), block 128 threads. D: head dim, 32 or 64. qkv rows 16-byte aligned
+// (C a multiple of 8, qkv base 16-byte aligned): the launcher checks.
+template <typename T, int D>
+__device__ void attention_flash_tc(const T* __restrict__ qkv, const float* __restrict__ mask_shared,
+                                   const float* __restrict__ mask_cls, int causal, T* __restrict__ out,
+                                   float* __restrict__ lse, int lse_mode, int n_tok, int H, float scale) {
+    static_assert(D % 16 == 0, "head dim: a multiple of the mma k-step");
+    constexpr int LDS = D + TC_PAD;
+    constexpr int NK = TC_BK / 8;  // 8-key tiles of a score tile
+    constexpr int ND = D / 8;      // 8-column tiles of the output
+    __shared__ __align__(16) T qs[TC_BQ * LDS];
+    __shared__ __align__(16) T ks[2][TC_BK * LDS];
+    __shared__ __align__(16) T vs[2][TC_BK * LDS];
+
+    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * TC_BQ;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, tq = lane & 3;
+    const int C = H * D;
+    const size_t row_stride = 3 * (size_t)C;
+    const T* base = qkv + (size_t)b * n_tok * row_stride + (size_t)h * D;
+    const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};  // this thread's query rows
+    const float scale2 = scale * LOG2E;
+
+    const int n_keys = (causal && lse_mode != LSE_UNMASKED) ? min(n_tok, q0 + TC_BQ) : n_tok;
+    const int n_tiles = (n_keys + TC_BK - 1) / TC_BK;
+
+    attn_load_rows_async<T, D, TC_BQ>(qs, base, row_stride, q0, n_tok);
+    attn_load_rows_async<T, D, TC_BK>(ks[0], base + C, row_stride, 0, n_tok);
+    attn_load_rows_async<T, D, TC_BK>(vs[0], base + 2 * C, row_stride, 0, n_tok);
+    attn_cp_async_commit();
+
+    uint32_t qf[D / 16][4];  // the warp's 16 query rows as A fragments, one per k-step of 16
+    float o[ND][4];
+#pragma unroll
+    for (int n = 0; n < ND; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[n][e] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float m_raw[2] = {-INFINITY, -INFINITY}, l_raw[2] = {0.0f, 0.0f};
+
+    for (int j = 0; j < n_tiles; ++j) {
+        // Tile j has landed for this thread; the barrier makes every thread's copies visible and
+        // guarantees every warp is done with buffer (j + 1) % 2 (read in iteration j - 1).
+        attn_cp_async_wait_all();
+        __syncthreads();
+        if (j + 1 < n_tiles) {
+            const int buf = (j + 1) & 1;
+            attn_load_rows_async<T, D, TC_BK>(ks[buf], base + C, row_stride, (j + 1) * TC_BK, n_tok);
+            attn_load_rows_async<T, D, TC_BK>(vs[buf], base + 2 * C, row_stride, (j + 1) * TC_BK, n_tok);
+        }
+        attn_cp_async_commit();
+        if (j == 0) {
+            // Lanes 0-15 address rows 0-15 at column 16k, lanes 16-31 the same rows at 16k + 8:
+            // a0..a3 = (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15).
+#pragma unroll
+            for (int k = 0; k < D / 16; ++k)
+                attn_ldmatrix_x4<false>(qf[k], attn_smem_u32(qs + (warp * 16 + (lane & 15)) * LDS + 16 * k + (lane >> 4) * 8));
+        }
+        const T* kt = ks[j & 1];
+        const T* vt = vs[j & 1];
+        const int k0 = j * TC_BK;
+
+        // S (16 x 64) = Q K^T. K is stored (key, dim), the col-major B operand: a plain x4 load
+        // gives b0, b1 of two adjacent 8-key tiles.
+        float s[NK][4];
+#pragma unroll
+        for (int n = 0; n < NK; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[n][e] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < D / 16; ++k)
+#pragma unroll
+            for (int n = 0; n < NK; n += 2) {
+                uint32_t r[4];
+                attn_ldmatrix_x4<false>(
+                    r, attn_smem_u32(kt + (n * 8 + (lane & 7) + (lane >> 4) * 8) * LDS + 16 * k + ((lane >> 3) & 1) * 8));
+                attn_mma(s[n], qf[k], r[0], r[1], T());
+                attn_mma(s[n + 1], qf[k], r[2], r[3], T());
+            }
+
+        // Scale, drop keys past T, record the unmasked running lse, then the masks, in
+        // attention_flash's order (shared, CLS row, causal).
+#pragma unroll
+        for (int n = 0; n < NK; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = k0 + n * 8 + 2 * tq + (e & 1);
+                s[n][e] = key < n_tok ? s[n][e] * scale2 : -INFINITY;
+            }
+        if (lse_mode == LSE_UNMASKED) {
+            attn_online_rows<NK, false>(s, 0, m_raw[0], l_raw[0]);
+            attn_online_rows<NK, false>(s, 1, m_raw[1], l_raw[1]);
+        }
+        if (mask_shared || mask_cls || causal) {
+#pragma unroll
+            for (int n = 0; n < NK; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int key = k0 + n * 8 + 2 * tq + (e & 1);
+                    const int i = row[e >> 1];
+                    if (i < n_tok && key < n_tok) {
+                        float v = s[n][e];
+                        if (mask_shared) v += mask_shared[(size_t)i * n_tok + key] * LOG2E;
+                        if (mask_cls && i == 0) v += mask_cls[(size_t)b * n_tok + key] * LOG2E;
+                        if (causal && key > i) v = -INFINITY;
+                        s[n][e] = v;
+                    }
+                }
+        }
+
+        const float alpha0 = attn_online_rows<NK, true>(s, 0, m[0], l[0]);
+        const float alpha1 = attn_online_rows<NK, true>(s, 1, m[1], l[1]);
+#pragma unroll
+        for (int n = 0; n < ND; ++n) {
+            o[n][0] *= alpha0;
+            o[n][1] *= alpha0;
+            o[n][2] *= alpha1;
+            o[n][3] *= alpha1;
+        }
+
+        // O += P V. The accumulators of two adjacent 8-key tiles are the A fragment of one
+        // 16-key step; V is stored (key, dim), so its B operand comes from ldmatrix .trans:
+        // matrices (keys 0-7, dims 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) = b0, b1 of two
+        // adjacent 8-dim tiles.
+#pragma unroll
+        for (int kk = 0; kk < NK / 2; ++kk) {
+            const uint32_t pa[4] = {attn_pack(s[2 * kk][0], s[2 * kk][1], T()),
+                                    attn_pack(s[2 * kk][2], s[2 * kk][3], T()),
+                                    attn_pack(s[2 * kk + 1][0], s[2 * kk + 1][1], T()),
+                                    attn_pack(s[2 * kk + 1][2], s[2 * kk + 1][3], T())};
+#pragma unroll
+            for (int n = 0; n < ND; n += 2) {
+                uint32_t r[4];
+                attn_ldmatrix_x4<true>(
+                    r, attn_smem_u32(vt + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + n * 8 + (lane >> 4) * 8));
+                attn_mma(o[n], pa, r[0], r[1], T());
+                attn_mma(o[n + 1], pa, r[2], r[3], T());
+            }
+        }
+    }
+    attn_cp_async_wait_all();  // only an empty group remains; leave nothing in flight at exit
+
+    // The output goes through the warp's own 16 rows of qs (read only at j == 0, by this warp
+    // alone) so that global stores are whole 16-byte chunks of a row rather than 4-byte pairs.
+    T* stage = qs + warp * 16 * LDS;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        float lt = l[half];
+        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+        float lr = l_raw[half];
+        lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+        lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+        const float inv_l = 1.0f / lt;
+#pragma unroll
+        for (int n = 0; n < ND; ++n)
+            attn_store_pair(stage + (g + 8 * half) * LDS + n * 8 + 2 * tq, o[n][2 * half] * inv_l,
+                            o[n][2 * half + 1] * inv_l);
+        const int i = row[half];
+        if (tq == 0 && i < n_tok && lse_mode == LSE_MASKED)
+            lse[((size_t)b * H + h) * n_tok + i] = (m[half] + log2f(lt)) * LN2;
+        if (tq == 0 && i < n_tok && lse_mode == LSE_UNMASKED)
+            lse[((size_t)b * H + h) * n_tok + i] = (m_raw[half] + log2f(lr)) * LN2;
+    }
+    __syncwarp();
+    constexpr int CHUNKS = D / 8;  // 16-byte chunks per output row
+#pragma unroll
+    for (int k = 0; k < 16 * CHUNKS / 32; ++k) {
+        const int idx = lane + 32 * k;
+        const int r = idx / CHUNKS, c = (idx % CHUNKS) * 8;
+        const int i = q0 + warp * 16 + r;
+        if (i < n_tok)
+            *reinterpret_cast<uint4*>(out + ((size_t)b * n_tok + i) * C + (size_t)h * D + c) =
+                *reinterpret_cast<const uint4*>(stage + r * LDS + c);
+    }
+}
+
+// (128, 4): ptxas fits D = 64 in 128 registers without spilling (166 unbounded), so 4 blocks
+// (16 warps) share an SM on sm_80 / sm_90, as many as 4 x 45 KB of shared memory allows.
+#define LF_ATTENTION_FLASH_TC(S, T, D)                                                                     \
+    extern "C" __global__ void __launch_bounds__(TC_WARPS * 32, 4)                                         \
+        attention_flash_tc_d##D##_##S(const T* qkv, const float* mask_shared, const float* mask_cls,      \
+                                      int causal, T* out, float* lse, int lse_mode, int n_tok, int H,    \
+                                      float scale) {                                                       \
+        attention_flash_tc<T, D>(qkv, mask_shared, mask_cls, causal, out, lse, lse_mode, n_tok, H, scale); \
+    }
+LF_ATTENTION_FLASH_TC(bf16, __nv_bfloat16, 32)
+LF_ATTENTION_FLASH_TC(bf16, __nv_bfloat16, 64)
+LF_ATTENTION_FLASH_TC(f16, __half, 32)
+LF_ATTENTION_FLASH_TC(f16, __half, 64)
+
 #define LF_ATTENTION_FLASH(S, T, D)                                                                       \
     extern "C" __global__ void __launch_bounds__(ATTN_BQ)                                                 \
         attention_flash_d##D##_##S(const T* qkv, const float* mask_shared, const float* mask_cls,        \
@@ -284,14 +597,15 @@ __device__ void attention_probs(const T* __restrict__ qkv, const float* __restri
                                    float scale) {                                                         \
         attention_flash<T, D>(qkv, mask_shared, mask_cls, causal, out, lse, lse_mode, n_tok, H, scale); \
     }
+// The SIMT flash kernel serves f32 only: bf16 / f16 run attention_flash_tc.
+LF_ATTENTION_FLASH(f32, float, 32)
+LF_ATTENTION_FLASH(f32, float, 64)
 // attention_probs: (256, 2) lets ptxas keep its 4x4 tiles in registers without spilling.
-#define LF_ATTENTION(S, T)                                                                                \
-    LF_ATTENTION_FLASH(S, T, 32)                                                                          \
-    LF_ATTENTION_FLASH(S, T, 64)                                                                          \
+#define LF_ATTENTION_PROBS(S, T)                                                                          \
     extern "C" __global__ void __launch_bounds__(256, 2)                                                  \
         attention_probs_##S(const T* qkv, const float* lse, const float* mask_shared,                    \
                             const float* mask_cls, int causal, int masked, float* probs, int n_tok,     \
                             int H, int D, float scale) {                                                  \
         attention_probs<T>(qkv, lse, mask_shared, mask_cls, causal, masked, probs, n_tok, H, D, scale);  \
     }
-LF_FOR_FLOAT_TYPES(LF_ATTENTION)
+LF_FOR_FLOAT_TYPES(LF_ATTENTION_PROBS)

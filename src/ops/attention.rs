@@ -172,13 +172,17 @@ pub struct CudaAttnMask<'a> {
     pub causal: bool,
 }
 
-/// Head dims with an attention_flash instantiation in kernels/attention.cu (every CLIP
-/// encoder uses 64).
+/// Head dims with an attention_flash (f32) and attention_flash_tc (bf16, f16) instantiation in
+/// kernels/attention.cu (every CLIP encoder uses 64).
 const FLASH_HEAD_DIMS: [usize; 2] = [32, 64];
 /// Queries per attention_flash block (ATTN_BQ) and the (i, j) tile of attention_probs
 /// (PROBS_TILE) in kernels/attention.cu.
 const FLASH_QUERIES_PER_BLOCK: usize = 64;
 const PROBS_TILE: usize = 64;
+/// Queries per attention_flash_tc block (TC_BQ) and its threads (TC_WARPS * 32); it has the
+/// same head dims as attention_flash.
+const FLASH_TC_QUERIES_PER_BLOCK: usize = 64;
+const FLASH_TC_THREADS: u32 = 128;
 
 /// CUDA launcher: kernels/attention.cu. qkv (B, T, 3C) packed [q | k | v] (heads split C; head
 /// dim C/heads, 32 or 64), out (B, T, C) in qkv's float dtype; probs (B, T, T) f32 = softmax
@@ -186,7 +190,9 @@ const PROBS_TILE: usize = 64;
 /// (written only when `probs` is given and `record` is not None).
 ///
 /// attention_flash computes `out` (and, for probs, each row's log-sum-exp into a (B, H, T)
-/// scratch buffer); attention_probs then recomputes q.k per (b, i, j) over heads.
+/// scratch buffer); attention_probs then recomputes q.k per (b, i, j) over heads. bf16 and f16
+/// run attention_flash_tc instead (tensor cores, same masks and log-sum-exp); f32 keeps the
+/// SIMT attention_flash.
 pub fn attention_cuda(
     gpu: &Gpu,
     qkv: &CudaTensor,
@@ -253,15 +259,22 @@ pub fn attention_cuda(
         _ => (None, 0),
     };
     let sfx = qkv.dtype().suffix();
-    let q_tiles = t.div_ceil(FLASH_QUERIES_PER_BLOCK) as u32;
-    let cfg = LaunchConfig {
-        grid_dim: (q_tiles, grid_heads, grid_b),
-        block_dim: (FLASH_QUERIES_PER_BLOCK as u32, 1, 1),
-        shared_mem_bytes: 0,
+    // f32 runs the SIMT kernel; bf16 / f16 the tensor-core one, whose 16-byte cp.async loads
+    // and stores need 16-byte aligned bases (rows and head slices then are, as dh % 8 == 0).
+    let tensor_cores = matches!(qkv.dtype(), CudaDType::BF16 | CudaDType::F16);
+    if tensor_cores && !(qkv.ptr(gpu).is_multiple_of(16) && out.ptr(gpu).is_multiple_of(16)) {
+        return Err(Error::Device("attention_cuda: qkv and out must be 16-byte aligned for bf16 / f16".into()));
+    }
+    let (kernel, queries_per_block, threads) = if tensor_cores {
+        (format!("attention_flash_tc_d{dh}_{sfx}"), FLASH_TC_QUERIES_PER_BLOCK, FLASH_TC_THREADS)
+    } else {
+        (format!("attention_flash_d{dh}_{sfx}"), FLASH_QUERIES_PER_BLOCK, FLASH_QUERIES_PER_BLOCK as u32)
     };
+    let q_tiles = t.div_ceil(queries_per_block) as u32;
+    let cfg = LaunchConfig { grid_dim: (q_tiles, grid_heads, grid_b), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
     gpu.launch(
         "attention",
-        &format!("attention_flash_d{dh}_{sfx}"),
+        &kernel,
         cfg,
         &[
             qkv.arg(gpu),
@@ -319,8 +332,17 @@ enum CheckMask {
 pub fn gpu_checks() -> Vec<GpuCheck> {
     use CheckMask as M;
     use ProbsRecord as R;
-    let cases: [(usize, usize, usize, usize, CheckMask, ProbsRecord); 10] = [
+    let cases: [(usize, usize, usize, usize, CheckMask, ProbsRecord); 16] = [
         (8, 197, 768, 12, M::None, R::None),
+        (2, 197, 768, 12, M::None, R::None),
+        // ModifiedResNet (RN50) attention pool: 7x7 + 1 tokens, C 2048, 32 heads.
+        (2, 50, 2048, 32, M::None, R::None),
+        // Below the simulator's CI work cap: several key tiles and query blocks for head dims 64
+        // and 32, T = 7 (a fraction of one tile), causal with the unmasked log-sum-exp.
+        (1, 130, 128, 2, M::Causal, R::None),
+        (2, 130, 64, 2, M::Diagonal, R::Unmasked),
+        (2, 7, 128, 2, M::All, R::Masked),
+        (1, 77, 512, 8, M::Causal, R::Unmasked),
         (8, 197, 768, 12, M::None, R::Unmasked),
         (8, 50, 768, 12, M::None, R::None),
         (4, 77, 512, 8, M::Causal, R::None),
