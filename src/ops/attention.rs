@@ -261,7 +261,7 @@ pub fn attention_cuda(
     let sfx = qkv.dtype().suffix();
     // f32 runs the SIMT kernel; bf16 / f16 the tensor-core one, whose 16-byte cp.async loads
     // and stores need 16-byte aligned bases (rows and head slices then are, as dh % 8 == 0).
-    let tensor_cores = matches!(qkv.dtype(), CudaDType::BF16 | CudaDType::F16);
+    let tensor_cores = matches!(qkv.dtype(), DType::BF16 | DType::F16);
     if tensor_cores && !(qkv.ptr(gpu).is_multiple_of(16) && out.ptr(gpu).is_multiple_of(16)) {
         return Err(Error::Device("attention_cuda: qkv and out must be 16-byte aligned for bf16 / f16".into()));
     }
