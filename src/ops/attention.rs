@@ -8,7 +8,9 @@ use rayon::prelude::*;
 
 use cudarc::driver::LaunchConfig;
 
-use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{
+    launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work, REFERENCE_MAX_WORK,
+};
 use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 use crate::ops::matmul::{gemm_cpu, MatRef};
@@ -51,6 +53,64 @@ impl ProbsRecord {
             (true, true) => ProbsRecord::Unmasked,
         }
     }
+}
+
+/// The definition, in f64, one (sample, head, query) at a time: out (B, T, C) and the
+/// head-averaged probabilities (B, T, T) as `record` asks (zeros for `ProbsRecord::None`) of
+/// qkv (B, T, 3C). The fast CPU path below is tested against it, and so are the kernels (on
+/// check rows up to `REFERENCE_MAX_WORK`).
+pub fn attention_reference(
+    qkv: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    heads: usize,
+    mask: &AttnMask,
+    record: ProbsRecord,
+) -> (Vec<f32>, Vec<f32>) {
+    let dh = c / heads;
+    let mut out = vec![0.0f32; b * t * c];
+    let mut probs = vec![0.0f32; b * t * t];
+    for bi in 0..b {
+        for h in 0..heads {
+            for i in 0..t {
+                let q = |d: usize| qkv[(bi * t + i) * 3 * c + h * dh + d] as f64;
+                let mut raw = vec![0.0f64; t];
+                for (j, r) in raw.iter_mut().enumerate() {
+                    let k = |d: usize| qkv[(bi * t + j) * 3 * c + c + h * dh + d] as f64;
+                    *r = (0..dh).map(|d| q(d) * k(d)).sum::<f64>() / (dh as f64).sqrt();
+                }
+                let mut masked = raw.clone();
+                for (j, m) in masked.iter_mut().enumerate() {
+                    if let Some(s) = mask.shared {
+                        *m += s[i * t + j] as f64;
+                    }
+                    if let (Some(cr), 0) = (mask.cls_row, i) {
+                        *m += cr[bi * t + j] as f64;
+                    }
+                    if mask.causal && j > i {
+                        *m = f64::NEG_INFINITY;
+                    }
+                }
+                let sm = |v: &[f64]| {
+                    let mx = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = v.iter().map(|x| (x - mx).exp()).collect();
+                    let s: f64 = e.iter().sum();
+                    e.into_iter().map(|x| x / s).collect::<Vec<f64>>()
+                };
+                let p = sm(&masked);
+                let rec = if record == ProbsRecord::Unmasked { sm(&raw) } else { p.clone() };
+                for j in 0..t {
+                    probs[(bi * t + i) * t + j] += (rec[j] / heads as f64) as f32;
+                }
+                for d in 0..dh {
+                    let v: f64 = (0..t).map(|j| p[j] * qkv[(bi * t + j) * 3 * c + 2 * c + h * dh + d] as f64).sum();
+                    out[(bi * t + i) * c + h * dh + d] = v as f32;
+                }
+            }
+        }
+    }
+    (out, probs)
 }
 
 fn apply_mask_row(row: &mut [f32], b: usize, i: usize, t: usize, mask: &AttnMask) {
@@ -376,29 +436,34 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 };
                 let causal = matches!(kind, M::Causal | M::All);
                 let mask = AttnMask { shared: shared.as_deref(), cls_row: cls_row.as_deref(), causal };
-                let mut want_out = vec![0.0; b * t * c];
-                let mut want_probs = vec![0.0; b * t * t];
-                let want_p = (record != R::None).then_some(&mut want_probs[..]);
-                attention_forward_cpu(&qkv, b, t, c, heads, &mask, record, &mut want_out, want_p);
+                let (want_out, want_probs) = if flops <= REFERENCE_MAX_WORK {
+                    attention_reference(&qkv, b, t, c, heads, &mask, record)
+                } else {
+                    let mut want_out = vec![0.0; b * t * c];
+                    let mut want_probs = vec![0.0; b * t * t];
+                    let want_p = (record != R::None).then_some(&mut want_probs[..]);
+                    attention_forward_cpu(&qkv, b, t, c, heads, &mask, record, &mut want_out, want_p);
+                    (want_out, want_probs)
+                };
 
                 let shared_d = shared.map(|m| CudaTensor::from_f32(gpu, &[t, t], &m, DType::F32)).transpose()?;
                 let cls_d = cls_row.map(|m| CudaTensor::from_f32(gpu, &[b, t], &m, DType::F32)).transpose()?;
-                let mut out_d = CudaTensor::empty(gpu, &[b, t, c], dtype)?;
-                let mut probs_d = CudaTensor::empty(gpu, &[b, t, t], DType::F32)?;
-                out_d.poison(gpu)?;
-                probs_d.poison(gpu)?;
-                let mask_d = CudaAttnMask { shared: shared_d.as_ref(), cls_row: cls_d.as_ref(), causal };
-                attention_cuda(gpu, &qkv_d, heads, &mask_d, record, &mut out_d, Some(&mut probs_d))?;
-                let mut err = max_rel_err(&out_d.to_f32_vec(gpu)?, &want_out);
-                if record != R::None {
-                    err = err.max(max_rel_err(&probs_d.to_f32_vec(gpu)?, &want_probs));
-                }
-                let g = gpu.clone();
-                let launch = move || {
-                    let mask_d = CudaAttnMask { shared: shared_d.as_ref(), cls_row: cls_d.as_ref(), causal };
-                    attention_cuda(&g, &qkv_d, heads, &mask_d, record, &mut out_d, Some(&mut probs_d))
-                };
-                Ok(CheckRun { max_rel_err: err, launch: Box::new(launch), cublas: None })
+                let outputs = (poisoned(gpu, &[b, t, c], dtype)?, poisoned(gpu, &[b, t, t], DType::F32)?);
+                launch_and_compare(
+                    gpu,
+                    outputs,
+                    move |g, (out_d, probs_d)| {
+                        let mask_d = CudaAttnMask { shared: shared_d.as_ref(), cls_row: cls_d.as_ref(), causal };
+                        attention_cuda(g, &qkv_d, heads, &mask_d, record, out_d, Some(probs_d))
+                    },
+                    |g, (out_d, probs_d)| {
+                        let mut compared = vec![(out_d, &want_out[..])];
+                        if record != R::None {
+                            compared.push((probs_d, &want_probs[..]));
+                        }
+                        max_rel_err_all(g, &compared)
+                    },
+                )
             }));
         }
     }
@@ -409,61 +474,6 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
-
-    /// The definition in f64, one (sample, head, query) at a time.
-    fn naive(
-        qkv: &[f32],
-        b: usize,
-        t: usize,
-        c: usize,
-        heads: usize,
-        mask: &AttnMask,
-        before: bool,
-    ) -> (Vec<f32>, Vec<f32>) {
-        let dh = c / heads;
-        let mut out = vec![0.0f32; b * t * c];
-        let mut probs = vec![0.0f32; b * t * t];
-        for bi in 0..b {
-            for h in 0..heads {
-                for i in 0..t {
-                    let q = |d: usize| qkv[(bi * t + i) * 3 * c + h * dh + d] as f64;
-                    let mut raw = vec![0.0f64; t];
-                    for (j, r) in raw.iter_mut().enumerate() {
-                        let k = |d: usize| qkv[(bi * t + j) * 3 * c + c + h * dh + d] as f64;
-                        *r = (0..dh).map(|d| q(d) * k(d)).sum::<f64>() / (dh as f64).sqrt();
-                    }
-                    let mut masked = raw.clone();
-                    for (j, m) in masked.iter_mut().enumerate() {
-                        if let Some(s) = mask.shared {
-                            *m += s[i * t + j] as f64;
-                        }
-                        if let (Some(cr), 0) = (mask.cls_row, i) {
-                            *m += cr[bi * t + j] as f64;
-                        }
-                        if mask.causal && j > i {
-                            *m = f64::NEG_INFINITY;
-                        }
-                    }
-                    let sm = |v: &[f64]| {
-                        let mx = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                        let e: Vec<f64> = v.iter().map(|x| (x - mx).exp()).collect();
-                        let s: f64 = e.iter().sum();
-                        e.into_iter().map(|x| x / s).collect::<Vec<f64>>()
-                    };
-                    let p = sm(&masked);
-                    let rec = if before { sm(&raw) } else { p.clone() };
-                    for j in 0..t {
-                        probs[(bi * t + i) * t + j] += (rec[j] / heads as f64) as f32;
-                    }
-                    for d in 0..dh {
-                        let v: f64 = (0..t).map(|j| p[j] * qkv[(bi * t + j) * 3 * c + 2 * c + h * dh + d] as f64).sum();
-                        out[(bi * t + i) * c + h * dh + d] = v as f32;
-                    }
-                }
-            }
-        }
-        (out, probs)
-    }
 
     fn close(a: &[f32], b: &[f32], what: &str) {
         let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
@@ -487,11 +497,11 @@ mod tests {
                 AttnMask { causal: true, ..Default::default() },
             ];
             for mask in &masks {
-                for (record, before) in [(ProbsRecord::Masked, false), (ProbsRecord::Unmasked, true)] {
+                for record in [ProbsRecord::Masked, ProbsRecord::Unmasked] {
                     let mut out = vec![f32::NAN; b * t * c];
                     let mut probs = vec![f32::NAN; b * t * t];
                     attention_forward_cpu(&qkv, b, t, c, heads, mask, record, &mut out, Some(&mut probs));
-                    let (want_out, want_probs) = naive(&qkv, b, t, c, heads, mask, before);
+                    let (want_out, want_probs) = attention_reference(&qkv, b, t, c, heads, mask, record);
                     close(&out, &want_out, "out");
                     close(&probs, &want_probs, "probs");
                 }
