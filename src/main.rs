@@ -31,6 +31,7 @@ struct Cli {
     #[arg(long, global = true, default_value_t = 0)]
     threads: usize,
     /// Element type of activations and weights on CUDA: f32, bf16 or f16 (the CPU path is f32)
+    // The doc lines name the values, so help hides clap's list; a bad value's error shows it.
     #[arg(long, global = true, default_value = "f32", hide_possible_values = true,
           value_parser = PossibleValuesParser::new(["f32", "bf16", "f16"]).try_map(|s| s.parse::<DType>()))]
     dtype: DType,
