@@ -80,7 +80,7 @@ pub fn patch_stage_cuda(
 pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
     use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
     use crate::models::clip::config::VitConfig;
-    use crate::models::clip::vit_cuda::random_vit_params;
+    use crate::models::clip::vit::{random_vit_params, VisionTransformer};
     use crate::ops::activation::Activation;
     use crate::ops::attention::AttnMask;
     use crate::ops::similarity::l2_normalize_cpu;
@@ -106,13 +106,9 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
             Work::Flops(flops),
             move |gpu, rng| {
                 let seed = rng.gen::<u64>();
-                let vit = CudaVit::load(
-                    gpu,
-                    &mut random_vit_params(&cfg, seed)?,
-                    &cfg,
-                    Activation::QuickGelu,
-                    CudaDType::F32,
-                )?;
+                let cpu_vit =
+                    VisionTransformer::load(&mut random_vit_params(&cfg, seed)?, &cfg, Activation::QuickGelu)?;
+                let vit = CudaVit::from_cpu(gpu, &cpu_vit, CudaDType::F32)?;
                 let d = cfg.output_dim;
                 let mut text = random_vec(rng, c * d, 1.0);
                 l2_normalize_cpu(&mut text, d);
