@@ -23,7 +23,7 @@ use cudarc::nvrtc::Ptx;
 use crate::device::sim::{SimArg, SimError, SimOptions, Simulator};
 use crate::error::{Error, Result};
 
-pub use tensor::{CudaDType, CudaTensor};
+pub use tensor::{CudaDType, CudaTensor, CudaView, CudaViewMut};
 
 /// One compiled kernels/*.cu file.
 pub struct KernelModule {
