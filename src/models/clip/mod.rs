@@ -1,4 +1,9 @@
 //! CLIP: weights (both naming schemes), ViT, ModifiedResNet, text encoder, tokenizer, prompts.
+//!
+//! Each encoder has a CPU model (`vit.rs`, `resnet.rs`, `text.rs`, `transformer.rs`) and a CUDA
+//! twin (`*_cuda.rs`), as llm.c's train_gpt2.c / .cu. The CPU module holds the architecture's
+//! one loader and tensor-name list; the twin is built by uploading the loaded CPU model
+//! (`from_cpu`), so both run the same weights, random ones included.
 
 pub mod config;
 pub mod prompts;
