@@ -151,18 +151,24 @@ fn cuda_encoder(
     dtype: crate::device::cuda::DType,
 ) -> Result<CudaEncoder> {
     use crate::models::clip::config::{ClipConfig, VisionConfig};
-    use crate::models::clip::resnet_cuda::{random_resnet_params, CudaModifiedResNet};
-    use crate::models::clip::vit_cuda::{random_vit_params, CudaVit};
+    use crate::models::clip::resnet::{random_resnet_params, ModifiedResNet};
+    use crate::models::clip::resnet_cuda::CudaModifiedResNet;
+    use crate::models::clip::vit::{random_vit_params, VisionTransformer};
+    use crate::models::clip::vit_cuda::CudaVit;
     let config = ClipConfig::named(arch)?;
+    // The CPU tower is the loader; it is dropped once its weights are on the device.
     Ok(match &config.vision {
         VisionConfig::Vit(cfg) => {
-            let enc = std::sync::Arc::new(CudaVit::load(gpu, &mut random_vit_params(cfg, 0)?, cfg, config.act, dtype)?);
+            let cpu = VisionTransformer::load(&mut random_vit_params(cfg, 0)?, cfg, config.act)?;
+            let enc = std::sync::Arc::new(CudaVit::from_cpu(gpu, &cpu, dtype)?);
+            drop(cpu);
             let e2 = enc.clone();
             (Box::new(move |x| enc.forward(x)), Box::new(move |s| e2.flops_per_image(s, s)), cfg.grid * cfg.patch)
         }
         VisionConfig::ResNet(cfg) => {
-            let enc =
-                std::sync::Arc::new(CudaModifiedResNet::load(gpu, &mut random_resnet_params(cfg, 0)?, cfg, dtype)?);
+            let cpu = ModifiedResNet::load(&mut random_resnet_params(cfg, 0)?, cfg)?;
+            let enc = std::sync::Arc::new(CudaModifiedResNet::from_cpu(gpu, &cpu, dtype)?);
+            drop(cpu);
             let e2 = enc.clone();
             (Box::new(move |x| enc.forward(x)), Box::new(move |s| e2.flops_per_image(s, s)), cfg.grid * 32)
         }

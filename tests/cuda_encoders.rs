@@ -1,13 +1,12 @@
-//! The CUDA encoders' random-weight builders name and shape every tensor exactly as the CPU
-//! loaders expect (so gpu-check's encoder rows compare the same model on both sides). The GPU
-//! comparison itself is in device::cuda::check (rows `vit_encoder_forward`,
-//! `resnet_encoder_forward`), run by tests/cuda_kernels.rs on a GPU machine.
+//! The random-weight builders (`random_vit_params`, `random_resnet_params`) name and shape every
+//! tensor exactly as the CPU loaders take them: gpu-check's encoder rows load a CPU tower from
+//! them and upload it (`CudaVit::from_cpu`, ...), so both sides are the same model. The device
+//! comparison itself is in those rows (`vit_encoder_forward`, `resnet_encoder_forward`), run by
+//! tests/cuda_kernels.rs.
 
 use labelfree::models::clip::config::{ResNetConfig, VitConfig};
-use labelfree::models::clip::resnet::ModifiedResNet;
-use labelfree::models::clip::resnet_cuda::random_resnet_params;
-use labelfree::models::clip::vit::VisionTransformer;
-use labelfree::models::clip::vit_cuda::random_vit_params;
+use labelfree::models::clip::resnet::{random_resnet_params, ModifiedResNet};
+use labelfree::models::clip::vit::{random_vit_params, VisionTransformer};
 use labelfree::ops::activation::Activation;
 
 #[test]

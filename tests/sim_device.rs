@@ -154,7 +154,7 @@ fn tagclip_on_the_simulator_matches_the_cpu() {
     let cpu_model = ClipModel::load(&weights, None, None).unwrap();
     let mut sim_model = ClipModel::load(&weights, None, None).unwrap();
     let gpu = Gpu::simulator(SimOptions::default()).unwrap();
-    sim_model.attach_cuda(&gpu, Some(&weights), DType::F32).unwrap();
+    sim_model.attach_cuda(&gpu, DType::F32).unwrap();
     let transform = labelfree::methods::tagclip::transform_for(&cpu_model).unwrap();
     let im = &doc["images"][0];
     let prep = prepare(&dir.join(im["file"].as_str().unwrap()), &transform).unwrap();
@@ -169,4 +169,44 @@ fn tagclip_on_the_simulator_matches_the_cpu() {
     eprintln!("tagclip: {launches} launches, tags cpu {:?} sim {:?}, scores max rel err {err:.2e}", cpu.tags, sim.tags);
     assert!(err < 1e-4, "tagclip scores: sim vs cpu {err:.3e}");
     assert_eq!(sim.tags, cpu.tags, "tags");
+}
+
+/// A random model's CUDA image tower is uploaded from its CPU tower (one loader), so it is the
+/// same draw: the simulated embeddings of a random ViT and a random ModifiedResNet match the
+/// CPU's.
+#[test]
+fn random_model_cuda_tower_is_the_cpu_draw() {
+    use labelfree::models::clip::config::ResNetConfig;
+    use labelfree::models::clip::{ClipConfig, VisionConfig};
+    use rand::SeedableRng;
+    if !kernels_or_skip() {
+        return;
+    }
+    let gpu = Gpu::simulator(SimOptions::default()).unwrap();
+    // Attention-pool head dim 16 * 32 / 8 = 64, one the attention kernel has; a 32-pixel input
+    // ends in a 1 x 1 feature grid, the configured one.
+    let resnet = ClipConfig {
+        vision: VisionConfig::ResNet(ResNetConfig {
+            layers: [1, 1, 1, 1],
+            width: 16,
+            heads: 8,
+            grid: 1,
+            output_dim: 32,
+        }),
+        text: None,
+        act: labelfree::ops::activation::Activation::QuickGelu,
+    };
+    for (name, mut model) in
+        [("ViT", common::tiny_clip(3)), ("ModifiedResNet", ClipModel::random_from_config(resnet, 4))]
+    {
+        let pixels = labelfree::tensor::Tensor::randn(&[2, 3, 32, 32], 1.0, &mut rand::rngs::StdRng::seed_from_u64(9));
+        let want = model.encode_image(&pixels).unwrap();
+        model.attach_cuda(&gpu, DType::F32).unwrap();
+        let got = model.encode_image(&pixels).unwrap();
+        let err = common::rel_err(got.f32s().unwrap(), want.f32s().unwrap());
+        eprintln!("random {name}: sim vs cpu max rel err {err:.2e}");
+        assert!(err < 1e-4, "random {name}: the CUDA tower is not the CPU tower's draw ({err:.3e})");
+    }
+    let findings = gpu.sim().unwrap().take_findings();
+    assert!(findings.is_empty(), "sanitizer: {findings:?}");
 }

@@ -85,12 +85,7 @@ impl ModelArgs {
     pub fn build_on(&self, s: &Session) -> Result<ClipModel> {
         let mut model = self.build()?;
         if let Some(gpu) = &s.gpu {
-            if self.weights.is_none() {
-                eprintln!(
-                    "note: the random model's CUDA image tower is its own random draw (not the CPU tower's weights)"
-                );
-            }
-            model.attach_cuda(gpu, self.weights.as_deref(), s.dtype).context("loading the image tower onto the GPU")?;
+            model.attach_cuda(gpu, s.dtype).context("loading the image tower onto the GPU")?;
             eprintln!("device: {} ({}, {} GEMM)", gpu.name, s.dtype, s.gemm);
         }
         Ok(model)

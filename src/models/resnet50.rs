@@ -100,19 +100,27 @@ pub(crate) struct ConvBn {
     pub(crate) pad: usize,
 }
 
+/// A convolution's shape: channels in and out, square kernel side, stride, zero padding.
+#[derive(Clone, Copy, Debug)]
+struct ConvSpec {
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+impl ConvSpec {
+    /// A 1x1 convolution (no padding).
+    fn pointwise(c_in: usize, c_out: usize, stride: usize) -> ConvSpec {
+        ConvSpec { c_in, c_out, k: 1, stride, pad: 0 }
+    }
+}
+
 impl ConvBn {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        p: &mut Layout,
-        bufs: &mut Layout,
-        conv: &str,
-        bn: &str,
-        c_in: usize,
-        c_out: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-    ) -> ConvBn {
+    /// Lays out the conv weight `{conv}.weight` and batch norm `{bn}.*` (torchvision names).
+    fn new(p: &mut Layout, bufs: &mut Layout, conv: &str, bn: &str, spec: ConvSpec) -> ConvBn {
+        let ConvSpec { c_in, c_out, k, stride, pad } = spec;
         ConvBn {
             w: p.add(format!("{conv}.weight"), &[c_out, c_in, k, k]),
             gamma: p.add(format!("{bn}.weight"), &[c_out]),
@@ -222,7 +230,8 @@ impl ResNet {
     /// nn.Conv2d / nn.Linear (uniform +-1/sqrt(fan_in)). Seeded.
     pub fn new(cfg: ResNetConfig, seed: u64) -> ResNet {
         let (mut p, mut bufs) = (Layout::default(), Layout::default());
-        let stem = ConvBn::new(&mut p, &mut bufs, "conv1", "bn1", 3, cfg.width, 7, 2, 3);
+        let stem_spec = ConvSpec { c_in: 3, c_out: cfg.width, k: 7, stride: 2, pad: 3 };
+        let stem = ConvBn::new(&mut p, &mut bufs, "conv1", "bn1", stem_spec);
         let mut blocks = Vec::new();
         let mut c_in = cfg.width;
         for (stage, &n) in cfg.layers.iter().enumerate() {
@@ -230,52 +239,14 @@ impl ResNet {
             for j in 0..n {
                 let stride = if stage > 0 && j == 0 { 2 } else { 1 };
                 let pre = format!("layer{}.{j}", stage + 1);
-                let conv1 = ConvBn::new(
-                    &mut p,
-                    &mut bufs,
-                    &format!("{pre}.conv1"),
-                    &format!("{pre}.bn1"),
-                    c_in,
-                    planes,
-                    1,
-                    1,
-                    0,
-                );
-                let conv2 = ConvBn::new(
-                    &mut p,
-                    &mut bufs,
-                    &format!("{pre}.conv2"),
-                    &format!("{pre}.bn2"),
-                    planes,
-                    planes,
-                    3,
-                    stride,
-                    1,
-                );
-                let conv3 = ConvBn::new(
-                    &mut p,
-                    &mut bufs,
-                    &format!("{pre}.conv3"),
-                    &format!("{pre}.bn3"),
-                    planes,
-                    planes * 4,
-                    1,
-                    1,
-                    0,
-                );
-                let down = (stride != 1 || c_in != planes * 4).then(|| {
-                    ConvBn::new(
-                        &mut p,
-                        &mut bufs,
-                        &format!("{pre}.downsample.0"),
-                        &format!("{pre}.downsample.1"),
-                        c_in,
-                        planes * 4,
-                        1,
-                        stride,
-                        0,
-                    )
-                });
+                let mut layer = |conv: &str, bn: &str, spec: ConvSpec| {
+                    ConvBn::new(&mut p, &mut bufs, &format!("{pre}.{conv}"), &format!("{pre}.{bn}"), spec)
+                };
+                let conv1 = layer("conv1", "bn1", ConvSpec::pointwise(c_in, planes, 1));
+                let conv2 = layer("conv2", "bn2", ConvSpec { c_in: planes, c_out: planes, k: 3, stride, pad: 1 });
+                let conv3 = layer("conv3", "bn3", ConvSpec::pointwise(planes, planes * 4, 1));
+                let down = (stride != 1 || c_in != planes * 4)
+                    .then(|| layer("downsample.0", "downsample.1", ConvSpec::pointwise(c_in, planes * 4, stride)));
                 blocks.push(Bottleneck { conv1, conv2, conv3, down });
                 c_in = planes * 4;
             }

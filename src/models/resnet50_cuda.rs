@@ -3,15 +3,18 @@
 //! checked against (conv2d, conv2d_backward, batchnorm, maxpool, ReLU, residual add, the CAM
 //! or linear head, the fused losses, Adam). f32 throughout, like the CPU reference.
 //!
-//! Layout: one device tensor per parameter, gradient, Adam moment and batch-norm buffer, in
-//! the order of the CPU model's slots, so that `upload` / `download_into` are plain copies
-//! slot by slot and the CPU checkpoint code serves both. The forward keeps its activations on
+//! Layout: the CPU model's flat buffers on the device, as llm.c's train_gpt2.cu holds them:
+//! parameters, gradients, Adam's m and v and the batch-norm running statistics are one
+//! allocation each, in the CPU model's slot layout, and each layer's tensors are views at the
+//! slots' offsets (`CudaTensor::view`). So `upload` / `download_into` are one copy per buffer,
+//! zeroing the gradients is one memset, Adam is one launch per parameter group, and the CPU
+//! checkpoint code serves both. The forward keeps its activations on
 //! the device (`CudaActivations`, the twin of `Activations`); the backward walks them in
 //! reverse. Nothing crosses to the host in a step but the batch in and two loss scalars out.
 
 use std::sync::Arc;
 
-use crate::device::cuda::{CudaTensor, DType, Gpu};
+use crate::device::cuda::{CudaTensor, CudaView, CudaViewMut, DType, Gpu};
 use crate::error::{Error, Result};
 use crate::models::resnet50::{ConvBn, HeadKind, ResNet, ResNetConfig, Slot};
 use crate::ops::batchnorm::{
@@ -24,12 +27,12 @@ use crate::ops::conv2d_backward::{conv2d_backward_data_cuda, conv2d_backward_wei
 use crate::ops::maxpool::{max_pool2d_backward_cuda, max_pool2d_cuda, MaxPoolShape};
 use crate::ops::relu::{relu_backward_inplace_cuda, relu_inplace_cuda};
 use crate::ops::residual::add_inplace_cuda;
-use crate::train::adam::{adam_step_cuda_tensors, Adam};
+use crate::train::adam::{adam_step_cuda, Adam};
 
 const F32: DType = DType::F32;
 
-/// A conv + batch norm with its tensors as indices into the device vectors (the CPU layer
-/// holds offsets into flat buffers).
+/// A conv + batch norm with its tensors as slot indices (`CudaResNet::slots` for w, gamma and
+/// beta, `buffer_slots` for the running statistics).
 #[derive(Clone, Debug)]
 struct CudaConvBn {
     w: usize,
@@ -93,27 +96,28 @@ pub struct CudaResNet {
     pub cfg: ResNetConfig,
     slots: Vec<Slot>,
     buffer_slots: Vec<Slot>,
-    params: Vec<CudaTensor>,
-    grads: Vec<CudaTensor>,
-    m: Vec<CudaTensor>,
-    v: Vec<CudaTensor>,
-    buffers: Vec<CudaTensor>,
+    /// The flat buffers, in the CPU model's layout: parameters, their gradients, Adam's
+    /// moments (each the length of `ResNet::params`) and the running statistics.
+    params: CudaTensor,
+    grads: CudaTensor,
+    m: CudaTensor,
+    v: CudaTensor,
+    buffers: CudaTensor,
     stem: CudaConvBn,
     blocks: Vec<CudaBottleneck>,
     head_w: usize,
     head_b: usize,
 }
 
-/// Two distinct elements of a slice, both mutable.
-fn two_mut<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
-    assert_ne!(i, j, "two_mut needs two indices");
-    if i < j {
-        let (a, b) = v.split_at_mut(j);
-        (&mut a[i], &mut b[0])
-    } else {
-        let (a, b) = v.split_at_mut(i);
-        (&mut b[0], &mut a[j])
-    }
+/// The view of slot `s` in a flat device buffer, in its device shape.
+fn slot_view<'a>(gpu: &Gpu, flat: &'a CudaTensor, s: &Slot) -> Result<CudaView<'a>> {
+    flat.view(gpu, s.offset, &device_shape(s))
+}
+
+/// Writable views of two distinct slots of a flat device buffer.
+fn slot_views_mut<'a>(gpu: &Gpu, flat: &'a mut CudaTensor, a: &Slot, b: &Slot) -> Result<[CudaViewMut<'a>; 2]> {
+    let (sa, sb) = (device_shape(a), device_shape(b));
+    flat.views_mut(gpu, [(a.offset, &sa), (b.offset, &sb)])
 }
 
 /// The device shape of a slot: the CAM head's 1x1 conv weight (C, K, 1, 1) is the (C, K)
@@ -137,15 +141,12 @@ impl CudaResNet {
                 model.params.len()
             )));
         }
-        let up = |slots: &[Slot], data: &[f32]| -> Result<Vec<CudaTensor>> {
-            slots.iter().map(|s| CudaTensor::from_f32(gpu, &device_shape(s), &data[s.range()], F32)).collect()
-        };
-        let params = up(&model.slots, &model.params)?;
-        let m = up(&model.slots, &opt.m)?;
-        let v = up(&model.slots, &opt.v)?;
-        let grads =
-            model.slots.iter().map(|s| CudaTensor::zeros(gpu, &device_shape(s), F32)).collect::<Result<Vec<_>>>()?;
-        let buffers = up(&model.buffer_slots, &model.buffers)?;
+        let flat = |data: &[f32]| CudaTensor::from_f32(gpu, &[data.len()], data, F32);
+        let params = flat(&model.params)?;
+        let m = flat(&opt.m)?;
+        let v = flat(&opt.v)?;
+        let grads = CudaTensor::zeros(gpu, &[model.params.len()], F32)?;
+        let buffers = flat(&model.buffers)?;
         let index = |slots: &[Slot], offset: usize| -> Result<usize> {
             slots
                 .iter()
@@ -195,29 +196,33 @@ impl CudaResNet {
     /// optimiser (for checkpoints and tests). The gradients stay on the device.
     pub fn download_into(&self, model: &mut ResNet, opt: &mut Adam) -> Result<()> {
         let gpu = &self.gpu;
-        for (i, s) in self.slots.iter().enumerate() {
-            model.params[s.range()].copy_from_slice(&self.params[i].to_f32_vec(gpu)?);
-            opt.m[s.range()].copy_from_slice(&self.m[i].to_f32_vec(gpu)?);
-            opt.v[s.range()].copy_from_slice(&self.v[i].to_f32_vec(gpu)?);
+        let n = model.params.len();
+        let nb = model.buffers.len();
+        if opt.m.len() != n || opt.v.len() != n || n != self.params.numel() || nb != self.buffers.numel() {
+            return Err(Error::Shape(format!(
+                "CUDA ResNet download: {} parameters and {} buffer values on the device, {n} and {nb} in \
+                 the model, moments {} / {}",
+                self.params.numel(),
+                self.buffers.numel(),
+                opt.m.len(),
+                opt.v.len()
+            )));
         }
-        for (i, s) in self.buffer_slots.iter().enumerate() {
-            model.buffers[s.range()].copy_from_slice(&self.buffers[i].to_f32_vec(gpu)?);
-        }
+        model.params.copy_from_slice(&self.params.to_f32_vec(gpu)?);
+        opt.m.copy_from_slice(&self.m.to_f32_vec(gpu)?);
+        opt.v.copy_from_slice(&self.v.to_f32_vec(gpu)?);
+        model.buffers.copy_from_slice(&self.buffers.to_f32_vec(gpu)?);
         Ok(())
     }
 
     /// The gradients as one flat vector in the CPU layout (tests).
     pub fn grads_flat(&self) -> Result<Vec<f32>> {
-        let mut out = vec![0.0f32; self.slots.last().map_or(0, |s| s.range().end)];
-        for (i, s) in self.slots.iter().enumerate() {
-            out[s.range()].copy_from_slice(&self.grads[i].to_f32_vec(&self.gpu)?);
-        }
-        Ok(out)
+        self.grads.to_f32_vec(&self.gpu)
     }
 
+    /// One memset over the flat gradient buffer.
     pub fn zero_grad(&mut self) -> Result<()> {
-        let gpu = self.gpu.clone();
-        self.grads.iter_mut().try_for_each(|g| g.fill_zero(&gpu))
+        self.grads.fill_zero(&self.gpu)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -236,25 +241,22 @@ impl CudaResNet {
         let (ho, wo) = s.out_hw();
         let c = l.layer.c_out;
         let mut z = CudaTensor::empty(&gpu, &[b, c, ho, wo], F32)?;
-        conv2d_cuda(&gpu, x, &self.params[l.w], None, &s, false, None, &mut z)?;
+        let weight = slot_view(&gpu, &self.params, &self.slots[l.w])?;
+        conv2d_cuda(&gpu, x, &weight, None, &s, false, None, &mut z)?;
         let mut y = CudaTensor::empty(&gpu, &[b, c, ho, wo], F32)?;
-        let (gamma, beta) = (&self.params[l.gamma], &self.params[l.beta]);
+        let gamma = slot_view(&gpu, &self.params, &self.slots[l.gamma])?;
+        let beta = slot_view(&gpu, &self.params, &self.slots[l.beta])?;
+        let (mean_slot, var_slot) = (&self.buffer_slots[l.running_mean], &self.buffer_slots[l.running_var]);
         let stats = if train {
             let (mut mean, mut rstd) = (CudaTensor::empty(&gpu, &[c], F32)?, CudaTensor::empty(&gpu, &[c], F32)?);
             let mut ws = CudaTensor::empty(&gpu, &[batch_norm_workspace_len(b, c, ho * wo)], F32)?;
-            let (rm, rv) = two_mut(&mut self.buffers, l.running_mean, l.running_var);
-            batch_norm_train_cuda(&gpu, &z, gamma, beta, rm, rv, &mut y, &mut mean, &mut rstd, &mut ws)?;
+            let [mut rm, mut rv] = slot_views_mut(&gpu, &mut self.buffers, mean_slot, var_slot)?;
+            batch_norm_train_cuda(&gpu, &z, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd, &mut ws)?;
             Some((mean, rstd))
         } else {
-            batch_norm_eval_cuda(
-                &gpu,
-                &z,
-                gamma,
-                beta,
-                &self.buffers[l.running_mean],
-                &self.buffers[l.running_var],
-                &mut y,
-            )?;
+            let rm = slot_view(&gpu, &self.buffers, mean_slot)?;
+            let rv = slot_view(&gpu, &self.buffers, var_slot)?;
+            batch_norm_eval_cuda(&gpu, &z, &gamma, &beta, &rm, &rv, &mut y)?;
             None
         };
         if relu {
@@ -303,16 +305,17 @@ impl CudaResNet {
         let (k, c) = (self.cfg.feature_dim(), self.cfg.num_classes);
         let feats = &acts.last().ok_or_else(|| Error::Shape("resnet with no blocks".into()))?.conv3.y;
         let mut logits = CudaTensor::empty(&gpu, &[b, c], F32)?;
-        let (hw_, hb) = (&self.params[self.head_w], &self.params[self.head_b]);
+        let hw_ = slot_view(&gpu, &self.params, &self.slots[self.head_w])?;
+        let hb = slot_view(&gpu, &self.params, &self.slots[self.head_b])?;
         let head = match self.cfg.head {
             HeadKind::Cam => {
                 let mut cam = CudaTensor::empty(&gpu, &[b, c, ch, cw], F32)?;
-                cam_head_cuda(&gpu, feats, hw_, hb, self.cfg.alpha, &mut cam, &mut logits)?;
+                cam_head_cuda(&gpu, feats, &hw_, &hb, self.cfg.alpha, &mut cam, &mut logits)?;
                 cam
             }
             HeadKind::Linear => {
                 let mut pooled = CudaTensor::empty(&gpu, &[b, k], F32)?;
-                linear_head_cuda(&gpu, feats, hw_, hb, &mut pooled, &mut logits)?;
+                linear_head_cuda(&gpu, feats, &hw_, &hb, &mut pooled, &mut logits)?;
                 pooled
             }
         };
@@ -339,28 +342,24 @@ impl CudaResNet {
             act.stats.as_ref().ok_or_else(|| Error::Shape("CUDA ResNet backward: needs a training forward".into()))?;
         let mut dz = CudaTensor::empty(&gpu, dy.shape(), F32)?;
         let mut ws = CudaTensor::empty(&gpu, &[batch_norm_workspace_len(b, c, act.h * act.w)], F32)?;
+        let gamma = slot_view(&gpu, &self.params, &self.slots[l.gamma])?;
         {
-            let (dgamma, dbeta) = two_mut(&mut self.grads, l.gamma, l.beta);
-            batch_norm_backward_cuda(
-                &gpu,
-                &act.z,
-                dy,
-                &self.params[l.gamma],
-                mean,
-                rstd,
-                &mut dz,
-                dgamma,
-                dbeta,
-                &mut ws,
-            )?;
+            let [mut dgamma, mut dbeta] =
+                slot_views_mut(&gpu, &mut self.grads, &self.slots[l.gamma], &self.slots[l.beta])?;
+            batch_norm_backward_cuda(&gpu, &act.z, dy, &gamma, mean, rstd, &mut dz, &mut dgamma, &mut dbeta, &mut ws)?;
         }
         let s = l.layer.shape(b, h, w);
-        conv2d_backward_weight_cuda(&gpu, x, &dz, &s, &mut self.grads[l.w])?;
+        let w_slot = &self.slots[l.w];
+        {
+            let [mut dw] = self.grads.views_mut(&gpu, [(w_slot.offset, &device_shape(w_slot))])?;
+            conv2d_backward_weight_cuda(&gpu, x, &dz, &s, &mut dw)?;
+        }
         if !want_dx {
             return Ok(None);
         }
         let mut dx = CudaTensor::empty(&gpu, &[b, l.layer.c_in, h, w], F32)?;
-        conv2d_backward_data_cuda(&gpu, &dz, &self.params[l.w], &s, &mut dx)?;
+        let weight = slot_view(&gpu, &self.params, w_slot)?;
+        conv2d_backward_data_cuda(&gpu, &dz, &weight, &s, &mut dx)?;
         Ok(Some(dx))
     }
 
@@ -379,13 +378,24 @@ impl CudaResNet {
         let last = &acts.blocks.last().ok_or_else(|| Error::Shape("resnet with no blocks".into()))?.conv3;
         let mut d = CudaTensor::empty(&gpu, &[b, k, last.h, last.w], F32)?;
         {
-            let (gw, gb) = two_mut(&mut self.grads, self.head_w, self.head_b);
-            let hwt = &self.params[self.head_w];
+            let (w_slot, b_slot) = (&self.slots[self.head_w], &self.slots[self.head_b]);
+            let [mut gw, mut gb] = slot_views_mut(&gpu, &mut self.grads, w_slot, b_slot)?;
+            let hwt = slot_view(&gpu, &self.params, w_slot)?;
             match self.cfg.head {
-                HeadKind::Cam => {
-                    cam_head_backward_cuda(&gpu, &last.y, hwt, self.cfg.alpha, &acts.head, dlogits, gw, gb, &mut d)?
+                HeadKind::Cam => cam_head_backward_cuda(
+                    &gpu,
+                    &last.y,
+                    &hwt,
+                    self.cfg.alpha,
+                    &acts.head,
+                    dlogits,
+                    &mut gw,
+                    &mut gb,
+                    &mut d,
+                )?,
+                HeadKind::Linear => {
+                    linear_head_backward_cuda(&gpu, &acts.head, &hwt, dlogits, &mut gw, &mut gb, &mut d)?
                 }
-                HeadKind::Linear => linear_head_backward_cuda(&gpu, &acts.head, hwt, dlogits, gw, gb, &mut d)?,
             }
         }
         let layers: Vec<(CudaConvBn, CudaConvBn, CudaConvBn, Option<CudaConvBn>)> =
@@ -468,8 +478,7 @@ impl CudaResNet {
             consistency = Some(loss);
         }
         self.backward(&x1, &acts1, &d1)?;
-        let offsets: Vec<usize> = self.slots.iter().map(|s| s.offset).collect();
-        adam_step_cuda_tensors(&gpu, opt, &offsets, &mut self.params, &self.grads, &mut self.m, &mut self.v)?;
+        adam_step_cuda(&gpu, opt, &mut self.params, &self.grads, &mut self.m, &mut self.v)?;
         let bce = bce.to_f32_vec(&gpu)?[0];
         let consistency = match consistency {
             Some(t) => t.to_f32_vec(&gpu)?[0],

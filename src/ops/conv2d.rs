@@ -215,6 +215,15 @@ impl ConvWeight {
         }
     }
 
+    /// The filters (C_out, C_in * k * k) row-major, as `new` took them (unpacked when packed):
+    /// what a CUDA tower uploads.
+    pub fn to_row_major(&self) -> Vec<f32> {
+        match self {
+            ConvWeight::Packed(p) => p.to_row_major(),
+            ConvWeight::Plain(w) => w.clone(),
+        }
+    }
+
     /// Packed whatever the shape, when the CPU has AVX2 and FMA (the tests' way in).
     pub fn packed(w: Vec<f32>, c_out: usize, kk: usize) -> ConvWeight {
         if packed_gemm_available() {

@@ -158,6 +158,20 @@ fn pack_row_major<const W: usize>(src: &[f32], rows: usize, k: usize, what: &str
     buf
 }
 
+/// The inverse of `pack_row_major`: the (rows, k) row-major matrix back out of its `W`-row
+/// panels (a copy, exact: packing only moves values). For the CUDA towers, which upload the
+/// weights the CPU model holds.
+fn unpack_row_major<const W: usize>(buf: &[f32], rows: usize, k: usize) -> Vec<f32> {
+    let padded = rows.div_ceil(W) * W;
+    let mut out = vec![0.0f32; rows * k];
+    for (i, row) in out.chunks_exact_mut(k.max(1)).enumerate().take(rows) {
+        for (p, v) in row.iter_mut().enumerate() {
+            *v = buf[block_offset(p / KC, i / W, k, padded, W) + (p % KC) * W + i % W];
+        }
+    }
+    out
+}
+
 /// The right operand B (K x N) of `C = A B`, packed once: a linear layer's weight W (N x K)
 /// seen as W^T.
 pub struct PackedB {
@@ -180,6 +194,11 @@ impl PackedB {
     pub fn n(&self) -> usize {
         self.n
     }
+
+    /// The linear layer's weight w (N, K), row-major, as `from_linear_weight` took it.
+    pub fn to_linear_weight(&self) -> Vec<f32> {
+        unpack_row_major::<NR>(self.buf.as_slice(), self.n, self.k)
+    }
 }
 
 /// The left operand A (M x K) of `C = A B`, packed once: a convolution's weight (C_out, C_in k k).
@@ -201,6 +220,11 @@ impl PackedA {
 
     pub fn k(&self) -> usize {
         self.k
+    }
+
+    /// The (M, K) row-major matrix `from_row_major` took.
+    pub fn to_row_major(&self) -> Vec<f32> {
+        unpack_row_major::<MR>(self.buf.as_slice(), self.m, self.k)
     }
 }
 
@@ -614,6 +638,18 @@ mod tests {
 
     fn rand_vec(n: usize, rng: &mut impl Rng) -> Vec<f32> {
         (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+    }
+
+    /// Unpacking gives back exactly what was packed, for shapes with ragged panels and more
+    /// than one KC block.
+    #[test]
+    fn unpack_inverts_pack() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for (rows, k) in [(1, 1), (7, 3), (17, KC + 5), (MR * NR + 3, 2 * KC + 1)] {
+            let w = rand_vec(rows * k, &mut rng);
+            assert_eq!(PackedB::from_linear_weight(&w, rows, k).to_linear_weight(), w, "B ({rows}, {k})");
+            assert_eq!(PackedA::from_row_major(&w, rows, k).to_row_major(), w, "A ({rows}, {k})");
+        }
     }
 
     /// The definition in f64: act([c +] a (m x k) @ b (k x n) + bias).

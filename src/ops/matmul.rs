@@ -134,6 +134,14 @@ impl LinearWeight {
         }
     }
 
+    /// W (N, K) row-major, as `new` took it (unpacked when packed): what a CUDA tower uploads.
+    pub fn to_row_major(&self) -> Vec<f32> {
+        match self {
+            LinearWeight::Packed(p) => p.to_linear_weight(),
+            LinearWeight::Plain { w, .. } => w.clone(),
+        }
+    }
+
     /// y (rows, N) = epilogue(x (rows, K) @ W^T): bias, activation and residual add fused
     /// into the packed GEMM's store, or as passes after the `gemm` crate's product.
     pub fn forward(&self, x: &[f32], y: &mut [f32], ep: &PackedEpilogue) {

@@ -75,7 +75,8 @@ impl Adam {
     }
 }
 
-/// CUDA twin of `Adam::step` (kernels/adam.cu, f32): one launch per parameter group. The
+/// CUDA twin of `Adam::step` (kernels/adam.cu, f32): one launch per parameter group over the
+/// flat buffers (the CUDA trainer's layout, `CudaResNet`). The
 /// moments live on the device (`m`, `v`, the size of `params`; `opt.m` / `opt.v` are the CPU
 /// path's and are left alone); `opt` gives the hyperparameters and groups and counts the step.
 pub fn adam_step_cuda(
@@ -109,48 +110,6 @@ pub fn adam_step_cuda(
             f32_arg_at(gpu, v, start),
         ];
         launch_adam(gpu, opt, ptrs, g.range.len(), g.lr, bc1, bc2_sqrt)?;
-    }
-    Ok(())
-}
-
-/// `adam_step_cuda` for parameters held as one device tensor each (the CUDA trainer's
-/// layout): tensor i sits at `offsets[i]` of the flat parameter buffer that `opt.groups`
-/// describe, which gives its learning rate. One launch per tensor; the same arithmetic.
-pub fn adam_step_cuda_tensors(
-    gpu: &Gpu,
-    opt: &mut Adam,
-    offsets: &[usize],
-    params: &mut [CudaTensor],
-    grads: &[CudaTensor],
-    m: &mut [CudaTensor],
-    v: &mut [CudaTensor],
-) -> Result<()> {
-    let n = offsets.len();
-    if params.len() != n || grads.len() != n || m.len() != n || v.len() != n {
-        return Err(Error::Shape(format!(
-            "adam_step_cuda_tensors: {n} offsets, {} params, {} grads, {} m, {} v",
-            params.len(),
-            grads.len(),
-            m.len(),
-            v.len()
-        )));
-    }
-    let mut lrs = Vec::with_capacity(n);
-    for (i, &off) in offsets.iter().enumerate() {
-        let len = params[i].numel();
-        if grads[i].numel() != len || m[i].numel() != len || v[i].numel() != len {
-            return Err(Error::Shape(format!("adam_step_cuda_tensors: tensor {i} sizes differ")));
-        }
-        expect_f32("adam_step_cuda_tensors", &[&params[i], &grads[i], &m[i], &v[i]])?;
-        let g = opt.groups.iter().find(|g| g.range.contains(&off) && off + len <= g.range.end);
-        lrs.push(g.map(|g| g.lr).ok_or_else(|| {
-            Error::Shape(format!("adam_step_cuda_tensors: tensor {i} at {off} (+{len}) is in no group"))
-        })?);
-    }
-    let (bc1, bc2_sqrt) = opt.advance();
-    for i in 0..n {
-        let ptrs = [params[i].arg(gpu), grads[i].arg(gpu), m[i].arg(gpu), v[i].arg(gpu)];
-        launch_adam(gpu, opt, ptrs, params[i].numel(), lrs[i], bc1, bc2_sqrt)?;
     }
     Ok(())
 }

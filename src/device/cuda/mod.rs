@@ -24,7 +24,7 @@ use cudarc::nvrtc::Ptx;
 use crate::device::sim::{SimArg, SimError, SimOptions, Simulator};
 use crate::error::{Error, Result};
 
-pub use tensor::{CudaTensor, DType};
+pub use tensor::{CudaTensor, CudaView, CudaViewMut, DType};
 
 /// One compiled kernels/*.cu file.
 pub struct KernelModule {

@@ -1,5 +1,5 @@
-//! Device tensors: shape + dtype + one device buffer, contiguous, row-major — the device twin
-//! of `crate::tensor::Tensor`. Kept as its own type so that the CPU ops, which work on host
+//! Device tensors: shape + dtype + one device buffer (or a view of part of another tensor's,
+//! `CudaTensor::view`), contiguous, row-major — the device twin of `crate::tensor::Tensor`. Kept as its own type so that the CPU ops, which work on host
 //! slices, never have to handle a device variant.
 //!
 //! Launchers pass buffers to kernels as raw device pointers (`ptr()`): every op of a `Gpu`
@@ -9,6 +9,8 @@
 
 use cudarc::driver::{CudaSlice, DevicePtr};
 use half::{bf16, f16};
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
 
 use std::sync::Arc;
 
@@ -47,12 +49,56 @@ impl Drop for SimBuf {
 enum Storage {
     Driver(CudaBuf),
     Sim(SimBuf),
+    /// Part of another tensor's buffer, at this device address (GPU or simulator): only ever
+    /// inside a `CudaView` / `CudaViewMut`, whose borrow keeps the owner alive.
+    View {
+        addr: u64,
+    },
 }
 
 pub struct CudaTensor {
     shape: Vec<usize>,
     dtype: DType,
     storage: Storage,
+}
+
+/// Part of another tensor's buffer as a tensor of its own (`CudaTensor::view`): a kernel
+/// argument that borrows its parent, so the parent outlives it. Flat parameter buffers hand
+/// one per layer tensor to the launchers (the CUDA trainer, as llm.c's train_gpt2.cu).
+pub struct CudaView<'a> {
+    tensor: CudaTensor,
+    _parent: PhantomData<&'a CudaTensor>,
+}
+
+/// A writable `CudaView`: borrows its parent mutably.
+pub struct CudaViewMut<'a> {
+    tensor: CudaTensor,
+    _parent: PhantomData<&'a mut CudaTensor>,
+}
+
+impl Deref for CudaView<'_> {
+    type Target = CudaTensor;
+    fn deref(&self) -> &CudaTensor {
+        &self.tensor
+    }
+}
+
+impl Deref for CudaViewMut<'_> {
+    type Target = CudaTensor;
+    fn deref(&self) -> &CudaTensor {
+        &self.tensor
+    }
+}
+
+impl DerefMut for CudaViewMut<'_> {
+    fn deref_mut(&mut self) -> &mut CudaTensor {
+        &mut self.tensor
+    }
+}
+
+/// What a view cannot do: it is a kernel argument; copies go through the tensor that owns it.
+fn view_err(what: &str) -> Error {
+    Error::Device(format!("{what}: a view is a kernel argument only (copy through the tensor that owns it)"))
 }
 
 fn sim_err(what: &str, e: crate::device::sim::SimError) -> Error {
@@ -233,6 +279,7 @@ impl CudaTensor {
                 return Ok(v);
             }
             Storage::Driver(b) => b,
+            Storage::View { .. } => return Err(view_err("device to host copy")),
         };
         let s = &gpu.driver("device to host copy")?.stream;
         let err = |e| driver_err("device to host copy", e);
@@ -261,6 +308,7 @@ impl CudaTensor {
                 return sb.sim.write(sb.addr, &pattern.repeat(n)).map_err(|e| sim_err("poisoning a buffer", e));
             }
             Storage::Driver(b) => b,
+            Storage::View { .. } => return Err(view_err("poisoning a buffer")),
         };
         let s = &gpu.driver("poisoning a buffer")?.stream;
         let err = |e| driver_err("poisoning a buffer", e);
@@ -278,6 +326,7 @@ impl CudaTensor {
         let b = match &mut self.storage {
             Storage::Sim(sb) => return sb.sim.fill(sb.addr, sb.bytes, 0).map_err(|e| sim_err("memset", e)),
             Storage::Driver(b) => b,
+            Storage::View { .. } => return Err(view_err("memset")),
         };
         let s = &gpu.driver("memset")?.stream;
         let err = |e| driver_err("memset", e);
@@ -314,6 +363,7 @@ impl CudaTensor {
             Storage::Sim(_) => {
                 Err(Error::Skipped("a library call needs a GPU buffer (the PTX simulator has none)".into()))
             }
+            Storage::View { .. } => Err(view_err("a library call")),
         }
     }
 
@@ -324,6 +374,7 @@ impl CudaTensor {
             Storage::Sim(_) => {
                 Err(Error::Skipped("a library call needs a GPU buffer (the PTX simulator has none)".into()))
             }
+            Storage::View { .. } => Err(view_err("a library call")),
         }
     }
 
@@ -340,6 +391,7 @@ impl CudaTensor {
     pub fn ptr(&self, gpu: &Gpu) -> u64 {
         let b = match (&self.storage, gpu.backend()) {
             (Storage::Sim(sb), _) => return sb.addr,
+            (Storage::View { addr }, _) => return *addr,
             (Storage::Driver(b), Backend::Driver(d)) => (b, &d.stream),
             // A GPU buffer handed to the simulator: no valid address there.
             (Storage::Driver(_), Backend::Sim(_)) => return 0,
@@ -357,6 +409,42 @@ impl CudaTensor {
     /// This tensor's address as a kernel argument.
     pub fn arg(&self, gpu: &Gpu) -> super::KArg {
         super::KArg::Ptr(self.ptr(gpu))
+    }
+
+    /// The tensor of `shape` at element `offset` of this one's buffer (same dtype).
+    fn view_tensor(&self, gpu: &Gpu, offset: usize, shape: &[usize]) -> Result<CudaTensor> {
+        let n = numel(shape);
+        if offset + n > self.numel() {
+            return Err(Error::Shape(format!(
+                "view of {shape:?} at {offset} past the end of a tensor of {} elements",
+                self.numel()
+            )));
+        }
+        let addr = self.ptr(gpu) + (offset * self.dtype.size_in_bytes()) as u64;
+        Ok(CudaTensor { shape: shape.to_vec(), dtype: self.dtype, storage: Storage::View { addr } })
+    }
+
+    /// A read-only view of `shape` at element `offset`.
+    pub fn view(&self, gpu: &Gpu, offset: usize, shape: &[usize]) -> Result<CudaView<'_>> {
+        Ok(CudaView { tensor: self.view_tensor(gpu, offset, shape)?, _parent: PhantomData })
+    }
+
+    /// Writable views of disjoint parts, each (offset, shape) in elements.
+    pub fn views_mut<const N: usize>(
+        &mut self,
+        gpu: &Gpu,
+        parts: [(usize, &[usize]); N],
+    ) -> Result<[CudaViewMut<'_>; N]> {
+        let mut ranges: Vec<(usize, usize)> = parts.iter().map(|&(o, s)| (o, o + numel(s))).collect();
+        ranges.sort_unstable();
+        if ranges.windows(2).any(|w| w[0].1 > w[1].0) {
+            return Err(Error::Shape(format!("writable views overlap: {ranges:?}")));
+        }
+        let mut views = Vec::with_capacity(N);
+        for (offset, shape) in parts {
+            views.push(CudaViewMut { tensor: self.view_tensor(gpu, offset, shape)?, _parent: PhantomData });
+        }
+        views.try_into().map_err(|_| Error::Internal("views_mut: N views".into()))
     }
 
     /// Errors unless this tensor has `dtype`.

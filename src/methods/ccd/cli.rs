@@ -174,7 +174,7 @@ pub fn load_clip(a: &ClipArgs, ds: &Dataset, gpu: Option<&Arc<Gpu>>, dtype: DTyp
     let prompt_classes = ds.class_names(style);
     let text = model.class_embeddings(&ClipTokenizer::new()?, &prompt_classes, &[a.template.as_str()])?;
     if let Some(g) = gpu {
-        model.attach_cuda(g, Some(&a.clip), dtype)?;
+        model.attach_cuda(g, dtype)?;
         eprintln!("device: {} ({dtype})", g.name);
     }
     Ok(ClipSetup {

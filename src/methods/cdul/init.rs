@@ -323,7 +323,7 @@ pub fn run_cli(a: &InitArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: DType) 
     let paths: Vec<PathBuf> = ds.items.iter().map(|it| it.path.clone()).collect();
     let out = match gpu {
         Some(g) => {
-            model.attach_cuda(g, Some(weights), dtype)?;
+            model.attach_cuda(g, dtype)?;
             eprintln!("device: {} ({dtype})", g.name);
             init_scores(&model, &text, &paths, &cfg, true)?
         }

@@ -307,10 +307,7 @@ pub fn run_cli(
     let background = background_words(&input.background)?;
     let mut model = build_model(&a)?;
     if let Some(gpu) = gpu {
-        if a.weights.is_none() {
-            eprintln!("note: the random model's CUDA image tower is its own random draw (not the CPU tower's weights)");
-        }
-        model.attach_cuda(gpu, a.weights.as_deref(), dtype)?;
+        model.attach_cuda(gpu, dtype)?;
         eprintln!(
             "device: {} ({dtype}, {gemm} GEMM): encoder passes on the GPU, DMAR and CWR planning on the CPU",
             gpu.name

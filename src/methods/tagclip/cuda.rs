@@ -80,7 +80,7 @@ pub fn patch_stage_cuda(
 pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
     use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
     use crate::models::clip::config::VitConfig;
-    use crate::models::clip::vit_cuda::random_vit_params;
+    use crate::models::clip::vit::{random_vit_params, VisionTransformer};
     use crate::ops::activation::Activation;
     use crate::ops::attention::AttnMask;
     use crate::ops::similarity::l2_normalize_cpu;
@@ -101,7 +101,8 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
         let flops = (batch * 2 * 2 * n * n * c) as f64 + 2.0 * batch as f64 * cfg.flops_per_image(h, w);
         checks.push(GpuCheck::new("tagclip_patch_stage", shape, DType::F32, Work::Flops(flops), move |gpu, rng| {
             let seed = rng.gen::<u64>();
-            let vit = CudaVit::load(gpu, &mut random_vit_params(&cfg, seed)?, &cfg, Activation::QuickGelu, DType::F32)?;
+            let cpu_vit = VisionTransformer::load(&mut random_vit_params(&cfg, seed)?, &cfg, Activation::QuickGelu)?;
+            let vit = CudaVit::from_cpu(gpu, &cpu_vit, DType::F32)?;
             let d = cfg.output_dim;
             let mut text = random_vec(rng, c * d, 1.0);
             l2_normalize_cpu(&mut text, d);

@@ -1,4 +1,9 @@
 //! CLIP: weights (both naming schemes), ViT, ModifiedResNet, text encoder, tokenizer, prompts.
+//!
+//! Each encoder has a CPU model (`vit.rs`, `resnet.rs`, `text.rs`, `transformer.rs`) and a CUDA
+//! twin (`*_cuda.rs`), as llm.c's train_gpt2.c / .cu. The CPU module holds the architecture's
+//! one loader and tensor-name list; the twin is built by uploading the loaded CPU model
+//! (`from_cpu`), so both run the same weights, random ones included.
 
 pub mod config;
 pub mod prompts;
@@ -233,25 +238,17 @@ impl ClipModel {
         }
     }
 
-    /// Loads the image tower onto `gpu` in `dtype` (from `weights`, the file this model was
-    /// loaded from; without one, from random weights of the same architecture — a random model's
-    /// CUDA tower is a different draw from its CPU tower). `encode_image` then runs on the GPU.
+    /// Uploads this model's image tower onto `gpu` in `dtype`: the CPU tower's weights as they
+    /// were loaded (or drawn, for a random model), so both towers are the same model.
+    /// `encode_image` then runs on the GPU; the CPU tower stays (TagCLIP's CPU paths use it).
     pub fn attach_cuda(
         &mut self,
         gpu: &std::sync::Arc<crate::device::cuda::Gpu>,
-        weights: Option<&Path>,
         dtype: crate::device::cuda::DType,
     ) -> Result<()> {
-        let mut p = match (weights, &self.config.vision) {
-            (Some(w), _) => Params::load(w)?,
-            (None, VisionConfig::Vit(c)) => vit_cuda::random_vit_params(c, 0)?,
-            (None, VisionConfig::ResNet(c)) => resnet_cuda::random_resnet_params(c, 0)?,
-        };
-        self.cuda_visual = Some(match &self.config.vision {
-            VisionConfig::Vit(c) => CudaVisual::Vit(vit_cuda::CudaVit::load(gpu, &mut p, c, self.config.act, dtype)?),
-            VisionConfig::ResNet(c) => {
-                CudaVisual::ResNet(resnet_cuda::CudaModifiedResNet::load(gpu, &mut p, c, dtype)?)
-            }
+        self.cuda_visual = Some(match &self.visual {
+            VisionEncoder::Vit(v) => CudaVisual::Vit(vit_cuda::CudaVit::from_cpu(gpu, v, dtype)?),
+            VisionEncoder::ResNet(r) => CudaVisual::ResNet(resnet_cuda::CudaModifiedResNet::from_cpu(gpu, r, dtype)?),
         });
         Ok(())
     }

@@ -2,7 +2,9 @@
 //! downsampling, bottleneck stages and attention pooling. Batch norm is folded into the
 //! convolutions at load time (inference only).
 
-use rand::Rng;
+use std::collections::{BTreeMap, HashMap};
+
+use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 use crate::models::clip::config::ResNetConfig;
@@ -16,8 +18,9 @@ use crate::tensor::Tensor;
 const BN_EPS: f32 = 1e-5;
 
 /// Takes conv `conv` (c_out, c_in, k, k) and batch norm `bn` and folds the norm into the conv:
-/// w' = w * g / sqrt(v + eps), b' = beta - m * g / sqrt(v + eps). Shared by the CPU and CUDA encoders.
-pub(crate) fn load_conv_bn_folded(
+/// w' = w * g / sqrt(v + eps), b' = beta - m * g / sqrt(v + eps). The CUDA encoder uploads the
+/// result (`CudaModifiedResNet::from_cpu`).
+fn load_conv_bn_folded(
     p: &mut Params,
     conv: &str,
     bn: &str,
@@ -43,14 +46,14 @@ pub(crate) fn load_conv_bn_folded(
 }
 
 /// A convolution with its batch norm folded in: w' = w * g / sqrt(v + eps), b' = beta - m * g / sqrt(v + eps).
-struct ConvBn {
+pub(crate) struct ConvBn {
     /// (C_out, C_in, k, k), the batch norm's scale folded in.
-    w: ConvWeight,
-    b: Vec<f32>,
-    c_in: usize,
-    c_out: usize,
-    k: usize,
-    stride: usize,
+    pub(crate) w: ConvWeight,
+    pub(crate) b: Vec<f32>,
+    pub(crate) c_in: usize,
+    pub(crate) c_out: usize,
+    pub(crate) k: usize,
+    pub(crate) stride: usize,
 }
 
 impl ConvBn {
@@ -103,13 +106,13 @@ fn avg_pool(x: Vec<f32>, bc: usize, h: usize, w: usize, k: usize) -> (Vec<f32>, 
     (y, ho, wo)
 }
 
-struct Bottleneck {
-    conv1: ConvBn,
-    conv2: ConvBn,
-    conv3: ConvBn,
-    stride: usize,
+pub(crate) struct Bottleneck {
+    pub(crate) conv1: ConvBn,
+    pub(crate) conv2: ConvBn,
+    pub(crate) conv3: ConvBn,
+    pub(crate) stride: usize,
     /// AvgPool(stride) then a folded 1x1 conv, when the shape changes.
-    downsample: Option<ConvBn>,
+    pub(crate) downsample: Option<ConvBn>,
 }
 
 impl Bottleneck {
@@ -134,18 +137,18 @@ impl Bottleneck {
 
 pub struct ModifiedResNet {
     pub cfg: ResNetConfig,
-    stem: [ConvBn; 3],
-    stages: Vec<Vec<Bottleneck>>,
+    pub(crate) stem: [ConvBn; 3],
+    pub(crate) stages: Vec<Vec<Bottleneck>>,
     /// (grid^2 + 1, C)
-    pool_pos: Vec<f32>,
-    q_w: LinearWeight,
-    q_b: Vec<f32>,
-    k_w: LinearWeight,
-    k_b: Vec<f32>,
-    v_w: LinearWeight,
-    v_b: Vec<f32>,
-    c_w: LinearWeight,
-    c_b: Vec<f32>,
+    pub(crate) pool_pos: Vec<f32>,
+    pub(crate) q_w: LinearWeight,
+    pub(crate) q_b: Vec<f32>,
+    pub(crate) k_w: LinearWeight,
+    pub(crate) k_b: Vec<f32>,
+    pub(crate) v_w: LinearWeight,
+    pub(crate) v_b: Vec<f32>,
+    pub(crate) c_w: LinearWeight,
+    pub(crate) c_b: Vec<f32>,
     /// Round the resized positional table to fp16 (CCD's `upsample_pos_emb` returns it as
     /// half, whatever the model's dtype): off by default (open_clip keeps it f32).
     pub pos_f16: bool,
@@ -332,4 +335,63 @@ impl ModifiedResNet {
         let features = if want_features { Some(Tensor::from_f32(&[b, c, h, w], x)?) } else { None };
         Ok(ResNetOutput { pooled: Tensor::from_f32(&[b, d], pooled)?, features })
     }
+}
+
+/// The tensor names and shapes of a ModifiedResNet image tower (OpenAI / open_clip names).
+pub fn resnet_param_shapes(cfg: &ResNetConfig) -> Vec<(String, Vec<usize>)> {
+    let mut v: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut conv_bn = |conv: &str, bn: &str, c_in: usize, c_out: usize, k: usize| {
+        v.push((format!("{conv}.weight"), vec![c_out, c_in, k, k]));
+        for s in ["weight", "bias", "running_mean", "running_var"] {
+            v.push((format!("{bn}.{s}"), vec![c_out]));
+        }
+    };
+    let w = cfg.width;
+    conv_bn("visual.conv1", "visual.bn1", 3, w / 2, 3);
+    conv_bn("visual.conv2", "visual.bn2", w / 2, w / 2, 3);
+    conv_bn("visual.conv3", "visual.bn3", w / 2, w, 3);
+    for (s, stage) in block_plan(cfg).into_iter().enumerate() {
+        for (i, (inplanes, planes, stride)) in stage.into_iter().enumerate() {
+            let pre = format!("visual.layer{}.{}", s + 1, i);
+            conv_bn(&format!("{pre}.conv1"), &format!("{pre}.bn1"), inplanes, planes, 1);
+            conv_bn(&format!("{pre}.conv2"), &format!("{pre}.bn2"), planes, planes, 3);
+            conv_bn(&format!("{pre}.conv3"), &format!("{pre}.bn3"), planes, planes * 4, 1);
+            if stride > 1 || inplanes != planes * 4 {
+                conv_bn(&format!("{pre}.downsample.0"), &format!("{pre}.downsample.1"), inplanes, planes * 4, 1);
+            }
+        }
+    }
+    let c = ModifiedResNet::embed_dim(cfg);
+    let a = "visual.attnpool";
+    v.push((format!("{a}.positional_embedding"), vec![cfg.grid * cfg.grid + 1, c]));
+    for n in ["q", "k", "v"] {
+        v.push((format!("{a}.{n}_proj.weight"), vec![c, c]));
+        v.push((format!("{a}.{n}_proj.bias"), vec![c]));
+    }
+    v.push((format!("{a}.c_proj.weight"), vec![cfg.output_dim, c]));
+    v.push((format!("{a}.c_proj.bias"), vec![cfg.output_dim]));
+    v
+}
+
+/// Random ModifiedResNet weights as `Params`, with non-trivial batch-norm statistics (so the
+/// folding is exercised) and activations that stay O(1) through the stages.
+pub fn random_resnet_params(cfg: &ResNetConfig, seed: u64) -> Result<Params> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut map = BTreeMap::new();
+    for (name, shape) in resnet_param_shapes(cfg) {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = if name.ends_with("running_var") {
+            (0..n).map(|_| rng.gen_range(0.5..1.5)).collect()
+        } else if name.ends_with("running_mean") || name.ends_with("bias") {
+            (0..n).map(|_| rng.gen_range(-0.1..0.1)).collect()
+        } else if shape.len() == 1 {
+            // batch-norm gamma: small, so residual sums do not grow stage after stage
+            (0..n).map(|_| rng.gen_range(0.2..0.5)).collect()
+        } else {
+            let fan_in: usize = shape[1..].iter().product();
+            Tensor::randn(&shape, (1.0 / fan_in.max(1) as f32).sqrt(), &mut rng).into_f32_vec()?
+        };
+        map.insert(name, Tensor::from_f32(&shape, data)?);
+    }
+    Params::from_map(map, HashMap::new())
 }

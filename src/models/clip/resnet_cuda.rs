@@ -1,18 +1,19 @@
 //! CLIP's ModifiedResNet image encoder on the GPU: the pass of `resnet.rs` through the CUDA
 //! launchers (implicit-GEMM convolutions with folded batch norm, fused bias / residual / ReLU,
 //! anti-aliased average pooling, and the attention pool as token building + one packed qkv
-//! GEMM + the fused attention kernel + the output projection of the mean token).
+//! GEMM + the fused attention kernel + the output projection of the mean token). The weights
+//! come from the loaded CPU tower (`CudaModifiedResNet::from_cpu`), batch norm already folded
+//! there: `resnet.rs` holds the one loader and name list.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 use crate::device::cuda::{CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 use crate::models::clip::config::ResNetConfig;
-use crate::models::clip::resnet::{block_plan, load_conv_bn_folded, ModifiedResNet};
-use crate::models::clip::weights::Params;
+use crate::models::clip::resnet::{block_plan, random_resnet_params, ConvBn, ModifiedResNet};
 use crate::ops::attention::{attention_cuda, CudaAttnMask, ProbsRecord};
 use crate::ops::conv2d::{conv2d_cuda, Conv2dShape};
 use crate::ops::interpolate::resize_positional_grid;
@@ -32,26 +33,16 @@ struct CudaConvBn {
 }
 
 impl CudaConvBn {
-    #[allow(clippy::too_many_arguments)]
-    fn load(
-        gpu: &Gpu,
-        p: &mut Params,
-        conv: &str,
-        bn: &str,
-        c_in: usize,
-        c_out: usize,
-        k: usize,
-        stride: usize,
-        dtype: DType,
-    ) -> Result<Self> {
-        let (w, b) = load_conv_bn_folded(p, conv, bn, c_in, c_out, k)?;
+    /// Uploads a CPU conv with its batch norm already folded in (filters in `dtype`, bias f32).
+    fn from_cpu(gpu: &Gpu, cpu: &ConvBn, dtype: DType) -> Result<Self> {
+        let (c_in, c_out, k) = (cpu.c_in, cpu.c_out, cpu.k);
         Ok(CudaConvBn {
-            w: CudaTensor::from_f32(gpu, &[c_out, c_in, k, k], &w, dtype)?,
-            b: CudaTensor::from_f32(gpu, &[c_out], &b, DType::F32)?,
+            w: CudaTensor::from_f32(gpu, &[c_out, c_in, k, k], &cpu.w.to_row_major(), dtype)?,
+            b: CudaTensor::from_f32(gpu, &[c_out], &cpu.b, DType::F32)?,
             c_in,
             c_out,
             k,
-            stride,
+            stride: cpu.stride,
         })
     }
 
@@ -112,159 +103,52 @@ pub struct CudaModifiedResNet {
     c_b: CudaTensor,
 }
 
-/// The tensor names and shapes of a ModifiedResNet image tower (OpenAI / open_clip names).
-pub fn resnet_param_shapes(cfg: &ResNetConfig) -> Vec<(String, Vec<usize>)> {
-    let mut v: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut conv_bn = |conv: &str, bn: &str, c_in: usize, c_out: usize, k: usize| {
-        v.push((format!("{conv}.weight"), vec![c_out, c_in, k, k]));
-        for s in ["weight", "bias", "running_mean", "running_var"] {
-            v.push((format!("{bn}.{s}"), vec![c_out]));
-        }
-    };
-    let w = cfg.width;
-    conv_bn("visual.conv1", "visual.bn1", 3, w / 2, 3);
-    conv_bn("visual.conv2", "visual.bn2", w / 2, w / 2, 3);
-    conv_bn("visual.conv3", "visual.bn3", w / 2, w, 3);
-    for (s, stage) in block_plan(cfg).into_iter().enumerate() {
-        for (i, (inplanes, planes, stride)) in stage.into_iter().enumerate() {
-            let pre = format!("visual.layer{}.{}", s + 1, i);
-            conv_bn(&format!("{pre}.conv1"), &format!("{pre}.bn1"), inplanes, planes, 1);
-            conv_bn(&format!("{pre}.conv2"), &format!("{pre}.bn2"), planes, planes, 3);
-            conv_bn(&format!("{pre}.conv3"), &format!("{pre}.bn3"), planes, planes * 4, 1);
-            if stride > 1 || inplanes != planes * 4 {
-                conv_bn(&format!("{pre}.downsample.0"), &format!("{pre}.downsample.1"), inplanes, planes * 4, 1);
-            }
-        }
-    }
-    let c = ModifiedResNet::embed_dim(cfg);
-    let a = "visual.attnpool";
-    v.push((format!("{a}.positional_embedding"), vec![cfg.grid * cfg.grid + 1, c]));
-    for n in ["q", "k", "v"] {
-        v.push((format!("{a}.{n}_proj.weight"), vec![c, c]));
-        v.push((format!("{a}.{n}_proj.bias"), vec![c]));
-    }
-    v.push((format!("{a}.c_proj.weight"), vec![cfg.output_dim, c]));
-    v.push((format!("{a}.c_proj.bias"), vec![cfg.output_dim]));
-    v
-}
-
-/// Random ModifiedResNet weights as `Params`, with non-trivial batch-norm statistics (so the
-/// folding is exercised) and activations that stay O(1) through the stages.
-pub fn random_resnet_params(cfg: &ResNetConfig, seed: u64) -> Result<Params> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut map = BTreeMap::new();
-    for (name, shape) in resnet_param_shapes(cfg) {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = if name.ends_with("running_var") {
-            (0..n).map(|_| rng.gen_range(0.5..1.5)).collect()
-        } else if name.ends_with("running_mean") || name.ends_with("bias") {
-            (0..n).map(|_| rng.gen_range(-0.1..0.1)).collect()
-        } else if shape.len() == 1 {
-            // batch-norm gamma: small, so residual sums do not grow stage after stage
-            (0..n).map(|_| rng.gen_range(0.2..0.5)).collect()
-        } else {
-            let fan_in: usize = shape[1..].iter().product();
-            Tensor::randn(&shape, (1.0 / fan_in.max(1) as f32).sqrt(), &mut rng).into_f32_vec()?
-        };
-        map.insert(name, Tensor::from_f32(&shape, data)?);
-    }
-    Params::from_map(map, HashMap::new())
-}
-
 impl CudaModifiedResNet {
-    pub fn load(gpu: &Arc<Gpu>, p: &mut Params, cfg: &ResNetConfig, dtype: DType) -> Result<Self> {
+    /// Uploads the CPU tower's weights (its folded convolutions, the attention pool's q, k and
+    /// v projections stacked into one (3C, C) GEMM weight): the same model as `cpu`, whatever
+    /// loaded or drew it.
+    pub fn from_cpu(gpu: &Arc<Gpu>, cpu: &ModifiedResNet, dtype: DType) -> Result<Self> {
         if !dtype.is_float() {
             return Err(Error::Device(format!("CUDA ModifiedResNet: dtype {dtype:?} is not a float type")));
         }
-        let w = cfg.width;
         let g = &**gpu;
-        let stem = [
-            CudaConvBn::load(g, p, "visual.conv1", "visual.bn1", 3, w / 2, 3, 2, dtype)?,
-            CudaConvBn::load(g, p, "visual.conv2", "visual.bn2", w / 2, w / 2, 3, 1, dtype)?,
-            CudaConvBn::load(g, p, "visual.conv3", "visual.bn3", w / 2, w, 3, 1, dtype)?,
-        ];
-        let mut stages = Vec::new();
-        for (s, stage) in block_plan(cfg).into_iter().enumerate() {
-            let mut blocks = Vec::new();
-            for (i, (inplanes, planes, stride)) in stage.into_iter().enumerate() {
-                let pre = format!("visual.layer{}.{}", s + 1, i);
-                let downsample = if stride > 1 || inplanes != planes * 4 {
-                    Some(CudaConvBn::load(
-                        g,
-                        p,
-                        &format!("{pre}.downsample.0"),
-                        &format!("{pre}.downsample.1"),
-                        inplanes,
-                        planes * 4,
-                        1,
-                        1,
-                        dtype,
-                    )?)
-                } else {
-                    None
-                };
-                blocks.push(CudaBottleneck {
-                    conv1: CudaConvBn::load(
-                        g,
-                        p,
-                        &format!("{pre}.conv1"),
-                        &format!("{pre}.bn1"),
-                        inplanes,
-                        planes,
-                        1,
-                        1,
-                        dtype,
-                    )?,
-                    conv2: CudaConvBn::load(
-                        g,
-                        p,
-                        &format!("{pre}.conv2"),
-                        &format!("{pre}.bn2"),
-                        planes,
-                        planes,
-                        3,
-                        1,
-                        dtype,
-                    )?,
-                    conv3: CudaConvBn::load(
-                        g,
-                        p,
-                        &format!("{pre}.conv3"),
-                        &format!("{pre}.bn3"),
-                        planes,
-                        planes * 4,
-                        1,
-                        1,
-                        dtype,
-                    )?,
-                    stride,
-                    downsample,
-                });
-            }
-            stages.push(blocks);
-        }
-        let c = ModifiedResNet::embed_dim(cfg);
-        let d = cfg.output_dim;
-        let a = "visual.attnpool";
-        let pool_pos = p.take(&format!("{a}.positional_embedding"), &[cfg.grid * cfg.grid + 1, c])?;
-        let mut qkv_w = Vec::with_capacity(3 * c * c);
-        let mut qkv_b = Vec::with_capacity(3 * c);
-        for n in ["q", "k", "v"] {
-            qkv_w.extend(p.take(&format!("{a}.{n}_proj.weight"), &[c, c])?);
-            qkv_b.extend(p.take(&format!("{a}.{n}_proj.bias"), &[c])?);
-        }
+        let conv = |l: &ConvBn| CudaConvBn::from_cpu(g, l, dtype);
+        let [s0, s1, s2] = &cpu.stem;
+        let stem = [conv(s0)?, conv(s1)?, conv(s2)?];
+        let stages = cpu
+            .stages
+            .iter()
+            .map(|stage| {
+                stage
+                    .iter()
+                    .map(|blk| {
+                        Ok(CudaBottleneck {
+                            conv1: conv(&blk.conv1)?,
+                            conv2: conv(&blk.conv2)?,
+                            conv3: conv(&blk.conv3)?,
+                            stride: blk.stride,
+                            downsample: blk.downsample.as_ref().map(conv).transpose()?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let c = ModifiedResNet::embed_dim(&cpu.cfg);
+        let d = cpu.cfg.output_dim;
+        let qkv_w: Vec<f32> = [&cpu.q_w, &cpu.k_w, &cpu.v_w].iter().flat_map(|w| w.to_row_major()).collect();
+        let qkv_b: Vec<f32> = [&cpu.q_b, &cpu.k_b, &cpu.v_b].iter().flat_map(|b| b.iter().copied()).collect();
         Ok(CudaModifiedResNet {
-            cfg: cfg.clone(),
+            cfg: cpu.cfg.clone(),
             dtype,
             gpu: gpu.clone(),
             stem,
             stages,
-            pool_pos,
+            pool_pos: cpu.pool_pos.clone(),
             pos_cache: Mutex::new(HashMap::new()),
             qkv_w: CudaTensor::from_f32(g, &[3 * c, c], &qkv_w, dtype)?,
             qkv_b: CudaTensor::from_f32(g, &[3 * c], &qkv_b, DType::F32)?,
-            c_w: CudaTensor::from_f32(g, &[d, c], &p.take(&format!("{a}.c_proj.weight"), &[d, c])?, dtype)?,
-            c_b: CudaTensor::from_f32(g, &[d], &p.take(&format!("{a}.c_proj.bias"), &[d])?, DType::F32)?,
+            c_w: CudaTensor::from_f32(g, &[d, c], &cpu.c_w.to_row_major(), dtype)?,
+            c_b: CudaTensor::from_f32(g, &[d], &cpu.c_b, DType::F32)?,
         })
     }
 
@@ -384,7 +268,7 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
                 move |gpu, rng| {
                     let seed = rng.gen::<u64>();
                     let cpu = ModifiedResNet::load(&mut random_resnet_params(&cfg, seed)?, &cfg)?;
-                    let dev = CudaModifiedResNet::load(gpu, &mut random_resnet_params(&cfg, seed)?, &cfg, dtype)?;
+                    let dev = CudaModifiedResNet::from_cpu(gpu, &cpu, dtype)?;
                     let pixels = random_vec(rng, batch * 3 * h * w, 2.0);
                     let want = cpu.forward(&Tensor::from_f32(&[batch, 3, h, w], pixels.clone())?, false)?.pooled;
                     let x = CudaTensor::from_f32(gpu, &[batch, 3, h, w], &pixels, dtype)?;

@@ -1,11 +1,13 @@
 //! CLIP's text encoder: token + positional embeddings, causal block stack, ln_final, the
 //! features at the end token (the largest token id, as OpenAI pools) and the projection.
 
-use rand::Rng;
+use std::collections::{BTreeMap, HashMap};
+
+use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 use crate::models::clip::config::TextConfig;
-use crate::models::clip::transformer::{LayerRequests, Transformer, LN_EPS};
+use crate::models::clip::transformer::{block_param_shapes, LayerRequests, Transformer, LN_EPS};
 use crate::models::clip::vit::transpose;
 use crate::models::clip::weights::Params;
 use crate::ops::activation::Activation;
@@ -18,13 +20,13 @@ use crate::tensor::{Storage, Tensor};
 
 pub struct TextEncoder {
     pub cfg: TextConfig,
-    token_emb: Vec<f32>,
-    pos_emb: Vec<f32>,
+    pub(crate) token_emb: Vec<f32>,
+    pub(crate) pos_emb: Vec<f32>,
     pub transformer: Transformer,
-    ln_final_w: Vec<f32>,
-    ln_final_b: Vec<f32>,
+    pub(crate) ln_final_w: Vec<f32>,
+    pub(crate) ln_final_b: Vec<f32>,
     /// (D, W), transposed from OpenAI's (W, D).
-    proj_t: LinearWeight,
+    pub(crate) proj_t: LinearWeight,
 }
 
 impl TextEncoder {
@@ -182,4 +184,34 @@ pub(crate) fn end_token_positions(ids: &[i32], t: usize) -> Vec<usize> {
             best
         })
         .collect()
+}
+
+/// Random text-tower weights as `Params` (names of `TextEncoder::load`).
+pub fn random_text_params(cfg: &TextConfig, seed: u64) -> Result<Params> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (w, d) = (cfg.width, cfg.output_dim);
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("token_embedding.weight".into(), vec![cfg.vocab, w]),
+        ("positional_embedding".into(), vec![cfg.context, w]),
+    ];
+    shapes.extend(block_param_shapes("transformer.resblocks.", w, cfg.layers));
+    shapes.extend([
+        ("ln_final.weight".into(), vec![w]),
+        ("ln_final.bias".into(), vec![w]),
+        ("text_projection".into(), vec![w, d]),
+    ]);
+    let mut map = BTreeMap::new();
+    for (name, shape) in shapes {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = if name.contains("ln_") && name.ends_with("weight") {
+            (0..n).map(|_| rng.gen_range(0.8..1.2)).collect()
+        } else if name.ends_with("bias") {
+            (0..n).map(|_| rng.gen_range(-0.05..0.05)).collect()
+        } else {
+            let std = if name.contains("embedding") { 0.02 } else { (*shape.last().unwrap_or(&1) as f32).powf(-0.5) };
+            Tensor::randn(&shape, std, &mut rng).into_f32_vec()?
+        };
+        map.insert(name, Tensor::from_f32(&shape, data)?);
+    }
+    Params::from_map(map, HashMap::new())
 }

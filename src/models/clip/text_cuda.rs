@@ -2,26 +2,20 @@
 //! block stack, ln_final at the end token (the first position of the largest id, torch.argmax's
 //! rule) and the projection.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-
-use rand::{Rng, SeedableRng};
 
 use crate::device::cuda::{CudaTensor, DType, Gpu};
 use crate::error::Result;
 use crate::models::clip::config::TextConfig;
-use crate::models::clip::text::{encode_trimmed, end_token_positions, text_ids, TEXT_BATCH};
+use crate::models::clip::text::{encode_trimmed, end_token_positions, text_ids, TextEncoder, TEXT_BATCH};
 use crate::models::clip::transformer::LN_EPS;
-use crate::models::clip::transformer_cuda::{block_param_shapes, CudaTransformer};
-use crate::models::clip::vit::transpose;
-use crate::models::clip::weights::Params;
-use crate::ops::activation::Activation;
+use crate::models::clip::transformer_cuda::CudaTransformer;
 use crate::ops::attention::{CudaAttnMask, ProbsRecord};
 use crate::ops::embedding::token_embedding_cuda;
 use crate::ops::layernorm::layer_norm_cuda;
 use crate::ops::matmul::{linear_cuda, Epilogue};
 use crate::ops::tokens::gather_rows_cuda;
-use crate::tensor::{Storage, Tensor};
+use crate::tensor::Tensor;
 
 pub struct CudaTextEncoder {
     pub cfg: TextConfig,
@@ -35,59 +29,22 @@ pub struct CudaTextEncoder {
     proj_t: CudaTensor, // (D, W)
 }
 
-/// Random text-tower weights as `Params` (names of `TextEncoder::load`).
-pub fn random_text_params(cfg: &TextConfig, seed: u64) -> Result<Params> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let (w, d) = (cfg.width, cfg.output_dim);
-    let mut shapes: Vec<(String, Vec<usize>)> = vec![
-        ("token_embedding.weight".into(), vec![cfg.vocab, w]),
-        ("positional_embedding".into(), vec![cfg.context, w]),
-    ];
-    shapes.extend(block_param_shapes("transformer.resblocks.", w, cfg.layers));
-    shapes.extend([
-        ("ln_final.weight".into(), vec![w]),
-        ("ln_final.bias".into(), vec![w]),
-        ("text_projection".into(), vec![w, d]),
-    ]);
-    let mut map = BTreeMap::new();
-    for (name, shape) in shapes {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = if name.contains("ln_") && name.ends_with("weight") {
-            (0..n).map(|_| rng.gen_range(0.8..1.2)).collect()
-        } else if name.ends_with("bias") {
-            (0..n).map(|_| rng.gen_range(-0.05..0.05)).collect()
-        } else {
-            let std = if name.contains("embedding") { 0.02 } else { (*shape.last().unwrap_or(&1) as f32).powf(-0.5) };
-            Tensor::randn(&shape, std, &mut rng).into_f32_vec()?
-        };
-        map.insert(name, Tensor::from_f32(&shape, data)?);
-    }
-    Params::from_map(map, HashMap::new())
-}
-
 impl CudaTextEncoder {
-    pub fn load(gpu: &Arc<Gpu>, p: &mut Params, cfg: &TextConfig, act: Activation, dtype: DType) -> Result<Self> {
-        let (w, d) = (cfg.width, cfg.output_dim);
-        let token_emb =
-            CudaTensor::from_f32(gpu, &[cfg.vocab, w], &p.take("token_embedding.weight", &[cfg.vocab, w])?, dtype)?;
-        let pos_emb =
-            CudaTensor::from_f32(gpu, &[cfg.context, w], &p.take("positional_embedding", &[cfg.context, w])?, dtype)?;
-        let transformer =
-            CudaTransformer::load(gpu, p, "transformer.resblocks.", w, cfg.layers, cfg.heads, act, dtype)?;
-        let ln_final_w = CudaTensor::from_f32(gpu, &[w], &p.take("ln_final.weight", &[w])?, DType::F32)?;
-        let ln_final_b = CudaTensor::from_f32(gpu, &[w], &p.take("ln_final.bias", &[w])?, DType::F32)?;
-        let proj = p.take("text_projection", &[w, d])?;
-        let proj_t = CudaTensor::from_f32(gpu, &[d, w], &transpose(&proj, w, d), dtype)?;
+    /// Uploads the CPU tower's weights (embeddings and projection in `dtype`, LayerNorm
+    /// parameters f32): the same model as `cpu`, whatever loaded or drew it.
+    pub fn from_cpu(gpu: &Arc<Gpu>, cpu: &TextEncoder, dtype: DType) -> Result<Self> {
+        let (cfg, w) = (&cpu.cfg, cpu.cfg.width);
+        let small = |v: &[f32]| CudaTensor::from_f32(gpu, &[v.len()], v, DType::F32);
         Ok(CudaTextEncoder {
             cfg: cfg.clone(),
             dtype,
             gpu: gpu.clone(),
-            token_emb,
-            pos_emb,
-            transformer,
-            ln_final_w,
-            ln_final_b,
-            proj_t,
+            token_emb: CudaTensor::from_f32(gpu, &[cfg.vocab, w], &cpu.token_emb, dtype)?,
+            pos_emb: CudaTensor::from_f32(gpu, &[cfg.context, w], &cpu.pos_emb, dtype)?,
+            transformer: CudaTransformer::from_cpu(gpu, &cpu.transformer, dtype)?,
+            ln_final_w: small(&cpu.ln_final_w)?,
+            ln_final_b: small(&cpu.ln_final_b)?,
+            proj_t: CudaTensor::from_f32(gpu, &[cfg.output_dim, w], &cpu.proj_t.to_row_major(), dtype)?,
         })
     }
 
@@ -132,7 +89,10 @@ impl CudaTextEncoder {
 /// random weights (a small tower, and CLIP's 12-layer 512-wide tower on 80 prompts).
 pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
     use crate::device::cuda::check::{max_rel_err, CheckRun, GpuCheck, Work};
-    use crate::models::clip::text::TextEncoder;
+    use crate::models::clip::text::random_text_params;
+    use crate::ops::activation::Activation;
+    use crate::tensor::Storage;
+    use rand::Rng;
     let small = TextConfig { width: 128, layers: 2, heads: 2, context: 77, vocab: 1000, output_dim: 64 };
     let clip = TextConfig { width: 512, layers: 12, heads: 8, context: 77, vocab: 49408, output_dim: 512 };
     let mut checks = Vec::new();
@@ -149,7 +109,7 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
                     let seed = rng.gen::<u64>();
                     let act = Activation::QuickGelu;
                     let cpu = TextEncoder::load(&mut random_text_params(&cfg, seed)?, &cfg, act)?;
-                    let dev = CudaTextEncoder::load(gpu, &mut random_text_params(&cfg, seed)?, &cfg, act, dtype)?;
+                    let dev = CudaTextEncoder::from_cpu(gpu, &cpu, dtype)?;
                     // Prompts of random lengths: start id, words, end id (the largest), padding 0.
                     let t = cfg.context;
                     let mut ids = vec![0i32; batch * t];
@@ -190,7 +150,7 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
             let seed = rng.gen::<u64>();
             let act = Activation::QuickGelu;
             let cpu = TextEncoder::load(&mut random_text_params(&cfg, seed)?, &cfg, act)?;
-            let dev = CudaTextEncoder::load(gpu, &mut random_text_params(&cfg, seed)?, &cfg, act, DType::F32)?;
+            let dev = CudaTextEncoder::from_cpu(gpu, &cpu, DType::F32)?;
             let t = cfg.context;
             let mut ids = vec![0i32; batch * t];
             for row in ids.chunks_exact_mut(t) {

@@ -3,7 +3,7 @@
 
 use rand::Rng;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::clip::weights::Params;
 use crate::ops::activation::Activation;
 use crate::ops::attention::{attention_forward_cpu, AttnMask, ProbsRecord};
@@ -14,23 +14,51 @@ use crate::tensor::Tensor;
 
 pub const LN_EPS: f32 = 1e-5;
 
+/// One block's tensors (open_clip names under `{prefix}{layer}.`) and shapes at width c, in the
+/// order `Block` holds them: the one name list of the block stack.
+fn block_tensors(c: usize) -> [(&'static str, Vec<usize>); 12] {
+    [
+        ("ln_1.weight", vec![c]),
+        ("ln_1.bias", vec![c]),
+        ("attn.in_proj_weight", vec![3 * c, c]),
+        ("attn.in_proj_bias", vec![3 * c]),
+        ("attn.out_proj.weight", vec![c, c]),
+        ("attn.out_proj.bias", vec![c]),
+        ("ln_2.weight", vec![c]),
+        ("ln_2.bias", vec![c]),
+        ("mlp.c_fc.weight", vec![4 * c, c]),
+        ("mlp.c_fc.bias", vec![4 * c]),
+        ("mlp.c_proj.weight", vec![c, 4 * c]),
+        ("mlp.c_proj.bias", vec![c]),
+    ]
+}
+
+/// The names and shapes of the whole stack's tensors under `prefix` (`{prefix}{layer}.ln_1.weight`,
+/// ...), the names `Transformer::load` takes: for random weights both encoders can load.
+pub fn block_param_shapes(prefix: &str, c: usize, layers: usize) -> Vec<(String, Vec<usize>)> {
+    (0..layers)
+        .flat_map(|l| block_tensors(c).into_iter().map(move |(name, shape)| (format!("{prefix}{l}.{name}"), shape)))
+        .collect()
+}
+
+/// One pre-norm residual attention block; the CUDA twin uploads these tensors.
 pub struct Block {
-    ln1_w: Vec<f32>,
-    ln1_b: Vec<f32>,
+    pub(crate) ln1_w: Vec<f32>,
+    pub(crate) ln1_b: Vec<f32>,
     /// (3C, C): q, k, v stacked.
-    in_w: LinearWeight,
-    in_b: Vec<f32>,
+    pub(crate) in_w: LinearWeight,
+    pub(crate) in_b: Vec<f32>,
     /// (C, C)
-    out_w: LinearWeight,
-    out_b: Vec<f32>,
-    ln2_w: Vec<f32>,
-    ln2_b: Vec<f32>,
+    pub(crate) out_w: LinearWeight,
+    pub(crate) out_b: Vec<f32>,
+    pub(crate) ln2_w: Vec<f32>,
+    pub(crate) ln2_b: Vec<f32>,
     /// (4C, C)
-    fc_w: LinearWeight,
-    fc_b: Vec<f32>,
+    pub(crate) fc_w: LinearWeight,
+    pub(crate) fc_b: Vec<f32>,
     /// (C, 4C)
-    proj_w: LinearWeight,
-    proj_b: Vec<f32>,
+    pub(crate) proj_w: LinearWeight,
+    pub(crate) proj_b: Vec<f32>,
 }
 
 pub struct Transformer {
@@ -52,6 +80,7 @@ pub struct LayerRequests<'a> {
 }
 
 impl Transformer {
+    /// Takes the block stack's tensors from `p`, by the names and shapes of `block_param_shapes`.
     pub fn load(
         p: &mut Params,
         prefix: &str,
@@ -63,20 +92,25 @@ impl Transformer {
         let c = width;
         let mut blocks = Vec::with_capacity(layers);
         for l in 0..layers {
-            let n = |s: &str| format!("{prefix}{l}.{s}");
+            let taken = block_tensors(c)
+                .iter()
+                .map(|(name, shape)| p.take(&format!("{prefix}{l}.{name}"), shape))
+                .collect::<Result<Vec<_>>>()?;
+            let [ln1_w, ln1_b, in_w, in_b, out_w, out_b, ln2_w, ln2_b, fc_w, fc_b, proj_w, proj_b]: [Vec<f32>; 12] =
+                taken.try_into().map_err(|_| Error::Internal("a block has 12 tensors".into()))?;
             blocks.push(Block {
-                ln1_w: p.take(&n("ln_1.weight"), &[c])?,
-                ln1_b: p.take(&n("ln_1.bias"), &[c])?,
-                in_w: LinearWeight::new(p.take(&n("attn.in_proj_weight"), &[3 * c, c])?, 3 * c, c),
-                in_b: p.take(&n("attn.in_proj_bias"), &[3 * c])?,
-                out_w: LinearWeight::new(p.take(&n("attn.out_proj.weight"), &[c, c])?, c, c),
-                out_b: p.take(&n("attn.out_proj.bias"), &[c])?,
-                ln2_w: p.take(&n("ln_2.weight"), &[c])?,
-                ln2_b: p.take(&n("ln_2.bias"), &[c])?,
-                fc_w: LinearWeight::new(p.take(&n("mlp.c_fc.weight"), &[4 * c, c])?, 4 * c, c),
-                fc_b: p.take(&n("mlp.c_fc.bias"), &[4 * c])?,
-                proj_w: LinearWeight::new(p.take(&n("mlp.c_proj.weight"), &[c, 4 * c])?, c, 4 * c),
-                proj_b: p.take(&n("mlp.c_proj.bias"), &[c])?,
+                ln1_w,
+                ln1_b,
+                in_w: LinearWeight::new(in_w, 3 * c, c),
+                in_b,
+                out_w: LinearWeight::new(out_w, c, c),
+                out_b,
+                ln2_w,
+                ln2_b,
+                fc_w: LinearWeight::new(fc_w, 4 * c, c),
+                fc_b,
+                proj_w: LinearWeight::new(proj_w, c, 4 * c),
+                proj_b,
             });
         }
         Ok(Transformer { blocks, width, heads, act })

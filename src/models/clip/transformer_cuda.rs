@@ -1,42 +1,18 @@
 //! The pre-norm residual attention block stack on the GPU (`transformer.rs`'s twin), shared by
 //! the CUDA ViT and text encoders: LayerNorm -> packed qkv GEMM -> fused attention -> out-proj
 //! GEMM with the residual fused -> LayerNorm -> fc GEMM with bias + activation fused -> proj GEMM
-//! with the residual fused. Weights in the compute dtype; LayerNorm parameters and biases f32.
+//! with the residual fused. Weights in the compute dtype; LayerNorm parameters and biases f32,
+//! uploaded from the CPU stack (`CudaTransformer::from_cpu`): the CPU loader is the only one.
 
 use std::sync::Arc;
 
 use crate::device::cuda::{CudaTensor, DType, Gpu};
 use crate::error::Result;
-use crate::models::clip::transformer::LN_EPS;
-use crate::models::clip::weights::Params;
+use crate::models::clip::transformer::{Transformer, LN_EPS};
 use crate::ops::activation::Activation;
 use crate::ops::attention::{attention_cuda, CudaAttnMask, ProbsRecord};
 use crate::ops::layernorm::layer_norm_cuda;
-use crate::ops::matmul::{linear_cuda, Epilogue};
-
-/// The names and shapes of the block stack's tensors under `prefix` (`{prefix}{layer}.ln_1.weight`,
-/// ...), the names `Transformer::load` takes: for random weights both encoders can load.
-pub fn block_param_shapes(prefix: &str, c: usize, layers: usize) -> Vec<(String, Vec<usize>)> {
-    let mut v = Vec::with_capacity(12 * layers);
-    for l in 0..layers {
-        let n = |s: &str| format!("{prefix}{l}.{s}");
-        v.extend([
-            (n("ln_1.weight"), vec![c]),
-            (n("ln_1.bias"), vec![c]),
-            (n("attn.in_proj_weight"), vec![3 * c, c]),
-            (n("attn.in_proj_bias"), vec![3 * c]),
-            (n("attn.out_proj.weight"), vec![c, c]),
-            (n("attn.out_proj.bias"), vec![c]),
-            (n("ln_2.weight"), vec![c]),
-            (n("ln_2.bias"), vec![c]),
-            (n("mlp.c_fc.weight"), vec![4 * c, c]),
-            (n("mlp.c_fc.bias"), vec![4 * c]),
-            (n("mlp.c_proj.weight"), vec![c, 4 * c]),
-            (n("mlp.c_proj.bias"), vec![c]),
-        ]);
-    }
-    v
-}
+use crate::ops::matmul::{linear_cuda, Epilogue, LinearWeight};
 
 struct CudaBlock {
     ln1_w: CudaTensor,
@@ -63,41 +39,33 @@ pub struct CudaTransformer {
 }
 
 impl CudaTransformer {
-    /// Takes `{prefix}{layer}.*` from `p` (the names `Transformer::load` takes).
-    #[allow(clippy::too_many_arguments)]
-    pub fn load(
-        gpu: &Arc<Gpu>,
-        p: &mut Params,
-        prefix: &str,
-        width: usize,
-        layers: usize,
-        heads: usize,
-        act: Activation,
-        dtype: DType,
-    ) -> Result<Self> {
-        let c = width;
-        let f32d = DType::F32;
-        let mut blocks = Vec::with_capacity(layers);
-        for l in 0..layers {
-            let mut w = |s: &str, shape: &[usize], dt: DType| -> Result<CudaTensor> {
-                CudaTensor::from_f32(gpu, shape, &p.take(&format!("{prefix}{l}.{s}"), shape)?, dt)
-            };
-            blocks.push(CudaBlock {
-                ln1_w: w("ln_1.weight", &[c], f32d)?,
-                ln1_b: w("ln_1.bias", &[c], f32d)?,
-                in_w: w("attn.in_proj_weight", &[3 * c, c], dtype)?,
-                in_b: w("attn.in_proj_bias", &[3 * c], f32d)?,
-                out_w: w("attn.out_proj.weight", &[c, c], dtype)?,
-                out_b: w("attn.out_proj.bias", &[c], f32d)?,
-                ln2_w: w("ln_2.weight", &[c], f32d)?,
-                ln2_b: w("ln_2.bias", &[c], f32d)?,
-                fc_w: w("mlp.c_fc.weight", &[4 * c, c], dtype)?,
-                fc_b: w("mlp.c_fc.bias", &[4 * c], f32d)?,
-                proj_w: w("mlp.c_proj.weight", &[c, 4 * c], dtype)?,
-                proj_b: w("mlp.c_proj.bias", &[c], f32d)?,
-            });
-        }
-        Ok(CudaTransformer { blocks, width, heads, act, dtype, gpu: gpu.clone() })
+    /// Uploads the CPU stack's weights (GEMM weights in `dtype`, LayerNorm parameters and
+    /// biases in f32): the same model, whatever loaded or drew it.
+    pub fn from_cpu(gpu: &Arc<Gpu>, cpu: &Transformer, dtype: DType) -> Result<Self> {
+        let c = cpu.width;
+        let small = |v: &[f32]| CudaTensor::from_f32(gpu, &[v.len()], v, DType::F32);
+        let weight = |w: &LinearWeight| CudaTensor::from_f32(gpu, &[w.n(), w.k()], &w.to_row_major(), dtype);
+        let blocks = cpu
+            .blocks
+            .iter()
+            .map(|blk| {
+                Ok(CudaBlock {
+                    ln1_w: small(&blk.ln1_w)?,
+                    ln1_b: small(&blk.ln1_b)?,
+                    in_w: weight(&blk.in_w)?,
+                    in_b: small(&blk.in_b)?,
+                    out_w: weight(&blk.out_w)?,
+                    out_b: small(&blk.out_b)?,
+                    ln2_w: small(&blk.ln2_w)?,
+                    ln2_b: small(&blk.ln2_b)?,
+                    fc_w: weight(&blk.fc_w)?,
+                    fc_b: small(&blk.fc_b)?,
+                    proj_w: weight(&blk.proj_w)?,
+                    proj_b: small(&blk.proj_b)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CudaTransformer { blocks, width: c, heads: cpu.heads, act: cpu.act, dtype, gpu: gpu.clone() })
     }
 
     pub fn layers(&self) -> usize {

@@ -2,11 +2,13 @@
 //! class token, positional grid (bilinearly resized when the grid differs from the native one),
 //! ln_pre, the block stack, ln_post and the projection.
 
-use rand::Rng;
+use std::collections::HashMap;
+
+use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 use crate::models::clip::config::VitConfig;
-use crate::models::clip::transformer::{LayerRequests, Transformer, LN_EPS};
+use crate::models::clip::transformer::{block_param_shapes, LayerRequests, Transformer, LN_EPS};
 use crate::models::clip::weights::Params;
 use crate::ops::activation::Activation;
 use crate::ops::attention::AttnMask;
@@ -20,17 +22,17 @@ use crate::tensor::Tensor;
 pub struct VisionTransformer {
     pub cfg: VitConfig,
     /// (C, 3 * p * p): the patch convolution as a linear layer over flattened patches.
-    conv_w: LinearWeight,
-    class_emb: Vec<f32>,
+    pub(crate) conv_w: LinearWeight,
+    pub(crate) class_emb: Vec<f32>,
     /// (grid^2 + 1, C)
-    pos_emb: Vec<f32>,
-    ln_pre_w: Vec<f32>,
-    ln_pre_b: Vec<f32>,
+    pub(crate) pos_emb: Vec<f32>,
+    pub(crate) ln_pre_w: Vec<f32>,
+    pub(crate) ln_pre_b: Vec<f32>,
     pub transformer: Transformer,
-    ln_post_w: Vec<f32>,
-    ln_post_b: Vec<f32>,
+    pub(crate) ln_post_w: Vec<f32>,
+    pub(crate) ln_post_b: Vec<f32>,
     /// Stored transposed, (D, C), so the projection is a `linear`.
-    proj_t: LinearWeight,
+    pub(crate) proj_t: LinearWeight,
 }
 
 /// Extra things a caller may ask of one pass (TagCLIP asks for all of them).
@@ -200,4 +202,55 @@ pub fn transpose(x: &[f32], r: usize, c: usize) -> Vec<f32> {
         }
     }
     y
+}
+
+/// The tensor names and shapes of a ViT image tower (open_clip names), for loading and for
+/// random weights that both the CPU and the CUDA encoder can load.
+pub fn vit_param_shapes(cfg: &VitConfig) -> Vec<(String, Vec<usize>)> {
+    let (c, p, d) = (cfg.width, cfg.patch, cfg.output_dim);
+    let mut v = vec![
+        ("visual.conv1.weight".to_string(), vec![c, 3, p, p]),
+        ("visual.class_embedding".into(), vec![c]),
+        ("visual.positional_embedding".into(), vec![cfg.grid * cfg.grid + 1, c]),
+        ("visual.ln_pre.weight".into(), vec![c]),
+        ("visual.ln_pre.bias".into(), vec![c]),
+    ];
+    v.extend(block_param_shapes("visual.transformer.resblocks.", c, cfg.layers));
+    v.extend([
+        ("visual.ln_post.weight".to_string(), vec![c]),
+        ("visual.ln_post.bias".into(), vec![c]),
+        ("visual.proj".into(), vec![c, d]),
+    ]);
+    v
+}
+
+/// Random ViT image-tower weights as `Params` (CLIP-like scales, non-trivial LayerNorm and
+/// biases so that every parameter matters in a comparison).
+pub fn random_vit_params(cfg: &VitConfig, seed: u64) -> Result<Params> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut map = std::collections::BTreeMap::new();
+    let c = cfg.width as f32;
+    for (name, shape) in vit_param_shapes(cfg) {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = if name.ends_with("ln_1.weight")
+            || name.ends_with("ln_2.weight")
+            || name.contains("ln_p") && name.ends_with("weight")
+        {
+            (0..n).map(|_| rng.gen_range(0.8..1.2)).collect()
+        } else if name.ends_with("bias") {
+            (0..n).map(|_| rng.gen_range(-0.05..0.05)).collect()
+        } else {
+            let fan_in = shape.last().copied().unwrap_or(1).max(1) as f32;
+            let std = if name.ends_with("conv1.weight") {
+                0.02
+            } else if name == "visual.proj" {
+                c.powf(-0.5)
+            } else {
+                fan_in.powf(-0.5)
+            };
+            Tensor::randn(&shape, std, &mut rng).into_f32_vec()?
+        };
+        map.insert(name, Tensor::from_f32(&shape, data)?);
+    }
+    Params::from_map(map, HashMap::new())
 }

@@ -2,26 +2,26 @@
 //! launchers of src/ops (patchify + GEMM patch embedding, class token and positional table,
 //! ln_pre, the pre-norm blocks with the fused attention kernel and GEMM epilogues for bias,
 //! activation and residual, ln_post on the class token, projection). Activations live in the
-//! chosen dtype (f32, bf16 or f16); LayerNorm parameters and biases stay f32.
+//! chosen dtype (f32, bf16 or f16); LayerNorm parameters and biases stay f32. The weights come
+//! from the loaded CPU tower (`CudaVit::from_cpu`): `vit.rs` holds the one loader and name list.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 use crate::device::cuda::{CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 use crate::models::clip::config::VitConfig;
 use crate::models::clip::transformer::LN_EPS;
-use crate::models::clip::transformer_cuda::{block_param_shapes, CudaTransformer};
-use crate::models::clip::vit::{VitOutput, VitRequest};
-use crate::models::clip::weights::Params;
+use crate::models::clip::transformer_cuda::CudaTransformer;
+use crate::models::clip::vit::{VisionTransformer, VitOutput, VitRequest};
 use crate::ops::activation::Activation;
 use crate::ops::attention::{CudaAttnMask, ProbsRecord};
 use crate::ops::conv2d::patchify_cuda;
 use crate::ops::interpolate::resize_positional_grid;
 use crate::ops::layernorm::layer_norm_cuda;
-use crate::ops::matmul::{linear_cuda, Epilogue};
+use crate::ops::matmul::{linear_cuda, Epilogue, LinearWeight};
 use crate::ops::tokens::{gather_rows_cuda, vit_tokens_cuda};
 use crate::tensor::Tensor;
 
@@ -55,57 +55,6 @@ pub struct CudaVit {
     proj_t: CudaTensor, // (D, C)
 }
 
-/// The tensor names and shapes of a ViT image tower (open_clip names), for loading and for
-/// random weights that both the CPU and the CUDA encoder can load.
-pub fn vit_param_shapes(cfg: &VitConfig) -> Vec<(String, Vec<usize>)> {
-    let (c, p, d) = (cfg.width, cfg.patch, cfg.output_dim);
-    let mut v = vec![
-        ("visual.conv1.weight".to_string(), vec![c, 3, p, p]),
-        ("visual.class_embedding".into(), vec![c]),
-        ("visual.positional_embedding".into(), vec![cfg.grid * cfg.grid + 1, c]),
-        ("visual.ln_pre.weight".into(), vec![c]),
-        ("visual.ln_pre.bias".into(), vec![c]),
-    ];
-    v.extend(block_param_shapes("visual.transformer.resblocks.", c, cfg.layers));
-    v.extend([
-        ("visual.ln_post.weight".to_string(), vec![c]),
-        ("visual.ln_post.bias".into(), vec![c]),
-        ("visual.proj".into(), vec![c, d]),
-    ]);
-    v
-}
-
-/// Random ViT image-tower weights as `Params` (CLIP-like scales, non-trivial LayerNorm and
-/// biases so that every parameter matters in a comparison).
-pub fn random_vit_params(cfg: &VitConfig, seed: u64) -> Result<Params> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut map = std::collections::BTreeMap::new();
-    let c = cfg.width as f32;
-    for (name, shape) in vit_param_shapes(cfg) {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = if name.ends_with("ln_1.weight")
-            || name.ends_with("ln_2.weight")
-            || name.contains("ln_p") && name.ends_with("weight")
-        {
-            (0..n).map(|_| rng.gen_range(0.8..1.2)).collect()
-        } else if name.ends_with("bias") {
-            (0..n).map(|_| rng.gen_range(-0.05..0.05)).collect()
-        } else {
-            let fan_in = shape.last().copied().unwrap_or(1).max(1) as f32;
-            let std = if name.ends_with("conv1.weight") {
-                0.02
-            } else if name == "visual.proj" {
-                c.powf(-0.5)
-            } else {
-                fan_in.powf(-0.5)
-            };
-            Tensor::randn(&shape, std, &mut rng).into_f32_vec()?
-        };
-        map.insert(name, Tensor::from_f32(&shape, data)?);
-    }
-    Params::from_map(map, HashMap::new())
-}
-
 fn upload(gpu: &Gpu, data: &[f32], shape: &[usize], dtype: DType) -> Result<CudaTensor> {
     CudaTensor::from_f32(gpu, shape, data, dtype)
 }
@@ -121,39 +70,31 @@ fn check_vit_input(s: &[usize], p: usize) -> Result<()> {
 }
 
 impl CudaVit {
-    /// Loads the image tower from `p` (tensors are taken, as `VisionTransformer::load` does).
-    pub fn load(gpu: &Arc<Gpu>, p: &mut Params, cfg: &VitConfig, act: Activation, dtype: DType) -> Result<CudaVit> {
+    /// Uploads the CPU tower's weights (GEMM weights in `dtype`; the class token, LayerNorm
+    /// parameters and the positional table f32): the same model as `cpu`, whatever loaded or
+    /// drew it.
+    pub fn from_cpu(gpu: &Arc<Gpu>, cpu: &VisionTransformer, dtype: DType) -> Result<CudaVit> {
         if !dtype.is_float() {
             return Err(Error::Device(format!("CUDA ViT: dtype {dtype:?} is not a float type")));
         }
-        let (c, pp, d) = (cfg.width, cfg.patch, cfg.output_dim);
         let f32d = DType::F32;
-        let conv_w = upload(gpu, &p.take("visual.conv1.weight", &[c, 3, pp, pp])?, &[c, 3 * pp * pp], dtype)?;
-        let class_emb = upload(gpu, &p.take("visual.class_embedding", &[c])?, &[c], f32d)?;
-        let pos_emb = p.take("visual.positional_embedding", &[cfg.grid * cfg.grid + 1, c])?;
-        let ln_pre_w = upload(gpu, &p.take("visual.ln_pre.weight", &[c])?, &[c], f32d)?;
-        let ln_pre_b = upload(gpu, &p.take("visual.ln_pre.bias", &[c])?, &[c], f32d)?;
-        let transformer =
-            CudaTransformer::load(gpu, p, "visual.transformer.resblocks.", c, cfg.layers, cfg.heads, act, dtype)?;
-        let ln_post_w = upload(gpu, &p.take("visual.ln_post.weight", &[c])?, &[c], f32d)?;
-        let ln_post_b = upload(gpu, &p.take("visual.ln_post.bias", &[c])?, &[c], f32d)?;
-        let proj = p.take("visual.proj", &[c, d])?;
-        let proj_t = upload(gpu, &crate::models::clip::vit::transpose(&proj, c, d), &[d, c], dtype)?;
+        let small = |v: &[f32]| upload(gpu, v, &[v.len()], f32d);
+        let weight = |w: &LinearWeight| upload(gpu, &w.to_row_major(), &[w.n(), w.k()], dtype);
         Ok(CudaVit {
-            cfg: cfg.clone(),
-            act,
+            cfg: cpu.cfg.clone(),
+            act: cpu.transformer.act,
             dtype,
             gpu: gpu.clone(),
-            conv_w,
-            class_emb,
-            pos_emb,
+            conv_w: weight(&cpu.conv_w)?,
+            class_emb: small(&cpu.class_emb)?,
+            pos_emb: cpu.pos_emb.clone(),
             pos_cache: Mutex::new(HashMap::new()),
-            ln_pre_w,
-            ln_pre_b,
-            transformer,
-            ln_post_w,
-            ln_post_b,
-            proj_t,
+            ln_pre_w: small(&cpu.ln_pre_w)?,
+            ln_pre_b: small(&cpu.ln_pre_b)?,
+            transformer: CudaTransformer::from_cpu(gpu, &cpu.transformer, dtype)?,
+            ln_post_w: small(&cpu.ln_post_w)?,
+            ln_post_b: small(&cpu.ln_post_b)?,
+            proj_t: weight(&cpu.proj_t)?,
         })
     }
 
@@ -306,10 +247,10 @@ impl CudaVit {
 }
 
 /// Encoder-level checks for gpu-check: the CUDA ViT's pooled embeddings against the CPU
-/// encoder on the same random weights (a tiny tower at two input sizes, and ViT-B/16 at 224).
+/// encoder it was uploaded from, on random weights (a tiny tower at two input sizes, and ViT-B/16 at 224).
 pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
     use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
-    use crate::models::clip::vit::{VisionTransformer, VitRequest};
+    use crate::models::clip::vit::random_vit_params;
     let tiny = VitConfig { width: 128, layers: 2, heads: 2, patch: 16, grid: 4, output_dim: 32 };
     let b16 = VitConfig { width: 768, layers: 12, heads: 12, patch: 16, grid: 14, output_dim: 512 };
     let mut checks = Vec::new();
@@ -326,7 +267,7 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
                 let seed = rng.gen::<u64>();
                 let act = Activation::QuickGelu;
                 let cpu = VisionTransformer::load(&mut random_vit_params(&cfg, seed)?, &cfg, act)?;
-                let dev = CudaVit::load(gpu, &mut random_vit_params(&cfg, seed)?, &cfg, act, dtype)?;
+                let dev = CudaVit::from_cpu(gpu, &cpu, dtype)?;
                 let pixels = random_vec(rng, batch * 3 * h * w, 2.0);
                 let want =
                     cpu.forward(&Tensor::from_f32(&[batch, 3, h, w], pixels.clone())?, &VitRequest::default())?.pooled;
@@ -353,7 +294,7 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
                 let seed = rng.gen::<u64>();
                 let act = Activation::QuickGelu;
                 let cpu = VisionTransformer::load(&mut random_vit_params(&cfg, seed)?, &cfg, act)?;
-                let dev = CudaVit::load(gpu, &mut random_vit_params(&cfg, seed)?, &cfg, act, dtype)?;
+                let dev = CudaVit::from_cpu(gpu, &cpu, dtype)?;
                 let t = (h / 16) * (w / 16) + 1;
                 let pixels = Tensor::from_f32(&[batch, 3, h, w], random_vec(rng, batch * 3 * h * w, 2.0))?;
                 let diag: Vec<f32> = (0..t * t).map(|i| if i / t == i % t { -1e4 } else { 0.0 }).collect();
