@@ -87,7 +87,7 @@ pub(crate) fn im2col_rows(x: &[f32], s: &Conv2dShape, oy0: usize, oy1: usize, co
     }
 }
 
-/// The definition, one output at a time in f64: y = act(residual + conv(x, w) + bias), act the
+/// The definition, summed in f64 over every tap (`conv2d_taps`): y = act(residual + conv(x, w) + bias), act the
 /// ReLU when `relu`. The fast CPU path below is tested against it, and so are the kernels
 /// (directly on check rows up to `REFERENCE_MAX_WORK`, through the fast path on larger ones).
 pub fn conv2d_reference(
@@ -99,14 +99,33 @@ pub fn conv2d_reference(
     residual: Option<&[f32]>,
 ) -> Vec<f32> {
     let (ho, wo) = s.out_hw();
+    let mut acc = vec![0.0f64; s.batch * s.c_out * ho * wo];
+    conv2d_taps(s, |yi, xi, wi| acc[yi] += x[xi] as f64 * w[wi] as f64);
+    let plane = ho * wo;
+    acc.iter()
+        .enumerate()
+        .map(|(o, &a)| {
+            let co = (o / plane) % s.c_out;
+            let v = (a + bias.map_or(0.0, |bias| bias[co] as f64) + residual.map_or(0.0, |r| r[o] as f64)) as f32;
+            if relu {
+                v.max(0.0)
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+/// Every (output, input, weight) index triple of the convolution that is not in the padding,
+/// in the definition's order: the index space both the forward and the backward references walk.
+pub fn conv2d_taps(s: &Conv2dShape, mut tap: impl FnMut(usize, usize, usize)) {
+    let (ho, wo) = s.out_hw();
     let k = s.kernel;
-    let mut y = vec![0.0f32; s.batch * s.c_out * ho * wo];
     for b in 0..s.batch {
         for co in 0..s.c_out {
             for oy in 0..ho {
                 for ox in 0..wo {
-                    let o = ((b * s.c_out + co) * ho + oy) * wo + ox;
-                    let mut acc = bias.map_or(0.0, |bias| bias[co] as f64) + residual.map_or(0.0, |r| r[o] as f64);
+                    let yi = ((b * s.c_out + co) * ho + oy) * wo + ox;
                     for ci in 0..s.c_in {
                         for ky in 0..k {
                             for kx in 0..k {
@@ -115,18 +134,15 @@ pub fn conv2d_reference(
                                 if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
                                     continue;
                                 }
-                                let xv = x[((b * s.c_in + ci) * s.h + iy as usize) * s.w + ix as usize];
-                                acc += xv as f64 * w[((co * s.c_in + ci) * k + ky) * k + kx] as f64;
+                                let xi = ((b * s.c_in + ci) * s.h + iy as usize) * s.w + ix as usize;
+                                tap(yi, xi, ((co * s.c_in + ci) * k + ky) * k + kx);
                             }
                         }
                     }
-                    let v = acc as f32;
-                    y[o] = if relu { v.max(0.0) } else { v };
                 }
             }
         }
     }
-    y
 }
 
 /// y (B, C_out, Ho, Wo) = [y +] conv(x (B, C_in, H, W), w (C_out, C_in, k, k)) + bias, then

@@ -9,41 +9,19 @@ use crate::device::cuda::check::{
 };
 use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
-use crate::ops::conv2d::{im2col_rows, Conv2dShape};
+use crate::ops::conv2d::{conv2d_taps, im2col_rows, Conv2dShape};
 use crate::ops::matmul::{gemm_cpu, MatRef};
 
 /// The definition: (dw, dx) as sums over every output, in f64, of dy (B, C_out, Ho, Wo) against
 /// x (B, C_in, H, W) and w (C_out, C_in, k, k). The fast CPU path below and the kernels are
 /// checked against it (kernels directly on check rows up to `REFERENCE_MAX_WORK`).
 pub fn conv2d_backward_reference(x: &[f32], w: &[f32], dy: &[f32], s: &Conv2dShape) -> (Vec<f64>, Vec<f64>) {
-    let (ho, wo) = s.out_hw();
-    let k = s.kernel;
     let mut dw = vec![0.0f64; w.len()];
     let mut dx = vec![0.0f64; x.len()];
-    for b in 0..s.batch {
-        for co in 0..s.c_out {
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let g = dy[((b * s.c_out + co) * ho + oy) * wo + ox] as f64;
-                    for ci in 0..s.c_in {
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-                                let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                                if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
-                                    continue;
-                                }
-                                let xi = ((b * s.c_in + ci) * s.h + iy as usize) * s.w + ix as usize;
-                                let wi = ((co * s.c_in + ci) * k + ky) * k + kx;
-                                dw[wi] += g * x[xi] as f64;
-                                dx[xi] += g * w[wi] as f64;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    conv2d_taps(s, |yi, xi, wi| {
+        dw[wi] += dy[yi] as f64 * x[xi] as f64;
+        dx[xi] += dy[yi] as f64 * w[wi] as f64;
+    });
     (dw, dx)
 }
 
