@@ -22,7 +22,7 @@ use crate::methods::encode::Skipped;
 use crate::methods::report::RunReport;
 use crate::methods::zeroshot::encode_dataset;
 use crate::models::clip::tokenizer::ClipTokenizer;
-use crate::models::clip::{ClipModel, VisionEncoder};
+use crate::models::clip::{ClipModel, CudaVisual, VisionEncoder};
 use crate::ops::activation::Activation;
 use crate::ops::similarity::class_probabilities;
 use crate::tensor::Tensor;
@@ -184,6 +184,9 @@ pub fn load_clip(a: &ClipArgs, ds: &Dataset, gpu: Option<&Arc<Gpu>>, dtype: &str
     let text = model.class_embeddings(&ClipTokenizer::new()?, &prompt_classes, &[a.template.as_str()])?;
     if let Some(g) = gpu {
         model.attach_cuda(g, Some(&a.clip), dtype.parse()?)?;
+        if let Some(CudaVisual::ResNet(r)) = &mut model.cuda_visual {
+            r.pos_f16 = true;
+        }
         eprintln!("device: {} ({dtype})", g.name);
     }
     Ok(ClipSetup {
