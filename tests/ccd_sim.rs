@@ -1,4 +1,5 @@
-//! `ccd relabel --device sim` (stage 2 on the device: the classifier's CAMs, the `cam_box`
+//! `ccd init --device sim` (CLIP's tower with CCD's fp16 positional table) and `ccd relabel
+//! --device sim` (stage 2 on the device: the classifier's CAMs, the `cam_box`
 //! launch, the one batched `crop_resize_planes` launch and CLIP's image tower, run by the PTX
 //! simulator) against `--device cpu` on the tiny CLIP and classifier fixtures and two coco128
 //! photos: the same crops (boxes and sizes identical) and labels within 1e-4 relative. Needs
@@ -45,6 +46,22 @@ fn relabel_on_the_simulator_equals_the_cpu() {
     let mut init = vec!["ccd", "init", "--no-cache", "--out", l0.to_str().unwrap()];
     init.extend(data);
     labelfree(&init);
+    // stage 0 on the simulator: CLIP's tower with the positional table rounded to fp16 as the CPU
+    let l0_sim = dir.join("l0_sim.safetensors");
+    let mut init_sim = vec!["--device", "sim", "ccd", "init", "--no-cache", "--out", l0_sim.to_str().unwrap()];
+    init_sim.extend(data);
+    labelfree(&init_sim);
+    let (cpu0, sim0) = (CcdLabels::read(&l0).unwrap(), CcdLabels::read(&l0_sim).unwrap());
+    assert_eq!((&cpu0.paths, &cpu0.flags), (&sim0.paths, &sim0.flags), "stage 0: paths and flags");
+    for (name, x, y) in [
+        ("labels", &cpu0.labels, &sim0.labels),
+        ("clip_scores", cpu0.clip_scores.as_ref().unwrap(), sim0.clip_scores.as_ref().unwrap()),
+        ("bias", cpu0.bias.as_ref().unwrap(), sim0.bias.as_ref().unwrap()),
+    ] {
+        let worst = x.iter().zip(y).map(|(p, q)| (p - q).abs() / p.abs().max(1e-6)).fold(0.0f32, f32::max);
+        eprintln!("stage 0 {name}: sim vs cpu worst relative error {worst:.2e}");
+        assert!(worst < 1e-4, "stage 0 {name}: sim vs cpu {worst:.3e}");
+    }
 
     for rule in ["first-last", "minmax"] {
         let mut got = Vec::new();
