@@ -384,13 +384,17 @@ fn train_takes_a_tagclip_scores_csv_and_names_a_mismatch() {
     dataset(dir);
     std::fs::remove_file(dir.join("broken.jpg")).unwrap();
     let csv = std::fs::read_to_string(dir.join("split.csv")).unwrap();
-    std::fs::write(dir.join("split.csv"), csv.lines().filter(|l| !l.starts_with("broken")).collect::<Vec<_>>().join("\n"))
-        .unwrap();
+    std::fs::write(
+        dir.join("split.csv"),
+        csv.lines().filter(|l| !l.starts_with("broken")).collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
     // `labelfree tagclip --out scores.csv`'s format: path, then one score column per class
     let scores_csv = |classes: &[&str], paths: &[&str]| {
         let mut s = format!("path,{}\n", classes.join(","));
         for (i, p) in paths.iter().enumerate() {
-            let row: Vec<String> = (0..classes.len()).map(|j| format!("{:.3}", ((i * 7 + j * 3) % 10) as f32 / 10.0)).collect();
+            let row: Vec<String> =
+                (0..classes.len()).map(|j| format!("{:.3}", ((i * 7 + j * 3) % 10) as f32 / 10.0)).collect();
             s.push_str(&format!("{p},{}\n", row.join(",")));
         }
         s
@@ -399,9 +403,8 @@ fn train_takes_a_tagclip_scores_csv_and_names_a_mismatch() {
     std::fs::write(&good, scores_csv(&CLASSES, &PHOTOS)).unwrap();
     let clip = tiny_clip();
     let train = |labels: &Path, out: &Path| {
-        let mut args: Vec<String> = ["--threads", "2", "ccd", "train", "--dataset", "csv", "--split", "split"]
-            .map(String::from)
-            .to_vec();
+        let mut args: Vec<String> =
+            ["--threads", "2", "ccd", "train", "--dataset", "csv", "--split", "split"].map(String::from).to_vec();
         for (k, v) in [
             ("--root", dir.to_str().unwrap()),
             ("--eval-split", "split"),
