@@ -52,3 +52,20 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 // Instantiates an extern "C" entry point per storage type from a templated kernel body:
 //   LF_FOR_FLOAT_TYPES(MACRO) expands MACRO(f32, float), MACRO(bf16, __nv_bfloat16), MACRO(f16, __half)
 #define LF_FOR_FLOAT_TYPES(M) M(f32, float) M(bf16, __nv_bfloat16) M(f16, __half)
+
+// Bilinear source taps (align_corners=False, no antialias) of output index o along an axis
+// n_in -> n_out, exactly as ops::interpolate::bilinear_resize_cpu computes them in f32:
+// src = max((o + 0.5) * (n_in / n_out) - 0.5, 0) with every operation rounded on its own (no
+// contraction), i0 = min(floor(src), n_in - 1), i1 = min(i0 + 1, n_in - 1), frac = src - i0.
+__device__ __forceinline__ void bilinear_taps_exact(int o, int n_in, int n_out, int& i0, int& i1, float& frac) {
+    const float scale = __fdiv_rn((float)n_in, (float)n_out);
+    const float src = fmaxf(__fsub_rn(__fmul_rn(__fadd_rn((float)o, 0.5f), scale), 0.5f), 0.0f);
+    i0 = min((int)floorf(src), n_in - 1);
+    i1 = min(i0 + 1, n_in - 1);
+    frac = __fsub_rn(src, (float)i0);
+}
+
+// a * (1 - t) + b * t rounded as the CPU reference (two products, one sum; no FMA).
+__device__ __forceinline__ float lerp_exact(float a, float b, float t) {
+    return __fadd_rn(__fmul_rn(a, __fsub_rn(1.0f, t)), __fmul_rn(b, t));
+}

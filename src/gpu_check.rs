@@ -37,6 +37,8 @@ pub fn all_checks() -> Vec<GpuCheck> {
         crate::ops::tokens::gpu_checks(),
         crate::ops::interpolate::gpu_checks(),
         crate::ops::crop_resize::gpu_checks(),
+        crate::ops::crop_resize_planes::gpu_checks(),
+        crate::ops::cam_box::gpu_checks(),
         crate::ops::attention::gpu_checks(),
         crate::ops::softmax::gpu_checks(),
         crate::ops::activation::gpu_checks(),

@@ -253,3 +253,192 @@ fn relabel_writes_the_library_result_keeps_unreadable_rows_and_names_mismatches(
     let e = e.to_string();
     assert!(e.contains("onebyone_conv.bias") && e.contains("[6]") && e.contains("[10]"), "{e}");
 }
+
+#[test]
+fn relabel_saves_box_maps_of_the_chosen_images() {
+    let tmp = TempDir::new("ccd_cli_boxes");
+    let dir = tmp.path();
+    dataset(dir);
+    std::fs::remove_file(dir.join("broken.jpg")).unwrap();
+    let csv = std::fs::read_to_string(dir.join("split.csv")).unwrap();
+    std::fs::write(
+        dir.join("split.csv"),
+        csv.lines().filter(|l| !l.starts_with("broken")).collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
+    let l0 = dir.join("l0.safetensors");
+    let args = init_args(dir, &l0);
+    let (ok, err) = run(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    let (clip, classifier) = (tiny_clip(), fixtures().join("ccd/classifier.safetensors"));
+    let (maps, l2) = (dir.join("maps"), dir.join("l2.safetensors"));
+    let relabel = |chosen: &str| {
+        run(&[
+            "ccd",
+            "relabel",
+            "--dataset",
+            "csv",
+            "--root",
+            dir.to_str().unwrap(),
+            "--split",
+            "split",
+            "--clip",
+            clip.to_str().unwrap(),
+            "--clip-size",
+            "96",
+            "--classifier",
+            classifier.to_str().unwrap(),
+            "--labels",
+            l0.to_str().unwrap(),
+            "--threshold",
+            "0.3",
+            "--offset",
+            "12",
+            "--out",
+            l2.to_str().unwrap(),
+            "--save-boxes",
+            maps.to_str().unwrap(),
+            "--save-boxes-images",
+            chosen,
+        ])
+    };
+    // a row index and a file name
+    let (ok, err) = relabel(&format!("1,{}", PHOTOS[3]));
+    assert!(ok, "{err}");
+    let boxes: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("l2.safetensors.boxes.json")).unwrap()).unwrap();
+    let want: Vec<String> = boxes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| [PHOTOS[1], PHOTOS[3]].contains(&b["image"].as_str().unwrap()))
+        .map(|b| {
+            let stem = b["image"].as_str().unwrap().trim_end_matches(".jpg").to_string();
+            format!("{stem}_{}.png", b["class"].as_str().unwrap())
+        })
+        .collect();
+    assert!(!want.is_empty(), "no crop in the chosen images at threshold 0.3: nothing would be drawn");
+    let mut got: Vec<String> =
+        std::fs::read_dir(&maps).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    got.sort();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    assert_eq!(got, want_sorted, "one PNG per crop of the chosen images, none of the others");
+    for f in &got {
+        let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(maps.join(f)).unwrap()));
+        let reader = dec.read_info().unwrap();
+        let info = reader.info();
+        assert_eq!((info.width, info.height), (96, 96), "{f}");
+    }
+    // a name that is no row: a clear error naming it
+    let (ok, err) = relabel("nothere.jpg");
+    assert!(!ok && err.contains("nothere.jpg"), "{err}");
+}
+
+#[test]
+fn predict_images_scores_files_as_the_dataset_run_does() {
+    let tmp = TempDir::new("ccd_cli_predict_images");
+    let dir = tmp.path();
+    dataset(dir);
+    let classifier = fixtures().join("ccd/classifier.safetensors");
+    let (root, cls) = (dir.to_str().unwrap(), classifier.to_str().unwrap());
+    let (by_ds, by_files) = (dir.join("ds.csv"), dir.join("files.csv"));
+    let common = ["ccd", "predict", "--classifier", cls, "--size", "64"];
+    let mut a: Vec<&str> = common.to_vec();
+    a.extend(["--dataset", "csv", "--root", root, "--split", "split", "--out", by_ds.to_str().unwrap()]);
+    let (ok, err) = run(&a);
+    assert!(ok, "{err}");
+    let names = CLASSES.join(",");
+    let photos: Vec<String> = PHOTOS[..3].iter().map(|p| dir.join(p).display().to_string()).collect();
+    let mut b: Vec<&str> = common.to_vec();
+    b.push("--images");
+    b.extend(photos.iter().map(|s| s.as_str()));
+    b.extend(["--classes", &names, "--out", by_files.to_str().unwrap()]);
+    let (ok, err) = run(&b);
+    assert!(ok, "{err}");
+    let read = |p: &Path| -> Vec<Vec<String>> {
+        std::fs::read_to_string(p).unwrap().lines().map(|l| l.split(',').map(String::from).collect()).collect()
+    };
+    let (ds_rows, file_rows) = (read(&by_ds), read(&by_files));
+    assert_eq!(file_rows[0], ds_rows[0], "the same header: path and the classes");
+    assert_eq!(file_rows.len(), 4);
+    for row in &file_rows[1..] {
+        let name = Path::new(&row[0]).file_name().unwrap().to_str().unwrap().to_string();
+        let twin = ds_rows.iter().find(|r| r[0] == name).unwrap();
+        assert_eq!(&row[1..], &twin[1..], "{name}: the same scores as the dataset run");
+    }
+    // without class names: a clear error; with the wrong count: the tensor named
+    let mut c: Vec<&str> = common.to_vec();
+    c.extend(["--images", &photos[0], "--out", by_files.to_str().unwrap()]);
+    let (ok, err) = run(&c);
+    assert!(!ok && err.contains("--classes"), "{err}");
+    c.extend(["--classes", "person,dog"]);
+    let (ok, err) = run(&c);
+    assert!(!ok && err.contains("onebyone_conv.bias"), "{err}");
+}
+
+#[test]
+fn train_takes_a_tagclip_scores_csv_and_names_a_mismatch() {
+    let tmp = TempDir::new("ccd_cli_train_csv");
+    let dir = tmp.path();
+    dataset(dir);
+    std::fs::remove_file(dir.join("broken.jpg")).unwrap();
+    let csv = std::fs::read_to_string(dir.join("split.csv")).unwrap();
+    std::fs::write(
+        dir.join("split.csv"),
+        csv.lines().filter(|l| !l.starts_with("broken")).collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
+    // `labelfree tagclip --out scores.csv`'s format: path, then one score column per class
+    let scores_csv = |classes: &[&str], paths: &[&str]| {
+        let mut s = format!("path,{}\n", classes.join(","));
+        for (i, p) in paths.iter().enumerate() {
+            let row: Vec<String> =
+                (0..classes.len()).map(|j| format!("{:.3}", ((i * 7 + j * 3) % 10) as f32 / 10.0)).collect();
+            s.push_str(&format!("{p},{}\n", row.join(",")));
+        }
+        s
+    };
+    let good = dir.join("tagclip.csv");
+    std::fs::write(&good, scores_csv(&CLASSES, &PHOTOS)).unwrap();
+    let clip = tiny_clip();
+    let train = |labels: &Path, out: &Path| {
+        let mut args: Vec<String> =
+            ["--threads", "2", "ccd", "train", "--dataset", "csv", "--split", "split"].map(String::from).to_vec();
+        for (k, v) in [
+            ("--root", dir.to_str().unwrap()),
+            ("--eval-split", "split"),
+            ("--clip", clip.to_str().unwrap()),
+            ("--clip-size", "64"),
+            ("--labels", labels.to_str().unwrap()),
+            ("--epochs", "1"),
+            ("--update-epoch", "5"),
+            ("--batch", "4"),
+            ("--size", "32"),
+            ("--width", "4"),
+            ("--out", out.to_str().unwrap()),
+        ] {
+            args.extend([k.to_string(), v.to_string()]);
+        }
+        run(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+    };
+    let out = dir.join("run");
+    let (ok, err) = train(&good, &out);
+    assert!(ok, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("ccd_train_report.json")).unwrap()).unwrap();
+    assert_eq!(report["stage0_labels"].as_str().unwrap(), good.to_str().unwrap());
+    assert!(out.join("checkpoint.safetensors").is_file());
+
+    // classes of another dataset: named; a path that is no image of the split: named
+    let other = dir.join("other.csv");
+    let mut renamed = CLASSES;
+    renamed[2] = "automobile";
+    std::fs::write(&other, scores_csv(&renamed, &PHOTOS)).unwrap();
+    let (ok, err) = train(&other, &dir.join("run2"));
+    assert!(!ok && err.contains("automobile") && err.contains("car"), "{err}");
+    let stray = dir.join("stray.csv");
+    std::fs::write(&stray, scores_csv(&CLASSES, &[PHOTOS[0], "elsewhere/img.jpg"])).unwrap();
+    let (ok, err) = train(&stray, &dir.join("run3"));
+    assert!(!ok && err.contains("elsewhere/img.jpg"), "{err}");
+}

@@ -84,6 +84,14 @@ pub struct CudaActivations {
     pub logits: CudaTensor,
 }
 
+impl CudaActivations {
+    /// The CAM head's boosted CAMs (B, C, h, w); None for a linear head (its head output is
+    /// the pooled features (B, K)).
+    pub fn cam(&self) -> Option<&CudaTensor> {
+        (self.head.shape().len() == 4).then_some(&self.head)
+    }
+}
+
 /// The losses of one step, read back from the device.
 #[derive(Clone, Copy, Debug)]
 pub struct CudaStepLosses {

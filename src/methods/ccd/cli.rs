@@ -174,6 +174,7 @@ pub fn load_clip(a: &ClipArgs, ds: &Dataset, gpu: Option<&Arc<Gpu>>, dtype: DTyp
     let prompt_classes = ds.class_names(style);
     let text = model.class_embeddings(&ClipTokenizer::new()?, &prompt_classes, &[a.template.as_str()])?;
     if let Some(g) = gpu {
+        // The CUDA tower takes the CPU tower's weights and its pos_f16 flag, set above.
         model.attach_cuda(g, dtype)?;
         eprintln!("device: {} ({dtype})", g.name);
     }

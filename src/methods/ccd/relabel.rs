@@ -11,11 +11,15 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::device::cuda::{CudaTensor, DType};
 use crate::error::{Error, Result};
 use crate::models::clip::weights::load_safetensors;
-use crate::models::clip::ClipModel;
+use crate::models::clip::{ClipModel, CudaVisual};
 use crate::models::resnet50::{HeadKind, ResNet};
-use crate::ops::interpolate::bilinear_resize_cpu;
+use crate::models::resnet50_cuda::CudaResNet;
+pub use crate::ops::cam_box::{cam_box, cam_box_cuda, BoxRule};
+use crate::ops::crop_resize_planes::{crop_resize_plane_cpu, crop_resize_planes_cuda, CropDest, PlaneCrop};
+use crate::ops::similarity::class_probabilities;
 use crate::tensor::Tensor;
 
 use super::init::{clip_scores, debias_row};
@@ -48,16 +52,6 @@ impl Default for RelabelOptions {
             box_rule: BoxRule::FirstLast,
         }
     }
-}
-
-/// How the box is read from the pixels above the CAM level.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum BoxRule {
-    /// The official quirk: the corners are the first and the last such pixel in raster order
-    /// (the x extent comes from those two pixels only).
-    FirstLast,
-    /// The true bounding box of all such pixels (`--box minmax`).
-    MinMax,
 }
 
 /// A crop of one image for one class, in pixels of the CLIP-size image: [x0, x1) x [y0, y1),
@@ -119,36 +113,6 @@ pub fn calibrate_threshold(probs: &[f32], c: usize, start: f64, step: f64, bound
 // CAM -> box -> crop size
 // ---------------------------------------------------------------------------------------------
 
-/// The box of one CAM plane (h, w) at the image size (ih, iw): bilinear upsampling
-/// (align_corners false), (v - min) / (max - min + 1e-5), pixels above `level`; None when no
-/// pixel is (a flat CAM).
-pub fn cam_box(cam: &[f32], h: usize, w: usize, ih: usize, iw: usize, level: f32, rule: BoxRule) -> Option<[usize; 4]> {
-    let mut up = vec![0.0f32; ih * iw];
-    bilinear_resize_cpu(cam, 1, h, w, ih, iw, false, &mut up);
-    let lo = up.iter().copied().fold(f32::INFINITY, f32::min);
-    let hi = up.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let den = hi - lo + 1e-5;
-    let above = |i: usize| (up[i] - lo) / den > level;
-    match rule {
-        BoxRule::FirstLast => {
-            let first = (0..ih * iw).find(|&i| above(i))?;
-            let last = (0..ih * iw).rev().find(|&i| above(i))?;
-            // (y1, x1) of the first pixel, (y2, x2) of the last
-            Some([first / iw, first % iw, last / iw, last % iw])
-        }
-        BoxRule::MinMax => {
-            let (mut y0, mut x0, mut y1, mut x1) = (usize::MAX, usize::MAX, 0, 0);
-            for i in (0..ih * iw).filter(|&i| above(i)) {
-                y0 = y0.min(i / iw);
-                x0 = x0.min(i % iw);
-                y1 = y1.max(i / iw);
-                x1 = x1.max(i % iw);
-            }
-            (y0 != usize::MAX).then_some([y0, x0, y1, x1])
-        }
-    }
-}
-
 /// The official `cropping_box`: the two points (y1, x1), (y2, x2) padded by `offset` and
 /// clipped to the image, and the resized size. Its arithmetic is kept: a side both of whose
 /// ends were clipped is a Python int, any other a torch int64 tensor, so the scale 640 / long
@@ -187,17 +151,22 @@ pub fn crop_plan(class: usize, pts: [usize; 4], ih: usize, iw: usize, offset: us
 /// The crop of a normalised (3, H, W) image resized bilinearly (align_corners false, no
 /// antialias: torch's F.interpolate) to `plan.out_hw`: (3, oh, ow).
 pub fn crop_pixels(image: &[f32], ih: usize, iw: usize, plan: &CropPlan) -> Vec<f32> {
-    let (h, w) = (plan.y1 - plan.y0, plan.x1 - plan.x0);
-    let mut crop = Vec::with_capacity(3 * h * w);
-    for ch in 0..3 {
-        for y in plan.y0..plan.y1 {
-            crop.extend_from_slice(&image[(ch * ih + y) * iw + plan.x0..][..w]);
+    crop_resize_plane_cpu(image, ih, iw, &plan.plane_crop(0))
+}
+
+impl CropPlan {
+    /// This crop of image `image` for the crop kernels.
+    pub fn plane_crop(&self, image: usize) -> PlaneCrop {
+        PlaneCrop {
+            image,
+            y0: self.y0,
+            x0: self.x0,
+            h: self.y1 - self.y0,
+            w: self.x1 - self.x0,
+            oh: self.out_hw.0,
+            ow: self.out_hw.1,
         }
     }
-    let (oh, ow) = plan.out_hw;
-    let mut out = vec![0.0f32; 3 * oh * ow];
-    bilinear_resize_cpu(&crop, 3, h, w, oh, ow, false, &mut out);
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -340,6 +309,47 @@ pub fn update_label(old: &[f32], crop_scores: &[f32], bias: &[f32], opt: &Relabe
     old.iter().zip(&local).map(|(&o, &l)| (opt.ratio * o + keep as f32 * l).clamp(0.0, 1.0)).collect()
 }
 
+/// The crops of a batch CLIP can take, grouped by output size: (image, crop) per group in
+/// order; and per image the count of crops with a side under 32 pixels, left out.
+type CropGroups = BTreeMap<(usize, usize), Vec<(usize, usize)>>;
+
+fn group_crops(plans: &[Vec<CropPlan>]) -> (CropGroups, Vec<usize>) {
+    let mut groups: CropGroups = BTreeMap::new();
+    let mut too_small = vec![0usize; plans.len()];
+    for (i, p) in plans.iter().enumerate() {
+        for (k, plan) in p.iter().enumerate() {
+            if plan.out_hw.0 < 32 || plan.out_hw.1 < 32 {
+                too_small[i] += 1;
+            } else {
+                groups.entry(plan.out_hw).or_default().push((i, k));
+            }
+        }
+    }
+    (groups, too_small)
+}
+
+/// The updates of a batch from its plans and each crop's CLIP scores (None: left out).
+fn assemble(
+    plans: Vec<Vec<CropPlan>>,
+    scores: Vec<Vec<Option<Vec<f32>>>>,
+    too_small: &[usize],
+    old: &[Vec<f32>],
+    bias: &[f32],
+    opt: &RelabelOptions,
+) -> Vec<ImageUpdate> {
+    plans
+        .into_iter()
+        .zip(scores)
+        .enumerate()
+        .map(|(i, (crops, sc))| {
+            let crop_scores: Vec<f32> = sc.into_iter().flatten().flatten().collect();
+            let label = update_label(&old[i], &crop_scores, bias, opt);
+            let crops = crops.into_iter().filter(|p| p.out_hw.0 >= 32 && p.out_hw.1 >= 32).collect();
+            ImageUpdate { crops, crop_scores, too_small: too_small[i], label }
+        })
+        .collect()
+}
+
 /// Stage 2 over a batch of images (each (3, ih, iw), normalised, CLIP size): one classifier
 /// pass per image, then every crop of the batch, grouped by size, through CLIP in batched
 /// passes of at most `clip_batch` crops.
@@ -363,18 +373,7 @@ pub fn relabel_batch(
         let (probs, cams, h, w) = classify(classifier, img, 1, ih, iw)?;
         plans.push(plan_crops(&cams, &probs, h, w, ih, iw, threshold, opt));
     }
-    // crops grouped by output size: (image, crop) per group, in order
-    let mut groups: BTreeMap<(usize, usize), Vec<(usize, usize)>> = BTreeMap::new();
-    let mut too_small = vec![0usize; images.len()];
-    for (i, p) in plans.iter().enumerate() {
-        for (k, plan) in p.iter().enumerate() {
-            if plan.out_hw.0 < 32 || plan.out_hw.1 < 32 {
-                too_small[i] += 1;
-            } else {
-                groups.entry(plan.out_hw).or_default().push((i, k));
-            }
-        }
-    }
+    let (groups, too_small) = group_crops(&plans);
     let mut scores: Vec<Vec<Option<Vec<f32>>>> = plans.iter().map(|p| vec![None; p.len()]).collect();
     for ((oh, ow), members) in &groups {
         for chunk in members.chunks(clip_batch.max(1)) {
@@ -388,17 +387,97 @@ pub fn relabel_batch(
             }
         }
     }
-    Ok(plans
-        .into_iter()
-        .zip(scores)
-        .enumerate()
-        .map(|(i, (crops, sc))| {
-            let crop_scores: Vec<f32> = sc.into_iter().flatten().flatten().collect();
-            let label = update_label(&old[i], &crop_scores, bias, opt);
-            let crops = crops.into_iter().filter(|p| p.out_hw.0 >= 32 && p.out_hw.1 >= 32).collect();
-            ImageUpdate { crops, crop_scores, too_small: too_small[i], label }
-        })
-        .collect())
+    Ok(assemble(plans, scores, &too_small, old, bias, opt))
+}
+
+/// [`relabel_batch`] on the device: the images go up once as one (B, 3, ih, iw) tensor; one
+/// eval-mode classifier pass over the batch gives the sigmoid scores (read back, B x C, for the
+/// threshold) and the CAMs, which stay on the device; one `cam_box` launch finds the box of
+/// every (image, class) pair at or above the threshold (the boxes come back, 4 ints a pair, for
+/// the official crop arithmetic on the host); one `crop_resize_planes` launch cuts and resizes
+/// every crop of the batch straight into the CLIP batch tensors of its size (chunks of at
+/// most `clip_batch`); CLIP's image tower runs on each, and only the embeddings come back.
+/// CLIP must be attached to the same device (`ClipModel::attach_cuda`).
+#[allow(clippy::too_many_arguments)]
+pub fn relabel_batch_cuda(
+    clip: &ClipModel,
+    text: &Tensor,
+    classifier: &mut CudaResNet,
+    images: &[Vec<f32>],
+    ih: usize,
+    iw: usize,
+    old: &[Vec<f32>],
+    bias: &[f32],
+    threshold: f64,
+    clip_batch: usize,
+    opt: &RelabelOptions,
+) -> Result<Vec<ImageUpdate>> {
+    let Some(visual) = &clip.cuda_visual else {
+        return Err(Error::Device("stage 2 on the device needs CLIP's image tower there (attach_cuda)".into()));
+    };
+    let clip_dtype = match visual {
+        CudaVisual::Vit(v) => v.dtype,
+        CudaVisual::ResNet(r) => r.dtype,
+    };
+    if classifier.cfg.head != HeadKind::Cam {
+        return Err(Error::Weights("stage 2 needs a classifier with CCD's CAM head, not a linear head".into()));
+    }
+    let gpu = classifier.gpu.clone();
+    let (b, c) = (images.len(), bias.len());
+    if b == 0 {
+        return Ok(Vec::new());
+    }
+    // (B, 3, ih, iw)
+    let flat: Vec<f32> = images.iter().flat_map(|im| im.iter().copied()).collect();
+    let x = CudaTensor::from_f32(&gpu, &[b, 3, ih, iw], &flat, DType::F32)?;
+    let acts = classifier.forward(&x, false)?;
+    let probs: Vec<f32> = acts.logits.to_f32_vec(&gpu)?.iter().map(|&z| 1.0 / (1.0 + (-z).exp())).collect();
+    let cams = acts.cam().ok_or_else(|| Error::Internal("a CAM-head forward without CAMs".into()))?;
+    let pairs: Vec<(usize, usize)> = (0..b)
+        .flat_map(|i| (0..c).map(move |j| (i, j)))
+        .filter(|&(i, j)| probs[i * c + j] >= threshold as f32)
+        .collect();
+    let mut plans: Vec<Vec<CropPlan>> = vec![Vec::new(); b];
+    if !pairs.is_empty() {
+        let flat_pairs: Vec<i32> = pairs.iter().flat_map(|&(i, j)| [i as i32, j as i32]).collect();
+        let pd = CudaTensor::from_i32(&gpu, &[pairs.len(), 2], &flat_pairs)?;
+        let mut bd = CudaTensor::empty(&gpu, &[pairs.len(), 4], DType::I32)?;
+        cam_box_cuda(&gpu, cams, &pd, ih, iw, opt.cam_level, opt.box_rule, &mut bd)?;
+        let boxes = bd.to_f32_vec(&gpu)?;
+        for (&(i, j), bx) in pairs.iter().zip(boxes.chunks_exact(4)) {
+            if bx[0] >= 0.0 {
+                let pts = [bx[0] as usize, bx[1] as usize, bx[2] as usize, bx[3] as usize];
+                plans[i].push(crop_plan(j, pts, ih, iw, opt.offset, opt.crop_long));
+            }
+        }
+    }
+    drop(acts);
+    let (groups, too_small) = group_crops(&plans);
+    // one CLIP batch tensor per chunk of a size group; every crop into its slot in one launch
+    let mut outs = Vec::new();
+    let mut members = Vec::new();
+    let (mut crops, mut dest) = (Vec::new(), Vec::new());
+    for ((oh, ow), group) in &groups {
+        for chunk in group.chunks(clip_batch.max(1)) {
+            for (slot, &(i, k)) in chunk.iter().enumerate() {
+                crops.push(plans[i][k].plane_crop(i));
+                dest.push(CropDest { tensor: outs.len(), slot });
+            }
+            outs.push(CudaTensor::empty(&gpu, &[chunk.len(), 3, *oh, *ow], clip_dtype)?);
+            members.push(chunk);
+        }
+    }
+    crop_resize_planes_cuda(&gpu, &x, &crops, &dest, &mut outs)?;
+    drop(x);
+    let mut scores: Vec<Vec<Option<Vec<f32>>>> = plans.iter().map(|p| vec![None; p.len()]).collect();
+    for (t, chunk) in outs.iter().zip(members) {
+        let emb = visual.forward(t)?.to_tensor(&gpu)?;
+        let s = class_probabilities(&emb, text, super::CLIP_SCALE)?.into_f32_vec()?;
+        for (&(i, k), row) in chunk.iter().zip(s.chunks_exact(c)) {
+            scores[i][k] = Some(row.to_vec());
+        }
+    }
+    Ok(assemble(plans, scores, &too_small, old, bias, opt))
 }
 
 #[cfg(test)]
@@ -438,18 +517,6 @@ mod tests {
         let probs2: Vec<f32> = (0..201).flat_map(|_| row).collect();
         let cal = calibrate_threshold(&probs2, 5, 0.05, 0.001, 4.0);
         assert!(cal.stopped && cal.threshold == 0.05);
-    }
-
-    #[test]
-    fn cam_box_first_last_against_minmax() {
-        // a 2x2 CAM upsampled to 4x4: peaks at (0, 1) and (1, 0)
-        let cam = [0.0f32, 1.0, 1.0, 0.0];
-        let fl = cam_box(&cam, 2, 2, 4, 4, 0.95, BoxRule::FirstLast).unwrap();
-        let mm = cam_box(&cam, 2, 2, 4, 4, 0.95, BoxRule::MinMax).unwrap();
-        // first above-level pixel is in row 0 at the right, the last in row 3 at the left
-        assert_eq!(fl, [0, 3, 3, 0]);
-        assert_eq!(mm, [0, 0, 3, 3]);
-        assert!(cam_box(&[1.0; 4], 2, 2, 4, 4, 0.95, BoxRule::FirstLast).is_none());
     }
 
     #[test]

@@ -219,10 +219,11 @@ fn update_before(
     rows: &[usize],
     samples: &mut [Sample],
     threshold: Option<f64>,
+    gpu: Option<&Arc<Gpu>>,
 ) -> Result<UpdateRecord> {
     eprintln!("stage 2 before epoch {}", e + 1);
     let s2 = Stage2Args { threshold: threshold.or(a.stage2.threshold), ..a.stage2.clone() };
-    let (new, boxes, summary) = stage2(clip, &trainer.model, ds, labels, rows, &s2, a.relabel_batch)?;
+    let (new, boxes, summary) = stage2(clip, &trainer.model, gpu, ds, labels, rows, &s2, a.relabel_batch)?;
     let (lp, bp) = (labels_file(&a.out, e), boxes_file(&a.out, e));
     let json = |e: serde_json::Error| Error::Internal(e.to_string());
     write_atomic(&bp, serde_json::to_string_pretty(&boxes).map_err(json)?.as_bytes())?;
@@ -371,7 +372,7 @@ pub fn run(a: &CcdTrainArgs, dev: Device, gpu: Option<&Arc<Gpu>>) -> Result<CcdT
         } else if update_due(a, e) {
             // later updates reuse the first one's threshold, as the official code
             let threshold = report.updates.iter().find(|u| u.before_epoch < e).map(|u| u.threshold);
-            let rec = update_before(a, e, &clip, &trainer, &ds, &mut labels, &rows, &mut samples, threshold)?;
+            let rec = update_before(a, e, &clip, &trainer, &ds, &mut labels, &rows, &mut samples, threshold, gpu)?;
             report.updates.retain(|u| u.before_epoch != e);
             report.updates.push(rec);
             write_atomic(&rp, serde_json::to_string_pretty(&report).map_err(json)?.as_bytes())?;

@@ -74,10 +74,11 @@ pub fn text_mask(text: &str, scale: usize) -> (usize, usize, Vec<bool>) {
 }
 
 /// An RGB canvas that clips everything drawn to its bounds.
-struct Canvas {
-    width: usize,
-    height: usize,
-    rgb: Vec<u8>,
+pub struct Canvas {
+    pub width: usize,
+    pub height: usize,
+    /// `width * height * 3` bytes, row-major.
+    pub rgb: Vec<u8>,
 }
 
 impl Canvas {
@@ -97,7 +98,7 @@ impl Canvas {
     }
 
     /// A `thickness`-pixel outline inside the pixel rectangle [x0, x1) x [y0, y1).
-    fn outline(&mut self, x0: usize, y0: usize, x1: usize, y1: usize, thickness: usize, c: [u8; 3]) {
+    pub fn outline(&mut self, x0: usize, y0: usize, x1: usize, y1: usize, thickness: usize, c: [u8; 3]) {
         if x1 <= x0 || y1 <= y0 {
             return;
         }
@@ -109,7 +110,7 @@ impl Canvas {
     }
 
     /// `text` on a filled box with `PAD` pixels around it; returns the box's width.
-    fn label(&mut self, x: usize, y: usize, text: &str, scale: usize) -> usize {
+    pub fn label(&mut self, x: usize, y: usize, text: &str, scale: usize) -> usize {
         let (w, h, mask) = text_mask(text, scale);
         self.fill(x, y, w + 2 * PAD, h + 2 * PAD, LABEL_BACKGROUND);
         for ty in 0..h {
@@ -122,7 +123,7 @@ impl Canvas {
         w + 2 * PAD
     }
 
-    fn png(&self) -> Result<Vec<u8>> {
+    pub fn png(&self) -> Result<Vec<u8>> {
         let mut bytes = Vec::new();
         {
             let mut enc = png::Encoder::new(&mut bytes, self.width as u32, self.height as u32);
@@ -179,7 +180,7 @@ pub struct ImageMaps {
 }
 
 /// A file-name-safe form of `s`.
-fn safe_name(s: &str) -> String {
+pub fn safe_name(s: &str) -> String {
     s.chars().map(|ch| if ch.is_ascii_alphanumeric() || ch == '-' { ch } else { '_' }).collect()
 }
 

@@ -96,6 +96,10 @@ pub struct CudaModifiedResNet {
     stages: Vec<Vec<CudaBottleneck>>,
     pool_pos: Vec<f32>,
     pos_cache: Mutex<HashMap<(usize, usize), Arc<CudaTensor>>>,
+    /// Round the attention pool's (resized) positional table to fp16, as the CPU tower's
+    /// `pos_f16` (CCD's fp16 `upsample_pos_emb`); `from_cpu` copies the CPU tower's flag. Set it
+    /// before the first forward: the tables are cached per grid.
+    pub pos_f16: bool,
     /// (3C, C): q, k and v projections stacked, so the pool's projections are one GEMM.
     qkv_w: CudaTensor,
     qkv_b: CudaTensor,
@@ -145,6 +149,7 @@ impl CudaModifiedResNet {
             stages,
             pool_pos: cpu.pool_pos.clone(),
             pos_cache: Mutex::new(HashMap::new()),
+            pos_f16: cpu.pos_f16,
             qkv_w: CudaTensor::from_f32(g, &[3 * c, c], &qkv_w, dtype)?,
             qkv_b: CudaTensor::from_f32(g, &[3 * c], &qkv_b, DType::F32)?,
             c_w: CudaTensor::from_f32(g, &[d, c], &cpu.c_w.to_row_major(), dtype)?,
@@ -158,7 +163,10 @@ impl CudaModifiedResNet {
             return Ok(t.clone());
         }
         let c = ModifiedResNet::embed_dim(&self.cfg);
-        let table = resize_positional_grid(&self.pool_pos, c, self.cfg.grid, h, w);
+        let mut table = resize_positional_grid(&self.pool_pos, c, self.cfg.grid, h, w);
+        if self.pos_f16 {
+            table.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+        }
         let t = Arc::new(CudaTensor::from_f32(&self.gpu, &[h * w + 1, c], &table, DType::F32)?);
         cache.insert((h, w), t.clone());
         Ok(t)
@@ -195,13 +203,15 @@ impl CudaModifiedResNet {
         &self.gpu
     }
 
-    /// pixels (B, 3, H, W) in this encoder's dtype, normalised; H, W multiples of 32 -> (B, D).
+    /// pixels (B, 3, H, W) in this encoder's dtype, normalised; H, W at least 32 -> (B, D).
+    /// Sides that are no multiple of 32 end in a floor(ceil(H / 2) / 16) grid, as the CPU tower
+    /// (CCD's crops have any size).
     pub fn forward(&self, pixels: &CudaTensor) -> Result<CudaTensor> {
         let gpu = &*self.gpu;
         let s = pixels.shape().to_vec();
-        if s.len() != 4 || s[1] != 3 || !s[2].is_multiple_of(32) || !s[3].is_multiple_of(32) || s[2] == 0 || s[3] == 0 {
+        if s.len() != 4 || s[1] != 3 || s[2] < 32 || s[3] < 32 {
             return Err(Error::Shape(format!(
-                "ModifiedResNet input must be (B, 3, H, W) with H, W positive multiples of 32; got {s:?}"
+                "ModifiedResNet input must be (B, 3, H, W) with H, W at least 32; got {s:?}"
             )));
         }
         pixels.expect_dtype(self.dtype, "CUDA ModifiedResNet input")?;
