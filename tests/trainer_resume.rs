@@ -42,6 +42,7 @@ fn config(out: PathBuf, stop: Option<usize>) -> TrainConfig {
         out,
         progress: false,
         stop_after_steps: stop,
+        record_train_outputs: false,
     }
 }
 
@@ -158,4 +159,36 @@ fn run_from_csv_labels_and_a_backbone_then_resume() {
     for d in [root, out] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+#[test]
+fn recorded_training_outputs_are_the_batches_trained_on() {
+    let data = scratch("train-outputs");
+    let mut samples = Vec::new();
+    for i in 0..7u32 {
+        let p = data.join(format!("img{i}.png"));
+        write_png(&p, 36 + i, 30, i);
+        samples.push(Sample { path: p, target: vec![(i % 3) as f32 / 2.0, 0.1 * i as f32, 1.0 - 0.1 * i as f32] });
+    }
+    let out = scratch("train-outputs-run");
+    let cfg = TrainConfig { epochs: 1, record_train_outputs: true, ..config(out.clone(), None) };
+    let mut t = Trainer::new(model(), &cfg);
+    let reports = t.train(&samples, None, &cfg).unwrap();
+    let o = reports[0].train_outputs.as_ref().expect("outputs recorded");
+    // 7 images in batches of 2: the lone last one is left out of training, and of the record.
+    assert_eq!((reports[0].images, reports[0].left_out_lone), (6, 1));
+    assert_eq!((o.logits.len(), o.targets.len()), (6 * 3, 6 * 3));
+    assert!(o.logits.iter().all(|v| v.is_finite()));
+    // Each recorded target row is a distinct sample's (in the shuffled training order).
+    let mut seen = std::collections::BTreeSet::new();
+    for row in o.targets.chunks_exact(3) {
+        let i = samples.iter().position(|s| s.target == row).expect("a sample's target row");
+        assert!(seen.insert(i), "sample {i} recorded twice");
+    }
+    // Not asked for: nothing kept.
+    let cfg = TrainConfig { epochs: 1, ..config(scratch("train-outputs-off"), None) };
+    let mut t = Trainer::new(model(), &cfg);
+    assert!(t.train(&samples, None, &cfg).unwrap()[0].train_outputs.is_none());
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(&out);
 }

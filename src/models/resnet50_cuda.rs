@@ -93,10 +93,12 @@ impl CudaActivations {
 }
 
 /// The losses of one step, read back from the device.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CudaStepLosses {
     pub bce: f32,
     pub consistency: f32,
+    /// View 1's training-mode logits (B, C).
+    pub logits: Vec<f32>,
 }
 
 pub struct CudaResNet {
@@ -492,7 +494,7 @@ impl CudaResNet {
             Some(t) => t.to_f32_vec(&gpu)?[0],
             None => 0.0,
         };
-        Ok(CudaStepLosses { bce, consistency })
+        Ok(CudaStepLosses { bce, consistency, logits: acts1.logits.to_f32_vec(&gpu)? })
     }
 
     /// Eval-mode logits (B, C) of host images x (B, 3, H, W).

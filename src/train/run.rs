@@ -249,6 +249,7 @@ pub fn run(r: &TrainRun, gpu: Option<&Arc<Gpu>>) -> Result<TrainSummary> {
         out: r.out.clone(),
         progress: r.progress,
         stop_after_steps: None,
+        record_train_outputs: false,
     };
     let mut trainer = model_for(r, &cfg, labels.classes.len())?;
     if let Some(gpu) = gpu {

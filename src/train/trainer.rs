@@ -63,6 +63,17 @@ pub struct TrainConfig {
     /// For tests: return (as if killed) after this many optimiser steps of this call, without
     /// writing anything for the unfinished epoch.
     pub stop_after_steps: Option<usize>,
+    /// Keep each epoch's training-mode outputs (view 1's logits as the batches pass, with their
+    /// targets) in `EpochReport::train_outputs`: CCD's ground-truth-free checkpoint choice.
+    pub record_train_outputs: bool,
+}
+
+/// An epoch's training-mode logits (N, C) of the first view, in the order the images were
+/// trained on, and the targets (N, C) they were trained against.
+#[derive(Clone, Debug, Default)]
+pub struct TrainOutputs {
+    pub logits: Vec<f32>,
+    pub targets: Vec<f32>,
 }
 
 /// CCD's second view: the same image with its own flip and a colour jitter, whose logits are
@@ -99,6 +110,9 @@ pub struct EpochReport {
     pub images_per_s: f64,
     /// The evaluation after the epoch, when an evaluation split is given.
     pub eval: Option<EvalResult>,
+    /// With `TrainConfig::record_train_outputs`: the epoch's training-mode outputs.
+    #[serde(skip)]
+    pub train_outputs: Option<TrainOutputs>,
 }
 
 /// How one sample is loaded this epoch.
@@ -221,6 +235,7 @@ impl Trainer {
             // Decoded images wait here until a full batch is ready (an unreadable image is
             // replaced by the next ones, so batches keep their size).
             let (mut x, mut x2, mut y) = (Vec::new(), Vec::new(), Vec::new());
+            let mut outputs = cfg.record_train_outputs.then(TrainOutputs::default);
             let per_image = 3 * h * w;
             let nchunks = order.len().div_ceil(cfg.batch.max(1));
             for (ci, (chunk, pl)) in order.chunks(cfg.batch.max(1)).zip(plans.chunks(cfg.batch.max(1))).enumerate() {
@@ -250,11 +265,11 @@ impl Trainer {
                         lone += 1;
                         continue;
                     }
-                    let (bce, consistency) = match &mut self.cuda {
+                    let (bce, consistency, logits) = match &mut self.cuda {
                         Some(dev) => {
                             let out =
                                 dev.train_step(&mut self.opt, &bx, bx2.as_deref(), b, h, w, &by, consistency_weight)?;
-                            (out.bce, out.consistency)
+                            (out.bce, out.consistency, out.logits)
                         }
                         None => {
                             self.model.zero_grad();
@@ -272,9 +287,13 @@ impl Trainer {
                             let grads = std::mem::take(&mut self.model.grads);
                             self.opt.step(&mut self.model.params, &grads);
                             self.model.grads = grads;
-                            (out.bce, out.consistency)
+                            (out.bce, out.consistency, out.logits1)
                         }
                     };
+                    if let Some(o) = outputs.as_mut() {
+                        o.logits.extend_from_slice(&logits);
+                        o.targets.extend_from_slice(&by);
+                    }
                     bce_sum += bce as f64 * b as f64;
                     cons_sum += consistency as f64 * b as f64;
                     images += b;
@@ -339,6 +358,7 @@ impl Trainer {
                 seconds,
                 images_per_s: images as f64 / seconds.max(1e-9),
                 eval,
+                train_outputs: outputs,
             };
             if cfg.progress {
                 eprintln!("{}", report.line(cfg.epochs));

@@ -15,9 +15,10 @@
 //!   is unweighted.
 //! - After every epoch: the mAP on `--eval-split` (it uses the ground truth) and the training
 //!   mAP against the pseudo-labels (a class's positives: the labels equal to 1; classes
-//!   without one count 0, as the official `compute_metrics`). The official code takes the
-//!   training mAP from the training-mode predictions of the augmented batches as they pass;
-//!   here it comes from an eval-mode pass over the training images after the epoch.
+//!   without one count 0, as the official `compute_metrics`), by default (`--train-map
+//!   batches`) from the training-mode predictions of view 1 of the augmented batches as they
+//!   pass, against the labels they were trained on, as the official code; `--train-map eval`
+//!   instead scores the training images in eval mode after the epoch.
 //! - Two checkpoints kept: `best_eval/` (the best eval-split mAP: chosen with the ground
 //!   truth) and `best_ccd/` (the official ground-truth-free choice: the first epoch where the
 //!   gain of the training mAP over the previous epoch's rises).
@@ -43,7 +44,7 @@ use crate::data::transforms::{Interpolation, Transform, IMAGENET_NORM_NUMPY};
 use crate::device::cuda::{DType, Gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::eval::mean_ap;
+use crate::eval::{mean_ap, per_class_ap};
 use crate::methods::write_atomic;
 use crate::models::resnet50::HeadKind;
 use crate::train::checkpoint::{CHECKPOINT_FILE, CHECKPOINT_JSON};
@@ -94,12 +95,24 @@ pub struct CcdTrainArgs {
     /// Images per stage-2 batch
     #[arg(long, default_value_t = 8)]
     pub relabel_batch: usize,
+    /// Where the training mAP behind best_ccd comes from: `batches` (the official code: the
+    /// training-mode predictions as the batches pass) or `eval` (an eval-mode pass over the
+    /// training images after each epoch)
+    #[arg(long, value_enum, default_value_t = TrainMapSource::Batches)]
+    pub train_map: TrainMapSource,
     /// Continue from the checkpoint, the labels and the report in --out
     #[arg(long)]
     pub resume: bool,
     /// Output folder
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// Where `ccd train` takes the training mAP of its ground-truth-free checkpoint choice from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrainMapSource {
+    Batches,
+    Eval,
 }
 
 /// One label update.
@@ -168,8 +181,14 @@ fn keep_checkpoint(out: &Path, dir: &str) -> Result<()> {
     Ok(())
 }
 
-/// mAP x 100 of the classifier (eval mode) over the training images against the
-/// pseudo-labels' ones (classes without one count 0, as the official `compute_metrics`).
+/// mAP x 100 of scores (N, C) against the pseudo-labels' ones (N, C): a class's positives are
+/// the labels equal to 1; classes without one count 0, as the official `compute_metrics`.
+fn map_vs_pseudo(scores: &[f32], pseudo: &[f32], c: usize) -> f64 {
+    let positives: Vec<u8> = pseudo.iter().map(|&v| (v == 1.0) as u8).collect();
+    100.0 * mean_ap(&per_class_ap(&positives, scores, c), true)
+}
+
+/// `map_vs_pseudo` of the classifier in eval mode over the training images (`--train-map eval`).
 fn train_map_vs_pseudo(trainer: &mut Trainer, samples: &[Sample], transform: &Transform, batch: usize) -> Result<f64> {
     let c = trainer.model.cfg.num_classes;
     let set = EvalSet {
@@ -286,6 +305,7 @@ pub fn run(a: &CcdTrainArgs, dev: Device, gpu: Option<&Arc<Gpu>>) -> Result<CcdT
         out: a.out.clone(),
         progress: true,
         stop_after_steps: None,
+        record_train_outputs: a.train_map == TrainMapSource::Batches,
     };
     let train_run = TrainRun {
         labels: stage0_path.clone(),
@@ -380,7 +400,10 @@ pub fn run(a: &CcdTrainArgs, dev: Device, gpu: Option<&Arc<Gpu>>) -> Result<CcdT
         let one = TrainConfig { epochs: e + 1, ..cfg.clone() };
         let mut reports = trainer.train(&samples, eval.as_ref().map(|(s, _)| s), &one)?;
         let epoch = reports.pop().ok_or_else(|| Error::Internal("the trainer returned no epoch".into()))?;
-        let map_train = train_map_vs_pseudo(&mut trainer, &samples, &transform, a.training.batch)?;
+        let map_train = match &epoch.train_outputs {
+            Some(o) => map_vs_pseudo(&o.logits, &o.targets, ds.num_classes()),
+            None => train_map_vs_pseudo(&mut trainer, &samples, &transform, a.training.batch)?,
+        };
         let ch = &mut report.choices;
         // the official rules, epoch by epoch (e 0-based)
         if let Some(prev) = ch.map_train_prev.filter(|_| e >= 1) {

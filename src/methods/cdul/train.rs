@@ -257,6 +257,7 @@ pub fn run(a: &CdulTrainArgs, gpu: Option<&Arc<Gpu>>) -> Result<CdulTrainReport>
         out: a.out.clone(),
         progress: true,
         stop_after_steps: None,
+        record_train_outputs: false,
     };
     std::fs::create_dir_all(&a.out).map_err(|e| Error::Io { path: a.out.display().to_string(), source: e })?;
     let mut trainer = model_for(&run, &cfg, ds.num_classes())?;
