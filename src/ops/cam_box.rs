@@ -8,7 +8,7 @@
 use cudarc::driver::LaunchConfig;
 use serde::Serialize;
 
-use crate::device::cuda::check::{max_rel_err, random_vec, CheckRun, GpuCheck, Work};
+use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
 use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 use crate::ops::interpolate::bilinear_resize_cpu;
@@ -52,20 +52,20 @@ pub fn cam_box(cam: &[f32], h: usize, w: usize, ih: usize, iw: usize, level: f32
     }
 }
 
+/// How a CAM becomes a box: upsampled to the image (image_h x image_w), min-max normalised,
+/// the pixels above `level` turned into a box by `rule`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BoxSearch {
+    pub image_h: usize,
+    pub image_w: usize,
+    pub level: f32,
+    pub rule: BoxRule,
+}
+
 /// `cam_box` of every (image, class) pair of cams (B, C, h, w), in the kernel's layout:
 /// (P, 4) i32, -1 where there is no box.
-#[allow(clippy::too_many_arguments)]
-pub fn cam_boxes_cpu(
-    cams: &[f32],
-    c: usize,
-    h: usize,
-    w: usize,
-    pairs: &[(usize, usize)],
-    ih: usize,
-    iw: usize,
-    level: f32,
-    rule: BoxRule,
-) -> Vec<i32> {
+pub fn cam_boxes_cpu(cams: &[f32], c: usize, h: usize, w: usize, pairs: &[(usize, usize)], s: BoxSearch) -> Vec<i32> {
+    let (ih, iw, level, rule) = (s.image_h, s.image_w, s.level, s.rule);
     let plane = h * w;
     pairs
         .iter()
@@ -81,17 +81,14 @@ pub fn cam_boxes_cpu(
 
 /// CUDA launcher: kernels/cam_box.cu, as `cam_boxes_cpu`. cams (B, C, h, w) f32; pairs (P, 2)
 /// i32 (image, class); boxes (P, 4) i32. One block per pair.
-#[allow(clippy::too_many_arguments)]
 pub fn cam_box_cuda(
     gpu: &Gpu,
     cams: &CudaTensor,
     pairs: &CudaTensor,
-    ih: usize,
-    iw: usize,
-    level: f32,
-    rule: BoxRule,
+    s: BoxSearch,
     boxes: &mut CudaTensor,
 ) -> Result<()> {
+    let (ih, iw, level, rule) = (s.image_h, s.image_w, s.level, s.rule);
     let &[b, c, h, w] = cams.shape() else {
         return Err(Error::Shape(format!("cam_box_cuda: cams {:?}, expected (B, C, h, w)", cams.shape())));
     };
@@ -153,21 +150,18 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 // the last plane flat: no box
                 cams[(b * c - 1) * h * w..].fill(0.25);
                 let pairs: Vec<(usize, usize)> = (0..b).flat_map(|i| (0..c).map(move |j| (i, j))).collect();
+                let search = BoxSearch { image_h: ih, image_w: iw, level: 0.95, rule };
                 let want: Vec<f32> =
-                    cam_boxes_cpu(&cams, c, h, w, &pairs, ih, iw, 0.95, rule).into_iter().map(|v| v as f32).collect();
+                    cam_boxes_cpu(&cams, c, h, w, &pairs, search).into_iter().map(|v| v as f32).collect();
                 let flat: Vec<i32> = pairs.iter().flat_map(|&(i, j)| [i as i32, j as i32]).collect();
                 let cd = CudaTensor::from_f32(gpu, &[b, c, h, w], &cams, DType::F32)?;
                 let pd = CudaTensor::from_i32(gpu, &[pairs.len(), 2], &flat)?;
-                let mut bd = CudaTensor::empty(gpu, &[pairs.len(), 4], DType::I32)?;
-                bd.poison(gpu)?;
-                cam_box_cuda(gpu, &cd, &pd, ih, iw, 0.95, rule, &mut bd)?;
-                let err = max_rel_err(&bd.to_f32_vec(gpu)?, &want);
-                let g = gpu.clone();
-                Ok(CheckRun {
-                    max_rel_err: err,
-                    launch: Box::new(move || cam_box_cuda(&g, &cd, &pd, ih, iw, 0.95, rule, &mut bd)),
-                    cublas: None,
-                })
+                launch_and_compare(
+                    gpu,
+                    poisoned(gpu, &[pairs.len(), 4], DType::I32)?,
+                    move |g, bd| cam_box_cuda(g, &cd, &pd, search, bd),
+                    |g, bd| max_rel_err_all(g, &[(bd, &want)]),
+                )
             }));
         }
     }
@@ -188,7 +182,14 @@ mod tests {
         assert_eq!(fl, [0, 3, 3, 0]);
         assert_eq!(mm, [0, 0, 3, 3]);
         assert!(cam_box(&[1.0; 4], 2, 2, 4, 4, 0.95, BoxRule::FirstLast).is_none());
-        let rows = cam_boxes_cpu(&[cam, [1.0; 4]].concat(), 2, 2, 2, &[(0, 1), (0, 0)], 4, 4, 0.95, BoxRule::MinMax);
+        let rows = cam_boxes_cpu(
+            &[cam, [1.0; 4]].concat(),
+            2,
+            2,
+            2,
+            &[(0, 1), (0, 0)],
+            BoxSearch { image_h: 4, image_w: 4, level: 0.95, rule: BoxRule::MinMax },
+        );
         assert_eq!(rows, vec![-1, -1, -1, -1, 0, 0, 3, 3]);
     }
 }

@@ -17,7 +17,7 @@ use crate::models::clip::weights::load_safetensors;
 use crate::models::clip::{ClipModel, CudaVisual};
 use crate::models::resnet50::{HeadKind, ResNet};
 use crate::models::resnet50_cuda::CudaResNet;
-pub use crate::ops::cam_box::{cam_box, cam_box_cuda, BoxRule};
+pub use crate::ops::cam_box::{cam_box, cam_box_cuda, BoxRule, BoxSearch};
 use crate::ops::crop_resize_planes::{crop_resize_plane_cpu, crop_resize_planes_cuda, CropDest, PlaneCrop};
 use crate::ops::similarity::class_probabilities;
 use crate::tensor::Tensor;
@@ -442,7 +442,8 @@ pub fn relabel_batch_cuda(
         let flat_pairs: Vec<i32> = pairs.iter().flat_map(|&(i, j)| [i as i32, j as i32]).collect();
         let pd = CudaTensor::from_i32(&gpu, &[pairs.len(), 2], &flat_pairs)?;
         let mut bd = CudaTensor::empty(&gpu, &[pairs.len(), 4], DType::I32)?;
-        cam_box_cuda(&gpu, cams, &pd, ih, iw, opt.cam_level, opt.box_rule, &mut bd)?;
+        let search = BoxSearch { image_h: ih, image_w: iw, level: opt.cam_level, rule: opt.box_rule };
+        cam_box_cuda(&gpu, cams, &pd, search, &mut bd)?;
         let boxes = bd.to_f32_vec(&gpu)?;
         for (&(i, j), bx) in pairs.iter().zip(boxes.chunks_exact(4)) {
             if bx[0] >= 0.0 {
