@@ -30,6 +30,15 @@ pub enum Work {
     Bytes(f64),
 }
 
+impl Work {
+    /// The FLOPs or bytes, whichever this is.
+    pub fn amount(&self) -> f64 {
+        match *self {
+            Work::Flops(f) | Work::Bytes(f) => f,
+        }
+    }
+}
+
 /// Check rows up to this much work (FLOPs, or bytes) compare the kernel with the op's naive
 /// `*_reference` definition; larger rows compare it with the fast CPU path, which the op's unit
 /// tests hold to the reference (a naive reference of a 1e10-FLOP row would take minutes).
