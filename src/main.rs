@@ -98,8 +98,7 @@ fn run(cli: Cli) -> Result<()> {
     let dev = cli.device;
     if dev.runs_kernels() && !cli.command.has_cuda_path() {
         bail!(
-            "--device {dev}: this command has no CUDA path yet (embed, zeroshot, tagclip, train, bench and gpu-check have one); \
-             use --device cpu"
+            "--device {dev}: eval and info launch no kernels (every other command has a CUDA path); use --device cpu"
         );
     }
     if (cli.no_sanitize || cli.profile) && dev != Device::Sim {

@@ -9,7 +9,7 @@ use labelfree::data::loader::load_one;
 use labelfree::methods::ccd::clip_input;
 use labelfree::methods::ccd::init::{clip_scores, global_labels, ENTROPY_MAX, FLOOR};
 use labelfree::methods::ccd::relabel::{
-    calibrate_threshold, classify, load_official_classifier, relabel_batch, RelabelOptions,
+    calibrate_threshold, classify, load_official_classifier, relabel_batch, RelabelBatch, RelabelOptions, RelabelSetup,
 };
 use labelfree::models::clip::{ClipModel, VisionEncoder};
 use labelfree::ops::activation::Activation;
@@ -124,7 +124,9 @@ fn stage2_matches_the_official_loop_body() {
     let old: Vec<Vec<f32>> = old_all.chunks(c).map(|r| r.iter().map(|&v| v.max(0.0)).collect()).collect();
     let opt = RelabelOptions { offset: st["offset"].as_u64().unwrap() as usize, ..RelabelOptions::default() };
     let threshold = st["threshold"].as_f64().unwrap();
-    let up = relabel_batch(&clip(), &text, &classifier, &px, size, size, &old, &bias, threshold, 8, &opt).unwrap();
+    let clip = clip();
+    let setup = RelabelSetup { clip: &clip, text: &text, bias: &bias, threshold, clip_batch: 8, opt: &opt };
+    let up = relabel_batch(&setup, &classifier, &RelabelBatch { images: &px, ih: size, iw: size, old: &old }).unwrap();
 
     // boxes: the same (image, class) pairs, the same corners and resized sizes
     let want_boxes = st["boxes"].as_array().unwrap();

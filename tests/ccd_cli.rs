@@ -14,7 +14,9 @@ use labelfree::data::loader::load_one;
 use labelfree::methods::ccd::clip_input;
 use labelfree::methods::ccd::init::{clip_scores, global_labels, ENTROPY_MAX, FLOOR};
 use labelfree::methods::ccd::labels::CcdLabels;
-use labelfree::methods::ccd::relabel::{load_official_classifier, relabel_batch, RelabelOptions};
+use labelfree::methods::ccd::relabel::{
+    load_official_classifier, relabel_batch, RelabelBatch, RelabelOptions, RelabelSetup,
+};
 use labelfree::methods::ccd::relabel_cli::load_classifier;
 use labelfree::models::clip::tokenizer::ClipTokenizer;
 use labelfree::models::clip::{ClipModel, VisionEncoder};
@@ -205,7 +207,8 @@ fn relabel_writes_the_library_result_keeps_unreadable_rows_and_names_mismatches(
     let old: Vec<Vec<f32>> = (0..5).map(|i| stage0.labels[i * c..(i + 1) * c].to_vec()).collect();
     let opt = RelabelOptions { offset: 12, ..RelabelOptions::default() };
     let bias = stage0.bias.clone().unwrap();
-    let want = relabel_batch(&model, &text, &net, &images, 96, 96, &old, &bias, 0.3, 8, &opt).unwrap();
+    let setup = RelabelSetup { clip: &model, text: &text, bias: &bias, threshold: 0.3, clip_batch: 8, opt: &opt };
+    let want = relabel_batch(&setup, &net, &RelabelBatch { images: &images, ih: 96, iw: 96, old: &old }).unwrap();
     let want_labels: Vec<f32> = want.iter().flat_map(|u| u.label.clone()).collect();
     let e = common::rel_err(&got.labels[..5 * c], &want_labels);
     assert!(e < 1e-5, "labels: rel err {e:.2e}");

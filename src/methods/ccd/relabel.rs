@@ -350,23 +350,38 @@ fn assemble(
         .collect()
 }
 
+/// What stage 2 holds fixed over a run's batches.
+#[derive(Clone, Copy)]
+pub struct RelabelSetup<'a> {
+    pub clip: &'a ClipModel,
+    /// The classes' text embeddings, (C, D).
+    pub text: &'a Tensor,
+    /// Stage 0's per-class bias (C,), the local labels' divisor.
+    pub bias: &'a [f32],
+    /// Classes whose sigmoid score reaches this get a crop.
+    pub threshold: f64,
+    /// Crops per CLIP pass.
+    pub clip_batch: usize,
+    pub opt: &'a RelabelOptions,
+}
+
+/// One batch of stage 2's input.
+#[derive(Clone, Copy)]
+pub struct RelabelBatch<'a> {
+    /// Each (3, ih, iw), normalised, at CLIP's size.
+    pub images: &'a [Vec<f32>],
+    pub ih: usize,
+    pub iw: usize,
+    /// The images' labels so far, (C,) each.
+    pub old: &'a [Vec<f32>],
+}
+
 /// Stage 2 over a batch of images (each (3, ih, iw), normalised, CLIP size): one classifier
 /// pass per image, then every crop of the batch, grouped by size, through CLIP in batched
 /// passes of at most `clip_batch` crops.
-#[allow(clippy::too_many_arguments)]
-pub fn relabel_batch(
-    clip: &ClipModel,
-    text: &Tensor,
-    classifier: &ResNet,
-    images: &[Vec<f32>],
-    ih: usize,
-    iw: usize,
-    old: &[Vec<f32>],
-    bias: &[f32],
-    threshold: f64,
-    clip_batch: usize,
-    opt: &RelabelOptions,
-) -> Result<Vec<ImageUpdate>> {
+pub fn relabel_batch(setup: &RelabelSetup, classifier: &ResNet, batch: &RelabelBatch) -> Result<Vec<ImageUpdate>> {
+    let RelabelSetup { clip, text, bias, threshold, clip_batch, opt } = *setup;
+    let RelabelBatch { images, ih, iw, old } = *batch;
     let c = bias.len();
     let mut plans = Vec::with_capacity(images.len());
     for img in images {
@@ -398,20 +413,13 @@ pub fn relabel_batch(
 /// every crop of the batch straight into the CLIP batch tensors of its size (chunks of at
 /// most `clip_batch`); CLIP's image tower runs on each, and only the embeddings come back.
 /// CLIP must be attached to the same device (`ClipModel::attach_cuda`).
-#[allow(clippy::too_many_arguments)]
 pub fn relabel_batch_cuda(
-    clip: &ClipModel,
-    text: &Tensor,
+    setup: &RelabelSetup,
     classifier: &mut CudaResNet,
-    images: &[Vec<f32>],
-    ih: usize,
-    iw: usize,
-    old: &[Vec<f32>],
-    bias: &[f32],
-    threshold: f64,
-    clip_batch: usize,
-    opt: &RelabelOptions,
+    batch: &RelabelBatch,
 ) -> Result<Vec<ImageUpdate>> {
+    let RelabelSetup { clip, text, bias, threshold, clip_batch, opt } = *setup;
+    let RelabelBatch { images, ih, iw, old } = *batch;
     let Some(visual) = &clip.cuda_visual else {
         return Err(Error::Device("stage 2 on the device needs CLIP's image tower there (attach_cuda)".into()));
     };

@@ -20,7 +20,10 @@ use serde::Serialize;
 
 use super::cli::{load_clip, ClipArgs, ClipSetup};
 use super::labels::CcdLabels;
-use super::relabel::{calibrate_threshold, load_official_classifier, relabel_batch, relabel_batch_cuda, BoxRule};
+use super::relabel::{
+    calibrate_threshold, load_official_classifier, relabel_batch, relabel_batch_cuda, BoxRule, RelabelBatch,
+    RelabelSetup,
+};
 use super::relabel::{classify, Calibration, CropPlan};
 use super::relabel::{RelabelOptions, CALIB_START, CALIB_STEP};
 use crate::data::datasets::args::{announce, dataset_json, DatasetArgs, SplitUse};
@@ -427,10 +430,18 @@ pub fn stage2(
         }
         if !images.is_empty() {
             let old: Vec<Vec<f32>> = ok_rows.iter().map(|&r| labels.labels[r * c..(r + 1) * c].to_vec()).collect();
-            let (cm, text, cb) = (&clip.model, &clip.text, clip.clip_batch);
+            let setup = RelabelSetup {
+                clip: &clip.model,
+                text: &clip.text,
+                bias: &bias,
+                threshold,
+                clip_batch: clip.clip_batch,
+                opt: &opt,
+            };
+            let batch = RelabelBatch { images: &images, ih: size, iw: size, old: &old };
             let ups = match device.as_mut() {
-                Some(d) => relabel_batch_cuda(cm, text, d, &images, size, size, &old, &bias, threshold, cb, &opt)?,
-                None => relabel_batch(cm, text, classifier, &images, size, size, &old, &bias, threshold, cb, &opt)?,
+                Some(d) => relabel_batch_cuda(&setup, d, &batch)?,
+                None => relabel_batch(&setup, classifier, &batch)?,
             };
             for ((&r, u), px) in ok_rows.iter().zip(ups).zip(&images) {
                 if let (Some(dir), true) = (&a.save_boxes, draw.contains(&r)) {
