@@ -4,7 +4,10 @@
 //! part of a graph (allocating, downloading, synchronising, dropping a buffer) fails the
 //! capture with an error that names it.
 
-use labelfree::device::cuda::{has_kernels, CudaTensor, DType, Gpu};
+mod common;
+
+use common::kernels_or_skip;
+use labelfree::device::cuda::{CudaTensor, DType, Gpu};
 use labelfree::device::sim::SimOptions;
 use labelfree::models::clip::config::VitConfig;
 use labelfree::models::clip::vit::{random_vit_params, VisionTransformer};
@@ -12,18 +15,8 @@ use labelfree::models::clip::vit_cuda::CudaVit;
 use labelfree::ops::activation::Activation;
 use rand::{Rng, SeedableRng};
 
-/// Kernels are needed to simulate; a build without nvcc skips (CI builds with them).
-fn kernels_or_skip() -> bool {
-    if has_kernels() {
-        return true;
-    }
-    assert!(
-        !std::env::var("LABELFREE_REQUIRE_KERNELS").is_ok_and(|v| v == "1"),
-        "LABELFREE_REQUIRE_KERNELS=1 but this build has no kernels"
-    );
-    eprintln!("skipped: this build has no CUDA kernels (no nvcc at build time)");
-    false
-}
+/// Work handed to `Gpu::capture` by the refusal test.
+type Work<'a> = Box<dyn FnOnce() -> labelfree::error::Result<()> + 'a>;
 
 /// (module, kernel, grid, block, dynamic shared bytes) of each launch the simulator profiled.
 type LaunchKey = (String, String, [u32; 3], [u32; 3], u32);
@@ -84,7 +77,7 @@ fn work_a_graph_cannot_hold_fails_the_capture() {
     }
     let gpu = Gpu::simulator(SimOptions::default()).unwrap();
     let kept = CudaTensor::zeros(&gpu, &[4], DType::F32).unwrap();
-    let cases: Vec<(&str, Box<dyn FnOnce() -> labelfree::error::Result<()> + '_>)> = vec![
+    let cases: Vec<(&str, Work)> = vec![
         ("allocating", Box::new(|| CudaTensor::empty(&gpu, &[4], DType::F32).map(|_| ()))),
         ("device to host copy", Box::new(|| kept.to_f32_vec(&gpu).map(|_| ()))),
         ("synchronising", Box::new(|| gpu.synchronize())),
