@@ -18,6 +18,7 @@
 // same masks and log-sum-exp modes, so attention_probs serves both; see its section below.
 // attention_flash itself is instantiated for f32 only.
 #include "common.cuh"
+#include "mma.cuh"
 #include "vec4.cuh"
 
 constexpr int ATTN_BQ = 64;  // queries per block, one per thread (= blockDim.x)
@@ -301,44 +302,6 @@ constexpr int TC_PAD = 8;
 constexpr float LOG2E = 1.4426950408889634f;
 constexpr float LN2 = 0.6931471805599453f;
 
-__device__ __forceinline__ uint32_t attn_smem_u32(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-// 16-byte async copy; src_bytes = 0 zero-fills (rows past T), `src` must still be a valid address.
-__device__ __forceinline__ void attn_cp_async_16(uint32_t dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void attn_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void attn_cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
-// Four 8x8 b16 matrices; `.trans` reads each stored row as a column (the V operand of P.V).
-template <bool TRANS>
-__device__ __forceinline__ void attn_ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-    if (TRANS)
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(addr));
-    else
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(addr));
-}
-
-// d += a (16x16 row-major fragment) . b (16x8 col-major fragment b0, b1), f32 accumulators.
-__device__ __forceinline__ void attn_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
-                                         __nv_bfloat16) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-                 "{%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ void attn_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __half) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-                 "{%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Two floats as one packed b16x2 word, `lo` in the low half (the lower column of a fragment).
 __device__ __forceinline__ uint32_t attn_pack(float lo, float hi, __nv_bfloat16) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -348,13 +311,6 @@ __device__ __forceinline__ uint32_t attn_pack(float lo, float hi, __half) {
     const __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<const uint32_t*>(&v);
 }
-__device__ __forceinline__ void attn_store_pair(__nv_bfloat16* p, float a, float b) {
-    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
-}
-__device__ __forceinline__ void attn_store_pair(__half* p, float a, float b) {
-    *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
-}
-
 // ROWS token rows from `row0` of one head's D columns at `src` (row stride `row_stride`) into
 // shared rows of D + TC_PAD, 16 bytes per cp.async; rows at or past n_tok are zero-filled.
 template <typename T, int D, int ROWS>
@@ -368,7 +324,27 @@ __device__ __forceinline__ void attn_load_rows_async(T* __restrict__ dst, const 
         const int r = idx / CHUNKS, c = (idx % CHUNKS) * 8;
         const bool in = row0 + r < n_tok;
         const T* p = in ? src + (size_t)(row0 + r) * row_stride + c : src;
-        attn_cp_async_16(attn_smem_u32(dst + r * (D + TC_PAD) + c), p, in ? 16 : 0);
+        cp_async_16(smem_u32(dst + r * (D + TC_PAD) + c), p, in ? 16 : 0);
+    }
+}
+
+// Masked launches stage each key tile's mask values in dynamic shared memory: per warp its 16
+// query rows of the shared mask (rows TC_MASK_LDS floats apart: 8 bytes read per lane at
+// columns 8n + 2 tq land the 16 lanes of a half-warp on distinct banks), then the CLS row's
+// TC_BK keys. The launcher sizes it (attention.rs, FLASH_TC_MASK_TILE_FLOATS).
+constexpr int TC_MASK_LDS = TC_BK + 8;
+
+// Copies `count` (<= TC_BK) floats of a mask row from global `src` to shared `dst` and zeroes
+// the rest of the TC_BK (keys past T: never used, but read in pairs). The warp's lanes read whole
+// 32-byte sectors: the first read starts at the sector holding src, so a row of 64 keys costs
+// the 8 or 9 sectors it spans instead of two 128-byte reads that each straddle a sector edge
+// (mask rows are T floats long, so they start anywhere within a sector).
+__device__ __forceinline__ void attn_stage_mask_row(float* __restrict__ dst, const float* __restrict__ src, int count,
+                                                    int lane) {
+    const int skew = (int)((reinterpret_cast<uintptr_t>(src) & 31) >> 2);  // floats before src in its sector
+    for (int base = -skew; base < TC_BK; base += 32) {
+        const int k = base + lane;
+        if (k >= 0 && k < TC_BK) dst[k] = k < count ? src[k] : 0.0f;
     }
 }
 
@@ -412,6 +388,10 @@ __device__ void attention_flash_tc(const T* __restrict__ qkv, const float* __res
     __shared__ __align__(16) T qs[TC_BQ * LDS];
     __shared__ __align__(16) T ks[2][TC_BK * LDS];
     __shared__ __align__(16) T vs[2][TC_BK * LDS];
+    // Masked launches only (dynamic, sized by the launcher): the warps' mask tiles, the CLS row.
+    extern __shared__ __align__(16) float attn_tc_mask_smem[];
+    float* mask_tile = attn_tc_mask_smem + (threadIdx.x >> 5) * 16 * TC_MASK_LDS;
+    float* cls_tile = attn_tc_mask_smem + (mask_shared ? TC_WARPS * 16 * TC_MASK_LDS : 0);
 
     const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * TC_BQ;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -428,9 +408,8 @@ __device__ void attention_flash_tc(const T* __restrict__ qkv, const float* __res
     attn_load_rows_async<T, D, TC_BQ>(qs, base, row_stride, q0, n_tok);
     attn_load_rows_async<T, D, TC_BK>(ks[0], base + C, row_stride, 0, n_tok);
     attn_load_rows_async<T, D, TC_BK>(vs[0], base + 2 * C, row_stride, 0, n_tok);
-    attn_cp_async_commit();
+    cp_async_commit();
 
-    uint32_t qf[D / 16][4];  // the warp's 16 query rows as A fragments, one per k-step of 16
     float o[ND][4];
 #pragma unroll
     for (int n = 0; n < ND; ++n)
@@ -442,20 +421,28 @@ __device__ void attention_flash_tc(const T* __restrict__ qkv, const float* __res
     for (int j = 0; j < n_tiles; ++j) {
         // Tile j has landed for this thread; the barrier makes every thread's copies visible and
         // guarantees every warp is done with buffer (j + 1) % 2 (read in iteration j - 1).
-        attn_cp_async_wait_all();
+        cp_async_wait<0>();
         __syncthreads();
         if (j + 1 < n_tiles) {
             const int buf = (j + 1) & 1;
             attn_load_rows_async<T, D, TC_BK>(ks[buf], base + C, row_stride, (j + 1) * TC_BK, n_tok);
             attn_load_rows_async<T, D, TC_BK>(vs[buf], base + 2 * C, row_stride, (j + 1) * TC_BK, n_tok);
         }
-        attn_cp_async_commit();
-        if (j == 0) {
-            // Lanes 0-15 address rows 0-15 at column 16k, lanes 16-31 the same rows at 16k + 8:
-            // a0..a3 = (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15).
-#pragma unroll
-            for (int k = 0; k < D / 16; ++k)
-                attn_ldmatrix_x4<false>(qf[k], attn_smem_u32(qs + (warp * 16 + (lane & 15)) * LDS + 16 * k + (lane >> 4) * 8));
+        cp_async_commit();
+        if (mask_shared || mask_cls) {
+            // The masks' values for this key tile, read row by row in whole sectors into shared
+            // memory (attn_stage_mask_row), then picked up in the accumulator layout after Q.K^T;
+            // staged before it, while the score registers are free.
+            // Every warp passes the same __syncwarp()s (the tile of iteration j - 1 is read).
+            const int count = min(TC_BK, n_tok - j * TC_BK);
+            __syncwarp();
+            if (mask_shared)
+                for (int r = 0; r < 16; ++r) {
+                    const int i = q0 + warp * 16 + r;
+                    if (i < n_tok) attn_stage_mask_row(mask_tile + r * TC_MASK_LDS, mask_shared + (size_t)i * n_tok + j * TC_BK, count, lane);
+                }
+            if (mask_cls && q0 == 0 && warp == 0) attn_stage_mask_row(cls_tile, mask_cls + (size_t)b * n_tok + j * TC_BK, count, lane);
+            __syncwarp();
         }
         const T* kt = ks[j & 1];
         const T* vt = vs[j & 1];
@@ -469,15 +456,23 @@ __device__ void attention_flash_tc(const T* __restrict__ qkv, const float* __res
 #pragma unroll
             for (int e = 0; e < 4; ++e) s[n][e] = 0.0f;
 #pragma unroll
-        for (int k = 0; k < D / 16; ++k)
+        for (int k = 0; k < D / 16; ++k) {
+            // The warp's 16 query rows, columns 16k..16k + 15, as the A fragment: lanes 0-15
+            // address rows 0-15 at column 16k, lanes 16-31 the same rows at 16k + 8, so a0..a3 =
+            // (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15). Reloaded from shared
+            // memory at every tile rather than held: the D / 4 registers it would pin keep D = 64
+            // within the 128 that 4 blocks an SM allow, without spilling.
+            uint32_t qa[4];
+            ldmatrix_x4(qa, smem_u32(qs + (warp * 16 + (lane & 15)) * LDS + 16 * k + (lane >> 4) * 8));
 #pragma unroll
             for (int n = 0; n < NK; n += 2) {
                 uint32_t r[4];
-                attn_ldmatrix_x4<false>(
-                    r, attn_smem_u32(kt + (n * 8 + (lane & 7) + (lane >> 4) * 8) * LDS + 16 * k + ((lane >> 3) & 1) * 8));
-                attn_mma(s[n], qf[k], r[0], r[1], T());
-                attn_mma(s[n + 1], qf[k], r[2], r[3], T());
+                ldmatrix_x4(
+                    r, smem_u32(kt + (n * 8 + (lane & 7) + (lane >> 4) * 8) * LDS + 16 * k + ((lane >> 3) & 1) * 8));
+                mma_16816(s[n], qa, r, T());
+                mma_16816(s[n + 1], qa, r + 2, T());
             }
+        }
 
         // Scale, drop keys past T, record the unmasked running lse, then the masks, in
         // attention_flash's order (shared, CLS row, causal).
@@ -496,16 +491,27 @@ __device__ void attention_flash_tc(const T* __restrict__ qkv, const float* __res
 #pragma unroll
             for (int n = 0; n < NK; ++n)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int key = k0 + n * 8 + 2 * tq + (e & 1);
-                    const int i = row[e >> 1];
-                    if (i < n_tok && key < n_tok) {
-                        float v = s[n][e];
-                        if (mask_shared) v += mask_shared[(size_t)i * n_tok + key] * LOG2E;
-                        if (mask_cls && i == 0) v += mask_cls[(size_t)b * n_tok + key] * LOG2E;
+                for (int half = 0; half < 2; ++half) {
+                    const int i = row[half];
+                    const int c = n * 8 + 2 * tq;  // the pair's first key within the tile
+                    if (i >= n_tok) continue;
+                    // Conflict-free 8-byte reads: a half-warp's rows g = 0..3 sit 72 floats apart.
+                    float2 add_shared = make_float2(0.0f, 0.0f), add_cls = make_float2(0.0f, 0.0f);
+                    if (mask_shared) add_shared = *reinterpret_cast<const float2*>(mask_tile + (g + 8 * half) * TC_MASK_LDS + c);
+                    if (mask_cls && i == 0) add_cls = *reinterpret_cast<const float2*>(cls_tile + c);
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int key = k0 + c + e;
+                        if (key >= n_tok) continue;
+                        float v = s[n][2 * half + e];
+                        if (mask_shared) v += (e ? add_shared.y : add_shared.x) * LOG2E;
+                        if (mask_cls && i == 0) v += (e ? add_cls.y : add_cls.x) * LOG2E;
                         if (causal && key > i) v = -INFINITY;
-                        s[n][e] = v;
+                        s[n][2 * half + e] = v;
                     }
+                    // Keeps ptxas from hoisting all 32 pairs of reads ahead (64 registers live
+                    // beside the 64 of S and O: a spill at D = 64).
+                    asm volatile("" ::: "memory");
                 }
         }
 
@@ -532,17 +538,17 @@ __device__ void attention_flash_tc(const T* __restrict__ qkv, const float* __res
 #pragma unroll
             for (int n = 0; n < ND; n += 2) {
                 uint32_t r[4];
-                attn_ldmatrix_x4<true>(
-                    r, attn_smem_u32(vt + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + n * 8 + (lane >> 4) * 8));
-                attn_mma(o[n], pa, r[0], r[1], T());
-                attn_mma(o[n + 1], pa, r[2], r[3], T());
+                ldmatrix_x4_trans(
+                    r, smem_u32(vt + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + n * 8 + (lane >> 4) * 8));
+                mma_16816(o[n], pa, r, T());
+                mma_16816(o[n + 1], pa, r + 2, T());
             }
         }
     }
-    attn_cp_async_wait_all();  // only an empty group remains; leave nothing in flight at exit
+    cp_async_wait<0>();  // only an empty group remains; leave nothing in flight at exit
 
-    // The output goes through the warp's own 16 rows of qs (read only at j == 0, by this warp
-    // alone) so that global stores are whole 16-byte chunks of a row rather than 4-byte pairs.
+    // The output goes through the warp's own 16 rows of qs (read by this warp alone, all reads
+    // done: ldmatrix is warp-synchronous) so that global stores are whole 16-byte chunks of a row rather than 4-byte pairs.
     T* stage = qs + warp * 16 * LDS;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
@@ -555,7 +561,7 @@ __device__ void attention_flash_tc(const T* __restrict__ qkv, const float* __res
         const float inv_l = 1.0f / lt;
 #pragma unroll
         for (int n = 0; n < ND; ++n)
-            attn_store_pair(stage + (g + 8 * half) * LDS + n * 8 + 2 * tq, o[n][2 * half] * inv_l,
+            store_pair(stage + (g + 8 * half) * LDS + n * 8 + 2 * tq, o[n][2 * half] * inv_l,
                             o[n][2 * half + 1] * inv_l);
         const int i = row[half];
         if (tq == 0 && i < n_tok && lse_mode == LSE_MASKED)
@@ -576,8 +582,9 @@ __device__ void attention_flash_tc(const T* __restrict__ qkv, const float* __res
     }
 }
 
-// (128, 4): ptxas fits D = 64 in 128 registers without spilling (166 unbounded), so 4 blocks
-// (16 warps) share an SM on sm_80 / sm_90, as many as 4 x 45 KB of shared memory allows.
+// (128, 4): 128 registers a thread, so 4 blocks (16 warps) share an SM on sm_90 (and 3 on sm_80,
+// where 45 KB of shared memory a block caps it). D = 64 fits without spilling because Q's
+// fragments are reloaded from shared memory at every key tile instead of held in 16 registers.
 #define LF_ATTENTION_FLASH_TC(S, T, D)                                                                     \
     extern "C" __global__ void __launch_bounds__(TC_WARPS * 32, 4)                                         \
         attention_flash_tc_d##D##_##S(const T* qkv, const float* mask_shared, const float* mask_cls,      \

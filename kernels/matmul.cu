@@ -12,6 +12,7 @@
 //                                the SGEMM guards its K edge itself)
 //   bias_act_residual_{...}      the epilogue alone, in place, after cuBLAS (the reference backend)
 #include "common.cuh"
+#include "mma.cuh"
 
 // Epilogue activations; the numbers are the launcher's (ops::matmul::Epilogue).
 #define LF_ACT_NONE 0
@@ -47,48 +48,6 @@ __device__ __forceinline__ float epilogue_value(float acc, const float* __restri
 // ldmatrix 8x8 land on 8 different 16-byte bank groups, and rows stay 16-byte aligned for cp.async.
 #define MMA_BK 32
 #define MMA_LDS 40
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte async copy global -> shared; src_bytes = 0 reads nothing and zero-fills the 16 bytes
-// (the M / N / K edges). `src` must still be a valid address: callers pass the matrix base then.
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-// d += a (16x16, row) · b (16x8, col), f32 accumulators. The tag picks the input type.
-__device__ __forceinline__ void mma_16816(float* d, const uint32_t* a, const uint32_t* b, __nv_bfloat16) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-                 "{%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-__device__ __forceinline__ void mma_16816(float* d, const uint32_t* a, const uint32_t* b, __half) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-                 "{%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-// Two adjacent outputs (col, col + 1) as one 4-byte store.
-__device__ __forceinline__ void store_pair(__nv_bfloat16* p, float a, float b) {
-    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
-}
-__device__ __forceinline__ void store_pair(__half* p, float a, float b) {
-    *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
-}
 
 // Copies rows [row0, row0 + ROWS) x cols [k0, k0 + 32) of a row-major (rows, K) matrix into
 // smem (ROWS, MMA_LDS), 16 bytes per cp.async; rows >= rows and columns >= K are zero-filled.

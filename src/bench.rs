@@ -304,3 +304,74 @@ pub fn sim_encoder_forward(
     let thread_instructions = sim.take_profiles().iter().map(|p| p.thread_instructions).sum();
     Ok((seconds, thread_instructions))
 }
+
+/// The CUDA ViT forward at one batch size, eager and as a replayed graph (`--graph`).
+#[derive(Debug, Serialize)]
+pub struct GraphBench {
+    pub arch: String,
+    pub device: String,
+    pub dtype: String,
+    pub batch: usize,
+    pub size: usize,
+    /// Kernel launches in one forward (the graph's launches, the same as the eager forward's).
+    pub launches: usize,
+    /// Median ms per batch, eager and replayed; None where nothing was timed (the simulator).
+    pub eager_ms: Option<f64>,
+    pub replay_ms: Option<f64>,
+    pub runs: usize,
+}
+
+/// Captures the CUDA ViT forward of a random-weight `arch` once per batch size and, on a GPU,
+/// times eager forwards against replays of the graph (CUDA events, warm L2, median of `runs`).
+/// On the simulator nothing is timed (its figures are counts): the launch count per forward
+/// comes from the capture alone, which runs nothing.
+pub fn cuda_vit_graph_throughput(
+    gpu: &std::sync::Arc<crate::device::cuda::Gpu>,
+    arch: &str,
+    batches: &[usize],
+    size: Option<usize>,
+    dtype: crate::device::cuda::DType,
+    runs: usize,
+) -> Result<Vec<GraphBench>> {
+    use crate::device::cuda::timer::Timer;
+    use crate::device::cuda::CudaTensor;
+    use crate::error::Error;
+    use crate::models::clip::config::{ClipConfig, VisionConfig};
+    use crate::models::clip::vit::{random_vit_params, VisionTransformer};
+    use crate::models::clip::vit_cuda::CudaVit;
+    let config = ClipConfig::named(arch)?;
+    let VisionConfig::Vit(cfg) = &config.vision else {
+        return Err(Error::Device(format!("bench --graph: {arch} is not a ViT (graphs cover the ViT forward)")));
+    };
+    let cpu = VisionTransformer::load(&mut random_vit_params(cfg, 0)?, cfg, config.act)?;
+    let vit = CudaVit::from_cpu(gpu, &cpu, dtype)?;
+    drop(cpu);
+    let size = size.unwrap_or(cfg.grid * cfg.patch);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut out = Vec::new();
+    for &batch in batches {
+        let pixels = Tensor::randn(&[batch, 3, size, size], 1.0, &mut rng);
+        let mut graph = vit.capture_forward(batch, size, size)?;
+        let (mut eager_ms, mut replay_ms, mut timed) = (None, None, 0);
+        if !gpu.is_sim() {
+            let x = CudaTensor::from_tensor(gpu, &pixels, dtype)?;
+            graph.set_pixels(pixels.f32s()?)?;
+            let mut timer = Timer::new(gpu, false)?;
+            let eager = timer.time(gpu, 2, runs, || vit.forward(&x).map(|_| ()))?;
+            let replay = timer.time(gpu, 2, runs, || graph.replay().map(|_| ()))?;
+            (eager_ms, replay_ms, timed) = (Some(eager.median_ms), Some(replay.median_ms), eager.runs);
+        }
+        out.push(GraphBench {
+            arch: arch.to_string(),
+            device: gpu.name.clone(),
+            dtype: dtype.suffix().to_string(),
+            batch,
+            size,
+            launches: graph.launches().len(),
+            eager_ms,
+            replay_ms,
+            runs: timed,
+        });
+    }
+    Ok(out)
+}

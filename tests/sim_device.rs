@@ -7,7 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use labelfree::device::cuda::{has_kernels, DType, Gpu};
+use common::kernels_or_skip;
+use labelfree::device::cuda::{DType, Gpu};
 use labelfree::device::sim::SimOptions;
 use labelfree::methods::tagclip::{prepare, run_batch, ClassText, TagclipOptions};
 use labelfree::models::clip::weights::load_safetensors;
@@ -15,19 +16,6 @@ use labelfree::models::clip::ClipModel;
 
 fn coco() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/coco128/train2017")
-}
-
-/// Kernels are needed to simulate; a build without nvcc skips (CI builds with them).
-fn kernels_or_skip() -> bool {
-    if has_kernels() {
-        return true;
-    }
-    assert!(
-        !std::env::var("LABELFREE_REQUIRE_KERNELS").is_ok_and(|v| v == "1"),
-        "LABELFREE_REQUIRE_KERNELS=1 but this build has no kernels"
-    );
-    eprintln!("skipped: this build has no CUDA kernels (no nvcc at build time)");
-    false
 }
 
 fn labelfree(args: &[&str], cache: &Path) -> String {

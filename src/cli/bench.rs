@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Batch sizes on CUDA (comma-separated; --batch is the CPU's)
     #[arg(long, default_value = "1,8,32,64,128,256,512")]
     pub batches: String,
+    /// CUDA ViT: time the forward captured once as a graph and replayed against the eager
+    /// forward (on the simulator: the launches per forward, from the capture alone)
+    #[arg(long)]
+    pub graph: bool,
     /// Write the results as JSON here
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -58,6 +62,7 @@ impl BenchArgs {
 pub fn run(a: BenchArgs, s: &Session) -> Result<()> {
     match (&a.text, &s.gpu) {
         (Some(arch), _) => text(&a, arch),
+        (None, Some(gpu)) if a.graph => graph(&a, gpu, s),
         (None, Some(gpu)) if gpu.sim().is_some() => simulated(&a, gpu, s),
         (None, Some(gpu)) => cuda(&a, gpu, s),
         (None, None) => cpu(&a),
@@ -124,6 +129,42 @@ fn cuda(a: &BenchArgs, gpu: &Arc<Gpu>, s: &Session) -> Result<()> {
             );
             all.push(r);
         }
+    }
+    a.write_json(&all)
+}
+
+/// `--graph`: per ViT and batch size, the launches of one forward and, on a GPU, eager
+/// against replayed ms per batch.
+fn graph(a: &BenchArgs, gpu: &Arc<Gpu>, s: &Session) -> Result<()> {
+    let batches = a.batch_sizes()?;
+    println!(
+        "{:<10} {:>6} {:>5} {:>6} {:>9} {:>10} {:>10} {:>8}",
+        "arch", "dtype", "batch", "size", "launches", "eager ms", "graph ms", "speedup"
+    );
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    let mut all = Vec::new();
+    for arch in a.archs.split(',') {
+        for r in bench::cuda_vit_graph_throughput(gpu, arch.trim(), &batches, a.size, s.dtype, a.runs.max(5))? {
+            let speedup = match (r.eager_ms, r.replay_ms) {
+                (Some(e), Some(g)) if g > 0.0 => format!("{:.2}x", e / g),
+                _ => "-".to_string(),
+            };
+            println!(
+                "{:<10} {:>6} {:>5} {:>6} {:>9} {:>10} {:>10} {:>8}",
+                r.arch,
+                r.dtype,
+                r.batch,
+                r.size,
+                r.launches,
+                ms(r.eager_ms),
+                ms(r.replay_ms),
+                speedup
+            );
+            all.push(r);
+        }
+    }
+    if gpu.is_sim() {
+        println!("(the simulator times nothing: launches come from the capture, which runs no kernel)");
     }
     a.write_json(&all)
 }

@@ -243,6 +243,11 @@ const PROBS_TILE: usize = 64;
 /// same head dims as attention_flash.
 const FLASH_TC_QUERIES_PER_BLOCK: usize = 64;
 const FLASH_TC_THREADS: u32 = 128;
+/// Dynamic shared memory of a masked attention_flash_tc launch (kernels/attention.cu,
+/// TC_MASK_LDS): the shared mask's tile, 64 query rows of 64 keys in rows of 72 floats, and
+/// the CLS row's 64 keys.
+const FLASH_TC_SHARED_MASK_BYTES: u32 = 64 * 72 * 4;
+const FLASH_TC_CLS_MASK_BYTES: u32 = 64 * 4;
 
 /// CUDA launcher: kernels/attention.cu. qkv (B, T, 3C) packed [q | k | v] (heads split C; head
 /// dim C/heads, 32 or 64), out (B, T, C) in qkv's float dtype; probs (B, T, T) f32 = softmax
@@ -331,7 +336,16 @@ pub fn attention_cuda(
         (format!("attention_flash_d{dh}_{sfx}"), FLASH_QUERIES_PER_BLOCK, FLASH_QUERIES_PER_BLOCK as u32)
     };
     let q_tiles = t.div_ceil(queries_per_block) as u32;
-    let cfg = LaunchConfig { grid_dim: (q_tiles, grid_heads, grid_b), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+    let mask_bytes = if tensor_cores {
+        mask.shared.map_or(0, |_| FLASH_TC_SHARED_MASK_BYTES) + mask.cls_row.map_or(0, |_| FLASH_TC_CLS_MASK_BYTES)
+    } else {
+        0
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (q_tiles, grid_heads, grid_b),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: mask_bytes,
+    };
     gpu.launch(
         "attention",
         &kernel,

@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod entries;
+pub mod graph;
 pub mod resources;
 pub mod tensor;
 pub mod timer;
@@ -24,6 +25,7 @@ use cudarc::nvrtc::Ptx;
 use crate::device::sim::{SimArg, SimError, SimOptions, Simulator};
 use crate::error::{Error, Result};
 
+pub use graph::{GpuGraph, GraphLaunch};
 pub use tensor::{CudaTensor, CudaView, CudaViewMut, DType};
 
 /// One compiled kernels/*.cu file.
@@ -97,6 +99,8 @@ pub struct Gpu {
     /// Set on a launch recorder (`Gpu::launch_recorder`): each launch is checked and recorded,
     /// and none runs.
     recorder: Option<Arc<Mutex<Vec<RecordedLaunch>>>>,
+    /// The graph capture in progress, if any (`Gpu::capture`; shared with `with_gemm` twins).
+    capture: graph::CaptureSlot,
 }
 
 /// A launch a launch recorder saw: the kernel, its arguments' widths, and whether they fit the
@@ -163,7 +167,9 @@ impl Gpu {
         // SAFETY: every op of a Gpu runs on its one stream, so ordering is the stream's and
         // cudarc's per-buffer events would only cost time (see tensor.rs).
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own, not the legacy default stream, which the driver cannot capture
+        // into a graph (`Gpu::capture`).
+        let stream = ctx.new_stream().map_err(|e| driver_err("creating the CUDA stream", e))?;
         let mut modules = HashMap::new();
         for m in KERNEL_MODULES {
             if m.arch == "compute_90a" && cc != (9, 0) {
@@ -182,6 +188,7 @@ impl Gpu {
             compute_capability: cc,
             gemm: GemmBackend::Native,
             recorder: None,
+            capture: Default::default(),
         }))
     }
 
@@ -204,6 +211,7 @@ impl Gpu {
             compute_capability: (8, 0),
             gemm: GemmBackend::Native,
             recorder: None,
+            capture: Default::default(),
         })
     }
 
@@ -249,6 +257,7 @@ impl Gpu {
             compute_capability: self.compute_capability,
             gemm,
             recorder: self.recorder.clone(),
+            capture: self.capture.clone(),
         })
     }
 
@@ -318,6 +327,9 @@ impl Gpu {
             return fits.map_err(|e| Error::Device(e.to_string()));
         }
         fits.map_err(|e| Error::Device(e.to_string()))?;
+        if self.capture_launch(module, function, &cfg, args) {
+            return Ok(());
+        }
         let d = match &self.backend {
             Backend::Sim(sim) => {
                 let sim_args: Vec<SimArg> = args.iter().map(|a| a.to_sim()).collect();
@@ -329,7 +341,13 @@ impl Gpu {
             Backend::Driver(d) => d,
         };
         let f = self.function(d, module, function)?;
-        if cfg.shared_mem_bytes > 48 * 1024 {
+        // Past 48 KB a block's shared memory (static + dynamic) needs the kernel's opt-in.
+        let static_shared = if cfg.shared_mem_bytes > 0 {
+            f.shared_size_bytes().map_err(|e| driver_err(&format!("{function}: static shared memory"), e))? as u32
+        } else {
+            0
+        };
+        if static_shared + cfg.shared_mem_bytes > 48 * 1024 {
             f.set_attribute(
                 CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 cfg.shared_mem_bytes as i32,
@@ -361,6 +379,9 @@ impl Gpu {
             Backend::Sim(_) => return Err(Error::Skipped("cuBLAS has no PTX".into())),
             Backend::Driver(d) => d,
         };
+        // A graph holds this crate's kernels only (the simulator's capture could not replay a
+        // library call, so neither does the GPU's).
+        self.refuse_in_capture("a cuBLAS call")?;
         let mut slot = d.cublas.lock().map_err(|_| Error::Internal("cublas handle poisoned".into()))?;
         if let Some(b) = slot.as_ref() {
             return Ok(b.clone());
@@ -381,6 +402,7 @@ impl Gpu {
     /// Waits for every launched kernel; surfaces asynchronous launch errors. (The simulator's
     /// launches are synchronous.)
     pub fn synchronize(&self) -> Result<()> {
+        self.refuse_in_capture("synchronising the stream")?;
         match &self.backend {
             Backend::Driver(d) => d.stream.synchronize().map_err(|e| driver_err("synchronize", e)),
             Backend::Sim(_) => Ok(()),

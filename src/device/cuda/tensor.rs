@@ -14,6 +14,7 @@ use std::ops::{Deref, DerefMut};
 
 use std::sync::Arc;
 
+use super::graph::{capturing, note_free_in_capture, CaptureSlot};
 use super::{driver_err, Backend, Gpu};
 use crate::device::sim::Simulator;
 use crate::error::{Error, Result};
@@ -60,6 +61,28 @@ pub struct CudaTensor {
     shape: Vec<usize>,
     dtype: DType,
     storage: Storage,
+    /// Refuses the graph capture this buffer is dropped in (`Gpu::capture`).
+    _drop_check: CaptureDropCheck,
+}
+
+/// Dropping a buffer while its device captures a graph frees memory the graph will read:
+/// the capture is refused (the graph.rs rule "buffers outlive their graphs").
+struct CaptureDropCheck(Option<CaptureSlot>);
+
+impl CaptureDropCheck {
+    fn of(gpu: &Gpu) -> CaptureDropCheck {
+        CaptureDropCheck(Some(gpu.capture.clone()))
+    }
+}
+
+impl Drop for CaptureDropCheck {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.0 {
+            if capturing(slot) {
+                note_free_in_capture(slot);
+            }
+        }
+    }
 }
 
 /// Part of another tensor's buffer as a tensor of its own (`CudaTensor::view`): a kernel
@@ -116,9 +139,25 @@ fn poison_bytes(dtype: DType) -> Vec<u8> {
     }
 }
 
+/// f32 host values as the little-endian bytes of float `dtype` (the simulator's uploads).
+fn f32_as_bytes_of(data: &[f32], dtype: DType, what: &str) -> Result<Vec<u8>> {
+    Ok(match dtype {
+        DType::F32 => bytemuck::cast_slice(data).to_vec(),
+        DType::BF16 => data.iter().flat_map(|&x| bf16::from_f32(x).to_bits().to_le_bytes()).collect(),
+        DType::F16 => data.iter().flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes()).collect(),
+        DType::I32 | DType::U8 => return Err(Error::Device(format!("{what} into {dtype:?}: use from_u8 / from_i32"))),
+    })
+}
+
 impl CudaTensor {
     /// A simulator buffer of `n` elements holding `bytes` (poison when None).
-    fn sim_alloc(sim: &Arc<Simulator>, shape: &[usize], dtype: DType, bytes: Option<&[u8]>) -> Result<CudaTensor> {
+    fn sim_alloc(
+        gpu: &Gpu,
+        sim: &Arc<Simulator>,
+        shape: &[usize],
+        dtype: DType,
+        bytes: Option<&[u8]>,
+    ) -> Result<CudaTensor> {
         let n = numel(shape).max(1);
         let len = n * dtype.size_in_bytes();
         let addr = sim.alloc(len).map_err(|e| sim_err(&format!("allocating {shape:?} {dtype:?}"), e))?;
@@ -126,6 +165,7 @@ impl CudaTensor {
             shape: shape.to_vec(),
             dtype,
             storage: Storage::Sim(SimBuf { sim: sim.clone(), addr, bytes: len }),
+            _drop_check: CaptureDropCheck::of(gpu),
         };
         match bytes {
             Some(b) => sim.write(addr, b).map_err(|e| sim_err("host to device copy", e))?,
@@ -138,8 +178,9 @@ impl CudaTensor {
     /// use `poison` to catch a kernel that does not. (On the simulator it starts poisoned, so
     /// a kernel that reads memory nobody wrote sees NaN, not zeros.)
     pub fn empty(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<CudaTensor> {
+        gpu.refuse_in_capture(&format!("allocating {shape:?} {dtype:?}"))?;
         let d = match gpu.backend() {
-            Backend::Sim(sim) => return Self::sim_alloc(sim, shape, dtype, None),
+            Backend::Sim(sim) => return Self::sim_alloc(gpu, sim, shape, dtype, None),
             Backend::Driver(d) => d,
         };
         let n = numel(shape).max(1);
@@ -155,14 +196,20 @@ impl CudaTensor {
                 DType::I32 => CudaBuf::I32(s.alloc::<i32>(n).map_err(err)?),
             }
         };
-        Ok(CudaTensor { shape: shape.to_vec(), dtype, storage: Storage::Driver(buf) })
+        Ok(CudaTensor {
+            shape: shape.to_vec(),
+            dtype,
+            storage: Storage::Driver(buf),
+            _drop_check: CaptureDropCheck::of(gpu),
+        })
     }
 
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<CudaTensor> {
+        gpu.refuse_in_capture(&format!("allocating {shape:?} {dtype:?}"))?;
         let d = match gpu.backend() {
             Backend::Sim(sim) => {
                 let bytes = vec![0u8; numel(shape).max(1) * dtype.size_in_bytes()];
-                return Self::sim_alloc(sim, shape, dtype, Some(&bytes));
+                return Self::sim_alloc(gpu, sim, shape, dtype, Some(&bytes));
             }
             Backend::Driver(d) => d,
         };
@@ -176,25 +223,24 @@ impl CudaTensor {
             DType::U8 => CudaBuf::U8(s.alloc_zeros::<u8>(n).map_err(err)?),
             DType::I32 => CudaBuf::I32(s.alloc_zeros::<i32>(n).map_err(err)?),
         };
-        Ok(CudaTensor { shape: shape.to_vec(), dtype, storage: Storage::Driver(buf) })
+        Ok(CudaTensor {
+            shape: shape.to_vec(),
+            dtype,
+            storage: Storage::Driver(buf),
+            _drop_check: CaptureDropCheck::of(gpu),
+        })
     }
 
     /// Copies f32 host data to the device, converting to `dtype` on the host.
     pub fn from_f32(gpu: &Gpu, shape: &[usize], data: &[f32], dtype: DType) -> Result<CudaTensor> {
+        gpu.refuse_in_capture(&format!("uploading {shape:?} {dtype:?}"))?;
         if data.len() != numel(shape) {
             return Err(Error::Shape(format!("{} values for shape {shape:?}", data.len())));
         }
         let d = match gpu.backend() {
             Backend::Sim(sim) => {
-                let bytes: Vec<u8> = match dtype {
-                    DType::F32 => bytemuck::cast_slice(data).to_vec(),
-                    DType::BF16 => data.iter().flat_map(|&x| bf16::from_f32(x).to_bits().to_le_bytes()).collect(),
-                    DType::F16 => data.iter().flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes()).collect(),
-                    DType::I32 | DType::U8 => {
-                        return Err(Error::Device(format!("from_f32 into {dtype:?}: use from_u8 / from_i32")))
-                    }
-                };
-                return Self::sim_alloc(sim, shape, dtype, Some(&bytes));
+                let bytes = f32_as_bytes_of(data, dtype, "from_f32")?;
+                return Self::sim_alloc(gpu, sim, shape, dtype, Some(&bytes));
             }
             Backend::Driver(d) => d,
         };
@@ -214,31 +260,48 @@ impl CudaTensor {
                 return Err(Error::Device(format!("from_f32 into {dtype:?}: use from_u8 / from_i32")))
             }
         };
-        Ok(CudaTensor { shape: shape.to_vec(), dtype, storage: Storage::Driver(buf) })
+        Ok(CudaTensor {
+            shape: shape.to_vec(),
+            dtype,
+            storage: Storage::Driver(buf),
+            _drop_check: CaptureDropCheck::of(gpu),
+        })
     }
 
     pub fn from_u8(gpu: &Gpu, shape: &[usize], data: &[u8]) -> Result<CudaTensor> {
+        gpu.refuse_in_capture(&format!("uploading {shape:?} u8"))?;
         if data.len() != numel(shape) {
             return Err(Error::Shape(format!("{} bytes for shape {shape:?}", data.len())));
         }
         let d = match gpu.backend() {
-            Backend::Sim(sim) => return Self::sim_alloc(sim, shape, DType::U8, Some(data)),
+            Backend::Sim(sim) => return Self::sim_alloc(gpu, sim, shape, DType::U8, Some(data)),
             Backend::Driver(d) => d,
         };
         let buf = d.stream.clone_htod(data).map_err(|e| driver_err("host to device copy", e))?;
-        Ok(CudaTensor { shape: shape.to_vec(), dtype: DType::U8, storage: Storage::Driver(CudaBuf::U8(buf)) })
+        Ok(CudaTensor {
+            shape: shape.to_vec(),
+            dtype: DType::U8,
+            storage: Storage::Driver(CudaBuf::U8(buf)),
+            _drop_check: CaptureDropCheck::of(gpu),
+        })
     }
 
     pub fn from_i32(gpu: &Gpu, shape: &[usize], data: &[i32]) -> Result<CudaTensor> {
+        gpu.refuse_in_capture(&format!("uploading {shape:?} i32"))?;
         if data.len() != numel(shape) {
             return Err(Error::Shape(format!("{} values for shape {shape:?}", data.len())));
         }
         let d = match gpu.backend() {
-            Backend::Sim(sim) => return Self::sim_alloc(sim, shape, DType::I32, Some(bytemuck::cast_slice(data))),
+            Backend::Sim(sim) => return Self::sim_alloc(gpu, sim, shape, DType::I32, Some(bytemuck::cast_slice(data))),
             Backend::Driver(d) => d,
         };
         let buf = d.stream.clone_htod(data).map_err(|e| driver_err("host to device copy", e))?;
-        Ok(CudaTensor { shape: shape.to_vec(), dtype: DType::I32, storage: Storage::Driver(CudaBuf::I32(buf)) })
+        Ok(CudaTensor {
+            shape: shape.to_vec(),
+            dtype: DType::I32,
+            storage: Storage::Driver(CudaBuf::I32(buf)),
+            _drop_check: CaptureDropCheck::of(gpu),
+        })
     }
 
     /// Uploads a host tensor (f32 is converted to `dtype`; u8/i32 keep theirs).
@@ -255,6 +318,7 @@ impl CudaTensor {
 
     /// Copies to the host as f32 (bf16/f16 widened). Synchronises the stream.
     pub fn to_f32_vec(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        gpu.refuse_in_capture("a device to host copy")?;
         let n = self.numel();
         let b = match &self.storage {
             Storage::Sim(sb) => {
@@ -298,9 +362,39 @@ impl CudaTensor {
         Tensor::from_f32(&self.shape, self.to_f32_vec(gpu)?)
     }
 
+    /// Overwrites the buffer with f32 host data, converted to this tensor's float dtype on the
+    /// host: new input for a buffer a graph reads (`Gpu::capture`).
+    pub fn write_f32(&mut self, gpu: &Gpu, data: &[f32]) -> Result<()> {
+        gpu.refuse_in_capture("a host to device copy")?;
+        if data.len() != self.numel() {
+            return Err(Error::Shape(format!("{} values for a tensor of shape {:?}", data.len(), self.shape)));
+        }
+        let b = match &mut self.storage {
+            Storage::Sim(sb) => {
+                let bytes = f32_as_bytes_of(data, self.dtype, "write_f32")?;
+                return sb.sim.write(sb.addr, &bytes).map_err(|e| sim_err("host to device copy", e));
+            }
+            Storage::Driver(b) => b,
+            Storage::View { .. } => return Err(view_err("host to device copy")),
+        };
+        let s = &gpu.driver("host to device copy")?.stream;
+        let err = |e| driver_err("host to device copy", e);
+        match b {
+            CudaBuf::F32(b) => s.memcpy_htod(data, b).map_err(err),
+            CudaBuf::BF16(b) => {
+                s.memcpy_htod(&data.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>(), b).map_err(err)
+            }
+            CudaBuf::F16(b) => {
+                s.memcpy_htod(&data.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>(), b).map_err(err)
+            }
+            CudaBuf::U8(_) | CudaBuf::I32(_) => Err(Error::Device(format!("write_f32 into {:?}", self.dtype))),
+        }
+    }
+
     /// Fills the buffer with NaN (floats) or 0xAB bytes, so that a kernel that skips an
     /// element is caught by the comparison.
     pub fn poison(&mut self, gpu: &Gpu) -> Result<()> {
+        gpu.refuse_in_capture("poisoning a buffer (a host to device copy)")?;
         let b = match &mut self.storage {
             Storage::Sim(sb) => {
                 let pattern = poison_bytes(self.dtype);
@@ -323,6 +417,7 @@ impl CudaTensor {
 
     /// Sets every element to zero (a memset on the stream: gradient buffers between steps).
     pub fn fill_zero(&mut self, gpu: &Gpu) -> Result<()> {
+        gpu.refuse_in_capture("a memset")?;
         let b = match &mut self.storage {
             Storage::Sim(sb) => return sb.sim.fill(sb.addr, sb.bytes, 0).map_err(|e| sim_err("memset", e)),
             Storage::Driver(b) => b,
@@ -421,7 +516,12 @@ impl CudaTensor {
             )));
         }
         let addr = self.ptr(gpu) + (offset * self.dtype.size_in_bytes()) as u64;
-        Ok(CudaTensor { shape: shape.to_vec(), dtype: self.dtype, storage: Storage::View { addr } })
+        Ok(CudaTensor {
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+            storage: Storage::View { addr },
+            _drop_check: CaptureDropCheck(None),
+        })
     }
 
     /// A read-only view of `shape` at element `offset`.

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::device::cuda::{CudaTensor, DType, Gpu};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::clip::transformer::{Transformer, LN_EPS};
 use crate::ops::activation::Activation;
 use crate::ops::attention::{attention_cuda, CudaAttnMask, ProbsRecord};
@@ -81,37 +81,83 @@ impl CudaTransformer {
         record: ProbsRecord,
     ) -> Result<(CudaTensor, Vec<CudaTensor>)> {
         let gpu = &*self.gpu;
-        let (b, t, c) = (x.dim(0), x.dim(1), self.width);
-        let dt = self.dtype;
+        let (b, t) = (x.dim(0), x.dim(1));
+        let mut ws = TransformerWorkspace::new(gpu, b, t, self.width, self.dtype)?;
+        let mut recorded = Vec::new();
+        if record != ProbsRecord::None {
+            for _ in 0..self.blocks.len() {
+                recorded.push(CudaTensor::empty(gpu, &[b, t, t], DType::F32)?);
+            }
+        }
+        self.forward_in(&mut x, &mut ws, masks, record, &mut recorded)?;
+        Ok((x, recorded))
+    }
+
+    /// The blocks on x (B, T, C) in place, with every intermediate in `ws` and layer l's
+    /// probabilities into `probs[l]` when `record` asks: kernel launches only, nothing
+    /// allocated, so it can be captured into a graph (`Gpu::capture`).
+    pub fn forward_in(
+        &self,
+        x: &mut CudaTensor,
+        ws: &mut TransformerWorkspace,
+        masks: &[CudaAttnMask],
+        record: ProbsRecord,
+        probs: &mut [CudaTensor],
+    ) -> Result<()> {
+        let gpu = &*self.gpu;
+        let want = [x.dim(0), x.dim(1), self.width];
+        if x.shape() != want || ws.h.shape() != want {
+            return Err(Error::Shape(format!(
+                "transformer input {:?}, workspace {:?}, width {}",
+                x.shape(),
+                ws.h.shape(),
+                self.width
+            )));
+        }
+        if record != ProbsRecord::None && probs.len() != self.blocks.len() {
+            return Err(Error::Shape(format!("{} probability maps for {} layers", probs.len(), self.blocks.len())));
+        }
         let epi = match self.act {
             Activation::QuickGelu => Epilogue::QuickGelu,
             Activation::Gelu => Epilogue::Gelu,
         };
-        let mut h = CudaTensor::empty(gpu, &[b, t, c], dt)?;
-        let mut qkv = CudaTensor::empty(gpu, &[b, t, 3 * c], dt)?;
-        let mut attn = CudaTensor::empty(gpu, &[b, t, c], dt)?;
-        let mut x2 = CudaTensor::empty(gpu, &[b, t, c], dt)?;
-        let mut mlp = CudaTensor::empty(gpu, &[b, t, 4 * c], dt)?;
+        let TransformerWorkspace { h, qkv, attn, x2, mlp } = ws;
         let none = CudaAttnMask { shared: None, cls_row: None, causal: false };
-        let mut recorded = Vec::new();
         for (l, blk) in self.blocks.iter().enumerate() {
             let mask = masks.get(l).unwrap_or(&none);
-            layer_norm_cuda(gpu, &x, &blk.ln1_w, &blk.ln1_b, LN_EPS, &mut h)?;
-            linear_cuda(gpu, &h, &blk.in_w, Some(&blk.in_b), Epilogue::None, None, &mut qkv)?;
-            if record == ProbsRecord::None {
-                attention_cuda(gpu, &qkv, self.heads, mask, record, &mut attn, None)?;
-            } else {
-                let mut probs = CudaTensor::empty(gpu, &[b, t, t], DType::F32)?;
-                attention_cuda(gpu, &qkv, self.heads, mask, record, &mut attn, Some(&mut probs))?;
-                recorded.push(probs);
-            }
+            layer_norm_cuda(gpu, x, &blk.ln1_w, &blk.ln1_b, LN_EPS, h)?;
+            linear_cuda(gpu, h, &blk.in_w, Some(&blk.in_b), Epilogue::None, None, qkv)?;
+            let p = if record == ProbsRecord::None { None } else { Some(&mut probs[l]) };
+            attention_cuda(gpu, qkv, self.heads, mask, record, attn, p)?;
             // x2 = x + attn W_out^T + b_out
-            linear_cuda(gpu, &attn, &blk.out_w, Some(&blk.out_b), Epilogue::None, Some(&x), &mut x2)?;
-            layer_norm_cuda(gpu, &x2, &blk.ln2_w, &blk.ln2_b, LN_EPS, &mut h)?;
-            linear_cuda(gpu, &h, &blk.fc_w, Some(&blk.fc_b), epi, None, &mut mlp)?;
+            linear_cuda(gpu, attn, &blk.out_w, Some(&blk.out_b), Epilogue::None, Some(&*x), x2)?;
+            layer_norm_cuda(gpu, x2, &blk.ln2_w, &blk.ln2_b, LN_EPS, h)?;
+            linear_cuda(gpu, h, &blk.fc_w, Some(&blk.fc_b), epi, None, mlp)?;
             // x = x2 + act(h W_fc^T + b_fc) W_proj^T + b_proj
-            linear_cuda(gpu, &mlp, &blk.proj_w, Some(&blk.proj_b), Epilogue::None, Some(&x2), &mut x)?;
+            linear_cuda(gpu, mlp, &blk.proj_w, Some(&blk.proj_b), Epilogue::None, Some(&*x2), x)?;
         }
-        Ok((x, recorded))
+        Ok(())
+    }
+}
+
+/// The block stack's intermediates for one (B, T): allocated once, reused by every layer and
+/// every call of `CudaTransformer::forward_in`.
+pub struct TransformerWorkspace {
+    h: CudaTensor,    // (B, T, C) LayerNorm output
+    qkv: CudaTensor,  // (B, T, 3C)
+    attn: CudaTensor, // (B, T, C)
+    x2: CudaTensor,   // (B, T, C) after the attention residual
+    mlp: CudaTensor,  // (B, T, 4C)
+}
+
+impl TransformerWorkspace {
+    pub fn new(gpu: &Gpu, b: usize, t: usize, c: usize, dt: DType) -> Result<TransformerWorkspace> {
+        Ok(TransformerWorkspace {
+            h: CudaTensor::empty(gpu, &[b, t, c], dt)?,
+            qkv: CudaTensor::empty(gpu, &[b, t, 3 * c], dt)?,
+            attn: CudaTensor::empty(gpu, &[b, t, c], dt)?,
+            x2: CudaTensor::empty(gpu, &[b, t, c], dt)?,
+            mlp: CudaTensor::empty(gpu, &[b, t, 4 * c], dt)?,
+        })
     }
 }

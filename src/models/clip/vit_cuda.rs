@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 
 use rand::Rng;
 
-use crate::device::cuda::{CudaTensor, DType, Gpu};
+use crate::device::cuda::{CudaTensor, DType, Gpu, GpuGraph, GraphLaunch};
 use crate::error::{Error, Result};
 use crate::models::clip::config::VitConfig;
 use crate::models::clip::transformer::LN_EPS;
-use crate::models::clip::transformer_cuda::CudaTransformer;
+use crate::models::clip::transformer_cuda::{CudaTransformer, TransformerWorkspace};
 use crate::models::clip::vit::{VisionTransformer, VitOutput, VitRequest};
 use crate::ops::activation::Activation;
 use crate::ops::attention::{CudaAttnMask, ProbsRecord};
@@ -120,52 +120,58 @@ impl CudaVit {
         pixels.expect_dtype(self.dtype, "CUDA ViT input")?;
         let p = self.cfg.patch;
         let pos = self.positional(pixels.dim(2) / p, pixels.dim(3) / p)?;
-        let h = self.embed(pixels, &pos)?;
-        let (x, _) = self.transformer.forward(h, &[], ProbsRecord::None)?;
-        self.project(x, false)
+        let mut ws = VitWorkspace::new(self, pixels.dim(0), pixels.dim(2), pixels.dim(3), false, pos)?;
+        self.forward_in(pixels, &mut ws, &[], ProbsRecord::None, &mut [])?;
+        Ok(ws.projected)
     }
 
-    /// pixels (B, 3, H, W) -> ln_pre(patch embedding, class token, + pos), (B, T, C): the
-    /// patch embedding as one GEMM over the patchified pixels.
-    fn embed(&self, pixels: &CudaTensor, pos: &CudaTensor) -> Result<CudaTensor> {
+    /// The whole pass on buffers allocated beforehand (`ws`, for the shape of `pixels`): kernel
+    /// launches only, so that it can be captured into a graph. The result is in
+    /// `ws.projected`; `probs[l]` gets layer l's map when `record` asks for maps.
+    fn forward_in(
+        &self,
+        pixels: &CudaTensor,
+        ws: &mut VitWorkspace,
+        masks: &[CudaAttnMask],
+        record: ProbsRecord,
+        probs: &mut [CudaTensor],
+    ) -> Result<()> {
         let gpu = &*self.gpu;
-        let p = self.cfg.patch;
-        let (b, n, c) = (pixels.dim(0), (pixels.dim(2) / p) * (pixels.dim(3) / p), self.cfg.width);
-        let dt = self.dtype;
-        let mut cols = CudaTensor::empty(gpu, &[b * n, 3 * p * p], dt)?;
-        patchify_cuda(gpu, pixels, p, &mut cols)?;
-        let mut patches = CudaTensor::empty(gpu, &[b * n, c], dt)?;
-        linear_cuda(gpu, &cols, &self.conv_w, None, Epilogue::None, None, &mut patches)?;
-        drop(cols);
-        let patches = patches.reshape(&[b, n, c])?;
-        let mut x = CudaTensor::empty(gpu, &[b, n + 1, c], dt)?;
-        vit_tokens_cuda(gpu, &patches, &self.class_emb, pos, &mut x)?;
-        drop(patches);
-        let mut h = CudaTensor::empty(gpu, &[b, n + 1, c], dt)?;
-        layer_norm_cuda(gpu, &x, &self.ln_pre_w, &self.ln_pre_b, LN_EPS, &mut h)?;
-        Ok(h)
-    }
-
-    /// x (B, T, C) after the blocks -> proj(ln_post(.)) of every token, (B * T, D), or of the
-    /// class token only, (B, D).
-    fn project(&self, x: CudaTensor, all_tokens: bool) -> Result<CudaTensor> {
-        let gpu = &*self.gpu;
-        let (b, t, c, d) = (x.dim(0), x.dim(1), self.cfg.width, self.cfg.output_dim);
-        let dt = self.dtype;
-        let src = if all_tokens {
-            x.reshape(&[b * t, c])?
+        let want = [ws.batch, 3, ws.height, ws.width];
+        if pixels.shape() != want {
+            return Err(Error::Shape(format!("CUDA ViT: pixels {:?} for a workspace of {want:?}", pixels.shape())));
+        }
+        let (b, t, c) = (ws.batch, ws.x.dim(1), self.cfg.width);
+        // Embedding: the patch convolution as one GEMM over the patchified pixels, the class
+        // token and positional table, ln_pre.
+        patchify_cuda(gpu, pixels, self.cfg.patch, &mut ws.cols)?;
+        linear_cuda(gpu, &ws.cols, &self.conv_w, None, Epilogue::None, None, &mut ws.patches)?;
+        let patches = ws.patches.view(gpu, 0, &[b, t - 1, c])?;
+        vit_tokens_cuda(gpu, &patches, &self.class_emb, &ws.pos, &mut ws.tokens)?;
+        layer_norm_cuda(gpu, &ws.tokens, &self.ln_pre_w, &self.ln_pre_b, LN_EPS, &mut ws.x)?;
+        self.transformer.forward_in(&mut ws.x, &mut ws.blocks, masks, record, probs)?;
+        // proj(ln_post(.)) of every token, (B * T, D), or of the class token only, (B, D).
+        if ws.all_tokens {
+            let all = ws.x.view(gpu, 0, &[b * t, c])?;
+            layer_norm_cuda(gpu, &all, &self.ln_post_w, &self.ln_post_b, LN_EPS, &mut ws.normed)?;
         } else {
-            let index = CudaTensor::from_i32(gpu, &[b], &vec![0i32; b])?;
-            let mut cls = CudaTensor::empty(gpu, &[b, c], dt)?;
-            gather_rows_cuda(gpu, &x, &index, &mut cls)?;
-            cls
-        };
-        let rows = src.dim(0);
-        let mut normed = CudaTensor::empty(gpu, &[rows, c], dt)?;
-        layer_norm_cuda(gpu, &src, &self.ln_post_w, &self.ln_post_b, LN_EPS, &mut normed)?;
-        let mut projected = CudaTensor::empty(gpu, &[rows, d], dt)?;
-        linear_cuda(gpu, &normed, &self.proj_t, None, Epilogue::None, None, &mut projected)?;
-        Ok(projected)
+            gather_rows_cuda(gpu, &ws.x, &ws.cls_index, &mut ws.cls)?;
+            layer_norm_cuda(gpu, &ws.cls, &self.ln_post_w, &self.ln_post_b, LN_EPS, &mut ws.normed)?;
+        }
+        linear_cuda(gpu, &ws.normed, &self.proj_t, None, Epilogue::None, None, &mut ws.projected)
+    }
+
+    /// The forward of `batch` images at `height` x `width` captured once as a graph, on
+    /// buffers of its own: write pixels with `CudaVitGraph::set_pixels`, then `replay`.
+    pub fn capture_forward(&self, batch: usize, height: usize, width: usize) -> Result<CudaVitGraph<'_>> {
+        let p = self.cfg.patch;
+        check_vit_input(&[batch, 3, height, width], p)?;
+        let gpu = &*self.gpu;
+        let pos = self.positional(height / p, width / p)?;
+        let pixels = CudaTensor::empty(gpu, &[batch, 3, height, width], self.dtype)?;
+        let mut ws = VitWorkspace::new(self, batch, height, width, false, pos)?;
+        let graph = gpu.capture(|| self.forward_in(&pixels, &mut ws, &[], ProbsRecord::None, &mut []))?;
+        Ok(CudaVitGraph { vit: self, pixels, ws, graph })
     }
 
     /// The pass with everything `VisionTransformer::forward` offers (per-layer masks, recorded
@@ -233,16 +239,103 @@ impl CudaVit {
             .collect();
         let record = ProbsRecord::from_flags(req.attn_probs, req.probs_before_mask);
 
-        let h = self.embed(&x_in, &pos)?;
-        drop(x_in);
-        let (x, attn) = self.transformer.forward(h, &masks, record)?;
-        let projected = self.project(x, req.tokens)?;
-        Ok(CudaVitOutput { projected, attn, batch: b, tokens: t })
+        let mut ws = VitWorkspace::new(self, b, s[2], s[3], req.tokens, pos)?;
+        let mut attn = Vec::new();
+        if record != ProbsRecord::None {
+            for _ in 0..self.transformer.layers() {
+                attn.push(CudaTensor::empty(gpu, &[b, t, t], DType::F32)?);
+            }
+        }
+        self.forward_in(&x_in, &mut ws, &masks, record, &mut attn)?;
+        Ok(CudaVitOutput { projected: ws.projected, attn, batch: b, tokens: t })
     }
 
     /// FLOPs of one image at h x w (2 per multiply-add), for roofline figures.
     pub fn flops_per_image(&self, h: usize, w: usize) -> f64 {
         self.cfg.flops_per_image(h, w)
+    }
+}
+
+/// Every buffer of one ViT forward at a fixed (B, H, W), allocated once: the intermediates
+/// of `CudaVit::forward_in` and its output.
+struct VitWorkspace {
+    batch: usize,
+    height: usize,
+    width: usize,
+    /// Project every token (B * T rows) instead of the class token (B rows).
+    all_tokens: bool,
+    /// (T, C) f32 positional table for this grid.
+    pos: Arc<CudaTensor>,
+    cols: CudaTensor,    // (B * N, 3 * p * p) patchified pixels
+    patches: CudaTensor, // (B * N, C) patch embeddings
+    tokens: CudaTensor,  // (B, T, C) class token + patches + positions
+    x: CudaTensor,       // (B, T, C) the residual stream (ln_pre's output, then the blocks')
+    blocks: TransformerWorkspace,
+    cls_index: CudaTensor, // (B,) i32 zeros: the class token's row in each image
+    cls: CudaTensor,       // (B, C)
+    normed: CudaTensor,    // (rows, C) ln_post's output
+    projected: CudaTensor, // (rows, D)
+}
+
+impl VitWorkspace {
+    fn new(
+        vit: &CudaVit,
+        batch: usize,
+        height: usize,
+        width: usize,
+        all_tokens: bool,
+        pos: Arc<CudaTensor>,
+    ) -> Result<VitWorkspace> {
+        let gpu = &*vit.gpu;
+        let (p, c, d, dt) = (vit.cfg.patch, vit.cfg.width, vit.cfg.output_dim, vit.dtype);
+        let n = (height / p) * (width / p);
+        let t = n + 1;
+        let rows = if all_tokens { batch * t } else { batch };
+        Ok(VitWorkspace {
+            batch,
+            height,
+            width,
+            all_tokens,
+            pos,
+            cols: CudaTensor::empty(gpu, &[batch * n, 3 * p * p], dt)?,
+            patches: CudaTensor::empty(gpu, &[batch * n, c], dt)?,
+            tokens: CudaTensor::empty(gpu, &[batch, t, c], dt)?,
+            x: CudaTensor::empty(gpu, &[batch, t, c], dt)?,
+            blocks: TransformerWorkspace::new(gpu, batch, t, c, dt)?,
+            cls_index: CudaTensor::from_i32(gpu, &[batch], &vec![0i32; batch])?,
+            cls: CudaTensor::empty(gpu, &[batch, c], dt)?,
+            normed: CudaTensor::empty(gpu, &[rows, c], dt)?,
+            projected: CudaTensor::empty(gpu, &[rows, d], dt)?,
+        })
+    }
+}
+
+/// `CudaVit::capture_forward`: the pooled forward of one (B, H, W) as a graph over buffers
+/// it owns. It borrows the encoder, whose weights the graph reads by address.
+pub struct CudaVitGraph<'a> {
+    vit: &'a CudaVit,
+    /// (B, 3, H, W) input in the encoder's dtype: the graph reads it at every replay.
+    pixels: CudaTensor,
+    ws: VitWorkspace,
+    graph: GpuGraph,
+}
+
+impl CudaVitGraph<'_> {
+    /// Writes normalised pixels (B * 3 * H * W values, f32) into the graph's input buffer.
+    pub fn set_pixels(&mut self, pixels: &[f32]) -> Result<()> {
+        self.pixels.write_f32(&self.vit.gpu, pixels)
+    }
+
+    /// Runs the captured forward on the pixels last written: pooled (B, D), in the encoder's
+    /// dtype, valid until the next replay.
+    pub fn replay(&self) -> Result<&CudaTensor> {
+        self.graph.replay()?;
+        Ok(&self.ws.projected)
+    }
+
+    /// The kernel launches one replay runs (those of one eager forward).
+    pub fn launches(&self) -> &[GraphLaunch] {
+        self.graph.launches()
     }
 }
 
