@@ -63,6 +63,16 @@ static __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (
 }
 // ---- end of the mma.cuh block ---------------------------------------------------------------
 
+// Shared-memory stores of 16 and 8 bytes at a 32-bit shared address. Written out because nvcc,
+// not always able to prove the alignment of a computed shared pointer, split some of them into
+// 4-byte stores, which put 4 lanes of a phase on one bank (the profile showed those conflicts).
+static __device__ __forceinline__ void st_shared_16(uint32_t addr, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
+}
+static __device__ __forceinline__ void st_shared_f32x2(uint32_t addr, float a, float b) {
+    asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(a), "f"(b) : "memory");
+}
+
 constexpr int NH_BM = 128, NH_BN = 64, NH_BK = 32, NH_STAGES = 4, NH_THREADS = 128;
 constexpr int NH_WARP_M = 64, NH_WARP_N = 32;
 constexpr int NH_MI = NH_WARP_M / 16, NH_NI = NH_WARP_N / 8;  // mma tiles per warp: 4 x 4
@@ -73,7 +83,8 @@ constexpr int NH_STAGE_ELEMS = (NH_BM + NH_BN) * NH_BK;               // A tile 
 // f32 output staging: row pitch 72 words puts the 4 row groups of an accumulator store 8 banks
 // apart (a half-warp's 8-byte stores then cover 32 banks), see the epilogue for the reads.
 constexpr int NH_CPITCH = NH_BN + 8;
-static_assert(NH_BM * NH_CPITCH * 4 <= NH_STAGES * NH_STAGE_ELEMS * 2, "the output tile reuses the stages");
+static_assert((NH_BM * NH_CPITCH + NH_BN) * 4 <= NH_STAGES * NH_STAGE_ELEMS * 2,
+              "the output tile and the block's biases reuse the stages");
 
 // Element offset of (row, 8-element chunk) in a swizzled tile.
 __device__ __forceinline__ int swz(int row, int chunk) { return row * NH_BK + ((chunk ^ ((row >> 1) & 3)) << 3); }
@@ -184,7 +195,7 @@ __device__ __forceinline__ void load_stage(T* __restrict__ stage, const T* __res
                 }
                 packed[j / 2] = pack2(v[0], v[1]);
             }
-            *reinterpret_cast<uint4*>(As + swz(r, chunk)) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+            st_shared_16(smem_u32(As + swz(r, chunk)), packed[0], packed[1], packed[2], packed[3]);
         }
 #pragma unroll
         for (int i = 0; i < NH_B_ROWS_PER_THREAD; ++i) {
@@ -197,41 +208,34 @@ __device__ __forceinline__ void load_stage(T* __restrict__ stage, const T* __res
                 const T hi = (n < g.Cout && k + j + 1 < g.K) ? wr[k + j + 1] : zero;
                 packed[j / 2] = pack2(lo, hi);
             }
-            *reinterpret_cast<uint4*>(Bs + swz(r, chunk)) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+            st_shared_16(smem_u32(Bs + swz(r, chunk)), packed[0], packed[1], packed[2], packed[3]);
         }
     }
 }
 
 // `count` (<= 8) consecutive outputs of one row: y = relu?((residual + acc) + bias), conv2d's
-// order. `vec` (Cout % 8 == 0, so count == 8 and the row offset is 16-byte aligned): 16-byte
-// loads and stores; else element by element.
+// order (`bias` holds zeros when there is none). `vec` (Cout % 8 == 0, so count == 8 and the
+// row offset is 16-byte aligned): 16-byte loads and stores; else element by element.
 template <typename T>
-__device__ __forceinline__ void store_outputs(const float (&acc)[8], size_t off, int n, int count, bool vec,
-                                              const float* __restrict__ bias, const T* __restrict__ residual,
-                                              T* __restrict__ y, int relu) {
-    float v[8];
+__device__ __forceinline__ void store_outputs(const float (&acc)[8], const float (&bias)[8], size_t off, int count,
+                                              bool vec, const T* __restrict__ residual, T* __restrict__ y, int relu) {
     if (vec) {
+        float v[8];
         if (residual != nullptr) {
             const uint4 q = *reinterpret_cast<const uint4*>(residual + off);
             const T* r = reinterpret_cast<const T*>(&q);
 #pragma unroll
-            for (int j = 0; j < 8; ++j) v[j] = to_float(r[j]) + acc[j];
+            for (int j = 0; j < 8; ++j) v[j] = (to_float(r[j]) + acc[j]) + bias[j];
         } else {
 #pragma unroll
-            for (int j = 0; j < 8; ++j) v[j] = acc[j];
-        }
-        if (bias != nullptr) {
-            const float4 b0 = *reinterpret_cast<const float4*>(bias + n);
-            const float4 b1 = *reinterpret_cast<const float4*>(bias + n + 4);
-            v[0] += b0.x; v[1] += b0.y; v[2] += b0.z; v[3] += b0.w;
-            v[4] += b1.x; v[5] += b1.y; v[6] += b1.z; v[7] += b1.w;
+            for (int j = 0; j < 8; ++j) v[j] = acc[j] + bias[j];
         }
         uint32_t packed[4];
 #pragma unroll
         for (int j = 0; j < 8; j += 2) {
-            const float a = relu ? fmaxf(v[j], 0.0f) : v[j];
-            const float b = relu ? fmaxf(v[j + 1], 0.0f) : v[j + 1];
-            packed[j / 2] = pack2(from_float<T>(a), from_float<T>(b));
+            const float lo = relu ? fmaxf(v[j], 0.0f) : v[j];
+            const float hi = relu ? fmaxf(v[j + 1], 0.0f) : v[j + 1];
+            packed[j / 2] = pack2(from_float<T>(lo), from_float<T>(hi));
         }
         *reinterpret_cast<uint4*>(y + off) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
         return;
@@ -241,10 +245,20 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[8], size_t off,
         if (j >= count) break;
         float u = acc[j];
         if (residual != nullptr) u = to_float(residual[off + j]) + u;
-        if (bias != nullptr) u += bias[n + j];
+        u += bias[j];
         if (relu) u = fmaxf(u, 0.0f);
         y[off + j] = from_float<T>(u);
     }
+}
+
+// 8 consecutive floats of shared row `src` into v: two 16-byte reads, the upper half first when
+// `upper_first` (see the epilogue: it keeps an 8-lane phase on 32 distinct banks).
+__device__ __forceinline__ void load8_shared(const float* src, bool upper_first, float (&v)[8]) {
+    const float4 p = *reinterpret_cast<const float4*>(src + (upper_first ? 4 : 0));
+    const float4 q = *reinterpret_cast<const float4*>(src + (upper_first ? 0 : 4));
+    const float4 lo = upper_first ? q : p, hi = upper_first ? p : q;
+    v[0] = lo.x; v[1] = lo.y; v[2] = lo.z; v[3] = lo.w;
+    v[4] = hi.x; v[5] = hi.y; v[6] = hi.z; v[7] = hi.w;
 }
 
 template <typename T, bool VEC>
@@ -326,27 +340,28 @@ __device__ void conv2d_nhwc_mma(T* __restrict__ smem, const T* __restrict__ x, c
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int r = wm + 16 * i + group + 8 * h, c = wn + 8 * j + 2 * quad;
-                *reinterpret_cast<float2*>(Cs + r * NH_CPITCH + c) = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+                st_shared_f32x2(smem_u32(Cs + r * NH_CPITCH + c), acc[i][j][2 * h], acc[i][j][2 * h + 1]);
             }
+    // The block's 64 biases (zeros without a bias) beside the tile: read from global once per
+    // block instead of once per output row.
+    float* bias_s = Cs + NH_BM * NH_CPITCH;
+    if (t < NH_BN) bias_s[t] = (bias != nullptr && n0 + t < g.Cout) ? bias[n0 + t] : 0.0f;
     __syncthreads();
 
     // Thread t stores channels 8 (t % 8) .. +8 of rows t / 8 + 16 i: 8 lanes write one row's
     // 128 contiguous bytes. Of its two 16-byte reads, lanes with chunk >= 4 read the upper half
     // first, so each 8-lane phase covers 32 distinct banks (chunks c and c + 4 are 32 words apart).
-    const int chunk = t % 8, half_first = (chunk >> 2) & 1;
+    const int chunk = t % 8;
+    const bool upper_first = chunk >= 4;
     const bool vec_out = (g.Cout % 8) == 0;  // rows of y (and residual) start 16-byte aligned
-#pragma unroll 2
+    float b8[8];
+    load8_shared(bias_s + 8 * chunk, upper_first, b8);
     for (int i = 0; i < NH_BM * 8 / NH_THREADS; ++i) {
         const int r = t / 8 + 16 * i, m = m0 + r, n = n0 + 8 * chunk;
         if (m >= g.M || n >= g.Cout) continue;
         float v[8];
-        const float* src = Cs + r * NH_CPITCH + 8 * chunk;
-        const float4 p = *reinterpret_cast<const float4*>(src + 4 * half_first);
-        const float4 q = *reinterpret_cast<const float4*>(src + 4 * (1 - half_first));
-        const float4 lo = half_first ? q : p, hi = half_first ? p : q;
-        v[0] = lo.x; v[1] = lo.y; v[2] = lo.z; v[3] = lo.w;
-        v[4] = hi.x; v[5] = hi.y; v[6] = hi.z; v[7] = hi.w;
-        store_outputs<T>(v, (size_t)m * g.Cout + n, n, min(8, g.Cout - n), vec_out, bias, residual, y, relu);
+        load8_shared(Cs + r * NH_CPITCH + 8 * chunk, upper_first, v);
+        store_outputs<T>(v, b8, (size_t)m * g.Cout + n, min(8, g.Cout - n), vec_out, residual, y, relu);
     }
 }
 

@@ -91,7 +91,12 @@ pub struct BatchNormParams<'a> {
 /// Folds `bn` into the convolution before it: w' = w * s, b' = (b - mean) * s + beta with
 /// s = gamma / sqrt(var + eps) per output channel. `w` is any layout with C_out outermost
 /// ((C_out, k, k, C_in) here, (C_out, C_in, k, k) for conv2d); `bias` the conv's own, if any.
-pub fn fold_batchnorm(w: &[f32], bias: Option<&[f32]>, bn: &BatchNormParams, c_out: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+pub fn fold_batchnorm(
+    w: &[f32],
+    bias: Option<&[f32]>,
+    bn: &BatchNormParams,
+    c_out: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let lens = [bn.gamma.len(), bn.beta.len(), bn.mean.len(), bn.var.len(), bias.map_or(c_out, <[f32]>::len)];
     if c_out == 0 || !w.len().is_multiple_of(c_out) || lens.iter().any(|&l| l != c_out) {
         return Err(Error::Shape(format!(
@@ -151,7 +156,9 @@ pub fn conv2d_nhwc_cuda(
     }
     let (ho, wo) = s.out_hw();
     let out = [s.batch, ho, wo, s.c_out];
-    if x.shape() != [s.batch, s.h, s.w, s.c_in] || w.shape() != [s.c_out, s.kernel, s.kernel, s.c_in] || y.shape() != out
+    if x.shape() != [s.batch, s.h, s.w, s.c_in]
+        || w.shape() != [s.c_out, s.kernel, s.kernel, s.c_in]
+        || y.shape() != out
     {
         return Err(bad("shapes"));
     }
@@ -389,11 +396,9 @@ mod tests {
     #[test]
     fn nhwc_paths_match_the_definition() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        for &(batch, c_in, h, w, c_out, kernel, stride, pad, relu) in &[
-            (1, 3, 9, 7, 5, 7, 2, 3, true),
-            (2, 8, 6, 5, 4, 3, 1, 1, false),
-            (2, 5, 7, 7, 6, 1, 2, 0, true),
-        ] {
+        for &(batch, c_in, h, w, c_out, kernel, stride, pad, relu) in
+            &[(1, 3, 9, 7, 5, 7, 2, 3, true), (2, 8, 6, 5, 4, 3, 1, 1, false), (2, 5, 7, 7, 6, 1, 2, 0, true)]
+        {
             let s = Conv2dShape { batch, c_in, h, w, c_out, kernel, stride, pad };
             let (ho, wo) = s.out_hw();
             let x = rand_vec(&mut rng, batch * h * w * c_in);
