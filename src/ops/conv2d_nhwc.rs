@@ -277,6 +277,42 @@ fn label(c: &Case, layout: &str) -> String {
     )
 }
 
+/// A check case's inputs on the device, in either layout, and the values the kernel sees (read
+/// back after rounding to the dtype) for the CPU side.
+struct CaseInputs {
+    xd: CudaTensor,
+    wd: CudaTensor,
+    bd: Option<CudaTensor>,
+    rd: Option<CudaTensor>,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    residual: Option<Vec<f32>>,
+}
+
+/// Random inputs of `c` with x, w and the output (the residual's shape) in the given shapes.
+fn case_inputs(
+    gpu: &Gpu,
+    rng: &mut rand::rngs::StdRng,
+    c: &Case,
+    dtype: DType,
+    shapes: [[usize; 4]; 3],
+) -> Result<CaseInputs> {
+    let [x_shape, w_shape, out] = shapes;
+    let s = &c.s;
+    let kk = s.c_in * s.kernel * s.kernel;
+    let numel = |shape: [usize; 4]| shape.iter().product::<usize>();
+    let xd = CudaTensor::from_f32(gpu, &x_shape, &random_vec(rng, numel(x_shape), 1.0), dtype)?;
+    let wd = CudaTensor::from_f32(gpu, &w_shape, &random_vec(rng, numel(w_shape), 2.0 / (kk as f32).sqrt()), dtype)?;
+    let bias = c.bias.then(|| random_vec(rng, s.c_out, 0.5));
+    let bd = bias.as_ref().map(|b| CudaTensor::from_f32(gpu, &[s.c_out], b, DType::F32)).transpose()?;
+    let rd =
+        c.residual.then(|| CudaTensor::from_f32(gpu, &out, &random_vec(rng, numel(out), 1.0), dtype)).transpose()?;
+    let (x, w) = (xd.to_f32_vec(gpu)?, wd.to_f32_vec(gpu)?);
+    let residual = rd.as_ref().map(|r| r.to_f32_vec(gpu)).transpose()?;
+    Ok(CaseInputs { xd, wd, bd, rd, x, w, bias, residual })
+}
+
 /// Kernel checks: every case in bf16 and f16 against the definition (the fast CPU path above
 /// `REFERENCE_MAX_WORK`), inputs rounded to the dtype first; and, as the baseline of
 /// benches/RESULTS.md, the NCHW kernel (`conv2d_cuda`) on the ResNet-50 cases in bf16.
@@ -293,33 +329,12 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                     let s = c.s;
                     let (ho, wo) = s.out_hw();
                     let out = [s.batch, ho, wo, s.c_out];
-                    let kk = s.c_in * s.kernel * s.kernel;
-                    let xd = CudaTensor::from_f32(
-                        gpu,
-                        &[s.batch, s.h, s.w, s.c_in],
-                        &random_vec(rng, s.batch * s.h * s.w * s.c_in, 1.0),
-                        dtype,
-                    )?;
-                    let wd = CudaTensor::from_f32(
-                        gpu,
-                        &[s.c_out, s.kernel, s.kernel, s.c_in],
-                        &random_vec(rng, s.c_out * kk, 2.0 / (kk as f32).sqrt()),
-                        dtype,
-                    )?;
-                    let bias = c.bias.then(|| random_vec(rng, s.c_out, 0.5));
-                    let bd = bias.as_ref().map(|b| CudaTensor::from_f32(gpu, &[s.c_out], b, DType::F32)).transpose()?;
-                    let n_out = s.batch * ho * wo * s.c_out;
-                    let rd = c
-                        .residual
-                        .then(|| CudaTensor::from_f32(gpu, &out, &random_vec(rng, n_out, 1.0), dtype))
-                        .transpose()?;
-                    // The CPU sees the values the kernel sees.
-                    let (x, w) = (xd.to_f32_vec(gpu)?, wd.to_f32_vec(gpu)?);
-                    let residual = rd.as_ref().map(|r| r.to_f32_vec(gpu)).transpose()?;
+                    let shapes = [[s.batch, s.h, s.w, s.c_in], [s.c_out, s.kernel, s.kernel, s.c_in], out];
+                    let CaseInputs { xd, wd, bd, rd, x, w, bias, residual } = case_inputs(gpu, rng, &c, dtype, shapes)?;
                     let want = if flops(&s) <= REFERENCE_MAX_WORK {
                         conv2d_nhwc_reference(&x, &w, bias.as_deref(), &s, c.relu, residual.as_deref())
                     } else {
-                        let mut y = residual.unwrap_or_else(|| vec![0.0; n_out]);
+                        let mut y = residual.unwrap_or_else(|| vec![0.0; out.iter().product()]);
                         conv2d_nhwc_cpu(&x, &w, bias.as_deref(), &s, c.relu, c.residual, &mut y);
                         y
                     };
@@ -348,29 +363,9 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let s = c.s;
                 let (ho, wo) = s.out_hw();
                 let out = [s.batch, s.c_out, ho, wo];
-                let kk = s.c_in * s.kernel * s.kernel;
-                let xd = CudaTensor::from_f32(
-                    gpu,
-                    &[s.batch, s.c_in, s.h, s.w],
-                    &random_vec(rng, s.batch * s.c_in * s.h * s.w, 1.0),
-                    dtype,
-                )?;
-                let wd = CudaTensor::from_f32(
-                    gpu,
-                    &[s.c_out, s.c_in, s.kernel, s.kernel],
-                    &random_vec(rng, s.c_out * kk, 2.0 / (kk as f32).sqrt()),
-                    dtype,
-                )?;
-                let bias = c.bias.then(|| random_vec(rng, s.c_out, 0.5));
-                let bd = bias.as_ref().map(|b| CudaTensor::from_f32(gpu, &[s.c_out], b, DType::F32)).transpose()?;
-                let n_out = s.batch * ho * wo * s.c_out;
-                let rd = c
-                    .residual
-                    .then(|| CudaTensor::from_f32(gpu, &out, &random_vec(rng, n_out, 1.0), dtype))
-                    .transpose()?;
-                let (x, w) = (xd.to_f32_vec(gpu)?, wd.to_f32_vec(gpu)?);
-                let residual = rd.as_ref().map(|r| r.to_f32_vec(gpu)).transpose()?;
-                let mut want = residual.unwrap_or_else(|| vec![0.0; n_out]);
+                let shapes = [[s.batch, s.c_in, s.h, s.w], [s.c_out, s.c_in, s.kernel, s.kernel], out];
+                let CaseInputs { xd, wd, bd, rd, x, w, bias, residual } = case_inputs(gpu, rng, &c, dtype, shapes)?;
+                let mut want = residual.unwrap_or_else(|| vec![0.0; out.iter().product()]);
                 conv2d_cpu(&x, &w, bias.as_deref(), &s, c.relu, c.residual, &mut want);
                 launch_and_compare(
                     gpu,
