@@ -395,3 +395,29 @@ extern "C" __global__ void __launch_bounds__(NH_THREADS) conv2d_nhwc_forward_bf1
 extern "C" __global__ void __launch_bounds__(NH_THREADS) conv2d_nhwc_forward_f16(LF_CONV2D_NHWC_ARGS(__half)) {
     conv2d_nhwc_entry(x, w, bias, residual, y, B, H, W, Cin, Cout, ks, stride, pad, Ho, Wo, relu);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Backward-data, stride 1: dx[b, iy, ix, ci] = sum over (ky, kx, co) of
+// dy[b, iy + pad - ky, ix + pad - kx, co] * w[co, ky, kx, ci], which is the forward kernel run on dy
+// (B, Ho, Wo, Cout) with padding ks - 1 - pad and the filters flipped and transposed:
+// wt (Cin, ks, ks, Cout)[ci, ky, kx, co] = w (Cout, ks, ks, Cin)[co, ks-1-ky, ks-1-kx, ci].
+// This kernel writes wt (one thread per element, consecutive threads consecutive co: the writes
+// are coalesced, the reads stride by Cin; the filters are small beside the activations).
+template <typename T>
+__device__ __forceinline__ void flip_weight(const T* __restrict__ w, T* __restrict__ wt, int Cout, int ks, int Cin) {
+    const long long total = (long long)Cin * ks * ks * Cout;
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= total) return;
+    const int co = (int)(idx % Cout);
+    const long long rest = idx / Cout;
+    const int kx = (int)(rest % ks), ky = (int)((rest / ks) % ks), ci = (int)(rest / ((long long)ks * ks));
+    wt[idx] = w[(((size_t)co * ks + (ks - 1 - ky)) * ks + (ks - 1 - kx)) * Cin + ci];
+}
+
+extern "C" __global__ void conv2d_nhwc_flip_weight_bf16(const __nv_bfloat16* w, __nv_bfloat16* wt, int Cout, int ks,
+                                                        int Cin) {
+    flip_weight(w, wt, Cout, ks, Cin);
+}
+extern "C" __global__ void conv2d_nhwc_flip_weight_f16(const __half* w, __half* wt, int Cout, int ks, int Cin) {
+    flip_weight(w, wt, Cout, ks, Cin);
+}

@@ -13,6 +13,7 @@ use crate::device::cuda::check::{
 use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 use crate::ops::conv2d::{conv2d_cpu, conv2d_cuda, conv2d_reference, Conv2dShape};
+use crate::ops::conv2d_backward::conv2d_backward_reference;
 
 /// (B, H, W, C) -> (B, C, H, W).
 pub fn nhwc_to_nchw(x: &[f32], b: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
@@ -219,6 +220,75 @@ pub fn conv2d_nhwc_cuda(
     )
 }
 
+/// The definition of backward-data: dx (B, H, W, C_in) of y = conv(x, w) for dy (B, Ho, Wo,
+/// C_out), w (C_out, k, k, C_in): `conv2d_backward_reference` (f64) seen through the layouts.
+pub fn conv2d_nhwc_backward_data_reference(w: &[f32], dy: &[f32], s: &Conv2dShape) -> Vec<f32> {
+    let (ho, wo) = s.out_hw();
+    let w_oihw = nhwc_to_nchw(w, s.c_out, s.kernel, s.kernel, s.c_in);
+    let dy_nchw = nhwc_to_nchw(dy, s.batch, ho, wo, s.c_out);
+    // x only feeds dw, which is not wanted here.
+    let x_unused = vec![0.0f32; s.batch * s.c_in * s.h * s.w];
+    let (_, dx) = conv2d_backward_reference(&x_unused, &w_oihw, &dy_nchw, s);
+    let dx: Vec<f32> = dx.iter().map(|&v| v as f32).collect();
+    nchw_to_nhwc(&dx, s.batch, s.c_in, s.h, s.w)
+}
+
+/// CUDA launcher, backward-data of a stride-1 convolution: dx (B, H, W, C_in) from dy (B, Ho, Wo,
+/// C_out) and w (C_out, k, k, C_in), overwritten. It is the forward kernel run on dy with the
+/// filters flipped and transposed (kernels/conv2d_nhwc.cu `conv2d_nhwc_flip_weight`, into a
+/// (C_in, k, k, C_out) buffer allocated here) and padding k - 1 - pad: the same pipeline.
+/// Strided convolutions are refused (their backward-data is a gather this path does not do).
+pub fn conv2d_nhwc_backward_data_cuda(
+    gpu: &Gpu,
+    dy: &CudaTensor,
+    w: &CudaTensor,
+    s: &Conv2dShape,
+    dx: &mut CudaTensor,
+) -> Result<()> {
+    let (ho, wo) = s.out_hw();
+    if s.stride != 1 || s.kernel == 0 || s.pad >= s.kernel || s.h + 2 * s.pad < s.kernel || s.w + 2 * s.pad < s.kernel {
+        return Err(Error::Shape(format!(
+            "conv2d_nhwc_backward_data_cuda: {s:?}: stride 1 and pad < kernel only (strided backward-data is not on this path)"
+        )));
+    }
+    if dy.shape() != [s.batch, ho, wo, s.c_out] || w.shape() != [s.c_out, s.kernel, s.kernel, s.c_in] {
+        return Err(Error::Shape(format!(
+            "conv2d_nhwc_backward_data_cuda: {s:?}, dy {:?}, w {:?}",
+            dy.shape(),
+            w.shape()
+        )));
+    }
+    w.expect_dtype(dy.dtype(), "conv2d_nhwc_backward_data_cuda weight")?;
+    let flipped = CudaTensor::empty(gpu, &[s.c_in, s.kernel, s.kernel, s.c_out], dy.dtype())?;
+    let total = flipped.numel();
+    if total > 0 {
+        to_i32(total, "conv2d_nhwc_backward_data_cuda filter elements")?;
+        gpu.launch(
+            "conv2d_nhwc",
+            &format!("conv2d_nhwc_flip_weight_{}", dy.dtype().suffix()),
+            LaunchConfig::for_num_elems(total as u32),
+            &[
+                w.arg(gpu),
+                flipped.arg(gpu),
+                to_i32(s.c_out, "C_out")?,
+                to_i32(s.kernel, "kernel")?,
+                to_i32(s.c_in, "C_in")?,
+            ],
+        )?;
+    }
+    let transposed = Conv2dShape {
+        batch: s.batch,
+        c_in: s.c_out,
+        h: ho,
+        w: wo,
+        c_out: s.c_in,
+        kernel: s.kernel,
+        stride: 1,
+        pad: s.kernel - 1 - s.pad,
+    };
+    conv2d_nhwc_cuda(gpu, dy, &flipped, &transposed, &ConvEpilogue::default(), dx)
+}
+
 /// One check row's convolution: shape, epilogue, and a name for the table.
 #[derive(Clone, Copy)]
 struct Case {
@@ -351,6 +421,49 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             ));
         }
     }
+    // Backward-data (stride 1): a ResNet-50 3x3 and 1x1, odd shapes (C_in = 5: scalar stores of
+    // dx; C_out = 7: the gather path over dy's channels).
+    let backward: &[Case] = &[
+        case("bwd-data layer1 3x3", 1, 64, (14, 14), 64, 3, 1, (false, false, false)),
+        case("bwd-data layer1 1x1 64->256", 1, 64, (14, 14), 256, 1, 1, (false, false, false)),
+        case("bwd-data odd", 2, 16, (9, 7), 24, 3, 1, (false, false, false)),
+        case("bwd-data odd", 1, 5, (6, 5), 16, 3, 1, (false, false, false)),
+        case("bwd-data odd", 2, 24, (5, 7), 7, 3, 1, (false, false, false)),
+    ];
+    for &c in backward {
+        for dtype in [DType::BF16, DType::F16] {
+            checks.push(GpuCheck::new(
+                "conv2d_nhwc_backward_data",
+                label(&c, "NHWC"),
+                dtype,
+                Work::Flops(flops(&c.s)),
+                move |gpu, rng| {
+                    let s = c.s;
+                    let (ho, wo) = s.out_hw();
+                    let kk = s.c_in * s.kernel * s.kernel;
+                    let dyd = CudaTensor::from_f32(
+                        gpu,
+                        &[s.batch, ho, wo, s.c_out],
+                        &random_vec(rng, s.batch * ho * wo * s.c_out, 1.0),
+                        dtype,
+                    )?;
+                    let wd = CudaTensor::from_f32(
+                        gpu,
+                        &[s.c_out, s.kernel, s.kernel, s.c_in],
+                        &random_vec(rng, s.c_out * kk, 2.0 / (kk as f32).sqrt()),
+                        dtype,
+                    )?;
+                    let want = conv2d_nhwc_backward_data_reference(&wd.to_f32_vec(gpu)?, &dyd.to_f32_vec(gpu)?, &s);
+                    launch_and_compare(
+                        gpu,
+                        poisoned(gpu, &[s.batch, s.h, s.w, s.c_in], dtype)?,
+                        move |g, dx| conv2d_nhwc_backward_data_cuda(g, &dyd, &wd, &s, dx),
+                        |g, dx| max_rel_err_all(g, &[(dx, &want)]),
+                    )
+                },
+            ));
+        }
+    }
     // The NCHW kernel on the same ResNet-50 convolutions: the baseline the profile compares.
     for &c in CASES.iter().filter(|c| !c.what.starts_with("odd")) {
         let dtype = DType::BF16;
@@ -428,6 +541,41 @@ mod tests {
             conv2d_nhwc_cpu(&x, &wt, Some(&bias), &s, relu, true, &mut y);
             for (a, b) in y.iter().zip(&want) {
                 assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?} fast path: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn backward_data_is_the_forward_with_flipped_filters() {
+        // The identity conv2d_nhwc_backward_data_cuda relies on, on the CPU: dx of a stride-1
+        // convolution = the forward convolution of dy with wt[ci, ky, kx, co] =
+        // w[co, k-1-ky, k-1-kx, ci] and padding k - 1 - pad.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for &(batch, c_in, h, w, c_out, kernel, pad) in
+            &[(2, 5, 6, 7, 3, 3, 1), (1, 4, 5, 5, 6, 1, 0), (1, 2, 7, 6, 3, 5, 2)]
+        {
+            let s = Conv2dShape { batch, c_in, h, w, c_out, kernel, stride: 1, pad };
+            let (ho, wo) = s.out_hw();
+            let wt = rand_vec(&mut rng, c_out * kernel * kernel * c_in);
+            let dy = rand_vec(&mut rng, batch * ho * wo * c_out);
+            let k = kernel;
+            let mut flipped = vec![0.0f32; wt.len()];
+            for ci in 0..c_in {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        for co in 0..c_out {
+                            flipped[((ci * k + ky) * k + kx) * c_out + co] =
+                                wt[((co * k + (k - 1 - ky)) * k + (k - 1 - kx)) * c_in + ci];
+                        }
+                    }
+                }
+            }
+            let t = Conv2dShape { batch, c_in: c_out, h: ho, w: wo, c_out: c_in, kernel, stride: 1, pad: k - 1 - pad };
+            let forward = conv2d_nhwc_reference(&dy, &flipped, None, &t, false, None);
+            let dx = conv2d_nhwc_backward_data_reference(&wt, &dy, &s);
+            assert_eq!(dx.len(), batch * h * w * c_in);
+            for (a, b) in forward.iter().zip(&dx) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?}: {a} vs {b}");
             }
         }
     }
