@@ -440,20 +440,14 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 move |gpu, rng| {
                     let s = c.s;
                     let (ho, wo) = s.out_hw();
-                    let kk = s.c_in * s.kernel * s.kernel;
-                    let dyd = CudaTensor::from_f32(
-                        gpu,
-                        &[s.batch, ho, wo, s.c_out],
-                        &random_vec(rng, s.batch * ho * wo * s.c_out, 1.0),
-                        dtype,
-                    )?;
-                    let wd = CudaTensor::from_f32(
-                        gpu,
-                        &[s.c_out, s.kernel, s.kernel, s.c_in],
-                        &random_vec(rng, s.c_out * kk, 2.0 / (kk as f32).sqrt()),
-                        dtype,
-                    )?;
-                    let want = conv2d_nhwc_backward_data_reference(&wd.to_f32_vec(gpu)?, &dyd.to_f32_vec(gpu)?, &s);
+                    // dy in x's place: case_inputs draws the first shape as the input.
+                    let shapes = [
+                        [s.batch, ho, wo, s.c_out],
+                        [s.c_out, s.kernel, s.kernel, s.c_in],
+                        [s.batch, s.h, s.w, s.c_in],
+                    ];
+                    let CaseInputs { xd: dyd, wd, x: dy, w, .. } = case_inputs(gpu, rng, &c, dtype, shapes)?;
+                    let want = conv2d_nhwc_backward_data_reference(&w, &dy, &s);
                     launch_and_compare(
                         gpu,
                         poisoned(gpu, &[s.batch, s.h, s.w, s.c_in], dtype)?,
