@@ -7,6 +7,7 @@ use std::time::Instant;
 use labelfree::ops::activation::{bias_act_cpu, Activation};
 use labelfree::ops::attention::{attention_forward_cpu, AttnMask, ProbsRecord};
 use labelfree::ops::conv2d::{conv2d_cpu, patch_embed_cpu, Conv2dShape};
+use labelfree::ops::conv2d_nhwc::conv2d_nhwc_cpu;
 use labelfree::ops::dmar::{dmar_propagate_cpu, dmar_weights_cpu};
 use labelfree::ops::gemm_packed::{linear_packed_cpu, packed_gemm_available, Bias, Epilogue, PackedB};
 use labelfree::ops::layernorm::layer_norm_cpu;
@@ -152,6 +153,24 @@ fn main() {
             &format!("B8 {cin}->{cout} k{k} {hw}x{hw}"),
             s,
             flops,
+            4.0 * (xin.len() + wt.len() + yo.len()) as f64,
+        );
+    }
+
+    // The channels-last op's CPU path (a permutation either side of conv2d_cpu): what the
+    // layout costs on the CPU. Its kernel is timed by `labelfree gpu-check --bench --filter conv2d_nhwc`.
+    for &(cin, hw, cout, k) in &[(64usize, 56usize, 64usize, 3usize), (1024, 14, 2048, 1)] {
+        let shape = Conv2dShape { batch: b, c_in: cin, h: hw, w: hw, c_out: cout, kernel: k, stride: 1, pad: k / 2 };
+        let xin = rand_vec(b * hw * hw * cin, &mut rng);
+        let wt = rand_vec(cout * k * k * cin, &mut rng);
+        let bs = rand_vec(cout, &mut rng);
+        let mut yo = vec![0.0f32; b * hw * hw * cout];
+        let s = time(runs, || conv2d_nhwc_cpu(&xin, &wt, Some(&bs), &shape, true, false, &mut yo));
+        row(
+            "conv2d_nhwc+relu",
+            &format!("B8 {cin}->{cout} k{k} {hw}x{hw}"),
+            s,
+            2.0 * (b * cout * cin * k * k * hw * hw) as f64,
             4.0 * (xin.len() + wt.len() + yo.len()) as f64,
         );
     }

@@ -33,6 +33,7 @@ pub fn all_checks() -> Vec<GpuCheck> {
         crate::ops::residual::gpu_checks(),
         crate::train::adam::gpu_checks(),
         crate::ops::conv2d::gpu_checks(),
+        crate::ops::conv2d_nhwc::gpu_checks(),
         crate::ops::pool::gpu_checks(),
         crate::ops::tokens::gpu_checks(),
         crate::ops::interpolate::gpu_checks(),

@@ -13,6 +13,7 @@ pub mod cam_head;
 pub mod contours;
 pub mod conv2d;
 pub mod conv2d_backward;
+pub mod conv2d_nhwc;
 pub mod crop_resize;
 pub mod crop_resize_planes;
 pub mod dmar;
