@@ -13,6 +13,7 @@
 // Both load the next K tile into registers while the current one is multiplied (one shared
 // buffer, two barriers per step), and bound every global access by the sizes passed.
 #include "common.cuh"
+#include "mma.cuh"  // mma_16816
 
 // Sizes of one convolution, as the kernels see them.
 struct ConvGeom {
@@ -177,23 +178,6 @@ __device__ __forceinline__ uint32_t bits16(__half v) { return __half_as_ushort(v
 // Two 16-bit values in one 32-bit word, the lower index in the low half (the fragment order).
 template <typename T> __device__ __forceinline__ uint32_t pack2(T lo, T hi) {
     return bits16(lo) | (bits16(hi) << 16);
-}
-
-// d = a (16x16, row) * b (16x8, col) + d, f32 accumulate.
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
-                                          __nv_bfloat16) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], __half) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
 template <typename T>

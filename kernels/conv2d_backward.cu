@@ -17,6 +17,7 @@
 //   tensor cores (`_tc_` bf16 / f16 kernels): mma.sync m16n8k16 with f32 accumulation, each of
 //   the 8 warps owning a 32 x 16 sub-tile (2 x 2 mma tiles).
 #include "common.cuh"
+#include "mma.cuh"  // mma_16816 (fragment layout: PTX ISA "Matrix fragments for mma.m16n8k16")
 
 constexpr int CBW_BM = 64, CBW_BN = 64, CBW_BK = 16, CBW_THREADS = 256;
 // Rows of the shared tiles are padded by 4 floats: the loaders write columns (one K index per
@@ -64,23 +65,6 @@ template <typename T> struct ConvBwdSimtTile {
             for (int j = 0; j < 4; ++j) f(row0 + i, col0 + j, acc[i][j]);
     }
 };
-
-// One m16n8k16 tensor-core product, d = a @ b + d, f32 accumulators (PTX ISA "Matrix fragments
-// for mma.m16n8k16"): a holds A (16 x 16, row-major) rows g / g+8 and columns 2t, 2t+1 / +8;
-// b holds B (16 x 8) rows 2t, 2t+1 / +8 of column g; d rows g / g+8, columns 2t, 2t+1
-// (g = lane / 4, t = lane % 4).
-__device__ __forceinline__ void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], __nv_bfloat16) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-__device__ __forceinline__ void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], __half) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 
 // Rows of the tensor-core tiles: 16 K values + 8 of padding = 48 bytes, which keeps the 32-bit
 // fragment reads of a warp (8 rows x 4 words) on 32 different banks.
@@ -131,7 +115,7 @@ template <typename T> struct ConvBwdMmaTile {
 #pragma unroll
         for (int i = 0; i < 2; ++i)
 #pragma unroll
-            for (int j = 0; j < 2; ++j) mma_m16n8k16(acc[i][j], a[i], b[j], T());
+            for (int j = 0; j < 2; ++j) mma_16816(acc[i][j], a[i], b[j], T());
     }
     template <typename F> __device__ __forceinline__ void for_each(F f) const {
 #pragma unroll
