@@ -86,6 +86,15 @@ impl GpuCheck {
         self.tolerance = tolerance;
         self
     }
+
+    /// The seed of this row's inputs: `base` mixed with a hash (FNV-1a) of the row's op, dtype
+    /// and shape, so a row draws the same inputs wherever it sits in the list (a row added
+    /// before it does not change what it is checked on).
+    pub fn seed(&self, base: u64) -> u64 {
+        let name = format!("{}/{}/{}", self.op, self.dtype.suffix(), self.shape);
+        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        base ^ hash
+    }
 }
 
 /// Random values in [-scale, scale), never all zero.
@@ -278,7 +287,7 @@ pub fn run_checks(gpu: &Arc<Gpu>, checks: &[GpuCheck], opts: &CheckOptions) -> R
         let row_index = report.rows.len();
         let launches_before = sim.map(|s| total_launches(s)).unwrap_or(0);
         let started = std::time::Instant::now();
-        let mut rng = StdRng::seed_from_u64(opts.seed.wrapping_add(i as u64));
+        let mut rng = StdRng::seed_from_u64(check.seed(opts.seed));
         match (check.run)(gpu, &mut rng).and_then(|r| gpu.synchronize().map(|_| r)) {
             Err(Error::Skipped(why)) => row.skipped = Some(why),
             Err(e) => row.error = Some(e.to_string()),
