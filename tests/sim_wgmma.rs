@@ -14,6 +14,10 @@ use labelfree::device::sim::{SimArg, SimError, SimOptions, Simulator};
 
 const HEADER: &str = ".version 8.0\n.target sm_90a\n.address_size 64\n";
 
+/// The tail both wgmma kernels share: thread t's 8 accumulators to out (%rd9) + 32 t.
+const STORE_ACCUMULATORS: &str = "st.global.v4.f32 [%rd9], {%f1, %f2, %f3, %f4};
+    st.global.v4.f32 [%rd9+16], {%f5, %f6, %f7, %f8};";
+
 fn sim(entries: &str) -> Simulator {
     let text: &'static str = Box::leak(format!("{HEADER}{entries}").into_boxed_str());
     Simulator::new(&[("t", text)], SimOptions::default())
@@ -127,14 +131,7 @@ const WG_NONE_PTX: &str = r#"
     {WAIT}
     mul.wide.u32 %rd8, %r1, 32;
     add.s64 %rd9, %rd2, %rd8;
-    st.global.f32 [%rd9+0], %f1;
-    st.global.f32 [%rd9+4], %f2;
-    st.global.f32 [%rd9+8], %f3;
-    st.global.f32 [%rd9+12], %f4;
-    st.global.f32 [%rd9+16], %f5;
-    st.global.f32 [%rd9+20], %f6;
-    st.global.f32 [%rd9+24], %f7;
-    st.global.f32 [%rd9+28], %f8;
+    {STORE}
     ret;
 }
 "#;
@@ -146,7 +143,7 @@ fn none_addr(row: usize, k: usize) -> usize {
 }
 
 fn run_wg_none(wait: &str, desc_a_swizzle_bits: u64) -> (Simulator, Result<(), SimError>, Vec<f32>, u64) {
-    let ptx = WG_NONE_PTX.replace("{WAIT}", wait);
+    let ptx = WG_NONE_PTX.replace("{WAIT}", wait).replace("{STORE}", STORE_ACCUMULATORS);
     let s = sim(&ptx);
     let a = |m: usize, k: usize| small(m * 16 + k);
     let b = |n: usize, k: usize| small(1000 + n * 16 + k);
@@ -282,21 +279,14 @@ WAIT:
     wgmma.wait_group.sync.aligned 0;
     mul.wide.u32 %rd10, %r1, 32;
     add.s64 %rd9, %rd3, %rd10;
-    st.global.f32 [%rd9+0], %f1;
-    st.global.f32 [%rd9+4], %f2;
-    st.global.f32 [%rd9+8], %f3;
-    st.global.f32 [%rd9+12], %f4;
-    st.global.f32 [%rd9+16], %f5;
-    st.global.f32 [%rd9+20], %f6;
-    st.global.f32 [%rd9+24], %f7;
-    st.global.f32 [%rd9+28], %f8;
+    {STORE}
     ret;
 }
 "#;
 
 #[test]
 fn tma_boxes_land_swizzled_with_zeros_past_the_edges_and_wgmma_reads_them_through_sw128_descriptors() {
-    let s = sim(WG_TMA_PTX);
+    let s = sim(&WG_TMA_PTX.replace("{STORE}", STORE_ACCUMULATORS));
     // A: 50 rows x 100 k (row stride 104 elements: TMA needs 16-byte strides); B: 12 x 100.
     let (m_rows, n_rows, k_len, stride) = (50usize, 12usize, 100usize, 104usize);
     let a = |m: usize, k: usize| small(m * 100 + k);

@@ -517,15 +517,9 @@ impl<'a> Cta<'a> {
             }
             if count(Lane::Yielded, &self.warps) > 0 {
                 if self.progress == progress_before {
-                    let (w, lane) = self.first_in(Lane::Yielded);
-                    let inst = &self.l.kernel.insts[self.warps[w].pc[lane] as usize];
-                    return Err(fault(
-                        self.l,
-                        self.ctaid,
-                        (w * 32 + lane) as u32,
-                        inst,
-                        "deadlock: waits on an mbarrier phase that nothing left running can complete",
-                    ));
+                    return Err(self.stuck(Lane::Yielded, |_, _| {
+                        "deadlock: waits on an mbarrier phase that nothing left running can complete".to_string()
+                    }));
                 }
                 for warp in &mut self.warps {
                     for l in warp.lane.iter_mut() {
@@ -537,21 +531,15 @@ impl<'a> Cta<'a> {
                 continue;
             }
             if count(Lane::Parked, &self.warps) > 0 {
-                let (w, lane) = self.first_in(Lane::Parked);
-                let inst = &self.l.kernel.insts[self.warps[w].pc[lane] as usize];
-                return Err(fault(
-                    self.l,
-                    self.ctaid,
-                    (w * 32 + lane) as u32,
-                    inst,
+                return Err(self.stuck(Lane::Parked, |w, inst| {
                     format!(
                         "warpgroup collective `{}`: warp {w} waits for the other warps of warpgroup {} (threads {}..{}), which never reach it",
                         inst.text,
                         w / 4,
                         w / 4 * 128,
                         w / 4 * 128 + 128
-                    ),
-                ));
+                    )
+                }));
             }
             let mut waiting = 0usize;
             let mut exited_early = false;
@@ -608,6 +596,14 @@ impl<'a> Cta<'a> {
 
     fn first_waiting(&self) -> (usize, usize) {
         self.first_in(Lane::AtBarrier)
+    }
+
+    /// The fault of a CTA that cannot go on: at the first lane in `state`, with `message(warp,
+    /// instruction)`.
+    fn stuck(&self, state: Lane, message: impl Fn(usize, &Inst) -> String) -> SimError {
+        let (w, lane) = self.first_in(state);
+        let inst = &self.l.kernel.insts[self.warps[w].pc[lane] as usize];
+        fault(self.l, self.ctaid, (w * 32 + lane) as u32, inst, message(w, inst))
     }
 
     fn first_in(&self, state: Lane) -> (usize, usize) {
@@ -1495,7 +1491,7 @@ impl<'a> Cta<'a> {
     /// The shared address of an mbarrier operand, checked for bounds and 8-byte alignment.
     fn mbarrier_addr(&self, w: usize, lane: usize, inst: &Inst, o: &Opnd) -> SimResult<u32> {
         let addr = self.addr(w, o, lane);
-        if addr % 8 != 0 || addr + 8 > self.shared.len() as u64 {
+        if !addr.is_multiple_of(8) || addr + 8 > self.shared.len() as u64 {
             return Err(fault(
                 self.l,
                 self.ctaid,
@@ -1625,7 +1621,7 @@ impl<'a> Cta<'a> {
             let map =
                 hopper::TensorMap2d::decode(&raw).map_err(|m| err(format!("tensor map at {map_addr:#x}: {m}")))?;
             let align = if map.swizzle == hopper::Swizzle::B128 { 1024 } else { 128 };
-            if dst % align != 0 || dst + map.box_bytes() as u64 > self.shared.len() as u64 {
+            if !dst.is_multiple_of(align) || dst + map.box_bytes() as u64 > self.shared.len() as u64 {
                 return Err(err(format!(
                     "tensor copy of {} bytes to shared {dst:#x}: must be {align}-byte aligned inside the CTA's {} bytes",
                     map.box_bytes(),
@@ -1683,7 +1679,7 @@ impl<'a> Cta<'a> {
         self.check_collective(w, inst, u32::MAX, active)?;
         let nthreads = self.l.block[0] * self.l.block[1] * self.l.block[2];
         let tid = (w * 32 + active.trailing_zeros() as usize) as u32;
-        if nthreads % 128 != 0 {
+        if !nthreads.is_multiple_of(128) {
             return Err(fault(
                 self.l,
                 self.ctaid,

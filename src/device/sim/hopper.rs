@@ -128,13 +128,13 @@ impl TensorMap2d {
         if !matches!(self.elem_bytes, 1 | 2 | 4 | 8) {
             return Err(format!("element size {} bytes", self.elem_bytes));
         }
-        if self.base % 16 != 0 || self.row_stride % 16 != 0 {
+        if !self.base.is_multiple_of(16) || !self.row_stride.is_multiple_of(16) {
             return Err(format!(
                 "global address {:#x} and row stride {} must be multiples of 16 bytes",
                 self.base, self.row_stride
             ));
         }
-        if self.box_dims.iter().any(|&b| b == 0 || b > 256) || row_bytes % 16 != 0 {
+        if self.box_dims.iter().any(|&b| b == 0 || b > 256) || !row_bytes.is_multiple_of(16) {
             return Err(format!("box {:?}: each side 1..=256, the inner one a multiple of 16 bytes", self.box_dims));
         }
         if self.swizzle == Swizzle::B128 && row_bytes != 128 {
