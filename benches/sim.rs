@@ -20,7 +20,7 @@ fn main() {
     println!("|---|---|---|---|---|---|");
     for dtype in [DType::F32, DType::BF16] {
         let run = |sanitize, profile| {
-            let gpu = Gpu::simulator(SimOptions { sanitize, profile }).expect("simulator");
+            let gpu = Gpu::simulator(SimOptions { sanitize, profile, ..SimOptions::default() }).expect("simulator");
             sim_encoder_forward(&gpu, "ViT-B-16", 1, size, dtype).expect("forward")
         };
         let (_, count) = run(false, true);

@@ -51,6 +51,7 @@ pub fn all_checks() -> Vec<GpuCheck> {
         crate::models::clip::text_cuda::gpu_checks(),
         crate::models::resnet50_cuda::gpu_checks(),
         crate::methods::tagclip::cuda::gpu_checks(),
+        crate::ops::matmul::wgmma_gpu_checks(),
     ];
     groups.into_iter().flatten().collect()
 }

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use labelfree::cli::{self, Session};
 use labelfree::device::cuda::{DType, GemmBackend};
-use labelfree::device::sim::SimOptions;
+use labelfree::device::sim::{SimArch, SimOptions};
 use labelfree::device::{self, Device};
 
 #[derive(Parser)]
@@ -27,6 +27,10 @@ struct Cli {
     /// lower bound of the time on an H100, to its --json
     #[arg(long, global = true)]
     profile: bool,
+    /// With --device sim: the architecture simulated, sm80 (default) or sm90a (also loads the
+    /// kernels/*.sm90a.cu modules and reports compute capability 9.0, so Hopper paths run)
+    #[arg(long, global = true, default_value = "sm80")]
+    sim_arch: SimArch,
     /// CPU threads (0 = all cores)
     #[arg(long, global = true, default_value_t = 0)]
     threads: usize,
@@ -101,10 +105,10 @@ fn run(cli: Cli) -> Result<()> {
             "--device {dev}: eval and info launch no kernels (every other command has a CUDA path); use --device cpu"
         );
     }
-    if (cli.no_sanitize || cli.profile) && dev != Device::Sim {
-        bail!("--no-sanitize and --profile are options of the PTX simulator: add --device sim");
+    if (cli.no_sanitize || cli.profile || cli.sim_arch != SimArch::Sm80) && dev != Device::Sim {
+        bail!("--no-sanitize, --profile and --sim-arch are options of the PTX simulator: add --device sim");
     }
-    let sim_options = SimOptions { sanitize: !cli.no_sanitize, profile: cli.profile };
+    let sim_options = SimOptions { sanitize: !cli.no_sanitize, profile: cli.profile, arch: cli.sim_arch };
     let session = Session::open(dev, sim_options, cli.dtype, cli.gemm)?;
     let gpu = session.gpu.as_ref();
     match cli.command {

@@ -231,7 +231,7 @@ LOOP:
 
 #[test]
 fn lanes_with_different_loop_counts_reconverge_before_a_full_warp_shuffle() {
-    let s = sim_of(LOOP_PTX, SimOptions { sanitize: true, profile: true });
+    let s = sim_of(LOOP_PTX, SimOptions { sanitize: true, profile: true, ..SimOptions::default() });
     let out = poisoned(&s, 64);
     // Lane l loops l + 1 times: acc = 0 + 1 + ... + l.
     s.launch("t", "lane_loop", [1, 1, 1], [32, 1, 1], 0, &[SimArg::B64(out), SimArg::B32(0)]).expect("divergent");

@@ -18,7 +18,7 @@ use crate::device::cuda::check::{
     launch_and_compare, max_rel_err, max_rel_err_all, random_vec, CheckRun, GpuCheck, Work,
 };
 use crate::device::cuda::tensor::CudaBuf;
-use crate::device::cuda::{to_i32, CudaTensor, DType, GemmBackend, Gpu, KArg};
+use crate::device::cuda::{to_i32, CudaTensor, DType, GemmBackend, Gpu, KArg, TensorMapSpec};
 use crate::error::{Error, Result};
 use crate::ops::activation::{bias_act_cpu, gelu, quick_gelu, relu_cpu};
 // The CPU GEMM's store description; `Epilogue` below is the CUDA launcher's activation code.
@@ -297,13 +297,22 @@ fn tile_grid(d: LinearDims, tile_m: usize, tile_n: usize) -> Result<(u32, u32, u
 const MMA_STAGES: usize = 4;
 const MMA_ROW_BYTES: usize = 40 * 2;
 
+/// The Hopper kernel's tile (kernels/matmul.sm90a.cu: H_BM, H_BN, H_BK) and its dynamic shared
+/// memory, H_SMEM_BYTES: 4 stages of two 128x64 16-bit tiles, 128 bytes of mbarriers, 1 KB to
+/// align the base to the 128-byte swizzle's 1024-byte atom.
+const WGMMA_TILE: usize = 128;
+const WGMMA_BK: u32 = 64;
+const WGMMA_SMEM_BYTES: u32 = 4 * 2 * 128 * 64 * 2 + 128 + 1024;
+
 /// y (M, N) = epilogue(x (M, K) · w (N, K)^T + bias (N,)) + residual (M, N).
 ///
 /// x: any shape (..., K), flattened to M rows; w: (N, K) (PyTorch nn.Linear layout); bias f32;
 /// x, w, residual and y share one float dtype (f32, bf16 or f16). The activation is applied
 /// before the residual add (ViT: fc -> GELU; out-proj / proj -> + residual).
 ///
-/// Kernels (kernels/matmul.cu): bf16/f16 with K % 8 == 0 on tensor cores (128x128 tiles, or
+/// Kernels (kernels/matmul.cu): bf16/f16 with K % 8 == 0 on a Hopper device (compute
+/// capability 9.0, or the simulator's sm90a mode) on `gemm_wgmma_128x128_*` (kernels/
+/// matmul.sm90a.cu: TMA and wgmma), elsewhere on tensor cores (128x128 tiles, or
 /// 64x64 for M <= 512, where the big tiles leave SMs idle); f32 on the SIMT `sgemm_128x128_f32`;
 /// anything else on `gemm_fallback_*`. With `gpu.gemm == GemmBackend::Cublas`, cuBLAS then
 /// `bias_act_residual_*`.
@@ -361,6 +370,34 @@ fn linear_native(
             let vec4 = aligned16 && row_bytes.is_multiple_of(16);
             let cfg = LaunchConfig { grid_dim: tile_grid(d, 128, 128)?, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             gpu.launch("matmul", "sgemm_128x128_f32", cfg, &args(Some(KArg::I32(vec4 as i32)))?)
+        }
+        DType::BF16 | DType::F16 if gpu.is_hopper() && aligned16 && row_bytes.is_multiple_of(16) => {
+            // TMA maps of x (M, K) and w (N, K) in 128x64 boxes, 128-byte swizzled (a 64-element
+            // row of 16-bit values is one swizzle row); boxes past M, N or K read zeros.
+            let map = |t: &CudaTensor, rows: usize| {
+                gpu.tensor_map_2d(&TensorMapSpec {
+                    base: t.ptr(gpu),
+                    dtype,
+                    rows,
+                    cols: d.k,
+                    row_stride: d.k,
+                    box_rows: WGMMA_TILE as u32,
+                    box_cols: WGMMA_BK,
+                    swizzle_128b: true,
+                })
+            };
+            let (map_x, map_w) = (map(x, d.m)?, map(w, d.n)?);
+            let mut a = args(None)?;
+            a[0] = map_x.arg(gpu);
+            a[1] = map_w.arg(gpu);
+            let cfg = LaunchConfig {
+                grid_dim: tile_grid(d, WGMMA_TILE, WGMMA_TILE)?,
+                block_dim: (384, 1, 1),
+                shared_mem_bytes: WGMMA_SMEM_BYTES,
+            };
+            // The maps live until the launch has run: launches are synchronous on the
+            // simulator, and on a GPU the stream orders the maps' free after the kernel.
+            gpu.launch("matmul", &format!("gemm_wgmma_128x128_{}", dtype.suffix()), cfg, &a)
         }
         DType::BF16 | DType::F16 if aligned16 && row_bytes.is_multiple_of(16) => {
             let (variant, tile, threads) = if d.m <= 512 { ("64x64", 64, 128) } else { ("128x128", 128, 256) };
@@ -580,6 +617,32 @@ fn run_linear_check(
     Ok(CheckRun { max_rel_err: err, launch: launcher(gpu.clone(), yd), cublas })
 }
 
+/// The linear check on a Hopper device, which must take the wgmma kernel: skipped elsewhere;
+/// on the simulator, an error unless `gemm_wgmma_128x128_*` ran.
+fn run_linear_wgmma_check(
+    gpu: &std::sync::Arc<Gpu>,
+    rng: &mut StdRng,
+    c: LinearCase,
+    dtype: DType,
+) -> Result<CheckRun> {
+    if !gpu.is_hopper() {
+        return Err(Error::Skipped(
+            "the wgmma GEMM needs compute capability 9.0 (an H100, or --device sim --sim-arch sm90a)".into(),
+        ));
+    }
+    let kernel = format!("gemm_wgmma_128x128_{}", dtype.suffix());
+    let key = ("matmul".to_string(), kernel.clone());
+    let launches = |g: &Gpu| g.sim().map(|s| s.launch_counts().get(&key).copied().unwrap_or(0));
+    let before = launches(gpu);
+    let run = run_linear_check(gpu, rng, c, dtype, true)?;
+    if let (Some(b), Some(a)) = (before, launches(gpu)) {
+        if a == b {
+            return Err(Error::Device(format!("linear_cuda did not launch {kernel} on a Hopper device")));
+        }
+    }
+    Ok(run)
+}
+
 /// Kernel checks (see device::cuda::check): the ViT-B/16 (batch 256) and ViT-B/32 (batch 8)
 /// projections, odd sizes for the tile edges, K % 8 != 0 for the fallback; every dtype; every
 /// epilogue. `linear_cublas` rows check the cuBLAS backend itself on the small shapes.
@@ -625,6 +688,34 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 work,
                 move |gpu, rng| run_bias_act_residual_check(gpu, rng, (m, n), epilogue, dtype),
             ));
+        }
+    }
+    checks
+}
+
+/// Checks of the Hopper kernel (kernels/matmul.sm90a.cu), `linear_wgmma`: ViT-B/16's
+/// projections at one image of ViT-B/32 tokens (M = 50), and odd shapes for the M, N and K edges
+/// of its 128x128x64 tiles; bf16 and f16. They run on a compute capability 9.0 device (an H100,
+/// or `--device sim --sim-arch sm90a`) and are skipped elsewhere. A group of their own, listed
+/// last in gpu-check, so the rows before them keep their seeds (a row's seed is its index).
+pub fn wgmma_gpu_checks() -> Vec<GpuCheck> {
+    let case = |m, n, k, bias, epilogue, residual| LinearCase { m, n, k, bias, epilogue, residual };
+    let mut checks = Vec::new();
+    let hopper = [
+        case(50, 2304, 768, true, Epilogue::None, false), // qkv
+        case(50, 768, 768, true, Epilogue::None, true),   // attention out-proj + residual
+        case(50, 3072, 768, true, Epilogue::Gelu, false), // MLP fc + GELU
+        case(50, 768, 3072, true, Epilogue::None, true),  // MLP proj + residual
+        case(33, 37, 40, true, Epilogue::QuickGelu, true),
+        case(130, 70, 72, false, Epilogue::Relu, false),
+        case(1, 136, 200, true, Epilogue::Gelu, true),
+    ];
+    for &c in &hopper {
+        for dtype in [DType::BF16, DType::F16] {
+            let work = Work::Flops(2.0 * (c.m * c.n * c.k) as f64);
+            checks.push(GpuCheck::new("linear_wgmma", c.label(), dtype, work, move |gpu, rng| {
+                run_linear_wgmma_check(gpu, rng, c, dtype)
+            }));
         }
     }
     checks

@@ -22,7 +22,8 @@ use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverError, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 
-use crate::device::sim::{SimArg, SimError, SimOptions, Simulator};
+use crate::device::sim::hopper::{Swizzle, TensorMap2d, TENSOR_MAP_BYTES};
+use crate::device::sim::{SimArch, SimArg, SimError, SimOptions, Simulator};
 use crate::error::{Error, Result};
 
 pub use graph::{GpuGraph, GraphLaunch};
@@ -101,6 +102,21 @@ pub struct Gpu {
     recorder: Option<Arc<Mutex<Vec<RecordedLaunch>>>>,
     /// The graph capture in progress, if any (`Gpu::capture`; shared with `with_gemm` twins).
     capture: graph::CaptureSlot,
+}
+
+/// What `Gpu::tensor_map_2d` maps: a row-major (rows, cols) matrix of `dtype` at `base`, rows
+/// `row_stride` elements apart, copied in boxes of (box_rows, box_cols).
+#[derive(Clone, Copy, Debug)]
+pub struct TensorMapSpec {
+    pub base: u64,
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub box_rows: u32,
+    pub box_cols: u32,
+    /// The 128-byte swizzle (box rows of exactly 128 bytes), else none.
+    pub swizzle_128b: bool,
 }
 
 /// A launch a launch recorder saw: the kernel, its arguments' widths, and whether they fit the
@@ -202,13 +218,23 @@ impl Gpu {
         if !has_kernels() {
             return Err(Error::Device(format!("--device sim: {NO_KERNELS}")));
         }
-        let modules: Vec<(&'static str, &'static str)> =
-            KERNEL_MODULES.iter().filter(|m| m.arch == "compute_80").map(|m| (m.name, m.ptx)).collect();
+        // In sm90a mode the compute_90a modules come after the portable ones of the same name
+        // (the simulator looks a kernel up by module name and entry), as on a Hopper GPU.
+        let arch = options.arch;
+        let modules: Vec<(&'static str, &'static str)> = KERNEL_MODULES
+            .iter()
+            .filter(|m| m.arch == "compute_80" || (arch == SimArch::Sm90a && m.arch == "compute_90a"))
+            .map(|m| (m.name, m.ptx))
+            .collect();
+        let name = match arch {
+            SimArch::Sm80 => SIM_DEVICE_NAME.to_string(),
+            SimArch::Sm90a => SIM_DEVICE_NAME.replace("sm_80", "sm_90a"),
+        };
         Ok(Gpu {
             backend: Backend::Sim(Arc::new(Simulator::new(&modules, options))),
             ordinal: 0,
-            name: SIM_DEVICE_NAME.to_string(),
-            compute_capability: (8, 0),
+            name,
+            compute_capability: arch.compute_capability(),
             gemm: GemmBackend::Native,
             recorder: None,
             capture: Default::default(),
@@ -221,7 +247,7 @@ impl Gpu {
     /// buffers held (poison for outputs). For guards that reach every launcher without a GPU.
     pub fn launch_recorder() -> Result<Arc<Gpu>> {
         // Nothing runs, so there is nothing to sanitize or profile.
-        let mut gpu = Gpu::sim_device(SimOptions { sanitize: false, profile: false })?;
+        let mut gpu = Gpu::sim_device(SimOptions { sanitize: false, profile: false, ..SimOptions::default() })?;
         gpu.name = "labelfree launch recorder (launches checked against the PTX, not run)".into();
         gpu.recorder = Some(Arc::new(Mutex::new(Vec::new())));
         Ok(Arc::new(gpu))
@@ -264,6 +290,75 @@ impl Gpu {
     /// True on a device that runs the sm_90a (Hopper) kernels.
     pub fn is_hopper(&self) -> bool {
         self.compute_capability == (9, 0)
+    }
+
+    /// A 2-D tiled tensor map (TMA descriptor) in device memory, for kernels that hand its
+    /// address to `cp.async.bulk.tensor`: on a GPU the driver's `cuTensorMapEncodeTiled`
+    /// encodes it, on the simulator `sim::hopper::TensorMap2d` (the map is opaque to kernels).
+    /// Boxes outside the tensor read as zeros.
+    pub fn tensor_map_2d(&self, spec: &TensorMapSpec) -> Result<CudaTensor> {
+        let elem_bytes = match spec.dtype {
+            DType::BF16 | DType::F16 => 2u32,
+            DType::F32 => 4,
+            d => return Err(Error::Device(format!("tensor map of {d:?} elements"))),
+        };
+        let map = TensorMap2d {
+            base: spec.base,
+            dims: [spec.cols as u64, spec.rows as u64],
+            row_stride: spec.row_stride as u64 * elem_bytes as u64,
+            box_dims: [spec.box_cols, spec.box_rows],
+            elem_bytes,
+            swizzle: if spec.swizzle_128b { Swizzle::B128 } else { Swizzle::None },
+        };
+        map.validate().map_err(|m| Error::Device(format!("tensor map {spec:?}: {m}")))?;
+        let bytes: [u8; TENSOR_MAP_BYTES] = match &self.backend {
+            Backend::Sim(_) => map.encode(),
+            Backend::Driver(_) => {
+                use cudarc::driver::sys;
+                let dtype = match spec.dtype {
+                    DType::BF16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                    DType::F16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                    _ => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
+                };
+                let swizzle = if spec.swizzle_128b {
+                    sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B
+                } else {
+                    sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE
+                };
+                let dims = map.dims;
+                let strides = [map.row_stride];
+                let boxes = map.box_dims;
+                let element_strides = [1u32, 1];
+                let mut out = sys::CUtensorMap { opaque: [0; 16] };
+                // SAFETY: every pointer is to a local array of the length rank 2 asks for; the
+                // driver writes the 128-byte map into `out`.
+                let r = unsafe {
+                    sys::cuTensorMapEncodeTiled(
+                        &mut out,
+                        dtype,
+                        2,
+                        spec.base as *mut std::ffi::c_void,
+                        dims.as_ptr(),
+                        strides.as_ptr(),
+                        boxes.as_ptr(),
+                        element_strides.as_ptr(),
+                        sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        swizzle,
+                        sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                        sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+                    )
+                };
+                if r != sys::CUresult::CUDA_SUCCESS {
+                    return Err(Error::Device(format!("cuTensorMapEncodeTiled {spec:?}: {r:?}")));
+                }
+                let mut bytes = [0u8; TENSOR_MAP_BYTES];
+                for (chunk, word) in bytes.chunks_exact_mut(8).zip(out.opaque) {
+                    chunk.copy_from_slice(&word.to_le_bytes());
+                }
+                bytes
+            }
+        };
+        CudaTensor::from_u8(self, &[TENSOR_MAP_BYTES], &bytes)
     }
 
     /// The simulator under this device, if it is one.

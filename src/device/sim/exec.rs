@@ -27,6 +27,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::fp;
+use super::hopper;
 use super::memory::Table;
 use super::mma;
 use super::parse::{Cmp, Inst, Kernel, Op, Opnd, Rnd, ShflMode, Space, Special, Ty};
@@ -62,6 +63,43 @@ enum Lane {
     Running,
     AtBarrier,
     Exited,
+    /// At a warpgroup collective (wgmma), waiting for the other warps of its warpgroup; the
+    /// PC stays at the instruction.
+    Parked,
+    /// Polled an mbarrier whose phase has not completed: runs `try_wait` again once other
+    /// warps have run (the PC stays at the instruction).
+    Yielded,
+}
+
+/// One mbarrier object (its state lives beside shared memory, keyed by its address).
+#[derive(Clone, Copy, Debug)]
+struct Mbarrier {
+    expected: u32,
+    pending: u32,
+    /// Transaction bytes still to come in the current phase (negative: completed before they
+    /// were expected).
+    tx: i64,
+    /// Completed phases.
+    phase: u32,
+}
+
+/// A wgmma.mma_async issued and not yet retired by wait_group.
+struct PendingWgmma<'a> {
+    inst: &'a Inst,
+    n: u16,
+    input: Ty,
+    a: hopper::MatrixDescriptor,
+    b: hopper::MatrixDescriptor,
+    /// scale-d: accumulate into D (true) or overwrite it (false); per warp of the group.
+    scale_d: [bool; 4],
+    neg_a: bool,
+    neg_b: bool,
+}
+
+#[derive(Default)]
+struct WarpgroupState<'a> {
+    open: Vec<PendingWgmma<'a>>,
+    committed: std::collections::VecDeque<Vec<PendingWgmma<'a>>>,
 }
 
 /// A cp.async copy waiting for its group to retire.
@@ -181,6 +219,10 @@ struct Cta<'a> {
     findings: Vec<Finding>,
     counts: Counts,
     sectors: Option<&'a SectorSet>,
+    mbarriers: std::collections::HashMap<u32, Mbarrier>,
+    warpgroups: Vec<WarpgroupState<'a>>,
+    /// Instructions executed, failed mbarrier polls excepted (deadlock detection).
+    progress: u64,
 }
 
 fn fault(l: &Launch, ctaid: [u32; 3], tid: u32, inst: &Inst, message: impl Into<String>) -> SimError {
@@ -340,6 +382,10 @@ fn class_of(inst: &Inst) -> &'static str {
         Op::CpAsync { .. } | Op::CpAsyncCommit | Op::CpAsyncWait { .. } => "cp_async",
         Op::Ldmatrix { .. } => "ldmatrix",
         Op::Mma { .. } => "mma",
+        Op::Wgmma { .. } | Op::WgmmaFence | Op::WgmmaCommit | Op::WgmmaWait => "wgmma",
+        Op::MbarInit | Op::MbarArrive { .. } | Op::MbarTryWait => "mbarrier",
+        Op::TmaLoad2d => "tma",
+        Op::Nop => "special",
         Op::Shfl(_) => "shfl",
         Op::BarSync => "bar",
         Op::Bra | Op::Ret => "branch",
@@ -450,13 +496,50 @@ impl<'a> Cta<'a> {
             findings: Vec::new(),
             counts: Counts::default(),
             sectors,
+            mbarriers: std::collections::HashMap::new(),
+            warpgroups: (0..nwarps.div_ceil(4)).map(|_| WarpgroupState::default()).collect(),
+            progress: 0,
         }
     }
 
     fn run(&mut self) -> SimResult<()> {
         loop {
+            let progress_before = self.progress;
             for w in 0..self.warps.len() {
                 self.run_warp(w)?;
+            }
+            let count = |state: Lane, warps: &[Warp]| -> usize {
+                warps.iter().map(|w| w.lane.iter().filter(|&&l| l == state).count()).sum()
+            };
+            // A warpgroup collective released warps that already had their turn in this pass.
+            if count(Lane::Running, &self.warps) > 0 {
+                continue;
+            }
+            if count(Lane::Yielded, &self.warps) > 0 {
+                if self.progress == progress_before {
+                    return Err(self.stuck(Lane::Yielded, |_, _| {
+                        "deadlock: waits on an mbarrier phase that nothing left running can complete".to_string()
+                    }));
+                }
+                for warp in &mut self.warps {
+                    for l in warp.lane.iter_mut() {
+                        if *l == Lane::Yielded {
+                            *l = Lane::Running;
+                        }
+                    }
+                }
+                continue;
+            }
+            if count(Lane::Parked, &self.warps) > 0 {
+                return Err(self.stuck(Lane::Parked, |w, inst| {
+                    format!(
+                        "warpgroup collective `{}`: warp {w} waits for the other warps of warpgroup {} (threads {}..{}), which never reach it",
+                        inst.text,
+                        w / 4,
+                        w / 4 * 128,
+                        w / 4 * 128 + 128
+                    )
+                }));
             }
             let mut waiting = 0usize;
             let mut exited_early = false;
@@ -474,6 +557,19 @@ impl<'a> Cta<'a> {
                 }
             }
             if waiting == 0 {
+                if let Some(g) = self.warpgroups.iter().position(|g| !g.open.is_empty() || !g.committed.is_empty()) {
+                    let st = &self.warpgroups[g];
+                    let inst = st.open.first().or(st.committed.iter().flatten().next()).map(|p| p.inst);
+                    if let Some(inst) = inst {
+                        return Err(fault(
+                            self.l,
+                            self.ctaid,
+                            (g * 128) as u32,
+                            inst,
+                            "wgmma.mma_async never retired by wgmma.wait_group before the warpgroup exited",
+                        ));
+                    }
+                }
                 return Ok(());
             }
             if self.l.sanitize && (exited_early || barrier_pcs.len() > 1) {
@@ -499,9 +595,21 @@ impl<'a> Cta<'a> {
     }
 
     fn first_waiting(&self) -> (usize, usize) {
+        self.first_in(Lane::AtBarrier)
+    }
+
+    /// The fault of a CTA that cannot go on: at the first lane in `state`, with `message(warp,
+    /// instruction)`.
+    fn stuck(&self, state: Lane, message: impl Fn(usize, &Inst) -> String) -> SimError {
+        let (w, lane) = self.first_in(state);
+        let inst = &self.l.kernel.insts[self.warps[w].pc[lane] as usize];
+        fault(self.l, self.ctaid, (w * 32 + lane) as u32, inst, message(w, inst))
+    }
+
+    fn first_in(&self, state: Lane) -> (usize, usize) {
         for (wi, w) in self.warps.iter().enumerate() {
             for lane in 0..32 {
-                if w.lane[lane] == Lane::AtBarrier {
+                if w.lane[lane] == state {
                     return (wi, lane);
                 }
             }
@@ -529,7 +637,8 @@ impl<'a> Cta<'a> {
 
     /// Runs warp `w` until every lane waits at a barrier or has exited.
     fn run_warp(&mut self, w: usize) -> SimResult<()> {
-        let insts = &self.l.kernel.insts;
+        let launch: &'a Launch<'a> = self.l;
+        let insts = &launch.kernel.insts;
         loop {
             let warp = &self.warps[w];
             let mut min_pc = u32::MAX;
@@ -591,7 +700,7 @@ impl<'a> Cta<'a> {
     }
 
     /// Executes `inst` for the lanes in `mask` (all at `pc`).
-    fn step(&mut self, w: usize, inst: &Inst, pc: u32, mask: u32) -> SimResult<()> {
+    fn step(&mut self, w: usize, inst: &'a Inst, pc: u32, mask: u32) -> SimResult<()> {
         // Lanes whose guard is true.
         let mut active = mask;
         if let Some((p, neg)) = inst.guard {
@@ -613,6 +722,14 @@ impl<'a> Cta<'a> {
                 c.flops += 2 * 16 * 8 * 16;
             }
         }
+        match &inst.op {
+            Op::MbarTryWait => return self.exec_mbar_try_wait(w, inst, pc, mask, active),
+            Op::WgmmaFence | Op::WgmmaCommit | Op::WgmmaWait | Op::Wgmma { .. } => {
+                return self.warpgroup_step(w, inst, pc, mask, active)
+            }
+            _ => {}
+        }
+        self.progress += 1;
         // Control flow first.
         match &inst.op {
             Op::Bra => {
@@ -739,7 +856,13 @@ impl<'a> Cta<'a> {
                 }
                 Ok(())
             }
+            Op::MbarInit | Op::MbarArrive { .. } => self.exec_mbar(w, inst, active),
+            Op::TmaLoad2d => self.exec_tma_load(w, inst, active),
+            Op::Nop => Ok(()),
             Op::Bra | Op::Ret | Op::BarSync => unreachable!("handled in step"),
+            Op::MbarTryWait | Op::WgmmaFence | Op::WgmmaCommit | Op::WgmmaWait | Op::Wgmma { .. } => {
+                unreachable!("handled in step")
+            }
             _ => self.exec_alu(w, inst, active),
         }
     }
@@ -1358,6 +1481,362 @@ impl<'a> Cta<'a> {
         if self.l.profile {
             self.count_mem(Space::Global, false, &gaddrs, gactive, bytes as u32);
             self.count_mem(Space::Shared, true, &saddrs, active, bytes as u32);
+        }
+        Ok(())
+    }
+}
+
+/// The sm_90a instructions: mbarriers, TMA and the warpgroup's wgmma.
+impl<'a> Cta<'a> {
+    /// The shared address of an mbarrier operand, checked for bounds and 8-byte alignment.
+    fn mbarrier_addr(&self, w: usize, lane: usize, inst: &Inst, o: &Opnd) -> SimResult<u32> {
+        let addr = self.addr(w, o, lane);
+        if !addr.is_multiple_of(8) || addr + 8 > self.shared.len() as u64 {
+            return Err(fault(
+                self.l,
+                self.ctaid,
+                (w * 32 + lane) as u32,
+                inst,
+                format!(
+                    "mbarrier at shared {addr:#x}: not 8-byte aligned inside the CTA's {} bytes",
+                    self.shared.len()
+                ),
+            ));
+        }
+        Ok(addr as u32)
+    }
+
+    fn mbarrier(&mut self, w: usize, lane: usize, inst: &Inst, addr: u32) -> SimResult<&mut Mbarrier> {
+        let (l, ctaid) = (self.l, self.ctaid);
+        self.mbarriers.get_mut(&addr).ok_or_else(|| {
+            fault(
+                l,
+                ctaid,
+                (w * 32 + lane) as u32,
+                inst,
+                format!("mbarrier at shared {addr:#x} used before mbarrier.init"),
+            )
+        })
+    }
+
+    /// Completes the mbarrier's phase when its arrivals and transactions are all in. A
+    /// completed phase orders, for the sanitizer, what came before it with what follows the
+    /// waits on it; it is modelled as a CTA-wide epoch (so it also orders threads that never
+    /// wait on this mbarrier: races between those are not reported).
+    fn mbarrier_settle(&mut self, addr: u32) {
+        if let Some(m) = self.mbarriers.get_mut(&addr) {
+            if m.pending == 0 && m.tx == 0 {
+                m.phase += 1;
+                m.pending = m.expected;
+                self.epoch += 1;
+            }
+        }
+    }
+
+    /// `mbarrier.init` / `mbarrier.arrive{.expect_tx}`, one lane at a time in lane order.
+    fn exec_mbar(&mut self, w: usize, inst: &Inst, active: u32) -> SimResult<()> {
+        let ops = &inst.ops;
+        for lane in lanes(active) {
+            let tid = (w * 32 + lane) as u32;
+            match inst.op {
+                Op::MbarInit => {
+                    let addr = self.mbarrier_addr(w, lane, inst, &ops[0])?;
+                    let count = self.read(w, &ops[1], lane) as u32;
+                    if count == 0 || count >= 1 << 20 {
+                        return Err(fault(self.l, self.ctaid, tid, inst, format!("mbarrier.init with count {count}")));
+                    }
+                    self.shared_access(w, tid, inst, addr as u64, 8, true)?;
+                    self.shared[addr as usize..addr as usize + 8].fill(0);
+                    self.mbarriers.insert(addr, Mbarrier { expected: count, pending: count, tx: 0, phase: 0 });
+                }
+                Op::MbarArrive { expect_tx } => {
+                    let addr = self.mbarrier_addr(w, lane, inst, &ops[1])?;
+                    let tx = if expect_tx { self.read(w, &ops[2], lane) as u32 as i64 } else { 0 };
+                    let m = self.mbarrier(w, lane, inst, addr)?;
+                    m.tx += tx;
+                    m.pending -= 1;
+                    let state = m.phase as u64;
+                    self.mbarrier_settle(addr);
+                    self.write(w, &ops[0], lane, state);
+                }
+                _ => unreachable!("exec_mbar takes mbarrier ops"),
+            }
+        }
+        Ok(())
+    }
+
+    /// `mbarrier.try_wait.parity p, [addr], parity`: true once the phase of that parity has
+    /// completed. A lane whose phase has not completed does not loop in the kernel's spin
+    /// loop: it yields (its PC stays here) and polls again after the other warps have run.
+    fn exec_mbar_try_wait(&mut self, w: usize, inst: &Inst, pc: u32, mask: u32, active: u32) -> SimResult<()> {
+        let ops = &inst.ops;
+        let mut advanced = mask & !active;
+        for lane in lanes(active) {
+            let addr = self.mbarrier_addr(w, lane, inst, &ops[1])?;
+            let parity = self.read(w, &ops[2], lane) & 1;
+            let phase = self.mbarrier(w, lane, inst, addr)?.phase;
+            if (phase & 1) as u64 != parity {
+                self.write(w, &ops[0], lane, 1);
+                advanced |= 1 << lane;
+            }
+        }
+        if advanced != 0 {
+            self.progress += 1;
+        }
+        let warp = &mut self.warps[w];
+        for lane in lanes(mask) {
+            if advanced >> lane & 1 == 1 {
+                warp.pc[lane] = pc + 1;
+            } else {
+                warp.lane[lane] = Lane::Yielded;
+            }
+        }
+        Ok(())
+    }
+
+    /// `cp.async.bulk.tensor.2d` global -> shared with complete_tx on an mbarrier: each active
+    /// lane copies one box. The copy lands at once (the earliest an asynchronous copy may);
+    /// elements outside the tensor are zero, and count toward the transaction bytes.
+    fn exec_tma_load(&mut self, w: usize, inst: &Inst, active: u32) -> SimResult<()> {
+        let ops = &inst.ops;
+        let coords = elements(&ops[2]);
+        for lane in lanes(active) {
+            let tid = (w * 32 + lane) as u32;
+            let (l, ctaid) = (self.l, self.ctaid);
+            let err = move |m: String| fault(l, ctaid, tid, inst, m);
+            if coords.len() != 2 {
+                return Err(err(format!("{} coordinates for a 2-D tensor copy", coords.len())));
+            }
+            let dst = self.addr(w, &ops[0], lane);
+            let map_addr = self.addr(w, &ops[1], lane);
+            let c0 = self.read(w, &coords[0], lane) as u32 as i32 as i64;
+            let c1 = self.read(w, &coords[1], lane) as u32 as i32 as i64;
+            let mbar = self.mbarrier_addr(w, lane, inst, &ops[3])?;
+            let Some(p) = self.l.table.resolve(map_addr, hopper::TENSOR_MAP_BYTES) else {
+                return Err(err(format!("tensor map at {map_addr:#x} is not inside an allocation")));
+            };
+            let mut raw = [0u8; hopper::TENSOR_MAP_BYTES];
+            // SAFETY: resolve() checked the 128 bytes lie in one live allocation.
+            unsafe { std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), raw.len()) };
+            let map =
+                hopper::TensorMap2d::decode(&raw).map_err(|m| err(format!("tensor map at {map_addr:#x}: {m}")))?;
+            let align = if map.swizzle == hopper::Swizzle::B128 { 1024 } else { 128 };
+            if !dst.is_multiple_of(align) || dst + map.box_bytes() as u64 > self.shared.len() as u64 {
+                return Err(err(format!(
+                    "tensor copy of {} bytes to shared {dst:#x}: must be {align}-byte aligned inside the CTA's {} bytes",
+                    map.box_bytes(),
+                    self.shared.len()
+                )));
+            }
+            let eb = map.elem_bytes as i64;
+            let row_bytes = (map.box_dims[0] * map.elem_bytes) as usize;
+            let mut row = vec![0u8; row_bytes];
+            for r in 0..map.box_dims[1] {
+                row.fill(0);
+                let y = c1 + r as i64;
+                let x0 = c0.max(0);
+                let x1 = (c0 + map.box_dims[0] as i64).min(map.dims[0] as i64);
+                if (0..map.dims[1] as i64).contains(&y) && x1 > x0 {
+                    let g = map.base + y as u64 * map.row_stride + x0 as u64 * eb as u64;
+                    let len = ((x1 - x0) * eb) as usize;
+                    let Some(src) = self.l.table.resolve(g, len) else {
+                        return Err(err(format!("tensor copy reads {len} bytes at {g:#x}, outside every allocation")));
+                    };
+                    let at = ((x0 - c0) * eb) as usize;
+                    // SAFETY: resolve() checked the source range.
+                    unsafe { std::ptr::copy_nonoverlapping(src, row[at..].as_mut_ptr(), len) };
+                    if self.l.profile {
+                        let c = &mut self.counts;
+                        c.global_load_bytes += len as u64;
+                        c.global_load_sectors += (g + len as u64 - 1) / 32 - g / 32 + 1;
+                        if let Some(set) = self.sectors {
+                            for s in (g / 32)..=((g + len as u64 - 1) / 32) {
+                                set.mark(s * 32);
+                            }
+                        }
+                    }
+                }
+                for chunk in 0..row_bytes / 16 {
+                    let s = map.shared_addr(dst as u32, (chunk * 16) as u32 / map.elem_bytes, r);
+                    self.shared_access(w, tid, inst, s as u64, 16, true)?;
+                    self.shared[s as usize..s as usize + 16].copy_from_slice(&row[chunk * 16..chunk * 16 + 16]);
+                }
+            }
+            if self.l.profile {
+                self.counts.global_load_requests += 1;
+            }
+            let m = self.mbarrier(w, lane, inst, mbar)?;
+            m.tx -= map.box_bytes() as i64;
+            self.mbarrier_settle(mbar);
+        }
+        Ok(())
+    }
+
+    /// A warpgroup collective (`wgmma.*`): warp `w` waits here until the four warps of its
+    /// warpgroup all have; the last one to arrive executes it for the warpgroup. Warps of the
+    /// group at another warpgroup collective, at a barrier or exited are a fault.
+    fn warpgroup_step(&mut self, w: usize, inst: &'a Inst, pc: u32, mask: u32, active: u32) -> SimResult<()> {
+        self.check_collective(w, inst, u32::MAX, active)?;
+        let nthreads = self.l.block[0] * self.l.block[1] * self.l.block[2];
+        let tid = (w * 32 + active.trailing_zeros() as usize) as u32;
+        if !nthreads.is_multiple_of(128) {
+            return Err(fault(
+                self.l,
+                self.ctaid,
+                tid,
+                inst,
+                format!("warpgroup instruction in a block of {nthreads} threads (not whole warpgroups of 128)"),
+            ));
+        }
+        for lane in lanes(mask) {
+            self.warps[w].lane[lane] = Lane::Parked;
+        }
+        let g = w / 4;
+        for ww in 4 * g..4 * g + 4 {
+            let warp = &self.warps[ww];
+            for lane in lanes(warp.exists) {
+                let why = match warp.lane[lane] {
+                    Lane::Parked if warp.pc[lane] == pc => continue,
+                    Lane::Running | Lane::Yielded => return Ok(()),
+                    Lane::Parked => {
+                        format!("is at `{}` (PTX line {})", self.l.kernel.insts[warp.pc[lane] as usize].text, {
+                            self.l.kernel.insts[warp.pc[lane] as usize].line
+                        })
+                    }
+                    Lane::AtBarrier => "waits at a barrier".to_string(),
+                    Lane::Exited => "has exited".to_string(),
+                };
+                return Err(fault(
+                    self.l,
+                    self.ctaid,
+                    tid,
+                    inst,
+                    format!(
+                        "warpgroup collective `{}` with mismatched participation: thread {} of warpgroup {g} {why}",
+                        inst.text,
+                        ww * 32 + lane
+                    ),
+                ));
+            }
+        }
+        self.progress += 1;
+        match inst.op {
+            Op::WgmmaFence => {}
+            Op::WgmmaCommit => {
+                let st = &mut self.warpgroups[g];
+                let open = std::mem::take(&mut st.open);
+                st.committed.push_back(open);
+            }
+            Op::WgmmaWait => {
+                let keep = self.read(4 * g, &inst.ops[0], 0) as usize;
+                while self.warpgroups[g].committed.len() > keep {
+                    let group = self.warpgroups[g].committed.pop_front().unwrap_or_default();
+                    for op in &group {
+                        self.retire_wgmma(g, op)?;
+                    }
+                }
+            }
+            Op::Wgmma { n, input } => {
+                let op = self.issue_wgmma(g, inst, n, input)?;
+                self.warpgroups[g].open.push(op);
+            }
+            _ => unreachable!("warpgroup_step takes wgmma ops"),
+        }
+        for ww in 4 * g..4 * g + 4 {
+            let warp = &mut self.warps[ww];
+            for lane in lanes(warp.exists) {
+                warp.lane[lane] = Lane::Running;
+                warp.pc[lane] = pc + 1;
+            }
+            warp.sync_count += 1;
+        }
+        Ok(())
+    }
+
+    /// Reads the operands of a `wgmma.mma_async` (uniform over the warpgroup) at issue.
+    fn issue_wgmma(&self, g: usize, inst: &'a Inst, n: u16, input: Ty) -> SimResult<PendingWgmma<'a>> {
+        let ops = &inst.ops;
+        let err = |m: String| fault(self.l, self.ctaid, (g * 128) as u32, inst, m);
+        if elements(&ops[0]).len() != n as usize / 2 || !(ops.len() == 6 || ops.len() == 8) {
+            return Err(err(format!(
+                "wgmma m64n{n}k16 takes {} accumulator registers and 6 or 8 operands (A from registers is not implemented)",
+                n / 2
+            )));
+        }
+        let uniform = |o: &Opnd, what: &str| -> SimResult<u64> {
+            let v = self.read(4 * g, o, 0);
+            for ww in 4 * g..4 * g + 4 {
+                for lane in 0..32 {
+                    if self.read(ww, o, lane) != v {
+                        return Err(err(format!("{what} differs between threads of the warpgroup")));
+                    }
+                }
+            }
+            Ok(v)
+        };
+        let a = hopper::MatrixDescriptor::decode(uniform(&ops[1], "the A descriptor")?).map_err(err)?;
+        let b = hopper::MatrixDescriptor::decode(uniform(&ops[2], "the B descriptor")?).map_err(err)?;
+        let imm = |i: usize| -> i64 {
+            match ops.get(i) {
+                Some(Opnd::Imm(v)) => *v as i64,
+                Some(_) => i64::MIN,
+                None => 0,
+            }
+        };
+        let (scale_a, scale_b, trans_a, trans_b) = (imm(4), imm(5), imm(6), imm(7));
+        if !matches!(scale_a, 1 | -1) || !matches!(scale_b, 1 | -1) {
+            return Err(err("imm-scale-a and imm-scale-b must be the immediates 1 or -1".into()));
+        }
+        if trans_a != 0 || trans_b != 0 {
+            return Err(err(format!(
+                "imm-trans-a {trans_a}, imm-trans-b {trans_b}: transposed (MN-major) operands are not implemented"
+            )));
+        }
+        let scale_d = std::array::from_fn(|i| self.read(4 * g + i, &ops[3], 0) & 1 == 1);
+        Ok(PendingWgmma { inst, n, input, a, b, scale_d, neg_a: scale_a == -1, neg_b: scale_b == -1 })
+    }
+
+    /// Executes a wgmma at the wait_group that retires it: reads A (64x16) and B (N x 16,
+    /// K-major) from shared memory through their descriptors, then D = A B (+ D) into the
+    /// accumulator registers of the warpgroup's 128 threads. Products are exact and added in
+    /// k order with one f32 rounding each, as the mma.sync model does.
+    fn retire_wgmma(&mut self, g: usize, op: &PendingWgmma<'a>) -> SimResult<()> {
+        let n = op.n as usize;
+        let tid = (g * 128) as u32;
+        let to_f32 = |bits: u16| if op.input == Ty::Bf16 { fp::bf16_to_f32(bits) } else { fp::f16_to_f32(bits) };
+        let read_tile = |cta: &mut Self, desc: &hopper::MatrixDescriptor, rows: usize, neg: bool| {
+            let mut tile = vec![[0f32; 16]; rows];
+            for (r, out) in tile.iter_mut().enumerate() {
+                for chunk in 0..2u32 {
+                    let at = desc.k_major_chunk_addr(r as u32, chunk) as u64;
+                    cta.shared_access(4 * g, tid, op.inst, at, 16, false)?;
+                    for e in 0..8 {
+                        let i = at as usize + 2 * e;
+                        let v = to_f32(u16::from_le_bytes([cta.shared[i], cta.shared[i + 1]]));
+                        out[chunk as usize * 8 + e] = if neg { -v } else { v };
+                    }
+                }
+            }
+            SimResult::Ok(tile)
+        };
+        let a = read_tile(self, &op.a, 64, op.neg_a)?;
+        let b = read_tile(self, &op.b, n, op.neg_b)?;
+        let dst = elements(&op.inst.ops[0]);
+        for i in 0..4 {
+            let w = 4 * g + i;
+            for lane in 0..32 {
+                for (reg, d) in dst.iter().enumerate() {
+                    let (row, col) = hopper::accumulator_position(i as u32, lane as u32, reg as u32);
+                    let mut acc = if op.scale_d[i] { f32v(self.read(w, d, lane)) } else { 0.0 };
+                    for k in 0..16 {
+                        acc = fp::fma_rn_f32(a[row as usize][k], b[col as usize][k], acc);
+                    }
+                    self.write(w, d, lane, acc.to_bits() as u64);
+                }
+            }
+        }
+        if self.l.profile {
+            self.counts.flops += 2 * 64 * n as u64 * 16;
         }
         Ok(())
     }

@@ -19,6 +19,7 @@
 
 pub mod exec;
 pub mod fp;
+pub mod hopper;
 pub mod memory;
 pub mod mma;
 pub mod parse;
@@ -63,11 +64,61 @@ pub struct SimOptions {
     pub sanitize: bool,
     /// Count instructions, FLOPs, sectors and bank conflicts per launch.
     pub profile: bool,
+    /// The device modelled: which modules the device layer hands the simulator, the compute
+    /// capability it reports and the shared memory a CTA may have.
+    pub arch: SimArch,
 }
 
 impl Default for SimOptions {
     fn default() -> Self {
-        SimOptions { sanitize: true, profile: false }
+        SimOptions { sanitize: true, profile: false, arch: SimArch::Sm80 }
+    }
+}
+
+/// The architecture the simulator stands in for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SimArch {
+    /// sm_80: the portable compute_80 modules only; compute capability (8, 0).
+    #[default]
+    Sm80,
+    /// sm_90a: the compute_90a modules too (wgmma, TMA, mbarrier); compute capability (9, 0).
+    Sm90a,
+}
+
+impl SimArch {
+    /// Largest shared memory of one CTA: sm_80's opt-in 163 KB, sm_90's 227 KB.
+    pub fn max_shared_bytes(self) -> u32 {
+        match self {
+            SimArch::Sm80 => MAX_SHARED_BYTES,
+            SimArch::Sm90a => 227 * 1024,
+        }
+    }
+
+    pub fn compute_capability(self) -> (i32, i32) {
+        match self {
+            SimArch::Sm80 => (8, 0),
+            SimArch::Sm90a => (9, 0),
+        }
+    }
+}
+
+impl std::str::FromStr for SimArch {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "sm80" | "sm_80" => Ok(SimArch::Sm80),
+            "sm90a" | "sm_90a" => Ok(SimArch::Sm90a),
+            _ => Err(format!("unknown simulator architecture `{s}` (sm80 or sm90a)")),
+        }
+    }
+}
+
+impl std::fmt::Display for SimArch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SimArch::Sm80 => "sm80",
+            SimArch::Sm90a => "sm90a",
+        })
     }
 }
 
@@ -210,13 +261,23 @@ impl Simulator {
         self.modules.iter().find(|m| m.name == module).map(|m| m.ptx)
     }
 
-    /// The parsed module `module` (parsed and lowered on first use).
-    fn module(&self, module: &str) -> SimResult<&parse::Module> {
-        let slot = self
-            .modules
-            .iter()
-            .find(|m| m.name == module)
-            .ok_or_else(|| SimError::Launch { kernel: "*".into(), message: format!("no module `{module}`") })?;
+    /// The module named `module` that has entry `kernel`: an sm_90a module shares its name with
+    /// the portable one (kernels/NAME.cu and kernels/NAME.sm90a.cu), each has its own entries.
+    fn module_with(&self, module: &str, kernel: &str) -> SimResult<&parse::Module> {
+        let mut first = None;
+        for slot in self.modules.iter().filter(|m| m.name == module) {
+            let m = self.parsed(slot)?;
+            if m.kernel(kernel).is_some() {
+                return Ok(m);
+            }
+            first.get_or_insert(m);
+        }
+        first.ok_or_else(|| SimError::Launch { kernel: "*".into(), message: format!("no module `{module}`") })
+    }
+
+    /// A module slot parsed and lowered (on first use).
+    fn parsed<'s>(&'s self, slot: &'s ModuleSlot) -> SimResult<&'s parse::Module> {
+        let module = slot.name;
         slot.parsed
             .get_or_init(|| parse::parse_module(slot.name, slot.ptx).map_err(|e| e.to_string()))
             .as_ref()
@@ -228,7 +289,7 @@ impl Simulator {
     pub fn entries(&self) -> SimResult<Vec<EntryInfo>> {
         let mut out = Vec::new();
         for slot in &self.modules {
-            let m = self.module(slot.name)?;
+            let m = self.parsed(slot)?;
             for (name, params, shared) in &m.entry_params {
                 out.push(EntryInfo {
                     module: slot.name.to_string(),
@@ -246,7 +307,7 @@ impl Simulator {
     pub fn lowering_errors(&self) -> SimResult<Vec<String>> {
         let mut out = Vec::new();
         for slot in &self.modules {
-            let m = self.module(slot.name)?;
+            let m = self.parsed(slot)?;
             out.extend(m.kernels.iter().filter_map(|k| k.as_ref().err().map(|e| format!("{}: {e}", slot.name))));
         }
         Ok(out)
@@ -287,7 +348,7 @@ impl Simulator {
         args: &[SimArg],
     ) -> SimResult<()> {
         let launch_err = |message: String| SimError::Launch { kernel: kernel.into(), message };
-        let m = self.module(module)?;
+        let m = self.module_with(module, kernel)?;
         let k = match m.kernel(kernel) {
             Some(Ok(k)) => k,
             Some(Err(e)) => return Err(launch_err(format!("kernels/{module}.cu: {e}"))),
@@ -317,8 +378,9 @@ impl Simulator {
             }
         }
         let shared = k.dynamic_shared_offset + dynamic_shared_bytes;
-        if shared > MAX_SHARED_BYTES {
-            return Err(launch_err(format!("{shared} bytes of shared memory, the limit is {MAX_SHARED_BYTES}")));
+        let max_shared = self.options.arch.max_shared_bytes();
+        if shared > max_shared {
+            return Err(launch_err(format!("{shared} bytes of shared memory, the limit is {max_shared}")));
         }
         let table = self.memory.table();
         let result = exec::run(&exec::Launch {

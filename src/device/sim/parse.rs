@@ -197,8 +197,14 @@ pub enum Opnd {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     Mov,
-    Ld { space: Space, vec: u8 },
-    St { space: Space, vec: u8 },
+    Ld {
+        space: Space,
+        vec: u8,
+    },
+    St {
+        space: Space,
+        vec: u8,
+    },
     Cvta,
     Add,
     Sub,
@@ -230,16 +236,53 @@ pub enum Op {
     Bfi,
     Setp(Cmp),
     Selp,
-    Cvt { from: Ty },
+    Cvt {
+        from: Ty,
+    },
     Bra,
     Ret,
     BarSync,
     Shfl(ShflMode),
-    Mma { input: Ty },
-    Ldmatrix { num: u8, trans: bool },
-    CpAsync { bytes: u8 },
+    Mma {
+        input: Ty,
+    },
+    Ldmatrix {
+        num: u8,
+        trans: bool,
+    },
+    CpAsync {
+        bytes: u8,
+    },
     CpAsyncCommit,
-    CpAsyncWait { all: bool },
+    CpAsyncWait {
+        all: bool,
+    },
+    /// `wgmma.fence.sync.aligned`: orders register accesses before the next wgmma.
+    WgmmaFence,
+    /// `wgmma.commit_group.sync.aligned`: the warpgroup's open wgmma ops become a group.
+    WgmmaCommit,
+    /// `wgmma.wait_group.sync.aligned N`: retires all but the N most recent groups.
+    WgmmaWait,
+    /// `wgmma.mma_async.sync.aligned.m64nNk16.f32.{bf16,f16}.{bf16,f16}` with A and B from
+    /// shared-memory matrix descriptors.
+    Wgmma {
+        n: u16,
+        input: Ty,
+    },
+    /// `mbarrier.init.shared{::cta}.b64 [addr], count`.
+    MbarInit,
+    /// `mbarrier.arrive{.expect_tx}.shared{::cta}.b64 state, [addr]{, tx_count}`.
+    MbarArrive {
+        expect_tx: bool,
+    },
+    /// `mbarrier.try_wait.parity.shared{::cta}.b64 p, [addr], parity`.
+    MbarTryWait,
+    /// `cp.async.bulk.tensor.2d.shared::cluster.global{.tile}.mbarrier::complete_tx::bytes
+    /// [dst], [map, {c0, c1}], [mbar]` (TMA).
+    TmaLoad2d,
+    /// Instructions with no effect in a sequential simulator (`fence.proxy.async`,
+    /// `fence.mbarrier_init`): every access is already visible to every proxy.
+    Nop,
 }
 
 /// One lowered instruction.
@@ -1028,13 +1071,61 @@ fn lower_inst(lw: &Lowerer, line: u32, t: &str, labels: &HashMap<String, u32>, l
         "cp" if opcode.starts_with("cp.async.ca.shared.global") || opcode.starts_with("cp.async.cg.shared.global") => {
             Op::CpAsync { bytes: 0 }
         }
+        "cp" if opcode == "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+            || opcode == "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes" =>
+        {
+            Op::TmaLoad2d
+        }
         "cp" if opcode == "cp.async.commit_group" => Op::CpAsyncCommit,
         "cp" if opcode == "cp.async.wait_group" => Op::CpAsyncWait { all: false },
         "cp" if opcode == "cp.async.wait_all" => Op::CpAsyncWait { all: true },
+        "wgmma" if opcode == "wgmma.fence.sync.aligned" => Op::WgmmaFence,
+        "wgmma" if opcode == "wgmma.commit_group.sync.aligned" => Op::WgmmaCommit,
+        "wgmma" if opcode == "wgmma.wait_group.sync.aligned" => Op::WgmmaWait,
+        "wgmma" if has("mma_async") && has("sync") && has("aligned") => {
+            // wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16
+            let n = mods
+                .iter()
+                .find_map(|m| {
+                    m.strip_prefix("m64n").and_then(|r| r.strip_suffix("k16")).and_then(|n| n.parse::<u16>().ok())
+                })
+                .ok_or_else(unknown)?;
+            if n == 0 || n > 256 || n % 8 != 0 || types.len() != 3 || types[0] != Ty::F32 || types[1] != types[2] {
+                return Err(unknown());
+            }
+            if !matches!(types[1], Ty::Bf16 | Ty::F16) {
+                return Err(unknown());
+            }
+            Op::Wgmma { n, input: types[1] }
+        }
+        "mbarrier" if (has("shared") || has("shared::cta")) && has("b64") => {
+            if has("init") {
+                Op::MbarInit
+            } else if has("arrive") && !has("noComplete") {
+                Op::MbarArrive { expect_tx: has("expect_tx") }
+            } else if has("try_wait") && has("parity") {
+                Op::MbarTryWait
+            } else {
+                return Err(unknown());
+            }
+        }
+        "fence" if opcode.starts_with("fence.proxy.async") || opcode.starts_with("fence.mbarrier_init") => Op::Nop,
         _ => return Err(unknown()),
     };
     // Operands.
-    let raw = split_operands(rest);
+    let mut raw = split_operands(rest);
+    if op == Op::TmaLoad2d {
+        // [dst], [map, {c0, c1}], [mbar] -> [dst], [map], {c0, c1}, [mbar]
+        let inner = raw.get(1).map(|m| m.trim().trim_start_matches('[').trim_end_matches(']').to_string());
+        let Some((map, coords)) = inner.as_deref().and_then(|i| i.split_once(',')) else {
+            return Err(lw.e(line, format!("tensor operand in `{t}`")));
+        };
+        let (map, coords) = (format!("[{}]", map.trim()), coords.trim().to_string());
+        if raw.len() != 3 {
+            return Err(lw.e(line, format!("operands of `{t}`")));
+        }
+        raw = vec![raw[0].clone(), map, coords, raw[2].clone()];
+    }
     let mut ops = Vec::with_capacity(raw.len());
     for (k, r) in raw.iter().enumerate() {
         // `%r20|%p3`: shfl's value and predicate outputs.
