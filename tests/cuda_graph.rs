@@ -26,7 +26,7 @@ fn vit_graph_replays_the_eager_forward_bit_for_bit() {
     if !kernels_or_skip() {
         return;
     }
-    let gpu = Gpu::simulator(SimOptions { sanitize: true, profile: true }).unwrap();
+    let gpu = Gpu::simulator(SimOptions { sanitize: true, profile: true, ..SimOptions::default() }).unwrap();
     let sim = gpu.sim().unwrap().clone();
     let cfg = VitConfig { width: 64, layers: 2, heads: 2, patch: 16, grid: 2, output_dim: 32 };
     let (batch, h, w) = (2usize, 32usize, 48usize);
