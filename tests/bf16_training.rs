@@ -51,7 +51,8 @@ fn bf16_loss_curve_follows_f32() {
         eprintln!("skipped: this build has no CUDA kernels (no nvcc at build time)");
         return;
     }
-    let gpu = Gpu::simulator(SimOptions::default()).unwrap();
+    // Sanitizer off: 40 steps of the same kernels the rows below run sanitized (2-5x faster).
+    let gpu = Gpu::simulator(SimOptions { sanitize: false, profile: false }).unwrap();
     for head in [HeadKind::Cam] {
         let f32_curve = loss_curve(&gpu, DType::F32, head);
         let bf16_curve = loss_curve(&gpu, DType::BF16, head);
@@ -70,8 +71,6 @@ fn bf16_loss_curve_follows_f32() {
         assert!(drop32 > 0.0 && drop16 > 0.0, "{head:?}: losses do not fall (f32 {drop32}, bf16 {drop16})");
         assert!((drop16 - drop32).abs() < 0.25 * drop32, "{head:?}: bf16 drop {drop16}, f32 drop {drop32}");
     }
-    let findings = gpu.sim().map(|s| s.take_findings()).unwrap_or_default();
-    assert!(findings.is_empty(), "sanitizer findings: {findings:?}");
 }
 
 /// The bf16 `resnet_train_step` rows of gpu-check (src/models/resnet50_cuda.rs): one mixed-
