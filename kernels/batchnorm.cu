@@ -1,4 +1,4 @@
-// 2-D batch norm (NCHW, f32) for training: torch.nn.BatchNorm2d's training forward (batch
+// 2-D batch norm (NCHW; x, y, dy, dx in f32 or bf16, everything else f32) for training: torch.nn.BatchNorm2d's training forward (batch
 // statistics, biased variance; running statistics moved towards the mean and the UNBIASED
 // variance), its eval forward (running statistics) and its backward (dx, dgamma, dbeta).
 //
@@ -8,6 +8,11 @@
 // flattened (B, HW)) and writes partials to a workspace. Stage 2: one thread per channel
 // combines the S partials in f64, in order (deterministic). The elementwise pass is a third
 // launch over all of x.
+//
+// Mixed precision (bf16 training): the activations x / y / dy / dx are read and written in their
+// storage type T, every statistic, partial, parameter and gradient of gamma / beta stays f32, and
+// all arithmetic is f32 (each T value is widened once on load). One template per kernel, an
+// extern "C" entry per storage type (LF_BN_TYPES below).
 //
 // Statistics partials are (count, mean, M2) with the chunk's own mean (two passes over the chunk,
 // the second from L1/L2), combined with Chan's formula: no cancellation for large means.
@@ -19,20 +24,25 @@ __device__ __forceinline__ size_t bn_index(int j, int c, int C, int HW) {
     return ((size_t)b * C + c) * HW + (j - b * HW);
 }
 
+// The storage types the elementwise-facing kernels are instantiated for: f32 (the reference
+// path) and bf16 (mixed-precision training).
+#define LF_BN_TYPES(M) M(f32, float) M(bf16, __nv_bfloat16)
+
 // grid (C, S); partial (C, S, 3) = (count, mean, M2) of each chunk.
-extern "C" __global__ void batchnorm_partial_stats_f32(const float* __restrict__ x, int C, int HW, int N,
-                                                       int chunk, float* __restrict__ partial) {
+template <typename T>
+__device__ void batchnorm_partial_stats(const T* __restrict__ x, int C, int HW, int N, int chunk,
+                                        float* __restrict__ partial) {
     __shared__ float scratch[32];
     const int c = blockIdx.x, s = blockIdx.y, S = gridDim.y;
     const int lo = s * chunk;
     const int hi = min(lo + chunk, N);
     const int count = max(hi - lo, 0);
     float sum = 0.0f;
-    for (int j = lo + threadIdx.x; j < hi; j += blockDim.x) sum += x[bn_index(j, c, C, HW)];
+    for (int j = lo + threadIdx.x; j < hi; j += blockDim.x) sum += to_float(x[bn_index(j, c, C, HW)]);
     const float mean = count > 0 ? block_sum(sum, scratch) / count : 0.0f;
     float m2 = 0.0f;
     for (int j = lo + threadIdx.x; j < hi; j += blockDim.x) {
-        const float d = x[bn_index(j, c, C, HW)] - mean;
+        const float d = to_float(x[bn_index(j, c, C, HW)]) - mean;
         m2 += d * d;
     }
     m2 = block_sum(m2, scratch);  // every thread calls it (count is uniform over the block)
@@ -43,6 +53,13 @@ extern "C" __global__ void batchnorm_partial_stats_f32(const float* __restrict__
         p[2] = m2;
     }
 }
+
+#define LF_BN_PARTIAL_STATS(S, T)                                                                           \
+    extern "C" __global__ void batchnorm_partial_stats_##S(const T* __restrict__ x, int C, int HW, int N,   \
+                                                           int chunk, float* __restrict__ partial) {        \
+        batchnorm_partial_stats<T>(x, C, HW, N, chunk, partial);                                            \
+    }
+LF_BN_TYPES(LF_BN_PARTIAL_STATS)
 
 // One thread per channel: Chan's combination of the S partials in f64; writes mean, rstd (saved
 // for the backward) and updates the running statistics as batch_norm_train_cpu does (the
@@ -74,33 +91,50 @@ extern "C" __global__ void batchnorm_finalize_stats_f32(const float* __restrict_
 }
 
 // y = (x - mean) * (rstd * gamma) + beta over all of x (B, C, HW); one thread per element.
-extern "C" __global__ void batchnorm_apply_f32(const float* __restrict__ x, const float* __restrict__ gamma,
-                                               const float* __restrict__ beta, const float* __restrict__ mean,
-                                               const float* __restrict__ rstd, float* __restrict__ y, int C, int HW,
-                                               long long total) {
+template <typename T>
+__device__ void batchnorm_apply(const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+                                const float* __restrict__ mean, const float* __restrict__ rstd, T* __restrict__ y, int C,
+                                int HW, long long total) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
         const int c = (int)((i / HW) % C);
-        y[i] = (x[i] - mean[c]) * (rstd[c] * gamma[c]) + beta[c];
+        y[i] = from_float<T>((to_float(x[i]) - mean[c]) * (rstd[c] * gamma[c]) + beta[c]);
     }
 }
 
-// Eval: as batchnorm_apply_f32 with rstd = 1 / sqrt(running_var + eps).
-extern "C" __global__ void batchnorm_eval_f32(const float* __restrict__ x, const float* __restrict__ gamma,
-                                              const float* __restrict__ beta, const float* __restrict__ running_mean,
-                                              const float* __restrict__ running_var, float eps, float* __restrict__ y,
-                                              int C, int HW, long long total) {
+// Eval: as batchnorm_apply with rstd = 1 / sqrt(running_var + eps).
+template <typename T>
+__device__ void batchnorm_eval(const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+                               const float* __restrict__ running_mean, const float* __restrict__ running_var, float eps,
+                               T* __restrict__ y, int C, int HW, long long total) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
         const int c = (int)((i / HW) % C);
         const float r = 1.0f / sqrtf(running_var[c] + eps);
-        y[i] = (x[i] - running_mean[c]) * (r * gamma[c]) + beta[c];
+        y[i] = from_float<T>((to_float(x[i]) - running_mean[c]) * (r * gamma[c]) + beta[c]);
     }
 }
 
+#define LF_BN_APPLY(S, T)                                                                                       \
+    extern "C" __global__ void batchnorm_apply_##S(const T* __restrict__ x, const float* __restrict__ gamma,     \
+                                                   const float* __restrict__ beta, const float* __restrict__ mean, \
+                                                   const float* __restrict__ rstd, T* __restrict__ y, int C,     \
+                                                   int HW, long long total) {                                   \
+        batchnorm_apply<T>(x, gamma, beta, mean, rstd, y, C, HW, total);                                        \
+    }                                                                                                           \
+    extern "C" __global__ void batchnorm_eval_##S(const T* __restrict__ x, const float* __restrict__ gamma,      \
+                                                  const float* __restrict__ beta,                               \
+                                                  const float* __restrict__ running_mean,                       \
+                                                  const float* __restrict__ running_var, float eps,             \
+                                                  T* __restrict__ y, int C, int HW, long long total) {          \
+        batchnorm_eval<T>(x, gamma, beta, running_mean, running_var, eps, y, C, HW, total);                    \
+    }
+LF_BN_TYPES(LF_BN_APPLY)
+
 // Backward stage 1, grid (C, S): partial (C, S, 2) = (sum dy, sum dy * xhat) of each chunk, with
 // xhat = (x - mean) * rstd in f32 as the CPU.
-extern "C" __global__ void batchnorm_backward_partial_f32(const float* __restrict__ x, const float* __restrict__ dy,
-                                                          const float* __restrict__ mean, const float* __restrict__ rstd,
-                                                          int C, int HW, int N, int chunk, float* __restrict__ partial) {
+template <typename T>
+__device__ void batchnorm_backward_partial(const T* __restrict__ x, const T* __restrict__ dy,
+                                           const float* __restrict__ mean, const float* __restrict__ rstd, int C, int HW,
+                                           int N, int chunk, float* __restrict__ partial) {
     __shared__ float scratch[32];
     const int c = blockIdx.x, s = blockIdx.y, S = gridDim.y;
     const int lo = s * chunk;
@@ -109,9 +143,9 @@ extern "C" __global__ void batchnorm_backward_partial_f32(const float* __restric
     float sdy = 0.0f, sdyx = 0.0f;
     for (int j = lo + threadIdx.x; j < hi; j += blockDim.x) {
         const size_t k = bn_index(j, c, C, HW);
-        const float g = dy[k];
+        const float g = to_float(dy[k]);
         sdy += g;
-        sdyx += g * ((x[k] - m) * r);
+        sdyx += g * ((to_float(x[k]) - m) * r);
     }
     sdy = block_sum(sdy, scratch);
     sdyx = block_sum(sdyx, scratch);
@@ -121,6 +155,15 @@ extern "C" __global__ void batchnorm_backward_partial_f32(const float* __restric
         p[1] = sdyx;
     }
 }
+
+#define LF_BN_BACKWARD_PARTIAL(S, T)                                                                            \
+    extern "C" __global__ void batchnorm_backward_partial_##S(const T* __restrict__ x, const T* __restrict__ dy, \
+                                                              const float* __restrict__ mean,                    \
+                                                              const float* __restrict__ rstd, int C, int HW,     \
+                                                              int N, int chunk, float* __restrict__ partial) {   \
+        batchnorm_backward_partial<T>(x, dy, mean, rstd, C, HW, N, chunk, partial);                             \
+    }
+LF_BN_TYPES(LF_BN_BACKWARD_PARTIAL)
 
 // Backward stage 2, one thread per channel: sums the partials in f64, in order; dbeta, dgamma
 // accumulated; sums (C, 2) = the means (sum dy / N, sum dy*xhat / N) for the dx pass.
@@ -144,14 +187,25 @@ extern "C" __global__ void batchnorm_backward_finalize_f32(const float* __restri
 }
 
 // Backward stage 3: dx = gamma*rstd * (dy - mean(dy) - xhat * mean(dy*xhat)), overwritten.
-extern "C" __global__ void batchnorm_backward_dx_f32(const float* __restrict__ x, const float* __restrict__ dy,
-                                                     const float* __restrict__ gamma, const float* __restrict__ mean,
-                                                     const float* __restrict__ rstd, const float* __restrict__ means,
-                                                     float* __restrict__ dx, int C, int HW, long long total) {
+template <typename T>
+__device__ void batchnorm_backward_dx(const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ gamma,
+                                      const float* __restrict__ mean, const float* __restrict__ rstd,
+                                      const float* __restrict__ means, T* __restrict__ dx, int C, int HW, long long total) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
         const int c = (int)((i / HW) % C);
         const float r = rstd[c];
         const float k = gamma[c] * r;
-        dx[i] = k * (dy[i] - means[2 * c] - (x[i] - mean[c]) * r * means[2 * c + 1]);
+        dx[i] = from_float<T>(k * (to_float(dy[i]) - means[2 * c] - (to_float(x[i]) - mean[c]) * r * means[2 * c + 1]));
     }
 }
+
+#define LF_BN_BACKWARD_DX(S, T)                                                                                  \
+    extern "C" __global__ void batchnorm_backward_dx_##S(const T* __restrict__ x, const T* __restrict__ dy,       \
+                                                         const float* __restrict__ gamma,                         \
+                                                         const float* __restrict__ mean,                          \
+                                                         const float* __restrict__ rstd,                          \
+                                                         const float* __restrict__ means, T* __restrict__ dx,     \
+                                                         int C, int HW, long long total) {                        \
+        batchnorm_backward_dx<T>(x, dy, gamma, mean, rstd, means, dx, C, HW, total);                             \
+    }
+LF_BN_TYPES(LF_BN_BACKWARD_DX)

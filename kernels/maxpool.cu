@@ -1,4 +1,4 @@
-// Max pooling (NCHW, f32) with padding, as torch.nn.MaxPool2d, for training: the forward saves
+// Max pooling (NCHW; f32, or bf16 for mixed-precision training) with padding, as torch.nn.MaxPool2d, for training: the forward saves
 // each window's argmax (index inside its input plane; ties go to the first in raster order, a
 // NaN wins), the backward routes the gradient through it.
 //
@@ -9,14 +9,14 @@
 #include "common.cuh"
 
 // One thread per output (planes, Ho, Wo).
-extern "C" __global__ void maxpool_forward_f32(const float* __restrict__ x, float* __restrict__ y,
-                                               int* __restrict__ argmax, int H, int W, int Ho, int Wo, int kernel,
-                                               int stride, int pad, long long total) {
+template <typename T>
+__device__ void maxpool_forward(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ argmax, int H, int W,
+                                int Ho, int Wo, int kernel, int stride, int pad, long long total) {
     for (long long o = blockIdx.x * (long long)blockDim.x + threadIdx.x; o < total; o += (long long)gridDim.x * blockDim.x) {
         const int ox = (int)(o % Wo);
         const int oy = (int)((o / Wo) % Ho);
         const long long plane = o / ((long long)Wo * Ho);
-        const float* xp = x + plane * H * W;
+        const T* xp = x + plane * H * W;
         float best = -INFINITY;
         int idx = -1;
         for (int ky = 0; ky < kernel; ++ky) {
@@ -26,23 +26,23 @@ extern "C" __global__ void maxpool_forward_f32(const float* __restrict__ x, floa
                 const int ix = ox * stride + kx - pad;
                 if (ix < 0 || ix >= W) continue;
                 const int i = iy * W + ix;
-                const float v = xp[i];
+                const float v = to_float(xp[i]);
                 if (v > best || isnan(v) || idx < 0) {
                     best = v;
                     idx = i;
                 }
             }
         }
-        y[o] = best;
+        y[o] = from_float<T>(best);
         argmax[o] = idx;
     }
 }
 
 // One thread per input (planes, H, W): dx = sum of dy over the windows covering this pixel whose
 // argmax it is (overwrites dx).
-extern "C" __global__ void maxpool_backward_f32(const float* __restrict__ dy, const int* __restrict__ argmax,
-                                                float* __restrict__ dx, int H, int W, int Ho, int Wo, int kernel,
-                                                int stride, int pad, long long total) {
+template <typename T>
+__device__ void maxpool_backward(const T* __restrict__ dy, const int* __restrict__ argmax, T* __restrict__ dx, int H,
+                                 int W, int Ho, int Wo, int kernel, int stride, int pad, long long total) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
         const int ix = (int)(i % W);
         const int iy = (int)((i / W) % H);
@@ -55,14 +55,29 @@ extern "C" __global__ void maxpool_backward_f32(const float* __restrict__ dy, co
         const int ox0 = max(tx > 0 ? (tx + stride - 1) / stride : 0, 0);
         const int oy1 = min((iy + pad) / stride, Ho - 1);
         const int ox1 = min((ix + pad) / stride, Wo - 1);
-        const float* dyp = dy + plane * Ho * Wo;
+        const T* dyp = dy + plane * Ho * Wo;
         const int* ap = argmax + plane * Ho * Wo;
         float g = 0.0f;
         for (int oy = oy0; oy <= oy1; ++oy)
             for (int ox = ox0; ox <= ox1; ++ox) {
                 const int o = oy * Wo + ox;
-                if (ap[o] == self) g += dyp[o];
+                if (ap[o] == self) g += to_float(dyp[o]);
             }
-        dx[i] = g;
+        dx[i] = from_float<T>(g);
     }
 }
+
+// Entry points maxpool_{forward,backward}_{f32,bf16}.
+#define LF_MAXPOOL(S, T)                                                                                        \
+    extern "C" __global__ void maxpool_forward_##S(const T* __restrict__ x, T* __restrict__ y,                  \
+                                                   int* __restrict__ argmax, int H, int W, int Ho, int Wo,      \
+                                                   int kernel, int stride, int pad, long long total) {          \
+        maxpool_forward<T>(x, y, argmax, H, W, Ho, Wo, kernel, stride, pad, total);                             \
+    }                                                                                                           \
+    extern "C" __global__ void maxpool_backward_##S(const T* __restrict__ dy, const int* __restrict__ argmax,   \
+                                                    T* __restrict__ dx, int H, int W, int Ho, int Wo,           \
+                                                    int kernel, int stride, int pad, long long total) {         \
+        maxpool_backward<T>(dy, argmax, dx, H, W, Ho, Wo, kernel, stride, pad, total);                          \
+    }
+LF_MAXPOOL(f32, float)
+LF_MAXPOOL(bf16, __nv_bfloat16)

@@ -142,6 +142,7 @@ fn run_from_csv_labels_and_a_backbone_then_resume() {
         alpha: 1.0,
         second_view: None,
         resume: false,
+        dtype: labelfree::device::cuda::DType::F32,
         out: out.clone(),
         progress: false,
     };

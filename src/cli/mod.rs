@@ -54,12 +54,12 @@ impl Session {
 /// `labelfree train` (its arguments live with the trainer, `train::run::TrainArgs`): the GPU
 /// trainer is f32 only.
 pub fn train(a: &TrainArgs, s: &Session) -> Result<()> {
-    if s.gpu.is_some() && s.dtype != DType::F32 {
+    if s.gpu.is_some() && !matches!(s.dtype, DType::F32 | DType::BF16) {
         bail!(
-            "train --device cuda runs in f32 (the precision of the CPU reference it is checked against); drop --dtype {}",
+            "train --device cuda runs in f32 or in bf16 mixed precision (f16 would need loss scaling); drop --dtype {}",
             s.dtype
         );
     }
-    crate::train::run::run(&a.to_run(), s.gpu.as_ref())?;
+    crate::train::run::run(&crate::train::run::TrainRun { dtype: s.dtype, ..a.to_run() }, s.gpu.as_ref())?;
     Ok(())
 }

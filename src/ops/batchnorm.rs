@@ -10,6 +10,7 @@ use cudarc::driver::LaunchConfig;
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
 use crate::device::cuda::{expect_f32, f32_arg_at, grid_stride_config, to_i32, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
+use crate::ops::activation_dtype;
 
 pub const BN_EPS: f32 = 1e-5;
 pub const BN_MOMENTUM: f32 = 0.1;
@@ -184,9 +185,9 @@ fn check_workspace(what: &str, ws: &CudaTensor, b: usize, c: usize, hw: usize) -
     Ok(())
 }
 
-/// CUDA twin of `batch_norm_train_cpu` (kernels/batchnorm.cu, f32): x, y (B, C, ...);
+/// CUDA twin of `batch_norm_train_cpu` (kernels/batchnorm.cu): x, y (B, C, ...) in f32 or bf16;
 /// gamma, beta, running_mean, running_var, mean, rstd (C); `workspace` at least
-/// `batch_norm_workspace_len(B, C, HW)` f32.
+/// `batch_norm_workspace_len(B, C, HW)` f32. Statistics and the rest stay f32 for bf16 x.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train_cuda(
     gpu: &Gpu,
@@ -215,14 +216,15 @@ pub fn batch_norm_train_cuda(
         ],
     )?;
     expect_shape(WHAT, x.shape(), &[("y", y)])?;
-    expect_f32(WHAT, &[x, gamma, beta, running_mean, running_var, y, mean, rstd, workspace])?;
+    let dt = activation_dtype(WHAT, &[x, y])?.suffix();
+    expect_f32(WHAT, &[gamma, beta, running_mean, running_var, mean, rstd, workspace])?;
     check_workspace(WHAT, workspace, b, c, hw)?;
     let n = b * hw;
     let (cfg, s) = split_config(c, n);
     let (ci, hwi, ni) = (to_i32(c, "C")?, to_i32(hw, "HW")?, to_i32(n, "B*HW")?);
     gpu.launch(
         "batchnorm",
-        "batchnorm_partial_stats_f32",
+        &format!("batchnorm_partial_stats_{dt}"),
         cfg,
         &[x.arg(gpu), ci, hwi, ni, to_i32(BN_CHUNK, "chunk")?, workspace.arg(gpu)],
     )?;
@@ -250,10 +252,10 @@ pub fn batch_norm_train_cuda(
         hwi,
         (total as i64).into(),
     ];
-    gpu.launch("batchnorm", "batchnorm_apply_f32", grid_stride_config(total), &args)
+    gpu.launch("batchnorm", &format!("batchnorm_apply_{dt}"), grid_stride_config(total), &args)
 }
 
-/// CUDA twin of `batch_norm_eval_cpu` (f32): x, y (B, C, ...); the rest (C).
+/// CUDA twin of `batch_norm_eval_cpu`: x, y (B, C, ...) in f32 or bf16; the rest (C), f32.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_eval_cuda(
     gpu: &Gpu,
@@ -272,7 +274,8 @@ pub fn batch_norm_eval_cuda(
         &[("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)],
     )?;
     expect_shape(WHAT, x.shape(), &[("y", y)])?;
-    expect_f32(WHAT, &[x, gamma, beta, running_mean, running_var, y])?;
+    let dt = activation_dtype(WHAT, &[x, y])?.suffix();
+    expect_f32(WHAT, &[gamma, beta, running_mean, running_var])?;
     let total = x.numel();
     let args = [
         x.arg(gpu),
@@ -286,11 +289,11 @@ pub fn batch_norm_eval_cuda(
         to_i32(hw, "HW")?,
         (total as i64).into(),
     ];
-    gpu.launch("batchnorm", "batchnorm_eval_f32", grid_stride_config(total), &args)
+    gpu.launch("batchnorm", &format!("batchnorm_eval_{dt}"), grid_stride_config(total), &args)
 }
 
-/// CUDA twin of `batch_norm_backward_cpu` (f32): dx overwritten, dgamma and dbeta accumulated.
-/// x, dy, dx (B, C, ...); gamma, mean, rstd, dgamma, dbeta (C).
+/// CUDA twin of `batch_norm_backward_cpu`: dx overwritten, dgamma and dbeta accumulated.
+/// x, dy, dx (B, C, ...) in f32 or bf16; gamma, mean, rstd, dgamma, dbeta (C), f32.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_backward_cuda(
     gpu: &Gpu,
@@ -312,7 +315,8 @@ pub fn batch_norm_backward_cuda(
         &[("gamma", gamma), ("mean", mean), ("rstd", rstd), ("dgamma", dgamma), ("dbeta", dbeta)],
     )?;
     expect_shape(WHAT, x.shape(), &[("dy", dy), ("dx", dx)])?;
-    expect_f32(WHAT, &[x, dy, gamma, mean, rstd, dx, dgamma, dbeta, workspace])?;
+    let dt = activation_dtype(WHAT, &[x, dy, dx])?.suffix();
+    expect_f32(WHAT, &[gamma, mean, rstd, dgamma, dbeta, workspace])?;
     check_workspace(WHAT, workspace, b, c, hw)?;
     let n = b * hw;
     let (cfg, s) = split_config(c, n);
@@ -330,7 +334,7 @@ pub fn batch_norm_backward_cuda(
         to_i32(BN_CHUNK, "chunk")?,
         workspace.arg(gpu),
     ];
-    gpu.launch("batchnorm", "batchnorm_backward_partial_f32", cfg, &args)?;
+    gpu.launch("batchnorm", &format!("batchnorm_backward_partial_{dt}"), cfg, &args)?;
     let args = [workspace.arg(gpu), ci, to_i32(s, "S")?, ni, dgamma.arg(gpu), dbeta.arg(gpu), means];
     gpu.launch("batchnorm", "batchnorm_backward_finalize_f32", grid_stride_config(c), &args)?;
     let total = x.numel();
@@ -346,7 +350,7 @@ pub fn batch_norm_backward_cuda(
         hwi,
         (total as i64).into(),
     ];
-    gpu.launch("batchnorm", "batchnorm_backward_dx_f32", grid_stride_config(total), &args)
+    gpu.launch("batchnorm", &format!("batchnorm_backward_dx_{dt}"), grid_stride_config(total), &args)
 }
 
 /// Training shapes of the ResNet-50 at 448, batch 2 (stem, layer1, layer4) and odd small ones.
@@ -354,21 +358,24 @@ const BN_CHECK_SHAPES: &[(usize, usize, usize, usize)] =
     &[(2, 64, 224, 224), (2, 256, 112, 112), (2, 2048, 14, 14), (2, 3, 5, 7), (1, 5, 1, 3)];
 
 /// Kernel checks: training forward (y, saved mean/rstd, running statistics), eval forward,
-/// backward (dx, accumulated dgamma/dbeta); f32.
+/// backward (dx, accumulated dgamma/dbeta); activations in f32 and in bf16.
 pub fn gpu_checks() -> Vec<GpuCheck> {
     let mut checks = Vec::new();
-    for &(b, c, h, w) in BN_CHECK_SHAPES {
+    for (&(b, c, h, w), dt) in BN_CHECK_SHAPES.iter().flat_map(|s| [(s, DType::F32), (s, DType::BF16)]) {
         let (hw, shape) = (h * w, format!("B={b} C={c} H={h} W={w}"));
         let n = b * c * hw;
         let f32 = DType::F32;
+        // Activations (x, y, dy, dx) in `dt`; parameters and statistics f32. The reference
+        // sees the activations as rounded to `dt`, so a check measures the kernel.
+        let bytes = (n * dt.size_in_bytes()) as f64;
         checks.push(GpuCheck::new(
             "batchnorm_train_forward",
             shape.clone(),
-            f32,
-            Work::Bytes((n * 8) as f64),
+            dt,
+            Work::Bytes(2.0 * bytes),
             move |gpu, rng| {
                 // Offset values: the statistics must not lose precision to a large mean.
-                let x: Vec<f32> = random_vec(rng, n, 2.0).iter().map(|v| v + 3.0).collect();
+                let x: Vec<f32> = dt.round(random_vec(rng, n, 2.0).iter().map(|v| v + 3.0).collect());
                 let gamma: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
                 let beta = random_vec(rng, c, 0.5);
                 let rm0 = random_vec(rng, c, 1.0);
@@ -377,12 +384,13 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let (mut y, mut mean, mut rstd) = (vec![0.0; n], vec![0.0; c], vec![0.0; c]);
                 batch_norm_train_cpu(&x, b, c, hw, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd);
                 let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
-                let (xd, gd, bd) = (up(&x, &[b, c, h, w])?, up(&gamma, &[c])?, up(&beta, &[c])?);
+                let xd = CudaTensor::from_f32(gpu, &[b, c, h, w], &x, dt)?;
+                let (gd, bd) = (up(&gamma, &[c])?, up(&beta, &[c])?);
                 let (rmd, rvd) = (up(&rm0, &[c])?, up(&rv0, &[c])?);
                 let outputs = (
                     rmd,
                     rvd,
-                    poisoned(gpu, &[b, c, h, w], f32)?,
+                    poisoned(gpu, &[b, c, h, w], dt)?,
                     poisoned(gpu, &[c], f32)?,
                     poisoned(gpu, &[c], f32)?,
                     poisoned(gpu, &[batch_norm_workspace_len(b, c, hw)], f32)?,
@@ -402,29 +410,29 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         checks.push(GpuCheck::new(
             "batchnorm_eval_forward",
             shape.clone(),
-            f32,
-            Work::Bytes((n * 8) as f64),
+            dt,
+            Work::Bytes(2.0 * bytes),
             move |gpu, rng| {
-                let x = random_vec(rng, n, 2.0);
+                let x = dt.round(random_vec(rng, n, 2.0));
                 let gamma: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
                 let (beta, rm) = (random_vec(rng, c, 0.5), random_vec(rng, c, 1.0));
                 let rv: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
                 let mut y = vec![0.0; n];
                 batch_norm_eval_cpu(&x, c, hw, &gamma, &beta, &rm, &rv, &mut y);
                 let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
-                let (xd, gd, bd, rmd, rvd) =
-                    (up(&x, &[b, c, h, w])?, up(&gamma, &[c])?, up(&beta, &[c])?, up(&rm, &[c])?, up(&rv, &[c])?);
+                let xd = CudaTensor::from_f32(gpu, &[b, c, h, w], &x, dt)?;
+                let (gd, bd, rmd, rvd) = (up(&gamma, &[c])?, up(&beta, &[c])?, up(&rm, &[c])?, up(&rv, &[c])?);
                 launch_and_compare(
                     gpu,
-                    poisoned(gpu, &[b, c, h, w], f32)?,
+                    poisoned(gpu, &[b, c, h, w], dt)?,
                     move |g, yd| batch_norm_eval_cuda(g, &xd, &gd, &bd, &rmd, &rvd, yd),
                     |g, yd| max_rel_err_all(g, &[(yd, &y)]),
                 )
             },
         ));
-        checks.push(GpuCheck::new("batchnorm_backward", shape, f32, Work::Bytes((n * 12) as f64), move |gpu, rng| {
-            let x: Vec<f32> = random_vec(rng, n, 2.0).iter().map(|v| v + 1.0).collect();
-            let dy = random_vec(rng, n, 1.0);
+        checks.push(GpuCheck::new("batchnorm_backward", shape, dt, Work::Bytes(3.0 * bytes), move |gpu, rng| {
+            let x: Vec<f32> = dt.round(random_vec(rng, n, 2.0).iter().map(|v| v + 1.0).collect());
+            let dy = dt.round(random_vec(rng, n, 1.0));
             let gamma: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
             let (dg0, db0) = (random_vec(rng, c, 1.0), random_vec(rng, c, 1.0));
             // mean and rstd as the training forward saves them.
@@ -435,14 +443,14 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             batch_norm_backward_cpu(&x, &dy, b, c, hw, &gamma, &mean, &rstd, &mut dx, &mut dg, &mut db);
             let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
             let (xd, dyd, gd, md, rd) = (
-                up(&x, &[b, c, h, w])?,
-                up(&dy, &[b, c, h, w])?,
+                CudaTensor::from_f32(gpu, &[b, c, h, w], &x, dt)?,
+                CudaTensor::from_f32(gpu, &[b, c, h, w], &dy, dt)?,
                 up(&gamma, &[c])?,
                 up(&mean, &[c])?,
                 up(&rstd, &[c])?,
             );
             let outputs = (
-                poisoned(gpu, &[b, c, h, w], f32)?,
+                poisoned(gpu, &[b, c, h, w], dt)?,
                 up(&dg0, &[c])?,
                 up(&db0, &[c])?,
                 poisoned(gpu, &[batch_norm_workspace_len(b, c, hw)], f32)?,

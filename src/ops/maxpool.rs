@@ -9,6 +9,7 @@ use rand::Rng;
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
 use crate::device::cuda::{grid_stride_config, to_i32, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
+use crate::ops::activation_dtype;
 
 #[derive(Clone, Copy, Debug)]
 pub struct MaxPoolShape {
@@ -101,7 +102,7 @@ fn pool_args(what: &str, s: &MaxPoolShape, x_shape: &[usize], y_shape: &[usize])
     ])
 }
 
-/// CUDA twin of `max_pool2d_cpu` (kernels/maxpool.cu, f32): x (..., H, W); y and argmax (i32,
+/// CUDA twin of `max_pool2d_cpu` (kernels/maxpool.cu; f32 or bf16): x (..., H, W); y and argmax (i32,
 /// the index inside the input plane) (..., Ho, Wo).
 pub fn max_pool2d_cuda(
     gpu: &Gpu,
@@ -115,15 +116,14 @@ pub fn max_pool2d_cuda(
     if argmax.shape() != y.shape() {
         return Err(Error::Shape(format!("max_pool2d_cuda: argmax {:?}, y {:?}", argmax.shape(), y.shape())));
     }
-    x.expect_dtype(DType::F32, "max_pool2d_cuda x")?;
-    y.expect_dtype(DType::F32, "max_pool2d_cuda y")?;
+    let dt = activation_dtype("max_pool2d_cuda", &[x, y])?;
     argmax.expect_dtype(DType::I32, "max_pool2d_cuda argmax")?;
     let total = y.numel();
     args.push((total as i64).into());
-    gpu.launch("maxpool", "maxpool_forward_f32", grid_stride_config(total), &args)
+    gpu.launch("maxpool", &format!("maxpool_forward_{}", dt.suffix()), grid_stride_config(total), &args)
 }
 
-/// CUDA twin of `max_pool2d_backward_cpu` (f32, dx overwritten): dy, argmax (..., Ho, Wo); dx
+/// CUDA twin of `max_pool2d_backward_cpu` (f32 or bf16, dx overwritten): dy, argmax (..., Ho, Wo); dx
 /// (..., H, W). A gather over the windows covering each input: deterministic.
 pub fn max_pool2d_backward_cuda(
     gpu: &Gpu,
@@ -141,80 +141,72 @@ pub fn max_pool2d_backward_cuda(
             dy.shape()
         )));
     }
-    dy.expect_dtype(DType::F32, "max_pool2d_backward_cuda dy")?;
-    dx.expect_dtype(DType::F32, "max_pool2d_backward_cuda dx")?;
+    let dt = activation_dtype("max_pool2d_backward_cuda", &[dy, dx])?;
     argmax.expect_dtype(DType::I32, "max_pool2d_backward_cuda argmax")?;
     let total = dx.numel();
     args.push((total as i64).into());
-    gpu.launch("maxpool", "maxpool_backward_f32", grid_stride_config(total), &args)
+    gpu.launch("maxpool", &format!("maxpool_backward_{}", dt.suffix()), grid_stride_config(total), &args)
 }
 
 /// Kernel checks: the ResNet stem's 3x3 stride 2 pad 1 pool at 448 (batch 2) and odd maps; the
 /// small ones on a coarse value grid, so that ties happen (first in raster order wins).
 pub fn gpu_checks() -> Vec<GpuCheck> {
     let mut checks = Vec::new();
-    for &(planes, h, w, kernel, stride, pad) in &[
+    for (&(planes, h, w, kernel, stride, pad), dt) in [
         (2 * 64, 224usize, 224usize, 3usize, 2usize, 1usize),
         (3, 5, 7, 3, 2, 1),
         (2, 9, 8, 2, 2, 0),
         (4, 7, 9, 3, 1, 1),
-    ] {
+    ]
+    .iter()
+    .flat_map(|c| [(c, DType::F32), (c, DType::BF16)])
+    {
         let s = MaxPoolShape { h, w, kernel, stride, pad };
         let (ho, wo) = s.out_hw();
         let (n_in, n_out) = (planes * h * w, planes * ho * wo);
         let shape = format!("planes={planes} H={h} W={w} k={kernel} s={stride} p={pad}");
         let ties = n_in < 10_000;
+        // bf16 rows: the reference pools the inputs as rounded (the max of bf16 values is one of
+        // them: exact) and routes the rounded gradients.
         let input = move |rng: &mut rand::rngs::StdRng| -> Vec<f32> {
             if ties {
                 (0..n_in).map(|_| rng.gen_range(0..4) as f32).collect()
             } else {
-                random_vec(rng, n_in, 2.0)
+                dt.round(random_vec(rng, n_in, 2.0))
             }
         };
         let (xs, ys) = ([planes, h, w], [planes, ho, wo]);
-        let f32 = DType::F32;
-        checks.push(GpuCheck::new(
-            "maxpool_forward",
-            shape.clone(),
-            f32,
-            Work::Bytes(((n_in + 2 * n_out) * 4) as f64),
-            move |gpu, rng| {
-                let x = input(rng);
-                let (mut y, mut am) = (vec![0.0; n_out], vec![0u32; n_out]);
-                max_pool2d_cpu(&x, &s, &mut y, &mut am);
-                let am: Vec<f32> = am.iter().map(|&i| i as f32).collect();
-                let xd = CudaTensor::from_f32(gpu, &xs, &x, f32)?;
-                launch_and_compare(
-                    gpu,
-                    (poisoned(gpu, &ys, f32)?, poisoned(gpu, &ys, DType::I32)?),
-                    move |g, (yd, amd)| max_pool2d_cuda(g, &xd, &s, yd, amd),
-                    |g, (yd, amd)| max_rel_err_all(g, &[(yd, &y), (amd, &am)]),
-                )
-            },
-        ));
-        checks.push(GpuCheck::new(
-            "maxpool_backward",
-            shape,
-            f32,
-            Work::Bytes(((n_in + 2 * n_out) * 4) as f64),
-            move |gpu, rng| {
-                let x = input(rng);
-                let dy = random_vec(rng, n_out, 1.0);
-                let (mut y, mut am) = (vec![0.0; n_out], vec![0u32; n_out]);
-                max_pool2d_cpu(&x, &s, &mut y, &mut am);
-                let mut dx = vec![0.0; n_in];
-                max_pool2d_backward_cpu(&dy, &am, &s, &mut dx);
-                let am: Vec<i32> = am.iter().map(|&i| i as i32).collect();
-                let dyd = CudaTensor::from_f32(gpu, &ys, &dy, f32)?;
-                let amd = CudaTensor::from_i32(gpu, &ys, &am)?;
-                launch_and_compare(
-                    gpu,
-                    poisoned(gpu, &xs, f32)?,
-                    move |g, dxd| max_pool2d_backward_cuda(g, &dyd, &amd, &s, dxd),
-                    |g, dxd| max_rel_err_all(g, &[(dxd, &dx)]),
-                )
-            },
-        ));
+        let bytes = ((n_in + n_out) * dt.size_in_bytes() + n_out * 4) as f64;
+        checks.push(GpuCheck::new("maxpool_forward", shape.clone(), dt, Work::Bytes(bytes), move |gpu, rng| {
+            let x = input(rng);
+            let (mut y, mut am) = (vec![0.0; n_out], vec![0u32; n_out]);
+            max_pool2d_cpu(&x, &s, &mut y, &mut am);
+            let am: Vec<f32> = am.iter().map(|&i| i as f32).collect();
+            let xd = CudaTensor::from_f32(gpu, &xs, &x, dt)?;
+            launch_and_compare(
+                gpu,
+                (poisoned(gpu, &ys, dt)?, poisoned(gpu, &ys, DType::I32)?),
+                move |g, (yd, amd)| max_pool2d_cuda(g, &xd, &s, yd, amd),
+                |g, (yd, amd)| max_rel_err_all(g, &[(yd, &y), (amd, &am)]),
+            )
+        }));
+        checks.push(GpuCheck::new("maxpool_backward", shape, dt, Work::Bytes(bytes), move |gpu, rng| {
+            let x = input(rng);
+            let dy = dt.round(random_vec(rng, n_out, 1.0));
+            let (mut y, mut am) = (vec![0.0; n_out], vec![0u32; n_out]);
+            max_pool2d_cpu(&x, &s, &mut y, &mut am);
+            let mut dx = vec![0.0; n_in];
+            max_pool2d_backward_cpu(&dy, &am, &s, &mut dx);
+            let am: Vec<i32> = am.iter().map(|&i| i as i32).collect();
+            let dyd = CudaTensor::from_f32(gpu, &ys, &dy, dt)?;
+            let amd = CudaTensor::from_i32(gpu, &ys, &am)?;
+            launch_and_compare(
+                gpu,
+                poisoned(gpu, &xs, dt)?,
+                move |g, dxd| max_pool2d_backward_cuda(g, &dyd, &amd, &s, dxd),
+                |g, dxd| max_rel_err_all(g, &[(dxd, &dx)]),
+            )
+        }));
     }
     checks
 }

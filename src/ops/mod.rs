@@ -10,6 +10,7 @@ pub mod batchnorm;
 pub mod bce;
 pub mod cam_box;
 pub mod cam_head;
+pub mod cast;
 pub mod contours;
 pub mod conv2d;
 pub mod conv2d_backward;
@@ -42,4 +43,22 @@ impl SendPtr {
     pub fn get(&self) -> *mut f32 {
         self.0
     }
+}
+
+/// The storage dtype of the training kernels' activations (x, y, dy, dx: f32, or bf16 for
+/// mixed-precision training), checked to be one of the two and shared by every `tensors`
+/// entry; parameters, statistics and their gradients stay f32 and are checked by the caller.
+pub(crate) fn activation_dtype(
+    what: &str,
+    tensors: &[&crate::device::cuda::CudaTensor],
+) -> crate::error::Result<crate::device::cuda::DType> {
+    use crate::device::cuda::DType;
+    let dtype = tensors.first().map_or(DType::F32, |t| t.dtype());
+    if !matches!(dtype, DType::F32 | DType::BF16) {
+        return Err(crate::error::Error::Device(format!("{what}: activations in {dtype:?}; f32 or bf16 expected")));
+    }
+    for (i, t) in tensors.iter().enumerate() {
+        t.expect_dtype(dtype, &format!("{what} activation {i}"))?;
+    }
+    Ok(dtype)
 }

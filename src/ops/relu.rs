@@ -4,8 +4,9 @@
 use rayon::prelude::*;
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, random_vec, GpuCheck, Work};
-use crate::device::cuda::{expect_f32, grid_stride_config, CudaTensor, DType, Gpu};
+use crate::device::cuda::{grid_stride_config, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
+use crate::ops::activation_dtype;
 
 const CHUNK: usize = 1 << 14;
 
@@ -25,23 +26,23 @@ pub fn relu_backward_inplace_cpu(y: &[f32], dy: &mut [f32]) {
     });
 }
 
-/// CUDA twin of `relu_inplace_cpu` (kernels/relu.cu, f32, float4).
+/// CUDA twin of `relu_inplace_cpu` (kernels/relu.cu; f32 or bf16, four elements a thread).
 pub fn relu_inplace_cuda(gpu: &Gpu, x: &mut CudaTensor) -> Result<()> {
-    expect_f32("relu_inplace_cuda", &[x])?;
+    let name = format!("relu_inplace_{}", activation_dtype("relu_inplace_cuda", &[x])?.suffix());
     let n = x.numel();
-    gpu.launch("relu", "relu_inplace_f32", grid_stride_config(n.div_ceil(4)), &[x.arg(gpu), (n as i64).into()])
+    gpu.launch("relu", &name, grid_stride_config(n.div_ceil(4)), &[x.arg(gpu), (n as i64).into()])
 }
 
-/// CUDA twin of `relu_backward_inplace_cpu` (f32): dy *= (y > 0), y the ReLU's output.
+/// CUDA twin of `relu_backward_inplace_cpu` (f32 or bf16): dy *= (y > 0), y the ReLU's output.
 pub fn relu_backward_inplace_cuda(gpu: &Gpu, y: &CudaTensor, dy: &mut CudaTensor) -> Result<()> {
     if y.shape() != dy.shape() {
         return Err(Error::Shape(format!("relu_backward_inplace_cuda: y {:?}, dy {:?}", y.shape(), dy.shape())));
     }
-    expect_f32("relu_backward_inplace_cuda", &[y, dy])?;
+    let dt = activation_dtype("relu_backward_inplace_cuda", &[y, dy])?;
     let n = y.numel();
     gpu.launch(
         "relu",
-        "relu_backward_inplace_f32",
+        &format!("relu_backward_inplace_{}", dt.suffix()),
         grid_stride_config(n.div_ceil(4)),
         &[y.arg(gpu), dy.arg(gpu), (n as i64).into()],
     )
@@ -52,21 +53,22 @@ pub fn relu_backward_inplace_cuda(gpu: &Gpu, y: &CudaTensor, dy: &mut CudaTensor
 pub const ELEMENTWISE_CHECK_SHAPES: &[&[usize]] =
     &[&[2, 64, 224, 224], &[2, 256, 112, 112], &[2, 2048, 14, 14], &[3, 5, 7, 11]];
 
-/// Kernel checks: ReLU forward in place and backward. Each launch of the timed closure redoes
-/// the in-place op on its own output (idempotent for ReLU, harmless for timing).
+/// Kernel checks: ReLU forward in place and backward, in f32 and bf16 (the reference sees the
+/// bf16 inputs as rounded). Each launch of the timed closure redoes the in-place op on its own
+/// output (idempotent for ReLU, harmless for timing).
 pub fn gpu_checks() -> Vec<GpuCheck> {
     let mut checks = Vec::new();
-    for &shape in ELEMENTWISE_CHECK_SHAPES {
+    for (&shape, dt) in ELEMENTWISE_CHECK_SHAPES.iter().flat_map(|s| [(s, DType::F32), (s, DType::BF16)]) {
         let n: usize = shape.iter().product();
-        let f32 = DType::F32;
+        let bytes = (n * dt.size_in_bytes()) as f64;
         checks.push(GpuCheck::new(
             "relu_inplace",
             format!("{shape:?}"),
-            f32,
-            Work::Bytes((n * 8) as f64),
+            dt,
+            Work::Bytes(2.0 * bytes),
             move |gpu, rng| {
-                let mut x = random_vec(rng, n, 1.0);
-                let xd = CudaTensor::from_f32(gpu, shape, &x, f32)?;
+                let mut x = dt.round(random_vec(rng, n, 1.0));
+                let xd = CudaTensor::from_f32(gpu, shape, &x, dt)?;
                 relu_inplace_cpu(&mut x);
                 launch_and_compare(gpu, xd, relu_inplace_cuda, |g, xd| max_rel_err_all(g, &[(xd, &x)]))
             },
@@ -74,14 +76,14 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
         checks.push(GpuCheck::new(
             "relu_backward_inplace",
             format!("{shape:?}"),
-            f32,
-            Work::Bytes((n * 12) as f64),
+            dt,
+            Work::Bytes(3.0 * bytes),
             move |gpu, rng| {
-                let mut y = random_vec(rng, n, 1.0);
+                let mut y = dt.round(random_vec(rng, n, 1.0));
                 relu_inplace_cpu(&mut y);
-                let mut dy = random_vec(rng, n, 1.0);
-                let yd = CudaTensor::from_f32(gpu, shape, &y, f32)?;
-                let dyd = CudaTensor::from_f32(gpu, shape, &dy, f32)?;
+                let mut dy = dt.round(random_vec(rng, n, 1.0));
+                let yd = CudaTensor::from_f32(gpu, shape, &y, dt)?;
+                let dyd = CudaTensor::from_f32(gpu, shape, &dy, dt)?;
                 relu_backward_inplace_cpu(&y, &mut dy);
                 launch_and_compare(
                     gpu,

@@ -4,8 +4,9 @@
 use rayon::prelude::*;
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, random_vec, GpuCheck, Work};
-use crate::device::cuda::{expect_f32, grid_stride_config, CudaTensor, DType, Gpu};
+use crate::device::cuda::{grid_stride_config, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
+use crate::ops::activation_dtype;
 use crate::ops::relu::ELEMENTWISE_CHECK_SHAPES;
 
 const CHUNK: usize = 1 << 14;
@@ -19,36 +20,39 @@ pub fn add_inplace_cpu(y: &mut [f32], x: &[f32]) {
     });
 }
 
-/// CUDA twin of `add_inplace_cpu` (kernels/residual.cu, f32, float4): y += x.
+/// CUDA twin of `add_inplace_cpu` (kernels/residual.cu; f32 or bf16, four elements a
+/// thread): y += x.
 pub fn add_inplace_cuda(gpu: &Gpu, y: &mut CudaTensor, x: &CudaTensor) -> Result<()> {
     if y.shape() != x.shape() {
         return Err(Error::Shape(format!("add_inplace_cuda: y {:?}, x {:?}", y.shape(), x.shape())));
     }
-    expect_f32("add_inplace_cuda", &[y, x])?;
+    let dt = activation_dtype("add_inplace_cuda", &[y, x])?;
     let n = y.numel();
     gpu.launch(
         "residual",
-        "add_inplace_f32",
+        &format!("add_inplace_{}", dt.suffix()),
         grid_stride_config(n.div_ceil(4)),
         &[y.arg(gpu), x.arg(gpu), (n as i64).into()],
     )
 }
 
-/// Kernel checks: the residual add on the bottleneck outputs (and an odd length).
+/// Kernel checks: the residual add on the bottleneck outputs (and an odd length), in f32 and
+/// bf16 (the reference adds the bf16 inputs as rounded; the kernel rounds the sum once).
 pub fn gpu_checks() -> Vec<GpuCheck> {
     ELEMENTWISE_CHECK_SHAPES
         .iter()
-        .map(|&shape| {
+        .flat_map(|s| [(s, DType::F32), (s, DType::BF16)])
+        .map(|(&shape, dt)| {
             let n: usize = shape.iter().product();
             GpuCheck::new(
                 "add_inplace",
                 format!("{shape:?}"),
-                DType::F32,
-                Work::Bytes((n * 12) as f64),
+                dt,
+                Work::Bytes((n * 3 * dt.size_in_bytes()) as f64),
                 move |gpu, rng| {
-                    let (mut y, x) = (random_vec(rng, n, 1.0), random_vec(rng, n, 1.0));
-                    let yd = CudaTensor::from_f32(gpu, shape, &y, DType::F32)?;
-                    let xd = CudaTensor::from_f32(gpu, shape, &x, DType::F32)?;
+                    let (mut y, x) = (dt.round(random_vec(rng, n, 1.0)), dt.round(random_vec(rng, n, 1.0)));
+                    let yd = CudaTensor::from_f32(gpu, shape, &y, dt)?;
+                    let xd = CudaTensor::from_f32(gpu, shape, &x, dt)?;
                     add_inplace_cpu(&mut y, &x);
                     launch_and_compare(
                         gpu,

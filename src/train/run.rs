@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::data::color_jitter::ColorJitter;
 use crate::data::datasets::args::{announce, dataset_json, DatasetArgs, SplitUse};
 use crate::data::transforms::{Interpolation, Transform, IMAGENET_NORM_NUMPY};
-use crate::device::cuda::Gpu;
+use crate::device::cuda::{DType, Gpu};
 use crate::error::{Error, Result};
 use crate::eval::scores_csv::count_and_head;
 use crate::models::resnet50::{HeadKind, ResNet, ResNetConfig};
@@ -46,6 +46,8 @@ pub struct TrainRun {
     pub resume: bool,
     pub out: PathBuf,
     pub progress: bool,
+    /// On a device: f32, or bf16 mixed precision (the CPU trains in f32).
+    pub dtype: DType,
 }
 
 #[derive(Serialize)]
@@ -153,7 +155,17 @@ impl TrainArgs {
             resume: self.resume,
             out: self.out.clone(),
             progress: true,
+            dtype: DType::F32,
         }
+    }
+}
+
+/// How a device trains in `dtype`, for the run's log.
+pub fn training_precision(dtype: DType) -> &'static str {
+    if dtype == DType::BF16 {
+        "bf16 mixed-precision training: f32 master weights, Adam and batch-norm statistics"
+    } else {
+        "f32 training"
     }
 }
 
@@ -253,8 +265,8 @@ pub fn run(r: &TrainRun, gpu: Option<&Arc<Gpu>>) -> Result<TrainSummary> {
     };
     let mut trainer = model_for(r, &cfg, labels.classes.len())?;
     if let Some(gpu) = gpu {
-        trainer.attach_cuda(gpu)?;
-        eprintln!("device: {} (f32 training)", gpu.name);
+        trainer.attach_cuda(gpu, r.dtype)?;
+        eprintln!("device: {} ({})", gpu.name, training_precision(r.dtype));
     }
     let resumed_from_epoch = trainer.epoch;
     let epochs = trainer.train(&labels.samples, eval.as_ref().map(|(set, _)| set), &cfg)?;

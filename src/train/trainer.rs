@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::data::color_jitter::{ColorJitter, JitterDraw};
 use crate::data::decode::decode_image_file;
 use crate::data::transforms::{hflip, normalize_unit_chw, to_chw_normalized, to_chw_unit, Transform};
-use crate::device::cuda::Gpu;
+use crate::device::cuda::{DType, Gpu};
 use crate::error::{Error, Result};
 use crate::models::resnet50::ResNet;
 use crate::models::resnet50_cuda::CudaResNet;
@@ -162,9 +162,10 @@ impl Trainer {
     }
 
     /// Moves training to the GPU: the model and the optimiser state are copied to the device
-    /// (after `new` or `resume`), and copied back at the end of every epoch.
-    pub fn attach_cuda(&mut self, gpu: &Arc<Gpu>) -> Result<()> {
-        self.cuda = Some(CudaResNet::upload(gpu, &self.model, &self.opt)?);
+    /// (after `new` or `resume`), and copied back at the end of every epoch. `dtype`: f32, or
+    /// bf16 mixed precision (f32 master weights, Adam and statistics; `CudaResNet::upload_mixed`).
+    pub fn attach_cuda(&mut self, gpu: &Arc<Gpu>, dtype: DType) -> Result<()> {
+        self.cuda = Some(CudaResNet::upload_mixed(gpu, &self.model, &self.opt, dtype)?);
         Ok(())
     }
 

@@ -119,7 +119,10 @@ pub fn run_cli(a: CcdArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: DType) ->
         }
         CcdCommand::Train(t) => {
             if gpu.is_some() && dtype != DType::F32 {
-                return Err(Error::Device(format!("ccd train on the GPU runs in f32; drop --dtype {dtype}")));
+                return Err(Error::Device(format!(
+                    "ccd train on the GPU runs in f32 (bf16 mixed precision is in `train` and `cdul train`); drop \
+                     --dtype {dtype}"
+                )));
             }
             super::train::run(&t, dev, gpu).map(|_| ())
         }

@@ -324,12 +324,13 @@ pub fn run(a: &CcdTrainArgs, dev: Device, gpu: Option<&Arc<Gpu>>) -> Result<CcdT
         resume: a.resume,
         out: a.out.clone(),
         progress: true,
+        dtype: DType::F32,
     };
     let mut trainer = model_for(&train_run, &cfg, ds.num_classes())?;
     let resumed_from_epoch = trainer.epoch;
     let eval = eval_set(&train_run, &ds.classes)?;
     if let Some(g) = gpu {
-        trainer.attach_cuda(g)?;
+        trainer.attach_cuda(g, DType::F32)?;
         eprintln!("device: {} (f32 training)", g.name);
     }
     let mut report = CcdTrainReport {

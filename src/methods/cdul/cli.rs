@@ -58,10 +58,12 @@ pub fn run_cli(a: CdulArgs, dev: Device, gpu: Option<&Arc<Gpu>>, dtype: DType) -
         CdulCommand::Init(i) => super::init::run_cli(&i, dev, gpu, dtype),
         CdulCommand::Update(u) => run_update(&u),
         CdulCommand::Train(t) => {
-            if gpu.is_some() && dtype != DType::F32 {
-                return Err(Error::Device(format!("cdul train on the GPU runs in f32; drop --dtype {dtype}")));
+            if gpu.is_some() && !matches!(dtype, DType::F32 | DType::BF16) {
+                return Err(Error::Device(format!(
+                    "cdul train on the GPU runs in f32 or bf16 (mixed precision); drop --dtype {dtype}"
+                )));
             }
-            super::train::run(&t, gpu).map(|_| ())
+            super::train::run(&t, gpu, dtype).map(|_| ())
         }
     }
 }

@@ -28,7 +28,7 @@ use crate::data::datasets::args::{announce, dataset_json, DatasetArgs, SplitUse}
 use crate::data::datasets::Dataset;
 use crate::data::loader::{Loader, Skipped};
 use crate::data::transforms::{Interpolation, Transform, IMAGENET_NORM_NUMPY};
-use crate::device::cuda::Gpu;
+use crate::device::cuda::{DType, Gpu};
 use crate::error::{Error, Result};
 use crate::eval::scores_csv;
 use crate::methods::write_atomic;
@@ -216,7 +216,7 @@ fn update_after(
 }
 
 /// Runs `cdul train` on the CPU, or with `gpu` on the device.
-pub fn run(a: &CdulTrainArgs, gpu: Option<&Arc<Gpu>>) -> Result<CdulTrainReport> {
+pub fn run(a: &CdulTrainArgs, gpu: Option<&Arc<Gpu>>, dtype: DType) -> Result<CdulTrainReport> {
     let head = match a.head.as_str() {
         "linear" => HeadKind::Linear,
         "cam" => HeadKind::Cam,
@@ -242,6 +242,7 @@ pub fn run(a: &CdulTrainArgs, gpu: Option<&Arc<Gpu>>) -> Result<CdulTrainReport>
         resume: a.resume,
         out: a.out.clone(),
         progress: true,
+        dtype,
     };
     let transform =
         Transform::SquareResize { size: a.training.size, interp: Interpolation::Bilinear, norm: IMAGENET_NORM_NUMPY };
@@ -283,8 +284,8 @@ pub fn run(a: &CdulTrainArgs, gpu: Option<&Arc<Gpu>>) -> Result<CdulTrainReport>
     let mut samples = labels.samples;
     let eval = eval_set(&run, &labels.classes)?;
     if let Some(g) = gpu {
-        trainer.attach_cuda(g)?;
-        eprintln!("device: {} (f32 training)", g.name);
+        trainer.attach_cuda(g, dtype)?;
+        eprintln!("device: {} ({})", g.name, crate::train::run::training_precision(dtype));
     }
     let mut epochs = Vec::new();
     // Stopped after a checkpoint but before its update: make that update first.
