@@ -52,7 +52,7 @@ fn bf16_loss_curve_follows_f32() {
         return;
     }
     // Sanitizer off: 40 steps of the same kernels the rows below run sanitized (2-5x faster).
-    let gpu = Gpu::simulator(SimOptions { sanitize: false, profile: false }).unwrap();
+    let gpu = Gpu::simulator(SimOptions { sanitize: false, profile: false, ..SimOptions::default() }).unwrap();
     for head in [HeadKind::Cam] {
         let f32_curve = loss_curve(&gpu, DType::F32, head);
         let bf16_curve = loss_curve(&gpu, DType::BF16, head);
