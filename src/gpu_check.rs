@@ -212,6 +212,7 @@ pub fn per_kernel(launches: &[LaunchProfile]) -> Vec<KernelProfile> {
             *t.by_class.entry(c.clone()).or_default() += n;
         }
         t.flops += p.flops;
+        t.tensor_flops += p.tensor_flops;
         t.global_load_bytes += p.global_load_bytes;
         t.global_store_bytes += p.global_store_bytes;
         t.global_load_sectors += p.global_load_sectors;

@@ -108,6 +108,10 @@ fn run(cli: Cli) -> Result<()> {
     if (cli.no_sanitize || cli.profile || cli.sim_arch != SimArch::Sm80) && dev != Device::Sim {
         bail!("--no-sanitize, --profile and --sim-arch are options of the PTX simulator: add --device sim");
     }
+    // gpu-check runs kernels whatever --device says (GPU 0 by default), so its --dtype counts.
+    if cli.dtype != DType::F32 && dev == Device::Cpu && !matches!(cli.command, Command::GpuCheck(_)) {
+        bail!("--dtype {} is for --device cuda or sim: the CPU path computes in f32", cli.dtype);
+    }
     let sim_options = SimOptions { sanitize: !cli.no_sanitize, profile: cli.profile, arch: cli.sim_arch };
     let session = Session::open(dev, sim_options, cli.dtype, cli.gemm)?;
     let gpu = session.gpu.as_ref();

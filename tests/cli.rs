@@ -137,3 +137,20 @@ fn bad_weights_stop_with_a_message() {
     assert!(!ok);
     assert!(err.contains("truncated or corrupt") && !err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_dtype_without_a_device_is_an_error_not_a_silent_f32_run() {
+    let d = temp_dir("dtypecpu");
+    let (ok, err) = run(&[
+        "--dtype",
+        "bf16",
+        "embed",
+        "--images",
+        coco().to_str().unwrap(),
+        "--out",
+        d.join("o.safetensors").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--dtype bf16 is for --device cuda or sim"), "{err}");
+    assert!(!d.join("o.safetensors").exists(), "nothing is written");
+}

@@ -110,7 +110,8 @@ pub const H100_SXM: GpuPeaks =
 /// FLOPs of one warp-level mma.sync m16n8k16.
 pub const MMA_M16N8K16_FLOPS: u64 = 2 * 16 * 8 * 16;
 
-/// A lower bound of one launch's time on `gpu`: its tensor-core FLOPs at the tensor peak plus
+/// A lower bound of one launch's time on `gpu`: its tensor-core FLOPs (mma.sync and wgmma, as the
+/// simulator counts them) at the tensor peak plus
 /// its other FLOPs at the FMA peak, or its compulsory DRAM bytes at the memory peak, whichever
 /// is longer. Counts from the simulator; the real time is longer (latency, occupancy, L2).
 #[derive(Clone, Debug, Serialize)]
@@ -127,7 +128,7 @@ pub struct TimeBound {
 }
 
 pub fn time_bound(p: &LaunchProfile, gpu: &GpuPeaks) -> TimeBound {
-    let tensor = p.by_class.get("mma").copied().unwrap_or(0) * MMA_M16N8K16_FLOPS;
+    let tensor = p.tensor_flops;
     let simt = p.flops.saturating_sub(tensor);
     let compute = tensor as f64 / gpu.tensor_flops + simt as f64 / gpu.fma_flops;
     let memory = p.global_unique_bytes as f64 / gpu.dram_bytes;
@@ -317,12 +318,11 @@ ptxas info    : Used 255 registers, used 1 barriers, 392 bytes cmem[0]\n";
     #[test]
     fn time_bound_takes_the_slower_of_compute_and_memory() {
         let mut p = LaunchProfile { flops: 2_000_000, global_unique_bytes: 3_350_000, ..Default::default() };
-        p.by_class.insert("mma".into(), 0);
         let b = time_bound(&p, &H100_SXM);
         assert!((b.memory_us - 1.0).abs() < 1e-9);
         assert_eq!(b.limited_by, "memory");
-        p.by_class.insert("mma".into(), 1_000_000);
         p.flops = 1_000_000 * MMA_M16N8K16_FLOPS;
+        p.tensor_flops = p.flops;
         let b = time_bound(&p, &H100_SXM);
         assert_eq!(b.limited_by, "compute");
         assert!((b.compute_us - 1e6 * p.flops as f64 / H100_SXM.tensor_flops).abs() < 1e-6);

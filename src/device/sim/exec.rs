@@ -148,6 +148,7 @@ struct Counts {
     thread_instructions: u64,
     by_class: BTreeMap<&'static str, u64>,
     flops: u64,
+    tensor_flops: u64,
     global_load_bytes: u64,
     global_store_bytes: u64,
     global_load_sectors: u64,
@@ -167,6 +168,7 @@ impl Counts {
             *self.by_class.entry(k).or_default() += v;
         }
         self.flops += o.flops;
+        self.tensor_flops += o.tensor_flops;
         self.global_load_bytes += o.global_load_bytes;
         self.global_store_bytes += o.global_store_bytes;
         self.global_load_sectors += o.global_load_sectors;
@@ -287,6 +289,7 @@ pub fn run(l: &Launch) -> LaunchResult {
             thread_instructions: c.thread_instructions,
             by_class: c.by_class.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             flops: c.flops,
+            tensor_flops: c.tensor_flops,
             global_load_bytes: c.global_load_bytes,
             global_store_bytes: c.global_store_bytes,
             global_load_sectors: c.global_load_sectors,
@@ -720,6 +723,7 @@ impl<'a> Cta<'a> {
             c.flops += flops_of(inst) * active.count_ones() as u64;
             if matches!(inst.op, Op::Mma { .. }) {
                 c.flops += 2 * 16 * 8 * 16;
+                c.tensor_flops += 2 * 16 * 8 * 16;
             }
         }
         match &inst.op {
@@ -1837,6 +1841,7 @@ impl<'a> Cta<'a> {
         }
         if self.l.profile {
             self.counts.flops += 2 * 64 * n as u64 * 16;
+            self.counts.tensor_flops += 2 * 64 * n as u64 * 16;
         }
         Ok(())
     }

@@ -200,6 +200,8 @@ pub struct LaunchProfile {
     pub by_class: BTreeMap<String, u64>,
     /// Floating-point operations (2 per FMA; an m16n8k16 mma is 2*16*8*16 per warp).
     pub flops: u64,
+    /// The part of `flops` done on the tensor cores (mma.sync, and wgmma per warpgroup).
+    pub tensor_flops: u64,
     /// Bytes the active lanes asked for (global loads / stores, cp.async reads included in loads).
     pub global_load_bytes: u64,
     pub global_store_bytes: u64,
