@@ -529,19 +529,38 @@ __device__ void attention_flash_tc(const T* __restrict__ qkv, const float* __res
         // 16-key step; V is stored (key, dim), so its B operand comes from ldmatrix .trans:
         // matrices (keys 0-7, dims 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) = b0, b1 of two
         // adjacent 8-dim tiles.
+        // bf16 keeps 8 bits of P: alone, its rounding moves an output by up to 2^-9 of |V|, which
+        // is ~1e-2 of a row that averages many keys (the tolerance). So bf16 sends P as a sum of
+        // two bf16 terms, P = hi + lo with lo the rounding residual (16 bits together), through
+        // two products with V: 2x the P.V tensor work. The lo pass reloads its V fragments
+        // rather than keep both P terms live (that spilled at D = 64 on sm_80). f16 (11 bits)
+        // keeps one term.
+        constexpr int P_TERMS = std::is_same<T, __nv_bfloat16>::value ? 2 : 1;
 #pragma unroll
         for (int kk = 0; kk < NK / 2; ++kk) {
-            const uint32_t pa[4] = {attn_pack(s[2 * kk][0], s[2 * kk][1], T()),
-                                    attn_pack(s[2 * kk][2], s[2 * kk][3], T()),
-                                    attn_pack(s[2 * kk + 1][0], s[2 * kk + 1][1], T()),
-                                    attn_pack(s[2 * kk + 1][2], s[2 * kk + 1][3], T())};
 #pragma unroll
-            for (int n = 0; n < ND; n += 2) {
-                uint32_t r[4];
-                ldmatrix_x4_trans(
-                    r, smem_u32(vt + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + n * 8 + (lane >> 4) * 8));
-                mma_16816(o[n], pa, r, T());
-                mma_16816(o[n + 1], pa, r + 2, T());
+            for (int term = 0; term < P_TERMS; ++term) {
+                float* p0 = s[2 * kk];
+                float* p1 = s[2 * kk + 1];
+                const uint32_t pa[4] = {attn_pack(p0[0], p0[1], T()), attn_pack(p0[2], p0[3], T()),
+                                        attn_pack(p1[0], p1[1], T()), attn_pack(p1[2], p1[3], T())};
+                if (term + 1 < P_TERMS) {  // leave the residual for the next term
+#pragma unroll
+                    for (int w = 0; w < 4; ++w) {
+                        float* q = w < 2 ? p0 : p1;
+                        const int e = 2 * (w & 1);
+                        q[e] -= __uint_as_float(pa[w] << 16);
+                        q[e + 1] -= __uint_as_float(pa[w] & 0xffff0000u);
+                    }
+                }
+#pragma unroll
+                for (int n = 0; n < ND; n += 2) {
+                    uint32_t r[4];
+                    ldmatrix_x4_trans(r, smem_u32(vt + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + n * 8 +
+                                                  (lane >> 4) * 8));
+                    mma_16816(o[n], pa, r, T());
+                    mma_16816(o[n + 1], pa, r + 2, T());
+                }
             }
         }
     }
