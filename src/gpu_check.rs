@@ -221,6 +221,7 @@ pub fn per_kernel(launches: &[LaunchProfile]) -> Vec<KernelProfile> {
         t.global_store_requests += p.global_store_requests;
         t.shared_requests += p.shared_requests;
         t.shared_wavefronts += p.shared_wavefronts;
+        t.shared_ideal_wavefronts += p.shared_ideal_wavefronts;
         t.barriers += p.barriers;
         t.global_unique_bytes += p.global_unique_bytes;
     }
@@ -231,14 +232,14 @@ pub fn per_kernel(launches: &[LaunchProfile]) -> Vec<KernelProfile> {
 pub fn format_profile_table(kernels: &[KernelProfile]) -> String {
     let opt = |v: Option<f64>, digits: usize| v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into());
     let mut s = String::from(
-        "| kernel | launches | warp instr | lanes/instr | GFLOP | ld sector eff | st sector eff | smem wavefronts/req | barriers | H100 bound (us) |\n",
+        "| kernel | launches | warp instr | lanes/instr | GFLOP | ld sector eff | st sector eff | smem wavefronts/req | bank-conflict wavefronts/req | barriers | H100 bound (us) |\n",
     );
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for k in kernels {
         let e = resources::efficiencies(&k.totals);
         let b = resources::time_bound(&k.totals, &H100_SXM);
         s.push_str(&format!(
-            "| {}.{} | {} | {} | {} | {:.3} | {} | {} | {} | {} | {:.2} ({}) |\n",
+            "| {}.{} | {} | {} | {} | {:.3} | {} | {} | {} | {} | {} | {:.2} ({}) |\n",
             k.module,
             k.kernel,
             k.launches,
@@ -248,6 +249,7 @@ pub fn format_profile_table(kernels: &[KernelProfile]) -> String {
             opt(e.global_load_sector_efficiency, 2),
             opt(e.global_store_sector_efficiency, 2),
             opt(e.shared_wavefronts_per_request, 2),
+            opt(e.shared_bank_conflicts_per_request, 2),
             k.totals.barriers,
             b.bound_us,
             b.limited_by

@@ -149,8 +149,11 @@ pub struct Efficiencies {
     /// Requested bytes / (32 x sectors touched) of global loads (1.0 = fully coalesced).
     pub global_load_sector_efficiency: Option<f64>,
     pub global_store_sector_efficiency: Option<f64>,
-    /// Shared-memory wavefronts per request (1.0 = no bank conflicts).
+    /// Shared-memory wavefronts per request (1.0 for 4-byte accesses without bank conflicts; a
+    /// 16-byte access by a full warp needs 4 even without).
     pub shared_wavefronts_per_request: Option<f64>,
+    /// Wavefronts lost to bank conflicts (needed minus conflict-free) per request: 0.0 = none.
+    pub shared_bank_conflicts_per_request: Option<f64>,
     /// Mean active lanes per warp instruction (32 = no divergence).
     pub mean_active_lanes: Option<f64>,
 }
@@ -161,6 +164,10 @@ pub fn efficiencies(p: &LaunchProfile) -> Efficiencies {
         global_load_sector_efficiency: ratio(p.global_load_bytes, 32 * p.global_load_sectors),
         global_store_sector_efficiency: ratio(p.global_store_bytes, 32 * p.global_store_sectors),
         shared_wavefronts_per_request: ratio(p.shared_wavefronts, p.shared_requests),
+        shared_bank_conflicts_per_request: ratio(
+            p.shared_wavefronts.saturating_sub(p.shared_ideal_wavefronts),
+            p.shared_requests,
+        ),
         mean_active_lanes: ratio(p.thread_instructions, p.warp_instructions),
     }
 }

@@ -157,6 +157,7 @@ struct Counts {
     global_store_requests: u64,
     shared_requests: u64,
     shared_wavefronts: u64,
+    shared_ideal_wavefronts: u64,
     barriers: u64,
 }
 
@@ -177,6 +178,7 @@ impl Counts {
         self.global_store_requests += o.global_store_requests;
         self.shared_requests += o.shared_requests;
         self.shared_wavefronts += o.shared_wavefronts;
+        self.shared_ideal_wavefronts += o.shared_ideal_wavefronts;
         self.barriers += o.barriers;
     }
 }
@@ -298,6 +300,7 @@ pub fn run(l: &Launch) -> LaunchResult {
             global_store_requests: c.global_store_requests,
             shared_requests: c.shared_requests,
             shared_wavefronts: c.shared_wavefronts,
+            shared_ideal_wavefronts: c.shared_ideal_wavefronts,
             barriers: c.barriers,
             global_unique_bytes: sectors.as_ref().map_or(0, |s| s.count() * 32),
         }
@@ -1266,7 +1269,9 @@ impl<'a> Cta<'a> {
             }
             Space::Shared => {
                 self.counts.shared_requests += 1;
-                self.counts.shared_wavefronts += wavefronts(addrs, active, len);
+                let (actual, ideal) = wavefronts(addrs, active, len);
+                self.counts.shared_wavefronts += actual;
+                self.counts.shared_ideal_wavefronts += ideal;
             }
             Space::Param => {}
         }
@@ -1402,7 +1407,9 @@ impl<'a> Cta<'a> {
             }
             let lanes_mask = if num * 8 >= 32 { u32::MAX } else { (1u32 << (num * 8)) - 1 };
             self.counts.shared_requests += 1;
-            self.counts.shared_wavefronts += wavefronts(&addrs, lanes_mask, 16);
+            let (actual, ideal) = wavefronts(&addrs, lanes_mask, 16);
+            self.counts.shared_wavefronts += actual;
+            self.counts.shared_ideal_wavefronts += ideal;
         }
         let mut read_row =
             |a: u32| -> Result<[u16; 8], String> { row_data.get(&a).copied().ok_or_else(|| format!("row {a:#x}")) };
@@ -1912,16 +1919,18 @@ fn lanes(mask: u32) -> impl Iterator<Item = usize> {
     })
 }
 
-/// Shared-memory wavefronts of one warp request: 32 banks of 4 bytes; accesses wider than 4
-/// bytes are served a half (8 bytes) or a quarter (16 bytes) of the warp at a time; within a
-/// phase, the wavefronts are the most distinct 4-byte words any one bank must deliver.
-fn wavefronts(addrs: &[u64; 32], active: u32, len: u32) -> u64 {
+/// Shared-memory wavefronts of one warp request, as (needed, conflict-free): 32 banks of 4
+/// bytes; accesses wider than 4 bytes are served a half (8 bytes) or a quarter (16 bytes) of the
+/// warp at a time; within a phase the wavefronts needed are the most distinct 4-byte words any
+/// one bank must deliver, and the conflict-free count is what the phase's distinct words would
+/// take spread evenly over the banks (ceil(words / 32)). The difference is bank conflicts.
+fn wavefronts(addrs: &[u64; 32], active: u32, len: u32) -> (u64, u64) {
     let per_phase = match len {
         0..=4 => 32,
         5..=8 => 16,
         _ => 8,
     };
-    let mut total = 0u64;
+    let (mut needed, mut ideal) = (0u64, 0u64);
     for phase in 0..(32 / per_phase) {
         let mut words: Vec<u64> = Vec::with_capacity(128);
         for (lane, &a) in addrs.iter().enumerate().skip(phase * per_phase).take(per_phase) {
@@ -1938,12 +1947,13 @@ fn wavefronts(addrs: &[u64; 32], active: u32, len: u32) -> u64 {
         words.sort_unstable();
         words.dedup();
         let mut per_bank = [0u32; 32];
-        for wd in words {
+        for &wd in &words {
             per_bank[(wd % 32) as usize] += 1;
         }
-        total += *per_bank.iter().max().unwrap_or(&1) as u64;
+        needed += *per_bank.iter().max().unwrap_or(&1) as u64;
+        ideal += words.len().div_ceil(32) as u64;
     }
-    total
+    (needed, ideal)
 }
 
 fn compare(c: Cmp, ty: Ty, a: u64, b: u64) -> bool {
@@ -2195,4 +2205,33 @@ fn convert(inst: &Inst, from: Ty, to: Ty, a: u64) -> Result<u64, String> {
         _ => return Err(format!("cvt {from:?} → {to:?}")),
     };
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wavefronts;
+
+    fn lanes(f: impl Fn(u64) -> u64) -> [u64; 32] {
+        std::array::from_fn(|l| f(l as u64))
+    }
+
+    #[test]
+    fn wavefronts_count_bank_conflicts_against_the_conflict_free_count() {
+        // Consecutive words: one wavefront, none wasted.
+        assert_eq!(wavefronts(&lanes(|l| 4 * l), u32::MAX, 4), (1, 1));
+        // Everyone on the same word is a broadcast, not a conflict.
+        assert_eq!(wavefronts(&lanes(|_| 64), u32::MAX, 4), (1, 1));
+        // A column of a 32-float row-major tile: all lanes on bank 0, a 32-way conflict.
+        assert_eq!(wavefronts(&lanes(|l| 128 * l), u32::MAX, 4), (32, 1));
+        // Padding the row to 33 floats spreads the column over the banks.
+        assert_eq!(wavefronts(&lanes(|l| 132 * l), u32::MAX, 4), (1, 1));
+        // 16-byte accesses go a quarter warp at a time: 4 wavefronts are the floor.
+        assert_eq!(wavefronts(&lanes(|l| 16 * l), u32::MAX, 16), (4, 4));
+        // Rows of 16 bytes at a 64-byte pitch (an unswizzled 32-element bf16 tile read by
+        // ldmatrix): the 8 rows of a phase fall on 2 groups of 4 banks, a 4-way conflict.
+        assert_eq!(wavefronts(&lanes(|l| 64 * l), u32::MAX, 16), (16, 4));
+        // Inactive lanes ask for nothing: half a warp of 4-byte words on distinct banks.
+        assert_eq!(wavefronts(&lanes(|l| 4 * l), 0xffff, 4), (1, 1));
+        assert_eq!(wavefronts(&lanes(|l| 4 * l), 0, 4), (0, 0));
+    }
 }

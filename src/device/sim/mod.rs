@@ -211,10 +211,13 @@ pub struct LaunchProfile {
     /// Warp-level global memory instructions.
     pub global_load_requests: u64,
     pub global_store_requests: u64,
-    /// Warp-level shared memory instructions (ld/st/ldmatrix/cp.async writes) and the
-    /// wavefronts they need (1 per request without bank conflicts).
+    /// Warp-level shared memory instructions (ld/st/ldmatrix/cp.async writes), the wavefronts
+    /// they need, and the wavefronts they would need without bank conflicts (1 per request for
+    /// 4-byte accesses, 2 for 8-byte, 4 for 16-byte by a full warp): `shared_wavefronts -
+    /// shared_ideal_wavefronts` is the bank conflicts' cost.
     pub shared_requests: u64,
     pub shared_wavefronts: u64,
+    pub shared_ideal_wavefronts: u64,
     /// bar.sync executions (per warp).
     pub barriers: u64,
     /// Distinct 32-byte global sectors the whole launch touched (loads and stores), times 32:
