@@ -311,6 +311,21 @@ __device__ __forceinline__ uint32_t attn_pack(float lo, float hi, __half) {
     const __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<const uint32_t*>(&v);
 }
+// Which 16-byte chunk (row, column) of a tile of CHUNKS chunks a row the idx-th copy moves.
+// Shared memory serves 16-byte accesses a quarter warp (8 lanes) at a time. With 8 or more chunks
+// a row those 8 lanes take 8 consecutive chunks of one row (8 bank groups). With D = 32 (4 chunks)
+// row-major order would put two rows in a phase, and at the padded stride of 5 chunks the last
+// chunk of the second row lands on the first chunk's bank group (2 wavefronts); so the 8 lanes
+// take one chunk of 8 consecutive rows instead, which the odd stride spreads over 8 groups. A
+// warp still covers whole rows (8 rows x 64 bytes), so global sectors are used in full.
+template <int CHUNKS>
+__device__ __forceinline__ int2 attn_tile_chunk(int idx) {
+    if constexpr (CHUNKS >= 8) {
+        return make_int2(idx / CHUNKS, (idx % CHUNKS) * 8);
+    } else {
+        return make_int2((idx / (8 * CHUNKS)) * 8 + (idx & 7), ((idx >> 3) % CHUNKS) * 8);
+    }
+}
 // ROWS token rows from `row0` of one head's D columns at `src` (row stride `row_stride`) into
 // shared rows of D + TC_PAD, 16 bytes per cp.async; rows at or past n_tok are zero-filled.
 template <typename T, int D, int ROWS>
@@ -318,10 +333,11 @@ __device__ __forceinline__ void attn_load_rows_async(T* __restrict__ dst, const 
                                                      size_t row_stride, int row0, int n_tok) {
     constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
     static_assert((ROWS * CHUNKS) % (TC_WARPS * 32) == 0, "chunks must divide among the threads");
+    static_assert(CHUNKS >= 8 || ROWS % 8 == 0, "attn_tile_chunk spreads a quarter warp over 8 rows");
 #pragma unroll
     for (int k = 0; k < ROWS * CHUNKS / (TC_WARPS * 32); ++k) {
-        const int idx = threadIdx.x + k * TC_WARPS * 32;
-        const int r = idx / CHUNKS, c = (idx % CHUNKS) * 8;
+        const int2 rc = attn_tile_chunk<CHUNKS>(threadIdx.x + k * TC_WARPS * 32);
+        const int r = rc.x, c = rc.y;
         const bool in = row0 + r < n_tok;
         const T* p = in ? src + (size_t)(row0 + r) * row_stride + c : src;
         cp_async_16(smem_u32(dst + r * (D + TC_PAD) + c), p, in ? 16 : 0);
@@ -592,8 +608,8 @@ __device__ void attention_flash_tc(const T* __restrict__ qkv, const float* __res
     constexpr int CHUNKS = D / 8;  // 16-byte chunks per output row
 #pragma unroll
     for (int k = 0; k < 16 * CHUNKS / 32; ++k) {
-        const int idx = lane + 32 * k;
-        const int r = idx / CHUNKS, c = (idx % CHUNKS) * 8;
+        const int2 rc = attn_tile_chunk<CHUNKS>(lane + 32 * k);
+        const int r = rc.x, c = rc.y;
         const int i = q0 + warp * 16 + r;
         if (i < n_tok)
             *reinterpret_cast<uint4*>(out + ((size_t)b * n_tok + i) * C + (size_t)h * D + c) =
