@@ -412,7 +412,7 @@ struct BwdDataGeom {
 // The dy pixel grid one A row reads from: the offset of its image in dy and (oyb + i, oxb + j);
 // a row past M gets an origin so far outside dy that every tap reads zeros.
 struct DyOrigin {
-    size_t image;  // b * Ho*Wo*Cout
+    int image;  // b * Ho*Wo: the image's first pixel in dy
     int oy0, ox0;
 };
 
@@ -427,7 +427,7 @@ __device__ __forceinline__ DyOrigin dy_origin(const BwdDataGeom& g, int m) {
     const int hw = g.Hp * g.Wp;
     const int b = m / hw, p = m - b * hw;
     const int i = p / g.Wp, j = p - i * g.Wp;
-    o.image = (size_t)b * g.Ho * g.Wo * g.Cout;
+    o.image = b * g.Ho * g.Wo;
     o.oy0 = g.oyb + i;
     o.ox0 = g.oxb + j;
     return o;
@@ -473,7 +473,7 @@ __device__ __forceinline__ void load_stage_bwd_data(T* __restrict__ stage, const
             const int r = a_row0 + 32 * i;
             const int oy = origin[i].oy0 - tp.jy, ox = origin[i].ox0 - tp.jx;
             const bool in = k_in && oy >= 0 && oy < g.Ho && ox >= 0 && ox < g.Wo;
-            const T* src = in ? dy + origin[i].image + ((size_t)oy * g.Wo + ox) * g.Cout + tp.co : dy;
+            const T* src = in ? dy + (size_t)(origin[i].image + oy * g.Wo + ox) * g.Cout + tp.co : dy;
             cp_async_16(smem_u32(As + swz(r, a_chunk)), src, in ? 16 : 0);
         }
 #pragma unroll
@@ -497,7 +497,7 @@ __device__ __forceinline__ void load_stage_bwd_data(T* __restrict__ stage, const
                 for (int h = 0; h < 2; ++h) {
                     const int oy = origin[i].oy0 - tp.jy, ox = origin[i].ox0 - tp.jx;
                     const bool in = ka + j + h < g.K && oy >= 0 && oy < g.Ho && ox >= 0 && ox < g.Wo;
-                    v[h] = in ? dy[origin[i].image + ((size_t)oy * g.Wo + ox) * g.Cout + tp.co] : zero;
+                    v[h] = in ? dy[(size_t)(origin[i].image + oy * g.Wo + ox) * g.Cout + tp.co] : zero;
                     // Step k by one: channel, then tap column, then tap row.
                     if (++tp.co == g.Cout) {
                         tp.co = 0;

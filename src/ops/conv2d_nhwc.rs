@@ -13,7 +13,7 @@ use crate::device::cuda::check::{
 use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 use crate::ops::conv2d::{conv2d_cpu, conv2d_cuda, conv2d_reference, Conv2dShape};
-use crate::ops::conv2d_backward::conv2d_backward_reference;
+use crate::ops::conv2d_backward::{conv2d_backward_data_cuda, conv2d_backward_reference, conv2d_backward_weight_cuda};
 
 /// (B, H, W, C) -> (B, C, H, W).
 pub fn nhwc_to_nchw(x: &[f32], b: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
@@ -298,10 +298,11 @@ pub fn conv2d_nhwc_backward_data_cuda(
     }
     w.expect_dtype(dy.dtype(), &format!("{what} weight"))?;
     dx.expect_dtype(dy.dtype(), &format!("{what} dx"))?;
-    // The kernel indexes pixels of one phase, the reduction and one image of dx in int; tensor
-    // offsets are 64-bit.
+    // The kernel indexes pixels (of dx and of dy) and the reduction in int; tensor offsets are
+    // 64-bit.
     let phase_pixels = s.batch * s.h.div_ceil(s.stride) * s.w.div_ceil(s.stride);
     to_i32(s.batch * s.h * s.w, &format!("{what} B*H*W"))?;
+    to_i32(s.batch * ho * wo, &format!("{what} B*Ho*Wo"))?;
     to_i32(s.kernel * s.kernel * s.c_out, &format!("{what} k*k*C_out"))?;
     to_i32(s.stride * s.stride, &format!("{what} stride phases"))?;
     let cfg = LaunchConfig {
@@ -668,6 +669,63 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 },
             ));
         }
+    }
+    // The NCHW tensor-core backward kernels (conv2d_backward_{data,weight}_tc_bf16) on the same
+    // ResNet-50 shapes in bf16: the baseline the profile compares.
+    let resnet = |cases: &[Case]| -> Vec<Case> { cases.iter().filter(|c| !c.what.contains("odd")).copied().collect() };
+    for c in resnet(backward_data) {
+        let dtype = DType::BF16;
+        checks.push(GpuCheck::new(
+            "conv2d_nchw_backward_data_baseline",
+            label(&c, "NCHW"),
+            dtype,
+            Work::Flops(flops(&c.s)),
+            move |gpu, rng| {
+                let s = c.s;
+                let (ho, wo) = s.out_hw();
+                let dx_shape = [s.batch, s.c_in, s.h, s.w];
+                let shapes = [[s.batch, s.c_out, ho, wo], [s.c_out, s.c_in, s.kernel, s.kernel], dx_shape];
+                let CaseInputs { xd: dyd, wd, x: dy, w, .. } = case_inputs(gpu, rng, &c, dtype, shapes)?;
+                let x_unused = vec![0.0f32; dx_shape.iter().product()];
+                let (_, dx) = conv2d_backward_reference(&x_unused, &w, &dy, &s);
+                let want: Vec<f32> = dx.iter().map(|&v| v as f32).collect();
+                launch_and_compare(
+                    gpu,
+                    poisoned(gpu, &dx_shape, dtype)?,
+                    move |g, dx| conv2d_backward_data_cuda(g, &dyd, &wd, &s, dx),
+                    |g, dx| max_rel_err_all(g, &[(dx, &want)]),
+                )
+            },
+        ));
+    }
+    for c in resnet(backward_weight) {
+        let dtype = DType::BF16;
+        checks.push(GpuCheck::new(
+            "conv2d_nchw_backward_weight_baseline",
+            label(&c, "NCHW"),
+            dtype,
+            Work::Flops(flops(&c.s)),
+            move |gpu, rng| {
+                let s = c.s;
+                let (ho, wo) = s.out_hw();
+                let w_shape = [s.c_out, s.c_in, s.kernel, s.kernel];
+                let shapes = [[s.batch, s.c_in, s.h, s.w], w_shape, [s.batch, s.c_out, ho, wo]];
+                let CaseInputs { xd, x, .. } = case_inputs(gpu, rng, &c, dtype, shapes)?;
+                let dy_shape = [s.batch, s.c_out, ho, wo];
+                let dyd =
+                    CudaTensor::from_f32(gpu, &dy_shape, &random_vec(rng, dy_shape.iter().product(), 1.0), dtype)?;
+                let dy = dyd.to_f32_vec(gpu)?;
+                let dw0 = random_vec(rng, w_shape.iter().product(), 1.0);
+                let (grad, _) = conv2d_backward_reference(&x, &vec![0.0; dw0.len()], &dy, &s);
+                let want: Vec<f32> = dw0.iter().zip(&grad).map(|(&a, &d)| (a as f64 + d) as f32).collect();
+                launch_and_compare(
+                    gpu,
+                    CudaTensor::from_f32(gpu, &w_shape, &dw0, DType::F32)?,
+                    move |g, dw| conv2d_backward_weight_cuda(g, &xd, &dyd, &s, dw),
+                    |g, dw| max_rel_err_all(g, &[(dw, &want)]),
+                )
+            },
+        ));
     }
     // The NCHW kernel on the same ResNet-50 convolutions: the baseline the profile compares.
     for &c in CASES.iter().filter(|c| !c.what.starts_with("odd")) {
