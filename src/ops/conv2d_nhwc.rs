@@ -336,8 +336,16 @@ pub fn conv2d_nhwc_backward_data_cuda(
     )
 }
 
-/// Output channels of a backward-weight block (its GEMM's m) and pixels per k tile.
-const WEIGHT_TILE_CHANNELS: usize = 128;
+/// Output channels of a backward-weight block (its GEMM's m): 64 when C_out <= 64 (the `_m64`
+/// entry points, whose tile is not half empty on 64-channel layers), else 128.
+fn weight_tile_channels(c_out: usize) -> usize {
+    if c_out <= 64 {
+        64
+    } else {
+        128
+    }
+}
+/// Taps x channels (n) of a backward-weight block and pixels per k tile.
 const WEIGHT_TILE_TAPS: usize = 64;
 const WEIGHT_TILE_PIXELS: usize = 32;
 /// Split-K: about this many blocks in all (two waves of 132 SMs at 1 block each), but no split
@@ -347,7 +355,8 @@ const WEIGHT_MIN_TILES: usize = 16;
 
 /// (splits, pixel tiles per split) of the weight gradient: every split non-empty.
 fn weight_split(s: &Conv2dShape, ho: usize, wo: usize) -> (usize, usize) {
-    let tiles = s.c_out.div_ceil(WEIGHT_TILE_CHANNELS) * (s.kernel * s.kernel * s.c_in).div_ceil(WEIGHT_TILE_TAPS);
+    let tiles =
+        s.c_out.div_ceil(weight_tile_channels(s.c_out)) * (s.kernel * s.kernel * s.c_in).div_ceil(WEIGHT_TILE_TAPS);
     let steps = (s.batch * ho * wo).div_ceil(WEIGHT_TILE_PIXELS);
     let wanted = WEIGHT_TARGET_BLOCKS.div_ceil(tiles).min(steps.div_ceil(WEIGHT_MIN_TILES)).max(1);
     let per_split = steps.div_ceil(wanted);
@@ -357,7 +366,8 @@ fn weight_split(s: &Conv2dShape, ho: usize, wo: usize) -> (usize, usize) {
 /// CUDA launcher of backward-weight: dw (C_out, k, k, C_in) f32 += the gradient from x (B, H, W,
 /// C_in) and dy (B, Ho, Wo, C_out), both bf16 or both f16 (the f32 master gradient of the bf16
 /// training step); accumulates like `conv2d_backward_weight_cuda`. kernels/conv2d_nhwc.cu
-/// `conv2d_nhwc_backward_weight`: a GEMM C_out x (k, k, C_in) over the B*Ho*Wo pixels, split
+/// `conv2d_nhwc_backward_weight` (`_m64` for C_out <= 64: a 64-channel block tile instead of 128,
+/// which would be half empty): a GEMM C_out x (k, k, C_in) over the B*Ho*Wo pixels, split
 /// along the pixels; with more than one split the f32 partials go to a scratch buffer and
 /// `conv2d_backward_weight_reduce` (kernels/conv2d_backward.cu, the NCHW op's second pass, same
 /// contract) adds them to dw in split order: no atomics, the same bits on every run.
@@ -391,11 +401,12 @@ pub fn conv2d_nhwc_backward_weight_cuda(
     let (splits, per_split) = weight_split(s, ho, wo);
     to_i32(splits * m * n, &format!("{what} split-K partial elements"))?;
     let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(WEIGHT_TILE_TAPS) as u32, m.div_ceil(WEIGHT_TILE_CHANNELS) as u32, splits as u32),
+        grid_dim: (n.div_ceil(WEIGHT_TILE_TAPS) as u32, m.div_ceil(weight_tile_channels(m)) as u32, splits as u32),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let name = format!("conv2d_nhwc_backward_weight_{}", x.dtype().suffix());
+    let variant = if weight_tile_channels(m) == 64 { "_m64" } else { "" };
+    let name = format!("conv2d_nhwc_backward_weight{variant}_{}", x.dtype().suffix());
     let launch = |out: &CudaTensor, accumulate: i32| -> Result<()> {
         gpu.launch(
             "conv2d_nhwc",
@@ -625,8 +636,8 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     }
     // Backward-weight: the same kinds; the 1x1 at B=2 28x28 and the stem at 64x64 have enough
     // pixels to be split (4 and 2 splits, through the reduce kernel), the others run one split
-    // accumulating straight into dw. dw starts random: the kernel must add, and an unwritten
-    // element shows.
+    // accumulating straight into dw. Rows with C_out <= 64 take the 64-channel tile (`_m64`), the
+    // others the 128. dw starts random: the kernel must add, and an unwritten element shows.
     let backward_weight: &[Case] = &[
         case("bwd-weight layer1 3x3", 1, 64, (14, 14), 64, 3, 1, (false, false, false)),
         case("bwd-weight layer1 1x1 64->256", 1, 64, (14, 14), 256, 1, 1, (false, false, false)),
