@@ -1,4 +1,5 @@
-// 2-D convolution, channels-last (NHWC), as a multistage implicit GEMM on the tensor cores.
+// 2-D convolution, channels-last (NHWC), as a multistage implicit GEMM on the tensor cores; the
+// backward kernels (dx for any stride, dw) follow at the end of the file on the same pipeline.
 //
 // y[m, n] = sum_k A[m, k] * w[n, k] with
 //   m = (b, oy, ox) over B*Ho*Wo output pixels, n = output channel, k = (ky, kx, ci) over

@@ -1,9 +1,10 @@
 //! 2-D convolution on channels-last (NHWC) activations: x (B, H, W, C_in), filters
 //! (C_out, k, k, C_in), y (B, Ho, Wo, C_out), with conv2d's fused epilogue
 //! y = relu?((residual + conv) + bias); and a batch norm folded into a convolution for inference.
-//! The kernel (kernels/conv2d_nhwc.cu) is a multistage cp.async implicit GEMM on the tensor
-//! cores (bf16 / f16); the layout makes 8 consecutive reduction indices 8 consecutive channels,
-//! one 16-byte load.
+//! Its gradients too: backward-data (dx, any stride) and backward-weight (an f32 dw, accumulated).
+//! The kernels (kernels/conv2d_nhwc.cu) are multistage cp.async implicit GEMMs on the tensor
+//! cores (bf16 / f16); the layout makes 8 consecutive reduction indices (or output columns) 8
+//! consecutive channels, one 16-byte load.
 
 use cudarc::driver::LaunchConfig;
 
