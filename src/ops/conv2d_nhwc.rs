@@ -857,6 +857,59 @@ mod tests {
     }
 
     #[test]
+    fn backward_launchers_refuse_bad_inputs_and_pick_their_kernels() {
+        // On the launch recorder (nothing runs): typed errors for wrong dtypes and shapes, and the
+        // entry points each shape takes.
+        if !crate::device::cuda::has_kernels() {
+            return;
+        }
+        let gpu = Gpu::launch_recorder().unwrap();
+        let t = |shape: &[usize], dtype| CudaTensor::empty(&gpu, shape, dtype).unwrap();
+        let s = Conv2dShape { batch: 1, c_in: 16, h: 9, w: 9, c_out: 64, kernel: 3, stride: 2, pad: 1 };
+        let (ho, wo) = s.out_hw();
+        let (x, dy, w) =
+            (t(&[1, 9, 9, 16], DType::BF16), t(&[1, ho, wo, 64], DType::BF16), t(&[64, 3, 3, 16], DType::BF16));
+        let mut dx = t(&[1, 9, 9, 16], DType::BF16);
+        let mut dw = t(&[64, 3, 3, 16], DType::F32);
+        conv2d_nhwc_backward_data_cuda(&gpu, &dy, &w, &s, &mut dx).unwrap();
+        conv2d_nhwc_backward_weight_cuda(&gpu, &x, &dy, &s, &mut dw).unwrap();
+        // C_out 128: the 128-channel weight tile; B=4 32x32 at stride 1: enough pixels to split.
+        let big = Conv2dShape { batch: 4, c_in: 8, h: 32, w: 32, c_out: 128, kernel: 1, stride: 1, pad: 0 };
+        let mut dw_big = t(&[128, 1, 1, 8], DType::F32);
+        conv2d_nhwc_backward_weight_cuda(
+            &gpu,
+            &t(&[4, 32, 32, 8], DType::F16),
+            &t(&[4, 32, 32, 128], DType::F16),
+            &big,
+            &mut dw_big,
+        )
+        .unwrap();
+        let names: Vec<String> = gpu.recorded_launches().iter().map(|l| l.function.clone()).collect();
+        assert_eq!(
+            names,
+            [
+                "conv2d_nhwc_backward_data_bf16",
+                "conv2d_nhwc_backward_weight_m64_bf16",
+                "conv2d_nhwc_backward_weight_f16",
+                "conv2d_backward_weight_reduce"
+            ]
+        );
+        assert!(gpu.recorded_launches().iter().all(|l| l.mismatch.is_none()));
+        // dw must be f32; f32 activations are not the tensor-core kernels'; shapes must match.
+        let mut dw_bf16 = t(&[64, 3, 3, 16], DType::BF16);
+        assert!(conv2d_nhwc_backward_weight_cuda(&gpu, &x, &dy, &s, &mut dw_bf16).is_err());
+        let (dy32, w32) = (t(&[1, ho, wo, 64], DType::F32), t(&[64, 3, 3, 16], DType::F32));
+        let mut dx32 = t(&[1, 9, 9, 16], DType::F32);
+        assert!(conv2d_nhwc_backward_data_cuda(&gpu, &dy32, &w32, &s, &mut dx32).is_err());
+        assert!(conv2d_nhwc_backward_data_cuda(&gpu, &dy, &w32, &s, &mut dx).is_err());
+        let wrong = Conv2dShape { c_in: 8, ..s };
+        assert!(conv2d_nhwc_backward_data_cuda(&gpu, &dy, &w, &wrong, &mut dx).is_err());
+        assert!(conv2d_nhwc_backward_weight_cuda(&gpu, &x, &dy, &wrong, &mut dw).is_err());
+        let too_small = Conv2dShape { kernel: 13, ..s };
+        assert!(conv2d_nhwc_backward_data_cuda(&gpu, &dy, &w, &too_small, &mut dx).is_err());
+    }
+
+    #[test]
     fn folded_batchnorm_is_conv_then_batchnorm() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let s = Conv2dShape { batch: 2, c_in: 6, h: 7, w: 5, c_out: 4, kernel: 3, stride: 1, pad: 1 };
