@@ -166,7 +166,8 @@ __device__ void batchnorm_backward_partial(const T* __restrict__ x, const T* __r
 LF_BN_TYPES(LF_BN_BACKWARD_PARTIAL)
 
 // Backward stage 2, one thread per channel: sums the partials in f64, in order; dbeta, dgamma
-// accumulated; sums (C, 2) = the means (sum dy / N, sum dy*xhat / N) for the dx pass.
+// accumulated; means (2, C) = (sum dy / N, sum dy*xhat / N) for the dx pass (two rows, so the
+// dx pass reads each coalesced over consecutive channels in the channels-last form).
 extern "C" __global__ void batchnorm_backward_finalize_f32(const float* __restrict__ partial, int C, int S, int N,
                                                            float* __restrict__ dgamma, float* __restrict__ dbeta,
                                                            float* __restrict__ means) {
@@ -182,8 +183,8 @@ extern "C" __global__ void batchnorm_backward_finalize_f32(const float* __restri
     dgamma[c] += (float)sdyx;
     // The CPU divides the f64 sums by N as an f32 widened to f64.
     const double n = (double)(float)N;
-    means[2 * c] = (float)(sdy / n);
-    means[2 * c + 1] = (float)(sdyx / n);
+    means[c] = (float)(sdy / n);
+    means[C + c] = (float)(sdyx / n);
 }
 
 // Backward stage 3: dx = gamma*rstd * (dy - mean(dy) - xhat * mean(dy*xhat)), overwritten.
@@ -195,7 +196,7 @@ __device__ void batchnorm_backward_dx(const T* __restrict__ x, const T* __restri
         const int c = (int)((i / HW) % C);
         const float r = rstd[c];
         const float k = gamma[c] * r;
-        dx[i] = from_float<T>(k * (to_float(dy[i]) - means[2 * c] - (to_float(x[i]) - mean[c]) * r * means[2 * c + 1]));
+        dx[i] = from_float<T>(k * (to_float(dy[i]) - means[c] - (to_float(x[i]) - mean[c]) * r * means[C + c]));
     }
 }
 

@@ -140,10 +140,14 @@ __device__ void maxpool_backward_nhwc(const T* __restrict__ dy, const int* __res
         const int ox1 = min((ix + pad) / stride, Wo - 1);
         const long long base = b * Ho * Wo * C + c;
         float g = 0.0f;
+        // dy is read for every covering window and selected, not read under the argmax test: a
+        // warp's 32 channels nearly always hold some match, so the sectors are fetched anyway,
+        // and a masked load would use a fraction of them. Adding +0.0 leaves g as it is.
         for (int oy = oy0; oy <= oy1; ++oy)
             for (int ox = ox0; ox <= ox1; ++ox) {
                 const long long o = base + (long long)(oy * Wo + ox) * C;
-                if (argmax[o] == self) g += to_float(dy[o]);
+                const float v = to_float(dy[o]);
+                g += argmax[o] == self ? v : 0.0f;
             }
         dx[i] = from_float<T>(g);
     }

@@ -321,7 +321,7 @@ pub fn batch_norm_backward_cuda(
     let n = b * hw;
     let (cfg, s) = split_config(c, n);
     let (ci, hwi, ni) = (to_i32(c, "C")?, to_i32(hw, "HW")?, to_i32(n, "B*HW")?);
-    // Workspace: partials (C, S, 2) at 0, per-channel means (C, 2) after C*S*3.
+    // Workspace: partials (C, S, 2) at 0, per-channel means (2, C) after C*S*3.
     let means = f32_arg_at(gpu, workspace, c * s * 3);
     let args = [
         x.arg(gpu),
@@ -586,7 +586,7 @@ pub fn batch_norm_backward_nhwc_cuda(
     check_nhwc_workspace(WHAT, workspace, rows, c)?;
     let (cfg, s) = nhwc_split_config(WHAT, rows, c)?;
     let (ci, ni) = (to_i32(c, "C")?, to_i32(rows, "B*H*W")?);
-    // Workspace: partials (C, S, 2) at 0, per-channel means (C, 2) after C*S*3.
+    // Workspace: partials (C, S, 2) at 0, per-channel means (2, C) after C*S*3.
     let means = f32_arg_at(gpu, workspace, c * s * 3);
     let args = [
         x.arg(gpu),
