@@ -855,4 +855,48 @@ mod tests {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
     }
+
+    /// The channels-last forms agree with the NCHW ones through the layout transposes (f64 sums
+    /// in another order: equal to f32 rounding).
+    #[test]
+    fn batch_norm_nhwc_matches_nchw_through_transposes() {
+        use crate::ops::layout::{nchw_to_nhwc_cpu, nhwc_to_nchw_cpu};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let (b, c, hw) = (2, 7, 6);
+        let n = b * c * hw;
+        let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0..2.0) + 1.0).collect();
+        let dy: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let gamma: Vec<f32> = (0..c).map(|_| rng.gen_range(0.5..1.5)).collect();
+        let beta: Vec<f32> = (0..c).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let close = |a: &[f32], b: &[f32]| {
+            for (u, v) in a.iter().zip(b) {
+                assert!((u - v).abs() <= 1e-5 * (1.0 + v.abs()), "{u} vs {v}");
+            }
+        };
+        let (mut rm, mut rv, mut y, mut mean, mut rstd) =
+            (vec![0.1; c], vec![1.5; c], vec![0.0; n], vec![0.0; c], vec![0.0; c]);
+        batch_norm_train_cpu(&x, b, c, hw, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd);
+        let (mut dx, mut dg, mut db) = (vec![0.0; n], vec![0.0; c], vec![0.0; c]);
+        batch_norm_backward_cpu(&x, &dy, b, c, hw, &gamma, &mean, &rstd, &mut dx, &mut dg, &mut db);
+
+        let (xn, dyn_) = (nchw_to_nhwc_cpu(&x, b, c, hw, c), nchw_to_nhwc_cpu(&dy, b, c, hw, c));
+        let (mut rm2, mut rv2, mut y2, mut mean2, mut rstd2) =
+            (vec![0.1; c], vec![1.5; c], vec![0.0; n], vec![0.0; c], vec![0.0; c]);
+        batch_norm_train_nhwc_cpu(&xn, b * hw, c, &gamma, &beta, &mut rm2, &mut rv2, &mut y2, &mut mean2, &mut rstd2);
+        close(&nhwc_to_nchw_cpu(&y2, b, hw, c, c), &y);
+        close(&mean2, &mean);
+        close(&rstd2, &rstd);
+        close(&rm2, &rm);
+        close(&rv2, &rv);
+        let (mut dx2, mut dg2, mut db2) = (vec![0.0; n], vec![0.0; c], vec![0.0; c]);
+        batch_norm_backward_nhwc_cpu(&xn, &dyn_, b * hw, c, &gamma, &mean2, &rstd2, &mut dx2, &mut dg2, &mut db2);
+        close(&nhwc_to_nchw_cpu(&dx2, b, hw, c, c), &dx);
+        close(&dg2, &dg);
+        close(&db2, &db);
+        let mut ye = vec![0.0; n];
+        batch_norm_eval_cpu(&x, c, hw, &gamma, &beta, &rm, &rv, &mut ye);
+        let mut ye2 = vec![0.0; n];
+        batch_norm_eval_nhwc_cpu(&xn, c, &gamma, &beta, &rm, &rv, &mut ye2);
+        close(&nhwc_to_nchw_cpu(&ye2, b, hw, c, c), &ye);
+    }
 }

@@ -411,4 +411,37 @@ mod tests {
             assert_eq!(dx, want_dx);
         }
     }
+
+    /// The channels-last reference is the NCHW one seen through the layout transposes: the same
+    /// maxima, argmax indices and routed gradients, ties included.
+    #[test]
+    fn max_pool_nhwc_matches_nchw_through_transposes() {
+        use crate::ops::layout::{nchw_to_nhwc_cpu, nhwc_to_nchw_cpu};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (b, c) = (2, 5);
+        for &(h, w, kernel, stride, pad) in
+            &[(7usize, 9usize, 3usize, 2usize, 1usize), (6, 6, 2, 2, 0), (1, 1, 3, 2, 1)]
+        {
+            let s = MaxPoolShape { h, w, kernel, stride, pad };
+            let (ho, wo) = s.out_hw();
+            let x: Vec<f32> = (0..b * c * h * w).map(|_| rng.gen_range(0..4) as f32).collect();
+            let dy: Vec<f32> = (0..b * c * ho * wo).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let (mut y, mut am) = (vec![0.0; dy.len()], vec![0u32; dy.len()]);
+            max_pool2d_cpu(&x, &s, &mut y, &mut am);
+            let mut dx = vec![0.0; x.len()];
+            max_pool2d_backward_cpu(&dy, &am, &s, &mut dx);
+
+            let x_nhwc = nchw_to_nhwc_cpu(&x, b, c, h * w, c);
+            let dy_nhwc = nchw_to_nhwc_cpu(&dy, b, c, ho * wo, c);
+            let (mut yn, mut amn) = (vec![f32::NAN; dy.len()], vec![0u32; dy.len()]);
+            max_pool2d_nhwc_cpu(&x_nhwc, c, &s, &mut yn, &mut amn);
+            let mut dxn = vec![f32::NAN; x.len()];
+            max_pool2d_backward_nhwc_cpu(&dy_nhwc, &amn, c, &s, &mut dxn);
+            assert_eq!(nhwc_to_nchw_cpu(&yn, b, ho * wo, c, c), y);
+            let amn_f: Vec<f32> = amn.iter().map(|&i| i as f32).collect();
+            let am_f: Vec<f32> = am.iter().map(|&i| i as f32).collect();
+            assert_eq!(nhwc_to_nchw_cpu(&amn_f, b, ho * wo, c, c), am_f);
+            assert_eq!(nhwc_to_nchw_cpu(&dxn, b, h * w, c, c), dx);
+        }
+    }
 }
