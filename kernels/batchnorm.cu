@@ -307,3 +307,106 @@ __device__ void batchnorm_backward_partial_nhwc(const T* __restrict__ x, const T
         batchnorm_backward_partial_nhwc<T>(x, dy, mean, rstd, C, N, chunk, partial);                              \
     }
 LF_BN_TYPES(LF_BN_NHWC)
+
+// ---- Channels-last elementwise passes, 4 channels a thread (C % 4 == 0) ----
+//
+// The NCHW elementwise kernels with HW = 1 are correct for NHWC but move one element a thread;
+// channels-last puts 4 consecutive channels of a pixel next to each other, so with C % 4 == 0
+// (every ResNet-50 layer, the stem padded to 8) a thread moves them as one vector (16 bytes in
+// f32, 8 in bf16) and reads its 4 channels' parameters as float4 (16-byte aligned: c % 4 == 0,
+// and the workspace's means start at C*S*3 floats with C % 4 == 0). The same f32 arithmetic per
+// element as the scalar kernels. The launchers take the scalar kernels for other C.
+__device__ __forceinline__ float4 ld4f(const float* __restrict__ p) { return *reinterpret_cast<const float4*>(p); }
+
+// 4 activations as one access: a float4 in f32; in bf16 one 8-byte uint2 (vec4.cuh's two-half
+// struct compiles to two 4-byte accesses for the stores, half a sector per request). bf16 -> f32
+// is exact as a 16-bit shift; f32 -> bf16 rounds to nearest even (__floats2bfloat162_rn).
+__device__ __forceinline__ float4 bn_load4(const float* __restrict__ p) { return ld4f(p); }
+__device__ __forceinline__ float4 bn_load4(const __nv_bfloat16* __restrict__ p) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                       __uint_as_float(u.y & 0xffff0000u));
+}
+__device__ __forceinline__ void bn_store4(float* __restrict__ p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+__device__ __forceinline__ unsigned bn_pack2(float a, float b) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);  // a in the low half
+    return *reinterpret_cast<const unsigned*>(&h);
+}
+__device__ __forceinline__ void bn_store4(__nv_bfloat16* __restrict__ p, float4 v) {
+    *reinterpret_cast<uint2*>(p) = make_uint2(bn_pack2(v.x, v.y), bn_pack2(v.z, v.w));
+}
+
+// y = (x - mean) * (rstd * gamma) + beta on 4 channels at once.
+__device__ __forceinline__ float4 bn_affine4(float4 x, float4 m, float4 s, float4 b) {
+    return make_float4((x.x - m.x) * s.x + b.x, (x.y - m.y) * s.y + b.y, (x.z - m.z) * s.z + b.z,
+                       (x.w - m.w) * s.w + b.w);
+}
+
+// One thread per 4 elements (quads) of x (N, C).
+template <typename T>
+__device__ void batchnorm_apply_nhwc(const T* __restrict__ x, const float* __restrict__ gamma,
+                                     const float* __restrict__ beta, const float* __restrict__ mean,
+                                     const float* __restrict__ rstd, T* __restrict__ y, int C, long long quads) {
+    for (long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x; q < quads; q += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)((4 * q) % C);
+        const float4 g = ld4f(gamma + c), r = ld4f(rstd + c);
+        const float4 s = make_float4(r.x * g.x, r.y * g.y, r.z * g.z, r.w * g.w);
+        bn_store4(y + 4 * q, bn_affine4(bn_load4(x + 4 * q), ld4f(mean + c), s, ld4f(beta + c)));
+    }
+}
+
+template <typename T>
+__device__ void batchnorm_eval_nhwc(const T* __restrict__ x, const float* __restrict__ gamma,
+                                    const float* __restrict__ beta, const float* __restrict__ running_mean,
+                                    const float* __restrict__ running_var, float eps, T* __restrict__ y, int C,
+                                    long long quads) {
+    for (long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x; q < quads; q += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)((4 * q) % C);
+        const float4 g = ld4f(gamma + c), v = ld4f(running_var + c);
+        const float4 s = make_float4(1.0f / sqrtf(v.x + eps) * g.x, 1.0f / sqrtf(v.y + eps) * g.y,
+                                     1.0f / sqrtf(v.z + eps) * g.z, 1.0f / sqrtf(v.w + eps) * g.w);
+        bn_store4(y + 4 * q, bn_affine4(bn_load4(x + 4 * q), ld4f(running_mean + c), s, ld4f(beta + c)));
+    }
+}
+
+// dx = gamma*rstd * (dy - mean(dy) - xhat * mean(dy*xhat)); means (2, C).
+template <typename T>
+__device__ void batchnorm_backward_dx_nhwc(const T* __restrict__ x, const T* __restrict__ dy,
+                                           const float* __restrict__ gamma, const float* __restrict__ mean,
+                                           const float* __restrict__ rstd, const float* __restrict__ means,
+                                           T* __restrict__ dx, int C, long long quads) {
+    for (long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x; q < quads; q += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)((4 * q) % C);
+        const float4 xv = bn_load4(x + 4 * q), g = bn_load4(dy + 4 * q);
+        const float4 ga = ld4f(gamma + c), m = ld4f(mean + c), r = ld4f(rstd + c);
+        const float4 mdy = ld4f(means + c), mdyx = ld4f(means + C + c);
+        const float4 out = make_float4(ga.x * r.x * (g.x - mdy.x - (xv.x - m.x) * r.x * mdyx.x),
+                                       ga.y * r.y * (g.y - mdy.y - (xv.y - m.y) * r.y * mdyx.y),
+                                       ga.z * r.z * (g.z - mdy.z - (xv.z - m.z) * r.z * mdyx.z),
+                                       ga.w * r.w * (g.w - mdy.w - (xv.w - m.w) * r.w * mdyx.w));
+        bn_store4(dx + 4 * q, out);
+    }
+}
+
+#define LF_BN_NHWC_VEC(S, T)                                                                                     \
+    extern "C" __global__ void batchnorm_apply_nhwc_##S(const T* __restrict__ x, const float* __restrict__ gamma, \
+                                                        const float* __restrict__ beta,                           \
+                                                        const float* __restrict__ mean,                           \
+                                                        const float* __restrict__ rstd, T* __restrict__ y, int C, \
+                                                        long long quads) {                                        \
+        batchnorm_apply_nhwc<T>(x, gamma, beta, mean, rstd, y, C, quads);                                         \
+    }                                                                                                             \
+    extern "C" __global__ void batchnorm_eval_nhwc_##S(const T* __restrict__ x, const float* __restrict__ gamma,  \
+                                                       const float* __restrict__ beta,                            \
+                                                       const float* __restrict__ running_mean,                    \
+                                                       const float* __restrict__ running_var, float eps,          \
+                                                       T* __restrict__ y, int C, long long quads) {               \
+        batchnorm_eval_nhwc<T>(x, gamma, beta, running_mean, running_var, eps, y, C, quads);                      \
+    }                                                                                                             \
+    extern "C" __global__ void batchnorm_backward_dx_nhwc_##S(                                                    \
+        const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ gamma,                       \
+        const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ means,          \
+        T* __restrict__ dx, int C, long long quads) {                                                             \
+        batchnorm_backward_dx_nhwc<T>(x, dy, gamma, mean, rstd, means, dx, C, quads);                             \
+    }
+LF_BN_TYPES(LF_BN_NHWC_VEC)

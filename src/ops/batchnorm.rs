@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use cudarc::driver::LaunchConfig;
 
 use crate::device::cuda::check::{launch_and_compare, max_rel_err_all, poisoned, random_vec, GpuCheck, Work};
-use crate::device::cuda::{expect_f32, f32_arg_at, grid_stride_config, to_i32, CudaTensor, DType, Gpu};
+use crate::device::cuda::{expect_f32, f32_arg_at, grid_stride_config, to_i32, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 use crate::ops::activation_dtype;
 
@@ -357,9 +357,10 @@ pub fn batch_norm_backward_cuda(
 //
 // x (B, H, W, C) is N = B*H*W rows of C channels. Element (row j, channel c) of NHWC sits where
 // NCHW with B = N and HW = 1 puts it, so the NCHW definitions with (N, C, 1) are the NHWC ones,
-// and so are the NCHW elementwise kernels (channel = index mod C) and the per-channel finalize
-// kernels; only the two reductions over rows have NHWC kernels of their own (a warp reads 32
-// consecutive channels of a row, kernels/batchnorm.cu).
+// and so are the per-channel finalize kernels and, for C % 4 != 0, the NCHW elementwise kernels
+// (channel = index mod C). The two reductions over rows have NHWC kernels (a warp reads 32
+// consecutive channels of a row), and so do the elementwise passes for C % 4 == 0 (4 channels a
+// thread as one vector; kernels/batchnorm.cu).
 
 /// Training forward on x (N rows, C) channels-last; as `batch_norm_train_cpu`.
 #[allow(clippy::too_many_arguments)]
@@ -450,6 +451,18 @@ fn check_nhwc_workspace(what: &str, ws: &CudaTensor, rows: usize, c: usize) -> R
     Ok(())
 }
 
+/// The channels-last elementwise pass `kind` ("batchnorm_apply", "batchnorm_eval",
+/// "batchnorm_backward_dx"): with C % 4 == 0 its `_nhwc` kernel, 4 channels a thread (argument
+/// tail: the quad count); otherwise the NCHW kernel with HW = 1, one element a thread (tail: HW,
+/// total). Returns (kernel name, threads, argument tail).
+fn elementwise_nhwc(kind: &str, dt: &str, c: usize, total: usize) -> Result<(String, usize, Vec<KArg>)> {
+    Ok(if c % 4 == 0 {
+        (format!("{kind}_nhwc_{dt}"), total / 4, vec![((total / 4) as i64).into()])
+    } else {
+        (format!("{kind}_{dt}"), total, vec![to_i32(1, "HW")?, (total as i64).into()])
+    })
+}
+
 /// CUDA twin of `batch_norm_train_nhwc_cpu`: x, y (B, H, W, C) (any (..., C)) in f32 or bf16;
 /// gamma, beta, running_mean, running_var, mean, rstd (C) f32; `workspace` at least
 /// `batch_norm_nhwc_workspace_len(B*H*W, C)` f32. The contract of `batch_norm_train_cuda`.
@@ -504,21 +517,11 @@ pub fn batch_norm_train_nhwc_cuda(
         running_var.arg(gpu),
     ];
     gpu.launch("batchnorm", "batchnorm_finalize_stats_f32", grid_stride_config(c), &args)?;
-    // The NCHW elementwise kernel with HW = 1: channel = index mod C.
     let total = x.numel();
-    let one = to_i32(1, "HW")?;
-    let args = [
-        x.arg(gpu),
-        gamma.arg(gpu),
-        beta.arg(gpu),
-        mean.arg(gpu),
-        rstd.arg(gpu),
-        y.arg(gpu),
-        ci,
-        one,
-        (total as i64).into(),
-    ];
-    gpu.launch("batchnorm", &format!("batchnorm_apply_{dt}"), grid_stride_config(total), &args)
+    let params = [x.arg(gpu), gamma.arg(gpu), beta.arg(gpu), mean.arg(gpu), rstd.arg(gpu), y.arg(gpu), ci];
+    let (name, count, tail) = elementwise_nhwc("batchnorm_apply", dt, c, total)?;
+    let args: Vec<KArg> = params.into_iter().chain(tail).collect();
+    gpu.launch("batchnorm", &name, grid_stride_config(count), &args)
 }
 
 /// CUDA twin of `batch_norm_eval_nhwc_cpu`: x, y (..., C) in f32 or bf16; the rest (C), f32.
@@ -542,7 +545,7 @@ pub fn batch_norm_eval_nhwc_cuda(
     let dt = activation_dtype(WHAT, &[x, y])?.suffix();
     expect_f32(WHAT, &[gamma, beta, running_mean, running_var])?;
     let total = x.numel();
-    let args = [
+    let params = [
         x.arg(gpu),
         gamma.arg(gpu),
         beta.arg(gpu),
@@ -551,10 +554,10 @@ pub fn batch_norm_eval_nhwc_cuda(
         BN_EPS.into(),
         y.arg(gpu),
         to_i32(c, "C")?,
-        to_i32(1, "HW")?,
-        (total as i64).into(),
     ];
-    gpu.launch("batchnorm", &format!("batchnorm_eval_{dt}"), grid_stride_config(total), &args)
+    let (name, count, tail) = elementwise_nhwc("batchnorm_eval", dt, c, total)?;
+    let args: Vec<KArg> = params.into_iter().chain(tail).collect();
+    gpu.launch("batchnorm", &name, grid_stride_config(count), &args)
 }
 
 /// CUDA twin of `batch_norm_backward_nhwc_cpu`: dx overwritten, dgamma and dbeta accumulated.
@@ -602,19 +605,10 @@ pub fn batch_norm_backward_nhwc_cuda(
     let args = [workspace.arg(gpu), ci, to_i32(s, "S")?, ni, dgamma.arg(gpu), dbeta.arg(gpu), means];
     gpu.launch("batchnorm", "batchnorm_backward_finalize_f32", grid_stride_config(c), &args)?;
     let total = x.numel();
-    let args = [
-        x.arg(gpu),
-        dy.arg(gpu),
-        gamma.arg(gpu),
-        mean.arg(gpu),
-        rstd.arg(gpu),
-        means,
-        dx.arg(gpu),
-        ci,
-        to_i32(1, "HW")?,
-        (total as i64).into(),
-    ];
-    gpu.launch("batchnorm", &format!("batchnorm_backward_dx_{dt}"), grid_stride_config(total), &args)
+    let params = [x.arg(gpu), dy.arg(gpu), gamma.arg(gpu), mean.arg(gpu), rstd.arg(gpu), means, dx.arg(gpu), ci];
+    let (name, count, tail) = elementwise_nhwc("batchnorm_backward_dx", dt, c, total)?;
+    let args: Vec<KArg> = params.into_iter().chain(tail).collect();
+    gpu.launch("batchnorm", &name, grid_stride_config(count), &args)
 }
 
 /// Training shapes of the ResNet-50 at 448, batch 2 (stem, layer1, layer4) and odd small ones,
