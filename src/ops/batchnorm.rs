@@ -456,7 +456,7 @@ fn check_nhwc_workspace(what: &str, ws: &CudaTensor, rows: usize, c: usize) -> R
 /// tail: the quad count); otherwise the NCHW kernel with HW = 1, one element a thread (tail: HW,
 /// total). Returns (kernel name, threads, argument tail).
 fn elementwise_nhwc(kind: &str, dt: &str, c: usize, total: usize) -> Result<(String, usize, Vec<KArg>)> {
-    Ok(if c % 4 == 0 {
+    Ok(if c.is_multiple_of(4) {
         (format!("{kind}_nhwc_{dt}"), total / 4, vec![((total / 4) as i64).into()])
     } else {
         (format!("{kind}_{dt}"), total, vec![to_i32(1, "HW")?, (total as i64).into()])
