@@ -166,7 +166,8 @@ __device__ void batchnorm_backward_partial(const T* __restrict__ x, const T* __r
 LF_BN_TYPES(LF_BN_BACKWARD_PARTIAL)
 
 // Backward stage 2, one thread per channel: sums the partials in f64, in order; dbeta, dgamma
-// accumulated; sums (C, 2) = the means (sum dy / N, sum dy*xhat / N) for the dx pass.
+// accumulated; means (2, C) = (sum dy / N, sum dy*xhat / N) for the dx pass (two rows, so the
+// dx pass reads each coalesced over consecutive channels in the channels-last form).
 extern "C" __global__ void batchnorm_backward_finalize_f32(const float* __restrict__ partial, int C, int S, int N,
                                                            float* __restrict__ dgamma, float* __restrict__ dbeta,
                                                            float* __restrict__ means) {
@@ -182,8 +183,8 @@ extern "C" __global__ void batchnorm_backward_finalize_f32(const float* __restri
     dgamma[c] += (float)sdyx;
     // The CPU divides the f64 sums by N as an f32 widened to f64.
     const double n = (double)(float)N;
-    means[2 * c] = (float)(sdy / n);
-    means[2 * c + 1] = (float)(sdyx / n);
+    means[c] = (float)(sdy / n);
+    means[C + c] = (float)(sdyx / n);
 }
 
 // Backward stage 3: dx = gamma*rstd * (dy - mean(dy) - xhat * mean(dy*xhat)), overwritten.
@@ -195,7 +196,7 @@ __device__ void batchnorm_backward_dx(const T* __restrict__ x, const T* __restri
         const int c = (int)((i / HW) % C);
         const float r = rstd[c];
         const float k = gamma[c] * r;
-        dx[i] = from_float<T>(k * (to_float(dy[i]) - means[2 * c] - (to_float(x[i]) - mean[c]) * r * means[2 * c + 1]));
+        dx[i] = from_float<T>(k * (to_float(dy[i]) - means[c] - (to_float(x[i]) - mean[c]) * r * means[C + c]));
     }
 }
 
@@ -209,3 +210,203 @@ __device__ void batchnorm_backward_dx(const T* __restrict__ x, const T* __restri
         batchnorm_backward_dx<T>(x, dy, gamma, mean, rstd, means, dx, C, HW, total);                             \
     }
 LF_BN_TYPES(LF_BN_BACKWARD_DX)
+
+// ---- Channels-last (NHWC) statistics ----
+//
+// x (B, H, W, C) is a (N = B*H*W rows, C) matrix with the channel fastest: the NCHW kernels'
+// one-block-per-channel walk would stride by C. Here a block is a 32-channel x 8-row-lane tile
+// (blockDim (32, 8)): lane x reads channel c0 + x, so a warp reads 32 consecutive channels of one
+// row (64 contiguous bytes in bf16, 128 in f32), and the 8 row lanes of the block walk rows
+// lo + y, lo + y + 8, ... of the block's chunk. The 8 row-lane partials of a channel are combined
+// in shared memory, in order (deterministic, no atomics), and written to the same (C, S, 3) /
+// (C, S, 2) partial layout as the NCHW kernels: batchnorm_finalize_stats_f32 and
+// batchnorm_backward_finalize_f32 combine them unchanged, and the elementwise passes are the NCHW
+// ones with HW = 1 (channel = index mod C), so the NHWC contracts are the NCHW ones exactly.
+
+#define LF_BN_ROW_LANES 8
+
+// Sum over the block's row lanes of v, for this thread's channel; every thread gets the total.
+// red holds (8, 32) floats; the lanes are added in lane order.
+__device__ __forceinline__ float bn_rows_sum(float v, float* red) {
+    red[threadIdx.y * 32 + threadIdx.x] = v;
+    __syncthreads();
+    float t = 0.0f;
+    for (int r = 0; r < LF_BN_ROW_LANES; ++r) t += red[r * 32 + threadIdx.x];
+    __syncthreads();  // red is reused by the next call
+    return t;
+}
+
+// grid (ceil(C / 32), S), block (32, 8): partial (C, S, 3) = (count, mean, M2) of rows
+// [s*chunk, min((s+1)*chunk, N)) for each channel.
+template <typename T>
+__device__ void batchnorm_partial_stats_nhwc(const T* __restrict__ x, int C, int N, int chunk,
+                                             float* __restrict__ partial) {
+    __shared__ float red[LF_BN_ROW_LANES * 32];
+    const int c = blockIdx.x * 32 + threadIdx.x, s = blockIdx.y, S = gridDim.y;
+    const bool live = c < C;  // a dead lane still takes part in the block's __syncthreads
+    const int lo = s * chunk;
+    const int hi = min(lo + chunk, N);
+    const int count = max(hi - lo, 0);
+    float sum = 0.0f;
+    if (live)
+        for (int j = lo + threadIdx.y; j < hi; j += LF_BN_ROW_LANES) sum += to_float(x[(size_t)j * C + c]);
+    const float mean = count > 0 ? bn_rows_sum(sum, red) / count : 0.0f;
+    float m2 = 0.0f;
+    if (live)
+        for (int j = lo + threadIdx.y; j < hi; j += LF_BN_ROW_LANES) {
+            const float d = to_float(x[(size_t)j * C + c]) - mean;
+            m2 += d * d;
+        }
+    m2 = bn_rows_sum(m2, red);
+    if (live && threadIdx.y == 0) {
+        float* p = partial + ((size_t)c * S + s) * 3;
+        p[0] = (float)count;
+        p[1] = mean;
+        p[2] = m2;
+    }
+}
+
+// grid (ceil(C / 32), S), block (32, 8): partial (C, S, 2) = (sum dy, sum dy * xhat) of each
+// chunk of rows, xhat = (x - mean) * rstd in f32 as the CPU.
+template <typename T>
+__device__ void batchnorm_backward_partial_nhwc(const T* __restrict__ x, const T* __restrict__ dy,
+                                                const float* __restrict__ mean, const float* __restrict__ rstd, int C,
+                                                int N, int chunk, float* __restrict__ partial) {
+    __shared__ float red[LF_BN_ROW_LANES * 32];
+    const int c = blockIdx.x * 32 + threadIdx.x, s = blockIdx.y, S = gridDim.y;
+    const bool live = c < C;
+    const int lo = s * chunk;
+    const int hi = min(lo + chunk, N);
+    float sdy = 0.0f, sdyx = 0.0f;
+    if (live) {
+        const float m = mean[c], r = rstd[c];
+        for (int j = lo + threadIdx.y; j < hi; j += LF_BN_ROW_LANES) {
+            const size_t k = (size_t)j * C + c;
+            const float g = to_float(dy[k]);
+            sdy += g;
+            sdyx += g * ((to_float(x[k]) - m) * r);
+        }
+    }
+    sdy = bn_rows_sum(sdy, red);
+    sdyx = bn_rows_sum(sdyx, red);
+    if (live && threadIdx.y == 0) {
+        float* p = partial + ((size_t)c * S + s) * 2;
+        p[0] = sdy;
+        p[1] = sdyx;
+    }
+}
+
+#define LF_BN_NHWC(S, T)                                                                                         \
+    extern "C" __global__ void batchnorm_partial_stats_nhwc_##S(const T* __restrict__ x, int C, int N, int chunk, \
+                                                                float* __restrict__ partial) {                    \
+        batchnorm_partial_stats_nhwc<T>(x, C, N, chunk, partial);                                                 \
+    }                                                                                                             \
+    extern "C" __global__ void batchnorm_backward_partial_nhwc_##S(                                               \
+        const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ mean,                        \
+        const float* __restrict__ rstd, int C, int N, int chunk, float* __restrict__ partial) {                   \
+        batchnorm_backward_partial_nhwc<T>(x, dy, mean, rstd, C, N, chunk, partial);                              \
+    }
+LF_BN_TYPES(LF_BN_NHWC)
+
+// ---- Channels-last elementwise passes, 4 channels a thread (C % 4 == 0) ----
+//
+// The NCHW elementwise kernels with HW = 1 are correct for NHWC but move one element a thread;
+// channels-last puts 4 consecutive channels of a pixel next to each other, so with C % 4 == 0
+// (every ResNet-50 layer, the stem padded to 8) a thread moves them as one vector (16 bytes in
+// f32, 8 in bf16) and reads its 4 channels' parameters as float4 (16-byte aligned: c % 4 == 0,
+// and the workspace's means start at C*S*3 floats with C % 4 == 0). The same f32 arithmetic per
+// element as the scalar kernels. The launchers take the scalar kernels for other C.
+__device__ __forceinline__ float4 ld4f(const float* __restrict__ p) { return *reinterpret_cast<const float4*>(p); }
+
+// 4 activations as one access: a float4 in f32; in bf16 one 8-byte uint2 (vec4.cuh's two-half
+// struct compiles to two 4-byte accesses for the stores, half a sector per request). bf16 -> f32
+// is exact as a 16-bit shift; f32 -> bf16 rounds to nearest even (__floats2bfloat162_rn).
+__device__ __forceinline__ float4 bn_load4(const float* __restrict__ p) { return ld4f(p); }
+__device__ __forceinline__ float4 bn_load4(const __nv_bfloat16* __restrict__ p) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                       __uint_as_float(u.y & 0xffff0000u));
+}
+__device__ __forceinline__ void bn_store4(float* __restrict__ p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+__device__ __forceinline__ unsigned bn_pack2(float a, float b) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);  // a in the low half
+    return *reinterpret_cast<const unsigned*>(&h);
+}
+__device__ __forceinline__ void bn_store4(__nv_bfloat16* __restrict__ p, float4 v) {
+    *reinterpret_cast<uint2*>(p) = make_uint2(bn_pack2(v.x, v.y), bn_pack2(v.z, v.w));
+}
+
+// y = (x - mean) * (rstd * gamma) + beta on 4 channels at once.
+__device__ __forceinline__ float4 bn_affine4(float4 x, float4 m, float4 s, float4 b) {
+    return make_float4((x.x - m.x) * s.x + b.x, (x.y - m.y) * s.y + b.y, (x.z - m.z) * s.z + b.z,
+                       (x.w - m.w) * s.w + b.w);
+}
+
+// One thread per 4 elements (quads) of x (N, C).
+template <typename T>
+__device__ void batchnorm_apply_nhwc(const T* __restrict__ x, const float* __restrict__ gamma,
+                                     const float* __restrict__ beta, const float* __restrict__ mean,
+                                     const float* __restrict__ rstd, T* __restrict__ y, int C, long long quads) {
+    for (long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x; q < quads; q += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)((4 * q) % C);
+        const float4 g = ld4f(gamma + c), r = ld4f(rstd + c);
+        const float4 s = make_float4(r.x * g.x, r.y * g.y, r.z * g.z, r.w * g.w);
+        bn_store4(y + 4 * q, bn_affine4(bn_load4(x + 4 * q), ld4f(mean + c), s, ld4f(beta + c)));
+    }
+}
+
+template <typename T>
+__device__ void batchnorm_eval_nhwc(const T* __restrict__ x, const float* __restrict__ gamma,
+                                    const float* __restrict__ beta, const float* __restrict__ running_mean,
+                                    const float* __restrict__ running_var, float eps, T* __restrict__ y, int C,
+                                    long long quads) {
+    for (long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x; q < quads; q += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)((4 * q) % C);
+        const float4 g = ld4f(gamma + c), v = ld4f(running_var + c);
+        const float4 s = make_float4(1.0f / sqrtf(v.x + eps) * g.x, 1.0f / sqrtf(v.y + eps) * g.y,
+                                     1.0f / sqrtf(v.z + eps) * g.z, 1.0f / sqrtf(v.w + eps) * g.w);
+        bn_store4(y + 4 * q, bn_affine4(bn_load4(x + 4 * q), ld4f(running_mean + c), s, ld4f(beta + c)));
+    }
+}
+
+// dx = gamma*rstd * (dy - mean(dy) - xhat * mean(dy*xhat)); means (2, C).
+template <typename T>
+__device__ void batchnorm_backward_dx_nhwc(const T* __restrict__ x, const T* __restrict__ dy,
+                                           const float* __restrict__ gamma, const float* __restrict__ mean,
+                                           const float* __restrict__ rstd, const float* __restrict__ means,
+                                           T* __restrict__ dx, int C, long long quads) {
+    for (long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x; q < quads; q += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)((4 * q) % C);
+        const float4 xv = bn_load4(x + 4 * q), g = bn_load4(dy + 4 * q);
+        const float4 ga = ld4f(gamma + c), m = ld4f(mean + c), r = ld4f(rstd + c);
+        const float4 mdy = ld4f(means + c), mdyx = ld4f(means + C + c);
+        const float4 out = make_float4(ga.x * r.x * (g.x - mdy.x - (xv.x - m.x) * r.x * mdyx.x),
+                                       ga.y * r.y * (g.y - mdy.y - (xv.y - m.y) * r.y * mdyx.y),
+                                       ga.z * r.z * (g.z - mdy.z - (xv.z - m.z) * r.z * mdyx.z),
+                                       ga.w * r.w * (g.w - mdy.w - (xv.w - m.w) * r.w * mdyx.w));
+        bn_store4(dx + 4 * q, out);
+    }
+}
+
+#define LF_BN_NHWC_VEC(S, T)                                                                                     \
+    extern "C" __global__ void batchnorm_apply_nhwc_##S(const T* __restrict__ x, const float* __restrict__ gamma, \
+                                                        const float* __restrict__ beta,                           \
+                                                        const float* __restrict__ mean,                           \
+                                                        const float* __restrict__ rstd, T* __restrict__ y, int C, \
+                                                        long long quads) {                                        \
+        batchnorm_apply_nhwc<T>(x, gamma, beta, mean, rstd, y, C, quads);                                         \
+    }                                                                                                             \
+    extern "C" __global__ void batchnorm_eval_nhwc_##S(const T* __restrict__ x, const float* __restrict__ gamma,  \
+                                                       const float* __restrict__ beta,                            \
+                                                       const float* __restrict__ running_mean,                    \
+                                                       const float* __restrict__ running_var, float eps,          \
+                                                       T* __restrict__ y, int C, long long quads) {               \
+        batchnorm_eval_nhwc<T>(x, gamma, beta, running_mean, running_var, eps, y, C, quads);                      \
+    }                                                                                                             \
+    extern "C" __global__ void batchnorm_backward_dx_nhwc_##S(                                                    \
+        const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ gamma,                       \
+        const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ means,          \
+        T* __restrict__ dx, int C, long long quads) {                                                             \
+        batchnorm_backward_dx_nhwc<T>(x, dy, gamma, mean, rstd, means, dx, C, quads);                             \
+    }
+LF_BN_TYPES(LF_BN_NHWC_VEC)
