@@ -362,27 +362,511 @@ extern "C" __global__ void __launch_bounds__(NH_THREADS) conv2d_nhwc_forward_f16
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward-data, stride 1: dx[b, iy, ix, ci] = sum over (ky, kx, co) of
-// dy[b, iy + pad - ky, ix + pad - kx, co] * w[co, ky, kx, ci], which is the forward kernel run on dy
-// (B, Ho, Wo, Cout) with padding ks - 1 - pad and the filters flipped and transposed:
-// wt (Cin, ks, ks, Cout)[ci, ky, kx, co] = w (Cout, ks, ks, Cin)[co, ks-1-ky, ks-1-kx, ci].
-// This kernel writes wt (one thread per element, consecutive threads consecutive co: the writes
-// are coalesced, the reads stride by Cin; the filters are small beside the activations).
+// Backward kernels. Both keep the forward's pipeline (128 x 64 x 32 block tile, 4 warps of 64x32,
+// 4 cp.async stages of 12 KiB, mma.sync m16n8k16, f32 accumulate), but one operand (bwd-data) or
+// both (bwd-weight) arrive with the GEMM's k as the row: channels are the contiguous index of
+// every tensor, and here they are the GEMM's m or n. Such a tile is stored k-major, rows of 64 or
+// 128 halves, chunk c of row r at c ^ (r & 7) (8 consecutive rows, one ldmatrix phase, then hit 8
+// distinct 16-byte bank groups; an 8-lane cp.async phase writes one row's 128 contiguous bytes),
+// and read with ldmatrix.trans, which hands out the column-major fragment mma.sync wants.
+
+// Element offset of (row, chunk) in a k-major tile of 8 chunks (64 halves) per row.
+__device__ __forceinline__ int swz_k64(int row, int chunk) { return row * 64 + ((chunk ^ (row & 7)) << 3); }
+// The same for 16 chunks (128 halves) per row: the XOR touches the low 3 bits only.
+__device__ __forceinline__ int swz_k128(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 3); }
+
+// B fragments of a warp's 32 columns from a k-major (32 k, 64 n) tile, k step kk (0 or 16):
+// ldmatrix.x4.trans, matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15)
+// = b0, b1 of column tile j and b0, b1 of j + 1.
 template <typename T>
-__device__ __forceinline__ void flip_weight(const T* __restrict__ w, T* __restrict__ wt, int Cout, int ks, int Cin) {
-    const long long total = (long long)Cin * ks * ks * Cout;
-    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= total) return;
-    const int co = (int)(idx % Cout);
-    const long long rest = idx / Cout;
-    const int kx = (int)(rest % ks), ky = (int)((rest / ks) % ks), ci = (int)(rest / ((long long)ks * ks));
-    wt[idx] = w[(((size_t)co * ks + (ks - 1 - ky)) * ks + (ks - 1 - kx)) * Cin + ci];
+__device__ __forceinline__ void load_b_kmajor(const T* Bs, int wn, int kk, int lane, uint32_t (&bf)[NH_NI][2]) {
+    const int q = lane >> 3;
+#pragma unroll
+    for (int j = 0; j < NH_NI; j += 2) {
+        uint32_t r[4];
+        ldmatrix_x4_trans(r, smem_u32(Bs + swz_k64(kk + ((q & 1) << 3) + (lane & 7), (wn + 8 * j) / 8 + (q >> 1))));
+        bf[j][0] = r[0];
+        bf[j][1] = r[1];
+        bf[j + 1][0] = r[2];
+        bf[j + 1][1] = r[3];
+    }
 }
 
-extern "C" __global__ void conv2d_nhwc_flip_weight_bf16(const __nv_bfloat16* w, __nv_bfloat16* wt, int Cout, int ks,
-                                                        int Cin) {
-    flip_weight(w, wt, Cout, ks, Cin);
+// ---------------------------------------------------------------------------------------------
+// Backward-data, any stride: dx[b, h, w, ci] = sum over (ky, kx, co) of
+// dy[b, (h + pad - ky) / s, (w + pad - kx) / s, co] * w[co, ky, kx, ci], over the taps whose
+// division is exact and lands inside dy. An implicit GEMM with m = dx pixel, n = ci, k = (tap, co).
+// Phase split: the pixels with h % s == ph and w % s == pw (phase blockIdx.z) all take the taps
+// ky = ky0 + s jy with ky0 = (ph + pad) % s (and kx likewise), so each phase is its own GEMM
+// over its own taps and no k step multiplies a zero that the stride put there: with
+// h = ph + s i, oy = oyb + i - jy where oyb = (ph + pad - ky0) / s. Stride 1 is one phase.
+// A (dy rows, m x k) is stored m-major like the forward's; B (w, k x n: row (co, tap) is
+// w[co, ky, kx, n0 .. n0 + 64], 128 contiguous bytes) k-major.
+struct BwdDataGeom {
+    int B, H, W, Cin, Cout, ks, stride, pad, Ho, Wo;
+    int ph, pw, Hp, Wp, M;  // this phase's pixels: (ph + s i, pw + s j), i < Hp, j < Wp; M = B*Hp*Wp
+    int ky0, kx0, nkx, K;   // its taps (ky0 + s jy, kx0 + s jx), jx < nkx; K = taps * Cout
+    int oyb, oxb;
+};
+
+// The dy pixel grid one A row reads from: the offset of its image in dy and (oyb + i, oxb + j);
+// a row past M gets an origin so far outside dy that every tap reads zeros.
+struct DyOrigin {
+    size_t image;  // b * Ho*Wo*Cout
+    int oy0, ox0;
+};
+
+__device__ __forceinline__ DyOrigin dy_origin(const BwdDataGeom& g, int m) {
+    DyOrigin o;
+    if (m >= g.M) {
+        o.image = 0;
+        o.oy0 = -(1 << 28);
+        o.ox0 = -(1 << 28);
+        return o;
+    }
+    const int hw = g.Hp * g.Wp;
+    const int b = m / hw, p = m - b * hw;
+    const int i = p / g.Wp, j = p - i * g.Wp;
+    o.image = (size_t)b * g.Ho * g.Wo * g.Cout;
+    o.oy0 = g.oyb + i;
+    o.ox0 = g.oxb + j;
+    return o;
 }
-extern "C" __global__ void conv2d_nhwc_flip_weight_f16(const __half* w, __half* wt, int Cout, int ks, int Cin) {
-    flip_weight(w, wt, Cout, ks, Cin);
+
+// A reduction index of this phase decoded: tap steps (jy, jx) and output channel co.
+struct PhaseTap {
+    int jy, jx, co;
+};
+__device__ __forceinline__ PhaseTap decode_phase_k(const BwdDataGeom& g, int k) {
+    PhaseTap t;
+    const int tap = k / g.Cout;
+    t.co = k - tap * g.Cout;
+    t.jy = tap / g.nkx;
+    t.jx = tap - t.jy * g.nkx;
+    return t;
+}
+// Offset of w[co, ky, kx, 0] for a decoded index.
+__device__ __forceinline__ size_t w_row(const BwdDataGeom& g, const PhaseTap& t) {
+    const int ky = g.ky0 + g.stride * t.jy, kx = g.kx0 + g.stride * t.jx;
+    return (((size_t)t.co * g.ks + ky) * g.ks + kx) * g.Cin;
+}
+
+// Loads k tile `kt` into one stage. A: thread t owns chunk t % 4 of rows t / 4 + 32 i (one k
+// decode serves its 4 rows), as in the forward. B: chunk t % 8 of k rows t / 8 + 16 i, an 8-lane
+// phase reading one row's 128 bytes. VEC (Cout % 8 == 0 and Cin % 8 == 0): 16-byte cp.async,
+// zero-filled where the tap misses dy and past M, N, K; otherwise element gathers.
+template <typename T, bool VEC>
+__device__ __forceinline__ void load_stage_bwd_data(T* __restrict__ stage, const T* __restrict__ dy,
+                                                    const T* __restrict__ w, const BwdDataGeom& g,
+                                                    const DyOrigin (&origin)[NH_A_ROWS_PER_THREAD], int n0, int kt) {
+    T* As = stage;                  // (128 pixels, 32 k) swizzled as the forward's
+    T* Bs = stage + NH_BM * NH_BK;  // (32 k, 64 ci) k-major
+    const int a_chunk = threadIdx.x % NH_CHUNKS, a_row0 = threadIdx.x / NH_CHUNKS;
+    const int b_chunk = threadIdx.x % 8, b_row0 = threadIdx.x / 8;
+    const int ka = kt * NH_BK + a_chunk * 8;
+    const int n = n0 + b_chunk * 8;
+    if (VEC) {
+        const PhaseTap tp = decode_phase_k(g, ka);
+        const bool k_in = ka < g.K;
+#pragma unroll
+        for (int i = 0; i < NH_A_ROWS_PER_THREAD; ++i) {
+            const int r = a_row0 + 32 * i;
+            const int oy = origin[i].oy0 - tp.jy, ox = origin[i].ox0 - tp.jx;
+            const bool in = k_in && oy >= 0 && oy < g.Ho && ox >= 0 && ox < g.Wo;
+            const T* src = in ? dy + origin[i].image + ((size_t)oy * g.Wo + ox) * g.Cout + tp.co : dy;
+            cp_async_16(smem_u32(As + swz(r, a_chunk)), src, in ? 16 : 0);
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int r = b_row0 + 16 * i, k = kt * NH_BK + r;
+            const bool in = k < g.K && n < g.Cin;
+            const T* src = in ? w + w_row(g, decode_phase_k(g, k)) + n : w;
+            cp_async_16(smem_u32(Bs + swz_k64(r, b_chunk)), src, in ? 16 : 0);
+        }
+    } else {
+        const T zero = from_float<T>(0.0f);
+#pragma unroll
+        for (int i = 0; i < NH_A_ROWS_PER_THREAD; ++i) {
+            const int r = a_row0 + 32 * i;
+            PhaseTap tp = decode_phase_k(g, ka);
+            uint32_t packed[4];
+#pragma unroll
+            for (int j = 0; j < 8; j += 2) {
+                T v[2];
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int oy = origin[i].oy0 - tp.jy, ox = origin[i].ox0 - tp.jx;
+                    const bool in = ka + j + h < g.K && oy >= 0 && oy < g.Ho && ox >= 0 && ox < g.Wo;
+                    v[h] = in ? dy[origin[i].image + ((size_t)oy * g.Wo + ox) * g.Cout + tp.co] : zero;
+                    // Step k by one: channel, then tap column, then tap row.
+                    if (++tp.co == g.Cout) {
+                        tp.co = 0;
+                        if (++tp.jx == g.nkx) {
+                            tp.jx = 0;
+                            ++tp.jy;
+                        }
+                    }
+                }
+                packed[j / 2] = pack2(v[0], v[1]);
+            }
+            st_shared_16(smem_u32(As + swz(r, a_chunk)), packed[0], packed[1], packed[2], packed[3]);
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int r = b_row0 + 16 * i, k = kt * NH_BK + r;
+            const bool k_in = k < g.K;
+            const T* wr = w + (k_in ? w_row(g, decode_phase_k(g, k)) : 0);
+            uint32_t packed[4];
+#pragma unroll
+            for (int j = 0; j < 8; j += 2) {
+                const T lo = (k_in && n + j < g.Cin) ? wr[n + j] : zero;
+                const T hi = (k_in && n + j + 1 < g.Cin) ? wr[n + j + 1] : zero;
+                packed[j / 2] = pack2(lo, hi);
+            }
+            st_shared_16(smem_u32(Bs + swz_k64(r, b_chunk)), packed[0], packed[1], packed[2], packed[3]);
+        }
+    }
+}
+
+template <typename T, bool VEC>
+__device__ void conv2d_nhwc_bwd_data_mma(T* __restrict__ smem, const T* __restrict__ dy, const T* __restrict__ w,
+                                         T* __restrict__ dx, const BwdDataGeom g) {
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const int wm = (warp & 1) * NH_WARP_M, wn = (warp >> 1) * NH_WARP_N;
+    const int m0 = blockIdx.x * NH_BM, n0 = blockIdx.y * NH_BN;
+    if (m0 >= g.M) return;  // the grid covers the largest phase; the whole block leaves
+    const int ktiles = (g.K + NH_BK - 1) / NH_BK;  // 0 when no tap reaches this phase: dx = 0
+
+    DyOrigin origin[NH_A_ROWS_PER_THREAD];
+#pragma unroll
+    for (int i = 0; i < NH_A_ROWS_PER_THREAD; ++i) origin[i] = dy_origin(g, m0 + t / NH_CHUNKS + 32 * i);
+
+    float acc[NH_MI][NH_NI][4];
+#pragma unroll
+    for (int i = 0; i < NH_MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NH_NI; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < NH_STAGES - 1; ++s) {
+        if (s < ktiles) load_stage_bwd_data<T, VEC>(smem + s * NH_STAGE_ELEMS, dy, w, g, origin, n0, s);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < ktiles; ++kt) {
+        cp_async_wait<NH_STAGES - 2>();
+        __syncthreads();
+        const int next = kt + NH_STAGES - 1;
+        if (next < ktiles)
+            load_stage_bwd_data<T, VEC>(smem + (next % NH_STAGES) * NH_STAGE_ELEMS, dy, w, g, origin, n0, next);
+        cp_async_commit();
+
+        const T* As = smem + (kt % NH_STAGES) * NH_STAGE_ELEMS;
+        const T* Bs = As + NH_BM * NH_BK;
+#pragma unroll
+        for (int kc = 0; kc < NH_CHUNKS; kc += 2) {
+            uint32_t af[NH_MI][4], bf[NH_NI][2];
+#pragma unroll
+            for (int i = 0; i < NH_MI; ++i)
+                ldmatrix_x4(af[i], smem_u32(As + swz(wm + 16 * i + (lane & 15), kc + (lane >> 4))));
+            load_b_kmajor(Bs, wn, kc * 8, lane, bf);
+#pragma unroll
+            for (int i = 0; i < NH_MI; ++i)
+#pragma unroll
+                for (int j = 0; j < NH_NI; ++j) mma_16816(acc[i][j], af[i], bf[j], T());
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // Epilogue as the forward's (f32 tile at pitch 72, 8 lanes per 128-byte row of dx), without
+    // bias or residual; the row's pixel goes back from the phase grid to dx.
+    float* Cs = reinterpret_cast<float*>(smem);
+    const int group = lane >> 2, quad = lane & 3;
+#pragma unroll
+    for (int i = 0; i < NH_MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NH_NI; ++j)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int r = wm + 16 * i + group + 8 * h, c = wn + 8 * j + 2 * quad;
+                st_shared_f32x2(smem_u32(Cs + r * NH_CPITCH + c), acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+            }
+    __syncthreads();
+    const int chunk = t % 8;
+    const bool upper_first = chunk >= 4;
+    const bool vec_out = (g.Cin % 8) == 0;
+    const float zeros[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    const int hw = g.Hp * g.Wp;
+    for (int i = 0; i < NH_BM * 8 / NH_THREADS; ++i) {
+        const int r = t / 8 + 16 * i, m = m0 + r, n = n0 + 8 * chunk;
+        if (m >= g.M || n >= g.Cin) continue;
+        const int b = m / hw, p = m - b * hw;
+        const int pi = p / g.Wp, pj = p - pi * g.Wp;
+        const int h = g.ph + g.stride * pi, x = g.pw + g.stride * pj;
+        float v[8];
+        load8_shared(Cs + r * NH_CPITCH + 8 * chunk, upper_first, v);
+        store_outputs<T>(v, zeros, (((size_t)b * g.H + h) * g.W + x) * g.Cin + n, min(8, g.Cin - n), vec_out,
+                         nullptr, dx, 0);
+    }
+}
+
+// Entry points: grid (ceil(B * ceil(H/s) * ceil(W/s) / 128), ceil(Cin / 64), s*s phases), block
+// 128. dy (B, Ho, Wo, Cout), w (Cout, ks, ks, Cin), dx (B, H, W, Cin) overwritten.
+#define LF_CONV2D_NHWC_BWD_DATA_ARGS(T)                                                                       \
+    const T *dy, const T *w, T *dx, int B, int H, int W, int Cin, int Cout, int ks, int stride, int pad, int Ho, \
+        int Wo
+
+template <typename T>
+__device__ __forceinline__ void conv2d_nhwc_bwd_data_entry(const T* dy, const T* w, T* dx, int B, int H, int W,
+                                                           int Cin, int Cout, int ks, int stride, int pad, int Ho,
+                                                           int Wo) {
+    BwdDataGeom g;
+    g.B = B; g.H = H; g.W = W; g.Cin = Cin; g.Cout = Cout; g.ks = ks; g.stride = stride; g.pad = pad;
+    g.Ho = Ho; g.Wo = Wo;
+    g.ph = blockIdx.z / stride;
+    g.pw = blockIdx.z - g.ph * stride;
+    g.Hp = (H - g.ph + stride - 1) / stride;  // H - ph >= 1 - (s - 1): the numerator stays >= 1
+    g.Wp = (W - g.pw + stride - 1) / stride;
+    g.M = B * g.Hp * g.Wp;
+    g.ky0 = (g.ph + pad) % stride;
+    g.kx0 = (g.pw + pad) % stride;
+    const int nky = g.ky0 < ks ? (ks - g.ky0 + stride - 1) / stride : 0;
+    g.nkx = g.kx0 < ks ? (ks - g.kx0 + stride - 1) / stride : 0;
+    g.K = nky * g.nkx * Cout;
+    g.oyb = (g.ph + pad - g.ky0) / stride;
+    g.oxb = (g.pw + pad - g.kx0) / stride;
+    __shared__ __align__(128) T smem[NH_STAGES * NH_STAGE_ELEMS];
+    if (Cin % 8 == 0 && Cout % 8 == 0)
+        conv2d_nhwc_bwd_data_mma<T, true>(smem, dy, w, dx, g);
+    else
+        conv2d_nhwc_bwd_data_mma<T, false>(smem, dy, w, dx, g);
+}
+
+extern "C" __global__ void __launch_bounds__(NH_THREADS)
+    conv2d_nhwc_backward_data_bf16(LF_CONV2D_NHWC_BWD_DATA_ARGS(__nv_bfloat16)) {
+    conv2d_nhwc_bwd_data_entry(dy, w, dx, B, H, W, Cin, Cout, ks, stride, pad, Ho, Wo);
+}
+extern "C" __global__ void __launch_bounds__(NH_THREADS)
+    conv2d_nhwc_backward_data_f16(LF_CONV2D_NHWC_BWD_DATA_ARGS(__half)) {
+    conv2d_nhwc_bwd_data_entry(dy, w, dx, B, H, W, Cin, Cout, ks, stride, pad, Ho, Wo);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward-weight: dw[co, ky, kx, ci] (+)= sum over output pixels p = (b, oy, ox) of
+// dy[p, co] * x[b, oy s - pad + ky, ox s - pad + kx, ci]. A GEMM with m = co, n = (ky, kx, ci)
+// (dw (Cout, ks, ks, Cin) is the row-major (M, N) matrix), k = p: long (B*Ho*Wo), so blockIdx.z
+// takes a contiguous run of k tiles and writes its own f32 partial (M, N), added up afterwards in
+// a fixed order (no atomics: the result is the same bits on every run). Both operands have k as
+// the row: A = dy (32 pixels, 128 co: 256 contiguous bytes per row), B = im2col(x) (32 pixels,
+// 64 n: 8 consecutive n are 8 channels of one input pixel when Cin % 8 == 0, one 16-byte
+// load); both stored k-major and read with ldmatrix.trans.
+struct BwdWeightGeom {
+    int B, H, W, Cin, Cout, ks, stride, pad, Ho, Wo;
+    int P, N;  // B*Ho*Wo, ks*ks*Cin
+};
+
+constexpr int NHW_A_CHUNKS = NH_BM / 8;  // 16 chunks per (k-major) A row
+
+// Loads pixel tile `kt` into one stage. A: thread t owns chunk t % 16 of rows t / 16 + 8 i
+// (i < 4); B: chunk t % 8 of rows t / 8 + 16 i (i < 2), whose columns n .. n + 8 are fixed for
+// the whole kernel (tap `tp` decoded once). VEC (Cout % 8 == 0 and Cin % 8 == 0): cp.async,
+// zero-filled past P, M, N and in the padding; otherwise element gathers.
+template <typename T, bool VEC>
+__device__ __forceinline__ void load_stage_bwd_weight(T* __restrict__ stage, const T* __restrict__ x,
+                                                      const T* __restrict__ dy, const BwdWeightGeom& g, int m0,
+                                                      int n, const Tap& tp, int kt) {
+    T* As = stage;                  // (32 pixels, 128 co) k-major
+    T* Bs = stage + NH_BM * NH_BK;  // (32 pixels, 64 n) k-major
+    const int a_chunk = threadIdx.x % NHW_A_CHUNKS, a_row0 = threadIdx.x / NHW_A_CHUNKS;
+    const int b_chunk = threadIdx.x % 8, b_row0 = threadIdx.x / 8;
+    const int co = m0 + a_chunk * 8;
+    const T zero = from_float<T>(0.0f);
+#pragma unroll
+    for (int i = 0; i < NH_BK / 8; ++i) {
+        const int r = a_row0 + 8 * i, p = kt * NH_BK + r;
+        if (VEC) {
+            const bool in = p < g.P && co < g.Cout;
+            cp_async_16(smem_u32(As + swz_k128(r, a_chunk)), in ? dy + (size_t)p * g.Cout + co : dy, in ? 16 : 0);
+        } else {
+            const T* row = dy + (size_t)p * g.Cout;
+            uint32_t packed[4];
+#pragma unroll
+            for (int j = 0; j < 8; j += 2) {
+                const T lo = (p < g.P && co + j < g.Cout) ? row[co + j] : zero;
+                const T hi = (p < g.P && co + j + 1 < g.Cout) ? row[co + j + 1] : zero;
+                packed[j / 2] = pack2(lo, hi);
+            }
+            st_shared_16(smem_u32(As + swz_k128(r, a_chunk)), packed[0], packed[1], packed[2], packed[3]);
+        }
+    }
+    const int hw = g.Ho * g.Wo;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int r = b_row0 + 16 * i, p = kt * NH_BK + r;
+        // The row's receptive-field origin; a pixel past P gets one far outside the image.
+        int iy0 = -(1 << 28), ix0 = -(1 << 28);
+        size_t image = 0;
+        if (p < g.P) {
+            const int b = p / hw, q = p - b * hw;
+            const int oy = q / g.Wo, ox = q - oy * g.Wo;
+            image = (size_t)b * g.H * g.W * g.Cin;
+            iy0 = oy * g.stride - g.pad;
+            ix0 = ox * g.stride - g.pad;
+        }
+        if (VEC) {
+            const int iy = iy0 + tp.ky, ix = ix0 + tp.kx;
+            const bool in = n < g.N && iy >= 0 && iy < g.H && ix >= 0 && ix < g.W;
+            const T* src = in ? x + image + ((size_t)iy * g.W + ix) * g.Cin + tp.ci : x;
+            cp_async_16(smem_u32(Bs + swz_k64(r, b_chunk)), src, in ? 16 : 0);
+        } else {
+            Tap e = tp;
+            uint32_t packed[4];
+#pragma unroll
+            for (int j = 0; j < 8; j += 2) {
+                T v[2];
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int iy = iy0 + e.ky, ix = ix0 + e.kx;
+                    const bool in = n + j + h < g.N && iy >= 0 && iy < g.H && ix >= 0 && ix < g.W;
+                    v[h] = in ? x[image + ((size_t)iy * g.W + ix) * g.Cin + e.ci] : zero;
+                    if (++e.ci == g.Cin) {
+                        e.ci = 0;
+                        if (++e.kx == g.ks) {
+                            e.kx = 0;
+                            ++e.ky;
+                        }
+                    }
+                }
+                packed[j / 2] = pack2(v[0], v[1]);
+            }
+            st_shared_16(smem_u32(Bs + swz_k64(r, b_chunk)), packed[0], packed[1], packed[2], packed[3]);
+        }
+    }
+}
+
+template <typename T, bool VEC>
+__device__ void conv2d_nhwc_bwd_weight_mma(T* __restrict__ smem, const T* __restrict__ x, const T* __restrict__ dy,
+                                           float* __restrict__ out, const BwdWeightGeom g, int tiles_per_split,
+                                           int accumulate) {
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const int wm = (warp & 1) * NH_WARP_M, wn = (warp >> 1) * NH_WARP_N;
+    const int n0 = blockIdx.x * NH_BN, m0 = blockIdx.y * NH_BM;
+    const int kt0 = blockIdx.z * tiles_per_split;
+    const int ktiles = max(0, min(tiles_per_split, (g.P + NH_BK - 1) / NH_BK - kt0));
+    const int n = n0 + (t % 8) * 8;  // this thread's B columns
+    Tap tp;
+    {
+        // Decoded once: a chunk past N (or any tap with Cin % 8 != 0) still decodes safely.
+        const int tap = n / g.Cin;
+        tp.ci = n - tap * g.Cin;
+        tp.ky = tap / g.ks;
+        tp.kx = tap - tp.ky * g.ks;
+    }
+
+    float acc[NH_MI][NH_NI][4];
+#pragma unroll
+    for (int i = 0; i < NH_MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NH_NI; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < NH_STAGES - 1; ++s) {
+        if (s < ktiles) load_stage_bwd_weight<T, VEC>(smem + s * NH_STAGE_ELEMS, x, dy, g, m0, n, tp, kt0 + s);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < ktiles; ++kt) {
+        cp_async_wait<NH_STAGES - 2>();
+        __syncthreads();
+        const int next = kt + NH_STAGES - 1;
+        if (next < ktiles)
+            load_stage_bwd_weight<T, VEC>(smem + (next % NH_STAGES) * NH_STAGE_ELEMS, x, dy, g, m0, n, tp,
+                                          kt0 + next);
+        cp_async_commit();
+
+        const T* As = smem + (kt % NH_STAGES) * NH_STAGE_ELEMS;
+        const T* Bs = As + NH_BM * NH_BK;
+#pragma unroll
+        for (int kk = 0; kk < NH_BK; kk += 16) {
+            uint32_t af[NH_MI][4], bf[NH_NI][2];
+            // A stored (k, m): ldmatrix.x4.trans of (k 0-7, m 0-7), (k 0-7, m 8-15), (k 8-15, m 0-7),
+            // (k 8-15, m 8-15) = a0 .. a3 of the row-major 16x16 fragment.
+            const int q = lane >> 3;
+#pragma unroll
+            for (int i = 0; i < NH_MI; ++i)
+                ldmatrix_x4_trans(af[i],
+                                  smem_u32(As + swz_k128(kk + ((q >> 1) << 3) + (lane & 7), (wm + 16 * i) / 8 + (q & 1))));
+            load_b_kmajor(Bs, wn, kk, lane, bf);
+#pragma unroll
+            for (int i = 0; i < NH_MI; ++i)
+#pragma unroll
+                for (int j = 0; j < NH_NI; ++j) mma_16816(acc[i][j], af[i], bf[j], T());
+        }
+    }
+    cp_async_wait<0>();
+
+    // Straight from the accumulators: a pair (row, 2 quad .. + 1) per 8-byte access, 4 lanes
+    // covering one 32-byte sector of a row (N % 8 == 0). `out` is dw (accumulate: +=) or this
+    // split's partial (M, N) slice (=).
+    float* dst = out + (size_t)blockIdx.z * g.Cout * g.N;
+    const int group = lane >> 2, quad = lane & 3;
+    const bool pairs = (g.N % 2) == 0;  // 8-byte aligned pairs
+#pragma unroll
+    for (int i = 0; i < NH_MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NH_NI; ++j)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int m = m0 + wm + 16 * i + group + 8 * h, c = n0 + wn + 8 * j + 2 * quad;
+                if (m >= g.Cout || c >= g.N) continue;
+                float* d = dst + (size_t)m * g.N + c;
+                const float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+                if (pairs) {
+                    float2 o = make_float2(v0, v1);
+                    if (accumulate) {
+                        const float2 old = *reinterpret_cast<const float2*>(d);
+                        o.x += old.x;
+                        o.y += old.y;
+                    }
+                    *reinterpret_cast<float2*>(d) = o;
+                } else {
+                    d[0] = accumulate ? d[0] + v0 : v0;
+                    if (c + 1 < g.N) d[1] = accumulate ? d[1] + v1 : v1;
+                }
+            }
+}
+
+// Entry points: grid (ceil(ks*ks*Cin / 64), ceil(Cout / 128), splits), block 128. x (B, H, W, Cin),
+// dy (B, Ho, Wo, Cout); out f32: dw (Cout, ks, ks, Cin) when accumulate (one split), else the
+// (splits, Cout, ks*ks*Cin) partials; split z covers pixel tiles [z, z + 1) * tiles_per_split.
+#define LF_CONV2D_NHWC_BWD_WEIGHT_ARGS(T)                                                                     \
+    const T *x, const T *dy, float *out, int B, int H, int W, int Cin, int Cout, int ks, int stride, int pad, \
+        int Ho, int Wo, int tiles_per_split, int accumulate
+
+template <typename T>
+__device__ __forceinline__ void conv2d_nhwc_bwd_weight_entry(const T* x, const T* dy, float* out, int B, int H, int W,
+                                                             int Cin, int Cout, int ks, int stride, int pad, int Ho,
+                                                             int Wo, int tiles_per_split, int accumulate) {
+    BwdWeightGeom g;
+    g.B = B; g.H = H; g.W = W; g.Cin = Cin; g.Cout = Cout; g.ks = ks; g.stride = stride; g.pad = pad;
+    g.Ho = Ho; g.Wo = Wo;
+    g.P = B * Ho * Wo;
+    g.N = ks * ks * Cin;
+    __shared__ __align__(128) T smem[NH_STAGES * NH_STAGE_ELEMS];
+    if (Cin % 8 == 0 && Cout % 8 == 0)
+        conv2d_nhwc_bwd_weight_mma<T, true>(smem, x, dy, out, g, tiles_per_split, accumulate);
+    else
+        conv2d_nhwc_bwd_weight_mma<T, false>(smem, x, dy, out, g, tiles_per_split, accumulate);
+}
+
+extern "C" __global__ void __launch_bounds__(NH_THREADS)
+    conv2d_nhwc_backward_weight_bf16(LF_CONV2D_NHWC_BWD_WEIGHT_ARGS(__nv_bfloat16)) {
+    conv2d_nhwc_bwd_weight_entry(x, dy, out, B, H, W, Cin, Cout, ks, stride, pad, Ho, Wo, tiles_per_split, accumulate);
+}
+extern "C" __global__ void __launch_bounds__(NH_THREADS)
+    conv2d_nhwc_backward_weight_f16(LF_CONV2D_NHWC_BWD_WEIGHT_ARGS(__half)) {
+    conv2d_nhwc_bwd_weight_entry(x, dy, out, B, H, W, Cin, Cout, ks, stride, pad, Ho, Wo, tiles_per_split, accumulate);
 }

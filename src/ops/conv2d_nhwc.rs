@@ -233,11 +233,48 @@ pub fn conv2d_nhwc_backward_data_reference(w: &[f32], dy: &[f32], s: &Conv2dShap
     nchw_to_nhwc(&dx, s.batch, s.c_in, s.h, s.w)
 }
 
-/// CUDA launcher, backward-data of a stride-1 convolution: dx (B, H, W, C_in) from dy (B, Ho, Wo,
-/// C_out) and w (C_out, k, k, C_in), overwritten. It is the forward kernel run on dy with the
-/// filters flipped and transposed (kernels/conv2d_nhwc.cu `conv2d_nhwc_flip_weight`, into a
-/// (C_in, k, k, C_out) buffer allocated here) and padding k - 1 - pad: the same pipeline.
-/// Strided convolutions are refused (their backward-data is a gather this path does not do).
+/// The definition of backward-weight: dw (C_out, k, k, C_in) of y = conv(x, w) for x (B, H, W,
+/// C_in), dy (B, Ho, Wo, C_out): `conv2d_backward_reference` (f64) seen through the layouts.
+pub fn conv2d_nhwc_backward_weight_reference(x: &[f32], dy: &[f32], s: &Conv2dShape) -> Vec<f64> {
+    let (ho, wo) = s.out_hw();
+    let x_nchw = nhwc_to_nchw(x, s.batch, s.h, s.w, s.c_in);
+    let dy_nchw = nhwc_to_nchw(dy, s.batch, ho, wo, s.c_out);
+    // w only feeds dx, which is not wanted here.
+    let w_unused = vec![0.0f32; s.c_out * s.c_in * s.kernel * s.kernel];
+    let (dw, _) = conv2d_backward_reference(&x_nchw, &w_unused, &dy_nchw, s);
+    // (C_out, C_in, k, k) -> (C_out, k, k, C_in), in f64.
+    let k = s.kernel;
+    let mut out = vec![0.0f64; dw.len()];
+    for co in 0..s.c_out {
+        for ci in 0..s.c_in {
+            for t in 0..k * k {
+                out[(co * k * k + t) * s.c_in + ci] = dw[(co * s.c_in + ci) * k * k + t];
+            }
+        }
+    }
+    out
+}
+
+/// Errors, naming the tensor and its wanted shape, unless the convolution is not empty and every
+/// tensor has its shape.
+fn expect_shapes(what: &str, s: &Conv2dShape, tensors: &[(&str, &CudaTensor, [usize; 4])]) -> Result<()> {
+    if s.batch == 0 || s.c_in == 0 || s.c_out == 0 {
+        return Err(Error::Shape(format!("{what}: an empty convolution: {s:?}")));
+    }
+    for (name, t, want) in tensors {
+        if t.shape() != want {
+            return Err(Error::Shape(format!("{what}: {name} is {:?}, wanted {want:?} for {s:?}", t.shape())));
+        }
+    }
+    Ok(())
+}
+
+/// CUDA launcher of backward-data, any stride: dx (B, H, W, C_in), overwritten, from dy (B, Ho,
+/// Wo, C_out) and w (C_out, k, k, C_in), all bf16 or all f16. kernels/conv2d_nhwc.cu
+/// `conv2d_nhwc_backward_data`: an implicit GEMM over dx pixels x C_in with K = (tap, C_out), one
+/// grid z per stride phase (the pixels (ph + s i, pw + s j) share their taps, so no k step is
+/// spent on taps the stride skips). Multiples of 8 for C_in and C_out take the 16-byte cp.async
+/// path, other counts an element gather (and scalar stores of dx when C_in % 8 != 0).
 pub fn conv2d_nhwc_backward_data_cuda(
     gpu: &Gpu,
     dy: &CudaTensor,
@@ -245,48 +282,166 @@ pub fn conv2d_nhwc_backward_data_cuda(
     s: &Conv2dShape,
     dx: &mut CudaTensor,
 ) -> Result<()> {
-    let (ho, wo) = s.out_hw();
-    if s.stride != 1 || s.kernel == 0 || s.pad >= s.kernel || s.h + 2 * s.pad < s.kernel || s.w + 2 * s.pad < s.kernel {
-        return Err(Error::Shape(format!(
-            "conv2d_nhwc_backward_data_cuda: {s:?}: stride 1 and pad < kernel only (strided backward-data is not on this path)"
-        )));
+    let what = "conv2d_nhwc_backward_data_cuda";
+    let (ho, wo) = s_out_or_err(what, s)?;
+    expect_shapes(
+        what,
+        s,
+        &[
+            ("dy", dy, [s.batch, ho, wo, s.c_out]),
+            ("w", w, [s.c_out, s.kernel, s.kernel, s.c_in]),
+            ("dx", dx, [s.batch, s.h, s.w, s.c_in]),
+        ],
+    )?;
+    if !matches!(dy.dtype(), DType::BF16 | DType::F16) {
+        return Err(Error::Device(format!("{what}: dy is {:?}; the tensor-core kernel takes bf16 or f16", dy.dtype())));
     }
-    if dy.shape() != [s.batch, ho, wo, s.c_out] || w.shape() != [s.c_out, s.kernel, s.kernel, s.c_in] {
-        return Err(Error::Shape(format!(
-            "conv2d_nhwc_backward_data_cuda: {s:?}, dy {:?}, w {:?}",
-            dy.shape(),
-            w.shape()
-        )));
+    w.expect_dtype(dy.dtype(), &format!("{what} weight"))?;
+    dx.expect_dtype(dy.dtype(), &format!("{what} dx"))?;
+    // The kernel indexes pixels of one phase, the reduction and one image of dx in int; tensor
+    // offsets are 64-bit.
+    let phase_pixels = s.batch * s.h.div_ceil(s.stride) * s.w.div_ceil(s.stride);
+    to_i32(s.batch * s.h * s.w, &format!("{what} B*H*W"))?;
+    to_i32(s.kernel * s.kernel * s.c_out, &format!("{what} k*k*C_out"))?;
+    to_i32(s.stride * s.stride, &format!("{what} stride phases"))?;
+    let cfg = LaunchConfig {
+        grid_dim: (
+            phase_pixels.div_ceil(TILE_PIXELS) as u32,
+            s.c_in.div_ceil(TILE_CHANNELS) as u32,
+            (s.stride * s.stride) as u32,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    gpu.launch(
+        "conv2d_nhwc",
+        &format!("conv2d_nhwc_backward_data_{}", dy.dtype().suffix()),
+        cfg,
+        &[
+            dy.arg(gpu),
+            w.arg(gpu),
+            dx.arg(gpu),
+            to_i32(s.batch, "B")?,
+            to_i32(s.h, "H")?,
+            to_i32(s.w, "W")?,
+            to_i32(s.c_in, "C_in")?,
+            to_i32(s.c_out, "C_out")?,
+            to_i32(s.kernel, "kernel")?,
+            to_i32(s.stride, "stride")?,
+            to_i32(s.pad, "pad")?,
+            to_i32(ho, "Ho")?,
+            to_i32(wo, "Wo")?,
+        ],
+    )
+}
+
+/// Output channels of a backward-weight block (its GEMM's m) and pixels per k tile.
+const WEIGHT_TILE_CHANNELS: usize = 128;
+const WEIGHT_TILE_TAPS: usize = 64;
+const WEIGHT_TILE_PIXELS: usize = 32;
+/// Split-K: about this many blocks in all (two waves of 132 SMs at 1 block each), but no split
+/// shorter than WEIGHT_MIN_TILES pixel tiles (the 4-stage pipeline's fill is 3 tiles).
+const WEIGHT_TARGET_BLOCKS: usize = 264;
+const WEIGHT_MIN_TILES: usize = 16;
+
+/// (splits, pixel tiles per split) of the weight gradient: every split non-empty.
+fn weight_split(s: &Conv2dShape, ho: usize, wo: usize) -> (usize, usize) {
+    let tiles = s.c_out.div_ceil(WEIGHT_TILE_CHANNELS) * (s.kernel * s.kernel * s.c_in).div_ceil(WEIGHT_TILE_TAPS);
+    let steps = (s.batch * ho * wo).div_ceil(WEIGHT_TILE_PIXELS);
+    let wanted = WEIGHT_TARGET_BLOCKS.div_ceil(tiles).min(steps.div_ceil(WEIGHT_MIN_TILES)).max(1);
+    let per_split = steps.div_ceil(wanted);
+    (steps.div_ceil(per_split), per_split)
+}
+
+/// CUDA launcher of backward-weight: dw (C_out, k, k, C_in) f32 += the gradient from x (B, H, W,
+/// C_in) and dy (B, Ho, Wo, C_out), both bf16 or both f16 (the f32 master gradient of the bf16
+/// training step); accumulates like `conv2d_backward_weight_cuda`. kernels/conv2d_nhwc.cu
+/// `conv2d_nhwc_backward_weight`: a GEMM C_out x (k, k, C_in) over the B*Ho*Wo pixels, split
+/// along the pixels; with more than one split the f32 partials go to a scratch buffer and
+/// `conv2d_backward_weight_reduce` (kernels/conv2d_backward.cu, the NCHW op's second pass, same
+/// contract) adds them to dw in split order: no atomics, the same bits on every run.
+pub fn conv2d_nhwc_backward_weight_cuda(
+    gpu: &Gpu,
+    x: &CudaTensor,
+    dy: &CudaTensor,
+    s: &Conv2dShape,
+    dw: &mut CudaTensor,
+) -> Result<()> {
+    let what = "conv2d_nhwc_backward_weight_cuda";
+    let (ho, wo) = s_out_or_err(what, s)?;
+    expect_shapes(
+        what,
+        s,
+        &[
+            ("x", x, [s.batch, s.h, s.w, s.c_in]),
+            ("dy", dy, [s.batch, ho, wo, s.c_out]),
+            ("dw", dw, [s.c_out, s.kernel, s.kernel, s.c_in]),
+        ],
+    )?;
+    if !matches!(x.dtype(), DType::BF16 | DType::F16) {
+        return Err(Error::Device(format!("{what}: x is {:?}; the tensor-core kernel takes bf16 or f16", x.dtype())));
     }
-    w.expect_dtype(dy.dtype(), "conv2d_nhwc_backward_data_cuda weight")?;
-    let flipped = CudaTensor::empty(gpu, &[s.c_in, s.kernel, s.kernel, s.c_out], dy.dtype())?;
-    let total = flipped.numel();
-    if total > 0 {
-        to_i32(total, "conv2d_nhwc_backward_data_cuda filter elements")?;
+    dy.expect_dtype(x.dtype(), &format!("{what} dy"))?;
+    dw.expect_dtype(DType::F32, &format!("{what} dw (an f32 gradient)"))?;
+    let (m, n) = (s.c_out, s.kernel * s.kernel * s.c_in);
+    to_i32(s.batch * ho * wo, &format!("{what} B*Ho*Wo"))?;
+    to_i32(s.h * s.w * s.c_in, &format!("{what} H*W*C_in"))?;
+    let mn = to_i32(m * n, &format!("{what} dw elements"))?;
+    let (splits, per_split) = weight_split(s, ho, wo);
+    to_i32(splits * m * n, &format!("{what} split-K partial elements"))?;
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(WEIGHT_TILE_TAPS) as u32, m.div_ceil(WEIGHT_TILE_CHANNELS) as u32, splits as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let name = format!("conv2d_nhwc_backward_weight_{}", x.dtype().suffix());
+    let launch = |out: &CudaTensor, accumulate: i32| -> Result<()> {
         gpu.launch(
             "conv2d_nhwc",
-            &format!("conv2d_nhwc_flip_weight_{}", dy.dtype().suffix()),
-            LaunchConfig::for_num_elems(total as u32),
+            &name,
+            cfg,
             &[
-                w.arg(gpu),
-                flipped.arg(gpu),
+                x.arg(gpu),
+                dy.arg(gpu),
+                out.arg(gpu),
+                to_i32(s.batch, "B")?,
+                to_i32(s.h, "H")?,
+                to_i32(s.w, "W")?,
+                to_i32(s.c_in, "C_in")?,
                 to_i32(s.c_out, "C_out")?,
                 to_i32(s.kernel, "kernel")?,
-                to_i32(s.c_in, "C_in")?,
+                to_i32(s.stride, "stride")?,
+                to_i32(s.pad, "pad")?,
+                to_i32(ho, "Ho")?,
+                to_i32(wo, "Wo")?,
+                to_i32(per_split, "pixel tiles per split")?,
+                KArg::I32(accumulate),
             ],
-        )?;
-    }
-    let transposed = Conv2dShape {
-        batch: s.batch,
-        c_in: s.c_out,
-        h: ho,
-        w: wo,
-        c_out: s.c_in,
-        kernel: s.kernel,
-        stride: 1,
-        pad: s.kernel - 1 - s.pad,
+        )
     };
-    conv2d_nhwc_cuda(gpu, dy, &flipped, &transposed, &ConvEpilogue::default(), dx)
+    if splits == 1 {
+        return launch(dw, 1);
+    }
+    // (splits, C_out, k*k*C_in); freed in stream order after the reduction.
+    let partial = CudaTensor::empty(gpu, &[splits, m, n], DType::F32)?;
+    launch(&partial, 0)?;
+    let reduce =
+        LaunchConfig { grid_dim: ((m * n).div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    gpu.launch(
+        "conv2d_backward",
+        "conv2d_backward_weight_reduce",
+        reduce,
+        &[partial.arg(gpu), dw.arg(gpu), mn, to_i32(splits, "splits")?],
+    )
+}
+
+/// The output size of a convolution that fits its input, or a typed error (`out_hw` would
+/// underflow otherwise).
+fn s_out_or_err(what: &str, s: &Conv2dShape) -> Result<(usize, usize)> {
+    if s.kernel == 0 || s.stride == 0 || s.h + 2 * s.pad < s.kernel || s.w + 2 * s.pad < s.kernel {
+        return Err(Error::Shape(format!("{what}: kernel, stride or padding do not fit the input: {s:?}")));
+    }
+    Ok(s.out_hw())
 }
 
 /// One check row's convolution: shape, epilogue, and a name for the table.
@@ -421,16 +576,25 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             ));
         }
     }
-    // Backward-data (stride 1): a ResNet-50 3x3 and 1x1, odd shapes (C_in = 5: scalar stores of
-    // dx; C_out = 7: the gather path over dy's channels).
-    let backward: &[Case] = &[
+    // Backward-data: ResNet-50's kinds at small spatial sizes, strides 1 and 2 (the stem with its
+    // 3 channels, gathered, and padded to 8), then odd shapes: C_in not a multiple of 8 (scalar
+    // stores of dx), C_out not a multiple of 8 (the gather over dy's channels), a 5x5/2 whose
+    // phases have 3 and 2 taps per axis, H, W not multiples of the stride.
+    let backward_data: &[Case] = &[
         case("bwd-data layer1 3x3", 1, 64, (14, 14), 64, 3, 1, (false, false, false)),
         case("bwd-data layer1 1x1 64->256", 1, 64, (14, 14), 256, 1, 1, (false, false, false)),
+        case("bwd-data layer2 3x3/2", 1, 128, (14, 14), 128, 3, 2, (false, false, false)),
+        case("bwd-data layer2 downsample 1x1/2", 1, 256, (14, 14), 512, 1, 2, (false, false, false)),
+        case("bwd-data stem 7x7/2", 1, 3, (32, 32), 64, 7, 2, (false, false, false)),
+        case("bwd-data stem 7x7/2 padded to 8", 1, 8, (32, 32), 64, 7, 2, (false, false, false)),
         case("bwd-data odd", 2, 16, (9, 7), 24, 3, 1, (false, false, false)),
         case("bwd-data odd", 1, 5, (6, 5), 16, 3, 1, (false, false, false)),
         case("bwd-data odd", 2, 24, (5, 7), 7, 3, 1, (false, false, false)),
+        case("bwd-data odd", 2, 16, (9, 7), 24, 3, 2, (false, false, false)),
+        case("bwd-data odd", 1, 5, (11, 11), 7, 3, 2, (false, false, false)),
+        case("bwd-data odd", 2, 24, (10, 9), 40, 5, 2, (false, false, false)),
     ];
-    for &c in backward {
+    for &c in backward_data {
         for dtype in [DType::BF16, DType::F16] {
             checks.push(GpuCheck::new(
                 "conv2d_nhwc_backward_data",
@@ -453,6 +617,53 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                         poisoned(gpu, &[s.batch, s.h, s.w, s.c_in], dtype)?,
                         move |g, dx| conv2d_nhwc_backward_data_cuda(g, &dyd, &wd, &s, dx),
                         |g, dx| max_rel_err_all(g, &[(dx, &want)]),
+                    )
+                },
+            ));
+        }
+    }
+    // Backward-weight: the same kinds; the 1x1 at B=2 28x28 and the stem at 64x64 have enough
+    // pixels to be split (4 and 2 splits, through the reduce kernel), the others run one split
+    // accumulating straight into dw. dw starts random: the kernel must add, and an unwritten
+    // element shows.
+    let backward_weight: &[Case] = &[
+        case("bwd-weight layer1 3x3", 1, 64, (14, 14), 64, 3, 1, (false, false, false)),
+        case("bwd-weight layer1 1x1 64->256", 1, 64, (14, 14), 256, 1, 1, (false, false, false)),
+        case("bwd-weight layer1 1x1 split", 2, 64, (28, 28), 64, 1, 1, (false, false, false)),
+        case("bwd-weight layer2 3x3/2", 1, 128, (14, 14), 128, 3, 2, (false, false, false)),
+        case("bwd-weight layer2 downsample 1x1/2", 1, 256, (14, 14), 512, 1, 2, (false, false, false)),
+        case("bwd-weight stem 7x7/2", 1, 3, (64, 64), 64, 7, 2, (false, false, false)),
+        case("bwd-weight stem 7x7/2 padded to 8", 1, 8, (32, 32), 64, 7, 2, (false, false, false)),
+        case("bwd-weight odd", 2, 16, (9, 7), 24, 3, 1, (false, false, false)),
+        case("bwd-weight odd", 1, 5, (11, 11), 7, 3, 2, (false, false, false)),
+        case("bwd-weight odd", 2, 24, (10, 9), 40, 5, 2, (false, false, false)),
+        case("bwd-weight odd", 3, 8, (7, 7), 13, 1, 1, (false, false, false)),
+    ];
+    for &c in backward_weight {
+        for dtype in [DType::BF16, DType::F16] {
+            checks.push(GpuCheck::new(
+                "conv2d_nhwc_backward_weight",
+                label(&c, "NHWC"),
+                dtype,
+                Work::Flops(flops(&c.s)),
+                move |gpu, rng| {
+                    let s = c.s;
+                    let (ho, wo) = s.out_hw();
+                    let w_shape = [s.c_out, s.kernel, s.kernel, s.c_in];
+                    let shapes = [[s.batch, s.h, s.w, s.c_in], w_shape, [s.batch, ho, wo, s.c_out]];
+                    let CaseInputs { xd, x, .. } = case_inputs(gpu, rng, &c, dtype, shapes)?;
+                    let dy_shape = [s.batch, ho, wo, s.c_out];
+                    let dyd =
+                        CudaTensor::from_f32(gpu, &dy_shape, &random_vec(rng, dy_shape.iter().product(), 1.0), dtype)?;
+                    let dy = dyd.to_f32_vec(gpu)?;
+                    let dw0 = random_vec(rng, w_shape.iter().product(), 1.0);
+                    let grad = conv2d_nhwc_backward_weight_reference(&x, &dy, &s);
+                    let want: Vec<f32> = dw0.iter().zip(&grad).map(|(&a, &d)| (a as f64 + d) as f32).collect();
+                    launch_and_compare(
+                        gpu,
+                        CudaTensor::from_f32(gpu, &w_shape, &dw0, DType::F32)?,
+                        move |g, dw| conv2d_nhwc_backward_weight_cuda(g, &xd, &dyd, &s, dw),
+                        |g, dw| max_rel_err_all(g, &[(dw, &want)]),
                     )
                 },
             ));
@@ -540,36 +751,37 @@ mod tests {
     }
 
     #[test]
-    fn backward_data_is_the_forward_with_flipped_filters() {
-        // The identity conv2d_nhwc_backward_data_cuda relies on, on the CPU: dx of a stride-1
-        // convolution = the forward convolution of dy with wt[ci, ky, kx, co] =
-        // w[co, k-1-ky, k-1-kx, ci] and padding k - 1 - pad.
-        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        for &(batch, c_in, h, w, c_out, kernel, pad) in
-            &[(2, 5, 6, 7, 3, 3, 1), (1, 4, 5, 5, 6, 1, 0), (1, 2, 7, 6, 3, 5, 2)]
-        {
-            let s = Conv2dShape { batch, c_in, h, w, c_out, kernel, stride: 1, pad };
+    fn backward_weight_reference_is_the_definition() {
+        // dw[co, ky, kx, ci] = sum over (b, oy, ox) of dy[b, oy, ox, co] * x[b, iy, ix, ci], by
+        // hand in NHWC indices, strided and padded.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        for &(batch, c_in, h, w, c_out, kernel, stride, pad) in &[(2, 3, 7, 6, 5, 3, 2, 1), (1, 4, 5, 5, 2, 1, 1, 0)] {
+            let s = Conv2dShape { batch, c_in, h, w, c_out, kernel, stride, pad };
             let (ho, wo) = s.out_hw();
-            let wt = rand_vec(&mut rng, c_out * kernel * kernel * c_in);
+            let x = rand_vec(&mut rng, batch * h * w * c_in);
             let dy = rand_vec(&mut rng, batch * ho * wo * c_out);
-            let k = kernel;
-            let mut flipped = vec![0.0f32; wt.len()];
-            for ci in 0..c_in {
-                for ky in 0..k {
-                    for kx in 0..k {
-                        for co in 0..c_out {
-                            flipped[((ci * k + ky) * k + kx) * c_out + co] =
-                                wt[((co * k + (k - 1 - ky)) * k + (k - 1 - kx)) * c_in + ci];
+            let got = conv2d_nhwc_backward_weight_reference(&x, &dy, &s);
+            assert_eq!(got.len(), c_out * kernel * kernel * c_in);
+            for (o, &g) in got.iter().enumerate() {
+                let ci = o % c_in;
+                let kx = (o / c_in) % kernel;
+                let ky = (o / c_in / kernel) % kernel;
+                let co = o / c_in / kernel / kernel;
+                let mut acc = 0.0f64;
+                for b in 0..batch {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let iy = (oy * stride + ky) as isize - pad as isize;
+                            let ix = (ox * stride + kx) as isize - pad as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            let xi = ((b * h + iy as usize) * w + ix as usize) * c_in + ci;
+                            acc += dy[((b * ho + oy) * wo + ox) * c_out + co] as f64 * x[xi] as f64;
                         }
                     }
                 }
-            }
-            let t = Conv2dShape { batch, c_in: c_out, h: ho, w: wo, c_out: c_in, kernel, stride: 1, pad: k - 1 - pad };
-            let forward = conv2d_nhwc_reference(&dy, &flipped, None, &t, false, None);
-            let dx = conv2d_nhwc_backward_data_reference(&wt, &dy, &s);
-            assert_eq!(dx.len(), batch * h * w * c_in);
-            for (a, b) in forward.iter().zip(&dx) {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?}: {a} vs {b}");
+                assert!((g - acc).abs() <= 1e-9 * (1.0 + acc.abs()), "{s:?} dw {o}: {g} vs {acc}");
             }
         }
     }
