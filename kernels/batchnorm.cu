@@ -209,3 +209,100 @@ __device__ void batchnorm_backward_dx(const T* __restrict__ x, const T* __restri
         batchnorm_backward_dx<T>(x, dy, gamma, mean, rstd, means, dx, C, HW, total);                             \
     }
 LF_BN_TYPES(LF_BN_BACKWARD_DX)
+
+// ---- Channels-last (NHWC) statistics ----
+//
+// x (B, H, W, C) is a (N = B*H*W rows, C) matrix with the channel fastest: the NCHW kernels'
+// one-block-per-channel walk would stride by C. Here a block is a 32-channel x 8-row-lane tile
+// (blockDim (32, 8)): lane x reads channel c0 + x, so a warp reads 32 consecutive channels of one
+// row (64 contiguous bytes in bf16, 128 in f32), and the 8 row lanes of the block walk rows
+// lo + y, lo + y + 8, ... of the block's chunk. The 8 row-lane partials of a channel are combined
+// in shared memory, in order (deterministic, no atomics), and written to the same (C, S, 3) /
+// (C, S, 2) partial layout as the NCHW kernels: batchnorm_finalize_stats_f32 and
+// batchnorm_backward_finalize_f32 combine them unchanged, and the elementwise passes are the NCHW
+// ones with HW = 1 (channel = index mod C), so the NHWC contracts are the NCHW ones exactly.
+
+#define LF_BN_ROW_LANES 8
+
+// Sum over the block's row lanes of v, for this thread's channel; every thread gets the total.
+// red holds (8, 32) floats; the lanes are added in lane order.
+__device__ __forceinline__ float bn_rows_sum(float v, float* red) {
+    red[threadIdx.y * 32 + threadIdx.x] = v;
+    __syncthreads();
+    float t = 0.0f;
+    for (int r = 0; r < LF_BN_ROW_LANES; ++r) t += red[r * 32 + threadIdx.x];
+    __syncthreads();  // red is reused by the next call
+    return t;
+}
+
+// grid (ceil(C / 32), S), block (32, 8): partial (C, S, 3) = (count, mean, M2) of rows
+// [s*chunk, min((s+1)*chunk, N)) for each channel.
+template <typename T>
+__device__ void batchnorm_partial_stats_nhwc(const T* __restrict__ x, int C, int N, int chunk,
+                                             float* __restrict__ partial) {
+    __shared__ float red[LF_BN_ROW_LANES * 32];
+    const int c = blockIdx.x * 32 + threadIdx.x, s = blockIdx.y, S = gridDim.y;
+    const bool live = c < C;  // a dead lane still takes part in the block's __syncthreads
+    const int lo = s * chunk;
+    const int hi = min(lo + chunk, N);
+    const int count = max(hi - lo, 0);
+    float sum = 0.0f;
+    if (live)
+        for (int j = lo + threadIdx.y; j < hi; j += LF_BN_ROW_LANES) sum += to_float(x[(size_t)j * C + c]);
+    const float mean = count > 0 ? bn_rows_sum(sum, red) / count : 0.0f;
+    float m2 = 0.0f;
+    if (live)
+        for (int j = lo + threadIdx.y; j < hi; j += LF_BN_ROW_LANES) {
+            const float d = to_float(x[(size_t)j * C + c]) - mean;
+            m2 += d * d;
+        }
+    m2 = bn_rows_sum(m2, red);
+    if (live && threadIdx.y == 0) {
+        float* p = partial + ((size_t)c * S + s) * 3;
+        p[0] = (float)count;
+        p[1] = mean;
+        p[2] = m2;
+    }
+}
+
+// grid (ceil(C / 32), S), block (32, 8): partial (C, S, 2) = (sum dy, sum dy * xhat) of each
+// chunk of rows, xhat = (x - mean) * rstd in f32 as the CPU.
+template <typename T>
+__device__ void batchnorm_backward_partial_nhwc(const T* __restrict__ x, const T* __restrict__ dy,
+                                                const float* __restrict__ mean, const float* __restrict__ rstd, int C,
+                                                int N, int chunk, float* __restrict__ partial) {
+    __shared__ float red[LF_BN_ROW_LANES * 32];
+    const int c = blockIdx.x * 32 + threadIdx.x, s = blockIdx.y, S = gridDim.y;
+    const bool live = c < C;
+    const int lo = s * chunk;
+    const int hi = min(lo + chunk, N);
+    float sdy = 0.0f, sdyx = 0.0f;
+    if (live) {
+        const float m = mean[c], r = rstd[c];
+        for (int j = lo + threadIdx.y; j < hi; j += LF_BN_ROW_LANES) {
+            const size_t k = (size_t)j * C + c;
+            const float g = to_float(dy[k]);
+            sdy += g;
+            sdyx += g * ((to_float(x[k]) - m) * r);
+        }
+    }
+    sdy = bn_rows_sum(sdy, red);
+    sdyx = bn_rows_sum(sdyx, red);
+    if (live && threadIdx.y == 0) {
+        float* p = partial + ((size_t)c * S + s) * 2;
+        p[0] = sdy;
+        p[1] = sdyx;
+    }
+}
+
+#define LF_BN_NHWC(S, T)                                                                                         \
+    extern "C" __global__ void batchnorm_partial_stats_nhwc_##S(const T* __restrict__ x, int C, int N, int chunk, \
+                                                                float* __restrict__ partial) {                    \
+        batchnorm_partial_stats_nhwc<T>(x, C, N, chunk, partial);                                                 \
+    }                                                                                                             \
+    extern "C" __global__ void batchnorm_backward_partial_nhwc_##S(                                               \
+        const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ mean,                        \
+        const float* __restrict__ rstd, int C, int N, int chunk, float* __restrict__ partial) {                   \
+        batchnorm_backward_partial_nhwc<T>(x, dy, mean, rstd, C, N, chunk, partial);                              \
+    }
+LF_BN_TYPES(LF_BN_NHWC)

@@ -32,6 +32,7 @@ pub fn all_checks() -> Vec<GpuCheck> {
         crate::ops::relu::gpu_checks(),
         crate::ops::residual::gpu_checks(),
         crate::ops::cast::gpu_checks(),
+        crate::ops::layout::gpu_checks(),
         crate::train::adam::gpu_checks(),
         crate::ops::conv2d::gpu_checks(),
         crate::ops::conv2d_nhwc::gpu_checks(),

@@ -353,23 +353,301 @@ pub fn batch_norm_backward_cuda(
     gpu.launch("batchnorm", &format!("batchnorm_backward_dx_{dt}"), grid_stride_config(total), &args)
 }
 
-/// Training shapes of the ResNet-50 at 448, batch 2 (stem, layer1, layer4) and odd small ones.
+// ---- Channels-last (NHWC) ----
+//
+// x (B, H, W, C) is N = B*H*W rows of C channels. Element (row j, channel c) of NHWC sits where
+// NCHW with B = N and HW = 1 puts it, so the NCHW definitions with (N, C, 1) are the NHWC ones,
+// and so are the NCHW elementwise kernels (channel = index mod C) and the per-channel finalize
+// kernels; only the two reductions over rows have NHWC kernels of their own (a warp reads 32
+// consecutive channels of a row, kernels/batchnorm.cu).
+
+/// Training forward on x (N rows, C) channels-last; as `batch_norm_train_cpu`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_train_nhwc_cpu(
+    x: &[f32],
+    rows: usize,
+    c: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    y: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+) {
+    batch_norm_train_cpu(x, rows, c, 1, gamma, beta, running_mean, running_var, y, mean, rstd);
+}
+
+/// Eval forward on x (N rows, C) channels-last; as `batch_norm_eval_cpu`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_eval_nhwc_cpu(
+    x: &[f32],
+    c: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    y: &mut [f32],
+) {
+    batch_norm_eval_cpu(x, c, 1, gamma, beta, running_mean, running_var, y);
+}
+
+/// Backward on x, dy (N rows, C) channels-last; as `batch_norm_backward_cpu`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward_nhwc_cpu(
+    x: &[f32],
+    dy: &[f32],
+    rows: usize,
+    c: usize,
+    gamma: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    batch_norm_backward_cpu(x, dy, rows, c, 1, gamma, mean, rstd, dx, dgamma, dbeta);
+}
+
+/// The NHWC reductions give each block this many rows of 32 channels (16384 values, 4 times
+/// the NCHW chunk: the block reads 32 channels at once), 64 rows per thread.
+const BN_NHWC_CHUNK: usize = 512;
+
+/// f32 elements of the workspace that `batch_norm_train_nhwc_cuda` and
+/// `batch_norm_backward_nhwc_cuda` need for x of `rows` = B*H*W rows of `c` channels.
+pub fn batch_norm_nhwc_workspace_len(rows: usize, c: usize) -> usize {
+    c * (rows.div_ceil(BN_NHWC_CHUNK).max(1) * 3 + 2)
+}
+
+/// (N rows, C) of a channels-last tensor (..., C): C the last dimension.
+fn nhwc(what: &str, x: &CudaTensor) -> Result<(usize, usize)> {
+    let c = x.shape().last().copied().unwrap_or(0);
+    if x.shape().len() < 2 || x.numel() == 0 {
+        return Err(Error::Shape(format!("{what}: x {:?} is not (B, ..., C)", x.shape())));
+    }
+    Ok((x.numel() / c, c))
+}
+
+/// The NHWC reductions' grid (ceil(C / 32), S) of (32, 8) blocks and S.
+fn nhwc_split_config(what: &str, rows: usize, c: usize) -> Result<(LaunchConfig, usize)> {
+    let s = rows.div_ceil(BN_NHWC_CHUNK).max(1);
+    if s > 65535 {
+        return Err(Error::Shape(format!("{what}: {rows} rows exceed the grid ({BN_NHWC_CHUNK} rows a block)")));
+    }
+    let cfg =
+        LaunchConfig { grid_dim: (c.div_ceil(32) as u32, s as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
+    Ok((cfg, s))
+}
+
+fn check_nhwc_workspace(what: &str, ws: &CudaTensor, rows: usize, c: usize) -> Result<()> {
+    let need = batch_norm_nhwc_workspace_len(rows, c);
+    if ws.numel() < need {
+        return Err(Error::Shape(format!(
+            "{what}: workspace of {} f32, needs {need} (batch_norm_nhwc_workspace_len)",
+            ws.numel()
+        )));
+    }
+    Ok(())
+}
+
+/// CUDA twin of `batch_norm_train_nhwc_cpu`: x, y (B, H, W, C) (any (..., C)) in f32 or bf16;
+/// gamma, beta, running_mean, running_var, mean, rstd (C) f32; `workspace` at least
+/// `batch_norm_nhwc_workspace_len(B*H*W, C)` f32. The contract of `batch_norm_train_cuda`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_train_nhwc_cuda(
+    gpu: &Gpu,
+    x: &CudaTensor,
+    gamma: &CudaTensor,
+    beta: &CudaTensor,
+    running_mean: &mut CudaTensor,
+    running_var: &mut CudaTensor,
+    y: &mut CudaTensor,
+    mean: &mut CudaTensor,
+    rstd: &mut CudaTensor,
+    workspace: &mut CudaTensor,
+) -> Result<()> {
+    const WHAT: &str = "batch_norm_train_nhwc_cuda";
+    let (rows, c) = nhwc(WHAT, x)?;
+    expect_shape(
+        WHAT,
+        &[c],
+        &[
+            ("gamma", gamma),
+            ("beta", beta),
+            ("running_mean", running_mean),
+            ("running_var", running_var),
+            ("mean", mean),
+            ("rstd", rstd),
+        ],
+    )?;
+    expect_shape(WHAT, x.shape(), &[("y", y)])?;
+    let dt = activation_dtype(WHAT, &[x, y])?.suffix();
+    expect_f32(WHAT, &[gamma, beta, running_mean, running_var, mean, rstd, workspace])?;
+    check_nhwc_workspace(WHAT, workspace, rows, c)?;
+    let (cfg, s) = nhwc_split_config(WHAT, rows, c)?;
+    let (ci, ni) = (to_i32(c, "C")?, to_i32(rows, "B*H*W")?);
+    gpu.launch(
+        "batchnorm",
+        &format!("batchnorm_partial_stats_nhwc_{dt}"),
+        cfg,
+        &[x.arg(gpu), ci, ni, to_i32(BN_NHWC_CHUNK, "chunk")?, workspace.arg(gpu)],
+    )?;
+    let args = [
+        workspace.arg(gpu),
+        ci,
+        to_i32(s, "S")?,
+        BN_MOMENTUM.into(),
+        BN_EPS.into(),
+        mean.arg(gpu),
+        rstd.arg(gpu),
+        running_mean.arg(gpu),
+        running_var.arg(gpu),
+    ];
+    gpu.launch("batchnorm", "batchnorm_finalize_stats_f32", grid_stride_config(c), &args)?;
+    // The NCHW elementwise kernel with HW = 1: channel = index mod C.
+    let total = x.numel();
+    let one = to_i32(1, "HW")?;
+    let args = [
+        x.arg(gpu),
+        gamma.arg(gpu),
+        beta.arg(gpu),
+        mean.arg(gpu),
+        rstd.arg(gpu),
+        y.arg(gpu),
+        ci,
+        one,
+        (total as i64).into(),
+    ];
+    gpu.launch("batchnorm", &format!("batchnorm_apply_{dt}"), grid_stride_config(total), &args)
+}
+
+/// CUDA twin of `batch_norm_eval_nhwc_cpu`: x, y (..., C) in f32 or bf16; the rest (C), f32.
+pub fn batch_norm_eval_nhwc_cuda(
+    gpu: &Gpu,
+    x: &CudaTensor,
+    gamma: &CudaTensor,
+    beta: &CudaTensor,
+    running_mean: &CudaTensor,
+    running_var: &CudaTensor,
+    y: &mut CudaTensor,
+) -> Result<()> {
+    const WHAT: &str = "batch_norm_eval_nhwc_cuda";
+    let (_, c) = nhwc(WHAT, x)?;
+    expect_shape(
+        WHAT,
+        &[c],
+        &[("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)],
+    )?;
+    expect_shape(WHAT, x.shape(), &[("y", y)])?;
+    let dt = activation_dtype(WHAT, &[x, y])?.suffix();
+    expect_f32(WHAT, &[gamma, beta, running_mean, running_var])?;
+    let total = x.numel();
+    let args = [
+        x.arg(gpu),
+        gamma.arg(gpu),
+        beta.arg(gpu),
+        running_mean.arg(gpu),
+        running_var.arg(gpu),
+        BN_EPS.into(),
+        y.arg(gpu),
+        to_i32(c, "C")?,
+        to_i32(1, "HW")?,
+        (total as i64).into(),
+    ];
+    gpu.launch("batchnorm", &format!("batchnorm_eval_{dt}"), grid_stride_config(total), &args)
+}
+
+/// CUDA twin of `batch_norm_backward_nhwc_cpu`: dx overwritten, dgamma and dbeta accumulated.
+/// x, dy, dx (..., C) in f32 or bf16; gamma, mean, rstd, dgamma, dbeta (C), f32; `workspace` at
+/// least `batch_norm_nhwc_workspace_len(B*H*W, C)` f32.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward_nhwc_cuda(
+    gpu: &Gpu,
+    x: &CudaTensor,
+    dy: &CudaTensor,
+    gamma: &CudaTensor,
+    mean: &CudaTensor,
+    rstd: &CudaTensor,
+    dx: &mut CudaTensor,
+    dgamma: &mut CudaTensor,
+    dbeta: &mut CudaTensor,
+    workspace: &mut CudaTensor,
+) -> Result<()> {
+    const WHAT: &str = "batch_norm_backward_nhwc_cuda";
+    let (rows, c) = nhwc(WHAT, x)?;
+    expect_shape(
+        WHAT,
+        &[c],
+        &[("gamma", gamma), ("mean", mean), ("rstd", rstd), ("dgamma", dgamma), ("dbeta", dbeta)],
+    )?;
+    expect_shape(WHAT, x.shape(), &[("dy", dy), ("dx", dx)])?;
+    let dt = activation_dtype(WHAT, &[x, dy, dx])?.suffix();
+    expect_f32(WHAT, &[gamma, mean, rstd, dgamma, dbeta, workspace])?;
+    check_nhwc_workspace(WHAT, workspace, rows, c)?;
+    let (cfg, s) = nhwc_split_config(WHAT, rows, c)?;
+    let (ci, ni) = (to_i32(c, "C")?, to_i32(rows, "B*H*W")?);
+    // Workspace: partials (C, S, 2) at 0, per-channel means (C, 2) after C*S*3.
+    let means = f32_arg_at(gpu, workspace, c * s * 3);
+    let args = [
+        x.arg(gpu),
+        dy.arg(gpu),
+        mean.arg(gpu),
+        rstd.arg(gpu),
+        ci,
+        ni,
+        to_i32(BN_NHWC_CHUNK, "chunk")?,
+        workspace.arg(gpu),
+    ];
+    gpu.launch("batchnorm", &format!("batchnorm_backward_partial_nhwc_{dt}"), cfg, &args)?;
+    let args = [workspace.arg(gpu), ci, to_i32(s, "S")?, ni, dgamma.arg(gpu), dbeta.arg(gpu), means];
+    gpu.launch("batchnorm", "batchnorm_backward_finalize_f32", grid_stride_config(c), &args)?;
+    let total = x.numel();
+    let args = [
+        x.arg(gpu),
+        dy.arg(gpu),
+        gamma.arg(gpu),
+        mean.arg(gpu),
+        rstd.arg(gpu),
+        means,
+        dx.arg(gpu),
+        ci,
+        to_i32(1, "HW")?,
+        (total as i64).into(),
+    ];
+    gpu.launch("batchnorm", &format!("batchnorm_backward_dx_{dt}"), grid_stride_config(total), &args)
+}
+
+/// Training shapes of the ResNet-50 at 448, batch 2 (stem, layer1, layer4) and odd small ones,
+/// NCHW only (the first three are slow on the simulator).
 const BN_CHECK_SHAPES: &[(usize, usize, usize, usize)] =
     &[(2, 64, 224, 224), (2, 256, 112, 112), (2, 2048, 14, 14), (2, 3, 5, 7), (1, 5, 1, 3)];
+
+/// Shapes checked in both layouts (NCHW and channels-last), so the simulator's profiles compare:
+/// ResNet-50 channel counts on small maps, C not a multiple of 8, 1x1 maps.
+const BN_BOTH_LAYOUT_SHAPES: &[(usize, usize, usize, usize)] =
+    &[(2, 64, 56, 56), (2, 256, 14, 14), (2, 2048, 7, 7), (2, 37, 5, 7), (3, 20, 1, 1)];
 
 /// Kernel checks: training forward (y, saved mean/rstd, running statistics), eval forward,
 /// backward (dx, accumulated dgamma/dbeta); activations in f32 and in bf16.
 pub fn gpu_checks() -> Vec<GpuCheck> {
     let mut checks = Vec::new();
-    for (&(b, c, h, w), dt) in BN_CHECK_SHAPES.iter().flat_map(|s| [(s, DType::F32), (s, DType::BF16)]) {
+    let layouts = BN_CHECK_SHAPES
+        .iter()
+        .map(|s| (s, false))
+        .chain(BN_BOTH_LAYOUT_SHAPES.iter().flat_map(|s| [(s, false), (s, true)]));
+    for ((&(b, c, h, w), nhwc), dt) in layouts.flat_map(|s| [(s, DType::F32), (s, DType::BF16)]) {
         let (hw, shape) = (h * w, format!("B={b} C={c} H={h} W={w}"));
         let n = b * c * hw;
+        // Channels-last: the CPU definitions see (B*H*W, C, 1), the tensors are (B, H, W, C).
+        let (cb, chw, xs) = if nhwc { (b * hw, 1, [b, h, w, c]) } else { (b, hw, [b, c, h, w]) };
+        let ws_len = if nhwc { batch_norm_nhwc_workspace_len(b * hw, c) } else { batch_norm_workspace_len(b, c, hw) };
+        let op = |name: &'static str, nhwc_name: &'static str| if nhwc { nhwc_name } else { name };
         let f32 = DType::F32;
         // Activations (x, y, dy, dx) in `dt`; parameters and statistics f32. The reference
         // sees the activations as rounded to `dt`, so a check measures the kernel.
         let bytes = (n * dt.size_in_bytes()) as f64;
         checks.push(GpuCheck::new(
-            "batchnorm_train_forward",
+            op("batchnorm_train_forward", "batchnorm_nhwc_train_forward"),
             shape.clone(),
             dt,
             Work::Bytes(2.0 * bytes),
@@ -382,24 +660,28 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let rv0: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
                 let (mut rm, mut rv) = (rm0.clone(), rv0.clone());
                 let (mut y, mut mean, mut rstd) = (vec![0.0; n], vec![0.0; c], vec![0.0; c]);
-                batch_norm_train_cpu(&x, b, c, hw, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd);
+                batch_norm_train_cpu(&x, cb, c, chw, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd);
                 let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
-                let xd = CudaTensor::from_f32(gpu, &[b, c, h, w], &x, dt)?;
+                let xd = CudaTensor::from_f32(gpu, &xs, &x, dt)?;
                 let (gd, bd) = (up(&gamma, &[c])?, up(&beta, &[c])?);
                 let (rmd, rvd) = (up(&rm0, &[c])?, up(&rv0, &[c])?);
                 let outputs = (
                     rmd,
                     rvd,
-                    poisoned(gpu, &[b, c, h, w], dt)?,
+                    poisoned(gpu, &xs, dt)?,
                     poisoned(gpu, &[c], f32)?,
                     poisoned(gpu, &[c], f32)?,
-                    poisoned(gpu, &[batch_norm_workspace_len(b, c, hw)], f32)?,
+                    poisoned(gpu, &[ws_len], f32)?,
                 );
                 launch_and_compare(
                     gpu,
                     outputs,
                     move |g, (rmd, rvd, yd, meand, rstdd, ws)| {
-                        batch_norm_train_cuda(g, &xd, &gd, &bd, rmd, rvd, yd, meand, rstdd, ws)
+                        if nhwc {
+                            batch_norm_train_nhwc_cuda(g, &xd, &gd, &bd, rmd, rvd, yd, meand, rstdd, ws)
+                        } else {
+                            batch_norm_train_cuda(g, &xd, &gd, &bd, rmd, rvd, yd, meand, rstdd, ws)
+                        }
                     },
                     |g, (rmd, rvd, yd, meand, rstdd, _)| {
                         max_rel_err_all(g, &[(yd, &y), (meand, &mean), (rstdd, &rstd), (rmd, &rm), (rvd, &rv)])
@@ -408,7 +690,7 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
             },
         ));
         checks.push(GpuCheck::new(
-            "batchnorm_eval_forward",
+            op("batchnorm_eval_forward", "batchnorm_nhwc_eval_forward"),
             shape.clone(),
             dt,
             Work::Bytes(2.0 * bytes),
@@ -418,50 +700,64 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let (beta, rm) = (random_vec(rng, c, 0.5), random_vec(rng, c, 1.0));
                 let rv: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
                 let mut y = vec![0.0; n];
-                batch_norm_eval_cpu(&x, c, hw, &gamma, &beta, &rm, &rv, &mut y);
+                batch_norm_eval_cpu(&x, c, chw, &gamma, &beta, &rm, &rv, &mut y);
                 let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
-                let xd = CudaTensor::from_f32(gpu, &[b, c, h, w], &x, dt)?;
+                let xd = CudaTensor::from_f32(gpu, &xs, &x, dt)?;
                 let (gd, bd, rmd, rvd) = (up(&gamma, &[c])?, up(&beta, &[c])?, up(&rm, &[c])?, up(&rv, &[c])?);
                 launch_and_compare(
                     gpu,
-                    poisoned(gpu, &[b, c, h, w], dt)?,
-                    move |g, yd| batch_norm_eval_cuda(g, &xd, &gd, &bd, &rmd, &rvd, yd),
+                    poisoned(gpu, &xs, dt)?,
+                    move |g, yd| {
+                        if nhwc {
+                            batch_norm_eval_nhwc_cuda(g, &xd, &gd, &bd, &rmd, &rvd, yd)
+                        } else {
+                            batch_norm_eval_cuda(g, &xd, &gd, &bd, &rmd, &rvd, yd)
+                        }
+                    },
                     |g, yd| max_rel_err_all(g, &[(yd, &y)]),
                 )
             },
         ));
-        checks.push(GpuCheck::new("batchnorm_backward", shape, dt, Work::Bytes(3.0 * bytes), move |gpu, rng| {
-            let x: Vec<f32> = dt.round(random_vec(rng, n, 2.0).iter().map(|v| v + 1.0).collect());
-            let dy = dt.round(random_vec(rng, n, 1.0));
-            let gamma: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
-            let (dg0, db0) = (random_vec(rng, c, 1.0), random_vec(rng, c, 1.0));
-            // mean and rstd as the training forward saves them.
-            let (mut rm, mut rv, mut y) = (vec![0.0; c], vec![1.0; c], vec![0.0; n]);
-            let (mut mean, mut rstd) = (vec![0.0; c], vec![0.0; c]);
-            batch_norm_train_cpu(&x, b, c, hw, &gamma, &gamma, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd);
-            let (mut dx, mut dg, mut db) = (vec![0.0; n], dg0.clone(), db0.clone());
-            batch_norm_backward_cpu(&x, &dy, b, c, hw, &gamma, &mean, &rstd, &mut dx, &mut dg, &mut db);
-            let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
-            let (xd, dyd, gd, md, rd) = (
-                CudaTensor::from_f32(gpu, &[b, c, h, w], &x, dt)?,
-                CudaTensor::from_f32(gpu, &[b, c, h, w], &dy, dt)?,
-                up(&gamma, &[c])?,
-                up(&mean, &[c])?,
-                up(&rstd, &[c])?,
-            );
-            let outputs = (
-                poisoned(gpu, &[b, c, h, w], dt)?,
-                up(&dg0, &[c])?,
-                up(&db0, &[c])?,
-                poisoned(gpu, &[batch_norm_workspace_len(b, c, hw)], f32)?,
-            );
-            launch_and_compare(
-                gpu,
-                outputs,
-                move |g, (dxd, dgd, dbd, ws)| batch_norm_backward_cuda(g, &xd, &dyd, &gd, &md, &rd, dxd, dgd, dbd, ws),
-                |g, (dxd, dgd, dbd, _)| max_rel_err_all(g, &[(dxd, &dx), (dgd, &dg), (dbd, &db)]),
-            )
-        }));
+        checks.push(GpuCheck::new(
+            op("batchnorm_backward", "batchnorm_nhwc_backward"),
+            shape,
+            dt,
+            Work::Bytes(3.0 * bytes),
+            move |gpu, rng| {
+                let x: Vec<f32> = dt.round(random_vec(rng, n, 2.0).iter().map(|v| v + 1.0).collect());
+                let dy = dt.round(random_vec(rng, n, 1.0));
+                let gamma: Vec<f32> = random_vec(rng, c, 0.5).iter().map(|v| v + 1.0).collect();
+                let (dg0, db0) = (random_vec(rng, c, 1.0), random_vec(rng, c, 1.0));
+                // mean and rstd as the training forward saves them.
+                let (mut rm, mut rv, mut y) = (vec![0.0; c], vec![1.0; c], vec![0.0; n]);
+                let (mut mean, mut rstd) = (vec![0.0; c], vec![0.0; c]);
+                batch_norm_train_cpu(&x, cb, c, chw, &gamma, &gamma, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd);
+                let (mut dx, mut dg, mut db) = (vec![0.0; n], dg0.clone(), db0.clone());
+                batch_norm_backward_cpu(&x, &dy, cb, c, chw, &gamma, &mean, &rstd, &mut dx, &mut dg, &mut db);
+                let up = |v: &[f32], s: &[usize]| CudaTensor::from_f32(gpu, s, v, f32);
+                let (xd, dyd, gd, md, rd) = (
+                    CudaTensor::from_f32(gpu, &xs, &x, dt)?,
+                    CudaTensor::from_f32(gpu, &xs, &dy, dt)?,
+                    up(&gamma, &[c])?,
+                    up(&mean, &[c])?,
+                    up(&rstd, &[c])?,
+                );
+                let outputs =
+                    (poisoned(gpu, &xs, dt)?, up(&dg0, &[c])?, up(&db0, &[c])?, poisoned(gpu, &[ws_len], f32)?);
+                launch_and_compare(
+                    gpu,
+                    outputs,
+                    move |g, (dxd, dgd, dbd, ws)| {
+                        if nhwc {
+                            batch_norm_backward_nhwc_cuda(g, &xd, &dyd, &gd, &md, &rd, dxd, dgd, dbd, ws)
+                        } else {
+                            batch_norm_backward_cuda(g, &xd, &dyd, &gd, &md, &rd, dxd, dgd, dbd, ws)
+                        }
+                    },
+                    |g, (dxd, dgd, dbd, _)| max_rel_err_all(g, &[(dxd, &dx), (dgd, &dg), (dbd, &db)]),
+                )
+            },
+        ));
     }
     checks
 }

@@ -23,6 +23,7 @@ pub mod gap;
 pub mod gemm_packed;
 pub mod interpolate;
 pub mod layernorm;
+pub mod layout;
 pub mod matmul;
 pub mod maxpool;
 pub mod pool;
