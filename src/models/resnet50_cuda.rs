@@ -25,6 +25,10 @@
 //! convolution weights are (C_out, k, k, C_in) on the device: the f32 master weights, their
 //! gradients and Adam's moments are permuted once at `upload` and back at `download_into` /
 //! `grads_flat`, so the per-step cast and Adam stay flat and the CPU layout is what leaves.
+//! The stem is the exception: its 3 image channels are padded to 8 (`STEM_CHANNELS_NHWC`) so
+//! that a pixel is one 16-byte load (the 3-channel gather reads 0.2 of its sectors). Its master
+//! weight stays (C_out, 3, 7, 7); one layout launch a step transposes, pads and casts it to the
+//! (C_out, 7, 7, 8) bf16 weight, and its gradient comes back through the same transpose, cropped.
 //!
 //! Layout: the CPU model's flat buffers on the device, as llm.c's train_gpt2.cu holds them:
 //! parameters, gradients, Adam's m and v and the batch-norm running statistics are one
@@ -41,19 +45,22 @@ use crate::device::cuda::{CudaTensor, CudaView, CudaViewMut, DType, Gpu};
 use crate::error::{Error, Result};
 use crate::models::resnet50::{ConvBn, HeadKind, ResNet, ResNetConfig, Slot};
 use crate::ops::batchnorm::{
-    batch_norm_backward_cuda, batch_norm_eval_cuda, batch_norm_train_cuda, batch_norm_workspace_len,
+    batch_norm_backward_cuda, batch_norm_backward_nhwc_cuda, batch_norm_eval_cuda, batch_norm_eval_nhwc_cuda,
+    batch_norm_nhwc_workspace_len, batch_norm_train_cuda, batch_norm_train_nhwc_cuda, batch_norm_workspace_len,
 };
 use crate::ops::bce::{bce_with_logits_cuda, consistency_bce_cuda, LOSS_WORKSPACE_LEN};
 use crate::ops::cam_head::{cam_head_backward_cuda, cam_head_cuda, linear_head_backward_cuda, linear_head_cuda};
 use crate::ops::cast::{cast_segments_cuda, CastSegments};
-use crate::ops::conv2d::conv2d_cuda;
+use crate::ops::conv2d::{conv2d_cuda, Conv2dShape};
 use crate::ops::conv2d_backward::{conv2d_backward_data_cuda, conv2d_backward_weight_cuda};
 use crate::ops::conv2d_nhwc::{
     conv2d_nhwc_backward_data_cuda, conv2d_nhwc_backward_weight_cuda, conv2d_nhwc_cuda, nchw_to_nhwc, nhwc_to_nchw,
     ConvEpilogue,
 };
 use crate::ops::layout::{nchw_to_nhwc_cuda, nhwc_to_nchw_cuda};
-use crate::ops::maxpool::{max_pool2d_backward_cuda, max_pool2d_cuda, MaxPoolShape};
+use crate::ops::maxpool::{
+    max_pool2d_backward_cuda, max_pool2d_backward_nhwc_cuda, max_pool2d_cuda, max_pool2d_nhwc_cuda, MaxPoolShape,
+};
 use crate::ops::relu::{relu_backward_inplace_cuda, relu_inplace_cuda};
 use crate::ops::residual::add_inplace_cuda;
 use crate::train::adam::{adam_step_cuda, Adam};
@@ -103,7 +110,7 @@ pub struct CudaActivations {
     batch: usize,
     h: usize,
     w: usize,
-    /// Channels-last: the input transposed to (B, H, W, 3), the stem's weight gradient reads it.
+    /// Channels-last: the input as (B, H, W, 8) (channels 3.. zero); the stem's weight gradient reads it.
     input_nhwc: Option<CudaTensor>,
     stem: CudaConvBnAct,
     pool: CudaTensor,
@@ -142,12 +149,17 @@ struct LowPrecisionWeights {
     runs: CastSegments,
     /// Offset in `flat` of each parameter slot's copy (None: not a convolution weight).
     offsets: Vec<Option<usize>>,
+    /// Channels-last: the stem's weight (C_out, 7, 7, STEM_CHANNELS_NHWC), its own buffer.
+    stem: Option<CudaTensor>,
     /// False after an Adam step until the next forward casts again.
     fresh: bool,
 }
 
 /// Each convolution's bf16 weight starts on a 64-element (128-byte) boundary of the flat copy.
 const LOW_PRECISION_ALIGN: usize = 64;
+
+/// Channels of the stem's input and weight on the channels-last path: the image's 3, zero-padded.
+const STEM_CHANNELS_NHWC: usize = 8;
 
 pub struct CudaResNet {
     pub gpu: Arc<Gpu>,
@@ -157,7 +169,8 @@ pub struct CudaResNet {
     /// Activations channels-last and convolution weights (C_out, k, k, C_in) on the device
     /// (bf16); NCHW and (C_out, C_in, k, k) otherwise (f32).
     nhwc: bool,
-    /// The parameter slots of the convolution weights (permuted on the device when `nhwc`).
+    /// The parameter slots of the convolution weights permuted on the device (when `nhwc`:
+    /// all but the stem's).
     conv_slots: Vec<usize>,
     low: Option<LowPrecisionWeights>,
     slots: Vec<Slot>,
@@ -256,6 +269,13 @@ impl CudaResNet {
                     .ok_or_else(|| Error::Internal(format!("CUDA ResNet: no tensor at offset {}", l.w)))?,
             );
         }
+        // The stem (first) keeps the CPU layout: see the module comment.
+        let stem_slot = conv_slots[0];
+        if nhwc {
+            conv_slots.remove(0);
+        } else {
+            conv_slots.clear();
+        }
         let flat = |data: &[f32]| -> Result<CudaTensor> {
             if nhwc {
                 let mut permuted = data.to_vec();
@@ -303,14 +323,26 @@ impl CudaResNet {
             None
         } else {
             let (mut runs, mut offsets, mut len) = (Vec::new(), vec![None; model.slots.len()], 0);
-            for &i in &conv_slots {
+            let cast_slots = if nhwc {
+                conv_slots.clone()
+            } else {
+                std::iter::once(stem_slot).chain(conv_slots.iter().copied()).collect()
+            };
+            for i in cast_slots {
                 let s = &model.slots[i];
                 let n: usize = s.shape.iter().product();
                 runs.push((s.offset, len, n));
                 offsets[i] = Some(len);
                 len = (len + n).next_multiple_of(LOW_PRECISION_ALIGN);
             }
+            let stem = if nhwc {
+                let l = &model.stem;
+                Some(CudaTensor::empty(gpu, &[l.c_out, l.k, l.k, STEM_CHANNELS_NHWC], dtype)?)
+            } else {
+                None
+            };
             Some(LowPrecisionWeights {
+                stem,
                 flat: CudaTensor::zeros(gpu, &[len], dtype)?,
                 runs: CastSegments::new(gpu, runs, model.params.len(), len)?,
                 offsets,
@@ -381,6 +413,16 @@ impl CudaResNet {
         flat.view(&self.gpu, s.offset, &conv_weight_shape(s, self.nhwc))
     }
 
+    /// The convolution shape of layer `l` on (b, h, w) inputs: the stem's input channels padded
+    /// to `STEM_CHANNELS_NHWC` on the channels-last path.
+    fn conv_shape(&self, l: &CudaConvBn, b: usize, h: usize, w: usize) -> Conv2dShape {
+        let mut s = l.layer.shape(b, h, w);
+        if self.nhwc && l.w == self.stem.w {
+            s.c_in = STEM_CHANNELS_NHWC;
+        }
+        s
+    }
+
     /// An activation's shape in the model's layout.
     fn act_shape(&self, b: usize, c: usize, h: usize, w: usize) -> [usize; 4] {
         if self.nhwc {
@@ -396,6 +438,9 @@ impl CudaResNet {
         let s = &self.slots[slot];
         match &self.low {
             None => self.conv_slot_view(&self.params, slot),
+            Some(LowPrecisionWeights { stem: Some(stem), .. }) if slot == self.stem.w => {
+                stem.view(&self.gpu, 0, stem.shape())
+            }
             Some(low) => {
                 let offset = low.offsets[slot]
                     .ok_or_else(|| Error::Internal(format!("CUDA ResNet: {} has no bf16 copy", s.name)))?;
@@ -410,6 +455,11 @@ impl CudaResNet {
         if let Some(low) = &mut self.low {
             if !low.fresh {
                 cast_segments_cuda(&self.gpu, &low.runs, &self.params, &mut low.flat)?;
+                if let Some(stem) = &mut low.stem {
+                    // (C_out, 3, 7, 7) f32 -> (C_out, 7, 7, 8) bf16: a 7 x 7 "image" per filter.
+                    let w = slot_view(&self.gpu, &self.params, &self.slots[self.stem.w])?;
+                    nchw_to_nhwc_cuda(&self.gpu, &w, stem)?;
+                }
                 low.fresh = true;
             }
         }
@@ -433,7 +483,7 @@ impl CudaResNet {
         train: bool,
     ) -> Result<CudaConvBnAct> {
         let gpu = self.gpu.clone();
-        let s = l.layer.shape(b, h, w);
+        let s = self.conv_shape(l, b, h, w);
         let (ho, wo) = s.out_hw();
         let c = l.layer.c_out;
         let shape = self.act_shape(b, c, ho, wo);
@@ -450,19 +500,28 @@ impl CudaResNet {
         let (mean_slot, var_slot) = (&self.buffer_slots[l.running_mean], &self.buffer_slots[l.running_var]);
         let stats = if train {
             let (mut mean, mut rstd) = (CudaTensor::empty(&gpu, &[c], F32)?, CudaTensor::empty(&gpu, &[c], F32)?);
-            let mut ws = CudaTensor::empty(&gpu, &[batch_norm_workspace_len(b, c, ho * wo)], F32)?;
+            let ws_len = if self.nhwc {
+                batch_norm_nhwc_workspace_len(b * ho * wo, c)
+            } else {
+                batch_norm_workspace_len(b, c, ho * wo)
+            };
+            let mut ws = CudaTensor::empty(&gpu, &[ws_len], F32)?;
             let [mut rm, mut rv] = slot_views_mut(&gpu, &mut self.buffers, mean_slot, var_slot)?;
             if self.nhwc {
-                batch_norm_nhwc_train_cuda(&gpu, &z, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd, &mut ws)?;
+                batch_norm_train_nhwc_cuda(
+                    &gpu, &z, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd, &mut ws,
+                )?;
             } else {
-                batch_norm_train_cuda(&gpu, &z, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd, &mut ws)?;
+                batch_norm_train_cuda(
+                    &gpu, &z, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd, &mut ws,
+                )?;
             }
             Some((mean, rstd))
         } else {
             let rm = slot_view(&gpu, &self.buffers, mean_slot)?;
             let rv = slot_view(&gpu, &self.buffers, var_slot)?;
             if self.nhwc {
-                batch_norm_nhwc_eval_cuda(&gpu, &z, &gamma, &beta, &rm, &rv, &mut y)?;
+                batch_norm_eval_nhwc_cuda(&gpu, &z, &gamma, &beta, &rm, &rv, &mut y)?;
             } else {
                 batch_norm_eval_cuda(&gpu, &z, &gamma, &beta, &rm, &rv, &mut y)?;
             }
@@ -484,7 +543,7 @@ impl CudaResNet {
         x.expect_dtype(self.dtype, "CUDA ResNet input")?;
         self.refresh_low_precision_weights()?;
         let input_nhwc = if self.nhwc {
-            let mut t = CudaTensor::empty(&gpu, &[b, h, w, 3], self.dtype)?;
+            let mut t = CudaTensor::empty(&gpu, &[b, h, w, STEM_CHANNELS_NHWC], self.dtype)?;
             nchw_to_nhwc_cuda(&gpu, x, &mut t)?;
             Some(t)
         } else {
@@ -586,22 +645,58 @@ impl CudaResNet {
         let (mean, rstd) =
             act.stats.as_ref().ok_or_else(|| Error::Shape("CUDA ResNet backward: needs a training forward".into()))?;
         let mut dz = CudaTensor::empty(&gpu, dy.shape(), self.dtype)?;
-        let mut ws = CudaTensor::empty(&gpu, &[batch_norm_workspace_len(b, c, act.h * act.w)], F32)?;
+        let ws_len = if self.nhwc {
+            batch_norm_nhwc_workspace_len(b * act.h * act.w, c)
+        } else {
+            batch_norm_workspace_len(b, c, act.h * act.w)
+        };
+        let mut ws = CudaTensor::empty(&gpu, &[ws_len], F32)?;
         let gamma = slot_view(&gpu, &self.params, &self.slots[l.gamma])?;
         {
             let [mut dgamma, mut dbeta] =
                 slot_views_mut(&gpu, &mut self.grads, &self.slots[l.gamma], &self.slots[l.beta])?;
             if self.nhwc {
-                batch_norm_nhwc_backward_cuda(&gpu, &act.z, dy, &gamma, mean, rstd, &mut dz, &mut dgamma, &mut dbeta, &mut ws)?;
+                batch_norm_backward_nhwc_cuda(
+                    &gpu,
+                    &act.z,
+                    dy,
+                    &gamma,
+                    mean,
+                    rstd,
+                    &mut dz,
+                    &mut dgamma,
+                    &mut dbeta,
+                    &mut ws,
+                )?;
             } else {
-                batch_norm_backward_cuda(&gpu, &act.z, dy, &gamma, mean, rstd, &mut dz, &mut dgamma, &mut dbeta, &mut ws)?;
+                batch_norm_backward_cuda(
+                    &gpu,
+                    &act.z,
+                    dy,
+                    &gamma,
+                    mean,
+                    rstd,
+                    &mut dz,
+                    &mut dgamma,
+                    &mut dbeta,
+                    &mut ws,
+                )?;
             }
         }
-        let s = l.layer.shape(b, h, w);
+        let s = self.conv_shape(l, b, h, w);
         let w_slot = &self.slots[l.w];
         {
-            let [mut dw] = self.grads.views_mut(&gpu, [(w_slot.offset, &conv_weight_shape(w_slot, self.nhwc))])?;
-            if self.nhwc {
+            let permuted = self.nhwc && l.w != self.stem.w;
+            let [mut dw] = self.grads.views_mut(&gpu, [(w_slot.offset, &conv_weight_shape(w_slot, permuted))])?;
+            if self.nhwc && l.w == self.stem.w {
+                // dw of the padded filters, then its 3 real channels back in the master layout
+                // (C_out, 3, 7, 7), added to the gradient.
+                let mut padded = CudaTensor::zeros(&gpu, &[s.c_out, s.kernel, s.kernel, s.c_in], F32)?;
+                conv2d_nhwc_backward_weight_cuda(&gpu, x, &dz, &s, &mut padded)?;
+                let mut cropped = CudaTensor::empty(&gpu, dw.shape(), F32)?;
+                nhwc_to_nchw_cuda(&gpu, &padded, &mut cropped)?;
+                add_inplace_cuda(&gpu, &mut dw, &cropped)?;
+            } else if self.nhwc {
                 conv2d_nhwc_backward_weight_cuda(&gpu, x, &dz, &s, &mut dw)?;
             } else {
                 conv2d_backward_weight_cuda(&gpu, x, &dz, &s, &mut dw)?;
@@ -695,7 +790,7 @@ impl CudaResNet {
         let ps = MaxPoolShape { h: acts.stem.h, w: acts.stem.w, kernel: 3, stride: 2, pad: 1 };
         let mut ds = CudaTensor::empty(&gpu, acts.stem.y.shape(), self.dtype)?;
         if self.nhwc {
-            max_pool2d_nhwc_backward_cuda(&gpu, &d, &acts.pool_argmax, &ps, &mut ds)?;
+            max_pool2d_backward_nhwc_cuda(&gpu, &d, &acts.pool_argmax, &ps, &mut ds)?;
         } else {
             max_pool2d_backward_cuda(&gpu, &d, &acts.pool_argmax, &ps, &mut ds)?;
         }
