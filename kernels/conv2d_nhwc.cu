@@ -1,4 +1,5 @@
-// 2-D convolution, channels-last (NHWC), as a multistage implicit GEMM on the tensor cores.
+// 2-D convolution, channels-last (NHWC), as a multistage implicit GEMM on the tensor cores; the
+// backward kernels (dx for any stride, dw) follow at the end of the file on the same pipeline.
 //
 // y[m, n] = sum_k A[m, k] * w[n, k] with
 //   m = (b, oy, ox) over B*Ho*Wo output pixels, n = output channel, k = (ky, kx, ci) over
@@ -412,7 +413,7 @@ struct BwdDataGeom {
 // The dy pixel grid one A row reads from: the offset of its image in dy and (oyb + i, oxb + j);
 // a row past M gets an origin so far outside dy that every tap reads zeros.
 struct DyOrigin {
-    size_t image;  // b * Ho*Wo*Cout
+    int image;  // b * Ho*Wo: the image's first pixel in dy
     int oy0, ox0;
 };
 
@@ -427,7 +428,7 @@ __device__ __forceinline__ DyOrigin dy_origin(const BwdDataGeom& g, int m) {
     const int hw = g.Hp * g.Wp;
     const int b = m / hw, p = m - b * hw;
     const int i = p / g.Wp, j = p - i * g.Wp;
-    o.image = (size_t)b * g.Ho * g.Wo * g.Cout;
+    o.image = b * g.Ho * g.Wo;
     o.oy0 = g.oyb + i;
     o.ox0 = g.oxb + j;
     return o;
@@ -473,7 +474,7 @@ __device__ __forceinline__ void load_stage_bwd_data(T* __restrict__ stage, const
             const int r = a_row0 + 32 * i;
             const int oy = origin[i].oy0 - tp.jy, ox = origin[i].ox0 - tp.jx;
             const bool in = k_in && oy >= 0 && oy < g.Ho && ox >= 0 && ox < g.Wo;
-            const T* src = in ? dy + origin[i].image + ((size_t)oy * g.Wo + ox) * g.Cout + tp.co : dy;
+            const T* src = in ? dy + (size_t)(origin[i].image + oy * g.Wo + ox) * g.Cout + tp.co : dy;
             cp_async_16(smem_u32(As + swz(r, a_chunk)), src, in ? 16 : 0);
         }
 #pragma unroll
@@ -497,7 +498,7 @@ __device__ __forceinline__ void load_stage_bwd_data(T* __restrict__ stage, const
                 for (int h = 0; h < 2; ++h) {
                     const int oy = origin[i].oy0 - tp.jy, ox = origin[i].ox0 - tp.jx;
                     const bool in = ka + j + h < g.K && oy >= 0 && oy < g.Ho && ox >= 0 && ox < g.Wo;
-                    v[h] = in ? dy[origin[i].image + ((size_t)oy * g.Wo + ox) * g.Cout + tp.co] : zero;
+                    v[h] = in ? dy[(size_t)(origin[i].image + oy * g.Wo + ox) * g.Cout + tp.co] : zero;
                     // Step k by one: channel, then tap column, then tap row.
                     if (++tp.co == g.Cout) {
                         tp.co = 0;
@@ -659,36 +660,43 @@ extern "C" __global__ void __launch_bounds__(NH_THREADS)
 // (dw (Cout, ks, ks, Cin) is the row-major (M, N) matrix), k = p: long (B*Ho*Wo), so blockIdx.z
 // takes a contiguous run of k tiles and writes its own f32 partial (M, N), added up afterwards in
 // a fixed order (no atomics: the result is the same bits on every run). Both operands have k as
-// the row: A = dy (32 pixels, 128 co: 256 contiguous bytes per row), B = im2col(x) (32 pixels,
-// 64 n: 8 consecutive n are 8 channels of one input pixel when Cin % 8 == 0, one 16-byte
-// load); both stored k-major and read with ldmatrix.trans.
+// the row: A = dy (32 pixels, BM = 128 or 64 co: 256 or 128 contiguous bytes per row),
+// B = im2col(x) (32 pixels, 64 n: 8 consecutive n are 8 channels of one input pixel when
+// Cin % 8 == 0, one 16-byte load); both stored k-major and read with ldmatrix.trans.
 struct BwdWeightGeom {
     int B, H, W, Cin, Cout, ks, stride, pad, Ho, Wo;
     int P, N;  // B*Ho*Wo, ks*ks*Cin
 };
 
-constexpr int NHW_A_CHUNKS = NH_BM / 8;  // 16 chunks per (k-major) A row
+// BM, the block's output channels (its GEMM's m): 128, or 64 for layers of at most 64 channels,
+// whose m tile would otherwise be half empty. The warps are 2 x 2 either way, BM / 2 x 32 each.
+// Element offset of (row, chunk) in the k-major A tile of BM / 8 chunks per row (the XOR touches
+// the low 3 bits only).
+template <int BM> __device__ __forceinline__ int swz_a(int row, int chunk) {
+    return row * BM + ((chunk ^ (row & 7)) << 3);
+}
 
 // Loads pixel tile `kt` into one stage. A: thread t owns chunk t % 16 of rows t / 16 + 8 i
 // (i < 4); B: chunk t % 8 of rows t / 8 + 16 i (i < 2), whose columns n .. n + 8 are fixed for
 // the whole kernel (tap `tp` decoded once). VEC (Cout % 8 == 0 and Cin % 8 == 0): cp.async,
 // zero-filled past P, M, N and in the padding; otherwise element gathers.
-template <typename T, bool VEC>
+template <typename T, bool VEC, int BM>
 __device__ __forceinline__ void load_stage_bwd_weight(T* __restrict__ stage, const T* __restrict__ x,
                                                       const T* __restrict__ dy, const BwdWeightGeom& g, int m0,
                                                       int n, const Tap& tp, int kt) {
-    T* As = stage;                  // (32 pixels, 128 co) k-major
-    T* Bs = stage + NH_BM * NH_BK;  // (32 pixels, 64 n) k-major
-    const int a_chunk = threadIdx.x % NHW_A_CHUNKS, a_row0 = threadIdx.x / NHW_A_CHUNKS;
+    constexpr int A_CHUNKS = BM / 8, A_ROW_STEP = NH_THREADS / A_CHUNKS;
+    T* As = stage;               // (32 pixels, BM co) k-major
+    T* Bs = stage + BM * NH_BK;  // (32 pixels, 64 n) k-major
+    const int a_chunk = threadIdx.x % A_CHUNKS, a_row0 = threadIdx.x / A_CHUNKS;
     const int b_chunk = threadIdx.x % 8, b_row0 = threadIdx.x / 8;
     const int co = m0 + a_chunk * 8;
     const T zero = from_float<T>(0.0f);
 #pragma unroll
-    for (int i = 0; i < NH_BK / 8; ++i) {
-        const int r = a_row0 + 8 * i, p = kt * NH_BK + r;
+    for (int i = 0; i < NH_BK / A_ROW_STEP; ++i) {
+        const int r = a_row0 + A_ROW_STEP * i, p = kt * NH_BK + r;
         if (VEC) {
             const bool in = p < g.P && co < g.Cout;
-            cp_async_16(smem_u32(As + swz_k128(r, a_chunk)), in ? dy + (size_t)p * g.Cout + co : dy, in ? 16 : 0);
+            cp_async_16(smem_u32(As + swz_a<BM>(r, a_chunk)), in ? dy + (size_t)p * g.Cout + co : dy, in ? 16 : 0);
         } else {
             const T* row = dy + (size_t)p * g.Cout;
             uint32_t packed[4];
@@ -698,7 +706,7 @@ __device__ __forceinline__ void load_stage_bwd_weight(T* __restrict__ stage, con
                 const T hi = (p < g.P && co + j + 1 < g.Cout) ? row[co + j + 1] : zero;
                 packed[j / 2] = pack2(lo, hi);
             }
-            st_shared_16(smem_u32(As + swz_k128(r, a_chunk)), packed[0], packed[1], packed[2], packed[3]);
+            st_shared_16(smem_u32(As + swz_a<BM>(r, a_chunk)), packed[0], packed[1], packed[2], packed[3]);
         }
     }
     const int hw = g.Ho * g.Wo;
@@ -746,13 +754,14 @@ __device__ __forceinline__ void load_stage_bwd_weight(T* __restrict__ stage, con
     }
 }
 
-template <typename T, bool VEC>
+template <typename T, bool VEC, int BM>
 __device__ void conv2d_nhwc_bwd_weight_mma(T* __restrict__ smem, const T* __restrict__ x, const T* __restrict__ dy,
                                            float* __restrict__ out, const BwdWeightGeom g, int tiles_per_split,
                                            int accumulate) {
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
-    const int wm = (warp & 1) * NH_WARP_M, wn = (warp >> 1) * NH_WARP_N;
-    const int n0 = blockIdx.x * NH_BN, m0 = blockIdx.y * NH_BM;
+    constexpr int MI = BM / 32, STAGE_ELEMS = (BM + NH_BN) * NH_BK;  // m16 tiles per warp
+    const int wm = (warp & 1) * (BM / 2), wn = (warp >> 1) * NH_WARP_N;
+    const int n0 = blockIdx.x * NH_BN, m0 = blockIdx.y * BM;
     const int kt0 = blockIdx.z * tiles_per_split;
     const int ktiles = max(0, min(tiles_per_split, (g.P + NH_BK - 1) / NH_BK - kt0));
     const int n = n0 + (t % 8) * 8;  // this thread's B columns
@@ -765,9 +774,9 @@ __device__ void conv2d_nhwc_bwd_weight_mma(T* __restrict__ smem, const T* __rest
         tp.kx = tap - tp.ky * g.ks;
     }
 
-    float acc[NH_MI][NH_NI][4];
+    float acc[MI][NH_NI][4];
 #pragma unroll
-    for (int i = 0; i < NH_MI; ++i)
+    for (int i = 0; i < MI; ++i)
 #pragma unroll
         for (int j = 0; j < NH_NI; ++j)
 #pragma unroll
@@ -775,7 +784,7 @@ __device__ void conv2d_nhwc_bwd_weight_mma(T* __restrict__ smem, const T* __rest
 
 #pragma unroll
     for (int s = 0; s < NH_STAGES - 1; ++s) {
-        if (s < ktiles) load_stage_bwd_weight<T, VEC>(smem + s * NH_STAGE_ELEMS, x, dy, g, m0, n, tp, kt0 + s);
+        if (s < ktiles) load_stage_bwd_weight<T, VEC, BM>(smem + s * STAGE_ELEMS, x, dy, g, m0, n, tp, kt0 + s);
         cp_async_commit();
     }
     for (int kt = 0; kt < ktiles; ++kt) {
@@ -783,25 +792,25 @@ __device__ void conv2d_nhwc_bwd_weight_mma(T* __restrict__ smem, const T* __rest
         __syncthreads();
         const int next = kt + NH_STAGES - 1;
         if (next < ktiles)
-            load_stage_bwd_weight<T, VEC>(smem + (next % NH_STAGES) * NH_STAGE_ELEMS, x, dy, g, m0, n, tp,
+            load_stage_bwd_weight<T, VEC, BM>(smem + (next % NH_STAGES) * STAGE_ELEMS, x, dy, g, m0, n, tp,
                                           kt0 + next);
         cp_async_commit();
 
-        const T* As = smem + (kt % NH_STAGES) * NH_STAGE_ELEMS;
-        const T* Bs = As + NH_BM * NH_BK;
+        const T* As = smem + (kt % NH_STAGES) * STAGE_ELEMS;
+        const T* Bs = As + BM * NH_BK;
 #pragma unroll
         for (int kk = 0; kk < NH_BK; kk += 16) {
-            uint32_t af[NH_MI][4], bf[NH_NI][2];
+            uint32_t af[MI][4], bf[NH_NI][2];
             // A stored (k, m): ldmatrix.x4.trans of (k 0-7, m 0-7), (k 0-7, m 8-15), (k 8-15, m 0-7),
             // (k 8-15, m 8-15) = a0 .. a3 of the row-major 16x16 fragment.
             const int q = lane >> 3;
 #pragma unroll
-            for (int i = 0; i < NH_MI; ++i)
+            for (int i = 0; i < MI; ++i)
                 ldmatrix_x4_trans(af[i],
-                                  smem_u32(As + swz_k128(kk + ((q >> 1) << 3) + (lane & 7), (wm + 16 * i) / 8 + (q & 1))));
+                                  smem_u32(As + swz_a<BM>(kk + ((q >> 1) << 3) + (lane & 7), (wm + 16 * i) / 8 + (q & 1))));
             load_b_kmajor(Bs, wn, kk, lane, bf);
 #pragma unroll
-            for (int i = 0; i < NH_MI; ++i)
+            for (int i = 0; i < MI; ++i)
 #pragma unroll
                 for (int j = 0; j < NH_NI; ++j) mma_16816(acc[i][j], af[i], bf[j], T());
         }
@@ -815,7 +824,7 @@ __device__ void conv2d_nhwc_bwd_weight_mma(T* __restrict__ smem, const T* __rest
     const int group = lane >> 2, quad = lane & 3;
     const bool pairs = (g.N % 2) == 0;  // 8-byte aligned pairs
 #pragma unroll
-    for (int i = 0; i < NH_MI; ++i)
+    for (int i = 0; i < MI; ++i)
 #pragma unroll
         for (int j = 0; j < NH_NI; ++j)
 #pragma unroll
@@ -839,14 +848,14 @@ __device__ void conv2d_nhwc_bwd_weight_mma(T* __restrict__ smem, const T* __rest
             }
 }
 
-// Entry points: grid (ceil(ks*ks*Cin / 64), ceil(Cout / 128), splits), block 128. x (B, H, W, Cin),
+// Entry points: grid (ceil(ks*ks*Cin / 64), ceil(Cout / BM), splits), block 128. x (B, H, W, Cin),
 // dy (B, Ho, Wo, Cout); out f32: dw (Cout, ks, ks, Cin) when accumulate (one split), else the
 // (splits, Cout, ks*ks*Cin) partials; split z covers pixel tiles [z, z + 1) * tiles_per_split.
 #define LF_CONV2D_NHWC_BWD_WEIGHT_ARGS(T)                                                                     \
     const T *x, const T *dy, float *out, int B, int H, int W, int Cin, int Cout, int ks, int stride, int pad, \
         int Ho, int Wo, int tiles_per_split, int accumulate
 
-template <typename T>
+template <typename T, int BM>
 __device__ __forceinline__ void conv2d_nhwc_bwd_weight_entry(const T* x, const T* dy, float* out, int B, int H, int W,
                                                              int Cin, int Cout, int ks, int stride, int pad, int Ho,
                                                              int Wo, int tiles_per_split, int accumulate) {
@@ -855,18 +864,29 @@ __device__ __forceinline__ void conv2d_nhwc_bwd_weight_entry(const T* x, const T
     g.Ho = Ho; g.Wo = Wo;
     g.P = B * Ho * Wo;
     g.N = ks * ks * Cin;
-    __shared__ __align__(128) T smem[NH_STAGES * NH_STAGE_ELEMS];
+    __shared__ __align__(128) T smem[NH_STAGES * (BM + NH_BN) * NH_BK];
     if (Cin % 8 == 0 && Cout % 8 == 0)
-        conv2d_nhwc_bwd_weight_mma<T, true>(smem, x, dy, out, g, tiles_per_split, accumulate);
+        conv2d_nhwc_bwd_weight_mma<T, true, BM>(smem, x, dy, out, g, tiles_per_split, accumulate);
     else
-        conv2d_nhwc_bwd_weight_mma<T, false>(smem, x, dy, out, g, tiles_per_split, accumulate);
+        conv2d_nhwc_bwd_weight_mma<T, false, BM>(smem, x, dy, out, g, tiles_per_split, accumulate);
 }
 
+#define LF_CONV2D_NHWC_BWD_WEIGHT_CALL                                                                  \
+    x, dy, out, B, H, W, Cin, Cout, ks, stride, pad, Ho, Wo, tiles_per_split, accumulate
 extern "C" __global__ void __launch_bounds__(NH_THREADS)
     conv2d_nhwc_backward_weight_bf16(LF_CONV2D_NHWC_BWD_WEIGHT_ARGS(__nv_bfloat16)) {
-    conv2d_nhwc_bwd_weight_entry(x, dy, out, B, H, W, Cin, Cout, ks, stride, pad, Ho, Wo, tiles_per_split, accumulate);
+    conv2d_nhwc_bwd_weight_entry<__nv_bfloat16, 128>(LF_CONV2D_NHWC_BWD_WEIGHT_CALL);
 }
 extern "C" __global__ void __launch_bounds__(NH_THREADS)
     conv2d_nhwc_backward_weight_f16(LF_CONV2D_NHWC_BWD_WEIGHT_ARGS(__half)) {
-    conv2d_nhwc_bwd_weight_entry(x, dy, out, B, H, W, Cin, Cout, ks, stride, pad, Ho, Wo, tiles_per_split, accumulate);
+    conv2d_nhwc_bwd_weight_entry<__half, 128>(LF_CONV2D_NHWC_BWD_WEIGHT_CALL);
+}
+// Cout <= 64: grid (ceil(ks*ks*Cin / 64), 1, splits), the same arguments.
+extern "C" __global__ void __launch_bounds__(NH_THREADS)
+    conv2d_nhwc_backward_weight_m64_bf16(LF_CONV2D_NHWC_BWD_WEIGHT_ARGS(__nv_bfloat16)) {
+    conv2d_nhwc_bwd_weight_entry<__nv_bfloat16, 64>(LF_CONV2D_NHWC_BWD_WEIGHT_CALL);
+}
+extern "C" __global__ void __launch_bounds__(NH_THREADS)
+    conv2d_nhwc_backward_weight_m64_f16(LF_CONV2D_NHWC_BWD_WEIGHT_ARGS(__half)) {
+    conv2d_nhwc_bwd_weight_entry<__half, 64>(LF_CONV2D_NHWC_BWD_WEIGHT_CALL);
 }

@@ -1,9 +1,10 @@
 //! 2-D convolution on channels-last (NHWC) activations: x (B, H, W, C_in), filters
 //! (C_out, k, k, C_in), y (B, Ho, Wo, C_out), with conv2d's fused epilogue
 //! y = relu?((residual + conv) + bias); and a batch norm folded into a convolution for inference.
-//! The kernel (kernels/conv2d_nhwc.cu) is a multistage cp.async implicit GEMM on the tensor
-//! cores (bf16 / f16); the layout makes 8 consecutive reduction indices 8 consecutive channels,
-//! one 16-byte load.
+//! Its gradients too: backward-data (dx, any stride) and backward-weight (an f32 dw, accumulated).
+//! The kernels (kernels/conv2d_nhwc.cu) are multistage cp.async implicit GEMMs on the tensor
+//! cores (bf16 / f16); the layout makes 8 consecutive reduction indices (or output columns) 8
+//! consecutive channels, one 16-byte load.
 
 use cudarc::driver::LaunchConfig;
 
@@ -13,7 +14,7 @@ use crate::device::cuda::check::{
 use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 use crate::ops::conv2d::{conv2d_cpu, conv2d_cuda, conv2d_reference, Conv2dShape};
-use crate::ops::conv2d_backward::conv2d_backward_reference;
+use crate::ops::conv2d_backward::{conv2d_backward_data_cuda, conv2d_backward_reference, conv2d_backward_weight_cuda};
 
 /// (B, H, W, C) -> (B, C, H, W).
 pub fn nhwc_to_nchw(x: &[f32], b: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
@@ -298,10 +299,11 @@ pub fn conv2d_nhwc_backward_data_cuda(
     }
     w.expect_dtype(dy.dtype(), &format!("{what} weight"))?;
     dx.expect_dtype(dy.dtype(), &format!("{what} dx"))?;
-    // The kernel indexes pixels of one phase, the reduction and one image of dx in int; tensor
-    // offsets are 64-bit.
+    // The kernel indexes pixels (of dx and of dy) and the reduction in int; tensor offsets are
+    // 64-bit.
     let phase_pixels = s.batch * s.h.div_ceil(s.stride) * s.w.div_ceil(s.stride);
     to_i32(s.batch * s.h * s.w, &format!("{what} B*H*W"))?;
+    to_i32(s.batch * ho * wo, &format!("{what} B*Ho*Wo"))?;
     to_i32(s.kernel * s.kernel * s.c_out, &format!("{what} k*k*C_out"))?;
     to_i32(s.stride * s.stride, &format!("{what} stride phases"))?;
     let cfg = LaunchConfig {
@@ -335,8 +337,16 @@ pub fn conv2d_nhwc_backward_data_cuda(
     )
 }
 
-/// Output channels of a backward-weight block (its GEMM's m) and pixels per k tile.
-const WEIGHT_TILE_CHANNELS: usize = 128;
+/// Output channels of a backward-weight block (its GEMM's m): 64 when C_out <= 64 (the `_m64`
+/// entry points, whose tile is not half empty on 64-channel layers), else 128.
+fn weight_tile_channels(c_out: usize) -> usize {
+    if c_out <= 64 {
+        64
+    } else {
+        128
+    }
+}
+/// Taps x channels (n) of a backward-weight block and pixels per k tile.
 const WEIGHT_TILE_TAPS: usize = 64;
 const WEIGHT_TILE_PIXELS: usize = 32;
 /// Split-K: about this many blocks in all (two waves of 132 SMs at 1 block each), but no split
@@ -346,7 +356,8 @@ const WEIGHT_MIN_TILES: usize = 16;
 
 /// (splits, pixel tiles per split) of the weight gradient: every split non-empty.
 fn weight_split(s: &Conv2dShape, ho: usize, wo: usize) -> (usize, usize) {
-    let tiles = s.c_out.div_ceil(WEIGHT_TILE_CHANNELS) * (s.kernel * s.kernel * s.c_in).div_ceil(WEIGHT_TILE_TAPS);
+    let tiles =
+        s.c_out.div_ceil(weight_tile_channels(s.c_out)) * (s.kernel * s.kernel * s.c_in).div_ceil(WEIGHT_TILE_TAPS);
     let steps = (s.batch * ho * wo).div_ceil(WEIGHT_TILE_PIXELS);
     let wanted = WEIGHT_TARGET_BLOCKS.div_ceil(tiles).min(steps.div_ceil(WEIGHT_MIN_TILES)).max(1);
     let per_split = steps.div_ceil(wanted);
@@ -356,7 +367,8 @@ fn weight_split(s: &Conv2dShape, ho: usize, wo: usize) -> (usize, usize) {
 /// CUDA launcher of backward-weight: dw (C_out, k, k, C_in) f32 += the gradient from x (B, H, W,
 /// C_in) and dy (B, Ho, Wo, C_out), both bf16 or both f16 (the f32 master gradient of the bf16
 /// training step); accumulates like `conv2d_backward_weight_cuda`. kernels/conv2d_nhwc.cu
-/// `conv2d_nhwc_backward_weight`: a GEMM C_out x (k, k, C_in) over the B*Ho*Wo pixels, split
+/// `conv2d_nhwc_backward_weight` (`_m64` for C_out <= 64: a 64-channel block tile instead of 128,
+/// which would be half empty): a GEMM C_out x (k, k, C_in) over the B*Ho*Wo pixels, split
 /// along the pixels; with more than one split the f32 partials go to a scratch buffer and
 /// `conv2d_backward_weight_reduce` (kernels/conv2d_backward.cu, the NCHW op's second pass, same
 /// contract) adds them to dw in split order: no atomics, the same bits on every run.
@@ -390,11 +402,12 @@ pub fn conv2d_nhwc_backward_weight_cuda(
     let (splits, per_split) = weight_split(s, ho, wo);
     to_i32(splits * m * n, &format!("{what} split-K partial elements"))?;
     let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(WEIGHT_TILE_TAPS) as u32, m.div_ceil(WEIGHT_TILE_CHANNELS) as u32, splits as u32),
+        grid_dim: (n.div_ceil(WEIGHT_TILE_TAPS) as u32, m.div_ceil(weight_tile_channels(m)) as u32, splits as u32),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let name = format!("conv2d_nhwc_backward_weight_{}", x.dtype().suffix());
+    let variant = if weight_tile_channels(m) == 64 { "_m64" } else { "" };
+    let name = format!("conv2d_nhwc_backward_weight{variant}_{}", x.dtype().suffix());
     let launch = |out: &CudaTensor, accumulate: i32| -> Result<()> {
         gpu.launch(
             "conv2d_nhwc",
@@ -624,8 +637,8 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
     }
     // Backward-weight: the same kinds; the 1x1 at B=2 28x28 and the stem at 64x64 have enough
     // pixels to be split (4 and 2 splits, through the reduce kernel), the others run one split
-    // accumulating straight into dw. dw starts random: the kernel must add, and an unwritten
-    // element shows.
+    // accumulating straight into dw. Rows with C_out <= 64 take the 64-channel tile (`_m64`), the
+    // others the 128. dw starts random: the kernel must add, and an unwritten element shows.
     let backward_weight: &[Case] = &[
         case("bwd-weight layer1 3x3", 1, 64, (14, 14), 64, 3, 1, (false, false, false)),
         case("bwd-weight layer1 1x1 64->256", 1, 64, (14, 14), 256, 1, 1, (false, false, false)),
@@ -668,6 +681,63 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 },
             ));
         }
+    }
+    // The NCHW tensor-core backward kernels (conv2d_backward_{data,weight}_tc_bf16) on the same
+    // ResNet-50 shapes in bf16: the baseline the profile compares.
+    let resnet = |cases: &[Case]| -> Vec<Case> { cases.iter().filter(|c| !c.what.contains("odd")).copied().collect() };
+    for c in resnet(backward_data) {
+        let dtype = DType::BF16;
+        checks.push(GpuCheck::new(
+            "conv2d_nchw_backward_data_baseline",
+            label(&c, "NCHW"),
+            dtype,
+            Work::Flops(flops(&c.s)),
+            move |gpu, rng| {
+                let s = c.s;
+                let (ho, wo) = s.out_hw();
+                let dx_shape = [s.batch, s.c_in, s.h, s.w];
+                let shapes = [[s.batch, s.c_out, ho, wo], [s.c_out, s.c_in, s.kernel, s.kernel], dx_shape];
+                let CaseInputs { xd: dyd, wd, x: dy, w, .. } = case_inputs(gpu, rng, &c, dtype, shapes)?;
+                let x_unused = vec![0.0f32; dx_shape.iter().product()];
+                let (_, dx) = conv2d_backward_reference(&x_unused, &w, &dy, &s);
+                let want: Vec<f32> = dx.iter().map(|&v| v as f32).collect();
+                launch_and_compare(
+                    gpu,
+                    poisoned(gpu, &dx_shape, dtype)?,
+                    move |g, dx| conv2d_backward_data_cuda(g, &dyd, &wd, &s, dx),
+                    |g, dx| max_rel_err_all(g, &[(dx, &want)]),
+                )
+            },
+        ));
+    }
+    for c in resnet(backward_weight) {
+        let dtype = DType::BF16;
+        checks.push(GpuCheck::new(
+            "conv2d_nchw_backward_weight_baseline",
+            label(&c, "NCHW"),
+            dtype,
+            Work::Flops(flops(&c.s)),
+            move |gpu, rng| {
+                let s = c.s;
+                let (ho, wo) = s.out_hw();
+                let w_shape = [s.c_out, s.c_in, s.kernel, s.kernel];
+                let shapes = [[s.batch, s.c_in, s.h, s.w], w_shape, [s.batch, s.c_out, ho, wo]];
+                let CaseInputs { xd, x, .. } = case_inputs(gpu, rng, &c, dtype, shapes)?;
+                let dy_shape = [s.batch, s.c_out, ho, wo];
+                let dyd =
+                    CudaTensor::from_f32(gpu, &dy_shape, &random_vec(rng, dy_shape.iter().product(), 1.0), dtype)?;
+                let dy = dyd.to_f32_vec(gpu)?;
+                let dw0 = random_vec(rng, w_shape.iter().product(), 1.0);
+                let (grad, _) = conv2d_backward_reference(&x, &vec![0.0; dw0.len()], &dy, &s);
+                let want: Vec<f32> = dw0.iter().zip(&grad).map(|(&a, &d)| (a as f64 + d) as f32).collect();
+                launch_and_compare(
+                    gpu,
+                    CudaTensor::from_f32(gpu, &w_shape, &dw0, DType::F32)?,
+                    move |g, dw| conv2d_backward_weight_cuda(g, &xd, &dyd, &s, dw),
+                    |g, dw| max_rel_err_all(g, &[(dw, &want)]),
+                )
+            },
+        ));
     }
     // The NCHW kernel on the same ResNet-50 convolutions: the baseline the profile compares.
     for &c in CASES.iter().filter(|c| !c.what.starts_with("odd")) {
@@ -784,6 +854,59 @@ mod tests {
                 assert!((g - acc).abs() <= 1e-9 * (1.0 + acc.abs()), "{s:?} dw {o}: {g} vs {acc}");
             }
         }
+    }
+
+    #[test]
+    fn backward_launchers_refuse_bad_inputs_and_pick_their_kernels() {
+        // On the launch recorder (nothing runs): typed errors for wrong dtypes and shapes, and the
+        // entry points each shape takes.
+        if !crate::device::cuda::has_kernels() {
+            return;
+        }
+        let gpu = Gpu::launch_recorder().unwrap();
+        let t = |shape: &[usize], dtype| CudaTensor::empty(&gpu, shape, dtype).unwrap();
+        let s = Conv2dShape { batch: 1, c_in: 16, h: 9, w: 9, c_out: 64, kernel: 3, stride: 2, pad: 1 };
+        let (ho, wo) = s.out_hw();
+        let (x, dy, w) =
+            (t(&[1, 9, 9, 16], DType::BF16), t(&[1, ho, wo, 64], DType::BF16), t(&[64, 3, 3, 16], DType::BF16));
+        let mut dx = t(&[1, 9, 9, 16], DType::BF16);
+        let mut dw = t(&[64, 3, 3, 16], DType::F32);
+        conv2d_nhwc_backward_data_cuda(&gpu, &dy, &w, &s, &mut dx).unwrap();
+        conv2d_nhwc_backward_weight_cuda(&gpu, &x, &dy, &s, &mut dw).unwrap();
+        // C_out 128: the 128-channel weight tile; B=4 32x32 at stride 1: enough pixels to split.
+        let big = Conv2dShape { batch: 4, c_in: 8, h: 32, w: 32, c_out: 128, kernel: 1, stride: 1, pad: 0 };
+        let mut dw_big = t(&[128, 1, 1, 8], DType::F32);
+        conv2d_nhwc_backward_weight_cuda(
+            &gpu,
+            &t(&[4, 32, 32, 8], DType::F16),
+            &t(&[4, 32, 32, 128], DType::F16),
+            &big,
+            &mut dw_big,
+        )
+        .unwrap();
+        let names: Vec<String> = gpu.recorded_launches().iter().map(|l| l.function.clone()).collect();
+        assert_eq!(
+            names,
+            [
+                "conv2d_nhwc_backward_data_bf16",
+                "conv2d_nhwc_backward_weight_m64_bf16",
+                "conv2d_nhwc_backward_weight_f16",
+                "conv2d_backward_weight_reduce"
+            ]
+        );
+        assert!(gpu.recorded_launches().iter().all(|l| l.mismatch.is_none()));
+        // dw must be f32; f32 activations are not the tensor-core kernels'; shapes must match.
+        let mut dw_bf16 = t(&[64, 3, 3, 16], DType::BF16);
+        assert!(conv2d_nhwc_backward_weight_cuda(&gpu, &x, &dy, &s, &mut dw_bf16).is_err());
+        let (dy32, w32) = (t(&[1, ho, wo, 64], DType::F32), t(&[64, 3, 3, 16], DType::F32));
+        let mut dx32 = t(&[1, 9, 9, 16], DType::F32);
+        assert!(conv2d_nhwc_backward_data_cuda(&gpu, &dy32, &w32, &s, &mut dx32).is_err());
+        assert!(conv2d_nhwc_backward_data_cuda(&gpu, &dy, &w32, &s, &mut dx).is_err());
+        let wrong = Conv2dShape { c_in: 8, ..s };
+        assert!(conv2d_nhwc_backward_data_cuda(&gpu, &dy, &w, &wrong, &mut dx).is_err());
+        assert!(conv2d_nhwc_backward_weight_cuda(&gpu, &x, &dy, &wrong, &mut dw).is_err());
+        let too_small = Conv2dShape { kernel: 13, ..s };
+        assert!(conv2d_nhwc_backward_data_cuda(&gpu, &dy, &w, &too_small, &mut dx).is_err());
     }
 
     #[test]
