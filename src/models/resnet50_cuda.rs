@@ -16,6 +16,20 @@
 //!
 //! bf16 keeps f32's exponent range, so no loss scaling is needed (unlike f16).
 //!
+//! Memory layout of the activations: f32 runs NCHW (the CPU model's layout, on the SIMT
+//! kernels). bf16 runs channels-last (NHWC) end to end, the layout the tensor-core kernels
+//! (`conv2d_nhwc`: forward, backward-data, backward-weight) load in whole 16-byte rows: the
+//! input is transposed once on the device, batch norm and max pool take their NHWC kernels,
+//! ReLU and the residual add are elementwise, and the last features go back to NCHW f32 for
+//! the head in one transpose-and-cast (the head's input gradient the other way). The
+//! convolution weights are (C_out, k, k, C_in) on the device: the f32 master weights, their
+//! gradients and Adam's moments are permuted once at `upload` and back at `download_into` /
+//! `grads_flat`, so the per-step cast and Adam stay flat and the CPU layout is what leaves.
+//! The stem is the exception: its 3 image channels are padded to 8 (`STEM_CHANNELS_NHWC`) so
+//! that a pixel is one 16-byte load (the 3-channel gather reads 0.2 of its sectors). Its master
+//! weight stays (C_out, 3, 7, 7); one layout launch a step transposes, pads and casts it to the
+//! (C_out, 7, 7, 8) bf16 weight, and its gradient comes back through the same transpose, cropped.
+//!
 //! Layout: the CPU model's flat buffers on the device, as llm.c's train_gpt2.cu holds them:
 //! parameters, gradients, Adam's m and v and the batch-norm running statistics are one
 //! allocation each, in the CPU model's slot layout, and each layer's tensors are views at the
@@ -31,14 +45,22 @@ use crate::device::cuda::{CudaTensor, CudaView, CudaViewMut, DType, Gpu};
 use crate::error::{Error, Result};
 use crate::models::resnet50::{ConvBn, HeadKind, ResNet, ResNetConfig, Slot};
 use crate::ops::batchnorm::{
-    batch_norm_backward_cuda, batch_norm_eval_cuda, batch_norm_train_cuda, batch_norm_workspace_len,
+    batch_norm_backward_cuda, batch_norm_backward_nhwc_cuda, batch_norm_eval_cuda, batch_norm_eval_nhwc_cuda,
+    batch_norm_nhwc_workspace_len, batch_norm_train_cuda, batch_norm_train_nhwc_cuda, batch_norm_workspace_len,
 };
 use crate::ops::bce::{bce_with_logits_cuda, consistency_bce_cuda, LOSS_WORKSPACE_LEN};
 use crate::ops::cam_head::{cam_head_backward_cuda, cam_head_cuda, linear_head_backward_cuda, linear_head_cuda};
-use crate::ops::cast::{cast_cuda, cast_segments_cuda, CastSegments};
-use crate::ops::conv2d::conv2d_cuda;
+use crate::ops::cast::{cast_segments_cuda, CastSegments};
+use crate::ops::conv2d::{conv2d_cuda, Conv2dShape};
 use crate::ops::conv2d_backward::{conv2d_backward_data_cuda, conv2d_backward_weight_cuda};
-use crate::ops::maxpool::{max_pool2d_backward_cuda, max_pool2d_cuda, MaxPoolShape};
+use crate::ops::conv2d_nhwc::{
+    conv2d_nhwc_backward_data_cuda, conv2d_nhwc_backward_weight_cuda, conv2d_nhwc_cuda, nchw_to_nhwc, nhwc_to_nchw,
+    ConvEpilogue,
+};
+use crate::ops::layout::{nchw_to_nhwc_cuda, nhwc_to_nchw_cuda};
+use crate::ops::maxpool::{
+    max_pool2d_backward_cuda, max_pool2d_backward_nhwc_cuda, max_pool2d_cuda, max_pool2d_nhwc_cuda, MaxPoolShape,
+};
 use crate::ops::relu::{relu_backward_inplace_cuda, relu_inplace_cuda};
 use crate::ops::residual::add_inplace_cuda;
 use crate::train::adam::{adam_step_cuda, Adam};
@@ -66,7 +88,7 @@ struct CudaBottleneck {
 
 /// What one conv + batch norm (+ ReLU) saves for the backward (`ConvBnAct` on the device).
 pub struct CudaConvBnAct {
-    /// The convolution's output (batch norm's input), (B, C, h, w).
+    /// The convolution's output (batch norm's input), (B, C, h, w), or (B, h, w, C) channels-last.
     z: CudaTensor,
     /// Batch statistics (C); None in eval mode.
     stats: Option<(CudaTensor, CudaTensor)>,
@@ -88,13 +110,17 @@ pub struct CudaActivations {
     batch: usize,
     h: usize,
     w: usize,
+    /// Channels-last: the input as (B, H, W, 8) (channels 3.. zero); the stem's weight gradient reads it.
+    input_nhwc: Option<CudaTensor>,
     stem: CudaConvBnAct,
     pool: CudaTensor,
+    pool_h: usize,
+    pool_w: usize,
     pool_argmax: CudaTensor,
     blocks: Vec<CudaBlockAct>,
     /// CAM head: the boosted CAM (B, C, h, w); linear head: the pooled features (B, K).
     head: CudaTensor,
-    /// Mixed precision: the last block's output cast to f32, the head's input (B, K, h, w).
+    /// Mixed precision: the last block's output as f32 NCHW, the head's input (B, K, h, w).
     head_input: Option<CudaTensor>,
     /// (B, C).
     pub logits: CudaTensor,
@@ -123,6 +149,8 @@ struct LowPrecisionWeights {
     runs: CastSegments,
     /// Offset in `flat` of each parameter slot's copy (None: not a convolution weight).
     offsets: Vec<Option<usize>>,
+    /// Channels-last: the stem's weight (C_out, 7, 7, STEM_CHANNELS_NHWC), its own buffer.
+    stem: Option<CudaTensor>,
     /// False after an Adam step until the next forward casts again.
     fresh: bool,
 }
@@ -130,11 +158,20 @@ struct LowPrecisionWeights {
 /// Each convolution's bf16 weight starts on a 64-element (128-byte) boundary of the flat copy.
 const LOW_PRECISION_ALIGN: usize = 64;
 
+/// Channels of the stem's input and weight on the channels-last path: the image's 3, zero-padded.
+const STEM_CHANNELS_NHWC: usize = 8;
+
 pub struct CudaResNet {
     pub gpu: Arc<Gpu>,
     pub cfg: ResNetConfig,
     /// Storage type of the activations and of the convolutions' inputs: f32 or bf16.
     pub dtype: DType,
+    /// Activations channels-last and convolution weights (C_out, k, k, C_in) on the device
+    /// (bf16); NCHW and (C_out, C_in, k, k) otherwise (f32).
+    nhwc: bool,
+    /// The parameter slots of the convolution weights permuted on the device (when `nhwc`:
+    /// all but the stem's).
+    conv_slots: Vec<usize>,
     low: Option<LowPrecisionWeights>,
     slots: Vec<Slot>,
     buffer_slots: Vec<Slot>,
@@ -154,6 +191,31 @@ pub struct CudaResNet {
 /// The view of slot `s` in a flat device buffer, in its device shape.
 fn slot_view<'a>(gpu: &Gpu, flat: &'a CudaTensor, s: &Slot) -> Result<CudaView<'a>> {
     flat.view(gpu, s.offset, &device_shape(s))
+}
+
+/// A convolution weight's device shape: (C_out, C_in, k, k), or (C_out, k, k, C_in) when the
+/// model runs channels-last.
+fn conv_weight_shape(s: &Slot, nhwc: bool) -> Vec<usize> {
+    match (nhwc, s.shape.as_slice()) {
+        (true, &[o, i, kh, kw]) => vec![o, kh, kw, i],
+        _ => s.shape.clone(),
+    }
+}
+
+/// Permutes the convolution weights of a flat host buffer in place between the CPU layout
+/// (C_out, C_in, k, k) and the channels-last one (C_out, k, k, C_in).
+fn permute_conv_weights(flat: &mut [f32], slots: &[Slot], conv_slots: &[usize], to_channels_last: bool) {
+    for &i in conv_slots {
+        let s = &slots[i];
+        let &[o, c, kh, kw] = s.shape.as_slice() else { continue };
+        let r = s.range();
+        let permuted = if to_channels_last {
+            nchw_to_nhwc(&flat[r.clone()], o, c, kh, kw)
+        } else {
+            nhwc_to_nchw(&flat[r.clone()], o, kh, kw, c)
+        };
+        flat[r].copy_from_slice(&permuted);
+    }
 }
 
 /// Writable views of two distinct slots of a flat device buffer.
@@ -194,12 +256,40 @@ impl CudaResNet {
                 model.params.len()
             )));
         }
-        let flat = |data: &[f32]| CudaTensor::from_f32(gpu, &[data.len()], data, F32);
+        let nhwc = dtype != F32;
+        let mut conv_slots = Vec::new();
+        for l in std::iter::once(&model.stem)
+            .chain(model.blocks.iter().flat_map(|b| [&b.conv1, &b.conv2, &b.conv3].into_iter().chain(b.down.as_ref())))
+        {
+            conv_slots.push(
+                model
+                    .slots
+                    .iter()
+                    .position(|s| s.offset == l.w)
+                    .ok_or_else(|| Error::Internal(format!("CUDA ResNet: no tensor at offset {}", l.w)))?,
+            );
+        }
+        // The stem (first) keeps the CPU layout: see the module comment.
+        let stem_slot = conv_slots[0];
+        if nhwc {
+            conv_slots.remove(0);
+        } else {
+            conv_slots.clear();
+        }
+        let flat = |data: &[f32]| -> Result<CudaTensor> {
+            if nhwc {
+                let mut permuted = data.to_vec();
+                permute_conv_weights(&mut permuted, &model.slots, &conv_slots, true);
+                CudaTensor::from_f32(gpu, &[data.len()], &permuted, F32)
+            } else {
+                CudaTensor::from_f32(gpu, &[data.len()], data, F32)
+            }
+        };
         let params = flat(&model.params)?;
         let m = flat(&opt.m)?;
         let v = flat(&opt.v)?;
         let grads = CudaTensor::zeros(gpu, &[model.params.len()], F32)?;
-        let buffers = flat(&model.buffers)?;
+        let buffers = CudaTensor::from_f32(gpu, &[model.buffers.len()], &model.buffers, F32)?;
         let index = |slots: &[Slot], offset: usize| -> Result<usize> {
             slots
                 .iter()
@@ -232,20 +322,27 @@ impl CudaResNet {
         let low = if dtype == F32 {
             None
         } else {
-            let mut conv_slots = vec![stem.w];
-            for b in &blocks {
-                conv_slots.extend([b.conv1.w, b.conv2.w, b.conv3.w]);
-                conv_slots.extend(b.down.as_ref().map(|d| d.w));
-            }
             let (mut runs, mut offsets, mut len) = (Vec::new(), vec![None; model.slots.len()], 0);
-            for i in conv_slots {
+            let cast_slots = if nhwc {
+                conv_slots.clone()
+            } else {
+                std::iter::once(stem_slot).chain(conv_slots.iter().copied()).collect()
+            };
+            for i in cast_slots {
                 let s = &model.slots[i];
                 let n: usize = s.shape.iter().product();
                 runs.push((s.offset, len, n));
                 offsets[i] = Some(len);
                 len = (len + n).next_multiple_of(LOW_PRECISION_ALIGN);
             }
+            let stem = if nhwc {
+                let l = &model.stem;
+                Some(CudaTensor::empty(gpu, &[l.c_out, l.k, l.k, STEM_CHANNELS_NHWC], dtype)?)
+            } else {
+                None
+            };
             Some(LowPrecisionWeights {
+                stem,
                 flat: CudaTensor::zeros(gpu, &[len], dtype)?,
                 runs: CastSegments::new(gpu, runs, model.params.len(), len)?,
                 offsets,
@@ -256,6 +353,8 @@ impl CudaResNet {
             gpu: gpu.clone(),
             cfg: model.cfg.clone(),
             dtype,
+            nhwc,
+            conv_slots,
             low,
             slots: model.slots.clone(),
             buffer_slots: model.buffer_slots.clone(),
@@ -287,16 +386,50 @@ impl CudaResNet {
                 opt.v.len()
             )));
         }
-        model.params.copy_from_slice(&self.params.to_f32_vec(gpu)?);
-        opt.m.copy_from_slice(&self.m.to_f32_vec(gpu)?);
-        opt.v.copy_from_slice(&self.v.to_f32_vec(gpu)?);
+        model.params.copy_from_slice(&self.to_cpu_layout(&self.params)?);
+        opt.m.copy_from_slice(&self.to_cpu_layout(&self.m)?);
+        opt.v.copy_from_slice(&self.to_cpu_layout(&self.v)?);
         model.buffers.copy_from_slice(&self.buffers.to_f32_vec(gpu)?);
         Ok(())
     }
 
     /// The gradients as one flat vector in the CPU layout (tests).
     pub fn grads_flat(&self) -> Result<Vec<f32>> {
-        self.grads.to_f32_vec(&self.gpu)
+        self.to_cpu_layout(&self.grads)
+    }
+
+    /// A flat parameter-shaped device buffer on the host, convolution weights in the CPU layout.
+    fn to_cpu_layout(&self, flat: &CudaTensor) -> Result<Vec<f32>> {
+        let mut v = flat.to_f32_vec(&self.gpu)?;
+        if self.nhwc {
+            permute_conv_weights(&mut v, &self.slots, &self.conv_slots, false);
+        }
+        Ok(v)
+    }
+
+    /// The view of convolution weight slot `slot` in a flat parameter-shaped buffer.
+    fn conv_slot_view<'a>(&self, flat: &'a CudaTensor, slot: usize) -> Result<CudaView<'a>> {
+        let s = &self.slots[slot];
+        flat.view(&self.gpu, s.offset, &conv_weight_shape(s, self.nhwc))
+    }
+
+    /// The convolution shape of layer `l` on (b, h, w) inputs: the stem's input channels padded
+    /// to `STEM_CHANNELS_NHWC` on the channels-last path.
+    fn conv_shape(&self, l: &CudaConvBn, b: usize, h: usize, w: usize) -> Conv2dShape {
+        let mut s = l.layer.shape(b, h, w);
+        if self.nhwc && l.w == self.stem.w {
+            s.c_in = STEM_CHANNELS_NHWC;
+        }
+        s
+    }
+
+    /// An activation's shape in the model's layout.
+    fn act_shape(&self, b: usize, c: usize, h: usize, w: usize) -> [usize; 4] {
+        if self.nhwc {
+            [b, h, w, c]
+        } else {
+            [b, c, h, w]
+        }
     }
 
     /// The weight of convolution slot `slot` as the convolutions take it: a view of the f32
@@ -304,11 +437,14 @@ impl CudaResNet {
     fn conv_weight(&self, slot: usize) -> Result<CudaView<'_>> {
         let s = &self.slots[slot];
         match &self.low {
-            None => slot_view(&self.gpu, &self.params, s),
+            None => self.conv_slot_view(&self.params, slot),
+            Some(LowPrecisionWeights { stem: Some(stem), .. }) if slot == self.stem.w => {
+                stem.view(&self.gpu, 0, stem.shape())
+            }
             Some(low) => {
                 let offset = low.offsets[slot]
                     .ok_or_else(|| Error::Internal(format!("CUDA ResNet: {} has no bf16 copy", s.name)))?;
-                low.flat.view(&self.gpu, offset, &device_shape(s))
+                low.flat.view(&self.gpu, offset, &conv_weight_shape(s, self.nhwc))
             }
         }
     }
@@ -319,6 +455,11 @@ impl CudaResNet {
         if let Some(low) = &mut self.low {
             if !low.fresh {
                 cast_segments_cuda(&self.gpu, &low.runs, &self.params, &mut low.flat)?;
+                if let Some(stem) = &mut low.stem {
+                    // (C_out, 3, 7, 7) f32 -> (C_out, 7, 7, 8) bf16: a 7 x 7 "image" per filter.
+                    let w = slot_view(&self.gpu, &self.params, &self.slots[self.stem.w])?;
+                    nchw_to_nhwc_cuda(&self.gpu, &w, stem)?;
+                }
                 low.fresh = true;
             }
         }
@@ -342,26 +483,48 @@ impl CudaResNet {
         train: bool,
     ) -> Result<CudaConvBnAct> {
         let gpu = self.gpu.clone();
-        let s = l.layer.shape(b, h, w);
+        let s = self.conv_shape(l, b, h, w);
         let (ho, wo) = s.out_hw();
         let c = l.layer.c_out;
-        let mut z = CudaTensor::empty(&gpu, &[b, c, ho, wo], self.dtype)?;
+        let shape = self.act_shape(b, c, ho, wo);
+        let mut z = CudaTensor::empty(&gpu, &shape, self.dtype)?;
         let weight = self.conv_weight(l.w)?;
-        conv2d_cuda(&gpu, x, &weight, None, &s, false, None, &mut z)?;
-        let mut y = CudaTensor::empty(&gpu, &[b, c, ho, wo], self.dtype)?;
+        if self.nhwc {
+            conv2d_nhwc_cuda(&gpu, x, &weight, &s, &ConvEpilogue::default(), &mut z)?;
+        } else {
+            conv2d_cuda(&gpu, x, &weight, None, &s, false, None, &mut z)?;
+        }
+        let mut y = CudaTensor::empty(&gpu, &shape, self.dtype)?;
         let gamma = slot_view(&gpu, &self.params, &self.slots[l.gamma])?;
         let beta = slot_view(&gpu, &self.params, &self.slots[l.beta])?;
         let (mean_slot, var_slot) = (&self.buffer_slots[l.running_mean], &self.buffer_slots[l.running_var]);
         let stats = if train {
             let (mut mean, mut rstd) = (CudaTensor::empty(&gpu, &[c], F32)?, CudaTensor::empty(&gpu, &[c], F32)?);
-            let mut ws = CudaTensor::empty(&gpu, &[batch_norm_workspace_len(b, c, ho * wo)], F32)?;
+            let ws_len = if self.nhwc {
+                batch_norm_nhwc_workspace_len(b * ho * wo, c)
+            } else {
+                batch_norm_workspace_len(b, c, ho * wo)
+            };
+            let mut ws = CudaTensor::empty(&gpu, &[ws_len], F32)?;
             let [mut rm, mut rv] = slot_views_mut(&gpu, &mut self.buffers, mean_slot, var_slot)?;
-            batch_norm_train_cuda(&gpu, &z, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd, &mut ws)?;
+            if self.nhwc {
+                batch_norm_train_nhwc_cuda(
+                    &gpu, &z, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd, &mut ws,
+                )?;
+            } else {
+                batch_norm_train_cuda(
+                    &gpu, &z, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd, &mut ws,
+                )?;
+            }
             Some((mean, rstd))
         } else {
             let rm = slot_view(&gpu, &self.buffers, mean_slot)?;
             let rv = slot_view(&gpu, &self.buffers, var_slot)?;
-            batch_norm_eval_cuda(&gpu, &z, &gamma, &beta, &rm, &rv, &mut y)?;
+            if self.nhwc {
+                batch_norm_eval_nhwc_cuda(&gpu, &z, &gamma, &beta, &rm, &rv, &mut y)?;
+            } else {
+                batch_norm_eval_cuda(&gpu, &z, &gamma, &beta, &rm, &rv, &mut y)?;
+            }
             None
         };
         if relu {
@@ -379,14 +542,25 @@ impl CudaResNet {
         };
         x.expect_dtype(self.dtype, "CUDA ResNet input")?;
         self.refresh_low_precision_weights()?;
+        let input_nhwc = if self.nhwc {
+            let mut t = CudaTensor::empty(&gpu, &[b, h, w, STEM_CHANNELS_NHWC], self.dtype)?;
+            nchw_to_nhwc_cuda(&gpu, x, &mut t)?;
+            Some(t)
+        } else {
+            None
+        };
         let stem_l = self.stem.clone();
-        let stem = self.conv_bn_forward(&stem_l, x, b, h, w, true, train)?;
+        let stem = self.conv_bn_forward(&stem_l, input_nhwc.as_ref().unwrap_or(x), b, h, w, true, train)?;
         let ps = MaxPoolShape { h: stem.h, w: stem.w, kernel: 3, stride: 2, pad: 1 };
         let (pool_h, pool_w) = ps.out_hw();
-        let width = self.cfg.width;
-        let mut pool = CudaTensor::empty(&gpu, &[b, width, pool_h, pool_w], self.dtype)?;
-        let mut pool_argmax = CudaTensor::empty(&gpu, &[b, width, pool_h, pool_w], DType::I32)?;
-        max_pool2d_cuda(&gpu, &stem.y, &ps, &mut pool, &mut pool_argmax)?;
+        let shape = self.act_shape(b, self.cfg.width, pool_h, pool_w);
+        let mut pool = CudaTensor::empty(&gpu, &shape, self.dtype)?;
+        let mut pool_argmax = CudaTensor::empty(&gpu, &shape, DType::I32)?;
+        if self.nhwc {
+            max_pool2d_nhwc_cuda(&gpu, &stem.y, &ps, &mut pool, &mut pool_argmax)?;
+        } else {
+            max_pool2d_cuda(&gpu, &stem.y, &ps, &mut pool, &mut pool_argmax)?;
+        }
         let mut acts: Vec<CudaBlockAct> = Vec::with_capacity(self.blocks.len());
         let (mut ch, mut cw) = (pool_h, pool_w);
         let layers: Vec<(CudaConvBn, CudaConvBn, CudaConvBn, Option<CudaConvBn>)> =
@@ -411,13 +585,13 @@ impl CudaResNet {
         }
         let (k, c) = (self.cfg.feature_dim(), self.cfg.num_classes);
         let last = &acts.last().ok_or_else(|| Error::Shape("resnet with no blocks".into()))?.conv3.y;
-        // The head runs in f32: in mixed precision on an f32 copy of the last features.
-        let head_input = if self.dtype == F32 {
-            None
-        } else {
-            let mut f = CudaTensor::empty(&gpu, last.shape(), F32)?;
-            cast_cuda(&gpu, last, &mut f)?;
+        // The head runs in f32 NCHW: in mixed precision on an f32 NCHW copy of the last features.
+        let head_input = if self.nhwc {
+            let mut f = CudaTensor::empty(&gpu, &[b, k, ch, cw], F32)?;
+            nhwc_to_nchw_cuda(&gpu, last, &mut f)?;
             Some(f)
+        } else {
+            None
         };
         let feats = head_input.as_ref().unwrap_or(last);
         let mut logits = CudaTensor::empty(&gpu, &[b, c], F32)?;
@@ -435,7 +609,21 @@ impl CudaResNet {
                 pooled
             }
         };
-        Ok(CudaActivations { batch: b, h, w, stem, pool, pool_argmax, blocks: acts, head, head_input, logits })
+        Ok(CudaActivations {
+            batch: b,
+            h,
+            w,
+            input_nhwc,
+            stem,
+            pool,
+            pool_h,
+            pool_w,
+            pool_argmax,
+            blocks: acts,
+            head,
+            head_input,
+            logits,
+        })
     }
 
     /// Backward of one conv + batch norm from dy (already masked by the layer's ReLU):
@@ -457,25 +645,73 @@ impl CudaResNet {
         let (mean, rstd) =
             act.stats.as_ref().ok_or_else(|| Error::Shape("CUDA ResNet backward: needs a training forward".into()))?;
         let mut dz = CudaTensor::empty(&gpu, dy.shape(), self.dtype)?;
-        let mut ws = CudaTensor::empty(&gpu, &[batch_norm_workspace_len(b, c, act.h * act.w)], F32)?;
+        let ws_len = if self.nhwc {
+            batch_norm_nhwc_workspace_len(b * act.h * act.w, c)
+        } else {
+            batch_norm_workspace_len(b, c, act.h * act.w)
+        };
+        let mut ws = CudaTensor::empty(&gpu, &[ws_len], F32)?;
         let gamma = slot_view(&gpu, &self.params, &self.slots[l.gamma])?;
         {
             let [mut dgamma, mut dbeta] =
                 slot_views_mut(&gpu, &mut self.grads, &self.slots[l.gamma], &self.slots[l.beta])?;
-            batch_norm_backward_cuda(&gpu, &act.z, dy, &gamma, mean, rstd, &mut dz, &mut dgamma, &mut dbeta, &mut ws)?;
+            if self.nhwc {
+                batch_norm_backward_nhwc_cuda(
+                    &gpu,
+                    &act.z,
+                    dy,
+                    &gamma,
+                    mean,
+                    rstd,
+                    &mut dz,
+                    &mut dgamma,
+                    &mut dbeta,
+                    &mut ws,
+                )?;
+            } else {
+                batch_norm_backward_cuda(
+                    &gpu,
+                    &act.z,
+                    dy,
+                    &gamma,
+                    mean,
+                    rstd,
+                    &mut dz,
+                    &mut dgamma,
+                    &mut dbeta,
+                    &mut ws,
+                )?;
+            }
         }
-        let s = l.layer.shape(b, h, w);
+        let s = self.conv_shape(l, b, h, w);
         let w_slot = &self.slots[l.w];
         {
-            let [mut dw] = self.grads.views_mut(&gpu, [(w_slot.offset, &device_shape(w_slot))])?;
-            conv2d_backward_weight_cuda(&gpu, x, &dz, &s, &mut dw)?;
+            let permuted = self.nhwc && l.w != self.stem.w;
+            let [mut dw] = self.grads.views_mut(&gpu, [(w_slot.offset, &conv_weight_shape(w_slot, permuted))])?;
+            if self.nhwc && l.w == self.stem.w {
+                // dw of the padded filters, then its 3 real channels back in the master layout
+                // (C_out, 3, 7, 7), added to the gradient.
+                let mut padded = CudaTensor::zeros(&gpu, &[s.c_out, s.kernel, s.kernel, s.c_in], F32)?;
+                conv2d_nhwc_backward_weight_cuda(&gpu, x, &dz, &s, &mut padded)?;
+                let mut cropped = CudaTensor::empty(&gpu, dw.shape(), F32)?;
+                nhwc_to_nchw_cuda(&gpu, &padded, &mut cropped)?;
+                add_inplace_cuda(&gpu, &mut dw, &cropped)?;
+            } else if self.nhwc {
+                conv2d_nhwc_backward_weight_cuda(&gpu, x, &dz, &s, &mut dw)?;
+            } else {
+                conv2d_backward_weight_cuda(&gpu, x, &dz, &s, &mut dw)?;
+            }
         }
         if !want_dx {
             return Ok(None);
         }
-        let mut dx = CudaTensor::empty(&gpu, &[b, l.layer.c_in, h, w], self.dtype)?;
+        let mut dx = CudaTensor::empty(&gpu, &self.act_shape(b, l.layer.c_in, h, w), self.dtype)?;
         let weight = self.conv_weight(l.w)?;
-        conv2d_backward_data_cuda(&gpu, &dz, &weight, &s, &mut dx)?;
+        if self.nhwc {
+            conv2d_nhwc_backward_data_cuda(&gpu, &dz, &weight, &s, &mut dx)?;
+        } else {
+            conv2d_backward_data_cuda(&gpu, &dz, &weight, &s, &mut dx)?;
+        }
         Ok(Some(dx))
     }
 
@@ -516,18 +752,18 @@ impl CudaResNet {
                 }
             }
         }
-        let mut d = if self.dtype == F32 {
-            dhead
-        } else {
-            let mut d = CudaTensor::empty(&gpu, dhead.shape(), self.dtype)?;
-            cast_cuda(&gpu, &dhead, &mut d)?;
+        let mut d = if self.nhwc {
+            let mut d = CudaTensor::empty(&gpu, &[b, last.h, last.w, k], self.dtype)?;
+            nchw_to_nhwc_cuda(&gpu, &dhead, &mut d)?;
             d
+        } else {
+            dhead
         };
         let layers: Vec<(CudaConvBn, CudaConvBn, CudaConvBn, Option<CudaConvBn>)> =
             self.blocks.iter().map(|b| (b.conv1.clone(), b.conv2.clone(), b.conv3.clone(), b.down.clone())).collect();
         for (i, ((l1, l2, l3, ld), a)) in layers.iter().zip(&acts.blocks).enumerate().rev() {
             let (input, ih, iw): (&CudaTensor, usize, usize) = if i == 0 {
-                (&acts.pool, acts.pool.dim(2), acts.pool.dim(3))
+                (&acts.pool, acts.pool_h, acts.pool_w)
             } else {
                 let p = &acts.blocks[i - 1].conv3;
                 (&p.y, p.h, p.w)
@@ -553,9 +789,14 @@ impl CudaResNet {
         }
         let ps = MaxPoolShape { h: acts.stem.h, w: acts.stem.w, kernel: 3, stride: 2, pad: 1 };
         let mut ds = CudaTensor::empty(&gpu, acts.stem.y.shape(), self.dtype)?;
-        max_pool2d_backward_cuda(&gpu, &d, &acts.pool_argmax, &ps, &mut ds)?;
+        if self.nhwc {
+            max_pool2d_backward_nhwc_cuda(&gpu, &d, &acts.pool_argmax, &ps, &mut ds)?;
+        } else {
+            max_pool2d_backward_cuda(&gpu, &d, &acts.pool_argmax, &ps, &mut ds)?;
+        }
         relu_backward_inplace_cuda(&gpu, &acts.stem.y, &mut ds)?;
         let stem = self.stem.clone();
+        let x = acts.input_nhwc.as_ref().unwrap_or(x);
         self.conv_bn_backward(&stem, x, acts.h, acts.w, &acts.stem, &ds, b, false)?;
         Ok(())
     }
