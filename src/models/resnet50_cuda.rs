@@ -507,24 +507,14 @@ impl CudaResNet {
             };
             let mut ws = CudaTensor::empty(&gpu, &[ws_len], F32)?;
             let [mut rm, mut rv] = slot_views_mut(&gpu, &mut self.buffers, mean_slot, var_slot)?;
-            if self.nhwc {
-                batch_norm_train_nhwc_cuda(
-                    &gpu, &z, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd, &mut ws,
-                )?;
-            } else {
-                batch_norm_train_cuda(
-                    &gpu, &z, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd, &mut ws,
-                )?;
-            }
+            let train = if self.nhwc { batch_norm_train_nhwc_cuda } else { batch_norm_train_cuda };
+            train(&gpu, &z, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd, &mut ws)?;
             Some((mean, rstd))
         } else {
             let rm = slot_view(&gpu, &self.buffers, mean_slot)?;
             let rv = slot_view(&gpu, &self.buffers, var_slot)?;
-            if self.nhwc {
-                batch_norm_eval_nhwc_cuda(&gpu, &z, &gamma, &beta, &rm, &rv, &mut y)?;
-            } else {
-                batch_norm_eval_cuda(&gpu, &z, &gamma, &beta, &rm, &rv, &mut y)?;
-            }
+            let eval = if self.nhwc { batch_norm_eval_nhwc_cuda } else { batch_norm_eval_cuda };
+            eval(&gpu, &z, &gamma, &beta, &rm, &rv, &mut y)?;
             None
         };
         if relu {
@@ -655,33 +645,9 @@ impl CudaResNet {
         {
             let [mut dgamma, mut dbeta] =
                 slot_views_mut(&gpu, &mut self.grads, &self.slots[l.gamma], &self.slots[l.beta])?;
-            if self.nhwc {
-                batch_norm_backward_nhwc_cuda(
-                    &gpu,
-                    &act.z,
-                    dy,
-                    &gamma,
-                    mean,
-                    rstd,
-                    &mut dz,
-                    &mut dgamma,
-                    &mut dbeta,
-                    &mut ws,
-                )?;
-            } else {
-                batch_norm_backward_cuda(
-                    &gpu,
-                    &act.z,
-                    dy,
-                    &gamma,
-                    mean,
-                    rstd,
-                    &mut dz,
-                    &mut dgamma,
-                    &mut dbeta,
-                    &mut ws,
-                )?;
-            }
+            // Same contract in both layouts.
+            let backward = if self.nhwc { batch_norm_backward_nhwc_cuda } else { batch_norm_backward_cuda };
+            backward(&gpu, &act.z, dy, &gamma, mean, rstd, &mut dz, &mut dgamma, &mut dbeta, &mut ws)?;
         }
         let s = self.conv_shape(l, b, h, w);
         let w_slot = &self.slots[l.w];
