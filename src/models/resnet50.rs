@@ -222,6 +222,21 @@ pub struct ResNet {
     pub(crate) blocks: Vec<Bottleneck>,
     pub(crate) head_w: usize,
     pub(crate) head_b: usize,
+    /// Test reference for the device's bf16 mixed-precision step: when set, every activation
+    /// and activation gradient is rounded to bf16 where the device stores one in bf16 (the
+    /// convolution outputs, batch-norm outputs, residual sums, the head's input gradient and
+    /// the backward's dz / dx); statistics, the head and the weight gradients stay f32 as there.
+    /// Rounding the convolution weights and the input is the caller's part. Off by default.
+    pub emulate_bf16: bool,
+}
+
+/// Rounds `v` to bf16 (nearest even) in place when `on`: the storage of the device's bf16 step.
+fn store_bf16(on: bool, v: &mut [f32]) {
+    if on {
+        for x in v.iter_mut() {
+            *x = half::bf16::from_f32(*x).to_f32();
+        }
+    }
 }
 
 impl ResNet {
@@ -294,6 +309,7 @@ impl ResNet {
             blocks,
             head_w,
             head_b,
+            emulate_bf16: false,
         }
     }
 
@@ -392,6 +408,7 @@ impl ResNet {
         let (ho, wo) = s.out_hw();
         let mut z = vec![0.0f32; b * l.c_out * ho * wo];
         conv2d_cpu(x, &self.params[l.w..][..l.c_out * l.c_in * l.k * l.k], None, &s, false, false, &mut z);
+        store_bf16(self.emulate_bf16, &mut z);
         let mut y = vec![0.0f32; z.len()];
         let c = l.c_out;
         let (gamma, beta) = (&self.params[l.gamma..][..c], &self.params[l.beta..][..c]);
@@ -418,6 +435,7 @@ impl ResNet {
                 );
             }
         }
+        store_bf16(self.emulate_bf16, &mut y);
         if relu {
             relu_inplace_cpu(&mut y);
         }
@@ -443,6 +461,7 @@ impl ResNet {
             let mut a3 = self.conv_bn_forward(&blk.conv3, &a2.y, b, a2.h, a2.w, false, mode);
             let down = blk.down.as_ref().map(|d| self.conv_bn_forward(d, input, b, ch, cw, false, mode));
             add_inplace_cpu(&mut a3.y, down.as_ref().map_or(input, |d| &d.y));
+            store_bf16(self.emulate_bf16, &mut a3.y);
             relu_inplace_cpu(&mut a3.y);
             (ch, cw) = (a3.h, a3.w);
             blocks.push(BlockAct { conv1: a1, conv2: a2, conv3: a3, down });
@@ -513,10 +532,14 @@ impl ResNet {
                 dbeta,
             );
         }
+        store_bf16(self.emulate_bf16, &mut dz);
         let s = l.shape(b, h, w);
         let nw = l.c_out * l.c_in * l.k * l.k;
         let mut dx = want_dx.then(|| vec![0.0f32; b * l.c_in * h * w]);
         conv2d_backward_cpu(x, &self.params[l.w..][..nw], &dz, &s, &mut self.grads[l.w..][..nw], dx.as_deref_mut());
+        if let Some(dx) = &mut dx {
+            store_bf16(self.emulate_bf16, dx);
+        }
         dx
     }
 
@@ -544,6 +567,7 @@ impl ResNet {
                 HeadKind::Linear => linear_head_backward_cpu(&acts.head, b, k, hw, hwt, dlogits, gw, gb, &mut d),
             }
         }
+        store_bf16(self.emulate_bf16, &mut d);
         let blocks = std::mem::take(&mut self.blocks);
         for (i, (blk, a)) in blocks.iter().zip(&acts.blocks).enumerate().rev() {
             let (input, ih, iw): (&[f32], usize, usize) = if i == 0 {
@@ -569,12 +593,14 @@ impl ResNet {
                 }
                 _ => add_inplace_cpu(&mut dx, &d),
             }
+            store_bf16(self.emulate_bf16, &mut dx);
             d = dx;
         }
         self.blocks = blocks;
         let ps = MaxPoolShape { h: acts.stem.h, w: acts.stem.w, kernel: 3, stride: 2, pad: 1 };
         let mut ds = vec![0.0f32; acts.stem.y.len()];
         max_pool2d_backward_cpu(&d, &acts.pool_argmax, &ps, &mut ds);
+        store_bf16(self.emulate_bf16, &mut ds);
         relu_backward_inplace_cpu(&acts.stem.y, &mut ds);
         let stem = self.stem.clone();
         self.conv_bn_backward(&stem, x, acts.h, acts.w, &acts.stem, &ds, b, false);
@@ -613,5 +639,30 @@ mod tests {
         map.remove("layer1.0.conv2.weight");
         let e = n.load_map(&map).unwrap_err().to_string();
         assert!(e.contains("layer1.0.conv2.weight"), "{e}");
+    }
+
+    /// `emulate_bf16`: the stored activations and the backward's activation gradients are bf16
+    /// values, and the step moves away from the f32 one; off, nothing is rounded.
+    #[test]
+    fn emulate_bf16_rounds_what_the_device_stores() {
+        let cfg = ResNetConfig { width: 4, layers: [1, 1, 1, 1], num_classes: 3, head: HeadKind::Cam, alpha: 3.0 };
+        let (b, side) = (2, 32);
+        let x: Vec<f32> = (0..b * 3 * side * side).map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.7).collect();
+        let is_bf16 = |v: &[f32]| v.iter().all(|&x| half::bf16::from_f32(x).to_f32() == x);
+        let mut runs = Vec::new();
+        for emulate in [false, true] {
+            let mut m = ResNet::new(cfg.clone(), 3);
+            m.emulate_bf16 = emulate;
+            let acts = m.forward_train(&x, b, side, side).unwrap();
+            let a = &acts.blocks[0];
+            for t in [&acts.stem.z, &acts.stem.y, &acts.pool, &a.conv1.z, &a.conv2.y, &a.conv3.y] {
+                assert_eq!(is_bf16(t), emulate);
+            }
+            m.zero_grad();
+            m.backward(&x, &acts, &vec![0.1; b * 3]).unwrap();
+            runs.push(m.grads.clone());
+        }
+        let diff = runs[0].iter().zip(&runs[1]).filter(|(a, b)| a != b).count();
+        assert!(diff > runs[0].len() / 2, "{diff} of {} gradients moved", runs[0].len());
     }
 }

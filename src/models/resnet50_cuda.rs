@@ -894,13 +894,15 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
             // differently. So the step after the gradients is checked on the device's own
             // gradients: that part holds the master weights and Adam to f32 accuracy.
             let cpu_grads = std::mem::take(&mut cpu.grads);
-            // bf16: the f32 CPU step again from the same model, its convolution weights and
-            // input rounded to bf16 (what the bf16 step feeds its convolutions): how far
-            // rounding alone moves each gradient (`step_error`).
+            // bf16: the CPU step again from the same model with the device's bf16 storage
+            // emulated (convolution weights and input rounded here, every activation and
+            // activation gradient by `ResNet::emulate_bf16`): how far bf16 rounding alone moves
+            // each gradient from the f32 step (`step_error`).
             let rounded = if dtype == F32 {
                 None
             } else {
                 let mut r = ResNet::new(cpu.cfg.clone(), seed);
+                r.emulate_bf16 = true;
                 for s in r.slots.clone().iter().filter(|s| s.shape.len() == 4 && s.name != "head.weight") {
                     let range = s.offset..s.offset + s.shape.iter().product::<usize>();
                     let w = DType::BF16.round(r.params[range.clone()].to_vec());
@@ -908,8 +910,8 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
                 }
                 r.zero_grad();
                 let (r1, r2) = (DType::BF16.round(v1.clone()), v2.clone().map(|v| DType::BF16.round(v)));
-                forward_backward(&mut r, &r1, r2.as_deref(), b, size, size, &targets, None, 1.0)?;
-                Some(r.grads)
+                let losses = forward_backward(&mut r, &r1, r2.as_deref(), b, size, size, &targets, None, 1.0)?;
+                Some((r.grads, [losses.bce, losses.consistency]))
             };
             opt.step(&mut cpu.params, &dev_grads);
             let mut after = ResNet::new(cpu.cfg.clone(), seed);
@@ -919,7 +921,7 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
                 dtype,
                 &cpu.slots,
                 (&dev_grads, &cpu_grads),
-                rounded.as_deref(),
+                rounded.as_ref().map(|(g, l)| (g.as_slice(), *l)),
                 [(&after.params, &cpu.params), (&after_opt.m, &opt.m), (&after_opt.v, &opt.v)],
                 (&after.buffers, &cpu.buffers),
                 [(got.bce, want.bce), (got.consistency, want.consistency)],
@@ -965,22 +967,23 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
 /// gradients (device, CPU), the f32 state after Adam (parameters, m, v against the CPU's Adam
 /// on the device gradients) and the running statistics (device, CPU).
 /// f32: the largest `max_rel_err` of them all (tolerance 1e-3).
-/// bf16 (`rounded`: the gradients of the CPU's f32 step from the same model with its
-/// convolution weights and input rounded to bf16): each part divided by its own tolerance,
-/// so the row passes at 1:
-/// - losses: relative error / 1e-2 (the DESIGN's bf16 bound; a mean over B x C terms);
+/// bf16 (`rounded`: the gradients of the CPU step from the same model with the device's bf16
+/// storage emulated: convolution weights, input, activations and activation gradients rounded
+/// where the device stores them in bf16): each part divided by its own tolerance, so the row
+/// passes at 1:
+/// - losses: relative error / the larger of 1e-2 (the DESIGN's bf16 bound) and
+///   BF16_GRAD_FACTOR x the emulated step's own relative change of that loss;
 /// - each parameter tensor's gradient: `rel_l2` / (BF16_GRAD_FACTOR x that tensor's
 ///   `rel_l2` between `rounded` and the f32 step, at least 2^-8). A fixed bound cannot hold
-///   here: on a tiny ResNet with batch norm over a few pixels, rounding the weights alone
-///   moves backbone gradients by 10-40% (measured on the simulator's rows; the bf16 step
-///   then differs by 1.1x to 2.6x that at width 8): the f32 step's own sensitivity to bf16
-///   is the scale;
+///   here: on a tiny ResNet with batch norm over a few pixels, bf16 rounding alone moves
+///   backbone gradients by 10-40% (measured on the simulator's rows): the f32 step's own
+///   sensitivity to bf16 is the scale;
 /// - running statistics: `rel_l2` / 1e-2; the f32 state after Adam: `max_rel_err` / 1e-4.
 fn step_error(
     dtype: DType,
     slots: &[Slot],
     grads: (&[f32], &[f32]),
-    rounded: Option<&[f32]>,
+    rounded: Option<(&[f32], [f32; 2])>,
     state: [(&Vec<f32>, &Vec<f32>); 3],
     running: (&[f32], &[f32]),
     losses: [(f32, f32); 2],
@@ -988,7 +991,7 @@ fn step_error(
     use crate::device::cuda::check::max_rel_err;
     let loss_errs = losses.map(|(g, c)| ((g - c).abs() / c.abs().max(1e-6)) as f64);
     let state_err = state.iter().map(|(g, c)| max_rel_err(g, c)).fold(0.0, f64::max);
-    let Some(rounded) = rounded.filter(|_| dtype != F32) else {
+    let Some((rounded, rounded_losses)) = rounded.filter(|_| dtype != F32) else {
         return [
             max_rel_err(grads.0, grads.1),
             max_rel_err(running.0, running.1),
@@ -999,8 +1002,11 @@ fn step_error(
         .into_iter()
         .fold(0.0, f64::max);
     };
-    let mut err =
-        (loss_errs[0].max(loss_errs[1]) / 1e-2).max(state_err / 1e-4).max(rel_l2(running.0, running.1) / 1e-2);
+    let mut err = (state_err / 1e-4).max(rel_l2(running.0, running.1) / 1e-2);
+    for ((e, (_, c)), r) in loss_errs.iter().zip(losses).zip(rounded_losses) {
+        let own = ((r - c).abs() / c.abs().max(1e-6)) as f64;
+        err = err.max(e / (BF16_GRAD_FACTOR * own).max(1e-2));
+    }
     for s in slots {
         let r = s.offset..s.offset + s.shape.iter().product::<usize>();
         let e = rel_l2(&grads.0[r.clone()], &grads.1[r.clone()]);
@@ -1010,8 +1016,9 @@ fn step_error(
     err
 }
 
-/// How many times the f32 step's own gradient change under bf16-rounded weights and input the
-/// bf16 step may differ from the f32 step: the bf16 step also rounds every activation and
-/// activation gradient (about 4 roundings per layer, forward and backward, against 1 for the
-/// weights), and independent roundings add like a random walk: sqrt(4 + 4 + 1) = 3, so 4.
-const BF16_GRAD_FACTOR: f64 = 4.0;
+/// How many times the emulated bf16 step's gradient change (from the f32 step) the device's bf16
+/// step may show. The two round the same values, but their sums run in other orders, so a value
+/// near a rounding boundary can land on either side and the difference grows through the
+/// layers: over the two rows and 11 seeds the device's change was at most 1.7x the emulated
+/// one (0.25-0.45 of the bound at 3 on most rows).
+const BF16_GRAD_FACTOR: f64 = 3.0;
