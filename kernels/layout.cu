@@ -27,18 +27,30 @@ __device__ __forceinline__ int layout_tile_ld(int wc) {
     return (wc & (wc - 1)) == 0 && wc < LF_TILE ? LF_TILE + LF_TILE / wc : LF_TILE + 1;
 }
 
-// Grid (ceil(HW / 32), ceil(Cd / 32), B).
+// Grid (ceil(HW / tp), ceil(Cd / 32), B), tp pixels a tile: 32, or 1024 / Cd when Cd < 32 is a
+// power of two (the stem's 8: 128 pixels), so that a block moves a whole 32 x 32 tile's worth of
+// values instead of 32 x Cd; the pitch tp + 32 / Cd keeps the NHWC side conflict free (the same
+// rule as above: tp is a multiple of 32) and Cd * pitch = 1056 fits the tile.
 template <typename S, typename D>
-__device__ void nchw_to_nhwc(const S* __restrict__ x, D* __restrict__ y, int Cs, int Cd, int HW) {
+__device__ void nchw_to_nhwc(const S* __restrict__ x, D* __restrict__ y, int Cs, int Cd, int HW, int tp) {
     __shared__ float tile[LF_TILE * (LF_TILE + 1)];
-    const int p0 = blockIdx.x * LF_TILE, c0 = blockIdx.y * LF_TILE, b = blockIdx.z;
-    const int wc = min(LF_TILE, Cd - c0), wp = min(LF_TILE, HW - p0);
-    const int ld = layout_tile_ld(wc);
+    const int p0 = blockIdx.x * tp, c0 = blockIdx.y * LF_TILE, b = blockIdx.z;
+    const int wc = min(LF_TILE, Cd - c0), wp = min(tp, HW - p0);
+    const int ld = tp == LF_TILE ? layout_tile_ld(wc) : tp + LF_TILE / wc;
     const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * LF_TILE + tx;
-    // Read: a warp per channel row, 32 consecutive pixels.
-    for (int cl = ty; cl < wc; cl += LF_TILE_ROWS) {
-        const int c = c0 + cl;
-        if (tx < wp) tile[cl * ld + tx] = c < Cs ? to_float(x[((size_t)b * Cs + c) * HW + p0 + tx]) : 0.0f;
+    // Read: a warp per 32-pixel segment of a channel row (one segment in a 32-pixel tile).
+    if (tp == LF_TILE) {
+        for (int cl = ty; cl < wc; cl += LF_TILE_ROWS) {
+            const int c = c0 + cl;
+            if (tx < wp) tile[cl * ld + tx] = c < Cs ? to_float(x[((size_t)b * Cs + c) * HW + p0 + tx]) : 0.0f;
+        }
+    } else {
+        const int segs = tp / LF_TILE;
+        for (int r = ty; r < wc * segs; r += LF_TILE_ROWS) {
+            const int cl = r / segs, p = (r - cl * segs) * LF_TILE + tx;
+            const int c = c0 + cl;
+            if (p < wp) tile[cl * ld + p] = c < Cs ? to_float(x[((size_t)b * Cs + c) * HW + p0 + p]) : 0.0f;
+        }
     }
     __syncthreads();
     // Write: (pixel, channel) with the channel fastest, wc channels per pixel.
@@ -72,8 +84,8 @@ __device__ void nhwc_to_nchw(const S* __restrict__ x, D* __restrict__ y, int Cs,
 // source); nhwc_to_nchw needs no cap on sm_90 (32) and capped spills 4 bytes on sm_80.
 #define LF_LAYOUT(SN, ST, DN, DT)                                                                              \
     extern "C" __global__ void __launch_bounds__(256, 8) nchw_to_nhwc_##SN##_##DN(const ST* __restrict__ x, DT* __restrict__ y, int Cs,  \
-                                                         int Cd, int HW) {                                     \
-        nchw_to_nhwc<ST, DT>(x, y, Cs, Cd, HW);                                                                \
+                                                         int Cd, int HW, int tp) {                             \
+        nchw_to_nhwc<ST, DT>(x, y, Cs, Cd, HW, tp);                                                            \
     }                                                                                                          \
     extern "C" __global__ void nhwc_to_nchw_##SN##_##DN(const ST* __restrict__ x, DT* __restrict__ y, int Cs,  \
                                                          int Cd, int HW) {                                     \

@@ -47,10 +47,10 @@ fn dtype_pair(what: &str, x: &CudaTensor, y: &CudaTensor) -> Result<String> {
     Ok(format!("{}_{}", x.dtype().suffix(), y.dtype().suffix()))
 }
 
-/// Grid (ceil(HW / 32), ceil(c_dst / 32), B) of 32x8 threads: one 32-channel x 32-pixel tile
-/// each (kernels/layout.cu).
-fn tile_config(what: &str, b: usize, hw: usize, c_dst: usize) -> Result<LaunchConfig> {
-    let (gx, gy) = (hw.div_ceil(32), c_dst.div_ceil(32));
+/// Grid (ceil(HW / tile_pixels), ceil(c_dst / 32), B) of 32x8 threads: one 32-channel x
+/// `tile_pixels` tile each (kernels/layout.cu).
+fn tile_config(what: &str, b: usize, hw: usize, c_dst: usize, tile_pixels: usize) -> Result<LaunchConfig> {
+    let (gx, gy) = (hw.div_ceil(tile_pixels), c_dst.div_ceil(32));
     if gx > u32::MAX as usize || gy > 65535 || b > 65535 {
         return Err(Error::Shape(format!("{what}: B={b} HW={hw} C={c_dst} exceed the launch grid")));
     }
@@ -67,8 +67,18 @@ pub fn nchw_to_nhwc_cuda(gpu: &Gpu, x: &CudaTensor, y: &mut CudaTensor) -> Resul
     }
     let (b, c_src, hw, c_dst) = (xs[0], xs[1], xs[2] * xs[3], ys[3]);
     let name = format!("nchw_to_nhwc_{}", dtype_pair(WHAT, x, y)?);
-    let cfg = tile_config(WHAT, b, hw, c_dst)?;
-    let args = [x.arg(gpu), y.arg(gpu), to_i32(c_src, "Cs")?, to_i32(c_dst, "Cd")?, to_i32(hw, "HW")?];
+    // A small power-of-two channel count (the stem's 8) takes 1024 / Cd pixels a tile: one
+    // block still moves 1024 values (kernels/layout.cu).
+    let tile_pixels = if c_dst < 32 && c_dst.is_power_of_two() { 1024 / c_dst } else { 32 };
+    let cfg = tile_config(WHAT, b, hw, c_dst, tile_pixels)?;
+    let args = [
+        x.arg(gpu),
+        y.arg(gpu),
+        to_i32(c_src, "Cs")?,
+        to_i32(c_dst, "Cd")?,
+        to_i32(hw, "HW")?,
+        to_i32(tile_pixels, "tile pixels")?,
+    ];
     gpu.launch("layout", &name, cfg, &args)
 }
 
@@ -82,7 +92,7 @@ pub fn nhwc_to_nchw_cuda(gpu: &Gpu, x: &CudaTensor, y: &mut CudaTensor) -> Resul
     }
     let (b, hw, c_src, c_dst) = (xs[0], xs[1] * xs[2], xs[3], ys[1]);
     let name = format!("nhwc_to_nchw_{}", dtype_pair(WHAT, x, y)?);
-    let cfg = tile_config(WHAT, b, hw, c_dst)?;
+    let cfg = tile_config(WHAT, b, hw, c_dst, 32)?;
     let args = [x.arg(gpu), y.arg(gpu), to_i32(c_src, "Cs")?, to_i32(c_dst, "Cd")?, to_i32(hw, "HW")?];
     gpu.launch("layout", &name, cfg, &args)
 }
@@ -99,6 +109,9 @@ const LAYOUT_CASES: &[LayoutCase] = &[
     ("crop", 2, 20, 9, 11, 13, DType::F32, DType::F32),
     ("odd", 3, 37, 5, 7, 37, DType::BF16, DType::BF16),
     ("1x1", 5, 20, 1, 1, 24, DType::F32, DType::BF16),
+    // Small power-of-two channel counts take wider pixel tiles (1024 / C): partial last tiles.
+    ("16 channels", 2, 5, 9, 13, 16, DType::F32, DType::BF16),
+    ("2 channels", 1, 3, 23, 31, 2, DType::BF16, DType::BF16),
 ];
 
 /// Kernel checks, both directions on every case (the NHWC -> NCHW one reads the NHWC form of the
