@@ -270,7 +270,7 @@ pub fn conv2d_backward_weight_cuda_with(
     to_i32(dy.numel(), "dy elements")?;
     let (m, n) = (s.c_out, s.c_in * k * k);
     let (splits, per_split) = split_k(s, ho, wo);
-    let mn = to_i32(m * n, "dw elements")?;
+    to_i32(m * n, "dw elements")?;
     to_i32(splits * m * n, "split-K partial elements")?;
     let cfg = LaunchConfig {
         grid_dim: (n.div_ceil(CBW_TILE) as u32, m.div_ceil(CBW_TILE) as u32, splits as u32),
@@ -291,13 +291,26 @@ pub fn conv2d_backward_weight_cuda_with(
     // (splits, C_out, C_in*k*k); freed in stream order after the reduction.
     let partial = CudaTensor::empty(gpu, &[splits, m, n], DType::F32)?;
     launch(&partial, 0)?;
+    add_weight_partials(gpu, &partial, dw, splits, m * n)
+}
+
+/// dw (f32, `mn` values) += the `splits` split-K partial weight gradients in `partial`
+/// (splits, mn), added in split order (`conv2d_backward_weight_reduce`): no atomics, the same
+/// bits on every run. Shared by the NCHW and the NHWC (`conv2d_nhwc`) backward-weight.
+pub(crate) fn add_weight_partials(
+    gpu: &Gpu,
+    partial: &CudaTensor,
+    dw: &mut CudaTensor,
+    splits: usize,
+    mn: usize,
+) -> Result<()> {
     let reduce =
-        LaunchConfig { grid_dim: ((m * n).div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        LaunchConfig { grid_dim: (mn.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     gpu.launch(
         "conv2d_backward",
         "conv2d_backward_weight_reduce",
         reduce,
-        &[partial.arg(gpu), dw.arg(gpu), mn, to_i32(splits, "splits")?],
+        &[partial.arg(gpu), dw.arg(gpu), to_i32(mn, "dw elements")?, to_i32(splits, "splits")?],
     )
 }
 

@@ -14,7 +14,9 @@ use crate::device::cuda::check::{
 use crate::device::cuda::{to_i32, CudaTensor, DType, Gpu, KArg};
 use crate::error::{Error, Result};
 use crate::ops::conv2d::{conv2d_cpu, conv2d_cuda, conv2d_reference, Conv2dShape};
-use crate::ops::conv2d_backward::{conv2d_backward_data_cuda, conv2d_backward_reference, conv2d_backward_weight_cuda};
+use crate::ops::conv2d_backward::{
+    add_weight_partials, conv2d_backward_data_cuda, conv2d_backward_reference, conv2d_backward_weight_cuda,
+};
 
 /// (B, H, W, C) -> (B, C, H, W).
 pub fn nhwc_to_nchw(x: &[f32], b: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
@@ -201,23 +203,17 @@ pub fn conv2d_nhwc_cuda(
         &name,
         cfg,
         &[
-            x.arg(gpu),
-            w.arg(gpu),
-            ep.bias.map_or(null, |b| b.arg(gpu)),
-            ep.residual.map_or(null, |r| r.arg(gpu)),
-            y.arg(gpu),
-            to_i32(s.batch, "B")?,
-            to_i32(s.h, "H")?,
-            to_i32(s.w, "W")?,
-            to_i32(s.c_in, "C_in")?,
-            to_i32(s.c_out, "C_out")?,
-            to_i32(s.kernel, "kernel")?,
-            to_i32(s.stride, "stride")?,
-            to_i32(s.pad, "pad")?,
-            to_i32(ho, "Ho")?,
-            to_i32(wo, "Wo")?,
-            KArg::I32(ep.relu as i32),
-        ],
+            &[
+                x.arg(gpu),
+                w.arg(gpu),
+                ep.bias.map_or(null, |b| b.arg(gpu)),
+                ep.residual.map_or(null, |r| r.arg(gpu)),
+                y.arg(gpu),
+            ][..],
+            &nhwc_dims_args(s, ho, wo)?,
+            &[KArg::I32(ep.relu as i32)],
+        ]
+        .concat(),
     )
 }
 
@@ -319,21 +315,7 @@ pub fn conv2d_nhwc_backward_data_cuda(
         "conv2d_nhwc",
         &format!("conv2d_nhwc_backward_data_{}", dy.dtype().suffix()),
         cfg,
-        &[
-            dy.arg(gpu),
-            w.arg(gpu),
-            dx.arg(gpu),
-            to_i32(s.batch, "B")?,
-            to_i32(s.h, "H")?,
-            to_i32(s.w, "W")?,
-            to_i32(s.c_in, "C_in")?,
-            to_i32(s.c_out, "C_out")?,
-            to_i32(s.kernel, "kernel")?,
-            to_i32(s.stride, "stride")?,
-            to_i32(s.pad, "pad")?,
-            to_i32(ho, "Ho")?,
-            to_i32(wo, "Wo")?,
-        ],
+        &[&[dy.arg(gpu), w.arg(gpu), dx.arg(gpu)][..], &nhwc_dims_args(s, ho, wo)?].concat(),
     )
 }
 
@@ -398,7 +380,7 @@ pub fn conv2d_nhwc_backward_weight_cuda(
     let (m, n) = (s.c_out, s.kernel * s.kernel * s.c_in);
     to_i32(s.batch * ho * wo, &format!("{what} B*Ho*Wo"))?;
     to_i32(s.h * s.w * s.c_in, &format!("{what} H*W*C_in"))?;
-    let mn = to_i32(m * n, &format!("{what} dw elements"))?;
+    to_i32(m * n, &format!("{what} dw elements"))?;
     let (splits, per_split) = weight_split(s, ho, wo);
     to_i32(splits * m * n, &format!("{what} split-K partial elements"))?;
     let cfg = LaunchConfig {
@@ -414,22 +396,11 @@ pub fn conv2d_nhwc_backward_weight_cuda(
             &name,
             cfg,
             &[
-                x.arg(gpu),
-                dy.arg(gpu),
-                out.arg(gpu),
-                to_i32(s.batch, "B")?,
-                to_i32(s.h, "H")?,
-                to_i32(s.w, "W")?,
-                to_i32(s.c_in, "C_in")?,
-                to_i32(s.c_out, "C_out")?,
-                to_i32(s.kernel, "kernel")?,
-                to_i32(s.stride, "stride")?,
-                to_i32(s.pad, "pad")?,
-                to_i32(ho, "Ho")?,
-                to_i32(wo, "Wo")?,
-                to_i32(per_split, "pixel tiles per split")?,
-                KArg::I32(accumulate),
-            ],
+                &[x.arg(gpu), dy.arg(gpu), out.arg(gpu)][..],
+                &nhwc_dims_args(s, ho, wo)?,
+                &[to_i32(per_split, "pixel tiles per split")?, KArg::I32(accumulate)],
+            ]
+            .concat(),
         )
     };
     if splits == 1 {
@@ -438,14 +409,27 @@ pub fn conv2d_nhwc_backward_weight_cuda(
     // (splits, C_out, k*k*C_in); freed in stream order after the reduction.
     let partial = CudaTensor::empty(gpu, &[splits, m, n], DType::F32)?;
     launch(&partial, 0)?;
-    let reduce =
-        LaunchConfig { grid_dim: ((m * n).div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    gpu.launch(
-        "conv2d_backward",
-        "conv2d_backward_weight_reduce",
-        reduce,
-        &[partial.arg(gpu), dw.arg(gpu), mn, to_i32(splits, "splits")?],
-    )
+    add_weight_partials(gpu, &partial, dw, splits, m * n)
+}
+
+/// The integer arguments every conv2d_nhwc kernel takes after its pointers:
+/// B, H, W, C_in, C_out, k, stride, pad, Ho, Wo (the NHWC order; `conv_dims_args` is NCHW's).
+fn nhwc_dims_args(s: &Conv2dShape, ho: usize, wo: usize) -> Result<Vec<KArg>> {
+    [
+        (s.batch, "B"),
+        (s.h, "H"),
+        (s.w, "W"),
+        (s.c_in, "C_in"),
+        (s.c_out, "C_out"),
+        (s.kernel, "kernel"),
+        (s.stride, "stride"),
+        (s.pad, "pad"),
+        (ho, "Ho"),
+        (wo, "Wo"),
+    ]
+    .iter()
+    .map(|&(v, what)| to_i32(v, what))
+    .collect()
 }
 
 /// The output size of a convolution that fits its input, or a typed error (`out_hw` would
