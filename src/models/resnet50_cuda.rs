@@ -149,8 +149,8 @@ struct LowPrecisionWeights {
     runs: CastSegments,
     /// Offset in `flat` of each parameter slot's copy (None: not a convolution weight).
     offsets: Vec<Option<usize>>,
-    /// Channels-last: the stem's weight (C_out, 7, 7, STEM_CHANNELS_NHWC), its own buffer.
-    stem: Option<CudaTensor>,
+    /// The stem's weight (C_out, 7, 7, STEM_CHANNELS_NHWC), its own buffer (not in `flat`).
+    stem: CudaTensor,
     /// False after an Adam step until the next forward casts again.
     fresh: bool,
 }
@@ -257,39 +257,6 @@ impl CudaResNet {
             )));
         }
         let nhwc = dtype != F32;
-        let mut conv_slots = Vec::new();
-        for l in std::iter::once(&model.stem)
-            .chain(model.blocks.iter().flat_map(|b| [&b.conv1, &b.conv2, &b.conv3].into_iter().chain(b.down.as_ref())))
-        {
-            conv_slots.push(
-                model
-                    .slots
-                    .iter()
-                    .position(|s| s.offset == l.w)
-                    .ok_or_else(|| Error::Internal(format!("CUDA ResNet: no tensor at offset {}", l.w)))?,
-            );
-        }
-        // The stem (first) keeps the CPU layout: see the module comment.
-        let stem_slot = conv_slots[0];
-        if nhwc {
-            conv_slots.remove(0);
-        } else {
-            conv_slots.clear();
-        }
-        let flat = |data: &[f32]| -> Result<CudaTensor> {
-            if nhwc {
-                let mut permuted = data.to_vec();
-                permute_conv_weights(&mut permuted, &model.slots, &conv_slots, true);
-                CudaTensor::from_f32(gpu, &[data.len()], &permuted, F32)
-            } else {
-                CudaTensor::from_f32(gpu, &[data.len()], data, F32)
-            }
-        };
-        let params = flat(&model.params)?;
-        let m = flat(&opt.m)?;
-        let v = flat(&opt.v)?;
-        let grads = CudaTensor::zeros(gpu, &[model.params.len()], F32)?;
-        let buffers = CudaTensor::from_f32(gpu, &[model.buffers.len()], &model.buffers, F32)?;
         let index = |slots: &[Slot], offset: usize| -> Result<usize> {
             slots
                 .iter()
@@ -319,28 +286,44 @@ impl CudaResNet {
             })
             .collect::<Result<Vec<_>>>()?;
         let stem = layer(&model.stem)?;
+        // The convolution weights permuted on the device (channels-last): all but the stem's,
+        // which keeps the CPU layout (module comment).
+        let conv_slots: Vec<usize> = if nhwc {
+            blocks
+                .iter()
+                .flat_map(|b| [b.conv1.w, b.conv2.w, b.conv3.w].into_iter().chain(b.down.as_ref().map(|d| d.w)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let flat = |data: &[f32]| -> Result<CudaTensor> {
+            if nhwc {
+                let mut permuted = data.to_vec();
+                permute_conv_weights(&mut permuted, &model.slots, &conv_slots, true);
+                CudaTensor::from_f32(gpu, &[data.len()], &permuted, F32)
+            } else {
+                CudaTensor::from_f32(gpu, &[data.len()], data, F32)
+            }
+        };
+        let params = flat(&model.params)?;
+        let m = flat(&opt.m)?;
+        let v = flat(&opt.v)?;
+        let grads = CudaTensor::zeros(gpu, &[model.params.len()], F32)?;
+        let buffers = CudaTensor::from_f32(gpu, &[model.buffers.len()], &model.buffers, F32)?;
         let low = if dtype == F32 {
             None
         } else {
+            // bf16 runs channels-last: every convolution but the stem (its own padded buffer).
             let (mut runs, mut offsets, mut len) = (Vec::new(), vec![None; model.slots.len()], 0);
-            let cast_slots = if nhwc {
-                conv_slots.clone()
-            } else {
-                std::iter::once(stem_slot).chain(conv_slots.iter().copied()).collect()
-            };
-            for i in cast_slots {
+            for &i in &conv_slots {
                 let s = &model.slots[i];
                 let n: usize = s.shape.iter().product();
                 runs.push((s.offset, len, n));
                 offsets[i] = Some(len);
                 len = (len + n).next_multiple_of(LOW_PRECISION_ALIGN);
             }
-            let stem = if nhwc {
-                let l = &model.stem;
-                Some(CudaTensor::empty(gpu, &[l.c_out, l.k, l.k, STEM_CHANNELS_NHWC], dtype)?)
-            } else {
-                None
-            };
+            let l = &model.stem;
+            let stem = CudaTensor::empty(gpu, &[l.c_out, l.k, l.k, STEM_CHANNELS_NHWC], dtype)?;
             Some(LowPrecisionWeights {
                 stem,
                 flat: CudaTensor::zeros(gpu, &[len], dtype)?,
@@ -438,9 +421,7 @@ impl CudaResNet {
         let s = &self.slots[slot];
         match &self.low {
             None => self.conv_slot_view(&self.params, slot),
-            Some(LowPrecisionWeights { stem: Some(stem), .. }) if slot == self.stem.w => {
-                stem.view(&self.gpu, 0, stem.shape())
-            }
+            Some(low) if slot == self.stem.w => low.stem.view(&self.gpu, 0, low.stem.shape()),
             Some(low) => {
                 let offset = low.offsets[slot]
                     .ok_or_else(|| Error::Internal(format!("CUDA ResNet: {} has no bf16 copy", s.name)))?;
@@ -455,11 +436,9 @@ impl CudaResNet {
         if let Some(low) = &mut self.low {
             if !low.fresh {
                 cast_segments_cuda(&self.gpu, &low.runs, &self.params, &mut low.flat)?;
-                if let Some(stem) = &mut low.stem {
-                    // (C_out, 3, 7, 7) f32 -> (C_out, 7, 7, 8) bf16: a 7 x 7 "image" per filter.
-                    let w = slot_view(&self.gpu, &self.params, &self.slots[self.stem.w])?;
-                    nchw_to_nhwc_cuda(&self.gpu, &w, stem)?;
-                }
+                // (C_out, 3, 7, 7) f32 -> (C_out, 7, 7, 8) bf16: a 7 x 7 "image" per filter.
+                let w = slot_view(&self.gpu, &self.params, &self.slots[self.stem.w])?;
+                nchw_to_nhwc_cuda(&self.gpu, &w, &mut low.stem)?;
                 low.fresh = true;
             }
         }
