@@ -31,6 +31,7 @@ pub fn all_checks() -> Vec<GpuCheck> {
         crate::ops::bce::gpu_checks(),
         crate::ops::relu::gpu_checks(),
         crate::ops::residual::gpu_checks(),
+        crate::ops::fill::gpu_checks(),
         crate::ops::cast::gpu_checks(),
         crate::ops::layout::gpu_checks(),
         crate::train::adam::gpu_checks(),

@@ -19,6 +19,7 @@ pub mod crop_resize;
 pub mod crop_resize_planes;
 pub mod dmar;
 pub mod embedding;
+pub mod fill;
 pub mod gap;
 pub mod gemm_packed;
 pub mod interpolate;
