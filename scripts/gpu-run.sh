@@ -32,9 +32,18 @@ if python3 -c "import torch, open_clip" 2>/dev/null; then
 else
     echo "no torch + open_clip on this machine: PyTorch comparison skipped" | tee "$OUT/torch.jsonl"
 fi
-echo "== ResNet-50 training (f32, CAM head, Adam), coco128 photos at 448, batch 32 =="
-"$B/labelfree" --device cuda train --labels "$B/coco128/labels.csv" --root "$B/coco128" \
-    --epochs 3 --batch 32 --size 448 --consistency-from 1 --out "$OUT/train" 2>&1 | tail -n 8 | tee "$OUT/train.txt"
+# Each full batch replays the step captured as one CUDA graph; --eager-steps launches every kernel
+# of every step (same results): the difference is the step's launch overhead.
+for run in bf16:graph bf16:eager f32:graph; do
+    dt="${run%%:*}"
+    mode="${run##*:}"
+    flag=""
+    [ "$mode" = eager ] && flag="--eager-steps"
+    echo "== ResNet-50 training ($dt, $mode steps, CAM head, Adam), coco128 photos at 448, batch 32 =="
+    "$B/labelfree" --device cuda --dtype "$dt" train --labels "$B/coco128/labels.csv" --root "$B/coco128" \
+        --epochs 3 --batch 32 --size 448 --consistency-from 1 $flag --out "$OUT/train-$dt-$mode" 2>&1 \
+        | tail -n 8 | sed "s/^/$dt $mode: /" | tee "$OUT/train-$dt-$mode.txt"
+done
 if python3 -c "import torch, torchvision" 2>/dev/null; then
     echo "== PyTorch ResNet-50 training (channels-last; bf16 autocast and f32), same card =="
     python3 "$B/bench_torch_train_gpu.py" --batches 16,32 --size 448 | tee "$OUT/torch-train.jsonl"
@@ -58,6 +67,6 @@ grep -c "| yes |" "$OUT/gpu-check.md" | sed 's/^/kernel checks passed: /'
 grep -E "NO|ERROR" "$OUT/gpu-check.md" | head -n 20
 grep -h " 256 " "$OUT"/bench-*.txt
 grep '"batch": 256' "$OUT/torch.jsonl" 2>/dev/null
-grep -h "epoch" "$OUT/train.txt" | tail -n 3
+grep -h "epoch 3/3" "$OUT"/train-*.txt
 grep -h '"batch": 32' "$OUT/torch-train.jsonl" 2>/dev/null
 cat "$OUT/sanitizer.txt"

@@ -43,6 +43,7 @@ fn config(out: PathBuf, stop: Option<usize>) -> TrainConfig {
         progress: false,
         stop_after_steps: stop,
         record_train_outputs: false,
+        cuda_graph: true,
     }
 }
 
@@ -143,6 +144,7 @@ fn run_from_csv_labels_and_a_backbone_then_resume() {
         second_view: None,
         resume: false,
         dtype: labelfree::device::cuda::DType::F32,
+        cuda_graph: true,
         out: out.clone(),
         progress: false,
     };

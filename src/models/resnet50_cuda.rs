@@ -41,7 +41,7 @@
 
 use std::sync::Arc;
 
-use crate::device::cuda::{CudaTensor, CudaView, CudaViewMut, DType, Gpu};
+use crate::device::cuda::{CudaTensor, CudaView, CudaViewMut, DType, Gpu, GpuGraph, PoolStats};
 use crate::error::{Error, Result};
 use crate::models::resnet50::{ConvBn, HeadKind, ResNet, ResNetConfig, Slot};
 use crate::ops::batchnorm::{
@@ -57,13 +57,14 @@ use crate::ops::conv2d_nhwc::{
     conv2d_nhwc_backward_data_cuda, conv2d_nhwc_backward_weight_cuda, conv2d_nhwc_cuda, nchw_to_nhwc, nhwc_to_nchw,
     ConvEpilogue,
 };
+use crate::ops::fill::fill_zero_cuda;
 use crate::ops::layout::{nchw_to_nhwc_cuda, nhwc_to_nchw_cuda};
 use crate::ops::maxpool::{
     max_pool2d_backward_cuda, max_pool2d_backward_nhwc_cuda, max_pool2d_cuda, max_pool2d_nhwc_cuda, MaxPoolShape,
 };
 use crate::ops::relu::{relu_backward_inplace_cuda, relu_inplace_cuda};
 use crate::ops::residual::add_inplace_cuda;
-use crate::train::adam::{adam_step_cuda, Adam};
+use crate::train::adam::{adam_step_cuda, Adam, AdamScalars};
 
 const F32: DType = DType::F32;
 
@@ -139,8 +140,91 @@ impl CudaActivations {
 pub struct CudaStepLosses {
     pub bce: f32,
     pub consistency: f32,
-    /// View 1's training-mode logits (B, C).
-    pub logits: Vec<f32>,
+    /// View 1's training-mode logits (B, C), when asked for (a download each step).
+    pub logits: Option<Vec<f32>>,
+}
+
+/// The device buffers of training steps on batches of one shape: what a step reads (the views,
+/// the targets, Adam's scalars: written from the host before it runs, `load`) and what it writes
+/// (the two losses, view 1's logits). A captured step (`CudaTrainGraph`) holds their addresses;
+/// everything else a step uses is its own temporaries.
+pub struct CudaStepIo {
+    batch: usize,
+    height: usize,
+    width: usize,
+    /// (B, 3, H, W) in the model's dtype.
+    view1: CudaTensor,
+    view2: Option<CudaTensor>,
+    /// (B, C) f32.
+    targets: CudaTensor,
+    adam: AdamScalars,
+    consistency_weight: f32,
+    /// (1,) each.
+    bce: CudaTensor,
+    consistency: CudaTensor,
+    /// (B, C): lent to the forward of view 1 during a step (its `logits`), None only then.
+    logits: Option<CudaTensor>,
+}
+
+impl CudaStepIo {
+    /// Writes one batch and counts the Adam step it will take (`AdamScalars::advance`).
+    fn load(&mut self, gpu: &Gpu, opt: &mut Adam, view1: &[f32], view2: Option<&[f32]>, targets: &[f32]) -> Result<()> {
+        if view2.is_some() != self.view2.is_some() {
+            return Err(Error::Shape(format!(
+                "CUDA training step built for {} view(s), given {}",
+                1 + self.view2.is_some() as usize,
+                1 + view2.is_some() as usize
+            )));
+        }
+        self.view1.write_f32(gpu, view1)?;
+        if let (Some(d), Some(v)) = (self.view2.as_mut(), view2) {
+            d.write_f32(gpu, v)?;
+        }
+        self.targets.write_f32(gpu, targets)?;
+        self.adam.advance(gpu, opt)
+    }
+
+    /// The losses the last step wrote, and view 1's logits when `logits` asks.
+    fn losses(&self, gpu: &Gpu, logits: bool) -> Result<CudaStepLosses> {
+        let bce = self.bce.to_f32_vec(gpu)?[0];
+        let consistency = if self.view2.is_some() { self.consistency.to_f32_vec(gpu)?[0] } else { 0.0 };
+        let logits = match (&self.logits, logits) {
+            (Some(l), true) => Some(l.to_f32_vec(gpu)?),
+            _ => None,
+        };
+        Ok(CudaStepLosses { bce, consistency, logits })
+    }
+}
+
+/// A training step captured once as a graph (`CudaResNet::capture_train_step`) and replayed for
+/// every batch of its shape (`CudaResNet::train_step_graph`): one graph launch instead of the
+/// step's hundreds of kernel launches, each with its host-side argument building.
+pub struct CudaTrainGraph {
+    io: CudaStepIo,
+    graph: GpuGraph,
+    /// The device address of the parameters of the model it was captured on: it replays on
+    /// that model's buffers only.
+    model: u64,
+}
+
+impl CudaTrainGraph {
+    /// True when a batch of (b, h, w), with or without a second view and with this consistency
+    /// weight, is what the graph was captured for.
+    pub fn fits(&self, b: usize, h: usize, w: usize, two_views: bool, consistency_weight: f32) -> bool {
+        let io = &self.io;
+        (io.batch, io.height, io.width, io.view2.is_some()) == (b, h, w, two_views)
+            && io.consistency_weight.to_bits() == consistency_weight.to_bits()
+    }
+
+    /// Kernel launches a replay runs.
+    pub fn launches(&self) -> usize {
+        self.graph.launches().len()
+    }
+
+    /// The memory of the step's temporaries.
+    pub fn pool(&self) -> Option<PoolStats> {
+        self.graph.pool_stats()
+    }
 }
 
 /// The bf16 copy of the convolution weights (mixed precision): one flat buffer, one cast.
@@ -445,9 +529,10 @@ impl CudaResNet {
         Ok(())
     }
 
-    /// One memset over the flat gradient buffer.
+    /// Zeroes the flat gradient buffer: one fill launch (a kernel, not a memset, so that a
+    /// captured step holds it).
     pub fn zero_grad(&mut self) -> Result<()> {
-        self.grads.fill_zero(&self.gpu)
+        fill_zero_cuda(&self.gpu, &mut self.grads)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -505,10 +590,26 @@ impl CudaResNet {
     /// Forward of x (B, 3, H, W, in the model's dtype) on the device: training mode (batch
     /// statistics, running statistics updated) or eval mode.
     pub fn forward(&mut self, x: &CudaTensor, train: bool) -> Result<CudaActivations> {
+        let logits =
+            CudaTensor::empty(&self.gpu, &[x.shape().first().copied().unwrap_or(0), self.cfg.num_classes], F32)?;
+        self.forward_out(x, train, logits)
+    }
+
+    /// `forward` writing the logits into `logits` (B, C) f32, which the activations then hold:
+    /// a captured step keeps view 1's logits in a buffer of its own.
+    pub fn forward_out(&mut self, x: &CudaTensor, train: bool, mut logits: CudaTensor) -> Result<CudaActivations> {
         let gpu = self.gpu.clone();
         let &[b, 3, h, w] = x.shape() else {
             return Err(Error::Shape(format!("CUDA ResNet: input {:?}, expected (B, 3, H, W)", x.shape())));
         };
+        if logits.shape() != [b, self.cfg.num_classes] || logits.dtype() != F32 {
+            return Err(Error::Shape(format!(
+                "CUDA ResNet: logits buffer {:?} {:?}, expected [{b}, {}] F32",
+                logits.shape(),
+                logits.dtype(),
+                self.cfg.num_classes
+            )));
+        }
         x.expect_dtype(self.dtype, "CUDA ResNet input")?;
         self.refresh_low_precision_weights()?;
         let input_nhwc = if self.nhwc {
@@ -563,7 +664,6 @@ impl CudaResNet {
             None
         };
         let feats = head_input.as_ref().unwrap_or(last);
-        let mut logits = CudaTensor::empty(&gpu, &[b, c], F32)?;
         let hw_ = slot_view(&gpu, &self.params, &self.slots[self.head_w])?;
         let hb = slot_view(&gpu, &self.params, &self.slots[self.head_b])?;
         let head = match self.cfg.head {
@@ -636,7 +736,8 @@ impl CudaResNet {
             if self.nhwc && l.w == self.stem.w {
                 // dw of the padded filters, then its 3 real channels back in the master layout
                 // (C_out, 3, 7, 7), added to the gradient.
-                let mut padded = CudaTensor::zeros(&gpu, &[s.c_out, s.kernel, s.kernel, s.c_in], F32)?;
+                let mut padded = CudaTensor::empty(&gpu, &[s.c_out, s.kernel, s.kernel, s.c_in], F32)?;
+                fill_zero_cuda(&gpu, &mut padded)?;
                 conv2d_nhwc_backward_weight_cuda(&gpu, x, &dz, &s, &mut padded)?;
                 let mut cropped = CudaTensor::empty(&gpu, dw.shape(), F32)?;
                 nhwc_to_nchw_cuda(&gpu, &padded, &mut cropped)?;
@@ -746,10 +847,73 @@ impl CudaResNet {
         Ok(())
     }
 
+    /// The buffers of training steps on batches of (b, h, w): one view, or two with CCD's
+    /// consistency loss at `consistency_weight` (`CudaStepIo`).
+    pub fn step_io(
+        &self,
+        opt: &Adam,
+        (b, h, w): (usize, usize, usize),
+        two_views: bool,
+        consistency_weight: f32,
+    ) -> Result<CudaStepIo> {
+        let gpu = &self.gpu;
+        let c = self.cfg.num_classes;
+        let view = || CudaTensor::empty(gpu, &[b, 3, h, w], self.dtype);
+        Ok(CudaStepIo {
+            batch: b,
+            height: h,
+            width: w,
+            view1: view()?,
+            view2: if two_views { Some(view()?) } else { None },
+            targets: CudaTensor::empty(gpu, &[b, c], F32)?,
+            adam: AdamScalars::new(gpu, opt)?,
+            consistency_weight,
+            bce: CudaTensor::zeros(gpu, &[1], F32)?,
+            consistency: CudaTensor::zeros(gpu, &[1], F32)?,
+            logits: Some(CudaTensor::zeros(gpu, &[b, c], F32)?),
+        })
+    }
+
+    /// The launches of one training step on the batch in `io` (loaded, and Adam's scalars
+    /// advanced, by `CudaStepIo::load`): gradients zeroed, the bf16 weights cast, view 1 (and
+    /// view 2) forward in training mode, the fused losses, both backwards (view 2's first, as
+    /// the CPU step), Adam. Kernel launches only, every temporary allocated with
+    /// `CudaTensor::empty`: what `capture_train_step` captures, and what `train_step` runs.
+    fn step_launches(&mut self, opt: &Adam, io: &mut CudaStepIo) -> Result<()> {
+        let gpu = self.gpu.clone();
+        let (b, c) = (io.batch, self.cfg.num_classes);
+        self.zero_grad()?;
+        // The cast is part of every step (a replayed step cannot skip it on a host flag).
+        if let Some(low) = &mut self.low {
+            low.fresh = false;
+        }
+        let logits = io.logits.take().ok_or_else(|| Error::Internal("CUDA step: logits buffer lent twice".into()))?;
+        let acts1 = self.forward_out(&io.view1, true, logits)?;
+        let mut ws = CudaTensor::empty(&gpu, &[LOSS_WORKSPACE_LEN], F32)?;
+        let mut d1 = CudaTensor::empty(&gpu, &[b, c], F32)?;
+        fill_zero_cuda(&gpu, &mut d1)?;
+        bce_with_logits_cuda(&gpu, &acts1.logits, &io.targets, None, 1.0, &mut d1, &mut io.bce, &mut ws)?;
+        if let Some(x2) = &io.view2 {
+            let acts2 = self.forward(x2, true)?;
+            let mut d2 = CudaTensor::empty(&gpu, &[b, c], F32)?;
+            fill_zero_cuda(&gpu, &mut d2)?;
+            let cw = io.consistency_weight;
+            consistency_bce_cuda(&gpu, &acts1.logits, &acts2.logits, cw, &mut d2, &mut io.consistency, &mut ws)?;
+            self.backward(x2, &acts2, &d2)?;
+        }
+        self.backward(&io.view1, &acts1, &d1)?;
+        io.logits = Some(acts1.logits);
+        adam_step_cuda(&gpu, opt, &io.adam, &mut self.params, &self.grads, &mut self.m, &mut self.v)?;
+        if let Some(low) = &mut self.low {
+            low.fresh = false;
+        }
+        Ok(())
+    }
+
     /// One training step of CCD's loss (`train::step::forward_backward` on the device) and the
-    /// Adam step after it: gradients zeroed, view 1 (and view 2) forward in training mode, the
-    /// fused losses, both backwards (view 2's first, as the CPU step), Adam. view1 / view2
-    /// (B, 3, H, W) and targets (B, C) on the host; the two loss values come back.
+    /// Adam step after it, launched one kernel at a time (`step_launches`). view1 / view2
+    /// (B, 3, H, W) and targets (B, C) on the host; the two loss values and view 1's logits
+    /// come back.
     #[allow(clippy::too_many_arguments)]
     pub fn train_step(
         &mut self,
@@ -762,43 +926,79 @@ impl CudaResNet {
         targets: &[f32],
         consistency_weight: f32,
     ) -> Result<CudaStepLosses> {
+        self.check_batch(view1, view2, (b, h, w), targets)?;
+        let mut io = self.step_io(opt, (b, h, w), view2.is_some(), consistency_weight)?;
+        io.load(&self.gpu, opt, view1, view2, targets)?;
+        self.step_launches(opt, &mut io)?;
+        io.losses(&self.gpu, true)
+    }
+
+    /// The training step on batches of (b, h, w) (one view, or two at `consistency_weight`)
+    /// captured once as a graph, on step buffers of its own: `train_step_graph` replays it.
+    /// Captures launch nothing: the model and `opt` are as they were.
+    pub fn capture_train_step(
+        &mut self,
+        opt: &Adam,
+        (b, h, w): (usize, usize, usize),
+        two_views: bool,
+        consistency_weight: f32,
+    ) -> Result<CudaTrainGraph> {
         let gpu = self.gpu.clone();
-        let c = self.cfg.num_classes;
-        if targets.len() != b * c || view1.len() != b * 3 * h * w || view2.is_some_and(|v| v.len() != view1.len()) {
-            return Err(Error::Shape(format!(
-                "CUDA training step: batch {b} x 3 x {h} x {w}, {c} classes, targets {}",
-                targets.len()
-            )));
+        let mut io = self.step_io(opt, (b, h, w), two_views, consistency_weight)?;
+        let fresh = self.low.as_ref().map(|l| l.fresh);
+        let graph = gpu.capture_pooled(|| self.step_launches(opt, &mut io));
+        // Nothing ran: the bf16 copy is as current as before.
+        if let (Some(low), Some(fresh)) = (&mut self.low, fresh) {
+            low.fresh = fresh;
         }
-        self.zero_grad()?;
-        let x1 = CudaTensor::from_f32(&gpu, &[b, 3, h, w], view1, self.dtype)?;
-        let t = CudaTensor::from_f32(&gpu, &[b, c], targets, F32)?;
-        let mut ws = CudaTensor::empty(&gpu, &[LOSS_WORKSPACE_LEN], F32)?;
-        let acts1 = self.forward(&x1, true)?;
-        let mut d1 = CudaTensor::zeros(&gpu, &[b, c], F32)?;
-        let mut bce = CudaTensor::empty(&gpu, &[1], F32)?;
-        bce_with_logits_cuda(&gpu, &acts1.logits, &t, None, 1.0, &mut d1, &mut bce, &mut ws)?;
-        let mut consistency = None;
-        if let Some(v2) = view2 {
-            let x2 = CudaTensor::from_f32(&gpu, &[b, 3, h, w], v2, self.dtype)?;
-            let acts2 = self.forward(&x2, true)?;
-            let mut d2 = CudaTensor::zeros(&gpu, &[b, c], F32)?;
-            let mut loss = CudaTensor::empty(&gpu, &[1], F32)?;
-            consistency_bce_cuda(&gpu, &acts1.logits, &acts2.logits, consistency_weight, &mut d2, &mut loss, &mut ws)?;
-            self.backward(&x2, &acts2, &d2)?;
-            consistency = Some(loss);
+        Ok(CudaTrainGraph { io, graph: graph?, model: self.params.ptr(&gpu) })
+    }
+
+    /// `train_step` by replaying a captured step: the batch written into the graph's buffers,
+    /// Adam's scalars advanced, one graph launch; view 1's logits downloaded when `logits` asks.
+    /// The same kernels on the same data as `train_step`, so the same bits.
+    pub fn train_step_graph(
+        &mut self,
+        g: &mut CudaTrainGraph,
+        opt: &mut Adam,
+        view1: &[f32],
+        view2: Option<&[f32]>,
+        targets: &[f32],
+        logits: bool,
+    ) -> Result<CudaStepLosses> {
+        if g.model != self.params.ptr(&self.gpu) {
+            return Err(Error::Device(
+                "a training step graph replays on the buffers of the model it was captured on, not this one".into(),
+            ));
         }
-        self.backward(&x1, &acts1, &d1)?;
-        adam_step_cuda(&gpu, opt, &mut self.params, &self.grads, &mut self.m, &mut self.v)?;
+        let io = &mut g.io;
+        self.check_batch(view1, view2, (io.batch, io.height, io.width), targets)?;
+        io.load(&self.gpu, opt, view1, view2, targets)?;
+        g.graph.replay()?;
         if let Some(low) = &mut self.low {
             low.fresh = false;
         }
-        let bce = bce.to_f32_vec(&gpu)?[0];
-        let consistency = match consistency {
-            Some(t) => t.to_f32_vec(&gpu)?[0],
-            None => 0.0,
-        };
-        Ok(CudaStepLosses { bce, consistency, logits: acts1.logits.to_f32_vec(&gpu)? })
+        g.io.losses(&self.gpu, logits)
+    }
+
+    /// A batch's host slices against its shape.
+    fn check_batch(
+        &self,
+        view1: &[f32],
+        view2: Option<&[f32]>,
+        (b, h, w): (usize, usize, usize),
+        targets: &[f32],
+    ) -> Result<()> {
+        let c = self.cfg.num_classes;
+        if targets.len() != b * c || view1.len() != b * 3 * h * w || view2.is_some_and(|v| v.len() != view1.len()) {
+            return Err(Error::Shape(format!(
+                "CUDA training step: batch {b} x 3 x {h} x {w}, {c} classes: views of {} / {:?} values, targets {}",
+                view1.len(),
+                view2.map(|v| v.len()),
+                targets.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Eval-mode logits (B, C) of host images x (B, 3, H, W).
@@ -924,6 +1124,79 @@ pub fn gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
             // comparison is divided by its own tolerance in `step_error`, which says why each.
             check.with_tolerance(1.0)
         });
+    }
+    checks.extend(graph_gpu_checks());
+    checks
+}
+
+/// The training step captured as a graph (`capture_train_step`) against the same step launched
+/// kernel by kernel (`train_step`), from the same model, batch and optimiser: the losses, view
+/// 1's logits, and the parameters, Adam moments and running statistics after the step must be
+/// the same bits (max_rel_err 0, tolerance 0). Two rows per case, timing the replayed graph and
+/// the eager step: on a GPU the difference is the step's launch overhead. A tiny ResNet (the
+/// simulator's) and ResNet-50 at 224 in bf16, CCD's two views.
+fn graph_gpu_checks() -> Vec<crate::device::cuda::check::GpuCheck> {
+    use crate::device::cuda::check::{random_vec, CheckRun, GpuCheck, Work};
+    use crate::train::adam::ParamGroup;
+
+    // (dtype, stem width, blocks per stage, classes, batch, image side)
+    type GraphCase = (DType, usize, [usize; 4], usize, usize, usize);
+    let cases: [GraphCase; 3] = [
+        (F32, 4, [1, 1, 1, 1], 5, 2, 32),
+        (DType::BF16, 8, [1, 1, 1, 1], 5, 2, 32),
+        (DType::BF16, 64, [3, 4, 6, 3], 80, 16, 224),
+    ];
+    let mut checks = Vec::new();
+    for (dtype, width, layers, classes, b, size) in cases {
+        for timed in ["graph", "eager"] {
+            let shape =
+                format!("width={width} layers={layers:?} C={classes} B={b} {size}x{size} two views, {timed} timed");
+            let macs = 4.1e9 * (width as f64 / 64.0).powi(2) * (size as f64 / 224.0).powi(2);
+            let work = Work::Flops(2.0 * 3.0 * 2.0 * macs * b as f64);
+            let check = GpuCheck::new("resnet_train_step_graph", shape, dtype, work, move |gpu, rng| {
+                let cfg = ResNetConfig { width, layers, num_classes: classes, head: HeadKind::Cam, alpha: 3.0 };
+                let cpu = ResNet::new(cfg, rand::Rng::gen::<u64>(rng));
+                let n = cpu.params.len();
+                let groups = vec![
+                    ParamGroup { range: 0..cpu.head_start, lr: 1e-3 },
+                    ParamGroup { range: cpu.head_start..n, lr: 1e-2 },
+                ];
+                let opt = Adam::new(n, groups);
+                let (mut eager, mut eager_opt) = (CudaResNet::upload_mixed(gpu, &cpu, &opt, dtype)?, opt.clone());
+                let (mut graphed, mut graph_opt) = (CudaResNet::upload_mixed(gpu, &cpu, &opt, dtype)?, opt.clone());
+                let mut graph = graphed.capture_train_step(&graph_opt, (b, size, size), true, 1.0)?;
+                let (v1, v2) = (random_vec(rng, b * 3 * size * size, 2.0), random_vec(rng, b * 3 * size * size, 2.0));
+                let targets: Vec<f32> = random_vec(rng, b * classes, 0.5).iter().map(|v| v + 0.5).collect();
+                let want = eager.train_step(&mut eager_opt, &v1, Some(&v2), b, size, size, &targets, 1.0)?;
+                let got = graphed.train_step_graph(&mut graph, &mut graph_opt, &v1, Some(&v2), &targets, true)?;
+                let state = |m: &CudaResNet| -> Result<Vec<f32>> {
+                    let mut host = ResNet::new(m.cfg.clone(), 0);
+                    let mut o = opt.clone();
+                    m.download_into(&mut host, &mut o)?;
+                    Ok([host.params, o.m, o.v, host.buffers].concat())
+                };
+                let outputs = |l: &CudaStepLosses, st: Vec<f32>| -> Vec<f32> {
+                    [vec![l.bce, l.consistency], l.logits.clone().unwrap_or_default(), st].concat()
+                };
+                let (a, g) = (outputs(&want, state(&eager)?), outputs(&got, state(&graphed)?));
+                // Bits, not values: NaN == NaN here, and -0 != +0.
+                let same = a.len() == g.len() && a.iter().zip(&g).all(|(x, y)| x.to_bits() == y.to_bits());
+                let finite = want.bce.is_finite() && want.consistency.is_finite();
+                let launch: Box<dyn FnMut() -> Result<()>> = if timed == "graph" {
+                    Box::new(move || {
+                        graphed
+                            .train_step_graph(&mut graph, &mut graph_opt, &v1, Some(&v2), &targets, false)
+                            .map(|_| ())
+                    })
+                } else {
+                    Box::new(move || {
+                        eager.train_step(&mut eager_opt, &v1, Some(&v2), b, size, size, &targets, 1.0).map(|_| ())
+                    })
+                };
+                Ok(CheckRun { max_rel_err: if same && finite { 0.0 } else { f64::INFINITY }, launch, cublas: None })
+            });
+            checks.push(check.with_tolerance(0.0));
+        }
     }
     checks
 }

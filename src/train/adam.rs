@@ -7,7 +7,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::device::cuda::check::{max_rel_err_all, random_vec, CheckRun, GpuCheck, Work};
-use crate::device::cuda::{expect_f32, f32_arg_at, grid_stride_config, CudaTensor, DType, Gpu, KArg};
+use crate::device::cuda::{expect_f32, f32_arg_at, grid_stride_config, CudaTensor, DType, Gpu};
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug)]
@@ -75,13 +75,46 @@ impl Adam {
     }
 }
 
+/// The step-dependent scalars of the CUDA Adam on the device: for each parameter group its
+/// step size lr / (1 - beta1^t) and sqrt(1 - beta2^t), computed on the host exactly as
+/// `Adam::step` does. The kernel reads them from this buffer, not from its arguments, so a
+/// captured training step (a graph, whose arguments are frozen) takes every step's values:
+/// `advance` writes the next step's before the step runs.
+pub struct AdamScalars {
+    /// (groups, 2).
+    buf: CudaTensor,
+}
+
+impl AdamScalars {
+    pub fn new(gpu: &Gpu, opt: &Adam) -> Result<AdamScalars> {
+        Ok(AdamScalars { buf: CudaTensor::zeros(gpu, &[opt.groups.len().max(1), 2], DType::F32)? })
+    }
+
+    /// Counts a step in `opt` and uploads its scalars (a host copy: outside any capture).
+    pub fn advance(&mut self, gpu: &Gpu, opt: &mut Adam) -> Result<()> {
+        if self.buf.dim(0) != opt.groups.len().max(1) {
+            return Err(Error::Shape(format!(
+                "AdamScalars of {} groups for an optimiser of {}",
+                self.buf.dim(0),
+                opt.groups.len()
+            )));
+        }
+        let (bc1, bc2_sqrt) = opt.advance();
+        let mut v: Vec<f32> = opt.groups.iter().flat_map(|g| [g.lr / bc1, bc2_sqrt]).collect();
+        v.resize(self.buf.numel(), 0.0);
+        self.buf.write_f32(gpu, &v)
+    }
+}
+
 /// CUDA twin of `Adam::step` (kernels/adam.cu, f32): one launch per parameter group over the
-/// flat buffers (the CUDA trainer's layout, `CudaResNet`). The
-/// moments live on the device (`m`, `v`, the size of `params`; `opt.m` / `opt.v` are the CPU
-/// path's and are left alone); `opt` gives the hyperparameters and groups and counts the step.
+/// flat buffers (the CUDA trainer's layout, `CudaResNet`), with the scalars of the step that
+/// `scalars.advance` counted. The moments live on the device (`m`, `v`, the size of `params`;
+/// `opt.m` / `opt.v` are the CPU path's and are left alone); `opt` gives the hyperparameters
+/// and groups.
 pub fn adam_step_cuda(
     gpu: &Gpu,
-    opt: &mut Adam,
+    opt: &Adam,
+    scalars: &AdamScalars,
     params: &mut CudaTensor,
     grads: &CudaTensor,
     m: &mut CudaTensor,
@@ -89,48 +122,39 @@ pub fn adam_step_cuda(
 ) -> Result<()> {
     let n = params.numel();
     let sizes_ok = grads.numel() == n && m.numel() == n && v.numel() == n;
-    if !sizes_ok || opt.groups.iter().any(|g| g.range.start > g.range.end || g.range.end > n) {
+    if !sizes_ok
+        || opt.groups.iter().any(|g| g.range.start > g.range.end || g.range.end > n)
+        || scalars.buf.dim(0) != opt.groups.len().max(1)
+    {
         return Err(Error::Shape(format!(
-            "adam_step_cuda: params {}, grads {}, m {}, v {}, groups {:?}",
+            "adam_step_cuda: params {}, grads {}, m {}, v {}, groups {:?}, scalars for {} groups",
             n,
             grads.numel(),
             m.numel(),
             v.numel(),
-            opt.groups.iter().map(|g| g.range.clone()).collect::<Vec<_>>()
+            opt.groups.iter().map(|g| g.range.clone()).collect::<Vec<_>>(),
+            scalars.buf.dim(0)
         )));
     }
     expect_f32("adam_step_cuda", &[params, grads, m, v])?;
-    let (bc1, bc2_sqrt) = opt.advance();
-    for g in opt.groups.iter().filter(|g| !g.range.is_empty()) {
+    for (i, g) in opt.groups.iter().enumerate().filter(|(_, g)| !g.range.is_empty()) {
         let start = g.range.start;
-        let ptrs = [
+        let len = g.range.len();
+        let args = [
             f32_arg_at(gpu, params, start),
             f32_arg_at(gpu, grads, start),
             f32_arg_at(gpu, m, start),
             f32_arg_at(gpu, v, start),
+            (len as i64).into(),
+            f32_arg_at(gpu, &scalars.buf, 2 * i),
+            opt.beta1.into(),
+            opt.beta2.into(),
+            opt.eps.into(),
+            opt.weight_decay.into(),
         ];
-        launch_adam(gpu, opt, ptrs, g.range.len(), g.lr, bc1, bc2_sqrt)?;
+        gpu.launch("adam", "adam_step_f32", grid_stride_config(len), &args)?;
     }
     Ok(())
-}
-
-/// One `adam_step_f32` launch over `len` elements at [params, grads, m, v].
-fn launch_adam(gpu: &Gpu, opt: &Adam, ptrs: [KArg; 4], len: usize, lr: f32, bc1: f32, bc2_sqrt: f32) -> Result<()> {
-    let [p, g, m, v] = ptrs;
-    let args = [
-        p,
-        g,
-        m,
-        v,
-        (len as i64).into(),
-        (lr / bc1).into(),
-        opt.beta1.into(),
-        opt.beta2.into(),
-        opt.eps.into(),
-        opt.weight_decay.into(),
-        bc2_sqrt.into(),
-    ];
-    gpu.launch("adam", "adam_step_f32", grid_stride_config(len), &args)
 }
 
 /// Kernel checks: ten steps against the CPU Adam (fresh random gradients each step) on the
@@ -155,17 +179,20 @@ pub fn gpu_checks() -> Vec<GpuCheck> {
                 let (mut md, mut vd) =
                     (CudaTensor::zeros(gpu, &[n], DType::F32)?, CudaTensor::zeros(gpu, &[n], DType::F32)?);
                 let mut gd = CudaTensor::empty(gpu, &[n], DType::F32)?;
+                let mut scalars = AdamScalars::new(gpu, &dev)?;
                 for _ in 0..10 {
                     let grads = random_vec(rng, n, 0.1);
                     cpu.step(&mut p, &grads);
                     gd = up(&grads)?;
-                    adam_step_cuda(gpu, &mut dev, &mut pd, &gd, &mut md, &mut vd)?;
+                    scalars.advance(gpu, &mut dev)?;
+                    adam_step_cuda(gpu, &dev, &scalars, &mut pd, &gd, &mut md, &mut vd)?;
                 }
                 let err = max_rel_err_all(gpu, &[(&pd, &p), (&md, &cpu.m), (&vd, &cpu.v)])?;
                 let g = gpu.clone();
                 Ok(CheckRun {
                     max_rel_err: err,
-                    launch: Box::new(move || adam_step_cuda(&g, &mut dev, &mut pd, &gd, &mut md, &mut vd)),
+                    // The timed launch repeats the last step's scalars (the kernel alone).
+                    launch: Box::new(move || adam_step_cuda(&g, &dev, &scalars, &mut pd, &gd, &mut md, &mut vd)),
                     cublas: None,
                 })
             })

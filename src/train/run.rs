@@ -48,6 +48,8 @@ pub struct TrainRun {
     pub progress: bool,
     /// On a device: f32, or bf16 mixed precision (the CPU trains in f32).
     pub dtype: DType,
+    /// On a device: full batches replay a captured step (`TrainConfig::cuda_graph`).
+    pub cuda_graph: bool,
 }
 
 #[derive(Serialize)]
@@ -90,6 +92,11 @@ pub struct ClassifierTrainingArgs {
     pub size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// On a device: launch every kernel of every training step instead of replaying the step
+    /// captured once as a CUDA graph (the same launches, so the same results; for per-launch
+    /// profiles and timelines)
+    #[arg(long)]
+    pub eager_steps: bool,
 }
 
 /// The `labelfree train` arguments (the CLI flattens these into its subcommand).
@@ -156,6 +163,7 @@ impl TrainArgs {
             out: self.out.clone(),
             progress: true,
             dtype: DType::F32,
+            cuda_graph: !self.training.eager_steps,
         }
     }
 }
@@ -262,6 +270,7 @@ pub fn run(r: &TrainRun, gpu: Option<&Arc<Gpu>>) -> Result<TrainSummary> {
         progress: r.progress,
         stop_after_steps: None,
         record_train_outputs: false,
+        cuda_graph: r.cuda_graph,
     };
     let mut trainer = model_for(r, &cfg, labels.classes.len())?;
     if let Some(gpu) = gpu {

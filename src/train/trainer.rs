@@ -28,7 +28,7 @@ use crate::data::transforms::{hflip, normalize_unit_chw, to_chw_normalized, to_c
 use crate::device::cuda::{DType, Gpu};
 use crate::error::{Error, Result};
 use crate::models::resnet50::ResNet;
-use crate::models::resnet50_cuda::CudaResNet;
+use crate::models::resnet50_cuda::{CudaResNet, CudaTrainGraph};
 use crate::train::adam::{Adam, ParamGroup};
 use crate::train::checkpoint;
 use crate::train::evaluate::{evaluate, evaluate_with, EvalResult, EvalSet};
@@ -66,6 +66,10 @@ pub struct TrainConfig {
     /// Keep each epoch's training-mode outputs (view 1's logits as the batches pass, with their
     /// targets) in `EpochReport::train_outputs`: CCD's ground-truth-free checkpoint choice.
     pub record_train_outputs: bool,
+    /// On a device: replay each full batch's step from a CUDA graph captured once
+    /// (`CudaResNet::capture_train_step`); false launches every kernel of every step (same
+    /// results: the graph holds the same launches).
+    pub cuda_graph: bool,
 }
 
 /// An epoch's training-mode logits (N, C) of the first view, in the order the images were
@@ -134,6 +138,8 @@ pub struct Trainer {
     pub epoch: usize,
     /// Train on the GPU (`attach_cuda`): steps, evaluation and Adam on the device.
     pub cuda: Option<CudaResNet>,
+    /// The captured step for the batches of one shape (`TrainConfig::cuda_graph`).
+    step_graph: Option<CudaTrainGraph>,
 }
 
 /// The RNG of one epoch: a function of (seed, epoch) only.
@@ -149,7 +155,7 @@ impl Trainer {
             ParamGroup { range: 0..model.head_start, lr: cfg.lr },
             ParamGroup { range: model.head_start..n, lr: cfg.lr * cfg.head_lr_mult },
         ];
-        Trainer { opt: Adam::new(n, groups), model, epoch: 0, cuda: None }
+        Trainer { opt: Adam::new(n, groups), model, epoch: 0, cuda: None, step_graph: None }
     }
 
     /// Resumes from `dir/checkpoint.safetensors`; the seed must be the run's.
@@ -158,13 +164,19 @@ impl Trainer {
         if meta.seed != cfg.seed {
             return Err(Error::Weights(format!("checkpoint was made with seed {}, not {}", meta.seed, cfg.seed)));
         }
-        Ok(Trainer { model, opt, epoch: meta.epoch, cuda: None })
+        Ok(Trainer { model, opt, epoch: meta.epoch, cuda: None, step_graph: None })
+    }
+
+    /// The captured training step the last full batch replayed, if any (`TrainConfig::cuda_graph`).
+    pub fn step_graph(&self) -> Option<&CudaTrainGraph> {
+        self.step_graph.as_ref()
     }
 
     /// Moves training to the GPU: the model and the optimiser state are copied to the device
     /// (after `new` or `resume`), and copied back at the end of every epoch. `dtype`: f32, or
     /// bf16 mixed precision (f32 master weights, Adam and statistics; `CudaResNet::upload_mixed`).
     pub fn attach_cuda(&mut self, gpu: &Arc<Gpu>, dtype: DType) -> Result<()> {
+        self.step_graph = None;
         self.cuda = Some(CudaResNet::upload_mixed(gpu, &self.model, &self.opt, dtype)?);
         Ok(())
     }
@@ -268,9 +280,32 @@ impl Trainer {
                     }
                     let (bce, consistency, logits) = match &mut self.cuda {
                         Some(dev) => {
-                            let out =
-                                dev.train_step(&mut self.opt, &bx, bx2.as_deref(), b, h, w, &by, consistency_weight)?;
-                            (out.bce, out.consistency, out.logits)
+                            let (two, cw) = (bx2.is_some(), consistency_weight);
+                            // Full batches replay one captured step; a short last batch (another
+                            // shape) launches its kernels one by one.
+                            if cfg.cuda_graph
+                                && b == cfg.batch
+                                && !self.step_graph.as_ref().is_some_and(|g| g.fits(b, h, w, two, cw))
+                            {
+                                self.step_graph = None;
+                                let g = dev.capture_train_step(&self.opt, (b, h, w), two, cw)?;
+                                if cfg.progress {
+                                    let mb = g.pool().map_or(0.0, |p| p.bytes as f64 / 1e6);
+                                    eprintln!(
+                                        "training step captured as a graph: {} launches, {mb:.1} MB of temporaries \
+                                         (batch {b}, {} view(s))",
+                                        g.launches(),
+                                        1 + two as usize
+                                    );
+                                }
+                                self.step_graph = Some(g);
+                            }
+                            let want = outputs.is_some();
+                            let out = match self.step_graph.as_mut().filter(|g| g.fits(b, h, w, two, cw)) {
+                                Some(g) => dev.train_step_graph(g, &mut self.opt, &bx, bx2.as_deref(), &by, want)?,
+                                None => dev.train_step(&mut self.opt, &bx, bx2.as_deref(), b, h, w, &by, cw)?,
+                            };
+                            (out.bce, out.consistency, out.logits.unwrap_or_default())
                         }
                         None => {
                             self.model.zero_grad();

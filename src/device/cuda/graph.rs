@@ -13,12 +13,17 @@
 //! kernels does. On both, work that cannot be part of a graph (allocating, host copies,
 //! memsets, synchronising, a buffer dropped while capturing) is refused with an error that
 //! names it, and the capture fails.
+//!
+//! Work that allocates its own temporaries (a training step: activations, workspaces, split-K
+//! partials in dozens of launchers) is captured with `Gpu::capture_pooled`, which serves those
+//! allocations from a memory pool the graph keeps (pool.rs).
 
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUresult, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, DriverError, LaunchConfig};
 
+use super::pool::{GraphPool, PoolStats};
 use super::{driver_err, Backend, Gpu, KArg};
 use crate::device::sim::Simulator;
 use crate::error::{Error, Result};
@@ -41,6 +46,11 @@ pub(crate) struct CaptureLog {
     launches: Vec<GraphLaunch>,
     /// Operations refused while capturing, kept even when the closure swallowed the error.
     refused: Vec<String>,
+    /// Where `CudaTensor::empty` takes its buffers during a pooled capture and its sizing pass.
+    pool: Option<Arc<GraphPool>>,
+    /// The sizing pass of `capture_pooled`: launches are recorded and run nowhere, on the
+    /// simulator and on a GPU (no stream capture is open).
+    sizing: bool,
 }
 
 /// `Some` while a capture runs.
@@ -91,6 +101,8 @@ fn capture_driver_err(what: &str, e: DriverError) -> Error {
 pub struct GpuGraph {
     launches: Vec<GraphLaunch>,
     exec: GraphExec,
+    /// The memory of a pooled capture's temporaries, alive as long as the graph.
+    pool: Option<Arc<GraphPool>>,
 }
 
 enum GraphExec {
@@ -119,6 +131,11 @@ impl GpuGraph {
     pub fn launches(&self) -> &[GraphLaunch] {
         &self.launches
     }
+
+    /// The memory pool of a `capture_pooled` graph (None for `capture`).
+    pub fn pool_stats(&self) -> Option<PoolStats> {
+        self.pool.as_ref().map(|p| p.stats())
+    }
 }
 
 impl Gpu {
@@ -127,16 +144,56 @@ impl Gpu {
     /// Anything else `work` asks of the device (an allocation, a copy, a memset, a
     /// synchronisation, dropping a buffer) is an error, and so is the capture.
     pub fn capture(&self, work: impl FnOnce() -> Result<()>) -> Result<GpuGraph> {
+        self.capture_in(None, work)
+    }
+
+    /// `capture` for work that allocates (and frees) temporaries with `CudaTensor::empty`:
+    /// `work` runs twice, a sizing pass that launches nothing and fills a memory pool, then the
+    /// capture, whose allocations take the pool's buffers (pool.rs). `work` must ask for the
+    /// same buffers and launches both times; a difference is an error. Its inputs and outputs
+    /// stay buffers of its own, allocated before (`CudaTensor::zeros`, uploads and copies are
+    /// still refused inside: zero a buffer with a kernel, `ops::fill`).
+    pub fn capture_pooled(&self, mut work: impl FnMut() -> Result<()>) -> Result<GpuGraph> {
+        let pool = GraphPool::new(true);
+        self.begin_log(Some(pool.clone()), true)?;
+        let worked = work();
+        let sizing = self.finish_capture(worked)?;
+        pool.fix();
+        let mut graph = self.capture_in(Some(pool.clone()), work)?;
+        let same = |a: &GraphLaunch, b: &GraphLaunch| {
+            (&a.module, &a.function, a.grid, a.block, a.shared_mem_bytes)
+                == (&b.module, &b.function, b.grid, b.block, b.shared_mem_bytes)
+        };
+        if sizing.launches.len() != graph.launches.len()
+            || sizing.launches.iter().zip(&graph.launches).any(|(a, b)| !same(a, b))
         {
-            let mut slot = lock(&self.capture);
-            if slot.is_some() {
-                return Err(Error::Device("Gpu::capture inside another capture".into()));
-            }
-            if self.recorder.is_some() {
-                return Err(Error::Device("a launch recorder runs nothing, so it has no graphs".into()));
-            }
-            *slot = Some(CaptureLog::default());
+            return Err(Error::Device(format!(
+                "pooled graph capture: the sizing pass issued {} launches and the capture {} (or other                  kernels or shapes): the work must be the same both times",
+                sizing.launches.len(),
+                graph.launches.len()
+            )));
         }
+        graph.pool = Some(pool);
+        Ok(graph)
+    }
+
+    /// Opens the capture bookkeeping (refused when one is open or on a launch recorder).
+    fn begin_log(&self, pool: Option<Arc<GraphPool>>, sizing: bool) -> Result<()> {
+        let mut slot = lock(&self.capture);
+        if slot.is_some() {
+            return Err(Error::Device("Gpu::capture inside another capture".into()));
+        }
+        if self.recorder.is_some() {
+            // Skipped, not failed: a check that captures has nothing a recorder could check
+            // beyond the eager launches other checks record.
+            return Err(Error::Skipped("a launch recorder runs nothing, so it has no graphs".into()));
+        }
+        *slot = Some(CaptureLog { pool, sizing, ..CaptureLog::default() });
+        Ok(())
+    }
+
+    fn capture_in(&self, pool: Option<Arc<GraphPool>>, work: impl FnOnce() -> Result<()>) -> Result<GpuGraph> {
+        self.begin_log(pool, false)?;
         match &self.backend {
             Backend::Driver(d) => {
                 let begun = d
@@ -155,14 +212,19 @@ impl Gpu {
                     .map_err(|e| capture_driver_err("ending a graph capture", e));
                 let log = self.finish_capture(worked)?;
                 let graph = ended?.ok_or_else(|| Error::Device("the graph capture produced no graph".into()))?;
-                Ok(GpuGraph { launches: log.launches, exec: GraphExec::Driver(graph) })
+                Ok(GpuGraph { launches: log.launches, exec: GraphExec::Driver(graph), pool: None })
             }
             Backend::Sim(sim) => {
                 let worked = work();
                 let log = self.finish_capture(worked)?;
-                Ok(GpuGraph { launches: log.launches, exec: GraphExec::Sim(sim.clone()) })
+                Ok(GpuGraph { launches: log.launches, exec: GraphExec::Sim(sim.clone()), pool: None })
             }
         }
+    }
+
+    /// The pool of the pooled capture (or its sizing pass) in progress.
+    pub(crate) fn capture_pool(&self) -> Option<Arc<GraphPool>> {
+        lock(&self.capture).as_ref().and_then(|log| log.pool.clone())
     }
 
     /// Ends the capture's bookkeeping: its log, or the first error (the closure's, then the
@@ -185,7 +247,8 @@ impl Gpu {
         Ok(())
     }
 
-    /// During a capture, records the launch; true when it must not run now (the simulator).
+    /// During a capture, records the launch; true when it must not run now (the simulator, or
+    /// a sizing pass on either backend).
     pub(crate) fn capture_launch(&self, module: &str, function: &str, cfg: &LaunchConfig, args: &[KArg]) -> bool {
         let mut slot = lock(&self.capture);
         let Some(log) = slot.as_mut() else { return false };
@@ -198,6 +261,6 @@ impl Gpu {
             shared_mem_bytes: cfg.shared_mem_bytes,
             args: args.to_vec(),
         });
-        matches!(self.backend, Backend::Sim(_))
+        log.sizing || matches!(self.backend, Backend::Sim(_))
     }
 }

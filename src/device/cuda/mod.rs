@@ -9,6 +9,7 @@
 pub mod check;
 pub mod entries;
 pub mod graph;
+pub mod pool;
 pub mod resources;
 pub mod tensor;
 pub mod timer;
@@ -27,6 +28,7 @@ use crate::device::sim::{SimArch, SimArg, SimError, SimOptions, Simulator};
 use crate::error::{Error, Result};
 
 pub use graph::{GpuGraph, GraphLaunch};
+pub use pool::PoolStats;
 pub use tensor::{CudaTensor, CudaView, CudaViewMut, DType};
 
 /// One compiled kernels/*.cu file.

@@ -15,6 +15,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use super::graph::{capturing, note_free_in_capture, CaptureSlot};
+use super::pool::PoolLease;
 use super::{driver_err, Backend, Gpu};
 use crate::device::sim::Simulator;
 use crate::error::{Error, Result};
@@ -40,6 +41,20 @@ pub struct SimBuf {
     bytes: usize,
 }
 
+impl SimBuf {
+    /// `bytes` of simulator memory filled with 0xFF (NaN in every float dtype).
+    pub(crate) fn alloc_poisoned(sim: &Arc<Simulator>, bytes: usize) -> crate::device::sim::SimResult<SimBuf> {
+        let addr = sim.alloc(bytes)?;
+        let buf = SimBuf { sim: sim.clone(), addr, bytes };
+        sim.write(addr, &vec![0xFF; bytes])?;
+        Ok(buf)
+    }
+
+    pub(crate) fn addr(&self) -> u64 {
+        self.addr
+    }
+}
+
 impl Drop for SimBuf {
     fn drop(&mut self) {
         // The address came from this simulator's alloc, so free cannot fail.
@@ -54,6 +69,12 @@ enum Storage {
     /// inside a `CudaView` / `CudaViewMut`, whose borrow keeps the owner alive.
     View {
         addr: u64,
+    },
+    /// A block of a graph's memory pool (`Gpu::capture_pooled`), given back when dropped: a
+    /// kernel argument only, like a view (the work inside a capture copies nothing).
+    Pooled {
+        addr: u64,
+        _lease: PoolLease,
     },
 }
 
@@ -119,9 +140,12 @@ impl DerefMut for CudaViewMut<'_> {
     }
 }
 
-/// What a view cannot do: it is a kernel argument; copies go through the tensor that owns it.
+/// What a view (or a graph pool's buffer) cannot do: it is a kernel argument; copies go through
+/// the tensor that owns it (a graph's inputs and outputs are buffers of their own).
 fn view_err(what: &str) -> Error {
-    Error::Device(format!("{what}: a view is a kernel argument only (copy through the tensor that owns it)"))
+    Error::Device(format!(
+        "{what}: a view or a graph pool's buffer is a kernel argument only (copy through the tensor that owns it)"
+    ))
 }
 
 fn sim_err(what: &str, e: crate::device::sim::SimError) -> Error {
@@ -178,6 +202,16 @@ impl CudaTensor {
     /// use `poison` to catch a kernel that does not. (On the simulator it starts poisoned, so
     /// a kernel that reads memory nobody wrote sees NaN, not zeros.)
     pub fn empty(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<CudaTensor> {
+        if let Some(pool) = gpu.capture_pool() {
+            let what = format!("{shape:?} {dtype:?}");
+            let (addr, lease) = pool.take(gpu, numel(shape).max(1) * dtype.size_in_bytes(), &what)?;
+            return Ok(CudaTensor {
+                shape: shape.to_vec(),
+                dtype,
+                storage: Storage::Pooled { addr, _lease: lease },
+                _drop_check: CaptureDropCheck(None),
+            });
+        }
         gpu.refuse_in_capture(&format!("allocating {shape:?} {dtype:?}"))?;
         let d = match gpu.backend() {
             Backend::Sim(sim) => return Self::sim_alloc(gpu, sim, shape, dtype, None),
@@ -343,7 +377,7 @@ impl CudaTensor {
                 return Ok(v);
             }
             Storage::Driver(b) => b,
-            Storage::View { .. } => return Err(view_err("device to host copy")),
+            Storage::View { .. } | Storage::Pooled { .. } => return Err(view_err("device to host copy")),
         };
         let s = &gpu.driver("device to host copy")?.stream;
         let err = |e| driver_err("device to host copy", e);
@@ -375,7 +409,7 @@ impl CudaTensor {
                 return sb.sim.write(sb.addr, &bytes).map_err(|e| sim_err("host to device copy", e));
             }
             Storage::Driver(b) => b,
-            Storage::View { .. } => return Err(view_err("host to device copy")),
+            Storage::View { .. } | Storage::Pooled { .. } => return Err(view_err("host to device copy")),
         };
         let s = &gpu.driver("host to device copy")?.stream;
         let err = |e| driver_err("host to device copy", e);
@@ -402,7 +436,7 @@ impl CudaTensor {
                 return sb.sim.write(sb.addr, &pattern.repeat(n)).map_err(|e| sim_err("poisoning a buffer", e));
             }
             Storage::Driver(b) => b,
-            Storage::View { .. } => return Err(view_err("poisoning a buffer")),
+            Storage::View { .. } | Storage::Pooled { .. } => return Err(view_err("poisoning a buffer")),
         };
         let s = &gpu.driver("poisoning a buffer")?.stream;
         let err = |e| driver_err("poisoning a buffer", e);
@@ -421,7 +455,7 @@ impl CudaTensor {
         let b = match &mut self.storage {
             Storage::Sim(sb) => return sb.sim.fill(sb.addr, sb.bytes, 0).map_err(|e| sim_err("memset", e)),
             Storage::Driver(b) => b,
-            Storage::View { .. } => return Err(view_err("memset")),
+            Storage::View { .. } | Storage::Pooled { .. } => return Err(view_err("memset")),
         };
         let s = &gpu.driver("memset")?.stream;
         let err = |e| driver_err("memset", e);
@@ -458,7 +492,7 @@ impl CudaTensor {
             Storage::Sim(_) => {
                 Err(Error::Skipped("a library call needs a GPU buffer (the PTX simulator has none)".into()))
             }
-            Storage::View { .. } => Err(view_err("a library call")),
+            Storage::View { .. } | Storage::Pooled { .. } => Err(view_err("a library call")),
         }
     }
 
@@ -469,7 +503,7 @@ impl CudaTensor {
             Storage::Sim(_) => {
                 Err(Error::Skipped("a library call needs a GPU buffer (the PTX simulator has none)".into()))
             }
-            Storage::View { .. } => Err(view_err("a library call")),
+            Storage::View { .. } | Storage::Pooled { .. } => Err(view_err("a library call")),
         }
     }
 
@@ -486,7 +520,7 @@ impl CudaTensor {
     pub fn ptr(&self, gpu: &Gpu) -> u64 {
         let b = match (&self.storage, gpu.backend()) {
             (Storage::Sim(sb), _) => return sb.addr,
-            (Storage::View { addr }, _) => return *addr,
+            (Storage::View { addr } | Storage::Pooled { addr, .. }, _) => return *addr,
             (Storage::Driver(b), Backend::Driver(d)) => (b, &d.stream),
             // A GPU buffer handed to the simulator: no valid address there.
             (Storage::Driver(_), Backend::Sim(_)) => return 0,

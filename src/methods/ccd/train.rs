@@ -306,6 +306,7 @@ pub fn run(a: &CcdTrainArgs, dev: Device, gpu: Option<&Arc<Gpu>>) -> Result<CcdT
         progress: true,
         stop_after_steps: None,
         record_train_outputs: a.train_map == TrainMapSource::Batches,
+        cuda_graph: !a.training.eager_steps,
     };
     let train_run = TrainRun {
         labels: stage0_path.clone(),
@@ -325,6 +326,7 @@ pub fn run(a: &CcdTrainArgs, dev: Device, gpu: Option<&Arc<Gpu>>) -> Result<CcdT
         out: a.out.clone(),
         progress: true,
         dtype: DType::F32,
+        cuda_graph: !a.training.eager_steps,
     };
     let mut trainer = model_for(&train_run, &cfg, ds.num_classes())?;
     let resumed_from_epoch = trainer.epoch;

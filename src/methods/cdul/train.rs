@@ -243,6 +243,7 @@ pub fn run(a: &CdulTrainArgs, gpu: Option<&Arc<Gpu>>, dtype: DType) -> Result<Cd
         out: a.out.clone(),
         progress: true,
         dtype,
+        cuda_graph: !a.training.eager_steps,
     };
     let transform =
         Transform::SquareResize { size: a.training.size, interp: Interpolation::Bilinear, norm: IMAGENET_NORM_NUMPY };
@@ -259,6 +260,7 @@ pub fn run(a: &CdulTrainArgs, gpu: Option<&Arc<Gpu>>, dtype: DType) -> Result<Cd
         progress: true,
         stop_after_steps: None,
         record_train_outputs: false,
+        cuda_graph: !a.training.eager_steps,
     };
     std::fs::create_dir_all(&a.out).map_err(|e| Error::Io { path: a.out.display().to_string(), source: e })?;
     let mut trainer = model_for(&run, &cfg, ds.num_classes())?;
