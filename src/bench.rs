@@ -344,7 +344,7 @@ pub fn cuda_vit_graph_throughput(
         return Err(Error::Device(format!("bench --graph: {arch} is not a ViT (graphs cover the ViT forward)")));
     };
     let cpu = VisionTransformer::load(&mut random_vit_params(cfg, 0)?, cfg, config.act)?;
-    let vit = CudaVit::from_cpu(gpu, &cpu, dtype)?;
+    let vit = std::sync::Arc::new(CudaVit::from_cpu(gpu, &cpu, dtype)?);
     drop(cpu);
     let size = size.unwrap_or(cfg.grid * cfg.patch);
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);

@@ -40,7 +40,7 @@ fn vit_graph_replays_the_eager_forward_bit_for_bit() {
     let cpu = VisionTransformer::load(&mut random_vit_params(&cfg, 3).unwrap(), &cfg, Activation::QuickGelu).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     for dtype in [DType::F32, DType::BF16] {
-        let vit = CudaVit::from_cpu(&gpu, &cpu, dtype).unwrap();
+        let vit = std::sync::Arc::new(CudaVit::from_cpu(&gpu, &cpu, dtype).unwrap());
         let mut graph = vit.capture_forward(batch, h, w).unwrap();
         // Capturing ran nothing.
         assert!(sim.take_profiles().is_empty(), "the capture ran kernels");
@@ -293,4 +293,37 @@ fn trainer_with_step_graphs_matches_the_eager_trainer() {
     assert_eq!((g.opt.step, e.opt.step), (6, 6));
     // The graph run replayed the two-view step of the last epoch's full batches; the other ran eagerly.
     assert!(g.step_graph().is_some_and(|s| s.fits(3, 32, 32, true, 1.0)) && e.step_graph().is_none());
+}
+
+/// `ClipModel::encode_image` on a GPU ViT replays one captured forward per input shape: the same
+/// embeddings as the eager CUDA forward, bit for bit, for two batches of one shape (one capture)
+/// and a batch of another (a second), and the same launches as the eager forward.
+#[test]
+fn encode_image_replays_a_graph_per_shape() {
+    if !kernels_or_skip() {
+        return;
+    }
+    let gpu = Gpu::simulator(SimOptions { sanitize: true, profile: true, ..SimOptions::default() }).unwrap();
+    let sim = gpu.sim().unwrap().clone();
+    let mut model = common::tiny_clip(3);
+    model.attach_cuda(&gpu, DType::F32).unwrap();
+    let Some(labelfree::models::clip::CudaVisual::Vit(vit)) = &model.cuda_visual else { panic!("a ViT tower") };
+    let vit = vit.clone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    for (b, h, w) in [(2usize, 32usize, 32usize), (2, 32, 32), (3, 32, 40)] {
+        let pixels: Vec<f32> = (0..b * 3 * h * w).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+        let x = CudaTensor::from_f32(&gpu, &[b, 3, h, w], &pixels, DType::F32).unwrap();
+        let eager = vit.forward(&x).unwrap().to_f32_vec(&gpu).unwrap();
+        let eager_launches = sim.take_profiles().len();
+        let got = model.encode_image(&labelfree::tensor::Tensor::from_f32(&[b, 3, h, w], pixels).unwrap()).unwrap();
+        let replay_launches = sim.take_profiles().len();
+        let same = eager.iter().zip(got.f32s().unwrap()).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same && eager.len() == got.numel(),
+            "B={b} {h}x{w}: the graph's embeddings differ from the eager forward"
+        );
+        assert_eq!(eager_launches, replay_launches, "B={b} {h}x{w}: launches");
+        assert_eq!(model.image_graph_shape(), Some(vec![b, 3, h, w]), "the graph of this shape");
+    }
+    assert!(sim.take_findings().is_empty(), "sanitizer findings");
 }

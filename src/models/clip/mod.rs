@@ -57,12 +57,15 @@ pub struct ClipModel {
     pub act_warning: Option<String>,
     /// The image tower on a GPU (`attach_cuda`): `encode_image` then runs there.
     pub cuda_visual: Option<CudaVisual>,
+    /// A ViT tower's forward captured as a graph for the last input shape `encode_image` saw
+    /// (each batch of that shape is one graph launch).
+    vit_graph: std::sync::Mutex<Option<vit_cuda::CudaVitGraph>>,
 }
 
 /// An image tower on the GPU, with the dtype it computes in.
 #[allow(clippy::large_enum_variant)]
 pub enum CudaVisual {
-    Vit(vit_cuda::CudaVit),
+    Vit(std::sync::Arc<vit_cuda::CudaVit>),
     ResNet(resnet_cuda::CudaModifiedResNet),
 }
 
@@ -191,6 +194,7 @@ impl ClipModel {
             act_source,
             act_warning,
             cuda_visual: None,
+            vit_graph: Default::default(),
         })
     }
 
@@ -222,6 +226,7 @@ impl ClipModel {
             act_source: "the configuration".into(),
             act_warning: None,
             cuda_visual: None,
+            vit_graph: Default::default(),
         }
     }
 
@@ -246,15 +251,23 @@ impl ClipModel {
         gpu: &std::sync::Arc<crate::device::cuda::Gpu>,
         dtype: crate::device::cuda::DType,
     ) -> Result<()> {
+        *self.vit_graph.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.cuda_visual = Some(match &self.visual {
-            VisionEncoder::Vit(v) => CudaVisual::Vit(vit_cuda::CudaVit::from_cpu(gpu, v, dtype)?),
+            VisionEncoder::Vit(v) => CudaVisual::Vit(std::sync::Arc::new(vit_cuda::CudaVit::from_cpu(gpu, v, dtype)?)),
             VisionEncoder::ResNet(r) => CudaVisual::ResNet(resnet_cuda::CudaModifiedResNet::from_cpu(gpu, r, dtype)?),
         });
         Ok(())
     }
 
-    /// pixels (B, 3, H, W) -> (B, D), unnormalised (open_clip's encode_image).
+    /// pixels (B, 3, H, W) -> (B, D), unnormalised (open_clip's encode_image). On a GPU a ViT
+    /// tower replays its forward captured once per input shape (`CudaVit::capture_forward`:
+    /// the same launches as the eager forward, so the same bits).
     pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
+        if let Some(CudaVisual::Vit(vit)) = &self.cuda_visual {
+            if let Some(out) = self.encode_image_graph(vit, pixels)? {
+                return Ok(out);
+            }
+        }
         if let Some(cv) = &self.cuda_visual {
             let (gpu, dtype) = match cv {
                 CudaVisual::Vit(v) => (v.gpu().clone(), v.dtype),
@@ -267,6 +280,40 @@ impl ClipModel {
             VisionEncoder::Vit(v) => Ok(v.forward(pixels, &VitRequest::default())?.pooled),
             VisionEncoder::ResNet(r) => Ok(r.forward(pixels, false)?.pooled),
         }
+    }
+
+    /// The input shape of the ViT forward graph `encode_image` holds now, if any.
+    pub fn image_graph_shape(&self) -> Option<Vec<usize>> {
+        self.vit_graph.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|g| g.input_shape().to_vec())
+    }
+
+    /// `encode_image` through the cached graph of this input shape (captured when the shape
+    /// changes). None where no graph can be captured (a launch recorder): the eager forward.
+    fn encode_image_graph(&self, vit: &std::sync::Arc<vit_cuda::CudaVit>, pixels: &Tensor) -> Result<Option<Tensor>> {
+        let &[b, c, h, w] = pixels.shape() else {
+            return Err(Error::Shape(format!("encode_image: pixels {:?}, expected (B, 3, H, W)", pixels.shape())));
+        };
+        let mut slot = self.vit_graph.lock().unwrap_or_else(|e| e.into_inner());
+        if !slot.as_ref().is_some_and(|g| g.input_shape() == [b, c, h, w]) {
+            // The previous shape's buffers go before the new ones are allocated.
+            *slot = None;
+            match vit.capture_forward(b, h, w) {
+                Ok(g) => *slot = Some(g),
+                Err(Error::Skipped(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(graph) = slot.as_mut() else { return Ok(None) };
+        let widened;
+        let data = match pixels.f32s() {
+            Ok(v) => v,
+            Err(_) => {
+                widened = pixels.to_f32()?;
+                widened.f32s()?
+            }
+        };
+        graph.set_pixels(data)?;
+        Ok(Some(graph.replay()?.to_tensor(vit.gpu())?))
     }
 
     pub fn text_encoder(&self) -> Result<&TextEncoder> {

@@ -163,7 +163,7 @@ impl CudaVit {
 
     /// The forward of `batch` images at `height` x `width` captured once as a graph, on
     /// buffers of its own: write pixels with `CudaVitGraph::set_pixels`, then `replay`.
-    pub fn capture_forward(&self, batch: usize, height: usize, width: usize) -> Result<CudaVitGraph<'_>> {
+    pub fn capture_forward(self: &Arc<Self>, batch: usize, height: usize, width: usize) -> Result<CudaVitGraph> {
         let p = self.cfg.patch;
         check_vit_input(&[batch, 3, height, width], p)?;
         let gpu = &*self.gpu;
@@ -171,7 +171,7 @@ impl CudaVit {
         let pixels = CudaTensor::empty(gpu, &[batch, 3, height, width], self.dtype)?;
         let mut ws = VitWorkspace::new(self, batch, height, width, false, pos)?;
         let graph = gpu.capture(|| self.forward_in(&pixels, &mut ws, &[], ProbsRecord::None, &mut []))?;
-        Ok(CudaVitGraph { vit: self, pixels, ws, graph })
+        Ok(CudaVitGraph { vit: self.clone(), pixels, ws, graph })
     }
 
     /// The pass with everything `VisionTransformer::forward` offers (per-layer masks, recorded
@@ -311,16 +311,21 @@ impl VitWorkspace {
 }
 
 /// `CudaVit::capture_forward`: the pooled forward of one (B, H, W) as a graph over buffers
-/// it owns. It borrows the encoder, whose weights the graph reads by address.
-pub struct CudaVitGraph<'a> {
-    vit: &'a CudaVit,
+/// it owns. It holds the encoder, whose weights the graph reads by address.
+pub struct CudaVitGraph {
+    vit: Arc<CudaVit>,
     /// (B, 3, H, W) input in the encoder's dtype: the graph reads it at every replay.
     pixels: CudaTensor,
     ws: VitWorkspace,
     graph: GpuGraph,
 }
 
-impl CudaVitGraph<'_> {
+impl CudaVitGraph {
+    /// The input shape the graph was captured for, (B, 3, H, W).
+    pub fn input_shape(&self) -> &[usize] {
+        self.pixels.shape()
+    }
+
     /// Writes normalised pixels (B * 3 * H * W values, f32) into the graph's input buffer.
     pub fn set_pixels(&mut self, pixels: &[f32]) -> Result<()> {
         self.pixels.write_f32(&self.vit.gpu, pixels)
