@@ -168,7 +168,7 @@ impl Gpu {
             || sizing.launches.iter().zip(&graph.launches).any(|(a, b)| !same(a, b))
         {
             return Err(Error::Device(format!(
-                "pooled graph capture: the sizing pass issued {} launches and the capture {} (or other                  kernels or shapes): the work must be the same both times",
+                "pooled graph capture: the sizing pass issued {} launches and the capture {} (or other kernels or shapes): the work must be the same both times",
                 sizing.launches.len(),
                 graph.launches.len()
             )));
