@@ -295,35 +295,55 @@ fn trainer_with_step_graphs_matches_the_eager_trainer() {
     assert!(g.step_graph().is_some_and(|s| s.fits(3, 32, 32, true, 1.0)) && e.step_graph().is_none());
 }
 
-/// `ClipModel::encode_image` on a GPU ViT replays one captured forward per input shape: the same
-/// embeddings as the eager CUDA forward, bit for bit, for two batches of one shape (one capture)
-/// and a batch of another (a second), and the same launches as the eager forward.
+/// `ClipModel::encode_image` on a GPU tower (ViT, ModifiedResNet) replays one captured forward
+/// per input shape: the same embeddings as the eager CUDA forward, bit for bit, for two batches
+/// of one shape (one capture) and a batch of another (a second; for the ModifiedResNet a side
+/// that is no multiple of 32), and the same launches as the eager forward.
 #[test]
 fn encode_image_replays_a_graph_per_shape() {
+    use labelfree::models::clip::config::ResNetConfig as ClipResNetConfig;
+    use labelfree::models::clip::{ClipConfig, ClipModel, CudaVisual, VisionConfig};
     if !kernels_or_skip() {
         return;
     }
     let gpu = Gpu::simulator(SimOptions { sanitize: true, profile: true, ..SimOptions::default() }).unwrap();
     let sim = gpu.sim().unwrap().clone();
-    let mut model = common::tiny_clip(3);
-    model.attach_cuda(&gpu, DType::F32).unwrap();
-    let Some(labelfree::models::clip::CudaVisual::Vit(vit)) = &model.cuda_visual else { panic!("a ViT tower") };
-    let vit = vit.clone();
+    let resnet = ClipConfig {
+        vision: VisionConfig::ResNet(ClipResNetConfig {
+            layers: [1, 1, 1, 1],
+            width: 16,
+            heads: 8,
+            grid: 1,
+            output_dim: 32,
+        }),
+        text: None,
+        act: Activation::QuickGelu,
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
-    for (b, h, w) in [(2usize, 32usize, 32usize), (2, 32, 32), (3, 32, 40)] {
-        let pixels: Vec<f32> = (0..b * 3 * h * w).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
-        let x = CudaTensor::from_f32(&gpu, &[b, 3, h, w], &pixels, DType::F32).unwrap();
-        let eager = vit.forward(&x).unwrap().to_f32_vec(&gpu).unwrap();
-        let eager_launches = sim.take_profiles().len();
-        let got = model.encode_image(&labelfree::tensor::Tensor::from_f32(&[b, 3, h, w], pixels).unwrap()).unwrap();
-        let replay_launches = sim.take_profiles().len();
-        let same = eager.iter().zip(got.f32s().unwrap()).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(
-            same && eager.len() == got.numel(),
-            "B={b} {h}x{w}: the graph's embeddings differ from the eager forward"
-        );
-        assert_eq!(eager_launches, replay_launches, "B={b} {h}x{w}: launches");
-        assert_eq!(model.image_graph_shape(), Some(vec![b, 3, h, w]), "the graph of this shape");
+    for (name, mut model, shapes) in [
+        ("ViT", common::tiny_clip(3), [(2usize, 32usize, 32usize), (2, 32, 32), (3, 32, 40)]),
+        ("ModifiedResNet", ClipModel::random_from_config(resnet, 4), [(2, 32, 32), (2, 32, 32), (3, 64, 72)]),
+    ] {
+        model.attach_cuda(&gpu, DType::F32).unwrap();
+        let eager = |x: &CudaTensor| match &model.cuda_visual {
+            Some(CudaVisual::Vit(v)) => v.forward(x),
+            Some(CudaVisual::ResNet(r)) => r.forward(x),
+            None => panic!("no GPU tower"),
+        };
+        for (b, h, w) in shapes {
+            let pixels: Vec<f32> = (0..b * 3 * h * w).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+            let x = CudaTensor::from_f32(&gpu, &[b, 3, h, w], &pixels, DType::F32).unwrap();
+            let want = eager(&x).unwrap().to_f32_vec(&gpu).unwrap();
+            let eager_launches = sim.take_profiles().len();
+            let t = labelfree::tensor::Tensor::from_f32(&[b, 3, h, w], pixels).unwrap();
+            let got = model.encode_image(&t).unwrap();
+            let replay_launches = sim.take_profiles().len();
+            let what = format!("{name} B={b} {h}x{w}");
+            let same = want.iter().zip(got.f32s().unwrap()).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same && want.len() == got.numel(), "{what}: the graph's embeddings differ from the eager forward");
+            assert_eq!(eager_launches, replay_launches, "{what}: launches");
+            assert_eq!(model.image_graph_shape(), Some(vec![b, 3, h, w]), "{what}: the graph of this shape");
+        }
     }
     assert!(sim.take_findings().is_empty(), "sanitizer findings");
 }

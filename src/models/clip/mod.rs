@@ -57,16 +57,44 @@ pub struct ClipModel {
     pub act_warning: Option<String>,
     /// The image tower on a GPU (`attach_cuda`): `encode_image` then runs there.
     pub cuda_visual: Option<CudaVisual>,
-    /// A ViT tower's forward captured as a graph for the last input shape `encode_image` saw
+    /// The GPU tower's forward captured as a graph for the last input shape `encode_image` saw
     /// (each batch of that shape is one graph launch).
-    vit_graph: std::sync::Mutex<Option<vit_cuda::CudaVitGraph>>,
+    image_graph: std::sync::Mutex<Option<ImageGraph>>,
 }
 
 /// An image tower on the GPU, with the dtype it computes in.
 #[allow(clippy::large_enum_variant)]
 pub enum CudaVisual {
     Vit(std::sync::Arc<vit_cuda::CudaVit>),
-    ResNet(resnet_cuda::CudaModifiedResNet),
+    ResNet(std::sync::Arc<resnet_cuda::CudaModifiedResNet>),
+}
+
+/// An image tower's forward captured for one input shape (`ClipModel::encode_image`).
+enum ImageGraph {
+    Vit(vit_cuda::CudaVitGraph),
+    ResNet(resnet_cuda::CudaModifiedResNetGraph),
+}
+
+impl ImageGraph {
+    fn input_shape(&self) -> &[usize] {
+        match self {
+            ImageGraph::Vit(g) => g.input_shape(),
+            ImageGraph::ResNet(g) => g.input_shape(),
+        }
+    }
+
+    fn run(&mut self, pixels: &[f32]) -> Result<&crate::device::cuda::CudaTensor> {
+        match self {
+            ImageGraph::Vit(g) => {
+                g.set_pixels(pixels)?;
+                g.replay()
+            }
+            ImageGraph::ResNet(g) => {
+                g.set_pixels(pixels)?;
+                g.replay()
+            }
+        }
+    }
 }
 
 impl CudaVisual {
@@ -194,7 +222,7 @@ impl ClipModel {
             act_source,
             act_warning,
             cuda_visual: None,
-            vit_graph: Default::default(),
+            image_graph: Default::default(),
         })
     }
 
@@ -226,7 +254,7 @@ impl ClipModel {
             act_source: "the configuration".into(),
             act_warning: None,
             cuda_visual: None,
-            vit_graph: Default::default(),
+            image_graph: Default::default(),
         }
     }
 
@@ -251,24 +279,24 @@ impl ClipModel {
         gpu: &std::sync::Arc<crate::device::cuda::Gpu>,
         dtype: crate::device::cuda::DType,
     ) -> Result<()> {
-        *self.vit_graph.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.image_graph.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.cuda_visual = Some(match &self.visual {
             VisionEncoder::Vit(v) => CudaVisual::Vit(std::sync::Arc::new(vit_cuda::CudaVit::from_cpu(gpu, v, dtype)?)),
-            VisionEncoder::ResNet(r) => CudaVisual::ResNet(resnet_cuda::CudaModifiedResNet::from_cpu(gpu, r, dtype)?),
+            VisionEncoder::ResNet(r) => {
+                CudaVisual::ResNet(std::sync::Arc::new(resnet_cuda::CudaModifiedResNet::from_cpu(gpu, r, dtype)?))
+            }
         });
         Ok(())
     }
 
-    /// pixels (B, 3, H, W) -> (B, D), unnormalised (open_clip's encode_image). On a GPU a ViT
-    /// tower replays its forward captured once per input shape (`CudaVit::capture_forward`:
-    /// the same launches as the eager forward, so the same bits).
+    /// pixels (B, 3, H, W) -> (B, D), unnormalised (open_clip's encode_image). On a GPU the
+    /// tower replays its forward captured once per input shape (`capture_forward`: the same
+    /// launches as the eager forward, so the same bits).
     pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
-        if let Some(CudaVisual::Vit(vit)) = &self.cuda_visual {
-            if let Some(out) = self.encode_image_graph(vit, pixels)? {
+        if let Some(cv) = &self.cuda_visual {
+            if let Some(out) = self.encode_image_graph(cv, pixels)? {
                 return Ok(out);
             }
-        }
-        if let Some(cv) = &self.cuda_visual {
             let (gpu, dtype) = match cv {
                 CudaVisual::Vit(v) => (v.gpu().clone(), v.dtype),
                 CudaVisual::ResNet(r) => (r.gpu().clone(), r.dtype),
@@ -282,22 +310,26 @@ impl ClipModel {
         }
     }
 
-    /// The input shape of the ViT forward graph `encode_image` holds now, if any.
+    /// The input shape of the forward graph `encode_image` holds now, if any.
     pub fn image_graph_shape(&self) -> Option<Vec<usize>> {
-        self.vit_graph.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|g| g.input_shape().to_vec())
+        self.image_graph.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|g| g.input_shape().to_vec())
     }
 
     /// `encode_image` through the cached graph of this input shape (captured when the shape
     /// changes). None where no graph can be captured (a launch recorder): the eager forward.
-    fn encode_image_graph(&self, vit: &std::sync::Arc<vit_cuda::CudaVit>, pixels: &Tensor) -> Result<Option<Tensor>> {
+    fn encode_image_graph(&self, cv: &CudaVisual, pixels: &Tensor) -> Result<Option<Tensor>> {
         let &[b, c, h, w] = pixels.shape() else {
             return Err(Error::Shape(format!("encode_image: pixels {:?}, expected (B, 3, H, W)", pixels.shape())));
         };
-        let mut slot = self.vit_graph.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.image_graph.lock().unwrap_or_else(|e| e.into_inner());
         if !slot.as_ref().is_some_and(|g| g.input_shape() == [b, c, h, w]) {
             // The previous shape's buffers go before the new ones are allocated.
             *slot = None;
-            match vit.capture_forward(b, h, w) {
+            let captured = match cv {
+                CudaVisual::Vit(v) => v.capture_forward(b, h, w).map(ImageGraph::Vit),
+                CudaVisual::ResNet(r) => r.capture_forward(b, h, w).map(ImageGraph::ResNet),
+            };
+            match captured {
                 Ok(g) => *slot = Some(g),
                 Err(Error::Skipped(_)) => return Ok(None),
                 Err(e) => return Err(e),
@@ -312,8 +344,11 @@ impl ClipModel {
                 widened.f32s()?
             }
         };
-        graph.set_pixels(data)?;
-        Ok(Some(graph.replay()?.to_tensor(vit.gpu())?))
+        let gpu = match cv {
+            CudaVisual::Vit(v) => v.gpu().clone(),
+            CudaVisual::ResNet(r) => r.gpu().clone(),
+        };
+        Ok(Some(graph.run(data)?.to_tensor(&gpu)?))
     }
 
     pub fn text_encoder(&self) -> Result<&TextEncoder> {

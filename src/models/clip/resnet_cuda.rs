@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 
 use rand::Rng;
 
-use crate::device::cuda::{CudaTensor, DType, Gpu};
+use crate::device::cuda::{CudaTensor, DType, Gpu, GpuGraph, GraphLaunch};
 use crate::error::{Error, Result};
 use crate::models::clip::config::ResNetConfig;
 use crate::models::clip::resnet::{block_plan, random_resnet_params, ConvBn, ModifiedResNet};
 use crate::ops::attention::{attention_cuda, CudaAttnMask, ProbsRecord};
 use crate::ops::conv2d::{conv2d_cuda, Conv2dShape};
+use crate::ops::fill::fill_cuda;
 use crate::ops::interpolate::resize_positional_grid;
 use crate::ops::matmul::{linear_cuda, Epilogue};
 use crate::ops::pool::{attnpool_tokens_cuda, avg_pool2d_cuda};
@@ -207,14 +208,27 @@ impl CudaModifiedResNet {
     /// Sides that are no multiple of 32 end in a floor(ceil(H / 2) / 16) grid, as the CPU tower
     /// (CCD's crops have any size).
     pub fn forward(&self, pixels: &CudaTensor) -> Result<CudaTensor> {
+        check_resnet_input(pixels.shape())?;
+        let mut pooled = CudaTensor::empty(&self.gpu, &[pixels.dim(0), self.cfg.output_dim], self.dtype)?;
+        self.forward_into(pixels, &mut pooled)?;
+        Ok(pooled)
+    }
+
+    /// `forward` into `pooled` (B, D) in this encoder's dtype. Kernel launches only, once the
+    /// positional table of the input's grid is cached: what `capture_forward` captures.
+    pub fn forward_into(&self, pixels: &CudaTensor, pooled: &mut CudaTensor) -> Result<()> {
         let gpu = &*self.gpu;
-        let s = pixels.shape().to_vec();
-        if s.len() != 4 || s[1] != 3 || s[2] < 32 || s[3] < 32 {
+        check_resnet_input(pixels.shape())?;
+        pixels.expect_dtype(self.dtype, "CUDA ModifiedResNet input")?;
+        let want = [pixels.dim(0), self.cfg.output_dim];
+        if pooled.shape() != want || pooled.dtype() != self.dtype {
             return Err(Error::Shape(format!(
-                "ModifiedResNet input must be (B, 3, H, W) with H, W at least 32; got {s:?}"
+                "CUDA ModifiedResNet output {:?} {:?}, expected {want:?} {:?}",
+                pooled.shape(),
+                pooled.dtype(),
+                self.dtype
             )));
         }
-        pixels.expect_dtype(self.dtype, "CUDA ModifiedResNet input")?;
         let x = self.stem[0].forward(gpu, pixels, true, None)?;
         let x = self.stem[1].forward(gpu, &x, true, None)?;
         let x = self.stem[2].forward(gpu, &x, true, None)?;
@@ -245,12 +259,77 @@ impl CudaModifiedResNet {
         let mut attn = CudaTensor::empty(gpu, &[b, t, c], self.dtype)?;
         let no_mask = CudaAttnMask { shared: None, cls_row: None, causal: false };
         attention_cuda(gpu, &qkv, self.cfg.heads, &no_mask, ProbsRecord::None, &mut attn, None)?;
-        let index = CudaTensor::from_i32(gpu, &[b], &vec![0i32; b])?;
+        // Row 0 (the mean token) of every sample: indices zeroed by a kernel, not uploaded, so
+        // that a captured forward holds them.
+        let mut index = CudaTensor::empty(gpu, &[b], DType::I32)?;
+        fill_cuda(gpu, &mut index, 0.0)?;
         let mut mean_token = CudaTensor::empty(gpu, &[b, c], self.dtype)?;
         gather_rows_cuda(gpu, &attn, &index, &mut mean_token)?;
-        let mut pooled = CudaTensor::empty(gpu, &[b, self.cfg.output_dim], self.dtype)?;
-        linear_cuda(gpu, &mean_token, &self.c_w, Some(&self.c_b), Epilogue::None, None, &mut pooled)?;
-        Ok(pooled)
+        linear_cuda(gpu, &mean_token, &self.c_w, Some(&self.c_b), Epilogue::None, None, pooled)
+    }
+
+    /// The forward of `batch` images at `height` x `width` captured once as a graph (its
+    /// temporaries in the graph's memory pool, `Gpu::capture_pooled`), on input and output
+    /// buffers of its own: write pixels with `set_pixels`, then `replay`.
+    pub fn capture_forward(
+        self: &Arc<Self>,
+        batch: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<CudaModifiedResNetGraph> {
+        check_resnet_input(&[batch, 3, height, width])?;
+        // The attention pool's grid (the stem's stride 2, then four halvings, each a floor: as
+        // `forward` documents): its positional table is uploaded now, outside the capture.
+        self.positional(height.div_ceil(2) / 16, width.div_ceil(2) / 16)?;
+        let pixels = CudaTensor::empty(&self.gpu, &[batch, 3, height, width], self.dtype)?;
+        let mut pooled = CudaTensor::empty(&self.gpu, &[batch, self.cfg.output_dim], self.dtype)?;
+        let graph = self.gpu.capture_pooled(|| self.forward_into(&pixels, &mut pooled))?;
+        Ok(CudaModifiedResNetGraph { rn: self.clone(), pixels, pooled, graph })
+    }
+}
+
+/// (B, 3, H, W) with H, W at least 32, or an error.
+fn check_resnet_input(s: &[usize]) -> Result<()> {
+    if s.len() != 4 || s[1] != 3 || s[2] < 32 || s[3] < 32 {
+        return Err(Error::Shape(format!(
+            "ModifiedResNet input must be (B, 3, H, W) with H, W at least 32; got {s:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// `CudaModifiedResNet::capture_forward`: the pooled forward of one (B, H, W) as a graph. It
+/// holds the encoder, whose weights the graph reads by address.
+pub struct CudaModifiedResNetGraph {
+    rn: Arc<CudaModifiedResNet>,
+    /// (B, 3, H, W) input in the encoder's dtype.
+    pixels: CudaTensor,
+    /// (B, D) output.
+    pooled: CudaTensor,
+    graph: GpuGraph,
+}
+
+impl CudaModifiedResNetGraph {
+    /// The input shape the graph was captured for, (B, 3, H, W).
+    pub fn input_shape(&self) -> &[usize] {
+        self.pixels.shape()
+    }
+
+    /// Writes normalised pixels (B * 3 * H * W values, f32) into the graph's input buffer.
+    pub fn set_pixels(&mut self, pixels: &[f32]) -> Result<()> {
+        self.pixels.write_f32(&self.rn.gpu, pixels)
+    }
+
+    /// Runs the captured forward on the pixels last written: pooled (B, D), valid until the
+    /// next replay.
+    pub fn replay(&self) -> Result<&CudaTensor> {
+        self.graph.replay()?;
+        Ok(&self.pooled)
+    }
+
+    /// The kernel launches one replay runs.
+    pub fn launches(&self) -> &[GraphLaunch] {
+        self.graph.launches()
     }
 }
 
