@@ -1,6 +1,7 @@
 //! The PTX simulator's semantics, one instruction family at a time, on hand-written PTX: warp
 //! shuffles (every mode, clamps, segments, the predicate output), divergence and reconvergence,
-//! bar.sync, cp.async groups, integer widening, NaN comparisons, copysign and bf16x2 packing;
+//! bar.sync, cp.async groups, integer widening, NaN comparisons, copysign and bf16x2 packing,
+//! prmt in every mode, atom / red on shared and global memory (and the sanitizer's view of them);
 //! and the errors: an unknown instruction, a collective with lanes missing, misaligned and
 //! uninitialised accesses, wrong arguments, a block over `.maxntid`.
 //!
@@ -860,4 +861,503 @@ fn a_module_scope_shared_array_is_shared_memory_of_each_entry_that_names_it() {
     s.launch("t", "reverse_b", [2, 1, 1], [64, 1, 1], 0, &[SimArg::B64(out)]).expect("reverse_b");
     assert_eq!(read_u32(&s, out, 64), (0..64u32).rev().map(|t| t + 100).collect::<Vec<_>>());
     assert!(s.take_findings().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// prmt.b32
+// ---------------------------------------------------------------------------------------------
+
+/// `prmt.b32{mode} out[0], a, b, c` with a, b and c from parameters.
+fn prmt_kernel(mode: &str) -> String {
+    let (name, suffix) = if mode.is_empty() { ("generic", String::new()) } else { (mode, format!(".{mode}")) };
+    format!(
+        r#"
+.visible .entry prmt_{name}(
+    .param .u64 out_param,
+    .param .u32 a_param,
+    .param .u32 b_param,
+    .param .u32 c_param
+)
+{{
+    .reg .b32 %r<5>;
+    .reg .b64 %rd<2>;
+    ld.param.u64 %rd1, [out_param];
+    cvta.to.global.u64 %rd1, %rd1;
+    ld.param.u32 %r1, [a_param];
+    ld.param.u32 %r2, [b_param];
+    ld.param.u32 %r3, [c_param];
+    prmt.b32{suffix} %r4, %r1, %r2, %r3;
+    st.global.u32 [%rd1], %r4;
+    ret;
+}}
+"#
+    )
+}
+
+/// The result of `prmt.b32{mode}` on the simulator.
+fn run_prmt(s: &Simulator, mode: &str, a: u32, b: u32, c: u32) -> u32 {
+    let name = if mode.is_empty() { "generic" } else { mode };
+    let out = poisoned(s, 1);
+    s.launch(
+        "t",
+        &format!("prmt_{name}"),
+        [1, 1, 1],
+        [1, 1, 1],
+        0,
+        &[SimArg::B64(out), SimArg::B32(a), SimArg::B32(b), SimArg::B32(c)],
+    )
+    .expect("launch");
+    let v = read_u32(s, out, 1)[0];
+    s.free(out).expect("free");
+    v
+}
+
+/// The ISA's table of the named modes as it is printed: for each mode and c[1:0], the source
+/// byte of d.b3, d.b2, d.b1, d.b0 (in that order).
+const PRMT_TABLE: [(&str, [[u32; 4]; 4]); 6] = [
+    ("f4e", [[3, 2, 1, 0], [4, 3, 2, 1], [5, 4, 3, 2], [6, 5, 4, 3]]),
+    ("b4e", [[5, 6, 7, 0], [6, 7, 0, 1], [7, 0, 1, 2], [0, 1, 2, 3]]),
+    ("rc8", [[0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3]]),
+    ("ecl", [[3, 2, 1, 0], [3, 2, 1, 1], [3, 2, 2, 2], [3, 3, 3, 3]]),
+    ("ecr", [[0, 0, 0, 0], [1, 1, 1, 0], [2, 2, 1, 0], [3, 2, 1, 0]]),
+    ("rc16", [[1, 0, 1, 0], [3, 2, 3, 2], [1, 0, 1, 0], [3, 2, 3, 2]]),
+];
+
+/// A reference written from the ISA text: bytes {b, a} = {b7..b4, b3..b0}; generic selectors
+/// are c's four low nibbles, d.b0 first, bit 3 replicating the selected byte's sign.
+fn prmt_reference(mode: &str, a: u32, b: u32, c: u32) -> u32 {
+    let bytes: Vec<u8> = a.to_le_bytes().into_iter().chain(b.to_le_bytes()).collect();
+    let mut d = [0u8; 4];
+    if mode.is_empty() {
+        for (k, out) in d.iter_mut().enumerate() {
+            let nibble = (c >> (4 * k)) & 0xf;
+            let byte = bytes[(nibble & 7) as usize];
+            *out = if nibble & 8 == 0 {
+                byte
+            } else if byte & 0x80 != 0 {
+                0xff
+            } else {
+                0
+            };
+        }
+    } else {
+        let row = PRMT_TABLE.iter().find(|(m, _)| *m == mode).expect("mode").1[(c & 3) as usize];
+        // row[0] is d.b3.
+        for k in 0..4 {
+            d[k] = bytes[row[3 - k] as usize];
+        }
+    }
+    u32::from_le_bytes(d)
+}
+
+#[test]
+fn prmt_picks_bytes_of_b_and_a_in_every_mode() {
+    let modes = ["", "f4e", "b4e", "rc8", "ecl", "ecr", "rc16"];
+    let s = sim(&modes.iter().map(|m| prmt_kernel(m)).collect::<String>());
+    // a's bytes b3..b0 = 83 02 81 00, b's b7..b4 = 87 06 85 04: bytes 1, 3, 5 and 7 are negative.
+    let (a, b) = (0x8302_8100u32, 0x8706_8504u32);
+    // Hand-computed from the ISA, one or more per mode.
+    let literal: &[(&str, u32, u32)] = &[
+        ("", 0x5410, 0x8504_8100),      // low halves of a and b: the halfword pack
+        ("", 0x1010, 0x8100_8100),      // a's low half twice: h | h << 16
+        ("", 0x7654, 0x8706_8504),      // b itself
+        ("", 0xFFFF_5410, 0x8504_8100), // bits above the four selectors are ignored
+        ("", 0x9999, 0xFFFF_FFFF),      // byte 1 (0x81) sign-replicated
+        ("", 0x8888, 0x0000_0000),      // byte 0 (0x00) sign-replicated
+        ("", 0xB0A9, 0xFF00_00FF),      // sign of bytes 1, 2, copy of 0, sign of 3
+        ("", 0xF0D3, 0xFF00_FF83),      // copy of 3, sign of 5, copy of 0, sign of 7
+        ("f4e", 1, 0x0483_0281),
+        ("f4e", 3, 0x0685_0483),
+        ("b4e", 0, 0x8506_8700),
+        ("b4e", 3, 0x0081_0283),
+        ("rc8", 3, 0x8383_8383),
+        ("rc8", 0xFFFF_FFF5, 0x8181_8181), // only c[1:0] counts
+        ("ecl", 1, 0x8302_8181),
+        ("ecl", 3, 0x8383_8383),
+        ("ecr", 2, 0x0202_8100),
+        ("ecr", 1, 0x8181_8100),
+        ("rc16", 1, 0x8302_8302),
+        ("rc16", 2, 0x8100_8100),
+    ];
+    for &(mode, c, want) in literal {
+        assert_eq!(run_prmt(&s, mode, a, b, c), want, "prmt.b32.{mode} c={c:#x}: {:#010x}", want);
+        assert_eq!(prmt_reference(mode, a, b, c), want, "the reference agrees with the hand value ({mode} {c:#x})");
+    }
+    // Every mode on more selectors and operands, against the reference.
+    let selectors = [0u32, 1, 2, 3, 4, 7, 0x3210, 0x0123, 0x4C3A, 0x89AB, 0xFEDC, 0x1234_5678, 0xFFFF_FFFF];
+    for (a, b) in [(a, b), (0x0403_0201, 0x0807_0605), (0xF0E1_D2C3, 0x7F80_0111)] {
+        for mode in modes {
+            for c in selectors {
+                assert_eq!(
+                    run_prmt(&s, mode, a, b, c),
+                    prmt_reference(mode, a, b, c),
+                    "prmt.b32.{mode} a={a:#x} b={b:#x} c={c:#x}"
+                );
+            }
+        }
+    }
+    assert!(s.take_findings().is_empty());
+}
+
+#[test]
+fn prmt_with_an_immediate_selector_packs_a_halfword_twice() {
+    // What nvcc emits for `(unsigned)h | ((unsigned)h << 16)`.
+    let ptx = r#"
+.visible .entry pack(
+    .param .u64 out_param,
+    .param .u32 h_param
+)
+{
+    .reg .b32 %r<3>;
+    .reg .b64 %rd<2>;
+    ld.param.u64 %rd1, [out_param];
+    cvta.to.global.u64 %rd1, %rd1;
+    ld.param.u32 %r1, [h_param];
+    prmt.b32 %r2, %r1, %r1, 4112;
+    st.global.u32 [%rd1], %r2;
+    ret;
+}
+"#;
+    let s = sim(ptx);
+    let out = poisoned(&s, 1);
+    s.launch("t", "pack", [1, 1, 1], [1, 1, 1], 0, &[SimArg::B64(out), SimArg::B32(0xBEEF)]).expect("launch");
+    assert_eq!(read_u32(&s, out, 1)[0], 0xBEEF_BEEF);
+}
+
+// ---------------------------------------------------------------------------------------------
+// atom / red
+// ---------------------------------------------------------------------------------------------
+
+/// An entry `name(out)` with %rd1 = out (global), %r1 = %tid.x, a 64-byte shared array `sm`,
+/// then `body`.
+fn atom_entry(name: &str, body: &str) -> String {
+    format!(
+        r#"
+.visible .entry {name}(
+    .param .u64 out_param
+)
+{{
+    .reg .pred %p<8>;
+    .reg .b32 %r<32>;
+    .reg .b64 %rd<32>;
+    .reg .f32 %f<8>;
+    .shared .align 8 .b8 sm[64];
+    ld.param.u64 %rd1, [out_param];
+    cvta.to.global.u64 %rd1, %rd1;
+    mov.u32 %r1, %tid.x;
+{body}
+    ret;
+}}
+"#
+    )
+}
+
+/// Runs `kernel` on an output buffer that starts as `init` (u32 words), returns its words.
+fn run_atom(s: &Simulator, kernel: &str, grid: u32, block: u32, init: &[u32]) -> Vec<u32> {
+    let out = s.alloc(init.len() * 4).expect("alloc");
+    write_u32(s, out, init);
+    s.launch("t", kernel, [grid, 1, 1], [block, 1, 1], 0, &[SimArg::B64(out)]).expect("launch");
+    let v = read_u32(s, out, init.len());
+    s.free(out).expect("free");
+    v
+}
+
+/// Thread 0 sets the shared word `sm` to `v`; everyone meets at a barrier.
+fn init_shared(v: &str) -> String {
+    format!("    setp.ne.u32 %p1, %r1, 0;\n    @%p1 bra INIT_DONE;\n    st.shared.u32 [sm], {v};\nINIT_DONE:\n    bar.sync 0;\n")
+}
+
+/// The old values one location returned to the additions `(old, added)` are consistent with
+/// some order of them: sorted, they start at `start` and each is the one before plus what the
+/// one before added; the last plus its addition is `end`.
+fn assert_prefix_sums(mut pairs: Vec<(u64, u64)>, start: u64, end: u64, what: &str) {
+    pairs.sort_unstable();
+    let mut at = start;
+    for (old, added) in &pairs {
+        assert_eq!(*old, at, "{what}: the old values are not the prefix sums of one order");
+        at += added;
+    }
+    assert_eq!(at, end, "{what}: total");
+}
+
+#[test]
+fn atom_add_by_every_lane_of_several_warps_and_ctas_sums_and_returns_distinct_olds() {
+    // 3 CTAs of 4 warps: thread t of CTA c adds t + 1 to its CTA's shared word and 1000 + g
+    // (g = 128 c + t) to one global word; it writes both old values, and thread 0 the CTA total.
+    let body = format!(
+        "{}    add.u32 %r2, %r1, 1;
+    atom.shared.add.u32 %r3, [sm], %r2;
+    mov.u32 %r4, %ctaid.x;
+    mad.lo.s32 %r5, %r4, 128, %r1;
+    add.u32 %r6, %r5, 1000;
+    atom.global.relaxed.gpu.add.u32 %r7, [%rd1], %r6;
+    mul.wide.u32 %rd2, %r5, 8;
+    add.s64 %rd3, %rd1, %rd2;
+    st.global.v2.u32 [%rd3+16], {{%r3, %r7}};
+    bar.sync 0;
+    @%p1 bra END;
+    ld.shared.u32 %r8, [sm];
+    mul.wide.u32 %rd4, %r4, 4;
+    add.s64 %rd5, %rd1, %rd4;
+    st.global.u32 [%rd5+4], %r8;
+END:
+",
+        init_shared("0")
+    );
+    let s = sim_of(&atom_entry("sum", &body), SimOptions { profile: true, ..SimOptions::default() });
+    let n = 3 * 128;
+    // Word 0: the global sum (starts at 7); words 1..4: CTA totals; 2 words per thread from 4.
+    let mut init = vec![0xCDCD_CDCDu32; 4 + 2 * n];
+    init[0] = 7;
+    let got = run_atom(&s, "sum", 3, 128, &init);
+    let global_total: u64 = 7 + (0..n as u64).map(|g| 1000 + g).sum::<u64>();
+    assert_eq!(got[0] as u64, global_total);
+    assert_eq!(&got[1..4], &[128 * 129 / 2; 3], "each CTA's shared total");
+    let thread = |g: usize| (got[4 + 2 * g] as u64, got[5 + 2 * g] as u64);
+    for c in 0..3 {
+        // Inside a CTA the simulator is deterministic: warps in order, lanes ascending.
+        for t in 0..128 {
+            assert_eq!(thread(128 * c + t).0, (t * (t + 1) / 2) as u64, "CTA {c} thread {t}'s shared old value");
+        }
+        let pairs = (0..128).map(|t| (thread(128 * c + t).0, t as u64 + 1)).collect();
+        assert_prefix_sums(pairs, 0, 128 * 129 / 2, "shared add");
+    }
+    let pairs = (0..n).map(|g| (thread(g).1, 1000 + g as u64)).collect();
+    assert_prefix_sums(pairs, 7, global_total, "global add");
+    assert!(s.take_findings().is_empty(), "atomics on one shared word are not races");
+    let p = s.take_profiles();
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].by_class.get("atom_shared"), Some(&12), "one shared atomic per warp");
+    assert_eq!(p[0].by_class.get("atom_global"), Some(&12), "one global atomic per warp");
+}
+
+#[test]
+fn atom_min_and_max_compare_signed_types_as_signed_and_unsigned_as_unsigned() {
+    // 64 threads, v = 3 (t - 32) in -96..=93. Shared words: s32 min, s32 max (from 0), u32 max
+    // (from 0), u32 min (from all ones); global u64 words: s64 min (from 5), u64 max (from 0).
+    let body = r#"    setp.ne.u32 %p1, %r1, 0;
+    @%p1 bra INIT_DONE;
+    st.shared.v4.u32 [sm], {0, 0, 0, 0xFFFFFFFF};
+INIT_DONE:
+    bar.sync 0;
+    sub.s32 %r2, %r1, 32;
+    mul.lo.s32 %r3, %r2, 3;
+    atom.shared.min.s32 %r4, [sm], %r3;
+    red.shared.max.s32 [sm+4], %r3;
+    red.shared::cta.max.u32 [sm+8], %r3;
+    atom.acq_rel.cta.shared.min.u32 %r5, [sm+12], %r3;
+    cvt.s64.s32 %rd2, %r3;
+    red.global.min.s64 [%rd1+16], %rd2;
+    atom.global.sys.max.u64 %rd3, [%rd1+24], %rd2;
+    bar.sync 0;
+    @%p1 bra END;
+    ld.shared.v4.u32 {%r6, %r7, %r8, %r9}, [sm];
+    st.global.v4.u32 [%rd1], {%r6, %r7, %r8, %r9};
+END:
+"#;
+    let s = sim(&atom_entry("minmax", body));
+    let got = run_atom(&s, "minmax", 1, 64, &[0xCDCD_CDCD, 0xCDCD_CDCD, 0xCDCD_CDCD, 0xCDCD_CDCD, 5, 0, 0, 0]);
+    assert_eq!(got[0] as i32, -96, "min.s32");
+    assert_eq!(got[1] as i32, 93, "max.s32");
+    assert_eq!(got[2], 0xFFFF_FFFD, "max.u32: -3 is the largest unsigned");
+    assert_eq!(got[3], 0, "min.u32: 0 is the smallest unsigned");
+    assert_eq!(got[4] as u64 | (got[5] as u64) << 32, (-96i64) as u64, "min.s64");
+    assert_eq!(got[6] as u64 | (got[7] as u64) << 32, 0xFFFF_FFFF_FFFF_FFFD, "max.u64");
+    assert!(s.take_findings().is_empty());
+}
+
+#[test]
+fn atom_exch_returns_each_lane_the_value_of_the_lane_before_it() {
+    // Lanes apply in ascending order: lane 0 gets the initial 100, lane l gets l - 1.
+    let body = format!(
+        "{}    atom.shared.exch.b32 %r2, [sm], %r1;
+    mul.wide.u32 %rd2, %r1, 4;
+    add.s64 %rd3, %rd1, %rd2;
+    st.global.u32 [%rd3], %r2;
+    bar.sync 0;
+    @%p1 bra END;
+    ld.shared.u32 %r3, [sm];
+    st.global.u32 [%rd1+128], %r3;
+END:
+",
+        init_shared("100")
+    );
+    let s = sim(&atom_entry("exch", &body));
+    let got = run_atom(&s, "exch", 1, 32, &[0xCDCD_CDCD; 33]);
+    let mut want: Vec<u32> = std::iter::once(100).chain(0..31).collect();
+    want.push(31);
+    assert_eq!(got, want);
+    assert!(s.take_findings().is_empty());
+}
+
+#[test]
+fn atom_inc_and_dec_wrap_at_their_operand() {
+    // inc: old >= 3 ? 0 : old + 1 from 0; dec: old == 0 || old > 3 ? 3 : old - 1 from 1.
+    let body = r#"    atom.global.inc.u32 %r2, [%rd1], 3;
+    atom.global.dec.u32 %r3, [%rd1+4], 3;
+    mul.wide.u32 %rd2, %r1, 8;
+    add.s64 %rd3, %rd1, %rd2;
+    st.global.v2.u32 [%rd3+8], {%r2, %r3};
+"#;
+    let s = sim(&atom_entry("incdec", body));
+    let mut init = vec![0xCDCD_CDCDu32; 18];
+    init[0] = 0;
+    init[1] = 1;
+    let got = run_atom(&s, "incdec", 1, 8, &init);
+    assert_eq!(&got[..2], &[0, 1], "final values");
+    let inc: Vec<u32> = (0..8).map(|l| got[2 + 2 * l]).collect();
+    let dec: Vec<u32> = (0..8).map(|l| got[3 + 2 * l]).collect();
+    assert_eq!(inc, [0, 1, 2, 3, 0, 1, 2, 3]);
+    assert_eq!(dec, [1, 0, 3, 2, 1, 0, 3, 2]);
+}
+
+#[test]
+fn atom_bitwise_add_u64_and_cas_b64_by_one_warp() {
+    let body = r#"    shl.b32 %r2, 1, %r1;
+    red.global.or.b32 [%rd1], %r2;
+    red.global.xor.b32 [%rd1+4], %r2;
+    shl.b32 %r3, %r1, 1;
+    mov.b64 %rd2, 1;
+    shl.b64 %rd3, %rd2, %r3;
+    not.b64 %rd4, %rd3;
+    red.global.and.b64 [%rd1+8], %rd4;
+    atom.global.add.u64 %rd5, [%rd1+16], %rd3;
+    cvt.u64.u32 %rd6, %r1;
+    add.s64 %rd7, %rd6, 4294967296;
+    add.s64 %rd8, %rd6, 8589934592;
+    atom.global.cas.b64 %rd9, [%rd1+24], %rd7, %rd8;
+    mul.wide.u32 %rd10, %r1, 8;
+    add.s64 %rd11, %rd1, %rd10;
+    st.global.u64 [%rd11+32], %rd9;
+"#;
+    let s = sim(&atom_entry("bits", body));
+    let mut init = vec![0u32; 8 + 64];
+    init[1] = 0x0F0F_0F0F;
+    init[2] = u32::MAX;
+    init[3] = u32::MAX;
+    // The cas word is 0x1_0000_0007: only lane 7's compare value (0x1_0000_0000 + lane) matches.
+    init[6] = 7;
+    init[7] = 1;
+    let got = run_atom(&s, "bits", 1, 32, &init);
+    let word64 = |i: usize| got[i] as u64 | (got[i + 1] as u64) << 32;
+    assert_eq!(got[0], 0xFFFF_FFFF, "or of every bit");
+    assert_eq!(got[1], 0xF0F0_F0F0, "xor of every bit flips each");
+    assert_eq!(word64(2), 0xAAAA_AAAA_AAAA_AAAA, "and clears the even bits");
+    assert_eq!(word64(4), 0x5555_5555_5555_5555, "add.u64 of the even bits");
+    assert_eq!(word64(6), 0x2_0000_0007, "lane 7's cas swapped");
+    for lane in 0..32 {
+        let want = if lane <= 7 { 0x1_0000_0007 } else { 0x2_0000_0007 };
+        assert_eq!(word64(8 + 2 * lane), want, "lane {lane}'s cas returns the old value whether or not it swapped");
+    }
+}
+
+#[test]
+fn red_add_f32_sums_in_global_and_shared_memory_and_flushes_subnormals() {
+    // 2 CTAs of 64 threads each add 0.25 to a global word starting at 0.5 and to a shared word
+    // starting at 1.0; adding the smallest subnormal to 0 leaves 0 (atom.add.f32 flushes).
+    let body = format!(
+        "{}    red.global.add.f32 [%rd1], 0f3E800000;
+    atom.global.add.f32 %f1, [%rd1+4], 0f00000001;
+    red.shared.add.f32 [sm], 0f3E800000;
+    bar.sync 0;
+    @%p1 bra END;
+    ld.shared.f32 %f2, [sm];
+    mov.u32 %r2, %ctaid.x;
+    mul.wide.u32 %rd2, %r2, 4;
+    add.s64 %rd3, %rd1, %rd2;
+    st.global.f32 [%rd3+8], %f2;
+    st.global.f32 [%rd3+16], %f1;
+END:
+",
+        init_shared("0f3F800000")
+    );
+    let s = sim(&atom_entry("fadd", &body));
+    let got = run_atom(&s, "fadd", 2, 64, &[0.5f32.to_bits(), 0, 0, 0, 0xCDCD_CDCD, 0xCDCD_CDCD]);
+    assert_eq!(f32::from_bits(got[0]), 0.5 + 128.0 * 0.25);
+    assert_eq!(got[1], 0, "subnormal additions flushed to zero");
+    assert_eq!([f32::from_bits(got[2]), f32::from_bits(got[3])], [17.0, 17.0], "each CTA's shared sum");
+    assert_eq!(&got[4..6], &[0, 0], "the returned old values are 0");
+    assert!(s.take_findings().is_empty());
+}
+
+#[test]
+fn a_cas_spin_lock_serialises_a_plain_read_modify_write() {
+    // Lane 0 of every warp of 4 CTAs takes the lock with cas, increments a plain counter and
+    // releases with exch. (A lock per lane would livelock within a warp, as on pre-Volta
+    // hardware: the spinning lanes sit at a lower PC than the holder.)
+    let body = r#"    and.b32 %r2, %r1, 31;
+    setp.ne.u32 %p1, %r2, 0;
+    @%p1 bra END;
+LOCK:
+    atom.global.acquire.gpu.cas.b32 %r3, [%rd1], 0, 1;
+    setp.ne.u32 %p2, %r3, 0;
+    @%p2 bra LOCK;
+    ld.global.u32 %r4, [%rd1+4];
+    add.u32 %r4, %r4, 1;
+    st.global.u32 [%rd1+4], %r4;
+    atom.global.release.gpu.exch.b32 %r5, [%rd1], 0;
+END:
+"#;
+    let s = sim(&atom_entry("lock", body));
+    for _ in 0..5 {
+        assert_eq!(run_atom(&s, "lock", 4, 128, &[0, 0]), [0, 16]);
+    }
+}
+
+#[test]
+fn shared_atomics_are_not_races_but_a_plain_store_among_them_is() {
+    let ok = format!(
+        "{}    atom.shared.add.u32 %r2, [sm], 1;
+    bar.sync 0;
+    @%p1 bra END;
+    ld.shared.u32 %r3, [sm];
+    st.global.u32 [%rd1], %r3;
+END:
+",
+        init_shared("0")
+    );
+    // Thread 40 (warp 1) stores plainly to the word warp 0 updated atomically, no barrier between.
+    let racy = format!(
+        "{}    setp.eq.u32 %p2, %r1, 40;
+    @!%p2 red.shared.add.u32 [sm], 1;
+    @%p2 st.shared.u32 [sm], 7;
+",
+        init_shared("0")
+    );
+    let ptx = format!("{}{}", atom_entry("atomics_only", &ok), atom_entry("plain_store", &racy));
+    let s = sim(&ptx);
+    assert_eq!(run_atom(&s, "atomics_only", 1, 64, &[0])[0], 64);
+    let f = s.take_findings();
+    assert!(f.is_empty(), "{f:?}");
+    run_atom(&s, "plain_store", 1, 64, &[0]);
+    let store = line_of(&ptx, "@%p2 st.shared.u32 [sm], 7");
+    let f = s.take_findings();
+    assert!(
+        f.iter().any(|x| x.kind == FindingKind::SharedRace && x.ptx_line == store && x.kernel == "plain_store"),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn atomics_the_simulator_does_not_implement_are_named_with_their_line() {
+    for (op, operands) in [
+        ("atom.add.u32", "%r2, [%rd1], 1"),
+        ("atom.global.add.noftz.f16", "%rs1, [%rd1], %rs1"),
+        ("atom.global.min.f32", "%f1, [%rd1], %f1"),
+        ("red.global.cas.b32", "[%rd1], 1, 2"),
+        ("prmt.b32.xyz", "%r2, %r1, %r1, %r1"),
+    ] {
+        let body = format!("    .reg .b16 %rs<2>;\n    {op} {operands};\n");
+        let ptx = atom_entry("bad", &body);
+        let s = sim(&ptx);
+        let err = s.launch("t", "bad", [1, 1, 1], [1, 1, 1], 0, &[SimArg::B64(0)]).expect_err(op);
+        let line = line_of(&ptx, op);
+        match &err {
+            SimError::Launch { message, .. } => {
+                assert!(message.contains(&format!("`{op}`")) && message.contains("not implemented"), "{message}");
+                assert!(message.contains(&format!("PTX line {line}")), "{message}");
+            }
+            other => panic!("expected a launch error for {op}, got {other:?}"),
+        }
+    }
 }

@@ -18,10 +18,15 @@
 //! The sanitizer (on by default) checks every shared access for bounds, alignment,
 //! uninitialised reads and races between threads (same bytes, one a write, no barrier between,
 //! and not ordered by a warp collective of their warp), and every global access for bounds and
-//! alignment. Global-memory races between CTAs are not checked.
+//! alignment. Global-memory races between CTAs are not checked. Atomics (`atom`, `red`) of
+//! different threads to the same shared bytes are not races with each other; an atomic and a
+//! plain access of another thread with nothing ordering them are.
+//!
+//! Atomics: the lanes of one warp instruction apply theirs in ascending lane order; global
+//! atomics use the host's atomic instructions, since CTAs run on several host threads.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -30,7 +35,7 @@ use super::fp;
 use super::hopper;
 use super::memory::Table;
 use super::mma;
-use super::parse::{Cmp, Inst, Kernel, Op, Opnd, Rnd, ShflMode, Space, Special, Ty};
+use super::parse::{AtomOp, Cmp, Inst, Kernel, Op, Opnd, PrmtMode, Rnd, ShflMode, Space, Special, Ty};
 use super::{Finding, FindingKind, LaunchProfile, SimError, SimResult};
 
 /// Most findings kept per launch (the first of each kind and line always are).
@@ -123,6 +128,8 @@ struct Shadow {
     w_tid: u32,
     w_epoch: u32,
     w_sync: u32,
+    /// The last write was an atomic: another atomic to these bytes is not a race with it.
+    w_atomic: bool,
     /// Last reader (thread index + 1, 0: none) with the same.
     r_tid: u32,
     r_epoch: u32,
@@ -385,6 +392,8 @@ fn class_of(inst: &Inst) -> &'static str {
         Op::St { space: Space::Shared, .. } => "st_shared",
         Op::Ld { space: Space::Param, .. } => "ld_param",
         Op::St { .. } => "st_other",
+        Op::Atom { space: Space::Global, .. } => "atom_global",
+        Op::Atom { .. } => "atom_shared",
         Op::CpAsync { .. } | Op::CpAsyncCommit | Op::CpAsyncWait { .. } => "cp_async",
         Op::Ldmatrix { .. } => "ldmatrix",
         Op::Mma { .. } => "mma",
@@ -797,6 +806,7 @@ impl<'a> Cta<'a> {
             }
             Op::Ld { space, vec } => self.exec_ld(w, inst, *space, *vec as usize, active),
             Op::St { space, vec } => self.exec_st(w, inst, *space, *vec as usize, active),
+            Op::Atom { space, op, ret } => self.exec_atom(w, inst, *space, *op, *ret, active),
             Op::Setp(c) => {
                 let src: [Src; 2] = self.sources(w, inst, 1)?;
                 self.map_lanes(w, active, &ops[0], src, |[a, b]| compare(*c, ty, a, b) as u64);
@@ -1061,6 +1071,15 @@ impl<'a> Cta<'a> {
 
     /// Bounds, alignment, race and initialisation checks of one shared access.
     fn shared_access(&mut self, w: usize, tid: u32, inst: &Inst, addr: u64, len: u32, is_write: bool) -> SimResult<()> {
+        let access = if is_write { Access::Write } else { Access::Read };
+        self.shared_check(w, tid, inst, addr, len, access)
+    }
+
+    /// `shared_access` for a read, a write or an atomic read-modify-write. Atomics of different
+    /// threads to the same bytes are no race; an atomic and a plain access of another thread
+    /// with no barrier (or collective) between them are, in either order, as the PTX memory
+    /// model has it.
+    fn shared_check(&mut self, w: usize, tid: u32, inst: &Inst, addr: u64, len: u32, access: Access) -> SimResult<()> {
         let size = self.shared.len() as u64;
         if addr + len as u64 > size {
             if self.l.sanitize {
@@ -1109,7 +1128,39 @@ impl<'a> Cta<'a> {
             let ordered = |other: u32, other_epoch: u32, other_sync: u32| {
                 other == me || other_epoch != epoch || ((other - 1) / 32 == my_warp && other_sync != my_sync)
             };
-            if is_write {
+            if access == Access::Atomic {
+                if s.w_tid == 0 {
+                    if problem.is_none() {
+                        problem = Some((
+                            FindingKind::SharedUninitializedRead,
+                            format!("atomic on shared {i:#x}, never written in this launch"),
+                        ));
+                    }
+                } else if !s.w_atomic && !ordered(s.w_tid, s.w_epoch, s.w_sync) && problem.is_none() {
+                    problem = Some((
+                        FindingKind::SharedRace,
+                        format!(
+                            "atomic after a plain write by thread {} of shared {i:#x} without a barrier",
+                            s.w_tid - 1
+                        ),
+                    ));
+                }
+                if s.r_tid != 0 && !ordered(s.r_tid, s.r_epoch, s.r_sync) && problem.is_none() {
+                    problem = Some((
+                        FindingKind::SharedRace,
+                        format!(
+                            "atomic after a plain read by thread {} of shared {i:#x} without a barrier",
+                            s.r_tid - 1
+                        ),
+                    ));
+                }
+                // The atomic's read is not recorded as a reader: a later atomic of another
+                // thread must not see it as a plain read.
+                s.w_tid = me;
+                s.w_epoch = epoch;
+                s.w_sync = my_sync;
+                s.w_atomic = true;
+            } else if access == Access::Write {
                 if s.w_tid != 0 && !ordered(s.w_tid, s.w_epoch, s.w_sync) && problem.is_none() {
                     problem = Some((
                         FindingKind::SharedRace,
@@ -1125,6 +1176,7 @@ impl<'a> Cta<'a> {
                 s.w_tid = me;
                 s.w_epoch = epoch;
                 s.w_sync = my_sync;
+                s.w_atomic = false;
             } else {
                 if s.w_tid == 0 {
                     if problem.is_none() {
@@ -1231,6 +1283,56 @@ impl<'a> Cta<'a> {
             }
         }
         self.count_mem(space, true, &addrs, active, len as u32);
+        Ok(())
+    }
+
+    /// `atom` / `red`: the active lanes apply their operation one after another in ascending
+    /// lane order, each reading what the lane before it wrote (so lanes on the same address
+    /// see distinct old values, and an `atom` returns each lane its own). Shared memory belongs
+    /// to this CTA alone, so a plain read-modify-write is atomic; global memory is shared with
+    /// the CTAs running on other host threads, so it is updated with the host's atomics and
+    /// the order between CTAs is whatever the host gives, as on hardware. The profile counts
+    /// an atomic as a store request (its write is what reaches memory).
+    fn exec_atom(&mut self, w: usize, inst: &Inst, space: Space, op: AtomOp, ret: bool, active: u32) -> SimResult<()> {
+        let ty = inst.ty;
+        let len = ty.bytes();
+        let ops = &inst.ops;
+        let at = ret as usize;
+        let mut addrs = [0u64; 32];
+        for lane in lanes(active) {
+            let addr = self.addr(w, &ops[at], lane);
+            addrs[lane] = addr;
+            let b = mask_bits(self.read(w, &ops[at + 1], lane), ty);
+            let c = ops.get(at + 2).map_or(0, |o| mask_bits(self.read(w, o, lane), ty));
+            let update = |old: u64| atom_apply(op, ty, old, b, c);
+            let old = match space {
+                Space::Global => {
+                    let p = self.global_ptr(w, lane, inst, addr, len)?;
+                    // SAFETY: global_ptr checked that [addr, addr + len) lies in one live
+                    // allocation (held by the launch's read lock) and that addr is a multiple
+                    // of len; allocations are 256-byte aligned on the host too, so the host
+                    // pointer is aligned for the atomic type.
+                    unsafe { global_rmw(p, len, update) }
+                }
+                Space::Shared => {
+                    self.shared_check(w, (w * 32 + lane) as u32, inst, addr, len, Access::Atomic)?;
+                    let a = addr as usize;
+                    let mut raw = [0u8; 8];
+                    raw[..len as usize].copy_from_slice(&self.shared[a..a + len as usize]);
+                    let old = u64::from_le_bytes(raw);
+                    let new = update(old);
+                    self.shared[a..a + len as usize].copy_from_slice(&new.to_le_bytes()[..len as usize]);
+                    old
+                }
+                Space::Param => {
+                    return Err(fault(self.l, self.ctaid, (w * 32 + lane) as u32, inst, "atomic on .param"));
+                }
+            };
+            if ret {
+                self.write(w, &ops[0], lane, old);
+            }
+        }
+        self.count_mem(space, true, &addrs, active, len);
         Ok(())
     }
 
@@ -1854,6 +1956,110 @@ impl<'a> Cta<'a> {
     }
 }
 
+/// What a shared access does, for the sanitizer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+    /// A read-modify-write by `atom` / `red`.
+    Atomic,
+}
+
+/// Applies `update` to the `len`-byte word at `p` atomically with respect to other host
+/// threads, and returns the old value.
+///
+/// # Safety
+/// `p` must point to `len` (4 or 8) live bytes aligned to `len`.
+unsafe fn global_rmw(p: *mut u8, len: u32, update: impl Fn(u64) -> u64) -> u64 {
+    // The closure cannot fail, so fetch_update always returns Ok; Err would hold the same value.
+    if len == 4 {
+        // SAFETY: the caller's contract; u32 and AtomicU32 have the same layout.
+        let a = unsafe { AtomicU32::from_ptr(p.cast::<u32>()) };
+        let r = a.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| Some(update(old as u64) as u32));
+        r.unwrap_or_else(|v| v) as u64
+    } else {
+        // SAFETY: as above, for 8 bytes.
+        let a = unsafe { AtomicU64::from_ptr(p.cast::<u64>()) };
+        let r = a.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| Some(update(old)));
+        r.unwrap_or_else(|v| v)
+    }
+}
+
+/// The new value of an atomic's location, from its old value `old` and operands `b` (and `c`
+/// for cas), all as the bits of `ty`.
+fn atom_apply(op: AtomOp, ty: Ty, old: u64, b: u64, c: u64) -> u64 {
+    let v = match op {
+        // The ISA: atom.add.f32 rounds to nearest even and flushes subnormal inputs and
+        // results to sign-preserving zero.
+        AtomOp::Add if ty == Ty::F32 => {
+            let (x, y) = (fp::ftz(f32v(old)), fp::ftz(f32v(b)));
+            fp::ftz(fp::add_f32(x, y, fp::Round::Rn)).to_bits() as u64
+        }
+        AtomOp::Add if ty == Ty::F64 => fp::add_f64(f64v(old), f64v(b), fp::Round::Rn).to_bits(),
+        AtomOp::Add => old.wrapping_add(b),
+        AtomOp::Min | AtomOp::Max => {
+            let less = if ty.is_signed() { sext(old, ty) < sext(b, ty) } else { old < b };
+            if (op == AtomOp::Min) == less {
+                old
+            } else {
+                b
+            }
+        }
+        AtomOp::And => old & b,
+        AtomOp::Or => old | b,
+        AtomOp::Xor => old ^ b,
+        AtomOp::Exch => b,
+        AtomOp::Cas => {
+            if old == b {
+                c
+            } else {
+                old
+            }
+        }
+        // inc wraps to 0 once the old value reaches b; dec wraps to b at 0 or above b.
+        AtomOp::Inc => {
+            if old >= b {
+                0
+            } else {
+                old + 1
+            }
+        }
+        AtomOp::Dec => {
+            if old == 0 || old > b {
+                b
+            } else {
+                old - 1
+            }
+        }
+    };
+    mask_bits(v, ty)
+}
+
+/// `prmt.b32 d, a, b, c`: four bytes picked from the eight of {b, a} (a's bytes are 0..3, b's
+/// 4..7). The generic form reads a 4-bit selector per result byte from c (bit 3 set: the
+/// selected byte's sign bit fills the result byte); the modes index the ISA's table with c's
+/// two low bits, result byte 0 first.
+fn prmt(mode: PrmtMode, a: u32, b: u32, c: u32) -> u32 {
+    let src = (b as u64) << 32 | a as u64;
+    let byte = |i: u32| (src >> (8 * (i & 7))) as u8;
+    let pick = |sel: [u32; 4]| sel.iter().enumerate().fold(0u32, |d, (k, &i)| d | (byte(i) as u32) << (8 * k));
+    let s = (c & 3) as usize;
+    match mode {
+        PrmtMode::Generic => (0..4).fold(0u32, |d, k| {
+            let sel = c >> (4 * k) & 0xf;
+            let v = byte(sel);
+            let v = if sel & 8 != 0 { ((v as i8) >> 7) as u8 } else { v };
+            d | (v as u32) << (8 * k)
+        }),
+        PrmtMode::F4e => pick([[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6]][s]),
+        PrmtMode::B4e => pick([[0, 7, 6, 5], [1, 0, 7, 6], [2, 1, 0, 7], [3, 2, 1, 0]][s]),
+        PrmtMode::Rc8 => pick([s as u32; 4]),
+        PrmtMode::Ecl => pick([[0, 1, 2, 3], [1, 1, 2, 3], [2, 2, 2, 3], [3, 3, 3, 3]][s]),
+        PrmtMode::Ecr => pick([[0, 0, 0, 0], [0, 1, 1, 1], [0, 1, 2, 2], [0, 1, 2, 3]][s]),
+        PrmtMode::Rc16 => pick([[0, 1, 0, 1], [2, 3, 2, 3]][s & 1]),
+    }
+}
+
 /// The registers of an operand: the elements of a `{a, b, ...}` vector, or the operand itself.
 fn elements(o: &Opnd) -> &[Opnd] {
     match o {
@@ -2102,6 +2308,7 @@ fn int_op(inst: &Inst, a: u64, b: u64, c: u64, d: u64) -> Option<u64> {
         Op::Or => a | b,
         Op::Xor => a ^ b,
         Op::Not => !a,
+        Op::Prmt(mode) => prmt(mode, a as u32, b as u32, c as u32) as u64,
         Op::Bfi => {
             // bfi.b32 d, a, b, pos, len: b with bits [pos, pos+len) from a.
             let pos = (c & 0xff) as u32;

@@ -195,8 +195,9 @@ pub struct LaunchProfile {
     /// Thread instructions: the sum over warp instructions of their active lanes.
     pub thread_instructions: u64,
     /// Warp instructions by class (`fp32`, `fp64`, `int`, `cvt`, `mov`, `ld_global`,
-    /// `st_global`, `ld_shared`, `st_shared`, `cp_async`, `ldmatrix`, `mma`, `shfl`, `bar`,
-    /// `branch`, `special`, ...).
+    /// `st_global`, `ld_shared`, `st_shared`, `atom_global`, `atom_shared`, `cp_async`,
+    /// `ldmatrix`, `mma`, `shfl`, `bar`, `branch`, `special`, ...). An atomic also counts as a
+    /// store request of its space (global requests, bytes and sectors; shared wavefronts).
     pub by_class: BTreeMap<String, u64>,
     /// Floating-point operations (2 per FMA; an m16n8k16 mma is 2*16*8*16 per warp).
     pub flops: u64,

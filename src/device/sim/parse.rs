@@ -171,6 +171,64 @@ pub enum ShflMode {
     Idx,
 }
 
+/// Byte selection of `prmt.b32`: the generic form reads four 4-bit selectors from `c`, the
+/// named modes only `c`'s two low bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrmtMode {
+    Generic,
+    F4e,
+    B4e,
+    Rc8,
+    Ecl,
+    Ecr,
+    Rc16,
+}
+
+/// The read-modify-write of `atom` / `red`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AtomOp {
+    Add,
+    Min,
+    Max,
+    And,
+    Or,
+    Xor,
+    Exch,
+    Cas,
+    Inc,
+    Dec,
+}
+
+impl AtomOp {
+    fn parse(s: &str) -> Option<AtomOp> {
+        Some(match s {
+            "add" => AtomOp::Add,
+            "min" => AtomOp::Min,
+            "max" => AtomOp::Max,
+            "and" => AtomOp::And,
+            "or" => AtomOp::Or,
+            "xor" => AtomOp::Xor,
+            "exch" => AtomOp::Exch,
+            "cas" => AtomOp::Cas,
+            "inc" => AtomOp::Inc,
+            "dec" => AtomOp::Dec,
+            _ => return None,
+        })
+    }
+
+    /// Whether the simulator implements this operation on this type (the ISA's table, less
+    /// the 16-bit and vector forms).
+    fn takes(self, ty: Ty) -> bool {
+        use Ty::*;
+        match self {
+            AtomOp::Add => matches!(ty, U32 | S32 | U64 | F32 | F64),
+            AtomOp::Min | AtomOp::Max => matches!(ty, U32 | S32 | U64 | S64),
+            AtomOp::And | AtomOp::Or | AtomOp::Xor | AtomOp::Exch | AtomOp::Cas => matches!(ty, B32 | B64),
+            AtomOp::Inc | AtomOp::Dec => ty == U32,
+        }
+    }
+}
+
 /// One operand after lowering.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Opnd {
@@ -234,6 +292,7 @@ pub enum Op {
     Xor,
     Not,
     Bfi,
+    Prmt(PrmtMode),
     Setp(Cmp),
     Selp,
     Cvt {
@@ -243,6 +302,13 @@ pub enum Op {
     Ret,
     BarSync,
     Shfl(ShflMode),
+    /// `atom` (`ret`: the old value goes to the destination) and `red` (no destination) on
+    /// `.global` or `.shared` memory.
+    Atom {
+        space: Space,
+        op: AtomOp,
+        ret: bool,
+    },
     Mma {
         input: Ty,
     },
@@ -1017,6 +1083,40 @@ fn lower_inst(lw: &Lowerer, line: u32, t: &str, labels: &HashMap<String, u32>, l
         "xor" => Op::Xor,
         "not" => Op::Not,
         "bfi" => Op::Bfi,
+        "prmt" if has("b32") && mods.len() <= 2 => Op::Prmt(match mods.iter().find(|m| **m != "b32") {
+            None => PrmtMode::Generic,
+            Some(&"f4e") => PrmtMode::F4e,
+            Some(&"b4e") => PrmtMode::B4e,
+            Some(&"rc8") => PrmtMode::Rc8,
+            Some(&"ecl") => PrmtMode::Ecl,
+            Some(&"ecr") => PrmtMode::Ecr,
+            Some(&"rc16") => PrmtMode::Rc16,
+            Some(_) => return Err(unknown()),
+        }),
+        "atom" | "red" => {
+            // atom{.sem}{.scope}{.space}.op.type: the memory-model qualifiers change nothing in
+            // a simulator that applies every access at once; anything else (generic
+            // addressing, .noftz, cache hints, vectors, clusters) is refused by name.
+            let mut space = None;
+            let mut aop = None;
+            for m in mods {
+                match *m {
+                    "relaxed" | "acquire" | "release" | "acq_rel" | "cta" | "gpu" | "sys" => {}
+                    "global" => space = Some(Space::Global),
+                    "shared" | "shared::cta" => space = Some(Space::Shared),
+                    _ if Ty::parse(m).is_some() => {}
+                    _ => match AtomOp::parse(m) {
+                        Some(o) if aop.is_none() => aop = Some(o),
+                        _ => return Err(unknown()),
+                    },
+                }
+            }
+            let (Some(space), Some(aop)) = (space, aop) else { return Err(unknown()) };
+            if types.len() != 1 || !aop.takes(ty) || (base == "red" && matches!(aop, AtomOp::Cas | AtomOp::Exch)) {
+                return Err(unknown());
+            }
+            Op::Atom { space, op: aop, ret: base == "atom" }
+        }
         "setp" => {
             let c = mods.iter().find_map(|m| Cmp::parse(m)).ok_or_else(unknown)?;
             if mods.iter().any(|m| matches!(*m, "and" | "or" | "xor")) {
@@ -1154,6 +1254,20 @@ fn lower_inst(lw: &Lowerer, line: u32, t: &str, labels: &HashMap<String, u32>, l
     if matches!(op, Op::Shfl(_)) && ops.len() == 5 {
         // No predicate output: insert a sink so operand positions stay fixed.
         ops.insert(1, Opnd::Sink);
+    }
+    if let Op::Atom { op: aop, ret, .. } = op {
+        // atom d, [a], b{, c}; red [a], b: the address and the value count are checked here so
+        // the executor can index them.
+        let at = ret as usize;
+        let values = if aop == AtomOp::Cas { 2 } else { 1 };
+        let addr_ok = matches!(ops.get(at), Some(Opnd::Addr { .. }));
+        let regs_ok = ops.iter().enumerate().all(|(k, o)| k == at || matches!(o, Opnd::Reg(_) | Opnd::Imm(_)));
+        if ops.len() != at + 1 + values || !addr_ok || !regs_ok || (ret && !matches!(ops[0], Opnd::Reg(_))) {
+            return Err(lw.e(line, format!("operands of `{t}`")));
+        }
+    }
+    if matches!(op, Op::Prmt(_)) && ops.len() != 4 {
+        return Err(lw.e(line, format!("operands of `{t}`")));
     }
     if matches!(op, Op::Bra) && !matches!(ops.first(), Some(Opnd::Target(_))) {
         return Err(lw.e(line, format!("branch target in `{t}`")));
