@@ -34,10 +34,11 @@
 //! parameters, gradients, Adam's m and v and the batch-norm running statistics are one
 //! allocation each, in the CPU model's slot layout, and each layer's tensors are views at the
 //! slots' offsets (`CudaTensor::view`). So `upload` / `download_into` are one copy per buffer,
-//! zeroing the gradients is one memset, Adam is one launch per parameter group, and the CPU
-//! checkpoint code serves both. The forward keeps its activations on
+//! zeroing the gradients is one fill launch, Adam is one launch per parameter group, and the
+//! CPU checkpoint code serves both. The forward keeps its activations on
 //! the device (`CudaActivations`, the twin of `Activations`); the backward walks them in
-//! reverse. Nothing crosses to the host in a step but the batch in and two loss scalars out.
+//! reverse. Nothing crosses to the host in a step but the batch and Adam's two scalars per
+//! parameter group in, and two loss scalars out (`CudaStepIo`; view 1's logits when asked).
 
 use std::sync::Arc;
 

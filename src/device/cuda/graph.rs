@@ -154,7 +154,7 @@ impl Gpu {
     /// stay buffers of its own, allocated before (`CudaTensor::zeros`, uploads and copies are
     /// still refused inside: zero a buffer with a kernel, `ops::fill`).
     pub fn capture_pooled(&self, mut work: impl FnMut() -> Result<()>) -> Result<GpuGraph> {
-        let pool = GraphPool::new(true);
+        let pool = GraphPool::new();
         self.begin_log(Some(pool.clone()), true)?;
         let worked = work();
         let sizing = self.finish_capture(worked)?;

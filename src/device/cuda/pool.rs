@@ -83,8 +83,9 @@ pub struct PoolStats {
 }
 
 impl GraphPool {
-    pub(crate) fn new(grow: bool) -> Arc<GraphPool> {
-        Arc::new(GraphPool { state: Mutex::new(PoolState { grow, ..PoolState::default() }) })
+    /// A pool in its sizing pass (growing) until `fix`.
+    pub(crate) fn new() -> Arc<GraphPool> {
+        Arc::new(GraphPool { state: Mutex::new(PoolState { grow: true, ..PoolState::default() }) })
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {

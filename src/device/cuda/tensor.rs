@@ -46,7 +46,7 @@ impl SimBuf {
     pub(crate) fn alloc_poisoned(sim: &Arc<Simulator>, bytes: usize) -> crate::device::sim::SimResult<SimBuf> {
         let addr = sim.alloc(bytes)?;
         let buf = SimBuf { sim: sim.clone(), addr, bytes };
-        sim.write(addr, &vec![0xFF; bytes])?;
+        sim.fill(addr, bytes, 0xFF)?;
         Ok(buf)
     }
 
@@ -446,25 +446,6 @@ impl CudaTensor {
             CudaBuf::F16(b) => s.memcpy_htod(&vec![f16::NAN; b.len()], b).map_err(err),
             CudaBuf::U8(b) => s.memcpy_htod(&vec![0xABu8; b.len()], b).map_err(err),
             CudaBuf::I32(b) => s.memcpy_htod(&vec![i32::MIN; b.len()], b).map_err(err),
-        }
-    }
-
-    /// Sets every element to zero (a memset on the stream: gradient buffers between steps).
-    pub fn fill_zero(&mut self, gpu: &Gpu) -> Result<()> {
-        gpu.refuse_in_capture("a memset")?;
-        let b = match &mut self.storage {
-            Storage::Sim(sb) => return sb.sim.fill(sb.addr, sb.bytes, 0).map_err(|e| sim_err("memset", e)),
-            Storage::Driver(b) => b,
-            Storage::View { .. } | Storage::Pooled { .. } => return Err(view_err("memset")),
-        };
-        let s = &gpu.driver("memset")?.stream;
-        let err = |e| driver_err("memset", e);
-        match b {
-            CudaBuf::F32(b) => s.memset_zeros(b).map_err(err),
-            CudaBuf::BF16(b) => s.memset_zeros(b).map_err(err),
-            CudaBuf::F16(b) => s.memset_zeros(b).map_err(err),
-            CudaBuf::U8(b) => s.memset_zeros(b).map_err(err),
-            CudaBuf::I32(b) => s.memset_zeros(b).map_err(err),
         }
     }
 

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::device::cuda::{CudaTensor, DType};
 use crate::error::{Error, Result};
 use crate::models::clip::weights::load_safetensors;
-use crate::models::clip::{ClipModel, CudaVisual};
+use crate::models::clip::ClipModel;
 use crate::models::resnet50::{HeadKind, ResNet};
 use crate::models::resnet50_cuda::CudaResNet;
 pub use crate::ops::cam_box::{cam_box, cam_box_cuda, BoxRule, BoxSearch};
@@ -423,10 +423,7 @@ pub fn relabel_batch_cuda(
     let Some(visual) = &clip.cuda_visual else {
         return Err(Error::Device("stage 2 on the device needs CLIP's image tower there (attach_cuda)".into()));
     };
-    let clip_dtype = match visual {
-        CudaVisual::Vit(v) => v.dtype,
-        CudaVisual::ResNet(r) => r.dtype,
-    };
+    let clip_dtype = visual.dtype();
     if classifier.cfg.head != HeadKind::Cam {
         return Err(Error::Weights("stage 2 needs a classifier with CCD's CAM head, not a linear head".into()));
     }

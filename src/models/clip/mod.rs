@@ -100,6 +100,22 @@ impl ImageGraph {
 }
 
 impl CudaVisual {
+    /// The device the tower lives on.
+    pub fn gpu(&self) -> &std::sync::Arc<crate::device::cuda::Gpu> {
+        match self {
+            CudaVisual::Vit(v) => v.gpu(),
+            CudaVisual::ResNet(r) => r.gpu(),
+        }
+    }
+
+    /// The dtype the tower computes in.
+    pub fn dtype(&self) -> crate::device::cuda::DType {
+        match self {
+            CudaVisual::Vit(v) => v.dtype,
+            CudaVisual::ResNet(r) => r.dtype,
+        }
+    }
+
     pub fn forward(&self, pixels: &crate::device::cuda::CudaTensor) -> Result<crate::device::cuda::CudaTensor> {
         match self {
             CudaVisual::Vit(v) => v.forward(pixels),
@@ -299,12 +315,8 @@ impl ClipModel {
             if let Some(out) = self.encode_image_graph(cv, pixels)? {
                 return Ok(out);
             }
-            let (gpu, dtype) = match cv {
-                CudaVisual::Vit(v) => (v.gpu().clone(), v.dtype),
-                CudaVisual::ResNet(r) => (r.gpu().clone(), r.dtype),
-            };
-            let x = crate::device::cuda::CudaTensor::from_tensor(&gpu, pixels, dtype)?;
-            return cv.forward(&x)?.to_tensor(&gpu);
+            let x = crate::device::cuda::CudaTensor::from_tensor(cv.gpu(), pixels, cv.dtype())?;
+            return cv.forward(&x)?.to_tensor(cv.gpu());
         }
         match &self.visual {
             VisionEncoder::Vit(v) => Ok(v.forward(pixels, &VitRequest::default())?.pooled),
@@ -346,11 +358,7 @@ impl ClipModel {
                 widened.f32s()?
             }
         };
-        let gpu = match cv {
-            CudaVisual::Vit(v) => v.gpu().clone(),
-            CudaVisual::ResNet(r) => r.gpu().clone(),
-        };
-        Ok(Some(graph.run(data)?.to_tensor(&gpu)?))
+        Ok(Some(graph.run(data)?.to_tensor(cv.gpu())?))
     }
 
     pub fn text_encoder(&self) -> Result<&TextEncoder> {
