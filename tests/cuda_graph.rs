@@ -301,28 +301,16 @@ fn trainer_with_step_graphs_matches_the_eager_trainer() {
 /// that is no multiple of 32), and the same launches as the eager forward.
 #[test]
 fn encode_image_replays_a_graph_per_shape() {
-    use labelfree::models::clip::config::ResNetConfig as ClipResNetConfig;
-    use labelfree::models::clip::{ClipConfig, ClipModel, CudaVisual, VisionConfig};
+    use labelfree::models::clip::CudaVisual;
     if !kernels_or_skip() {
         return;
     }
     let gpu = Gpu::simulator(SimOptions { sanitize: true, profile: true, ..SimOptions::default() }).unwrap();
     let sim = gpu.sim().unwrap().clone();
-    let resnet = ClipConfig {
-        vision: VisionConfig::ResNet(ClipResNetConfig {
-            layers: [1, 1, 1, 1],
-            width: 16,
-            heads: 8,
-            grid: 1,
-            output_dim: 32,
-        }),
-        text: None,
-        act: Activation::QuickGelu,
-    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
     for (name, mut model, shapes) in [
         ("ViT", common::tiny_clip(3), [(2usize, 32usize, 32usize), (2, 32, 32), (3, 32, 40)]),
-        ("ModifiedResNet", ClipModel::random_from_config(resnet, 4), [(2, 32, 32), (2, 32, 32), (3, 64, 72)]),
+        ("ModifiedResNet", common::tiny_clip_resnet(4), [(2, 32, 32), (2, 32, 32), (3, 64, 72)]),
     ] {
         model.attach_cuda(&gpu, DType::F32).unwrap();
         let eager = |x: &CudaTensor| match &model.cuda_visual {

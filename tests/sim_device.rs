@@ -164,29 +164,12 @@ fn tagclip_on_the_simulator_matches_the_cpu() {
 /// CPU's.
 #[test]
 fn random_model_cuda_tower_is_the_cpu_draw() {
-    use labelfree::models::clip::config::ResNetConfig;
-    use labelfree::models::clip::{ClipConfig, VisionConfig};
     use rand::SeedableRng;
     if !kernels_or_skip() {
         return;
     }
     let gpu = Gpu::simulator(SimOptions::default()).unwrap();
-    // Attention-pool head dim 16 * 32 / 8 = 64, one the attention kernel has; a 32-pixel input
-    // ends in a 1 x 1 feature grid, the configured one.
-    let resnet = ClipConfig {
-        vision: VisionConfig::ResNet(ResNetConfig {
-            layers: [1, 1, 1, 1],
-            width: 16,
-            heads: 8,
-            grid: 1,
-            output_dim: 32,
-        }),
-        text: None,
-        act: labelfree::ops::activation::Activation::QuickGelu,
-    };
-    for (name, mut model) in
-        [("ViT", common::tiny_clip(3)), ("ModifiedResNet", ClipModel::random_from_config(resnet, 4))]
-    {
+    for (name, mut model) in [("ViT", common::tiny_clip(3)), ("ModifiedResNet", common::tiny_clip_resnet(4))] {
         let pixels = labelfree::tensor::Tensor::randn(&[2, 3, 32, 32], 1.0, &mut rand::rngs::StdRng::seed_from_u64(9));
         let want = model.encode_image(&pixels).unwrap();
         model.attach_cuda(&gpu, DType::F32).unwrap();

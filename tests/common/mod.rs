@@ -92,6 +92,26 @@ pub fn copy_sample(name: &str, dest: &Path) {
 
 /// A tiny random CLIP (ViT: width 64, 2 layers, patch 8, image 32; text: width 64, 2 layers)
 /// with CLIP's full 49,408-token vocabulary, so real class prompts tokenise.
+/// A random image-only CLIP with a tiny ModifiedResNet tower: attention-pool head dim
+/// 16 * 32 / 8 = 64, one the attention kernel has; a 32-pixel input ends in the configured
+/// 1 x 1 feature grid.
+pub fn tiny_clip_resnet(seed: u64) -> labelfree::models::clip::ClipModel {
+    use labelfree::models::clip::config::ResNetConfig;
+    use labelfree::models::clip::{ClipConfig, ClipModel, VisionConfig};
+    let config = ClipConfig {
+        vision: VisionConfig::ResNet(ResNetConfig {
+            layers: [1, 1, 1, 1],
+            width: 16,
+            heads: 8,
+            grid: 1,
+            output_dim: 32,
+        }),
+        text: None,
+        act: labelfree::ops::activation::Activation::QuickGelu,
+    };
+    ClipModel::random_from_config(config, seed)
+}
+
 pub fn tiny_clip(seed: u64) -> labelfree::models::clip::ClipModel {
     use labelfree::models::clip::config::{TextConfig, VitConfig};
     use labelfree::models::clip::{ClipConfig, ClipModel, VisionConfig};
